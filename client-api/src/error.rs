@@ -1,0 +1,108 @@
+//! Every failure leaves as a Matrix error: `{errcode, error}` with the right status.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use hearth_core::{Error, uia::UiaChallenge};
+use serde_json::json;
+
+#[derive(Debug)]
+pub enum ApiError {
+    Core(Error),
+    Uia(UiaChallenge),
+    Custom { status: StatusCode, errcode: &'static str, error: String },
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, errcode: &'static str, error: impl Into<String>) -> Self {
+        ApiError::Custom { status, errcode, error: error.into() }
+    }
+    pub fn unrecognized(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", msg)
+    }
+    pub fn missing_token() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "Missing access token")
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::Core(e)
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+fn core_parts(e: &Error) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match e {
+        Error::Forbidden(_) => (S::FORBIDDEN, "M_FORBIDDEN"),
+        Error::NotFound(_) => (S::NOT_FOUND, "M_NOT_FOUND"),
+        Error::BadJson(_) => (S::BAD_REQUEST, "M_BAD_JSON"),
+        Error::InvalidParam(_) => (S::BAD_REQUEST, "M_INVALID_PARAM"),
+        Error::MissingParam(_) => (S::BAD_REQUEST, "M_MISSING_PARAM"),
+        Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),
+        Error::InvalidUsername(_) => (S::BAD_REQUEST, "M_INVALID_USERNAME"),
+        Error::Exclusive(_) => (S::BAD_REQUEST, "M_EXCLUSIVE"),
+        Error::UnknownToken { .. } => (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
+        Error::LimitExceeded { .. } => (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
+        Error::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+        Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
+        Error::RoomInUse => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
+        Error::InvalidRoomState(_) => (S::BAD_REQUEST, "M_INVALID_ROOM_STATE"),
+        Error::Unrecognized(_) => (S::NOT_FOUND, "M_UNRECOGNIZED"),
+        Error::RegistrationDisabled => (S::FORBIDDEN, "M_FORBIDDEN"),
+        Error::UserDeactivated(_) => (S::FORBIDDEN, "M_USER_DEACTIVATED"),
+        Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "M_UNAVAILABLE"),
+        Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
+        Error::Internal(_)
+        | Error::Database(_)
+        | Error::Migration(_)
+        | Error::Io(_)
+        | Error::Json(_) => (S::INTERNAL_SERVER_ERROR, "M_UNKNOWN"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Core(e) => {
+                let (status, errcode) = core_parts(&e);
+                let mut body = json!({"errcode": errcode, "error": e.to_string()});
+                if status.is_server_error() {
+                    tracing::error!(error = %e, "request failed");
+                    body["error"] = json!("Internal server error");
+                } else {
+                    tracing::debug!(errcode, error = %e, "request refused");
+                }
+                if let Error::LimitExceeded { retry_after_ms } = e {
+                    body["retry_after_ms"] = json!(retry_after_ms);
+                }
+                if let Error::UnknownToken { soft_logout } = e {
+                    body["soft_logout"] = json!(soft_logout);
+                }
+                (status, Json(body)).into_response()
+            }
+            ApiError::Uia(c) => {
+                let flows: Vec<_> = c.flows.iter().map(|f| json!({"stages": f})).collect();
+                let mut body = json!({
+                    "flows": flows,
+                    "params": c.params,
+                    "session": c.session,
+                    "completed": c.completed,
+                });
+                if let Some((code, msg)) = c.error {
+                    body["errcode"] = json!(code);
+                    body["error"] = json!(msg);
+                }
+                (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+            }
+            ApiError::Custom { status, errcode, error } => {
+                tracing::debug!(errcode, %error, "request refused");
+                (status, Json(json!({"errcode": errcode, "error": error}))).into_response()
+            }
+        }
+    }
+}

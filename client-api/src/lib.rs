@@ -1,0 +1,62 @@
+//! `/_matrix/client/*` and `/_matrix/media/*`: HTTP in, calls on
+//! [`hearth_core::Hearth`] out. Each `routes` module owns one area of the API.
+
+pub mod error;
+pub mod extract;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{Method, StatusCode},
+    response::IntoResponse,
+};
+use hearth_core::Hearth;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::error::ApiError;
+
+/// Request bodies other than media uploads are capped here.
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// Client endpoints served under both `/v3` and the legacy `/r0` prefix.
+fn client_routes() -> Router<Arc<Hearth>> {
+    Router::new()
+        .merge(routes::account::routes())
+        .merge(routes::devices::routes())
+        .merge(routes::profile::routes())
+        .merge(routes::rooms::routes())
+        .merge(routes::messages::routes())
+        .merge(routes::sync::routes())
+        .merge(routes::ephemeral::routes())
+        .merge(routes::account_data::routes())
+        .merge(routes::directory::routes())
+}
+
+pub fn router(hearth: Arc<Hearth>) -> Router {
+    let media_limit = hearth.config.max_upload_size as usize;
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers(Any);
+    Router::new()
+        .merge(routes::discovery::routes())
+        .nest("/_matrix/client/v3", client_routes())
+        .nest("/_matrix/client/r0", client_routes())
+        .merge(routes::media::routes().layer(DefaultBodyLimit::max(media_limit)))
+        .fallback(unknown_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(cors)
+        .with_state(hearth)
+}
+
+async fn unknown_endpoint() -> ApiError {
+    ApiError::unrecognized("Unrecognized request")
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed")
+}

@@ -1,0 +1,35 @@
+pub mod account;
+pub mod account_data;
+pub mod devices;
+pub mod directory;
+pub mod discovery;
+pub mod ephemeral;
+pub mod media;
+pub mod messages;
+pub mod profile;
+pub mod rooms;
+pub mod sync;
+
+use axum::Json;
+use hearth_core::ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+
+pub type JsonResult = ApiResult<Json<Value>>;
+
+pub fn empty() -> JsonResult {
+    Ok(Json(json!({})))
+}
+
+pub fn parse_room_id(s: &str) -> ApiResult<OwnedRoomId> {
+    RoomId::parse(s).map_err(|_| hearth_core::Error::invalid_param(format!("Invalid room id {s:?}")).into())
+}
+
+pub fn parse_user_id(s: &str) -> ApiResult<OwnedUserId> {
+    UserId::parse(s).map_err(|_| hearth_core::Error::invalid_param(format!("Invalid user id {s:?}")).into())
+}
+
+pub fn forbidden(msg: &str) -> ApiError {
+    hearth_core::Error::forbidden(msg).into()
+}

@@ -1,0 +1,158 @@
+//! Accounts, devices and access tokens.
+
+use argon2::{
+    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
+    password_hash::{SaltString, rand_core::OsRng},
+};
+use ruma::{OwnedUserId, UserId};
+
+use crate::{
+    Error, Hearth, Result,
+    ids::{hash_token, new_access_token, new_device_id},
+};
+
+/// An authenticated requester.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: String,
+    pub token_hash: String,
+}
+
+pub async fn hash_password(password: &str) -> Result<String> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(Error::internal)
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+async fn verify_password(password: &str, hash: &str) -> bool {
+    let (password, hash) = (password.to_owned(), hash.to_owned());
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Localparts we accept for new accounts (the spec's historical-compatible subset).
+pub fn valid_localpart(local: &str) -> bool {
+    !local.is_empty()
+        && local.len() <= 200
+        && local
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+}
+
+impl Hearth {
+    pub fn user_id_for(&self, local: &str) -> Result<OwnedUserId> {
+        UserId::parse(format!("@{local}:{}", self.config.server_name))
+            .map_err(|e| Error::InvalidUsername(format!("Invalid user id: {e}")))
+    }
+
+    /// Parses a login identifier: a bare localpart or a full user id of this server.
+    pub fn parse_local_user(&self, user: &str) -> Result<OwnedUserId> {
+        if user.starts_with('@') {
+            let id = UserId::parse(user.to_lowercase()).map_err(|_| Error::InvalidUsername("Invalid user id".into()))?;
+            if id.server_name() != self.config.server_name {
+                return Err(Error::forbidden("User is not on this server"));
+            }
+            Ok(id)
+        } else {
+            self.user_id_for(&user.to_lowercase())
+        }
+    }
+
+    pub async fn check_username_available(&self, local: &str) -> Result<OwnedUserId> {
+        if !valid_localpart(local) {
+            return Err(Error::InvalidUsername(
+                "User ID can only contain characters a-z, 0-9, or '=_-./+'".into(),
+            ));
+        }
+        let id = self.user_id_for(local)?;
+        if self.store.get_user(id.as_str()).await?.is_some() {
+            return Err(Error::UserInUse);
+        }
+        Ok(id)
+    }
+
+    /// Creates an account; the operator CLI and /register both come here.
+    pub async fn create_account(&self, local: &str, password: Option<&str>, is_admin: bool) -> Result<OwnedUserId> {
+        let id = self.check_username_available(local).await?;
+        let hash = match password {
+            Some(p) => Some(hash_password(p).await?),
+            None => None,
+        };
+        self.store.create_user(id.as_str(), hash.as_deref(), is_admin).await?;
+        self.set_profile_defaults(&id).await?;
+        Ok(id)
+    }
+
+    async fn set_profile_defaults(&self, id: &UserId) -> Result<()> {
+        self.store.set_displayname(id.as_str(), Some(id.localpart())).await
+    }
+
+    /// A fresh numeric localpart for registrations that give none.
+    pub async fn generate_localpart(&self) -> Result<String> {
+        loop {
+            let n: u64 = rand::random::<u64>() % 1_000_000_000;
+            let local = n.to_string();
+            if self.store.get_user(self.user_id_for(&local)?.as_str()).await?.is_none() {
+                return Ok(local);
+            }
+        }
+    }
+
+    /// Issues a device (new or given) and an access token for it.
+    pub async fn issue_token(&self, user: &UserId, device_id: Option<&str>, display_name: Option<&str>) -> Result<(String, String)> {
+        let device_id = device_id.map(str::to_owned).unwrap_or_else(new_device_id);
+        let token = new_access_token();
+        self.store
+            .add_device_token(user.as_str(), &device_id, display_name, &hash_token(&token))
+            .await?;
+        Ok((token, device_id))
+    }
+
+    /// Verifies a password login; a generic M_FORBIDDEN either way, so the
+    /// response does not reveal which accounts exist.
+    pub async fn check_password(&self, user: &UserId, password: &str) -> Result<()> {
+        let rec = self.store.get_user(user.as_str()).await?;
+        match rec {
+            Some(u) if u.deactivated => Err(Error::UserDeactivated("This account has been deactivated".into())),
+            Some(u) => match u.password_hash {
+                Some(h) if verify_password(password, &h).await => Ok(()),
+                _ => Err(Error::forbidden("Invalid username or password")),
+            },
+            None => Err(Error::forbidden("Invalid username or password")),
+        }
+    }
+
+    pub async fn authenticate(&self, token: &str) -> Result<Session> {
+        let token_hash = hash_token(token);
+        match self.store.find_token(&token_hash).await? {
+            Some((user, device)) => Ok(Session {
+                user_id: OwnedUserId::try_from(user).map_err(Error::internal)?,
+                device_id: device,
+                token_hash,
+            }),
+            None => Err(Error::UnknownToken { soft_logout: false }),
+        }
+    }
+
+    pub async fn change_password(&self, user: &UserId, new_password: &str, logout_devices: bool, keep: Option<&str>) -> Result<()> {
+        let hash = hash_password(new_password).await?;
+        self.store.set_password_hash(user.as_str(), &hash).await?;
+        if logout_devices {
+            self.store.delete_other_tokens(user.as_str(), keep).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! Sync and /messages filters (the subset of the filter language Hearth applies).
+
+use serde_json::Value;
+
+fn str_list(v: Option<&Value>) -> Option<Vec<String>> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+}
+
+/// Matches a type against a filter pattern with a trailing `*` wildcard.
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub limit: Option<usize>,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub lazy_load_members: bool,
+    pub contains_url: Option<bool>,
+}
+
+impl EventFilter {
+    pub fn parse(v: Option<&Value>) -> Self {
+        let Some(v) = v else { return Self::default() };
+        Self {
+            limit: v.get("limit").and_then(Value::as_u64).map(|l| l as usize),
+            types: str_list(v.get("types")),
+            not_types: str_list(v.get("not_types")).unwrap_or_default(),
+            senders: str_list(v.get("senders")),
+            not_senders: str_list(v.get("not_senders")).unwrap_or_default(),
+            rooms: str_list(v.get("rooms")),
+            not_rooms: str_list(v.get("not_rooms")).unwrap_or_default(),
+            lazy_load_members: v.get("lazy_load_members").and_then(Value::as_bool).unwrap_or(false),
+            contains_url: v.get("contains_url").and_then(Value::as_bool),
+        }
+    }
+
+    pub fn allows_room(&self, room: &str) -> bool {
+        !self.not_rooms.iter().any(|r| r == room) && self.rooms.as_ref().is_none_or(|rs| rs.iter().any(|r| r == room))
+    }
+
+    pub fn allows_type(&self, kind: &str) -> bool {
+        !self.not_types.iter().any(|p| type_matches(p, kind))
+            && self.types.as_ref().is_none_or(|ts| ts.iter().any(|p| type_matches(p, kind)))
+    }
+
+    pub fn allows(&self, kind: &str, sender: &str, content: Option<&Value>) -> bool {
+        if !self.allows_type(kind) {
+            return false;
+        }
+        if self.not_senders.iter().any(|s| s == sender) {
+            return false;
+        }
+        if let Some(ss) = &self.senders
+            && !ss.iter().any(|s| s == sender)
+        {
+            return false;
+        }
+        if let Some(want) = self.contains_url {
+            let has = content.and_then(|c| c.get("url")).is_some();
+            if has != want {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// True when the filter excludes everything (`not_types: ["*"]` or `types: []`).
+    pub fn excludes_all(&self) -> bool {
+        self.not_types.iter().any(|t| t == "*") || self.types.as_ref().is_some_and(Vec::is_empty)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SyncFilter {
+    pub timeline: EventFilter,
+    pub state: EventFilter,
+    pub ephemeral: EventFilter,
+    pub room_account_data: EventFilter,
+    pub account_data: EventFilter,
+    pub presence: EventFilter,
+    pub rooms: EventFilter,
+    pub include_leave: bool,
+}
+
+impl SyncFilter {
+    pub fn parse(v: &Value) -> Self {
+        let room = v.get("room");
+        let r = |k: &str| EventFilter::parse(room.and_then(|r| r.get(k)));
+        let mut rooms = EventFilter::default();
+        rooms.rooms = str_list(room.and_then(|r| r.get("rooms")));
+        rooms.not_rooms = str_list(room.and_then(|r| r.get("not_rooms"))).unwrap_or_default();
+        Self {
+            timeline: r("timeline"),
+            state: r("state"),
+            ephemeral: r("ephemeral"),
+            room_account_data: r("account_data"),
+            account_data: EventFilter::parse(v.get("account_data")),
+            presence: EventFilter::parse(v.get("presence")),
+            rooms,
+            include_leave: room.and_then(|r| r.get("include_leave")).and_then(Value::as_bool).unwrap_or(false),
+        }
+    }
+}

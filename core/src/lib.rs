@@ -1,0 +1,94 @@
+//! Hearth's domain: events, rooms, ordering, auth rules, storage, sync,
+//! presence. No HTTP here: the API crates translate requests into calls on
+//! [`Hearth`] and its errors into Matrix errors.
+
+pub mod accounts;
+pub mod config;
+pub mod ephemeral;
+pub mod error;
+pub mod filter;
+pub mod ids;
+pub mod keys;
+pub mod notifier;
+pub mod pdu;
+pub mod ratelimit;
+pub mod rooms;
+pub mod store;
+pub mod sync;
+pub mod uia;
+
+use std::{sync::Arc, time::Duration};
+
+pub use config::CoreConfig;
+pub use error::{Error, Result};
+pub use ruma;
+
+use crate::{
+    ephemeral::{Presence, Typing},
+    keys::ServerKeys,
+    notifier::Notifier,
+    ratelimit::{Action, RateLimiter},
+    rooms::Rooms,
+    store::Store,
+    uia::UiaSessions,
+};
+
+/// The homeserver's services, shared by every request handler.
+pub struct Hearth {
+    pub config: CoreConfig,
+    pub store: Arc<dyn Store>,
+    pub keys: ServerKeys,
+    pub notifier: Notifier,
+    pub typing: Typing,
+    pub presence: Presence,
+    pub rooms: Rooms,
+    pub uia: UiaSessions,
+    pub ratelimiter: RateLimiter,
+}
+
+impl Hearth {
+    pub async fn new(config: CoreConfig, store: Arc<dyn Store>) -> Result<Arc<Self>> {
+        let keys = ServerKeys::load_or_generate(store.as_ref()).await?;
+        let hearth = Arc::new(Self {
+            config,
+            store,
+            keys,
+            notifier: Notifier::default(),
+            typing: Typing::default(),
+            presence: Presence::default(),
+            rooms: Rooms::default(),
+            uia: UiaSessions::default(),
+            ratelimiter: RateLimiter::default(),
+        });
+        hearth.spawn_typing_sweeper();
+        Ok(hearth)
+    }
+
+    /// Expired typing notifications must reach syncing clients as a change.
+    fn spawn_typing_sweeper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Some(h) = weak.upgrade() else { break };
+                if h.typing.sweep() {
+                    h.notifier.notify();
+                }
+            }
+        });
+    }
+
+    pub fn rate_limit(&self, action: Action, key: &str) -> Result<()> {
+        let rl = &self.config.rate_limits;
+        if !rl.enabled {
+            return Ok(());
+        }
+        let (rate, burst) = match action {
+            Action::Message => (rl.messages_per_second, rl.messages_burst),
+            Action::Login => (rl.login_per_second, rl.login_burst),
+            Action::Register => (rl.register_per_second, rl.register_burst),
+        };
+        self.ratelimiter.check(action, key, rate, burst)
+    }
+}

@@ -1,0 +1,63 @@
+//! History visibility: which past events a user may read.
+
+use ruma::{RoomId, UserId};
+use serde_json::Value;
+
+use crate::{Hearth, Result, pdu::StoredEvent};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryVisibility {
+    WorldReadable,
+    Shared,
+    Invited,
+    Joined,
+}
+
+impl HistoryVisibility {
+    pub fn parse(content: Option<&Value>) -> Self {
+        match content.and_then(|c| c.get("history_visibility")).and_then(Value::as_str) {
+            Some("world_readable") => Self::WorldReadable,
+            Some("invited") => Self::Invited,
+            Some("joined") => Self::Joined,
+            _ => Self::Shared,
+        }
+    }
+}
+
+impl Hearth {
+    /// Whether `user` may see an event of `room` at stream position `at`,
+    /// given their current membership.
+    pub async fn can_see_at(&self, room_id: &RoomId, user: &UserId, at: i64, current_membership: Option<&str>) -> Result<bool> {
+        let hv = self
+            .store
+            .state_event_at(room_id.as_str(), "m.room.history_visibility", "", at)
+            .await?
+            .map(|e| e.pdu.content_value());
+        let hv = HistoryVisibility::parse(hv.as_ref());
+        if hv == HistoryVisibility::WorldReadable {
+            return Ok(true);
+        }
+        let membership_then = self
+            .store
+            .state_event_at(room_id.as_str(), "m.room.member", user.as_str(), at)
+            .await?
+            .and_then(|e| e.pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned));
+        Ok(match membership_then.as_deref() {
+            Some("join") => true,
+            Some("invite") if hv != HistoryVisibility::Joined => true,
+            _ => hv == HistoryVisibility::Shared && current_membership == Some("join"),
+        })
+    }
+
+    /// Filters events (all from one room) down to those the user may see.
+    pub async fn filter_visible(&self, room_id: &RoomId, user: &UserId, events: Vec<StoredEvent>) -> Result<Vec<StoredEvent>> {
+        let current = self.store.membership(room_id.as_str(), user.as_str()).await?.map(|m| m.membership);
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            if self.can_see_at(room_id, user, ev.stream_ordering, current.as_deref()).await? {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,216 @@
+use std::{collections::HashMap, sync::Arc};
+
+use ruma::{
+    CanonicalJsonObject, OwnedEventId, RoomId, RoomVersionId, events::TimelineEventType,
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::{Value, json};
+use tracing::{debug, warn};
+
+use super::{NewEvent, RoomCache};
+use crate::{
+    Error, Hearth, Result,
+    ids::now_ms,
+    pdu::{Pdu, StoredEvent},
+    store::EventToPersist,
+};
+
+pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
+    version
+        .rules()
+        .ok_or_else(|| Error::UnsupportedRoomVersion(version.to_string()))
+}
+
+impl Hearth {
+    async fn load_room(&self, room_id: &str) -> Result<RoomCache> {
+        let version = self
+            .store
+            .room_version(room_id)
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
+        let latest = self
+            .store
+            .latest_event(room_id)
+            .await?
+            .map(|e| (e.pdu.event_id.clone(), e.pdu.depth));
+        let mut state = HashMap::new();
+        for ev in self.store.current_state(room_id).await? {
+            let key = (ev.pdu.kind.to_string(), ev.pdu.state_key.clone().unwrap_or_default());
+            state.insert(key, Arc::new(ev.pdu));
+        }
+        Ok(RoomCache { version, latest, state })
+    }
+
+    /// Current state of a room, from the writer's cache.
+    pub async fn room_state(&self, room_id: &RoomId) -> Result<Vec<Arc<Pdu>>> {
+        let handle = self.rooms.handle(room_id.as_str());
+        let mut guard = handle.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_room(room_id.as_str()).await?);
+        }
+        let cache = guard.as_ref().ok_or_else(|| Error::internal("room cache missing"))?;
+        Ok(cache.state.values().cloned().collect())
+    }
+
+    pub async fn room_state_event(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+        let handle = self.rooms.handle(room_id.as_str());
+        let mut guard = handle.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.load_room(room_id.as_str()).await?);
+        }
+        let cache = guard.as_ref().ok_or_else(|| Error::internal("room cache missing"))?;
+        Ok(cache.state.get(&(kind.to_owned(), state_key.to_owned())).cloned())
+    }
+
+    pub async fn room_version_of(&self, room_id: &RoomId) -> Result<RoomVersionId> {
+        let v = self
+            .store
+            .room_version(room_id.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown room"))?;
+        RoomVersionId::try_from(v.as_str()).map_err(Error::internal)
+    }
+
+    /// Builds, authorizes, signs and commits one event in the room's order.
+    /// Returns once the event is durable.
+    pub async fn send_event(&self, room_id: &RoomId, new: NewEvent) -> Result<OwnedEventId> {
+        let handle = self.rooms.handle(room_id.as_str());
+        let mut guard = handle.lock().await;
+
+        if let Some((device, txn_id)) = &new.txn
+            && let Some(existing) = self.store.txn_event(new.sender.as_str(), device, txn_id).await?
+        {
+            return OwnedEventId::try_from(existing).map_err(Error::internal);
+        }
+        if guard.is_none() {
+            *guard = Some(self.load_room(room_id.as_str()).await?);
+        }
+        let cache = guard.as_mut().ok_or_else(|| Error::internal("room cache missing"))?;
+        let rules = rules_for(&cache.version)?;
+
+        let content_raw = serde_json::value::to_raw_value(&new.content)?;
+        let kind = TimelineEventType::from(new.kind.as_str());
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &kind,
+            &new.sender,
+            new.state_key.as_deref(),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(Error::BadJson)?;
+        let mut auth_events: Vec<String> = auth_types
+            .iter()
+            .filter_map(|(t, sk)| cache.state.get(&(t.to_string(), sk.clone())))
+            .map(|p| p.event_id.to_string())
+            .collect();
+        auth_events.sort();
+        auth_events.dedup();
+
+        let (prev_events, depth) = match &cache.latest {
+            Some((id, depth)) => (vec![id.to_string()], depth + 1),
+            None => (vec![], 1),
+        };
+        let mut obj = json!({
+            "auth_events": auth_events,
+            "content": new.content,
+            "depth": depth,
+            "origin_server_ts": now_ms(),
+            "prev_events": prev_events,
+            "room_id": room_id,
+            "sender": new.sender,
+            "type": new.kind,
+        });
+        if let Some(sk) = &new.state_key {
+            obj["state_key"] = json!(sk);
+        }
+        if let Some(r) = &new.redacts {
+            // v11 carries `redacts` in content; older versions at the top level.
+            if rules.redaction.content_field_redacts {
+                obj["content"]["redacts"] = json!(r);
+            } else {
+                obj["redacts"] = json!(r);
+            }
+        }
+        let mut canonical: CanonicalJsonObject = serde_json::from_value(obj)
+            .map_err(|e| Error::bad_json(format!("event is not canonical JSON: {e}")))?;
+        ruma::signatures::hash_and_sign_event(
+            self.config.server_name.as_str(),
+            &self.keys.key_pair,
+            &mut canonical,
+            &rules.redaction,
+        )
+        .map_err(Error::internal)?;
+        let event_id = format!("${}", ruma::signatures::reference_hash(&canonical, &rules).map_err(Error::internal)?);
+        let event_id = OwnedEventId::try_from(event_id).map_err(Error::internal)?;
+        let Value::Object(mut map) = serde_json::to_value(&canonical)? else {
+            return Err(Error::internal("event did not serialize to an object"));
+        };
+        let size = serde_json::to_vec(&map)?.len();
+        if size > 65536 {
+            return Err(Error::TooLarge("Event is larger than 64 KiB".into()));
+        }
+        let pdu = Pdu::from_json(event_id.clone(), map.clone())?;
+
+        ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, sk| {
+            cache.state.get(&(t.to_string(), sk.to_owned())).map(|p| p.as_ref())
+        })
+        .map_err(|e| {
+            debug!(room = %room_id, sender = %new.sender, kind = %new.kind, "event rejected by auth rules: {e}");
+            Error::Forbidden(format!("Event not allowed: {e}"))
+        })?;
+
+        if let Some(sk) = &new.state_key
+            && let Some(prev) = cache.state.get(&(new.kind.clone(), sk.clone()))
+        {
+            map.insert(
+                "unsigned".into(),
+                json!({
+                    "prev_content": prev.content_value(),
+                    "prev_sender": prev.sender,
+                    "replaces_state": prev.event_id,
+                }),
+            );
+        }
+        let pdu = Pdu { json: map, ..pdu };
+        let txn = new
+            .txn
+            .as_ref()
+            .map(|(d, t)| (new.sender.to_string(), d.clone(), t.clone()));
+        self.store.persist_event(&EventToPersist { pdu: pdu.clone(), txn }).await?;
+
+        cache.latest = Some((event_id.clone(), depth));
+        if let Some(sk) = &pdu.state_key {
+            cache.state.insert((new.kind.clone(), sk.clone()), Arc::new(pdu.clone()));
+        }
+        drop(guard);
+
+        if let Some(target) = &pdu.redacts
+            && let Err(e) = self.apply_redaction(&pdu, target, &rules).await
+        {
+            warn!(event = %event_id, target = %target, "could not apply redaction: {e}");
+        }
+        self.notifier.notify();
+        Ok(event_id)
+    }
+
+    async fn apply_redaction(&self, redaction: &Pdu, target: &OwnedEventId, rules: &RoomVersionRules) -> Result<()> {
+        let Some(ev) = self.store.get_event(target.as_str()).await? else { return Ok(()) };
+        if ev.pdu.room_id != redaction.room_id {
+            return Ok(());
+        }
+        let obj: CanonicalJsonObject = serde_json::from_value(Value::Object(ev.pdu.json.clone()))
+            .map_err(Error::internal)?;
+        let because = StoredEvent { pdu: redaction.clone(), stream_ordering: 0, txn: None }.to_client(None);
+        let because: CanonicalJsonObject = serde_json::from_value(because).map_err(Error::internal)?;
+        let redacted = ruma::canonical_json::redact(
+            obj,
+            &rules.redaction,
+            Some(ruma::canonical_json::RedactedBecause::from_json(because)),
+        )
+        .map_err(Error::internal)?;
+        self.store
+            .store_redacted(target.as_str(), &serde_json::to_value(&redacted)?, redaction.event_id.as_str())
+            .await
+    }
+}

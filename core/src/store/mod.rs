@@ -1,0 +1,198 @@
+//! Storage behind traits, so the SQLite (embedded) and Postgres (scale-out)
+//! backends are interchangeable. Each trait is one area of the schema.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::{
+    Result,
+    pdu::{Pdu, StateMap, StoredEvent},
+};
+
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub is_admin: bool,
+    pub deactivated: bool,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub last_seen_ip: Option<String>,
+    pub last_seen_ts: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MembershipRecord {
+    pub room_id: String,
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream_ordering: i64,
+    pub forgotten: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountDataRecord {
+    /// Empty for global account data.
+    pub room_id: String,
+    pub data_type: String,
+    pub content: Value,
+    pub stream_id: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiptRecord {
+    pub room_id: String,
+    pub receipt_type: String,
+    pub user_id: String,
+    /// Empty for an unthreaded receipt.
+    pub thread_id: String,
+    pub event_id: String,
+    pub ts: i64,
+    pub stream_id: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MediaRecord {
+    pub media_id: String,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    pub size: i64,
+    pub uploader: Option<String>,
+    pub created_ts: i64,
+}
+
+/// Direction of a timeline read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// What one accepted event changes, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct EventToPersist {
+    pub pdu: Pdu,
+    /// (user, device, txn_id) for client sends: makes retries idempotent.
+    pub txn: Option<(String, String, String)>,
+}
+
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Fails with `Error::UserInUse` when the id is taken (including deactivated ids).
+    async fn create_user(&self, user_id: &str, password_hash: Option<&str>, is_admin: bool) -> Result<()>;
+    async fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>>;
+    async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<()>;
+    /// Marks the user deactivated and removes every device and token.
+    async fn deactivate_user(&self, user_id: &str) -> Result<()>;
+    async fn set_displayname(&self, user_id: &str, name: Option<&str>) -> Result<()>;
+    async fn set_avatar_url(&self, user_id: &str, url: Option<&str>) -> Result<()>;
+    /// Searches users by id or display name (case-insensitive substring).
+    async fn search_users(&self, term: &str, limit: i64) -> Result<Vec<UserRecord>>;
+
+    /// Creates (or reuses) a device and attaches a new access token to it.
+    async fn add_device_token(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+        token_hash: &str,
+    ) -> Result<()>;
+    async fn find_token(&self, token_hash: &str) -> Result<Option<(String, String)>>;
+    async fn delete_token(&self, token_hash: &str) -> Result<()>;
+    async fn list_devices(&self, user_id: &str) -> Result<Vec<DeviceRecord>>;
+    async fn get_device(&self, user_id: &str, device_id: &str) -> Result<Option<DeviceRecord>>;
+    async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool>;
+    /// Deletes devices and their tokens; `None` deletes all of the user's devices.
+    async fn delete_devices(&self, user_id: &str, device_ids: Option<&[String]>) -> Result<()>;
+    /// Deletes all tokens of the user except one (used by password change).
+    async fn delete_other_tokens(&self, user_id: &str, keep_token_hash: Option<&str>) -> Result<()>;
+    async fn touch_device(&self, user_id: &str, device_id: &str, ip: Option<&str>, ts: i64) -> Result<()>;
+
+    async fn save_filter(&self, user_id: &str, filter: &Value) -> Result<String>;
+    async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>>;
+}
+
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    async fn create_room(&self, room_id: &str, version: &str, creator: &str) -> Result<()>;
+    async fn room_version(&self, room_id: &str) -> Result<Option<String>>;
+    async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()>;
+    async fn is_room_public(&self, room_id: &str) -> Result<bool>;
+    async fn public_rooms(&self) -> Result<Vec<String>>;
+
+    /// Appends an event to its room's order and updates state, memberships and
+    /// the transaction map atomically. Returns its stream ordering.
+    async fn persist_event(&self, ev: &EventToPersist) -> Result<i64>;
+    async fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>>;
+    async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>>;
+    /// Replaces an event's JSON with its redacted form.
+    async fn store_redacted(&self, event_id: &str, redacted_json: &Value, redacted_by: &str) -> Result<()>;
+    /// The room's newest event (for prev_events and depth).
+    async fn latest_event(&self, room_id: &str) -> Result<Option<StoredEvent>>;
+    async fn current_state(&self, room_id: &str) -> Result<Vec<StoredEvent>>;
+    /// State at (and including) a stream position: latest event per key.
+    async fn state_at(&self, room_id: &str, at: i64) -> Result<StateMap<String>>;
+    async fn state_event_at(&self, room_id: &str, kind: &str, state_key: &str, at: i64) -> Result<Option<StoredEvent>>;
+    /// State events with `after < ordering <= upto`, latest per key.
+    async fn state_changes(&self, room_id: &str, after: i64, upto: i64) -> Result<Vec<StoredEvent>>;
+    async fn get_events(&self, event_ids: &[String]) -> Result<Vec<StoredEvent>>;
+    /// Timeline read from a boundary: Backward returns orderings <= from, newest
+    /// first; Forward returns orderings > from, oldest first. `to` bounds the other end.
+    async fn room_events(
+        &self,
+        room_id: &str,
+        from: i64,
+        to: Option<i64>,
+        dir: Direction,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>>;
+    /// The rooms that have events with `after < ordering <= upto`.
+    async fn rooms_with_events(&self, room_ids: &[String], after: i64, upto: i64) -> Result<Vec<String>>;
+    async fn max_stream_ordering(&self) -> Result<i64>;
+
+    async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>>;
+    async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRecord>>;
+    async fn room_members(&self, room_id: &str, membership: Option<&str>) -> Result<Vec<MembershipRecord>>;
+    async fn forget_room(&self, room_id: &str, user_id: &str) -> Result<()>;
+    /// Users who share a joined room with `user_id` (including the user).
+    async fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>>;
+    /// Joined members of any public room.
+    async fn users_in_public_rooms(&self) -> Result<Vec<String>>;
+
+    async fn create_alias(&self, alias: &str, room_id: &str, creator: &str) -> Result<()>;
+    async fn resolve_alias(&self, alias: &str) -> Result<Option<(String, String)>>;
+    async fn delete_alias(&self, alias: &str) -> Result<bool>;
+    async fn room_aliases(&self, room_id: &str) -> Result<Vec<String>>;
+}
+
+#[async_trait]
+pub trait DataStore: Send + Sync {
+    async fn put_account_data(&self, user_id: &str, room_id: &str, data_type: &str, content: &Value) -> Result<i64>;
+    async fn get_account_data(&self, user_id: &str, room_id: &str, data_type: &str) -> Result<Option<Value>>;
+    /// Account data with `after < stream_id <= upto`.
+    async fn account_data_since(&self, user_id: &str, after: i64, upto: i64) -> Result<Vec<AccountDataRecord>>;
+    async fn put_receipt(&self, r: &ReceiptRecord) -> Result<i64>;
+    async fn receipts_since(&self, room_ids: &[String], after: i64, upto: i64) -> Result<Vec<ReceiptRecord>>;
+    async fn user_receipt(&self, room_id: &str, user_id: &str, receipt_types: &[&str]) -> Result<Option<ReceiptRecord>>;
+    /// The position of the account-data/receipt stream.
+    async fn max_misc_stream_id(&self) -> Result<i64>;
+
+    async fn put_media(&self, m: &MediaRecord) -> Result<()>;
+    async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>>;
+
+    async fn server_keys(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()>;
+}
+
+/// Everything a homeserver needs from storage.
+pub trait Store: AccountStore + RoomStore + DataStore {}
+impl<T: AccountStore + RoomStore + DataStore> Store for T {}

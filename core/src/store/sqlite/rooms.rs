@@ -1,0 +1,422 @@
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{EVENT_COLUMNS, SqliteStore, event_from_row, now_ms};
+use crate::{
+    Error, Result,
+    pdu::{StateMap, StoredEvent},
+    store::{Direction, EventToPersist, MembershipRecord, RoomStore},
+};
+
+fn membership_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<MembershipRecord> {
+    Ok(MembershipRecord {
+        room_id: row.try_get("room_id")?,
+        user_id: row.try_get("user_id")?,
+        membership: row.try_get("membership")?,
+        event_id: row.try_get("event_id")?,
+        stream_ordering: row.try_get("stream_ordering")?,
+        forgotten: row.try_get::<i64, _>("forgotten")? != 0,
+    })
+}
+
+#[async_trait]
+impl RoomStore for SqliteStore {
+    async fn create_room(&self, room_id: &str, version: &str, creator: &str) -> Result<()> {
+        sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)")
+            .bind(room_id)
+            .bind(version)
+            .bind(creator)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn room_version(&self, room_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT room_version FROM rooms WHERE room_id = ?")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()> {
+        sqlx::query("UPDATE rooms SET is_public = ? WHERE room_id = ?")
+            .bind(public as i64)
+            .bind(room_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn is_room_public(&self, room_id: &str) -> Result<bool> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT is_public FROM rooms WHERE room_id = ?")
+            .bind(room_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v == Some(1))
+    }
+
+    async fn public_rooms(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY created_ts")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn persist_event(&self, ev: &EventToPersist) -> Result<i64> {
+        let pdu = &ev.pdu;
+        let json = serde_json::to_string(&pdu.json)?;
+        let kind = pdu.kind.to_string();
+        let relates_to = pdu
+            .json
+            .get("content")
+            .and_then(|c| c.get("m.relates_to"))
+            .and_then(|r| r.get("event_id"))
+            .and_then(Value::as_str);
+        let mut tx = self.pool.begin().await?;
+        let ordering: i64 = sqlx::query_scalar(
+            "INSERT INTO events (event_id, room_id, sender, event_type, state_key, depth, origin_server_ts,
+                                 json, txn_device, txn_id, relates_to)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING stream_ordering",
+        )
+        .bind(pdu.event_id.as_str())
+        .bind(pdu.room_id.as_str())
+        .bind(pdu.sender.as_str())
+        .bind(&kind)
+        .bind(pdu.state_key.as_deref())
+        .bind(pdu.depth as i64)
+        .bind(i64::from(pdu.origin_server_ts.get()))
+        .bind(&json)
+        .bind(ev.txn.as_ref().map(|t| t.1.as_str()))
+        .bind(ev.txn.as_ref().map(|t| t.2.as_str()))
+        .bind(relates_to)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some(state_key) = &pdu.state_key {
+            sqlx::query(
+                "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(pdu.room_id.as_str())
+            .bind(&kind)
+            .bind(state_key)
+            .bind(pdu.event_id.as_str())
+            .bind(ordering)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO current_state (room_id, event_type, state_key, event_id, stream_ordering) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
+                   event_id = excluded.event_id, stream_ordering = excluded.stream_ordering",
+            )
+            .bind(pdu.room_id.as_str())
+            .bind(&kind)
+            .bind(state_key)
+            .bind(pdu.event_id.as_str())
+            .bind(ordering)
+            .execute(&mut *tx)
+            .await?;
+            if kind == "m.room.member" {
+                let membership = pdu
+                    .json
+                    .get("content")
+                    .and_then(|c| c.get("membership"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("leave");
+                sqlx::query(
+                    "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
+                     VALUES (?, ?, ?, ?, ?, 0)
+                     ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+                       event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
+                )
+                .bind(pdu.room_id.as_str())
+                .bind(state_key)
+                .bind(membership)
+                .bind(pdu.event_id.as_str())
+                .bind(ordering)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some((user, device, txn_id)) = &ev.txn {
+            sqlx::query("INSERT INTO txn_ids (user_id, device_id, txn_id, event_id) VALUES (?, ?, ?, ?)")
+                .bind(user)
+                .bind(device)
+                .bind(txn_id)
+                .bind(pdu.event_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ordering)
+    }
+
+    async fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT event_id FROM txn_ids WHERE user_id = ? AND device_id = ? AND txn_id = ?")
+            .bind(user_id)
+            .bind(device_id)
+            .bind(txn_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>> {
+        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = ?"))
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    async fn store_redacted(&self, event_id: &str, redacted_json: &Value, redacted_by: &str) -> Result<()> {
+        sqlx::query("UPDATE events SET json = ?, redacted_by = ? WHERE event_id = ?")
+            .bind(redacted_json.to_string())
+            .bind(redacted_by)
+            .bind(event_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn latest_event(&self, room_id: &str) -> Result<Option<StoredEvent>> {
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = ? ORDER BY e.stream_ordering DESC LIMIT 1"
+        ))
+        .bind(room_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    async fn current_state(&self, room_id: &str) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM current_state c JOIN events e ON e.event_id = c.event_id
+             WHERE c.room_id = ? ORDER BY e.stream_ordering"
+        ))
+        .bind(room_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn state_at(&self, room_id: &str, at: i64) -> Result<StateMap<String>> {
+        let rows = sqlx::query(
+            "SELECT event_type, state_key, event_id FROM state_events s
+             WHERE room_id = ? AND stream_ordering = (
+               SELECT max(stream_ordering) FROM state_events s2
+               WHERE s2.room_id = s.room_id AND s2.event_type = s.event_type
+                 AND s2.state_key = s.state_key AND s2.stream_ordering <= ?)",
+        )
+        .bind(room_id)
+        .bind(at)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut map = StateMap::new();
+        for r in rows {
+            map.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+        }
+        Ok(map)
+    }
+
+    async fn state_event_at(&self, room_id: &str, kind: &str, state_key: &str, at: i64) -> Result<Option<StoredEvent>> {
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM state_events s JOIN events e ON e.event_id = s.event_id
+             WHERE s.room_id = ? AND s.event_type = ? AND s.state_key = ? AND s.stream_ordering <= ?
+             ORDER BY s.stream_ordering DESC LIMIT 1"
+        ))
+        .bind(room_id)
+        .bind(kind)
+        .bind(state_key)
+        .bind(at)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+
+    async fn state_changes(&self, room_id: &str, after: i64, upto: i64) -> Result<Vec<StoredEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM state_events s JOIN events e ON e.event_id = s.event_id
+             WHERE s.room_id = ? AND s.stream_ordering > ? AND s.stream_ordering <= ?
+               AND s.stream_ordering = (
+                 SELECT max(stream_ordering) FROM state_events s2
+                 WHERE s2.room_id = s.room_id AND s2.event_type = s.event_type
+                   AND s2.state_key = s.state_key AND s2.stream_ordering <= ?)
+             ORDER BY s.stream_ordering"
+        ))
+        .bind(room_id)
+        .bind(after)
+        .bind(upto)
+        .bind(upto)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn get_events(&self, event_ids: &[String]) -> Result<Vec<StoredEvent>> {
+        if event_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id IN ("));
+        let mut sep = qb.separated(", ");
+        for id in event_ids {
+            sep.push_bind(id);
+        }
+        qb.push(") ORDER BY e.stream_ordering");
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn room_events(
+        &self,
+        room_id: &str,
+        from: i64,
+        to: Option<i64>,
+        dir: Direction,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>> {
+        let sql = match dir {
+            Direction::Backward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = ? AND e.stream_ordering <= ?
+                 AND e.stream_ordering > ? ORDER BY e.stream_ordering DESC LIMIT ?"
+            ),
+            Direction::Forward => format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = ? AND e.stream_ordering > ?
+                 AND e.stream_ordering <= ? ORDER BY e.stream_ordering ASC LIMIT ?"
+            ),
+        };
+        let other = to.unwrap_or(match dir {
+            Direction::Backward => 0,
+            Direction::Forward => i64::MAX,
+        });
+        let rows = sqlx::query(&sql)
+            .bind(room_id)
+            .bind(from)
+            .bind(other)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn rooms_with_events(&self, room_ids: &[String], after: i64, upto: i64) -> Result<Vec<String>> {
+        if room_ids.is_empty() || after >= upto {
+            return Ok(vec![]);
+        }
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ",
+        );
+        qb.push_bind(after).push(" AND stream_ordering <= ").push_bind(upto).push(" AND room_id IN (");
+        let mut sep = qb.separated(", ");
+        for id in room_ids {
+            sep.push_bind(id);
+        }
+        qb.push(")");
+        let rows = qb.build().fetch_all(&self.pool).await?;
+        rows.iter().map(|r| r.try_get::<String, _>(0).map_err(Error::from)).collect()
+    }
+
+    async fn max_stream_ordering(&self) -> Result<i64> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT max(stream_ordering) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>> {
+        let rows = sqlx::query("SELECT * FROM memberships WHERE user_id = ?")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(membership_from_row).collect()
+    }
+
+    async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRecord>> {
+        let row = sqlx::query("SELECT * FROM memberships WHERE room_id = ? AND user_id = ?")
+            .bind(room_id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(membership_from_row).transpose()
+    }
+
+    async fn room_members(&self, room_id: &str, membership: Option<&str>) -> Result<Vec<MembershipRecord>> {
+        let rows = match membership {
+            Some(m) => sqlx::query("SELECT * FROM memberships WHERE room_id = ? AND membership = ? ORDER BY user_id")
+                .bind(room_id)
+                .bind(m)
+                .fetch_all(&self.pool)
+                .await?,
+            None => sqlx::query("SELECT * FROM memberships WHERE room_id = ? ORDER BY user_id")
+                .bind(room_id)
+                .fetch_all(&self.pool)
+                .await?,
+        };
+        rows.iter().map(membership_from_row).collect()
+    }
+
+    async fn forget_room(&self, room_id: &str, user_id: &str) -> Result<()> {
+        sqlx::query("UPDATE memberships SET forgotten = 1 WHERE room_id = ? AND user_id = ?")
+            .bind(room_id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT m2.user_id FROM memberships m1 JOIN memberships m2 ON m1.room_id = m2.room_id
+             WHERE m1.user_id = ? AND m1.membership = 'join' AND m2.membership = 'join'",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn users_in_public_rooms(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT m.user_id FROM memberships m JOIN current_state c
+               ON c.room_id = m.room_id AND c.event_type = 'm.room.join_rules' AND c.state_key = ''
+             JOIN events e ON e.event_id = c.event_id
+             WHERE m.membership = 'join' AND json_extract(e.json, '$.content.join_rule') = 'public'",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn create_alias(&self, alias: &str, room_id: &str, creator: &str) -> Result<()> {
+        let res = sqlx::query("INSERT INTO room_aliases (alias, room_id, creator) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+            .bind(alias)
+            .bind(room_id)
+            .bind(creator)
+            .execute(&self.pool)
+            .await?;
+        if res.rows_affected() == 0 {
+            return Err(Error::RoomInUse);
+        }
+        Ok(())
+    }
+
+    async fn resolve_alias(&self, alias: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT room_id, creator FROM room_aliases WHERE alias = ?")
+            .bind(alias)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    async fn delete_alias(&self, alias: &str) -> Result<bool> {
+        let res = sqlx::query("DELETE FROM room_aliases WHERE alias = ?").bind(alias).execute(&self.pool).await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    async fn room_aliases(&self, room_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY alias")
+            .bind(room_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}

@@ -1,0 +1,393 @@
+//! /sync: what changed for one user between two stream positions, and the
+//! long-poll that waits for the next change.
+
+use std::{collections::BTreeSet, fmt, str::FromStr, time::Duration};
+
+use ruma::{RoomId, UserId};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    Error, Hearth, Result,
+    filter::SyncFilter,
+    notifier::Notifier,
+    pdu::StoredEvent,
+    store::{Direction, MembershipRecord},
+};
+
+/// A position in every stream a client syncs: events, account data and
+/// receipts (one sequence), typing, presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncToken {
+    pub events: i64,
+    pub misc: i64,
+    pub typing: u64,
+    pub presence: u64,
+}
+
+impl fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}_{}_{}_{}", self.events, self.misc, self.typing, self.presence)
+    }
+}
+
+impl FromStr for SyncToken {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::invalid_param(format!("Invalid sync token {s:?}"));
+        let rest = s.strip_prefix('s').ok_or_else(bad)?;
+        let parts: Vec<&str> = rest.split('_').collect();
+        if parts.len() != 4 {
+            return Err(bad());
+        }
+        Ok(SyncToken {
+            events: parts[0].parse().map_err(|_| bad())?,
+            misc: parts[1].parse().map_err(|_| bad())?,
+            typing: parts[2].parse().map_err(|_| bad())?,
+            presence: parts[3].parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// A pagination token for /messages: a boundary in the room's order. Backward
+/// reads return events at or before it, forward reads events after it.
+pub fn parse_pagination_token(s: &str) -> Result<i64> {
+    if let Some(n) = s.strip_prefix('t') {
+        return n.parse().map_err(|_| Error::invalid_param("Invalid pagination token"));
+    }
+    Ok(s.parse::<SyncToken>()?.events)
+}
+
+pub fn pagination_token(boundary: i64) -> String {
+    format!("t{}", boundary.max(0))
+}
+
+pub struct SyncRequest {
+    pub since: Option<SyncToken>,
+    pub full_state: bool,
+    pub filter: SyncFilter,
+    pub timeout: Duration,
+}
+
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+
+impl Hearth {
+    pub async fn current_token(&self) -> Result<SyncToken> {
+        Ok(SyncToken {
+            events: self.store.max_stream_ordering().await?,
+            misc: self.store.max_misc_stream_id().await?,
+            typing: self.typing.serial(),
+            presence: self.presence.serial(),
+        })
+    }
+
+    /// Long-poll sync: returns at once when there is something new, otherwise
+    /// waits up to `timeout` for it.
+    pub async fn sync(&self, user: &UserId, device: &str, req: &SyncRequest) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + req.timeout;
+        let mut rx = self.notifier.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let (body, has_data) = self.sync_once(user, device, req).await?;
+            let now = tokio::time::Instant::now();
+            if has_data || req.since.is_none() || req.full_state || now >= deadline {
+                return Ok(body);
+            }
+            if !Notifier::wait(&mut rx, deadline - now).await {
+                // Timed out: answer with the latest positions.
+                let (body, _) = self.sync_once(user, device, req).await?;
+                return Ok(body);
+            }
+        }
+    }
+
+    async fn sync_once(&self, user: &UserId, device: &str, req: &SyncRequest) -> Result<(Value, bool)> {
+        let upto = self.current_token().await?;
+        let since = req.since;
+        let f = &req.filter;
+        let mut has_data = false;
+        let mut join = Map::new();
+        let mut invite = Map::new();
+        let mut leave = Map::new();
+
+        let memberships = self.store.memberships_of_user(user.as_str()).await?;
+        let joined: Vec<String> = memberships
+            .iter()
+            .filter(|m| m.membership == "join")
+            .map(|m| m.room_id.clone())
+            .collect();
+        let changed_rooms: BTreeSet<String> = match since {
+            Some(s) => self.store.rooms_with_events(&joined, s.events, upto.events).await?.into_iter().collect(),
+            None => joined.iter().cloned().collect(),
+        };
+        let receipts = match since {
+            Some(s) => self.store.receipts_since(&joined, s.misc, upto.misc).await?,
+            None => self.store.receipts_since(&joined, 0, upto.misc).await?,
+        };
+        let account_data = self
+            .store
+            .account_data_since(user.as_str(), since.map_or(0, |s| s.misc), upto.misc)
+            .await?;
+
+        for m in &memberships {
+            if m.forgotten || !f.rooms.allows_room(&m.room_id) {
+                continue;
+            }
+            let room_id = RoomId::parse(&m.room_id).map_err(Error::internal)?;
+            let membership_is_new = since.is_none_or(|s| m.stream_ordering > s.events);
+            match m.membership.as_str() {
+                "join" => {
+                    let mut room = Map::new();
+                    let initial = since.is_none() || membership_is_new || req.full_state;
+                    let (timeline, state) = if initial || changed_rooms.contains(&m.room_id) {
+                        self.room_timeline_and_state(&room_id, user, device, since, upto.events, initial, f).await?
+                    } else {
+                        (json!({"events": [], "limited": false, "prev_batch": pagination_token(upto.events)}), vec![])
+                    };
+                    let mut ephemeral = vec![];
+                    if !f.ephemeral.excludes_all() {
+                        if let Some(t) = self.typing.event_for(&m.room_id, since.map(|s| s.typing))
+                            && f.ephemeral.allows_type("m.typing")
+                        {
+                            ephemeral.push(t);
+                        }
+                        if let Some(r) = receipt_event(&m.room_id, user.as_str(), &receipts)
+                            && f.ephemeral.allows_type("m.receipt")
+                        {
+                            ephemeral.push(r);
+                        }
+                    }
+                    let room_data: Vec<Value> = account_data
+                        .iter()
+                        .filter(|a| a.room_id == m.room_id && f.room_account_data.allows_type(&a.data_type))
+                        .map(|a| json!({"type": a.data_type, "content": a.content}))
+                        .collect();
+                    let timeline_nonempty = timeline["events"].as_array().is_some_and(|a| !a.is_empty());
+                    let interesting = initial || timeline_nonempty || !state.is_empty() || !ephemeral.is_empty() || !room_data.is_empty();
+                    if !interesting {
+                        continue;
+                    }
+                    if since.is_some() {
+                        has_data = true;
+                    }
+                    let (notif, highlight) = self.unread_counts(&room_id, user).await?;
+                    room.insert("timeline".into(), timeline);
+                    room.insert("state".into(), json!({"events": state}));
+                    room.insert("ephemeral".into(), json!({"events": ephemeral}));
+                    room.insert("account_data".into(), json!({"events": room_data}));
+                    room.insert(
+                        "unread_notifications".into(),
+                        json!({"notification_count": notif, "highlight_count": highlight}),
+                    );
+                    room.insert("summary".into(), self.room_summary(&room_id, user).await?);
+                    join.insert(m.room_id.clone(), Value::Object(room));
+                }
+                "invite" if membership_is_new => {
+                    has_data |= since.is_some();
+                    invite.insert(
+                        m.room_id.clone(),
+                        json!({"invite_state": {"events": self.invite_state(&room_id, m).await?}}),
+                    );
+                }
+                "leave" | "ban" if (since.is_some() && membership_is_new) || (since.is_none() && f.include_leave) => {
+                    has_data |= since.is_some();
+                    let (timeline, state) = self
+                        .room_timeline_and_state(&room_id, user, device, since, m.stream_ordering, true, f)
+                        .await?;
+                    leave.insert(m.room_id.clone(), json!({"timeline": timeline, "state": {"events": state}}));
+                }
+                _ => {}
+            }
+        }
+
+        let global_data: Vec<Value> = account_data
+            .iter()
+            .filter(|a| a.room_id.is_empty() && f.account_data.allows_type(&a.data_type))
+            .map(|a| json!({"type": a.data_type, "content": a.content}))
+            .collect();
+        has_data |= since.is_some() && !global_data.is_empty();
+
+        let presence = if f.presence.excludes_all() {
+            vec![]
+        } else {
+            let users = self.store.users_sharing_rooms(user.as_str()).await?;
+            self.presence.events_for(&users, since.map(|s| s.presence))
+        };
+        has_data |= since.is_some() && !presence.is_empty();
+
+        let body = json!({
+            "next_batch": upto.to_string(),
+            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
+            "account_data": {"events": global_data},
+            "presence": {"events": presence},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+            "device_unused_fallback_key_types": [],
+        });
+        Ok((body, has_data))
+    }
+
+    /// Timeline (newest `limit` events up to `upto`, after `since` unless
+    /// initial) and the state to send with it.
+    #[allow(clippy::too_many_arguments)]
+    async fn room_timeline_and_state(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        device: &str,
+        since: Option<SyncToken>,
+        upto: i64,
+        initial: bool,
+        f: &SyncFilter,
+    ) -> Result<(Value, Vec<Value>)> {
+        let limit = f.timeline.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, 1000);
+        let lower = if initial { None } else { since.map(|s| s.events) };
+        let mut events = self
+            .store
+            .room_events(room_id.as_str(), upto, lower, Direction::Backward, (limit + 1) as i64)
+            .await?;
+        let limited = events.len() > limit;
+        events.truncate(limit);
+        events.reverse();
+        let events = self.filter_visible(room_id, user, events).await?;
+        let start = events.first().map(|e| e.stream_ordering - 1).unwrap_or(upto);
+        let prev_batch = pagination_token(start);
+
+        let state_events: Vec<StoredEvent> = if initial {
+            let map = self.store.state_at(room_id.as_str(), start).await?;
+            let ids: Vec<String> = map.into_values().collect();
+            self.store.get_events(&ids).await?
+        } else if limited {
+            self.store
+                .state_changes(room_id.as_str(), since.map_or(0, |s| s.events), start)
+                .await?
+        } else {
+            vec![]
+        };
+        let timeline_senders: BTreeSet<&str> = events.iter().map(|e| e.pdu.sender.as_str()).collect();
+        let viewer = Some((user, device));
+        let state: Vec<Value> = state_events
+            .iter()
+            .filter(|e| f.state.allows(e.pdu.kind.to_string().as_str(), e.pdu.sender.as_str(), None))
+            .filter(|e| {
+                !f.state.lazy_load_members
+                    || e.pdu.kind.to_string() != "m.room.member"
+                    || e.pdu.state_key.as_deref().is_some_and(|k| k == user.as_str() || timeline_senders.contains(k))
+            })
+            .map(|e| e.to_client(viewer))
+            .collect();
+        let timeline: Vec<Value> = events
+            .iter()
+            .filter(|e| {
+                let content = e.pdu.json.get("content");
+                f.timeline.allows(e.pdu.kind.to_string().as_str(), e.pdu.sender.as_str(), content)
+            })
+            .map(|e| e.to_client(viewer))
+            .collect();
+        Ok((json!({"events": timeline, "limited": limited, "prev_batch": prev_batch}), state))
+    }
+
+    async fn invite_state(&self, room_id: &RoomId, m: &MembershipRecord) -> Result<Vec<Value>> {
+        let mut out = vec![];
+        for (kind, sk) in [
+            ("m.room.create", ""),
+            ("m.room.join_rules", ""),
+            ("m.room.name", ""),
+            ("m.room.avatar", ""),
+            ("m.room.canonical_alias", ""),
+            ("m.room.encryption", ""),
+            ("m.room.topic", ""),
+        ] {
+            if let Some(e) = self.store.state_event_at(room_id.as_str(), kind, sk, m.stream_ordering).await? {
+                out.push(e.pdu.to_stripped());
+            }
+        }
+        if let Some(ev) = self.store.get_event(&m.event_id).await? {
+            if let Some(inviter) = self
+                .store
+                .state_event_at(room_id.as_str(), "m.room.member", ev.pdu.sender.as_str(), m.stream_ordering)
+                .await?
+                && inviter.pdu.sender != ev.pdu.state_key.clone().unwrap_or_default()
+            {
+                out.push(inviter.pdu.to_stripped());
+            }
+            out.push(ev.to_client(None));
+        }
+        Ok(out)
+    }
+
+    async fn room_summary(&self, room_id: &RoomId, user: &UserId) -> Result<Value> {
+        let members = self.store.room_members(room_id.as_str(), None).await?;
+        let joined = members.iter().filter(|m| m.membership == "join").count();
+        let invited = members.iter().filter(|m| m.membership == "invite").count();
+        let heroes: Vec<&str> = members
+            .iter()
+            .filter(|m| (m.membership == "join" || m.membership == "invite") && m.user_id != user.as_str())
+            .map(|m| m.user_id.as_str())
+            .take(5)
+            .collect();
+        Ok(json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}))
+    }
+
+    /// Messages from others after the user's read receipt; highlights are those
+    /// that mention the user (m.mentions, or their id or display name in the body).
+    pub async fn unread_counts(&self, room_id: &RoomId, user: &UserId) -> Result<(u64, u64)> {
+        let after = match self.store.user_receipt(room_id.as_str(), user.as_str(), &["m.read", "m.read.private"]).await? {
+            Some(r) => match self.store.get_event(&r.event_id).await? {
+                Some(e) => e.stream_ordering,
+                None => 0,
+            },
+            None => match self.store.membership(room_id.as_str(), user.as_str()).await? {
+                Some(m) => m.stream_ordering,
+                None => return Ok((0, 0)),
+            },
+        };
+        let events = self
+            .store
+            .room_events(room_id.as_str(), after, None, Direction::Forward, 1000)
+            .await?;
+        let displayname = self.store.get_user(user.as_str()).await?.and_then(|u| u.displayname);
+        let (mut notif, mut highlight) = (0, 0);
+        for e in events {
+            let kind = e.pdu.kind.to_string();
+            if e.pdu.sender == user || !(kind == "m.room.message" || kind == "m.room.encrypted" || kind == "m.sticker") {
+                continue;
+            }
+            notif += 1;
+            let content = e.pdu.content_value();
+            let mentioned = content
+                .get("m.mentions")
+                .and_then(|m| m.get("user_ids"))
+                .and_then(Value::as_array)
+                .is_some_and(|ids| ids.iter().any(|i| i.as_str() == Some(user.as_str())));
+            let body = content.get("body").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+            let named = body.contains(&user.as_str().to_lowercase())
+                || displayname.as_ref().is_some_and(|d| !d.is_empty() && body.contains(&d.to_lowercase()));
+            if mentioned || named {
+                highlight += 1;
+            }
+        }
+        Ok((notif, highlight))
+    }
+}
+
+/// Groups receipts for one room into an m.receipt event; private receipts
+/// are shown only to their owner.
+fn receipt_event(room_id: &str, viewer: &str, receipts: &[crate::store::ReceiptRecord]) -> Option<Value> {
+    let mut content = Map::new();
+    for r in receipts.iter().filter(|r| r.room_id == room_id) {
+        if r.receipt_type == "m.read.private" && r.user_id != viewer {
+            continue;
+        }
+        let mut entry = json!({"ts": r.ts});
+        if !r.thread_id.is_empty() {
+            entry["thread_id"] = json!(r.thread_id);
+        }
+        let ev = content.entry(r.event_id.clone()).or_insert_with(|| json!({}));
+        ev[&r.receipt_type][&r.user_id] = entry;
+    }
+    if content.is_empty() {
+        return None;
+    }
+    Some(json!({"type": "m.receipt", "content": content}))
+}

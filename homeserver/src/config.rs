@@ -1,0 +1,121 @@
+//! Configuration: defaults, then a TOML file, then `HEARTH_*` environment
+//! variables, then command-line flags; each layer overrides the one before.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context, Result, bail};
+use hearth_core::{CoreConfig, config::RateLimitConfig, ruma::{OwnedServerName, RoomVersionId, ServerName}};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server_name: Option<String>,
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub public_base_url: Option<String>,
+    pub default_room_version: Option<String>,
+    pub max_upload_size: Option<u64>,
+    #[serde(default)]
+    pub registration: RegistrationSection,
+    #[serde(default)]
+    pub rate_limits: RateLimitSection,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationSection {
+    pub enabled: Option<bool>,
+    pub tokens: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub enabled: Option<bool>,
+    pub messages_per_second: Option<f64>,
+    pub messages_burst: Option<f64>,
+    pub login_per_second: Option<f64>,
+    pub login_burst: Option<f64>,
+    pub register_per_second: Option<f64>,
+    pub register_burst: Option<f64>,
+}
+
+/// Values given on the command line (they win over file and environment).
+#[derive(Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Path to a TOML configuration file.
+    #[arg(long, short, env = "HEARTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The server name (the part after ':' in user ids).
+    #[arg(long, env = "HEARTH_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// Address for the client API, e.g. 127.0.0.1:8008.
+    #[arg(long, env = "HEARTH_LISTEN")]
+    pub listen: Option<String>,
+    /// Directory for the database, media and keys.
+    #[arg(long, env = "HEARTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Allow open registration (true/false).
+    #[arg(long, env = "HEARTH_REGISTRATION_ENABLED")]
+    pub registration_enabled: Option<bool>,
+    /// Comma-separated registration tokens; when set, registration requires one.
+    #[arg(long, env = "HEARTH_REGISTRATION_TOKENS", value_delimiter = ',')]
+    pub registration_tokens: Option<Vec<String>>,
+    /// Turn rate limiting on or off.
+    #[arg(long, env = "HEARTH_RATE_LIMITS")]
+    pub rate_limits: Option<bool>,
+    /// Largest media upload in bytes.
+    #[arg(long, env = "HEARTH_MAX_UPLOAD_SIZE")]
+    pub max_upload_size: Option<u64>,
+}
+
+pub struct Config {
+    pub core: CoreConfig,
+    pub listen: SocketAddr,
+}
+
+pub fn load(o: &Overrides) -> Result<Config> {
+    let file: FileConfig = match &o.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let server_name = o.server_name.clone().or(file.server_name).unwrap_or_else(|| "localhost".into());
+    let server_name: OwnedServerName = ServerName::parse(&server_name)
+        .with_context(|| format!("invalid server_name {server_name:?}"))?;
+    let listen = o.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8008".into());
+    let listen: SocketAddr = listen.parse().with_context(|| format!("invalid listen address {listen:?}"))?;
+    let data_dir = o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
+
+    let mut core = CoreConfig::new(server_name, data_dir);
+    core.public_base_url = file.public_base_url;
+    if let Some(v) = file.default_room_version {
+        let v = RoomVersionId::try_from(v.as_str()).with_context(|| format!("invalid room version {v:?}"))?;
+        if !CoreConfig::supported_room_versions().contains(&v) {
+            bail!("default_room_version {v} is not supported");
+        }
+        core.default_room_version = v;
+    }
+    if let Some(m) = o.max_upload_size.or(file.max_upload_size) {
+        core.max_upload_size = m;
+    }
+    core.registration_enabled = o.registration_enabled.or(file.registration.enabled).unwrap_or(true);
+    core.registration_tokens = o.registration_tokens.clone().or(file.registration.tokens).unwrap_or_default();
+    core.registration_tokens.retain(|t| !t.is_empty());
+
+    let r = file.rate_limits;
+    let d = RateLimitConfig::default();
+    core.rate_limits = RateLimitConfig {
+        enabled: o.rate_limits.or(r.enabled).unwrap_or(d.enabled),
+        messages_per_second: r.messages_per_second.unwrap_or(d.messages_per_second),
+        messages_burst: r.messages_burst.unwrap_or(d.messages_burst),
+        login_per_second: r.login_per_second.unwrap_or(d.login_per_second),
+        login_burst: r.login_burst.unwrap_or(d.login_burst),
+        register_per_second: r.register_per_second.unwrap_or(d.register_per_second),
+        register_burst: r.register_burst.unwrap_or(d.register_burst),
+    };
+    Ok(Config { core, listen })
+}

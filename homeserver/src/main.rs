@@ -1,0 +1,92 @@
+//! The Hearth homeserver: `homeserver` serves; `homeserver create-user` is the
+//! operator's way to add accounts when registration is closed.
+
+mod config;
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use hearth_core::{Hearth, store::sqlite::SqliteStore};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "homeserver", version, about = "Hearth, a Matrix homeserver")]
+struct Cli {
+    #[command(flatten)]
+    overrides: config::Overrides,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Create a user account.
+    CreateUser {
+        /// Localpart of the new user (e.g. `alice` for @alice:server).
+        username: String,
+        /// Password; read from HEARTH_NEW_PASSWORD when not given.
+        #[arg(long, env = "HEARTH_NEW_PASSWORD")]
+        password: String,
+        /// Make the user a server admin.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let cli = Cli::parse();
+    let cfg = config::load(&cli.overrides)?;
+    let store = Arc::new(
+        SqliteStore::open(&cfg.core.data_dir.join("hearth.db"))
+            .await
+            .context("opening the database")?,
+    );
+    let hearth = Hearth::new(cfg.core.clone(), store.clone()).await?;
+
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CreateUser { username, password, admin } => {
+            let id = hearth.create_account(&username, Some(&password), admin).await?;
+            println!("created {id}");
+        }
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(cfg.listen)
+                .await
+                .with_context(|| format!("binding {}", cfg.listen))?;
+            tracing::info!(
+                server_name = %cfg.core.server_name,
+                listen = %listener.local_addr()?,
+                data_dir = %cfg.core.data_dir.display(),
+                "Hearth is ready"
+            );
+            let app = hearth_client_api::router(hearth.clone());
+            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            tracing::info!("shutting down");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
