@@ -1,8 +1,95 @@
+//! Device listing, renaming and deletion.
+
 use std::sync::Arc;
 
-use axum::Router;
-use hearth_core::Hearth;
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::{get, post},
+};
+use hearth_core::{Error, Hearth, store::DeviceRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{JsonResult, account::run_uia};
+use crate::extract::{Auth, JsonBody};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
+        .route("/devices", get(list))
+        .route("/devices/{device_id}", get(get_one).put(rename).delete(delete_one))
+        .route("/delete_devices", post(delete_many))
+}
+
+fn device_json(user: &str, d: &DeviceRecord) -> Value {
+    json!({
+        "device_id": d.device_id,
+        "display_name": d.display_name,
+        "last_seen_ip": d.last_seen_ip,
+        "last_seen_ts": d.last_seen_ts,
+        "user_id": user,
+    })
+}
+
+async fn list(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+    let devices = h.store.list_devices(s.user_id.as_str()).await?;
+    let list: Vec<Value> = devices.iter().map(|d| device_json(s.user_id.as_str(), d)).collect();
+    Ok(Json(json!({"devices": list})))
+}
+
+async fn get_one(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(device_id): Path<String>) -> JsonResult {
+    let d = h
+        .store
+        .get_device(s.user_id.as_str(), &device_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Unknown device"))?;
+    Ok(Json(device_json(s.user_id.as_str(), &d)))
+}
+
+#[derive(Deserialize)]
+struct RenameBody {
+    display_name: Option<String>,
+}
+
+async fn rename(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(device_id): Path<String>,
+    JsonBody(body): JsonBody<RenameBody>,
+) -> JsonResult {
+    if !h.store.rename_device(s.user_id.as_str(), &device_id, body.display_name.as_deref()).await? {
+        return Err(Error::not_found("Unknown device").into());
+    }
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct DeleteBody {
+    auth: Option<Value>,
+}
+
+async fn delete_one(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(device_id): Path<String>,
+    JsonBody(body): JsonBody<DeleteBody>,
+) -> JsonResult {
+    if h.store.get_device(s.user_id.as_str(), &device_id).await?.is_none() {
+        return Err(Error::not_found("Unknown device").into());
+    }
+    run_uia(&h, body.auth.as_ref(), &[vec!["m.login.password"]], Some(&s.user_id)).await?;
+    h.store.delete_devices(s.user_id.as_str(), Some(&[device_id])).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct DeleteManyBody {
+    devices: Vec<String>,
+    auth: Option<Value>,
+}
+
+async fn delete_many(State(h): State<Arc<Hearth>>, Auth(s): Auth, JsonBody(body): JsonBody<DeleteManyBody>) -> JsonResult {
+    run_uia(&h, body.auth.as_ref(), &[vec!["m.login.password"]], Some(&s.user_id)).await?;
+    h.store.delete_devices(s.user_id.as_str(), Some(&body.devices)).await?;
+    Ok(Json(json!({})))
 }

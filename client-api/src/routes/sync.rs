@@ -1,8 +1,124 @@
-use std::sync::Arc;
+//! Long-poll /sync and filter storage.
 
-use axum::Router;
-use hearth_core::Hearth;
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    routing::{get, post},
+};
+use hearth_core::{Error, Hearth, filter::SyncFilter, sync::SyncRequest};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{JsonResult, parse_user_id};
+use crate::{
+    error::ApiResult,
+    extract::{Auth, JsonBody},
+};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
+        .route("/sync", get(sync))
+        .route("/user/{user_id}/filter", post(create_filter))
+        .route("/user/{user_id}/filter/{filter_id}", get(get_filter))
+}
+
+/// Longest long-poll we hold open, whatever the client asks.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Deserialize)]
+struct SyncQuery {
+    since: Option<String>,
+    filter: Option<String>,
+    #[serde(default)]
+    full_state: Option<String>,
+    set_presence: Option<String>,
+    timeout: Option<String>,
+}
+
+async fn resolve_filter(h: &Hearth, user: &str, f: Option<&str>) -> ApiResult<SyncFilter> {
+    Ok(match f {
+        None => SyncFilter::default(),
+        Some(s) if s.trim_start().starts_with('{') => {
+            let v: Value = serde_json::from_str(s).map_err(|_| Error::invalid_param("filter is not valid JSON"))?;
+            SyncFilter::parse(&v)
+        }
+        Some(id) => {
+            let v = h
+                .store
+                .get_filter(user, id)
+                .await?
+                .ok_or_else(|| Error::not_found("Unknown filter"))?;
+            SyncFilter::parse(&v)
+        }
+    })
+}
+
+async fn sync(State(h): State<Arc<Hearth>>, Auth(s): Auth, Query(q): Query<SyncQuery>) -> JsonResult {
+    let since = q.since.as_deref().filter(|s| !s.is_empty()).map(str::parse).transpose()?;
+    let filter = resolve_filter(&h, s.user_id.as_str(), q.filter.as_deref()).await?;
+    let timeout = match &q.timeout {
+        Some(t) => Duration::from_millis(t.parse().map_err(|_| Error::invalid_param("timeout must be an integer"))?),
+        None => Duration::ZERO,
+    };
+    let full_state = matches!(q.full_state.as_deref(), Some("true"));
+    let presence = q.set_presence.as_deref().unwrap_or("online");
+    match presence {
+        "online" | "offline" | "unavailable" => {}
+        _ => return Err(Error::invalid_param("Invalid set_presence").into()),
+    }
+    let changed = if presence == "online" {
+        h.presence.set(s.user_id.as_str(), "online", None) | h.presence.touch(s.user_id.as_str())
+    } else {
+        h.presence.set(s.user_id.as_str(), presence, None)
+    };
+    if changed {
+        h.notifier.notify();
+    }
+    let req = SyncRequest { since, full_state, filter, timeout: timeout.min(MAX_TIMEOUT) };
+    Ok(Json(h.sync(&s.user_id, &s.device_id, &req).await?))
+}
+
+async fn create_filter(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(filter): JsonBody<Value>,
+) -> JsonResult {
+    let user = parse_user_id(&user_id)?;
+    if user != s.user_id {
+        return Err(Error::forbidden("Cannot create filters for other users").into());
+    }
+    for key in ["event_fields", "event_format", "presence", "account_data", "room"] {
+        if let Some(v) = filter.get(key) {
+            let ok = match key {
+                "event_fields" => v.is_array(),
+                "event_format" => matches!(v.as_str(), Some("client" | "federation")),
+                _ => v.is_object(),
+            };
+            if !ok {
+                return Err(Error::bad_json(format!("Invalid filter field {key}")).into());
+            }
+        }
+    }
+    let id = h.store.save_filter(s.user_id.as_str(), &filter).await?;
+    Ok(Json(json!({"filter_id": id})))
+}
+
+async fn get_filter(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((user_id, filter_id)): Path<(String, String)>,
+) -> JsonResult {
+    let user = parse_user_id(&user_id)?;
+    if user != s.user_id {
+        return Err(Error::forbidden("Cannot read other users' filters").into());
+    }
+    let f = h
+        .store
+        .get_filter(s.user_id.as_str(), &filter_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Unknown filter"))?;
+    Ok(Json(f))
 }

@@ -6,6 +6,7 @@
 //! room's stream ordering its total order.
 
 mod create;
+mod membership;
 mod visibility;
 mod writer;
 

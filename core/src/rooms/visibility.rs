@@ -61,3 +61,13 @@ impl Hearth {
         Ok(out)
     }
 }
+
+impl Hearth {
+    /// Fails with M_FORBIDDEN unless the user is currently joined to the room.
+    pub async fn require_joined(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        match self.store.membership(room_id.as_str(), user.as_str()).await? {
+            Some(m) if m.membership == "join" => Ok(()),
+            _ => Err(crate::Error::forbidden(format!("User {user} is not in room {room_id}"))),
+        }
+    }
+}
