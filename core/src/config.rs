@@ -51,7 +51,7 @@ impl CoreConfig {
             data_dir,
             registration_enabled: true,
             registration_tokens: vec![],
-            default_room_version: RoomVersionId::V10,
+            default_room_version: RoomVersionId::V12,
             max_upload_size: 50 * 1024 * 1024,
             public_base_url: None,
             rate_limits: RateLimitConfig::default(),
@@ -59,6 +59,6 @@ impl CoreConfig {
     }
 
     pub fn supported_room_versions() -> &'static [RoomVersionId] {
-        &[RoomVersionId::V10, RoomVersionId::V11]
+        &[RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12]
     }
 }

@@ -30,7 +30,7 @@ pub struct Pdu {
 
 #[derive(Deserialize)]
 struct PduFields {
-    room_id: OwnedRoomId,
+    room_id: Option<OwnedRoomId>,
     sender: OwnedUserId,
     #[serde(rename = "type")]
     kind: TimelineEventType,
@@ -52,9 +52,19 @@ impl Pdu {
         json: serde_json::Map<String, Value>,
     ) -> Result<Self, serde_json::Error> {
         let f: PduFields = serde_json::from_value(Value::Object(json.clone()))?;
+        // Room version 12 create events carry no room_id: the room id is the
+        // create event's id with `!` for `$`.
+        let room_id = match f.room_id {
+            Some(r) => r,
+            None if f.kind == TimelineEventType::RoomCreate => {
+                RoomId::parse(format!("!{}", event_id.as_str().trim_start_matches('$')))
+                    .map_err(serde::de::Error::custom)?
+            }
+            None => return Err(serde::de::Error::missing_field("room_id")),
+        };
         Ok(Pdu {
             event_id,
-            room_id: f.room_id,
+            room_id,
             sender: f.sender,
             kind: f.kind,
             state_key: f.state_key,
@@ -86,10 +96,14 @@ impl Pdu {
     /// that sent it with a transaction id: only that device sees `transaction_id`.
     pub fn to_client(&self, viewer_device: Option<(&UserId, &str)>, txn: Option<(&str, &str)>) -> Value {
         let mut out = serde_json::Map::new();
-        for key in ["type", "content", "sender", "origin_server_ts", "room_id", "state_key", "redacts"] {
+        for key in ["type", "content", "sender", "origin_server_ts", "state_key", "redacts"] {
             if let Some(v) = self.json.get(key) {
                 out.insert(key.to_owned(), v.clone());
             }
+        }
+        out.insert("room_id".into(), Value::String(self.room_id.to_string()));
+        if let Some(r) = &self.redacts {
+            out.insert("redacts".into(), Value::String(r.to_string()));
         }
         out.insert("event_id".into(), Value::String(self.event_id.to_string()));
         let mut unsigned = match self.json.get("unsigned") {

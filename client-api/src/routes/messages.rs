@@ -12,7 +12,7 @@ use hearth_core::{
     filter::EventFilter,
     pdu::StoredEvent,
     ratelimit::Action,
-    rooms::{NewEvent, required_power, user_power},
+    rooms::{NewEvent, required_power},
     ruma::{OwnedEventId, RoomId, UserId},
     store::Direction,
     sync::{pagination_token, parse_pagination_token},
@@ -78,7 +78,7 @@ async fn redact(
         .ok_or_else(|| Error::not_found("Event not found"))?;
     if target.pdu.sender != s.user_id {
         let pl = h.room_state_event(&room_id, "m.room.power_levels", "").await?.map(|p| p.content_value());
-        if user_power(pl.as_ref(), None, s.user_id.as_str()) < required_power(pl.as_ref(), "redact", 50) {
+        if h.power_of(&room_id, &s.user_id).await? < required_power(pl.as_ref(), "redact", 50) {
             return Err(Error::forbidden("You may not redact other users' events").into());
         }
     }

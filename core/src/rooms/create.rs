@@ -2,7 +2,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde_json::{Value, json};
 
 use super::NewEvent;
-use crate::{Error, Hearth, Result, config::CoreConfig, ids::random_string};
+use crate::{Error, Hearth, Result, config::CoreConfig};
 
 /// A createRoom request, already validated for shape by the API layer.
 #[derive(Debug, Default, Clone)]
@@ -49,26 +49,26 @@ impl Hearth {
             None => None,
         };
 
-        let room_id = RoomId::parse(format!("!{}:{}", random_string(18), self.config.server_name))
-            .map_err(Error::internal)?;
-        self.store.create_room(room_id.as_str(), version.as_str(), creator.as_str()).await?;
-
+        let rules = version.rules().ok_or_else(|| Error::UnsupportedRoomVersion(version.to_string()))?;
         let mut create_content = req.creation_content.clone().unwrap_or_default();
         create_content.insert("room_version".into(), json!(version.as_str()));
-        if version == RoomVersionId::V10 {
-            create_content.insert("creator".into(), json!(creator));
-        } else {
+        if rules.authorization.use_room_create_sender {
             create_content.remove("creator");
+        } else {
+            create_content.insert("creator".into(), json!(creator));
         }
+        let room_id = self.create_room_event(&version, creator, Value::Object(create_content)).await?;
         let owner = creator.to_owned();
-        self.send_event(&room_id, NewEvent::state(owner.clone(), "m.room.create", "", Value::Object(create_content)))
-            .await?;
         let join = self.member_content(creator, "join", None).await?;
         self.send_event(&room_id, NewEvent::state(owner.clone(), "m.room.member", creator.as_str(), join))
             .await?;
 
+        // From v12 creators hold unlimited power and must not be listed in `users`.
+        let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
         let mut users = serde_json::Map::new();
-        users.insert(creator.to_string(), json!(100));
+        if !privileged_creators {
+            users.insert(creator.to_string(), json!(100));
+        }
         if preset == "trusted_private_chat" {
             for u in &req.invite {
                 users.insert(u.to_string(), json!(100));

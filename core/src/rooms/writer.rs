@@ -72,6 +72,66 @@ impl Hearth {
         RoomVersionId::try_from(v.as_str()).map_err(Error::internal)
     }
 
+    /// Hashes and signs a PDU skeleton and derives its event id.
+    fn sign_pdu(&self, obj: Value, rules: &RoomVersionRules) -> Result<Pdu> {
+        let mut canonical: CanonicalJsonObject = serde_json::from_value(obj)
+            .map_err(|e| Error::bad_json(format!("event is not canonical JSON: {e}")))?;
+        ruma::signatures::hash_and_sign_event(
+            self.config.server_name.as_str(),
+            &self.keys.key_pair,
+            &mut canonical,
+            &rules.redaction,
+        )
+        .map_err(Error::internal)?;
+        let event_id = format!("${}", ruma::signatures::reference_hash(&canonical, rules).map_err(Error::internal)?);
+        let event_id = OwnedEventId::try_from(event_id).map_err(Error::internal)?;
+        let Value::Object(map) = serde_json::to_value(&canonical)? else {
+            return Err(Error::internal("event did not serialize to an object"));
+        };
+        if serde_json::to_vec(&map)?.len() > 65536 {
+            return Err(Error::TooLarge("Event is larger than 64 KiB".into()));
+        }
+        Ok(Pdu::from_json(event_id, map)?)
+    }
+
+    /// Creates a room by committing its m.room.create event. For room version
+    /// 12 the room id is derived from that event, so it is only known here.
+    pub async fn create_room_event(
+        &self,
+        version: &RoomVersionId,
+        creator: &ruma::UserId,
+        content: Value,
+    ) -> Result<ruma::OwnedRoomId> {
+        let rules = rules_for(version)?;
+        let mut obj = json!({
+            "auth_events": [],
+            "content": content,
+            "depth": 1,
+            "origin_server_ts": now_ms(),
+            "prev_events": [],
+            "sender": creator,
+            "state_key": "",
+            "type": "m.room.create",
+        });
+        if !rules.authorization.room_create_event_id_as_room_id {
+            obj["room_id"] = json!(format!("!{}:{}", crate::ids::random_string(18), self.config.server_name));
+        }
+        let pdu = self.sign_pdu(obj, &rules)?;
+        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |_| None::<&Pdu>)
+            .map_err(|e| Error::Forbidden(format!("Create event not allowed: {e}")))?;
+        let room_id = pdu.room_id.clone();
+        let handle = self.rooms.handle(room_id.as_str());
+        let mut guard = handle.lock().await;
+        self.store.create_room(room_id.as_str(), version.as_str(), creator.as_str()).await?;
+        self.store.persist_event(&EventToPersist { pdu: pdu.clone(), txn: None }).await?;
+        let mut state = HashMap::new();
+        state.insert(("m.room.create".to_owned(), String::new()), Arc::new(pdu.clone()));
+        *guard = Some(RoomCache { version: version.clone(), latest: Some((pdu.event_id.clone(), 1)), state });
+        drop(guard);
+        self.notifier.notify();
+        Ok(room_id)
+    }
+
     /// Builds, authorizes, signs and commits one event in the room's order.
     /// Returns once the event is durable.
     pub async fn send_event(&self, room_id: &RoomId, new: NewEvent) -> Result<OwnedEventId> {
@@ -125,32 +185,15 @@ impl Hearth {
             obj["state_key"] = json!(sk);
         }
         if let Some(r) = &new.redacts {
-            // v11 carries `redacts` in content; older versions at the top level.
+            // v11+ carries `redacts` in content; older versions at the top level.
             if rules.redaction.content_field_redacts {
                 obj["content"]["redacts"] = json!(r);
             } else {
                 obj["redacts"] = json!(r);
             }
         }
-        let mut canonical: CanonicalJsonObject = serde_json::from_value(obj)
-            .map_err(|e| Error::bad_json(format!("event is not canonical JSON: {e}")))?;
-        ruma::signatures::hash_and_sign_event(
-            self.config.server_name.as_str(),
-            &self.keys.key_pair,
-            &mut canonical,
-            &rules.redaction,
-        )
-        .map_err(Error::internal)?;
-        let event_id = format!("${}", ruma::signatures::reference_hash(&canonical, &rules).map_err(Error::internal)?);
-        let event_id = OwnedEventId::try_from(event_id).map_err(Error::internal)?;
-        let Value::Object(mut map) = serde_json::to_value(&canonical)? else {
-            return Err(Error::internal("event did not serialize to an object"));
-        };
-        let size = serde_json::to_vec(&map)?.len();
-        if size > 65536 {
-            return Err(Error::TooLarge("Event is larger than 64 KiB".into()));
-        }
-        let pdu = Pdu::from_json(event_id.clone(), map.clone())?;
+        let pdu = self.sign_pdu(obj, &rules)?;
+        let event_id = pdu.event_id.clone();
 
         ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, sk| {
             cache.state.get(&(t.to_string(), sk.to_owned())).map(|p| p.as_ref())
@@ -160,6 +203,7 @@ impl Hearth {
             Error::Forbidden(format!("Event not allowed: {e}"))
         })?;
 
+        let mut map = pdu.json.clone();
         if let Some(sk) = &new.state_key
             && let Some(prev) = cache.state.get(&(new.kind.clone(), sk.clone()))
         {
@@ -212,5 +256,27 @@ impl Hearth {
         self.store
             .store_redacted(target.as_str(), &serde_json::to_value(&redacted)?, redaction.event_id.as_str())
             .await
+    }
+}
+
+impl Hearth {
+    /// A user's power level in a room, honouring v12's privileged creators.
+    pub async fn power_of(&self, room_id: &RoomId, user: &ruma::UserId) -> Result<i64> {
+        let create = self.room_state_event(room_id, "m.room.create", "").await?;
+        let rules = rules_for(&self.room_version_of(room_id).await?)?;
+        if let Some(c) = &create
+            && rules.authorization.explicitly_privilege_room_creators
+        {
+            let additional = c.content_value().get("additional_creators").cloned();
+            let is_additional = additional
+                .as_ref()
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
+            if c.sender == user || is_additional {
+                return Ok(i64::MAX);
+            }
+        }
+        let pl = self.room_state_event(room_id, "m.room.power_levels", "").await?.map(|p| p.content_value());
+        Ok(super::user_power(pl.as_ref(), create.as_ref().map(|c| c.sender.as_str()), user.as_str()))
     }
 }
