@@ -145,7 +145,8 @@ impl ruma::state_res::Event for Pdu {
         &self.event_id
     }
     fn room_id(&self) -> Option<&RoomId> {
-        Some(&self.room_id)
+        // A v12 create event has no room_id on the wire.
+        self.json.contains_key("room_id").then_some(&*self.room_id)
     }
     fn sender(&self) -> &UserId {
         &self.sender
