@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::JsonResult;
 use crate::{
     error::{ApiError, ApiResult},
-    extract::{Auth, JsonBody},
+    extract::{Auth, ClientIp, JsonBody},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -60,6 +60,7 @@ struct RegisterBody {
 async fn register(
     State(h): State<Arc<Hearth>>,
     Query(q): Query<RegisterQuery>,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<RegisterBody>,
 ) -> JsonResult {
     if q.kind.as_deref() == Some("guest") {
@@ -82,7 +83,7 @@ async fn register(
         vec![vec!["m.login.registration_token"]]
     };
     run_uia(&h, body.auth.as_ref(), &flows, None).await?;
-    h.rate_limit(Action::Register, "register")?;
+    h.rate_limit(Action::Register, &ip.map(|i| i.to_string()).unwrap_or_default())?;
     let password = body
         .password
         .as_deref()

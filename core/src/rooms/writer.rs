@@ -15,6 +15,8 @@ use crate::{
     store::EventToPersist,
 };
 
+const MAX_PDU_SIZE: usize = 65536;
+
 pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
     version
         .rules()
@@ -74,6 +76,10 @@ impl Hearth {
 
     /// Hashes and signs a PDU skeleton and derives its event id.
     fn sign_pdu(&self, obj: Value, rules: &RoomVersionRules) -> Result<Pdu> {
+        // The spec caps a whole PDU at 64 KiB; refuse early so signing never sees it.
+        if serde_json::to_vec(&obj)?.len() > MAX_PDU_SIZE {
+            return Err(Error::TooLarge("Event is larger than 64 KiB".into()));
+        }
         let mut canonical: CanonicalJsonObject = serde_json::from_value(obj)
             .map_err(|e| Error::bad_json(format!("event is not canonical JSON: {e}")))?;
         ruma::signatures::hash_and_sign_event(
@@ -88,7 +94,7 @@ impl Hearth {
         let Value::Object(map) = serde_json::to_value(&canonical)? else {
             return Err(Error::internal("event did not serialize to an object"));
         };
-        if serde_json::to_vec(&map)?.len() > 65536 {
+        if serde_json::to_vec(&map)?.len() > MAX_PDU_SIZE {
             return Err(Error::TooLarge("Event is larger than 64 KiB".into()));
         }
         Ok(Pdu::from_json(event_id, map)?)

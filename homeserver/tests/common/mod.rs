@@ -1,0 +1,209 @@
+//! Test harness: runs the real `homeserver` binary on a free loopback port with
+//! its own data directory, and speaks HTTP to it like a client.
+#![allow(dead_code)]
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+pub struct TestServer {
+    pub url: String,
+    pub data_dir: PathBuf,
+    port: u16,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    owns_dir: bool,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "hearth-test-{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn rand_suffix() -> String {
+    use std::time::SystemTime;
+    let n = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{n:x}")
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_homeserver")
+}
+
+impl TestServer {
+    /// Starts a server with rate limits off plus any extra flags.
+    pub async fn start(extra_args: &[&str]) -> Self {
+        let data_dir = temp_dir("hs");
+        let mut s = TestServer {
+            url: String::new(),
+            data_dir,
+            port: free_port(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            owns_dir: true,
+        };
+        s.spawn().await;
+        s
+    }
+
+    async fn spawn(&mut self) {
+        let mut args = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{}", self.port),
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+        ];
+        if !self.extra_args.iter().any(|a| a == "--rate-limits") {
+            args.extend(["--rate-limits".to_string(), "false".to_string()]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        let child = Command::new(binary())
+            .args(&args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn homeserver");
+        self.child = Some(child);
+        self.url = format!("http://127.0.0.1:{}", self.port);
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{}/_matrix/client/versions", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("homeserver did not start");
+    }
+
+    /// Kills the process hard (as a crash would) and starts it again on the same data.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn().await;
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn client(&self) -> Client {
+        Client { base: self.url.clone(), token: None, http: reqwest::Client::new() }
+    }
+
+    /// Registers a user with the dummy UIA flow and returns a logged-in client.
+    pub async fn register(&self, user: &str, password: &str) -> Client {
+        let mut c = self.client();
+        let (status, body) = c
+            .post(
+                "/_matrix/client/v3/register",
+                json!({"username": user, "password": password, "auth": {"type": "m.login.dummy"}}),
+            )
+            .await;
+        assert_eq!(status, 200, "register {user}: {body}");
+        c.token = body["access_token"].as_str().map(str::to_owned);
+        c
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+/// A minimal Matrix client: JSON in, (status, JSON) out.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request failed");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::DELETE, path, None).await
+    }
+
+    pub async fn create_room(&self, body: Value) -> String {
+        let (s, b) = self.post("/_matrix/client/v3/createRoom", body).await;
+        assert_eq!(s, 200, "createRoom: {b}");
+        b["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    pub async fn send_text(&self, room: &str, txn: &str, body: &str) -> String {
+        let (s, b) = self
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await;
+        assert_eq!(s, 200, "send: {b}");
+        b["event_id"].as_str().expect("event_id").to_owned()
+    }
+}
+
+/// Percent-encodes a path segment (room ids contain '!' and ':').
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
