@@ -11,19 +11,31 @@ use serde_json::json;
 #[derive(Debug)]
 pub enum ApiError {
     Core(Error),
-    Uia(UiaChallenge),
-    Custom { status: StatusCode, errcode: &'static str, error: String },
+    Uia(Box<UiaChallenge>),
+    Custom {
+        status: StatusCode,
+        errcode: &'static str,
+        error: String,
+    },
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, errcode: &'static str, error: impl Into<String>) -> Self {
-        ApiError::Custom { status, errcode, error: error.into() }
+        ApiError::Custom {
+            status,
+            errcode,
+            error: error.into(),
+        }
     }
     pub fn unrecognized(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", msg)
     }
     pub fn missing_token() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "Missing access token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "M_MISSING_TOKEN",
+            "Missing access token",
+        )
     }
 }
 
@@ -99,7 +111,11 @@ impl IntoResponse for ApiError {
                 }
                 (StatusCode::UNAUTHORIZED, Json(body)).into_response()
             }
-            ApiError::Custom { status, errcode, error } => {
+            ApiError::Custom {
+                status,
+                errcode,
+                error,
+            } => {
                 tracing::debug!(errcode, %error, "request refused");
                 (status, Json(json!({"errcode": errcode, "error": error}))).into_response()
             }

@@ -23,7 +23,10 @@ pub fn access_token(parts: &Parts) -> Option<String> {
         return Some(t.trim().to_owned());
     }
     parts.uri.query().and_then(|q| {
-        url_params(q).into_iter().find(|(k, _)| k == "access_token").map(|(_, v)| v)
+        url_params(q)
+            .into_iter()
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v)
     })
 }
 
@@ -70,7 +73,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match access_token(parts) {
             None => Ok(MaybeAuth(None)),
-            Some(t) => Ok(MaybeAuth(Some(Arc::<Hearth>::from_ref(state).authenticate(&t).await?))),
+            Some(t) => Ok(MaybeAuth(Some(
+                Arc::<Hearth>::from_ref(state).authenticate(&t).await?,
+            ))),
         }
     }
 }
@@ -79,9 +84,17 @@ where
 pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", "Request body too large")
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                "Request body too large",
+            )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "M_UNKNOWN", format!("Could not read body: {e}"))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                format!("Could not read body: {e}"),
+            )
         }
     })
 }
@@ -99,15 +112,32 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = read_body(req, state).await?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", format!("Content not JSON: {e}")))?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_NOT_JSON",
+                format!("Content not JSON: {e}"),
+            )
+        })?;
         if !value.is_object() {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", "Content must be a JSON object"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_NOT_JSON",
+                "Content must be a JSON object",
+            ));
         }
-        serde_json::from_value(value)
-            .map(JsonBody)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", format!("Invalid request body: {e}")))
+        serde_json::from_value(value).map(JsonBody).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_BAD_JSON",
+                format!("Invalid request body: {e}"),
+            )
+        })
     }
 }
 

@@ -39,7 +39,13 @@ pub fn router(hearth: Arc<Hearth>) -> Router {
     let media_limit = hearth.config.max_upload_size as usize;
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers(Any);
     Router::new()
         .merge(routes::discovery::routes())
@@ -58,5 +64,9 @@ async fn unknown_endpoint() -> ApiError {
 }
 
 async fn method_not_allowed() -> impl IntoResponse {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "M_UNRECOGNIZED",
+        "Method not allowed",
+    )
 }

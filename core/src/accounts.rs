@@ -36,7 +36,11 @@ async fn verify_password(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_owned(), hash.to_owned());
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await
@@ -47,9 +51,9 @@ async fn verify_password(password: &str, hash: &str) -> bool {
 pub fn valid_localpart(local: &str) -> bool {
     !local.is_empty()
         && local.len() <= 200
-        && local
-            .bytes()
-            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+        && local.bytes().all(
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'),
+        )
 }
 
 impl Hearth {
@@ -61,7 +65,8 @@ impl Hearth {
     /// Parses a login identifier: a bare localpart or a full user id of this server.
     pub fn parse_local_user(&self, user: &str) -> Result<OwnedUserId> {
         if user.starts_with('@') {
-            let id = UserId::parse(user.to_lowercase()).map_err(|_| Error::InvalidUsername("Invalid user id".into()))?;
+            let id = UserId::parse(user.to_lowercase())
+                .map_err(|_| Error::InvalidUsername("Invalid user id".into()))?;
             if id.server_name() != self.config.server_name {
                 return Err(Error::forbidden("User is not on this server"));
             }
@@ -85,19 +90,28 @@ impl Hearth {
     }
 
     /// Creates an account; the operator CLI and /register both come here.
-    pub async fn create_account(&self, local: &str, password: Option<&str>, is_admin: bool) -> Result<OwnedUserId> {
+    pub async fn create_account(
+        &self,
+        local: &str,
+        password: Option<&str>,
+        is_admin: bool,
+    ) -> Result<OwnedUserId> {
         let id = self.check_username_available(local).await?;
         let hash = match password {
             Some(p) => Some(hash_password(p).await?),
             None => None,
         };
-        self.store.create_user(id.as_str(), hash.as_deref(), is_admin).await?;
+        self.store
+            .create_user(id.as_str(), hash.as_deref(), is_admin)
+            .await?;
         self.set_profile_defaults(&id).await?;
         Ok(id)
     }
 
     async fn set_profile_defaults(&self, id: &UserId) -> Result<()> {
-        self.store.set_displayname(id.as_str(), Some(id.localpart())).await
+        self.store
+            .set_displayname(id.as_str(), Some(id.localpart()))
+            .await
     }
 
     /// A fresh numeric localpart for registrations that give none.
@@ -105,14 +119,24 @@ impl Hearth {
         loop {
             let n: u64 = rand::random::<u64>() % 1_000_000_000;
             let local = n.to_string();
-            if self.store.get_user(self.user_id_for(&local)?.as_str()).await?.is_none() {
+            if self
+                .store
+                .get_user(self.user_id_for(&local)?.as_str())
+                .await?
+                .is_none()
+            {
                 return Ok(local);
             }
         }
     }
 
     /// Issues a device (new or given) and an access token for it.
-    pub async fn issue_token(&self, user: &UserId, device_id: Option<&str>, display_name: Option<&str>) -> Result<(String, String)> {
+    pub async fn issue_token(
+        &self,
+        user: &UserId,
+        device_id: Option<&str>,
+        display_name: Option<&str>,
+    ) -> Result<(String, String)> {
         let device_id = device_id.map(str::to_owned).unwrap_or_else(new_device_id);
         let token = new_access_token();
         self.store
@@ -126,7 +150,9 @@ impl Hearth {
     pub async fn check_password(&self, user: &UserId, password: &str) -> Result<()> {
         let rec = self.store.get_user(user.as_str()).await?;
         match rec {
-            Some(u) if u.deactivated => Err(Error::UserDeactivated("This account has been deactivated".into())),
+            Some(u) if u.deactivated => Err(Error::UserDeactivated(
+                "This account has been deactivated".into(),
+            )),
             Some(u) => match u.password_hash {
                 Some(h) if verify_password(password, &h).await => Ok(()),
                 _ => Err(Error::forbidden("Invalid username or password")),
@@ -147,7 +173,13 @@ impl Hearth {
         }
     }
 
-    pub async fn change_password(&self, user: &UserId, new_password: &str, logout_devices: bool, keep: Option<&str>) -> Result<()> {
+    pub async fn change_password(
+        &self,
+        user: &UserId,
+        new_password: &str,
+        logout_devices: bool,
+        keep: Option<&str>,
+    ) -> Result<()> {
         let hash = hash_password(new_password).await?;
         self.store.set_password_hash(user.as_str(), &hash).await?;
         if logout_devices {

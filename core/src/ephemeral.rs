@@ -30,10 +30,14 @@ pub const MAX_TYPING_TIMEOUT: Duration = Duration::from_secs(120);
 impl Typing {
     /// Returns true when the set of typing users changed.
     pub fn set(&self, room: &str, user: &str, typing: Option<Duration>) -> bool {
-        let Ok(mut g) = self.inner.lock() else { return false };
+        let Ok(mut g) = self.inner.lock() else {
+            return false;
+        };
         let users = g.rooms.entry(room.to_owned()).or_default();
         let changed = match typing {
-            Some(t) => users.insert(user.to_owned(), Instant::now() + t.min(MAX_TYPING_TIMEOUT)).is_none(),
+            Some(t) => users
+                .insert(user.to_owned(), Instant::now() + t.min(MAX_TYPING_TIMEOUT))
+                .is_none(),
             None => users.remove(user).is_some(),
         };
         if changed {
@@ -46,7 +50,9 @@ impl Typing {
 
     /// Drops expired entries; returns true when anything expired.
     pub fn sweep(&self) -> bool {
-        let Ok(mut g) = self.inner.lock() else { return false };
+        let Ok(mut g) = self.inner.lock() else {
+            return false;
+        };
         let now = Instant::now();
         let mut expired_rooms = vec![];
         for (room, users) in g.rooms.iter_mut() {
@@ -81,7 +87,12 @@ impl Typing {
         let mut users: Vec<&String> = g
             .rooms
             .get(room)
-            .map(|u| u.iter().filter(|(_, e)| **e > now).map(|(u, _)| u).collect())
+            .map(|u| {
+                u.iter()
+                    .filter(|(_, e)| **e > now)
+                    .map(|(u, _)| u)
+                    .collect()
+            })
             .unwrap_or_default();
         users.sort();
         if since.is_none() && users.is_empty() {
@@ -117,16 +128,21 @@ impl Presence {
     /// Sets a user's presence explicitly (PUT status or sync's set_presence).
     /// Returns true when what others see changed.
     pub fn set(&self, user: &str, presence: &str, status_msg: Option<Option<String>>) -> bool {
-        let Ok(mut g) = self.inner.lock() else { return false };
+        let Ok(mut g) = self.inner.lock() else {
+            return false;
+        };
         g.serial += 1;
         let serial = g.serial;
         let now = now_ms();
-        let entry = g.users.entry(user.to_owned()).or_insert_with(|| PresenceState {
-            presence: "offline".into(),
-            status_msg: None,
-            last_active_ms: now,
-            serial,
-        });
+        let entry = g
+            .users
+            .entry(user.to_owned())
+            .or_insert_with(|| PresenceState {
+                presence: "offline".into(),
+                status_msg: None,
+                last_active_ms: now,
+                serial,
+            });
         let msg_changed = status_msg.as_ref().is_some_and(|m| *m != entry.status_msg);
         let changed = entry.presence != presence || msg_changed;
         entry.presence = presence.to_owned();
@@ -146,7 +162,9 @@ impl Presence {
 
     /// Records activity (a send, a sync); brings an idle user back online.
     pub fn touch(&self, user: &str) -> bool {
-        let Ok(mut g) = self.inner.lock() else { return false };
+        let Ok(mut g) = self.inner.lock() else {
+            return false;
+        };
         let now = now_ms();
         let next = g.serial + 1;
         let mut changed = false;
@@ -176,7 +194,9 @@ impl Presence {
 
     /// m.presence events for `users` changed after `since` (all known when None).
     pub fn events_for(&self, users: &[String], since: Option<u64>) -> Vec<Value> {
-        let Ok(g) = self.inner.lock() else { return vec![] };
+        let Ok(g) = self.inner.lock() else {
+            return vec![];
+        };
         users
             .iter()
             .filter_map(|u| g.users.get(u).map(|s| (u, s)))
@@ -187,7 +207,9 @@ impl Presence {
 }
 
 fn effective(mut s: PresenceState) -> PresenceState {
-    if s.presence == "online" && now_ms().saturating_sub(s.last_active_ms) > IDLE_AFTER.as_millis() as u64 {
+    if s.presence == "online"
+        && now_ms().saturating_sub(s.last_active_ms) > IDLE_AFTER.as_millis() as u64
+    {
         s.presence = "unavailable".into();
     }
     s

@@ -3,8 +3,12 @@
 use serde_json::Value;
 
 fn str_list(v: Option<&Value>) -> Option<Vec<String>> {
-    v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+    v.and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    })
 }
 
 /// Matches a type against a filter pattern with a trailing `*` wildcard.
@@ -39,18 +43,28 @@ impl EventFilter {
             not_senders: str_list(v.get("not_senders")).unwrap_or_default(),
             rooms: str_list(v.get("rooms")),
             not_rooms: str_list(v.get("not_rooms")).unwrap_or_default(),
-            lazy_load_members: v.get("lazy_load_members").and_then(Value::as_bool).unwrap_or(false),
+            lazy_load_members: v
+                .get("lazy_load_members")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             contains_url: v.get("contains_url").and_then(Value::as_bool),
         }
     }
 
     pub fn allows_room(&self, room: &str) -> bool {
-        !self.not_rooms.iter().any(|r| r == room) && self.rooms.as_ref().is_none_or(|rs| rs.iter().any(|r| r == room))
+        !self.not_rooms.iter().any(|r| r == room)
+            && self
+                .rooms
+                .as_ref()
+                .is_none_or(|rs| rs.iter().any(|r| r == room))
     }
 
     pub fn allows_type(&self, kind: &str) -> bool {
         !self.not_types.iter().any(|p| type_matches(p, kind))
-            && self.types.as_ref().is_none_or(|ts| ts.iter().any(|p| type_matches(p, kind)))
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|ts| ts.iter().any(|p| type_matches(p, kind)))
     }
 
     pub fn allows(&self, kind: &str, sender: &str, content: Option<&Value>) -> bool {
@@ -96,9 +110,11 @@ impl SyncFilter {
     pub fn parse(v: &Value) -> Self {
         let room = v.get("room");
         let r = |k: &str| EventFilter::parse(room.and_then(|r| r.get(k)));
-        let mut rooms = EventFilter::default();
-        rooms.rooms = str_list(room.and_then(|r| r.get("rooms")));
-        rooms.not_rooms = str_list(room.and_then(|r| r.get("not_rooms"))).unwrap_or_default();
+        let rooms = EventFilter {
+            rooms: str_list(room.and_then(|r| r.get("rooms"))),
+            not_rooms: str_list(room.and_then(|r| r.get("not_rooms"))).unwrap_or_default(),
+            ..Default::default()
+        };
         Self {
             timeline: r("timeline"),
             state: r("state"),
@@ -107,7 +123,10 @@ impl SyncFilter {
             account_data: EventFilter::parse(v.get("account_data")),
             presence: EventFilter::parse(v.get("presence")),
             rooms,
-            include_leave: room.and_then(|r| r.get("include_leave")).and_then(Value::as_bool).unwrap_or(false),
+            include_leave: room
+                .and_then(|r| r.get("include_leave"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         }
     }
 }

@@ -28,6 +28,9 @@ impl Notifier {
 
     /// Waits until a change newer than the receiver's last-seen version, or the timeout.
     pub async fn wait(rx: &mut watch::Receiver<u64>, timeout: Duration) -> bool {
-        matches!(tokio::time::timeout(timeout, rx.changed()).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(timeout, rx.changed()).await,
+            Ok(Ok(()))
+        )
     }
 }

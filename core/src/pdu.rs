@@ -85,7 +85,10 @@ impl Pdu {
     }
 
     pub fn content_value(&self) -> Value {
-        self.json.get("content").cloned().unwrap_or_else(|| json!({}))
+        self.json
+            .get("content")
+            .cloned()
+            .unwrap_or_else(|| json!({}))
     }
 
     pub fn is_state(&self) -> bool {
@@ -94,9 +97,20 @@ impl Pdu {
 
     /// The client-server API shape ("ClientEvent"). `txn_device` is the device
     /// that sent it with a transaction id: only that device sees `transaction_id`.
-    pub fn to_client(&self, viewer_device: Option<(&UserId, &str)>, txn: Option<(&str, &str)>) -> Value {
+    pub fn to_client(
+        &self,
+        viewer_device: Option<(&UserId, &str)>,
+        txn: Option<(&str, &str)>,
+    ) -> Value {
         let mut out = serde_json::Map::new();
-        for key in ["type", "content", "sender", "origin_server_ts", "state_key", "redacts"] {
+        for key in [
+            "type",
+            "content",
+            "sender",
+            "origin_server_ts",
+            "state_key",
+            "redacts",
+        ] {
             if let Some(v) = self.json.get(key) {
                 out.insert(key.to_owned(), v.clone());
             }

@@ -19,7 +19,9 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Takes one token or fails with M_LIMIT_EXCEEDED and how long to wait.
     pub fn check(&self, action: Action, key: &str, per_second: f64, burst: f64) -> Result<()> {
-        let Ok(mut g) = self.buckets.lock() else { return Ok(()) };
+        let Ok(mut g) = self.buckets.lock() else {
+            return Ok(());
+        };
         let now = Instant::now();
         let (tokens, last) = g.entry((action, key.to_owned())).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * per_second).min(burst);
@@ -29,7 +31,9 @@ impl RateLimiter {
             Ok(())
         } else {
             let wait = ((1.0 - *tokens) / per_second * 1000.0).ceil() as u64;
-            Err(Error::LimitExceeded { retry_after_ms: wait.max(1) })
+            Err(Error::LimitExceeded {
+                retry_after_ms: wait.max(1),
+            })
         }
     }
 }

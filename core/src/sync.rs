@@ -26,7 +26,11 @@ pub struct SyncToken {
 
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}_{}_{}_{}", self.events, self.misc, self.typing, self.presence)
+        write!(
+            f,
+            "s{}_{}_{}_{}",
+            self.events, self.misc, self.typing, self.presence
+        )
     }
 }
 
@@ -52,7 +56,9 @@ impl FromStr for SyncToken {
 /// reads return events at or before it, forward reads events after it.
 pub fn parse_pagination_token(s: &str) -> Result<i64> {
     if let Some(n) = s.strip_prefix('t') {
-        return n.parse().map_err(|_| Error::invalid_param("Invalid pagination token"));
+        return n
+            .parse()
+            .map_err(|_| Error::invalid_param("Invalid pagination token"));
     }
     Ok(s.parse::<SyncToken>()?.events)
 }
@@ -100,7 +106,12 @@ impl Hearth {
         }
     }
 
-    async fn sync_once(&self, user: &UserId, device: &str, req: &SyncRequest) -> Result<(Value, bool)> {
+    async fn sync_once(
+        &self,
+        user: &UserId,
+        device: &str,
+        req: &SyncRequest,
+    ) -> Result<(Value, bool)> {
         let upto = self.current_token().await?;
         let since = req.since;
         let f = &req.filter;
@@ -116,11 +127,20 @@ impl Hearth {
             .map(|m| m.room_id.clone())
             .collect();
         let changed_rooms: BTreeSet<String> = match since {
-            Some(s) => self.store.rooms_with_events(&joined, s.events, upto.events).await?.into_iter().collect(),
+            Some(s) => self
+                .store
+                .rooms_with_events(&joined, s.events, upto.events)
+                .await?
+                .into_iter()
+                .collect(),
             None => joined.iter().cloned().collect(),
         };
         let receipts = match since {
-            Some(s) => self.store.receipts_since(&joined, s.misc, upto.misc).await?,
+            Some(s) => {
+                self.store
+                    .receipts_since(&joined, s.misc, upto.misc)
+                    .await?
+            }
             None => self.store.receipts_since(&joined, 0, upto.misc).await?,
         };
         let account_data = self
@@ -139,9 +159,21 @@ impl Hearth {
                     let mut room = Map::new();
                     let initial = since.is_none() || membership_is_new || req.full_state;
                     let (timeline, state) = if initial || changed_rooms.contains(&m.room_id) {
-                        self.room_timeline_and_state(&room_id, user, device, since, upto.events, initial, f).await?
+                        self.room_timeline_and_state(
+                            &room_id,
+                            user,
+                            device,
+                            since,
+                            upto.events,
+                            initial,
+                            f,
+                        )
+                        .await?
                     } else {
-                        (json!({"events": [], "limited": false, "prev_batch": pagination_token(upto.events)}), vec![])
+                        (
+                            json!({"events": [], "limited": false, "prev_batch": pagination_token(upto.events)}),
+                            vec![],
+                        )
                     };
                     let mut ephemeral = vec![];
                     if !f.ephemeral.excludes_all() {
@@ -158,11 +190,18 @@ impl Hearth {
                     }
                     let room_data: Vec<Value> = account_data
                         .iter()
-                        .filter(|a| a.room_id == m.room_id && f.room_account_data.allows_type(&a.data_type))
+                        .filter(|a| {
+                            a.room_id == m.room_id && f.room_account_data.allows_type(&a.data_type)
+                        })
                         .map(|a| json!({"type": a.data_type, "content": a.content}))
                         .collect();
-                    let timeline_nonempty = timeline["events"].as_array().is_some_and(|a| !a.is_empty());
-                    let interesting = initial || timeline_nonempty || !state.is_empty() || !ephemeral.is_empty() || !room_data.is_empty();
+                    let timeline_nonempty =
+                        timeline["events"].as_array().is_some_and(|a| !a.is_empty());
+                    let interesting = initial
+                        || timeline_nonempty
+                        || !state.is_empty()
+                        || !ephemeral.is_empty()
+                        || !room_data.is_empty();
                     if !interesting {
                         continue;
                     }
@@ -188,12 +227,26 @@ impl Hearth {
                         json!({"invite_state": {"events": self.invite_state(&room_id, m).await?}}),
                     );
                 }
-                "leave" | "ban" if (since.is_some() && membership_is_new) || (since.is_none() && f.include_leave) => {
+                "leave" | "ban"
+                    if (since.is_some() && membership_is_new)
+                        || (since.is_none() && f.include_leave) =>
+                {
                     has_data |= since.is_some();
                     let (timeline, state) = self
-                        .room_timeline_and_state(&room_id, user, device, since, m.stream_ordering, true, f)
+                        .room_timeline_and_state(
+                            &room_id,
+                            user,
+                            device,
+                            since,
+                            m.stream_ordering,
+                            true,
+                            f,
+                        )
                         .await?;
-                    leave.insert(m.room_id.clone(), json!({"timeline": timeline, "state": {"events": state}}));
+                    leave.insert(
+                        m.room_id.clone(),
+                        json!({"timeline": timeline, "state": {"events": state}}),
+                    );
                 }
                 _ => {}
             }
@@ -240,17 +293,34 @@ impl Hearth {
         initial: bool,
         f: &SyncFilter,
     ) -> Result<(Value, Vec<Value>)> {
-        let limit = f.timeline.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).clamp(1, 1000);
-        let lower = if initial { None } else { since.map(|s| s.events) };
+        let limit = f
+            .timeline
+            .limit
+            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+            .clamp(1, 1000);
+        let lower = if initial {
+            None
+        } else {
+            since.map(|s| s.events)
+        };
         let mut events = self
             .store
-            .room_events(room_id.as_str(), upto, lower, Direction::Backward, (limit + 1) as i64)
+            .room_events(
+                room_id.as_str(),
+                upto,
+                lower,
+                Direction::Backward,
+                (limit + 1) as i64,
+            )
             .await?;
         let limited = events.len() > limit;
         events.truncate(limit);
         events.reverse();
         let events = self.filter_visible(room_id, user, events).await?;
-        let start = events.first().map(|e| e.stream_ordering - 1).unwrap_or(upto);
+        let start = events
+            .first()
+            .map(|e| e.stream_ordering - 1)
+            .unwrap_or(upto);
         let prev_batch = pagination_token(start);
 
         let state_events: Vec<StoredEvent> = if initial {
@@ -264,15 +334,22 @@ impl Hearth {
         } else {
             vec![]
         };
-        let timeline_senders: BTreeSet<&str> = events.iter().map(|e| e.pdu.sender.as_str()).collect();
+        let timeline_senders: BTreeSet<&str> =
+            events.iter().map(|e| e.pdu.sender.as_str()).collect();
         let viewer = Some((user, device));
         let state: Vec<Value> = state_events
             .iter()
-            .filter(|e| f.state.allows(e.pdu.kind.to_string().as_str(), e.pdu.sender.as_str(), None))
+            .filter(|e| {
+                f.state
+                    .allows(e.pdu.kind.to_string().as_str(), e.pdu.sender.as_str(), None)
+            })
             .filter(|e| {
                 !f.state.lazy_load_members
                     || e.pdu.kind.to_string() != "m.room.member"
-                    || e.pdu.state_key.as_deref().is_some_and(|k| k == user.as_str() || timeline_senders.contains(k))
+                    || e.pdu
+                        .state_key
+                        .as_deref()
+                        .is_some_and(|k| k == user.as_str() || timeline_senders.contains(k))
             })
             .map(|e| e.to_client(viewer))
             .collect();
@@ -280,11 +357,18 @@ impl Hearth {
             .iter()
             .filter(|e| {
                 let content = e.pdu.json.get("content");
-                f.timeline.allows(e.pdu.kind.to_string().as_str(), e.pdu.sender.as_str(), content)
+                f.timeline.allows(
+                    e.pdu.kind.to_string().as_str(),
+                    e.pdu.sender.as_str(),
+                    content,
+                )
             })
             .map(|e| e.to_client(viewer))
             .collect();
-        Ok((json!({"events": timeline, "limited": limited, "prev_batch": prev_batch}), state))
+        Ok((
+            json!({"events": timeline, "limited": limited, "prev_batch": prev_batch}),
+            state,
+        ))
     }
 
     async fn invite_state(&self, room_id: &RoomId, m: &MembershipRecord) -> Result<Vec<Value>> {
@@ -298,14 +382,23 @@ impl Hearth {
             ("m.room.encryption", ""),
             ("m.room.topic", ""),
         ] {
-            if let Some(e) = self.store.state_event_at(room_id.as_str(), kind, sk, m.stream_ordering).await? {
+            if let Some(e) = self
+                .store
+                .state_event_at(room_id.as_str(), kind, sk, m.stream_ordering)
+                .await?
+            {
                 out.push(e.pdu.to_stripped());
             }
         }
         if let Some(ev) = self.store.get_event(&m.event_id).await? {
             if let Some(inviter) = self
                 .store
-                .state_event_at(room_id.as_str(), "m.room.member", ev.pdu.sender.as_str(), m.stream_ordering)
+                .state_event_at(
+                    room_id.as_str(),
+                    "m.room.member",
+                    ev.pdu.sender.as_str(),
+                    m.stream_ordering,
+                )
                 .await?
                 && inviter.pdu.sender != ev.pdu.state_key.clone().unwrap_or_default()
             {
@@ -322,22 +415,38 @@ impl Hearth {
         let invited = members.iter().filter(|m| m.membership == "invite").count();
         let heroes: Vec<&str> = members
             .iter()
-            .filter(|m| (m.membership == "join" || m.membership == "invite") && m.user_id != user.as_str())
+            .filter(|m| {
+                (m.membership == "join" || m.membership == "invite") && m.user_id != user.as_str()
+            })
             .map(|m| m.user_id.as_str())
             .take(5)
             .collect();
-        Ok(json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}))
+        Ok(
+            json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}),
+        )
     }
 
     /// Messages from others after the user's read receipt; highlights are those
     /// that mention the user (m.mentions, or their id or display name in the body).
     pub async fn unread_counts(&self, room_id: &RoomId, user: &UserId) -> Result<(u64, u64)> {
-        let after = match self.store.user_receipt(room_id.as_str(), user.as_str(), &["m.read", "m.read.private"]).await? {
+        let after = match self
+            .store
+            .user_receipt(
+                room_id.as_str(),
+                user.as_str(),
+                &["m.read", "m.read.private"],
+            )
+            .await?
+        {
             Some(r) => match self.store.get_event(&r.event_id).await? {
                 Some(e) => e.stream_ordering,
                 None => 0,
             },
-            None => match self.store.membership(room_id.as_str(), user.as_str()).await? {
+            None => match self
+                .store
+                .membership(room_id.as_str(), user.as_str())
+                .await?
+            {
                 Some(m) => m.stream_ordering,
                 None => return Ok((0, 0)),
             },
@@ -346,11 +455,17 @@ impl Hearth {
             .store
             .room_events(room_id.as_str(), after, None, Direction::Forward, 1000)
             .await?;
-        let displayname = self.store.get_user(user.as_str()).await?.and_then(|u| u.displayname);
+        let displayname = self
+            .store
+            .get_user(user.as_str())
+            .await?
+            .and_then(|u| u.displayname);
         let (mut notif, mut highlight) = (0, 0);
         for e in events {
             let kind = e.pdu.kind.to_string();
-            if e.pdu.sender == user || !(kind == "m.room.message" || kind == "m.room.encrypted" || kind == "m.sticker") {
+            if e.pdu.sender == user
+                || !(kind == "m.room.message" || kind == "m.room.encrypted" || kind == "m.sticker")
+            {
                 continue;
             }
             notif += 1;
@@ -360,9 +475,15 @@ impl Hearth {
                 .and_then(|m| m.get("user_ids"))
                 .and_then(Value::as_array)
                 .is_some_and(|ids| ids.iter().any(|i| i.as_str() == Some(user.as_str())));
-            let body = content.get("body").and_then(Value::as_str).unwrap_or_default().to_lowercase();
+            let body = content
+                .get("body")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_lowercase();
             let named = body.contains(&user.as_str().to_lowercase())
-                || displayname.as_ref().is_some_and(|d| !d.is_empty() && body.contains(&d.to_lowercase()));
+                || displayname
+                    .as_ref()
+                    .is_some_and(|d| !d.is_empty() && body.contains(&d.to_lowercase()));
             if mentioned || named {
                 highlight += 1;
             }
@@ -373,7 +494,11 @@ impl Hearth {
 
 /// Groups receipts for one room into an m.receipt event; private receipts
 /// are shown only to their owner.
-fn receipt_event(room_id: &str, viewer: &str, receipts: &[crate::store::ReceiptRecord]) -> Option<Value> {
+fn receipt_event(
+    room_id: &str,
+    viewer: &str,
+    receipts: &[crate::store::ReceiptRecord],
+) -> Option<Value> {
     let mut content = Map::new();
     for r in receipts.iter().filter(|r| r.room_id == room_id) {
         if r.receipt_type == "m.read.private" && r.user_id != viewer {
@@ -383,7 +508,9 @@ fn receipt_event(room_id: &str, viewer: &str, receipts: &[crate::store::ReceiptR
         if !r.thread_id.is_empty() {
             entry["thread_id"] = json!(r.thread_id);
         }
-        let ev = content.entry(r.event_id.clone()).or_insert_with(|| json!({}));
+        let ev = content
+            .entry(r.event_id.clone())
+            .or_insert_with(|| json!({}));
         ev[&r.receipt_type][&r.user_id] = entry;
     }
     if content.is_empty() {

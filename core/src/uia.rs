@@ -56,23 +56,35 @@ impl UiaSessions {
 
 impl Hearth {
     /// Runs one UIA step. `password_user` is whose password `m.login.password` checks.
-    pub async fn uia(&self, auth: Option<&Value>, flows: &[Vec<&str>], password_user: Option<&UserId>) -> Result<UiaOutcome> {
-        let flows_owned: Vec<Vec<String>> = flows.iter().map(|f| f.iter().map(|s| s.to_string()).collect()).collect();
-        let challenge = |session: String, completed: Vec<String>, error: Option<(String, String)>| {
-            UiaOutcome::Challenge(UiaChallenge {
-                flows: flows_owned.clone(),
-                session,
-                completed,
-                params: serde_json::json!({}),
-                error,
-            })
-        };
+    pub async fn uia(
+        &self,
+        auth: Option<&Value>,
+        flows: &[Vec<&str>],
+        password_user: Option<&UserId>,
+    ) -> Result<UiaOutcome> {
+        let flows_owned: Vec<Vec<String>> = flows
+            .iter()
+            .map(|f| f.iter().map(|s| s.to_string()).collect())
+            .collect();
+        let challenge =
+            |session: String, completed: Vec<String>, error: Option<(String, String)>| {
+                UiaOutcome::Challenge(UiaChallenge {
+                    flows: flows_owned.clone(),
+                    session,
+                    completed,
+                    params: serde_json::json!({}),
+                    error,
+                })
+            };
         let Some(auth) = auth else {
             let session = random_string(24);
             self.uia.set(&session, vec![]);
             return Ok(challenge(session, vec![], None));
         };
-        let session = auth.get("session").and_then(Value::as_str).map(str::to_owned);
+        let session = auth
+            .get("session")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let mut completed = match &session {
             Some(s) => self.uia.completed(s).unwrap_or_default(),
             None => vec![],
@@ -88,7 +100,10 @@ impl Hearth {
         let stage_result: Result<()> = match stage {
             "m.login.dummy" => Ok(()),
             "m.login.registration_token" => {
-                let token = auth.get("token").and_then(Value::as_str).unwrap_or_default();
+                let token = auth
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 if self.config.registration_tokens.iter().any(|t| t == token) {
                     Ok(())
                 } else {
@@ -96,7 +111,10 @@ impl Hearth {
                 }
             }
             "m.login.password" => {
-                let password = auth.get("password").and_then(Value::as_str).unwrap_or_default();
+                let password = auth
+                    .get("password")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 let claimed = auth
                     .get("identifier")
                     .and_then(|i| i.get("user"))
@@ -116,7 +134,9 @@ impl Hearth {
                 };
                 self.check_password(&target, password).await
             }
-            other => Err(Error::invalid_param(format!("Unsupported auth stage {other}"))),
+            other => Err(Error::invalid_param(format!(
+                "Unsupported auth stage {other}"
+            ))),
         };
         match stage_result {
             Ok(()) => {
@@ -130,10 +150,17 @@ impl Hearth {
                     Error::Forbidden(_) | Error::UserDeactivated(_) => "M_FORBIDDEN",
                     _ => "M_UNKNOWN",
                 };
-                return Ok(challenge(session, completed, Some((code.into(), e.to_string()))));
+                return Ok(challenge(
+                    session,
+                    completed,
+                    Some((code.into(), e.to_string())),
+                ));
             }
         }
-        if flows.iter().any(|f| f.iter().all(|s| completed.iter().any(|c| c == s))) {
+        if flows
+            .iter()
+            .any(|f| f.iter().all(|s| completed.iter().any(|c| c == s)))
+        {
             self.uia.remove(&session);
             return Ok(UiaOutcome::Done);
         }

@@ -4,7 +4,11 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context, Result, bail};
-use hearth_core::{CoreConfig, config::RateLimitConfig, ruma::{OwnedServerName, RoomVersionId, ServerName}};
+use hearth_core::{
+    CoreConfig,
+    config::RateLimitConfig,
+    ruma::{OwnedServerName, RoomVersionId, ServerName},
+};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, Default)]
@@ -78,22 +82,38 @@ pub struct Config {
 pub fn load(o: &Overrides) -> Result<Config> {
     let file: FileConfig = match &o.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => FileConfig::default(),
     };
-    let server_name = o.server_name.clone().or(file.server_name).unwrap_or_else(|| "localhost".into());
+    let server_name = o
+        .server_name
+        .clone()
+        .or(file.server_name)
+        .unwrap_or_else(|| "localhost".into());
     let server_name: OwnedServerName = ServerName::parse(&server_name)
         .with_context(|| format!("invalid server_name {server_name:?}"))?;
-    let listen = o.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8008".into());
-    let listen: SocketAddr = listen.parse().with_context(|| format!("invalid listen address {listen:?}"))?;
-    let data_dir = o.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
+    let listen = o
+        .listen
+        .clone()
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:8008".into());
+    let listen: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("invalid listen address {listen:?}"))?;
+    let data_dir = o
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./data"));
 
     let mut core = CoreConfig::new(server_name, data_dir);
     core.public_base_url = file.public_base_url;
     if let Some(v) = file.default_room_version {
-        let v = RoomVersionId::try_from(v.as_str()).with_context(|| format!("invalid room version {v:?}"))?;
+        let v = RoomVersionId::try_from(v.as_str())
+            .with_context(|| format!("invalid room version {v:?}"))?;
         if !CoreConfig::supported_room_versions().contains(&v) {
             bail!("default_room_version {v} is not supported");
         }
@@ -102,8 +122,15 @@ pub fn load(o: &Overrides) -> Result<Config> {
     if let Some(m) = o.max_upload_size.or(file.max_upload_size) {
         core.max_upload_size = m;
     }
-    core.registration_enabled = o.registration_enabled.or(file.registration.enabled).unwrap_or(true);
-    core.registration_tokens = o.registration_tokens.clone().or(file.registration.tokens).unwrap_or_default();
+    core.registration_enabled = o
+        .registration_enabled
+        .or(file.registration.enabled)
+        .unwrap_or(true);
+    core.registration_tokens = o
+        .registration_tokens
+        .clone()
+        .or(file.registration.tokens)
+        .unwrap_or_default();
     core.registration_tokens.retain(|t| !t.is_empty());
 
     let r = file.rate_limits;

@@ -39,7 +39,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .init();
     let cli = Cli::parse();
     let cfg = config::load(&cli.overrides)?;
@@ -51,8 +53,14 @@ async fn main() -> Result<()> {
     let hearth = Hearth::new(cfg.core.clone(), store.clone()).await?;
 
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CreateUser { username, password, admin } => {
-            let id = hearth.create_account(&username, Some(&password), admin).await?;
+        Command::CreateUser {
+            username,
+            password,
+            admin,
+        } => {
+            let id = hearth
+                .create_account(&username, Some(&password), admin)
+                .await?;
             println!("created {id}");
         }
         Command::Serve => {
@@ -66,9 +74,12 @@ async fn main() -> Result<()> {
                 "Hearth is ready"
             );
             let app = hearth_client_api::router(hearth.clone());
-            axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
             tracing::info!("shutting down");
         }
     }
@@ -82,7 +93,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

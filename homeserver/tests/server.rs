@@ -7,7 +7,6 @@ mod common;
 use std::process::Command;
 
 use common::{TestServer, binary, enc, temp_dir};
-use hearth_core::ruma::signatures::KeyPair as _;
 use hearth_core::{
     ruma::{
         CanonicalJsonObject, RoomVersionId,
@@ -25,7 +24,11 @@ async fn acknowledged_events_survive_a_crash_and_retries_stay_idempotent() {
     let room = alice.create_room(json!({"name": "durable"})).await;
     let mut ids = vec![];
     for i in 0..20 {
-        ids.push(alice.send_text(&room, &format!("txn{i}"), &format!("m{i}")).await);
+        ids.push(
+            alice
+                .send_text(&room, &format!("txn{i}"), &format!("m{i}"))
+                .await,
+        );
     }
 
     hs.crash_and_restart().await;
@@ -35,7 +38,10 @@ async fn acknowledged_events_survive_a_crash_and_retries_stay_idempotent() {
     let again = alice.send_text(&room, "txn7", "m7").await;
     assert_eq!(again, ids[7]);
     let (s, page) = alice
-        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room)))
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+            enc(&room)
+        ))
         .await;
     assert_eq!(s, 200, "{page}");
     let bodies: Vec<String> = page["chunk"]
@@ -51,7 +57,10 @@ async fn acknowledged_events_survive_a_crash_and_retries_stay_idempotent() {
     // A new message after the restart continues the same order.
     let next = alice.send_text(&room, "after", "m20").await;
     let (_, page) = alice
-        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1", enc(&room)))
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+            enc(&room)
+        ))
         .await;
     assert_eq!(page["chunk"][0]["event_id"], json!(next));
 }
@@ -64,12 +73,21 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
     let event_id = alice.send_text(&room, "t1", "signed").await;
     let token = alice.token.clone().expect("token");
 
-    let store = SqliteStore::open(&hs.data_dir().join("hearth.db")).await.expect("open db");
-    let ev = store.get_event(&event_id).await.expect("read").expect("event stored");
+    let store = SqliteStore::open(&hs.data_dir().join("hearth.db"))
+        .await
+        .expect("open db");
+    let ev = store
+        .get_event(&event_id)
+        .await
+        .expect("read")
+        .expect("event stored");
     let keys = store.server_keys().await.expect("keys");
     let (key_id, der) = keys.last().expect("a signing key").clone();
-    let pair = hearth_core::ruma::signatures::Ed25519KeyPair::from_der(&der, key_id.trim_start_matches("ed25519:").into())
-        .expect("key");
+    let pair = hearth_core::ruma::signatures::Ed25519KeyPair::from_der(
+        &der,
+        key_id.trim_start_matches("ed25519:").into(),
+    )
+    .expect("key");
     let mut set = PublicKeySet::new();
     set.insert(key_id.clone(), Base64::new(pair.public_key().to_vec()));
     let mut map = PublicKeyMap::new();
@@ -77,15 +95,22 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
 
     let mut json = ev.pdu.json.clone();
     json.remove("unsigned");
-    let obj: CanonicalJsonObject = serde_json::from_value(Value::Object(json.clone())).expect("canonical");
+    let obj: CanonicalJsonObject =
+        serde_json::from_value(Value::Object(json.clone())).expect("canonical");
     let rules = RoomVersionId::V12.rules().expect("rules");
     verify_event(&map, &obj, &rules).expect("signature and content hash verify");
 
     // A tampered body no longer verifies.
     json["content"]["body"] = json!("forged");
-    let forged: CanonicalJsonObject = serde_json::from_value(Value::Object(json)).expect("canonical");
-    let verified = verify_event(&map, &forged, &rules).expect("signature still valid on redacted form");
-    assert_eq!(verified, hearth_core::ruma::signatures::Verified::Signatures, "hash mismatch must be detected");
+    let forged: CanonicalJsonObject =
+        serde_json::from_value(Value::Object(json)).expect("canonical");
+    let verified =
+        verify_event(&map, &forged, &rules).expect("signature still valid on redacted form");
+    assert_eq!(
+        verified,
+        hearth_core::ruma::signatures::Verified::Signatures,
+        "hash mismatch must be detected"
+    );
 
     // The access token is nowhere in the database files in clear.
     store.close().await;
@@ -102,10 +127,16 @@ async fn registration_tokens_gate_registration() {
     let hs = TestServer::start(&["--registration-tokens", "let-me-in"]).await;
     let c = hs.client();
     let (s, body) = c
-        .post("/_matrix/client/v3/register", json!({"username": "carol", "password": "pw"}))
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"username": "carol", "password": "pw"}),
+        )
         .await;
     assert_eq!(s, 401);
-    assert_eq!(body["flows"][0]["stages"], json!(["m.login.registration_token"]));
+    assert_eq!(
+        body["flows"][0]["stages"],
+        json!(["m.login.registration_token"])
+    );
     let session = body["session"].as_str().expect("session").to_owned();
 
     let (s, body) = c
@@ -141,13 +172,28 @@ async fn registration_tokens_gate_registration() {
 async fn closed_registration_and_admin_create_user() {
     let dir = temp_dir("admin");
     let out = Command::new(binary())
-        .args(["--data-dir", &dir.display().to_string(), "create-user", "dave", "--password", "pw-dave"])
+        .args([
+            "--data-dir",
+            &dir.display().to_string(),
+            "create-user",
+            "dave",
+            "--password",
+            "pw-dave",
+        ])
         .output()
         .expect("run create-user");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("@dave:localhost"));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
     let mut child = Command::new(binary())
         .args([
             "--data-dir",
@@ -163,7 +209,12 @@ async fn closed_registration_and_admin_create_user() {
     let http = reqwest::Client::new();
     let mut up = false;
     for _ in 0..300 {
-        if http.get(format!("{url}/_matrix/client/versions")).send().await.is_ok() {
+        if http
+            .get(format!("{url}/_matrix/client/versions"))
+            .send()
+            .await
+            .is_ok()
+        {
             up = true;
             break;
         }
@@ -193,9 +244,18 @@ async fn closed_registration_and_admin_create_user() {
 async fn message_rate_limit_refuses_without_writing() {
     let dir = temp_dir("rl-config");
     let cfg = dir.join("hearth.toml");
-    std::fs::write(&cfg, "[rate_limits]\nenabled = true\nmessages_per_second = 0.01\nmessages_burst = 3\n")
-        .expect("write config");
-    let hs = TestServer::start(&["--config", &cfg.display().to_string(), "--rate-limits", "true"]).await;
+    std::fs::write(
+        &cfg,
+        "[rate_limits]\nenabled = true\nmessages_per_second = 0.01\nmessages_burst = 3\n",
+    )
+    .expect("write config");
+    let hs = TestServer::start(&[
+        "--config",
+        &cfg.display().to_string(),
+        "--rate-limits",
+        "true",
+    ])
+    .await;
     let alice = hs.register("alice", "pw").await;
     let room = alice.create_room(json!({})).await;
     for i in 0..3 {
@@ -203,7 +263,10 @@ async fn message_rate_limit_refuses_without_writing() {
     }
     let (s, body) = alice
         .put(
-            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/over", enc(&room)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/over",
+                enc(&room)
+            ),
             json!({"msgtype": "m.text", "body": "too many"}),
         )
         .await;
@@ -211,9 +274,17 @@ async fn message_rate_limit_refuses_without_writing() {
     assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
     assert!(body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
     let (_, page) = alice
-        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)))
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            enc(&room)
+        ))
         .await;
-    let texts = page["chunk"].as_array().expect("chunk").iter().filter(|e| e["type"] == "m.room.message").count();
+    let texts = page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .count();
     assert_eq!(texts, 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -223,21 +294,33 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let hs = TestServer::start(&[]).await;
     let alice = hs.register("alice", "pw").await;
     let room = alice.create_room(json!({})).await;
-    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/big", enc(&room));
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.message/big",
+        enc(&room)
+    );
 
     // Just over the 1 MiB JSON limit, so the whole body fits in socket buffers
     // and the client reads the answer instead of a reset.
     let huge = "x".repeat(1024 * 1024 + 1000);
-    let (s, body) = alice.put(&path, json!({"msgtype": "m.text", "body": huge})).await;
+    let (s, body) = alice
+        .put(&path, json!({"msgtype": "m.text", "body": huge}))
+        .await;
     assert_eq!(s, 413, "{body}");
     assert_eq!(body["errcode"], "M_TOO_LARGE");
 
     // An event over 64 KiB but under the body limit is also refused.
-    let (s, body) = alice.put(&path, json!({"msgtype": "m.text", "body": "y".repeat(70_000)})).await;
+    let (s, body) = alice
+        .put(
+            &path,
+            json!({"msgtype": "m.text", "body": "y".repeat(70_000)}),
+        )
+        .await;
     assert_eq!(s, 413, "{body}");
 
     // Floats are not canonical JSON.
-    let (s, body) = alice.put(&path, json!({"msgtype": "m.text", "body": "f", "n": 1.5})).await;
+    let (s, body) = alice
+        .put(&path, json!({"msgtype": "m.text", "body": "f", "n": 1.5}))
+        .await;
     assert_eq!(s, 400, "{body}");
     assert_eq!(body["errcode"], "M_BAD_JSON");
 
@@ -255,12 +338,22 @@ async fn bad_input_is_refused_and_changes_nothing() {
 
     // The retry slot "big" was never used: a valid send with it now succeeds
     // and is the only message in the room.
-    let (s, _) = alice.put(&path, json!({"msgtype": "m.text", "body": "small"})).await;
+    let (s, _) = alice
+        .put(&path, json!({"msgtype": "m.text", "body": "small"}))
+        .await;
     assert_eq!(s, 200);
     let (_, page) = alice
-        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room)))
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            enc(&room)
+        ))
         .await;
-    let texts: Vec<&Value> = page["chunk"].as_array().expect("chunk").iter().filter(|e| e["type"] == "m.room.message").collect();
+    let texts: Vec<&Value> = page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .collect();
     assert_eq!(texts.len(), 1);
     assert_eq!(texts[0]["content"]["body"], "small");
 }

@@ -37,7 +37,7 @@ pub(crate) async fn run_uia(
 ) -> ApiResult<()> {
     match h.uia(auth, flows, password_user).await? {
         UiaOutcome::Done => Ok(()),
-        UiaOutcome::Challenge(c) => Err(ApiError::Uia(c)),
+        UiaOutcome::Challenge(c) => Err(ApiError::Uia(Box::new(c))),
     }
 }
 
@@ -83,7 +83,10 @@ async fn register(
         vec![vec!["m.login.registration_token"]]
     };
     run_uia(&h, body.auth.as_ref(), &flows, None).await?;
-    h.rate_limit(Action::Register, &ip.map(|i| i.to_string()).unwrap_or_default())?;
+    h.rate_limit(
+        Action::Register,
+        &ip.map(|i| i.to_string()).unwrap_or_default(),
+    )?;
     let password = body
         .password
         .as_deref()
@@ -101,7 +104,11 @@ async fn register(
         return Ok(Json(json!({"user_id": user})));
     }
     let (token, device) = h
-        .issue_token(&user, body.device_id.as_deref(), body.initial_device_display_name.as_deref())
+        .issue_token(
+            &user,
+            body.device_id.as_deref(),
+            body.initial_device_display_name.as_deref(),
+        )
         .await?;
     Ok(Json(json!({
         "user_id": user,
@@ -117,7 +124,8 @@ struct AvailableQuery {
 }
 
 async fn available(State(h): State<Arc<Hearth>>, Query(q): Query<AvailableQuery>) -> JsonResult {
-    h.check_username_available(&q.username.to_lowercase()).await?;
+    h.check_username_available(&q.username.to_lowercase())
+        .await?;
     Ok(Json(json!({"available": true})))
 }
 
@@ -169,7 +177,11 @@ async fn login(State(h): State<Arc<Hearth>>, JsonBody(body): JsonBody<LoginBody>
         .map_err(|_| Error::forbidden("Invalid username or password"))?;
     h.check_password(&user_id, password).await?;
     let (token, device) = h
-        .issue_token(&user_id, body.device_id.as_deref(), body.initial_device_display_name.as_deref())
+        .issue_token(
+            &user_id,
+            body.device_id.as_deref(),
+            body.initial_device_display_name.as_deref(),
+        )
         .await?;
     Ok(Json(json!({
         "user_id": user_id,
@@ -190,7 +202,9 @@ async fn logout_all(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
 }
 
 async fn whoami(Auth(s): Auth) -> JsonResult {
-    Ok(Json(json!({"user_id": s.user_id, "device_id": s.device_id, "is_guest": false})))
+    Ok(Json(
+        json!({"user_id": s.user_id, "device_id": s.device_id, "is_guest": false}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -205,13 +219,24 @@ fn yes() -> bool {
     true
 }
 
-async fn change_password(State(h): State<Arc<Hearth>>, Auth(s): Auth, JsonBody(body): JsonBody<PasswordBody>) -> JsonResult {
-    run_uia(&h, body.auth.as_ref(), &[vec!["m.login.password"]], Some(&s.user_id)).await?;
+async fn change_password(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(body): JsonBody<PasswordBody>,
+) -> JsonResult {
+    run_uia(
+        &h,
+        body.auth.as_ref(),
+        &[vec!["m.login.password"]],
+        Some(&s.user_id),
+    )
+    .await?;
     let new = body
         .new_password
         .as_deref()
         .ok_or_else(|| Error::MissingParam("Missing new_password".into()))?;
-    h.change_password(&s.user_id, new, body.logout_devices, Some(&s.token_hash)).await?;
+    h.change_password(&s.user_id, new, body.logout_devices, Some(&s.token_hash))
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -220,8 +245,18 @@ struct DeactivateBody {
     auth: Option<Value>,
 }
 
-async fn deactivate(State(h): State<Arc<Hearth>>, Auth(s): Auth, JsonBody(body): JsonBody<DeactivateBody>) -> JsonResult {
-    run_uia(&h, body.auth.as_ref(), &[vec!["m.login.password"]], Some(&s.user_id)).await?;
+async fn deactivate(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(body): JsonBody<DeactivateBody>,
+) -> JsonResult {
+    run_uia(
+        &h,
+        body.auth.as_ref(),
+        &[vec!["m.login.password"]],
+        Some(&s.user_id),
+    )
+    .await?;
     h.deactivate_account(&s.user_id).await?;
     tracing::info!(user = %s.user_id, "deactivated");
     Ok(Json(json!({"id_server_unbind_result": "no-support"})))

@@ -17,7 +17,10 @@ use crate::extract::{Auth, JsonBody};
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
         .route("/devices", get(list))
-        .route("/devices/{device_id}", get(get_one).put(rename).delete(delete_one))
+        .route(
+            "/devices/{device_id}",
+            get(get_one).put(rename).delete(delete_one),
+        )
         .route("/delete_devices", post(delete_many))
 }
 
@@ -33,11 +36,18 @@ fn device_json(user: &str, d: &DeviceRecord) -> Value {
 
 async fn list(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
     let devices = h.store.list_devices(s.user_id.as_str()).await?;
-    let list: Vec<Value> = devices.iter().map(|d| device_json(s.user_id.as_str(), d)).collect();
+    let list: Vec<Value> = devices
+        .iter()
+        .map(|d| device_json(s.user_id.as_str(), d))
+        .collect();
     Ok(Json(json!({"devices": list})))
 }
 
-async fn get_one(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(device_id): Path<String>) -> JsonResult {
+async fn get_one(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(device_id): Path<String>,
+) -> JsonResult {
     let d = h
         .store
         .get_device(s.user_id.as_str(), &device_id)
@@ -57,7 +67,11 @@ async fn rename(
     Path(device_id): Path<String>,
     JsonBody(body): JsonBody<RenameBody>,
 ) -> JsonResult {
-    if !h.store.rename_device(s.user_id.as_str(), &device_id, body.display_name.as_deref()).await? {
+    if !h
+        .store
+        .rename_device(s.user_id.as_str(), &device_id, body.display_name.as_deref())
+        .await?
+    {
         return Err(Error::not_found("Unknown device").into());
     }
     Ok(Json(json!({})))
@@ -74,11 +88,23 @@ async fn delete_one(
     Path(device_id): Path<String>,
     JsonBody(body): JsonBody<DeleteBody>,
 ) -> JsonResult {
-    if h.store.get_device(s.user_id.as_str(), &device_id).await?.is_none() {
+    if h.store
+        .get_device(s.user_id.as_str(), &device_id)
+        .await?
+        .is_none()
+    {
         return Err(Error::not_found("Unknown device").into());
     }
-    run_uia(&h, body.auth.as_ref(), &[vec!["m.login.password"]], Some(&s.user_id)).await?;
-    h.store.delete_devices(s.user_id.as_str(), Some(&[device_id])).await?;
+    run_uia(
+        &h,
+        body.auth.as_ref(),
+        &[vec!["m.login.password"]],
+        Some(&s.user_id),
+    )
+    .await?;
+    h.store
+        .delete_devices(s.user_id.as_str(), Some(&[device_id]))
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -88,8 +114,20 @@ struct DeleteManyBody {
     auth: Option<Value>,
 }
 
-async fn delete_many(State(h): State<Arc<Hearth>>, Auth(s): Auth, JsonBody(body): JsonBody<DeleteManyBody>) -> JsonResult {
-    run_uia(&h, body.auth.as_ref(), &[vec!["m.login.password"]], Some(&s.user_id)).await?;
-    h.store.delete_devices(s.user_id.as_str(), Some(&body.devices)).await?;
+async fn delete_many(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(body): JsonBody<DeleteManyBody>,
+) -> JsonResult {
+    run_uia(
+        &h,
+        body.auth.as_ref(),
+        &[vec!["m.login.password"]],
+        Some(&s.user_id),
+    )
+    .await?;
+    h.store
+        .delete_devices(s.user_id.as_str(), Some(&body.devices))
+        .await?;
     Ok(Json(json!({})))
 }

@@ -19,7 +19,8 @@ pub fn routes() -> Router<Arc<Hearth>> {
 
 /// The spec versions whose client-server API Hearth implements.
 pub const SPEC_VERSIONS: &[&str] = &[
-    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11",
 ];
 
 async fn versions() -> Json<Value> {

@@ -42,7 +42,11 @@ async fn send(
     JsonBody(content): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
-    if let Some(existing) = h.store.txn_event(s.user_id.as_str(), &s.device_id, &txn_id).await? {
+    if let Some(existing) = h
+        .store
+        .txn_event(s.user_id.as_str(), &s.device_id, &txn_id)
+        .await?
+    {
         return Ok(Json(json!({"event_id": existing})));
     }
     h.rate_limit(Action::Message, s.user_id.as_str())?;
@@ -65,10 +69,15 @@ async fn redact(
     JsonBody(b): JsonBody<RedactBody>,
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
-    if let Some(existing) = h.store.txn_event(s.user_id.as_str(), &s.device_id, &txn_id).await? {
+    if let Some(existing) = h
+        .store
+        .txn_event(s.user_id.as_str(), &s.device_id, &txn_id)
+        .await?
+    {
         return Ok(Json(json!({"event_id": existing})));
     }
-    let target_id = OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
+    let target_id =
+        OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("Invalid event id"))?;
     h.require_joined(&room_id, &s.user_id).await?;
     let target = h
         .store
@@ -77,7 +86,10 @@ async fn redact(
         .filter(|e| e.pdu.room_id == room_id)
         .ok_or_else(|| Error::not_found("Event not found"))?;
     if target.pdu.sender != s.user_id {
-        let pl = h.room_state_event(&room_id, "m.room.power_levels", "").await?.map(|p| p.content_value());
+        let pl = h
+            .room_state_event(&room_id, "m.room.power_levels", "")
+            .await?
+            .map(|p| p.content_value());
         if h.power_of(&room_id, &s.user_id).await? < required_power(pl.as_ref(), "redact", 50) {
             return Err(Error::forbidden("You may not redact other users' events").into());
         }
@@ -94,7 +106,12 @@ async fn redact(
 }
 
 /// Fetches an event the user may see, or 404 (not revealing whether it exists).
-async fn visible_event(h: &Hearth, room_id: &RoomId, user: &UserId, event_id: &str) -> ApiResult<StoredEvent> {
+async fn visible_event(
+    h: &Hearth,
+    room_id: &RoomId,
+    user: &UserId,
+    event_id: &str,
+) -> ApiResult<StoredEvent> {
     let not_found = || Error::not_found("Event not found");
     let ev = h
         .store
@@ -102,14 +119,25 @@ async fn visible_event(h: &Hearth, room_id: &RoomId, user: &UserId, event_id: &s
         .await?
         .filter(|e| e.pdu.room_id == room_id)
         .ok_or_else(not_found)?;
-    let membership = h.store.membership(room_id.as_str(), user.as_str()).await?.map(|m| m.membership);
-    if !h.can_see_at(room_id, user, ev.stream_ordering, membership.as_deref()).await? {
+    let membership = h
+        .store
+        .membership(room_id.as_str(), user.as_str())
+        .await?
+        .map(|m| m.membership);
+    if !h
+        .can_see_at(room_id, user, ev.stream_ordering, membership.as_deref())
+        .await?
+    {
         return Err(not_found().into());
     }
     Ok(ev)
 }
 
-async fn get_event(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path((room_id, event_id)): Path<(String, String)>) -> JsonResult {
+async fn get_event(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((room_id, event_id)): Path<(String, String)>,
+) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
     let ev = visible_event(&h, &room_id, &s.user_id, &event_id).await?;
     Ok(Json(ev.to_client(Some((&s.user_id, &s.device_id)))))
@@ -125,7 +153,8 @@ fn parse_filter(f: Option<&str>) -> ApiResult<EventFilter> {
     match f {
         None => Ok(EventFilter::default()),
         Some(s) => {
-            let v: Value = serde_json::from_str(s).map_err(|_| Error::invalid_param("filter is not valid JSON"))?;
+            let v: Value = serde_json::from_str(s)
+                .map_err(|_| Error::invalid_param("filter is not valid JSON"))?;
             if !v.is_object() {
                 return Err(Error::invalid_param("filter must be a JSON object").into());
             }
@@ -136,17 +165,30 @@ fn parse_filter(f: Option<&str>) -> ApiResult<EventFilter> {
 
 fn allowed(f: &EventFilter, e: &StoredEvent) -> bool {
     let content = e.pdu.json.get("content");
-    f.allows(e.pdu.kind.to_string().as_str(), e.pdu.sender.as_str(), content)
+    f.allows(
+        e.pdu.kind.to_string().as_str(),
+        e.pdu.sender.as_str(),
+        content,
+    )
 }
 
 /// Member events for the senders of `events`, for lazy-loading clients.
-async fn member_state_for(h: &Hearth, room_id: &RoomId, at: i64, events: &[StoredEvent]) -> ApiResult<Vec<Value>> {
+async fn member_state_for(
+    h: &Hearth,
+    room_id: &RoomId,
+    at: i64,
+    events: &[StoredEvent],
+) -> ApiResult<Vec<Value>> {
     let mut senders: Vec<&str> = events.iter().map(|e| e.pdu.sender.as_str()).collect();
     senders.sort_unstable();
     senders.dedup();
     let mut out = vec![];
     for s in senders {
-        if let Some(m) = h.store.state_event_at(room_id.as_str(), "m.room.member", s, at).await? {
+        if let Some(m) = h
+            .store
+            .state_event_at(room_id.as_str(), "m.room.member", s, at)
+            .await?
+        {
             out.push(m.to_client(None));
         }
     }
@@ -167,14 +209,30 @@ async fn context(
     let after_n = limit - before_n;
     let before = h
         .store
-        .room_events(room_id.as_str(), ev.stream_ordering - 1, None, Direction::Backward, before_n)
+        .room_events(
+            room_id.as_str(),
+            ev.stream_ordering - 1,
+            None,
+            Direction::Backward,
+            before_n,
+        )
         .await?;
     let after = h
         .store
-        .room_events(room_id.as_str(), ev.stream_ordering, None, Direction::Forward, after_n)
+        .room_events(
+            room_id.as_str(),
+            ev.stream_ordering,
+            None,
+            Direction::Forward,
+            after_n,
+        )
         .await?;
-    let start = before.last().map_or(ev.stream_ordering - 1, |e| e.stream_ordering - 1);
-    let end = after.last().map_or(ev.stream_ordering, |e| e.stream_ordering);
+    let start = before
+        .last()
+        .map_or(ev.stream_ordering - 1, |e| e.stream_ordering - 1);
+    let end = after
+        .last()
+        .map_or(ev.stream_ordering, |e| e.stream_ordering);
     let before = h.filter_visible(&room_id, &s.user_id, before).await?;
     let after = h.filter_visible(&room_id, &s.user_id, after).await?;
     let viewer = Some((s.user_id.as_ref(), s.device_id.as_str()));
@@ -184,8 +242,18 @@ async fn context(
         all.extend(after.iter().cloned());
         member_state_for(&h, &room_id, end, &all).await?
     } else {
-        let ids: Vec<String> = h.store.state_at(room_id.as_str(), end).await?.into_values().collect();
-        h.store.get_events(&ids).await?.iter().map(|e| e.to_client(None)).collect()
+        let ids: Vec<String> = h
+            .store
+            .state_at(room_id.as_str(), end)
+            .await?
+            .into_values()
+            .collect();
+        h.store
+            .get_events(&ids)
+            .await?
+            .iter()
+            .map(|e| e.to_client(None))
+            .collect()
     };
     Ok(Json(json!({
         "event": ev.to_client(viewer),
@@ -220,17 +288,27 @@ async fn messages(
         None => return Err(Error::MissingParam("Missing dir parameter".into()).into()),
     };
     let limit: i64 = match &q.limit {
-        Some(l) => l.parse().map_err(|_| Error::invalid_param("limit must be an integer"))?,
+        Some(l) => l
+            .parse()
+            .map_err(|_| Error::invalid_param("limit must be an integer"))?,
         None => 10,
     };
     let limit = limit.clamp(1, 1000);
     let filter = parse_filter(q.filter.as_deref())?;
-    let membership = h.store.membership(room_id.as_str(), s.user_id.as_str()).await?;
+    let membership = h
+        .store
+        .membership(room_id.as_str(), s.user_id.as_str())
+        .await?;
     if membership.is_none() {
         let readable = h
             .room_state_event(&room_id, "m.room.history_visibility", "")
             .await?
-            .is_some_and(|e| e.content_value().get("history_visibility").and_then(Value::as_str) == Some("world_readable"));
+            .is_some_and(|e| {
+                e.content_value()
+                    .get("history_visibility")
+                    .and_then(Value::as_str)
+                    == Some("world_readable")
+            });
         if !readable {
             return Err(Error::forbidden("You are not in this room").into());
         }
@@ -253,7 +331,10 @@ async fn messages(
         Direction::Forward => (from, Some(to.unwrap_or(i64::MAX).min(ceiling))),
     };
     // Over-fetch so that filtered-out events don't end pagination early.
-    let events = h.store.room_events(room_id.as_str(), from, to, dir, limit).await?;
+    let events = h
+        .store
+        .room_events(room_id.as_str(), from, to, dir, limit)
+        .await?;
     let end = match (dir, events.last()) {
         (Direction::Backward, Some(e)) => Some(e.stream_ordering - 1),
         (Direction::Forward, Some(e)) => Some(e.stream_ordering),
@@ -261,10 +342,19 @@ async fn messages(
     };
     let full_page = events.len() as i64 == limit;
     let visible = h.filter_visible(&room_id, &s.user_id, events).await?;
-    let visible: Vec<StoredEvent> = visible.into_iter().filter(|e| allowed(&filter, e)).collect();
+    let visible: Vec<StoredEvent> = visible
+        .into_iter()
+        .filter(|e| allowed(&filter, e))
+        .collect();
     let viewer = Some((s.user_id.as_ref(), s.device_id.as_str()));
     let state = if filter.lazy_load_members {
-        member_state_for(&h, &room_id, from.min(h.store.max_stream_ordering().await?), &visible).await?
+        member_state_for(
+            &h,
+            &room_id,
+            from.min(h.store.max_stream_ordering().await?),
+            &visible,
+        )
+        .await?
     } else {
         vec![]
     };

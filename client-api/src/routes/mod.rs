@@ -12,24 +12,18 @@ pub mod sync;
 
 use axum::Json;
 use hearth_core::ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 
 pub type JsonResult = ApiResult<Json<Value>>;
 
-pub fn empty() -> JsonResult {
-    Ok(Json(json!({})))
-}
-
 pub fn parse_room_id(s: &str) -> ApiResult<OwnedRoomId> {
-    RoomId::parse(s).map_err(|_| hearth_core::Error::invalid_param(format!("Invalid room id {s:?}")).into())
+    RoomId::parse(s)
+        .map_err(|_| hearth_core::Error::invalid_param(format!("Invalid room id {s:?}")).into())
 }
 
 pub fn parse_user_id(s: &str) -> ApiResult<OwnedUserId> {
-    UserId::parse(s).map_err(|_| hearth_core::Error::invalid_param(format!("Invalid user id {s:?}")).into())
-}
-
-pub fn forbidden(msg: &str) -> ApiError {
-    hearth_core::Error::forbidden(msg).into()
+    UserId::parse(s)
+        .map_err(|_| hearth_core::Error::invalid_param(format!("Invalid user id {s:?}")).into())
 }

@@ -34,9 +34,18 @@ pub fn routes() -> Router<Arc<Hearth>> {
         .route("/rooms/{room_id}/forget", post(forget))
         .route("/joined_rooms", get(joined_rooms))
         .route("/rooms/{room_id}/state", get(all_state))
-        .route("/rooms/{room_id}/state/{event_type}", get(get_state_empty_key).put(put_state_empty_key))
-        .route("/rooms/{room_id}/state/{event_type}/", get(get_state_empty_key).put(put_state_empty_key))
-        .route("/rooms/{room_id}/state/{event_type}/{state_key}", get(get_state).put(put_state))
+        .route(
+            "/rooms/{room_id}/state/{event_type}",
+            get(get_state_empty_key).put(put_state_empty_key),
+        )
+        .route(
+            "/rooms/{room_id}/state/{event_type}/",
+            get(get_state_empty_key).put(put_state_empty_key),
+        )
+        .route(
+            "/rooms/{room_id}/state/{event_type}/{state_key}",
+            get(get_state).put(put_state),
+        )
         .route("/rooms/{room_id}/members", get(members))
         .route("/rooms/{room_id}/joined_members", get(joined_members))
 }
@@ -70,7 +79,11 @@ struct CreateRoomBody {
     power_level_content_override: Option<Map<String, Value>>,
 }
 
-async fn create_room(State(h): State<Arc<Hearth>>, Auth(s): Auth, JsonBody(b): JsonBody<CreateRoomBody>) -> JsonResult {
+async fn create_room(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(b): JsonBody<CreateRoomBody>,
+) -> JsonResult {
     let visibility_public = match b.visibility.as_deref() {
         None | Some("private") => false,
         Some("public") => true,
@@ -79,7 +92,11 @@ async fn create_room(State(h): State<Arc<Hearth>>, Auth(s): Auth, JsonBody(b): J
     if !b.invite_3pid.is_empty() {
         return Err(Error::invalid_param("Third-party invites are not supported").into());
     }
-    let invite = b.invite.iter().map(|u| parse_user_id(u)).collect::<ApiResult<Vec<_>>>()?;
+    let invite = b
+        .invite
+        .iter()
+        .map(|u| parse_user_id(u))
+        .collect::<ApiResult<Vec<_>>>()?;
     let req = CreateRoom {
         preset: b.preset,
         visibility_public,
@@ -114,7 +131,8 @@ async fn join_by_id_or_alias(
     JsonBody(b): JsonBody<ReasonBody>,
 ) -> JsonResult {
     let room_id = h.resolve_room(&room).await?;
-    h.join_room(&room_id, &s.user_id, b.reason.as_deref()).await?;
+    h.join_room(&room_id, &s.user_id, b.reason.as_deref())
+        .await?;
     Ok(Json(json!({"room_id": room_id})))
 }
 
@@ -125,7 +143,8 @@ async fn join(
     JsonBody(b): JsonBody<ReasonBody>,
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
-    h.join_room(&room_id, &s.user_id, b.reason.as_deref()).await?;
+    h.join_room(&room_id, &s.user_id, b.reason.as_deref())
+        .await?;
     Ok(Json(json!({"room_id": room_id})))
 }
 
@@ -136,7 +155,8 @@ async fn leave(
     JsonBody(b): JsonBody<ReasonBody>,
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
-    h.leave_room(&room_id, &s.user_id, b.reason.as_deref()).await?;
+    h.leave_room(&room_id, &s.user_id, b.reason.as_deref())
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -155,21 +175,40 @@ async fn invite(
     let room_id = parse_room_id(&room_id)?;
     let target = parse_user_id(&b.user_id)?;
     h.require_joined(&room_id, &s.user_id).await?;
-    if let Some(m) = h.store.membership(room_id.as_str(), target.as_str()).await? {
+    if let Some(m) = h
+        .store
+        .membership(room_id.as_str(), target.as_str())
+        .await?
+    {
         match m.membership.as_str() {
-            "join" => return Err(Error::forbidden(format!("{target} is already in the room")).into()),
-            "ban" => return Err(Error::forbidden(format!("{target} is banned from the room")).into()),
+            "join" => {
+                return Err(Error::forbidden(format!("{target} is already in the room")).into());
+            }
+            "ban" => {
+                return Err(Error::forbidden(format!("{target} is banned from the room")).into());
+            }
             _ => {}
         }
     }
-    h.invite(&room_id, &s.user_id, &target, b.reason.as_deref(), false).await?;
+    h.invite(&room_id, &s.user_id, &target, b.reason.as_deref(), false)
+        .await?;
     Ok(Json(json!({})))
 }
 
-async fn membership_change(h: &Hearth, sender: &Auth, room_id: &str, b: &TargetBody, membership: &str) -> JsonResult {
+async fn membership_change(
+    h: &Hearth,
+    sender: &Auth,
+    room_id: &str,
+    b: &TargetBody,
+    membership: &str,
+) -> JsonResult {
     let room_id = parse_room_id(room_id)?;
     let target = parse_user_id(&b.user_id)?;
-    let current = h.store.membership(room_id.as_str(), target.as_str()).await?.map(|m| m.membership);
+    let current = h
+        .store
+        .membership(room_id.as_str(), target.as_str())
+        .await?
+        .map(|m| m.membership);
     match (membership, current.as_deref()) {
         ("kick", Some("join" | "invite" | "knock")) => {}
         ("kick", _) => return Err(Error::forbidden(format!("{target} is not in the room")).into()),
@@ -181,26 +220,55 @@ async fn membership_change(h: &Hearth, sender: &Auth, room_id: &str, b: &TargetB
         "ban" => "ban",
         _ => "leave",
     };
-    h.set_membership(&room_id, &sender.0.user_id, &target, new_membership, b.reason.as_deref())
-        .await?;
+    h.set_membership(
+        &room_id,
+        &sender.0.user_id,
+        &target,
+        new_membership,
+        b.reason.as_deref(),
+    )
+    .await?;
     Ok(Json(json!({})))
 }
 
-async fn kick(State(h): State<Arc<Hearth>>, a: Auth, Path(r): Path<String>, JsonBody(b): JsonBody<TargetBody>) -> JsonResult {
+async fn kick(
+    State(h): State<Arc<Hearth>>,
+    a: Auth,
+    Path(r): Path<String>,
+    JsonBody(b): JsonBody<TargetBody>,
+) -> JsonResult {
     membership_change(&h, &a, &r, &b, "kick").await
 }
 
-async fn ban(State(h): State<Arc<Hearth>>, a: Auth, Path(r): Path<String>, JsonBody(b): JsonBody<TargetBody>) -> JsonResult {
+async fn ban(
+    State(h): State<Arc<Hearth>>,
+    a: Auth,
+    Path(r): Path<String>,
+    JsonBody(b): JsonBody<TargetBody>,
+) -> JsonResult {
     membership_change(&h, &a, &r, &b, "ban").await
 }
 
-async fn unban(State(h): State<Arc<Hearth>>, a: Auth, Path(r): Path<String>, JsonBody(b): JsonBody<TargetBody>) -> JsonResult {
+async fn unban(
+    State(h): State<Arc<Hearth>>,
+    a: Auth,
+    Path(r): Path<String>,
+    JsonBody(b): JsonBody<TargetBody>,
+) -> JsonResult {
     membership_change(&h, &a, &r, &b, "unban").await
 }
 
-async fn forget(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(room_id): Path<String>) -> JsonResult {
+async fn forget(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
-    match h.store.membership(room_id.as_str(), s.user_id.as_str()).await? {
+    match h
+        .store
+        .membership(room_id.as_str(), s.user_id.as_str())
+        .await?
+    {
         Some(m) if m.membership == "join" || m.membership == "invite" => {
             Err(crate::error::ApiError::new(
                 axum::http::StatusCode::BAD_REQUEST,
@@ -209,7 +277,9 @@ async fn forget(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(room_id): Path
             ))
         }
         Some(_) => {
-            h.store.forget_room(room_id.as_str(), s.user_id.as_str()).await?;
+            h.store
+                .forget_room(room_id.as_str(), s.user_id.as_str())
+                .await?;
             Ok(Json(json!({})))
         }
         None => Err(Error::not_found("You have never been in this room").into()),
@@ -230,22 +300,52 @@ async fn joined_rooms(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult
 
 /// The state a user may read: current state while joined; the state when they
 /// left for former members; current state of world-readable rooms.
-async fn readable_state(h: &Hearth, room: &str, user: &hearth_core::ruma::UserId) -> ApiResult<Vec<Pdu>> {
+async fn readable_state(
+    h: &Hearth,
+    room: &str,
+    user: &hearth_core::ruma::UserId,
+) -> ApiResult<Vec<Pdu>> {
     let room_id = parse_room_id(room)?;
     let membership = h.store.membership(room_id.as_str(), user.as_str()).await?;
     match membership {
-        Some(m) if m.membership == "join" => Ok(h.room_state(&room_id).await?.iter().map(|p| (**p).clone()).collect()),
+        Some(m) if m.membership == "join" => Ok(h
+            .room_state(&room_id)
+            .await?
+            .iter()
+            .map(|p| (**p).clone())
+            .collect()),
         Some(m) if m.membership == "leave" || m.membership == "ban" => {
-            let ids: Vec<String> = h.store.state_at(room_id.as_str(), m.stream_ordering).await?.into_values().collect();
-            Ok(h.store.get_events(&ids).await?.into_iter().map(|e| e.pdu).collect())
+            let ids: Vec<String> = h
+                .store
+                .state_at(room_id.as_str(), m.stream_ordering)
+                .await?
+                .into_values()
+                .collect();
+            Ok(h.store
+                .get_events(&ids)
+                .await?
+                .into_iter()
+                .map(|e| e.pdu)
+                .collect())
         }
         _ => {
-            let hv = h.room_state_event(&room_id, "m.room.history_visibility", "").await?;
+            let hv = h
+                .room_state_event(&room_id, "m.room.history_visibility", "")
+                .await?;
             let world_readable = hv
-                .map(|e| e.content_value().get("history_visibility").and_then(Value::as_str) == Some("world_readable"))
+                .map(|e| {
+                    e.content_value()
+                        .get("history_visibility")
+                        .and_then(Value::as_str)
+                        == Some("world_readable")
+                })
                 .unwrap_or(false);
             if world_readable {
-                Ok(h.room_state(&room_id).await?.iter().map(|p| (**p).clone()).collect())
+                Ok(h.room_state(&room_id)
+                    .await?
+                    .iter()
+                    .map(|p| (**p).clone())
+                    .collect())
             } else {
                 Err(Error::forbidden("You are not in this room").into())
             }
@@ -253,7 +353,11 @@ async fn readable_state(h: &Hearth, room: &str, user: &hearth_core::ruma::UserId
     }
 }
 
-async fn all_state(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(room_id): Path<String>) -> JsonResult {
+async fn all_state(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+) -> JsonResult {
     let state = readable_state(&h, &room_id, &s.user_id).await?;
     let events: Vec<Value> = state.iter().map(|p| p.to_client(None, None)).collect();
     Ok(Json(Value::Array(events)))
@@ -264,7 +368,14 @@ struct StateQuery {
     format: Option<String>,
 }
 
-async fn state_event(h: &Hearth, user: &hearth_core::ruma::UserId, room: &str, kind: &str, sk: &str, q: &StateQuery) -> JsonResult {
+async fn state_event(
+    h: &Hearth,
+    user: &hearth_core::ruma::UserId,
+    room: &str,
+    kind: &str,
+    sk: &str,
+    q: &StateQuery,
+) -> JsonResult {
     let state = readable_state(h, room, user).await?;
     let ev = state
         .into_iter()
@@ -295,13 +406,23 @@ async fn get_state_empty_key(
     state_event(&h, &s.user_id, &room_id, &kind, "", &q).await
 }
 
-async fn send_state(h: &Hearth, s: &Auth, room: &str, kind: &str, sk: &str, content: Map<String, Value>) -> JsonResult {
+async fn send_state(
+    h: &Hearth,
+    s: &Auth,
+    room: &str,
+    kind: &str,
+    sk: &str,
+    content: Map<String, Value>,
+) -> JsonResult {
     let room_id = parse_room_id(room)?;
     if kind == "m.room.member" {
         parse_user_id(sk)?;
     }
     let event_id = h
-        .send_event(&room_id, NewEvent::state(s.0.user_id.clone(), kind, sk, Value::Object(content)))
+        .send_event(
+            &room_id,
+            NewEvent::state(s.0.user_id.clone(), kind, sk, Value::Object(content)),
+        )
         .await?;
     Ok(Json(json!({"event_id": event_id})))
 }
@@ -341,18 +462,31 @@ async fn members(
         .iter()
         .filter(|p| p.kind.to_string() == "m.room.member")
         .filter(|p| {
-            let m = p.content_value().get("membership").and_then(Value::as_str).unwrap_or_default().to_owned();
-            q.membership.as_ref().is_none_or(|w| *w == m) && q.not_membership.as_ref().is_none_or(|n| *n != m)
+            let m = p
+                .content_value()
+                .get("membership")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            q.membership.as_ref().is_none_or(|w| *w == m)
+                && q.not_membership.as_ref().is_none_or(|n| *n != m)
         })
         .map(|p| p.to_client(None, None))
         .collect();
     Ok(Json(json!({"chunk": chunk})))
 }
 
-async fn joined_members(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(room_id): Path<String>) -> JsonResult {
+async fn joined_members(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+) -> JsonResult {
     let state = readable_state(&h, &room_id, &s.user_id).await?;
     let mut joined = Map::new();
-    for p in state.iter().filter(|p| p.kind.to_string() == "m.room.member") {
+    for p in state
+        .iter()
+        .filter(|p| p.kind.to_string() == "m.room.member")
+    {
         let c = p.content_value();
         if c.get("membership").and_then(Value::as_str) == Some("join")
             && let Some(sk) = &p.state_key

@@ -41,7 +41,8 @@ async fn resolve_filter(h: &Hearth, user: &str, f: Option<&str>) -> ApiResult<Sy
     Ok(match f {
         None => SyncFilter::default(),
         Some(s) if s.trim_start().starts_with('{') => {
-            let v: Value = serde_json::from_str(s).map_err(|_| Error::invalid_param("filter is not valid JSON"))?;
+            let v: Value = serde_json::from_str(s)
+                .map_err(|_| Error::invalid_param("filter is not valid JSON"))?;
             SyncFilter::parse(&v)
         }
         Some(id) => {
@@ -55,11 +56,23 @@ async fn resolve_filter(h: &Hearth, user: &str, f: Option<&str>) -> ApiResult<Sy
     })
 }
 
-async fn sync(State(h): State<Arc<Hearth>>, Auth(s): Auth, Query(q): Query<SyncQuery>) -> JsonResult {
-    let since = q.since.as_deref().filter(|s| !s.is_empty()).map(str::parse).transpose()?;
+async fn sync(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Query(q): Query<SyncQuery>,
+) -> JsonResult {
+    let since = q
+        .since
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .transpose()?;
     let filter = resolve_filter(&h, s.user_id.as_str(), q.filter.as_deref()).await?;
     let timeout = match &q.timeout {
-        Some(t) => Duration::from_millis(t.parse().map_err(|_| Error::invalid_param("timeout must be an integer"))?),
+        Some(t) => Duration::from_millis(
+            t.parse()
+                .map_err(|_| Error::invalid_param("timeout must be an integer"))?,
+        ),
         None => Duration::ZERO,
     };
     let full_state = matches!(q.full_state.as_deref(), Some("true"));
@@ -76,7 +89,12 @@ async fn sync(State(h): State<Arc<Hearth>>, Auth(s): Auth, Query(q): Query<SyncQ
     if changed {
         h.notifier.notify();
     }
-    let req = SyncRequest { since, full_state, filter, timeout: timeout.min(MAX_TIMEOUT) };
+    let req = SyncRequest {
+        since,
+        full_state,
+        filter,
+        timeout: timeout.min(MAX_TIMEOUT),
+    };
     Ok(Json(h.sync(&s.user_id, &s.device_id, &req).await?))
 }
 
@@ -90,7 +108,13 @@ async fn create_filter(
     if user != s.user_id {
         return Err(Error::forbidden("Cannot create filters for other users").into());
     }
-    for key in ["event_fields", "event_format", "presence", "account_data", "room"] {
+    for key in [
+        "event_fields",
+        "event_format",
+        "presence",
+        "account_data",
+        "room",
+    ] {
         if let Some(v) = filter.get(key) {
             let ok = match key {
                 "event_fields" => v.is_array(),

@@ -30,7 +30,12 @@ impl Hearth {
             None => self.config.default_room_version.clone(),
         };
         let preset = req.preset.clone().unwrap_or_else(|| {
-            if req.visibility_public { "public_chat" } else { "private_chat" }.to_owned()
+            if req.visibility_public {
+                "public_chat"
+            } else {
+                "private_chat"
+            }
+            .to_owned()
         });
         if !["public_chat", "private_chat", "trusted_private_chat"].contains(&preset.as_str()) {
             return Err(Error::invalid_param(format!("Unknown preset {preset}")));
@@ -38,7 +43,10 @@ impl Hearth {
         let alias = match &req.room_alias_name {
             Some(local) => {
                 let alias = format!("#{local}:{}", self.config.server_name);
-                if local.is_empty() || local.contains(':') || ruma::RoomAliasId::parse(&alias).is_err() {
+                if local.is_empty()
+                    || local.contains(':')
+                    || ruma::RoomAliasId::parse(&alias).is_err()
+                {
                     return Err(Error::invalid_param("Invalid room_alias_name"));
                 }
                 if self.store.resolve_alias(&alias).await?.is_some() {
@@ -49,7 +57,9 @@ impl Hearth {
             None => None,
         };
 
-        let rules = version.rules().ok_or_else(|| Error::UnsupportedRoomVersion(version.to_string()))?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| Error::UnsupportedRoomVersion(version.to_string()))?;
         let mut create_content = req.creation_content.clone().unwrap_or_default();
         create_content.insert("room_version".into(), json!(version.as_str()));
         if rules.authorization.use_room_create_sender {
@@ -57,11 +67,16 @@ impl Hearth {
         } else {
             create_content.insert("creator".into(), json!(creator));
         }
-        let room_id = self.create_room_event(&version, creator, Value::Object(create_content)).await?;
+        let room_id = self
+            .create_room_event(&version, creator, Value::Object(create_content))
+            .await?;
         let owner = creator.to_owned();
         let join = self.member_content(creator, "join", None).await?;
-        self.send_event(&room_id, NewEvent::state(owner.clone(), "m.room.member", creator.as_str(), join))
-            .await?;
+        self.send_event(
+            &room_id,
+            NewEvent::state(owner.clone(), "m.room.member", creator.as_str(), join),
+        )
+        .await?;
 
         // From v12 creators hold unlimited power and must not be listed in `users`.
         let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
@@ -93,60 +108,101 @@ impl Hearth {
                 pl[k] = v.clone();
             }
         }
-        self.send_event(&room_id, NewEvent::state(owner.clone(), "m.room.power_levels", "", pl)).await?;
+        self.send_event(
+            &room_id,
+            NewEvent::state(owner.clone(), "m.room.power_levels", "", pl),
+        )
+        .await?;
 
         if let Some(alias) = &alias {
-            self.send_event(&room_id, NewEvent::state(owner.clone(), "m.room.canonical_alias", "", json!({"alias": alias})))
-                .await?;
+            self.send_event(
+                &room_id,
+                NewEvent::state(
+                    owner.clone(),
+                    "m.room.canonical_alias",
+                    "",
+                    json!({"alias": alias}),
+                ),
+            )
+            .await?;
         }
-        let join_rule = if preset == "public_chat" { "public" } else { "invite" };
+        let join_rule = if preset == "public_chat" {
+            "public"
+        } else {
+            "invite"
+        };
         let mut preset_state = vec![
             ("m.room.join_rules", json!({"join_rule": join_rule})),
-            ("m.room.history_visibility", json!({"history_visibility": "shared"})),
+            (
+                "m.room.history_visibility",
+                json!({"history_visibility": "shared"}),
+            ),
         ];
         if preset != "public_chat" {
             preset_state.push(("m.room.guest_access", json!({"guest_access": "can_join"})));
         }
         for (kind, content) in preset_state {
-            let overridden = req.initial_state.iter().any(|(t, sk, _)| t == kind && sk.is_empty());
+            let overridden = req
+                .initial_state
+                .iter()
+                .any(|(t, sk, _)| t == kind && sk.is_empty());
             if !overridden {
-                self.send_event(&room_id, NewEvent::state(owner.clone(), kind, "", content)).await?;
+                self.send_event(&room_id, NewEvent::state(owner.clone(), kind, "", content))
+                    .await?;
             }
         }
         for (kind, sk, content) in &req.initial_state {
-            self.send_event(&room_id, NewEvent::state(owner.clone(), kind, sk, content.clone())).await?;
+            self.send_event(
+                &room_id,
+                NewEvent::state(owner.clone(), kind, sk, content.clone()),
+            )
+            .await?;
         }
         if let Some(name) = &req.name {
-            self.send_event(&room_id, NewEvent::state(owner.clone(), "m.room.name", "", json!({"name": name})))
-                .await?;
+            self.send_event(
+                &room_id,
+                NewEvent::state(owner.clone(), "m.room.name", "", json!({"name": name})),
+            )
+            .await?;
         }
         if let Some(topic) = &req.topic {
-            self.send_event(&room_id, NewEvent::state(owner.clone(), "m.room.topic", "", json!({"topic": topic})))
-                .await?;
+            self.send_event(
+                &room_id,
+                NewEvent::state(owner.clone(), "m.room.topic", "", json!({"topic": topic})),
+            )
+            .await?;
         }
         if let Some(alias) = &alias {
-            self.store.create_alias(alias, room_id.as_str(), creator.as_str()).await?;
+            self.store
+                .create_alias(alias, room_id.as_str(), creator.as_str())
+                .await?;
         }
         if req.visibility_public {
             self.store.set_room_public(room_id.as_str(), true).await?;
         }
         for invitee in &req.invite {
-            self.invite(&room_id, creator, invitee, None, req.is_direct).await?;
+            self.invite(&room_id, creator, invitee, None, req.is_direct)
+                .await?;
         }
         Ok(room_id)
     }
 
     /// m.room.member content carrying the user's profile, as other servers do.
-    pub async fn member_content(&self, user: &UserId, membership: &str, reason: Option<&str>) -> Result<Value> {
+    pub async fn member_content(
+        &self,
+        user: &UserId,
+        membership: &str,
+        reason: Option<&str>,
+    ) -> Result<Value> {
         let mut c = json!({"membership": membership});
-        if membership == "join" || membership == "invite" {
-            if let Some(u) = self.store.get_user(user.as_str()).await? {
-                if let Some(d) = u.displayname {
-                    c["displayname"] = json!(d);
-                }
-                if let Some(a) = u.avatar_url {
-                    c["avatar_url"] = json!(a);
-                }
+        if (membership == "join" || membership == "invite")
+            && let Some(u) = self.store.get_user(user.as_str()).await?
+        {
+            if let Some(d) = u.displayname {
+                c["displayname"] = json!(d);
+            }
+            if let Some(a) = u.avatar_url {
+                c["avatar_url"] = json!(a);
             }
         }
         if let Some(r) = reason {
@@ -169,14 +225,24 @@ impl Hearth {
                 _ => return Err(Error::not_found("Unknown user")),
             }
         } else {
-            return Err(Error::Forbidden("Federation is not enabled on this server".into()));
+            return Err(Error::Forbidden(
+                "Federation is not enabled on this server".into(),
+            ));
         }
         let mut content = self.member_content(invitee, "invite", reason).await?;
         if is_direct {
             content["is_direct"] = json!(true);
         }
-        self.send_event(room_id, NewEvent::state(sender.to_owned(), "m.room.member", invitee.as_str(), content))
-            .await?;
+        self.send_event(
+            room_id,
+            NewEvent::state(
+                sender.to_owned(),
+                "m.room.member",
+                invitee.as_str(),
+                content,
+            ),
+        )
+        .await?;
         Ok(())
     }
 }

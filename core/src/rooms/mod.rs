@@ -37,7 +37,14 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn message(sender: OwnedUserId, kind: &str, content: Value) -> Self {
-        Self { sender, kind: kind.to_owned(), content, state_key: None, redacts: None, txn: None }
+        Self {
+            sender,
+            kind: kind.to_owned(),
+            content,
+            state_key: None,
+            redacts: None,
+            txn: None,
+        }
     }
 
     pub fn state(sender: OwnedUserId, kind: &str, state_key: &str, content: Value) -> Self {
@@ -94,5 +101,7 @@ pub fn user_power(pl: Option<&Value>, creator: Option<&str>, user: &str) -> i64 
 }
 
 pub fn required_power(pl: Option<&Value>, key: &str, default: i64) -> i64 {
-    pl.and_then(|p| p.get(key)).and_then(Value::as_i64).unwrap_or(default)
+    pl.and_then(|p| p.get(key))
+        .and_then(Value::as_i64)
+        .unwrap_or(default)
 }

@@ -15,7 +15,10 @@ pub enum HistoryVisibility {
 
 impl HistoryVisibility {
     pub fn parse(content: Option<&Value>) -> Self {
-        match content.and_then(|c| c.get("history_visibility")).and_then(Value::as_str) {
+        match content
+            .and_then(|c| c.get("history_visibility"))
+            .and_then(Value::as_str)
+        {
             Some("world_readable") => Self::WorldReadable,
             Some("invited") => Self::Invited,
             Some("joined") => Self::Joined,
@@ -27,7 +30,13 @@ impl HistoryVisibility {
 impl Hearth {
     /// Whether `user` may see an event of `room` at stream position `at`,
     /// given their current membership.
-    pub async fn can_see_at(&self, room_id: &RoomId, user: &UserId, at: i64, current_membership: Option<&str>) -> Result<bool> {
+    pub async fn can_see_at(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        at: i64,
+        current_membership: Option<&str>,
+    ) -> Result<bool> {
         let hv = self
             .store
             .state_event_at(room_id.as_str(), "m.room.history_visibility", "", at)
@@ -41,7 +50,13 @@ impl Hearth {
             .store
             .state_event_at(room_id.as_str(), "m.room.member", user.as_str(), at)
             .await?
-            .and_then(|e| e.pdu.content_value().get("membership").and_then(Value::as_str).map(str::to_owned));
+            .and_then(|e| {
+                e.pdu
+                    .content_value()
+                    .get("membership")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
         Ok(match membership_then.as_deref() {
             Some("join") => true,
             Some("invite") if hv != HistoryVisibility::Joined => true,
@@ -50,11 +65,23 @@ impl Hearth {
     }
 
     /// Filters events (all from one room) down to those the user may see.
-    pub async fn filter_visible(&self, room_id: &RoomId, user: &UserId, events: Vec<StoredEvent>) -> Result<Vec<StoredEvent>> {
-        let current = self.store.membership(room_id.as_str(), user.as_str()).await?.map(|m| m.membership);
+    pub async fn filter_visible(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        events: Vec<StoredEvent>,
+    ) -> Result<Vec<StoredEvent>> {
+        let current = self
+            .store
+            .membership(room_id.as_str(), user.as_str())
+            .await?
+            .map(|m| m.membership);
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
-            if self.can_see_at(room_id, user, ev.stream_ordering, current.as_deref()).await? {
+            if self
+                .can_see_at(room_id, user, ev.stream_ordering, current.as_deref())
+                .await?
+            {
                 out.push(ev);
             }
         }
@@ -65,9 +92,15 @@ impl Hearth {
 impl Hearth {
     /// Fails with M_FORBIDDEN unless the user is currently joined to the room.
     pub async fn require_joined(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
-        match self.store.membership(room_id.as_str(), user.as_str()).await? {
+        match self
+            .store
+            .membership(room_id.as_str(), user.as_str())
+            .await?
+        {
             Some(m) if m.membership == "join" => Ok(()),
-            _ => Err(crate::Error::forbidden(format!("User {user} is not in room {room_id}"))),
+            _ => Err(crate::Error::forbidden(format!(
+                "User {user} is not in room {room_id}"
+            ))),
         }
     }
 }

@@ -38,10 +38,17 @@ impl Hearth {
             .map(|e| (e.pdu.event_id.clone(), e.pdu.depth));
         let mut state = HashMap::new();
         for ev in self.store.current_state(room_id).await? {
-            let key = (ev.pdu.kind.to_string(), ev.pdu.state_key.clone().unwrap_or_default());
+            let key = (
+                ev.pdu.kind.to_string(),
+                ev.pdu.state_key.clone().unwrap_or_default(),
+            );
             state.insert(key, Arc::new(ev.pdu));
         }
-        Ok(RoomCache { version, latest, state })
+        Ok(RoomCache {
+            version,
+            latest,
+            state,
+        })
     }
 
     /// Current state of a room, from the writer's cache.
@@ -51,18 +58,30 @@ impl Hearth {
         if guard.is_none() {
             *guard = Some(self.load_room(room_id.as_str()).await?);
         }
-        let cache = guard.as_ref().ok_or_else(|| Error::internal("room cache missing"))?;
+        let cache = guard
+            .as_ref()
+            .ok_or_else(|| Error::internal("room cache missing"))?;
         Ok(cache.state.values().cloned().collect())
     }
 
-    pub async fn room_state_event(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+    pub async fn room_state_event(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Arc<Pdu>>> {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
         if guard.is_none() {
             *guard = Some(self.load_room(room_id.as_str()).await?);
         }
-        let cache = guard.as_ref().ok_or_else(|| Error::internal("room cache missing"))?;
-        Ok(cache.state.get(&(kind.to_owned(), state_key.to_owned())).cloned())
+        let cache = guard
+            .as_ref()
+            .ok_or_else(|| Error::internal("room cache missing"))?;
+        Ok(cache
+            .state
+            .get(&(kind.to_owned(), state_key.to_owned()))
+            .cloned())
     }
 
     pub async fn room_version_of(&self, room_id: &RoomId) -> Result<RoomVersionId> {
@@ -89,7 +108,10 @@ impl Hearth {
             &rules.redaction,
         )
         .map_err(Error::internal)?;
-        let event_id = format!("${}", ruma::signatures::reference_hash(&canonical, rules).map_err(Error::internal)?);
+        let event_id = format!(
+            "${}",
+            ruma::signatures::reference_hash(&canonical, rules).map_err(Error::internal)?
+        );
         let event_id = OwnedEventId::try_from(event_id).map_err(Error::internal)?;
         let Value::Object(map) = serde_json::to_value(&canonical)? else {
             return Err(Error::internal("event did not serialize to an object"));
@@ -120,19 +142,39 @@ impl Hearth {
             "type": "m.room.create",
         });
         if !rules.authorization.room_create_event_id_as_room_id {
-            obj["room_id"] = json!(format!("!{}:{}", crate::ids::random_string(18), self.config.server_name));
+            obj["room_id"] = json!(format!(
+                "!{}:{}",
+                crate::ids::random_string(18),
+                self.config.server_name
+            ));
         }
         let pdu = self.sign_pdu(obj, &rules)?;
-        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |_| None::<&Pdu>)
-            .map_err(|e| Error::Forbidden(format!("Create event not allowed: {e}")))?;
+        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |_| {
+            None::<&Pdu>
+        })
+        .map_err(|e| Error::Forbidden(format!("Create event not allowed: {e}")))?;
         let room_id = pdu.room_id.clone();
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
-        self.store.create_room(room_id.as_str(), version.as_str(), creator.as_str()).await?;
-        self.store.persist_event(&EventToPersist { pdu: pdu.clone(), txn: None }).await?;
+        self.store
+            .create_room(room_id.as_str(), version.as_str(), creator.as_str())
+            .await?;
+        self.store
+            .persist_event(&EventToPersist {
+                pdu: pdu.clone(),
+                txn: None,
+            })
+            .await?;
         let mut state = HashMap::new();
-        state.insert(("m.room.create".to_owned(), String::new()), Arc::new(pdu.clone()));
-        *guard = Some(RoomCache { version: version.clone(), latest: Some((pdu.event_id.clone(), 1)), state });
+        state.insert(
+            ("m.room.create".to_owned(), String::new()),
+            Arc::new(pdu.clone()),
+        );
+        *guard = Some(RoomCache {
+            version: version.clone(),
+            latest: Some((pdu.event_id.clone(), 1)),
+            state,
+        });
         drop(guard);
         self.notifier.notify();
         Ok(room_id)
@@ -145,14 +187,19 @@ impl Hearth {
         let mut guard = handle.lock().await;
 
         if let Some((device, txn_id)) = &new.txn
-            && let Some(existing) = self.store.txn_event(new.sender.as_str(), device, txn_id).await?
+            && let Some(existing) = self
+                .store
+                .txn_event(new.sender.as_str(), device, txn_id)
+                .await?
         {
             return OwnedEventId::try_from(existing).map_err(Error::internal);
         }
         if guard.is_none() {
             *guard = Some(self.load_room(room_id.as_str()).await?);
         }
-        let cache = guard.as_mut().ok_or_else(|| Error::internal("room cache missing"))?;
+        let cache = guard
+            .as_mut()
+            .ok_or_else(|| Error::internal("room cache missing"))?;
         let rules = rules_for(&cache.version)?;
 
         let content_raw = serde_json::value::to_raw_value(&new.content)?;
@@ -227,11 +274,18 @@ impl Hearth {
             .txn
             .as_ref()
             .map(|(d, t)| (new.sender.to_string(), d.clone(), t.clone()));
-        self.store.persist_event(&EventToPersist { pdu: pdu.clone(), txn }).await?;
+        self.store
+            .persist_event(&EventToPersist {
+                pdu: pdu.clone(),
+                txn,
+            })
+            .await?;
 
         cache.latest = Some((event_id.clone(), depth));
         if let Some(sk) = &pdu.state_key {
-            cache.state.insert((new.kind.clone(), sk.clone()), Arc::new(pdu.clone()));
+            cache
+                .state
+                .insert((new.kind.clone(), sk.clone()), Arc::new(pdu.clone()));
         }
         drop(guard);
 
@@ -244,15 +298,28 @@ impl Hearth {
         Ok(event_id)
     }
 
-    async fn apply_redaction(&self, redaction: &Pdu, target: &OwnedEventId, rules: &RoomVersionRules) -> Result<()> {
-        let Some(ev) = self.store.get_event(target.as_str()).await? else { return Ok(()) };
+    async fn apply_redaction(
+        &self,
+        redaction: &Pdu,
+        target: &OwnedEventId,
+        rules: &RoomVersionRules,
+    ) -> Result<()> {
+        let Some(ev) = self.store.get_event(target.as_str()).await? else {
+            return Ok(());
+        };
         if ev.pdu.room_id != redaction.room_id {
             return Ok(());
         }
-        let obj: CanonicalJsonObject = serde_json::from_value(Value::Object(ev.pdu.json.clone()))
-            .map_err(Error::internal)?;
-        let because = StoredEvent { pdu: redaction.clone(), stream_ordering: 0, txn: None }.to_client(None);
-        let because: CanonicalJsonObject = serde_json::from_value(because).map_err(Error::internal)?;
+        let obj: CanonicalJsonObject =
+            serde_json::from_value(Value::Object(ev.pdu.json.clone())).map_err(Error::internal)?;
+        let because = StoredEvent {
+            pdu: redaction.clone(),
+            stream_ordering: 0,
+            txn: None,
+        }
+        .to_client(None);
+        let because: CanonicalJsonObject =
+            serde_json::from_value(because).map_err(Error::internal)?;
         let redacted = ruma::canonical_json::redact(
             obj,
             &rules.redaction,
@@ -260,7 +327,11 @@ impl Hearth {
         )
         .map_err(Error::internal)?;
         self.store
-            .store_redacted(target.as_str(), &serde_json::to_value(&redacted)?, redaction.event_id.as_str())
+            .store_redacted(
+                target.as_str(),
+                &serde_json::to_value(&redacted)?,
+                redaction.event_id.as_str(),
+            )
             .await
     }
 }
@@ -282,7 +353,14 @@ impl Hearth {
                 return Ok(i64::MAX);
             }
         }
-        let pl = self.room_state_event(room_id, "m.room.power_levels", "").await?.map(|p| p.content_value());
-        Ok(super::user_power(pl.as_ref(), create.as_ref().map(|c| c.sender.as_str()), user.as_str()))
+        let pl = self
+            .room_state_event(room_id, "m.room.power_levels", "")
+            .await?
+            .map(|p| p.content_value());
+        Ok(super::user_power(
+            pl.as_ref(),
+            create.as_ref().map(|c| c.sender.as_str()),
+            user.as_str(),
+        ))
     }
 }

@@ -88,7 +88,12 @@ pub struct EventToPersist {
 #[async_trait]
 pub trait AccountStore: Send + Sync {
     /// Fails with `Error::UserInUse` when the id is taken (including deactivated ids).
-    async fn create_user(&self, user_id: &str, password_hash: Option<&str>, is_admin: bool) -> Result<()>;
+    async fn create_user(
+        &self,
+        user_id: &str,
+        password_hash: Option<&str>,
+        is_admin: bool,
+    ) -> Result<()>;
     async fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>>;
     async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<()>;
     /// Marks the user deactivated and removes every device and token.
@@ -110,12 +115,24 @@ pub trait AccountStore: Send + Sync {
     async fn delete_token(&self, token_hash: &str) -> Result<()>;
     async fn list_devices(&self, user_id: &str) -> Result<Vec<DeviceRecord>>;
     async fn get_device(&self, user_id: &str, device_id: &str) -> Result<Option<DeviceRecord>>;
-    async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool>;
+    async fn rename_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        name: Option<&str>,
+    ) -> Result<bool>;
     /// Deletes devices and their tokens; `None` deletes all of the user's devices.
     async fn delete_devices(&self, user_id: &str, device_ids: Option<&[String]>) -> Result<()>;
     /// Deletes all tokens of the user except one (used by password change).
-    async fn delete_other_tokens(&self, user_id: &str, keep_token_hash: Option<&str>) -> Result<()>;
-    async fn touch_device(&self, user_id: &str, device_id: &str, ip: Option<&str>, ts: i64) -> Result<()>;
+    async fn delete_other_tokens(&self, user_id: &str, keep_token_hash: Option<&str>)
+    -> Result<()>;
+    async fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        ip: Option<&str>,
+        ts: i64,
+    ) -> Result<()>;
 
     async fn save_filter(&self, user_id: &str, filter: &Value) -> Result<String>;
     async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>>;
@@ -132,18 +149,35 @@ pub trait RoomStore: Send + Sync {
     /// Appends an event to its room's order and updates state, memberships and
     /// the transaction map atomically. Returns its stream ordering.
     async fn persist_event(&self, ev: &EventToPersist) -> Result<i64>;
-    async fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>>;
+    async fn txn_event(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> Result<Option<String>>;
     async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>>;
     /// Replaces an event's JSON with its redacted form.
-    async fn store_redacted(&self, event_id: &str, redacted_json: &Value, redacted_by: &str) -> Result<()>;
+    async fn store_redacted(
+        &self,
+        event_id: &str,
+        redacted_json: &Value,
+        redacted_by: &str,
+    ) -> Result<()>;
     /// The room's newest event (for prev_events and depth).
     async fn latest_event(&self, room_id: &str) -> Result<Option<StoredEvent>>;
     async fn current_state(&self, room_id: &str) -> Result<Vec<StoredEvent>>;
     /// State at (and including) a stream position: latest event per key.
     async fn state_at(&self, room_id: &str, at: i64) -> Result<StateMap<String>>;
-    async fn state_event_at(&self, room_id: &str, kind: &str, state_key: &str, at: i64) -> Result<Option<StoredEvent>>;
+    async fn state_event_at(
+        &self,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+        at: i64,
+    ) -> Result<Option<StoredEvent>>;
     /// State events with `after < ordering <= upto`, latest per key.
-    async fn state_changes(&self, room_id: &str, after: i64, upto: i64) -> Result<Vec<StoredEvent>>;
+    async fn state_changes(&self, room_id: &str, after: i64, upto: i64)
+    -> Result<Vec<StoredEvent>>;
     async fn get_events(&self, event_ids: &[String]) -> Result<Vec<StoredEvent>>;
     /// Timeline read from a boundary: Backward returns orderings <= from, newest
     /// first; Forward returns orderings > from, oldest first. `to` bounds the other end.
@@ -156,12 +190,21 @@ pub trait RoomStore: Send + Sync {
         limit: i64,
     ) -> Result<Vec<StoredEvent>>;
     /// The rooms that have events with `after < ordering <= upto`.
-    async fn rooms_with_events(&self, room_ids: &[String], after: i64, upto: i64) -> Result<Vec<String>>;
+    async fn rooms_with_events(
+        &self,
+        room_ids: &[String],
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<String>>;
     async fn max_stream_ordering(&self) -> Result<i64>;
 
     async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>>;
     async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRecord>>;
-    async fn room_members(&self, room_id: &str, membership: Option<&str>) -> Result<Vec<MembershipRecord>>;
+    async fn room_members(
+        &self,
+        room_id: &str,
+        membership: Option<&str>,
+    ) -> Result<Vec<MembershipRecord>>;
     async fn forget_room(&self, room_id: &str, user_id: &str) -> Result<()>;
     /// Users who share a joined room with `user_id` (including the user).
     async fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>>;
@@ -176,13 +219,39 @@ pub trait RoomStore: Send + Sync {
 
 #[async_trait]
 pub trait DataStore: Send + Sync {
-    async fn put_account_data(&self, user_id: &str, room_id: &str, data_type: &str, content: &Value) -> Result<i64>;
-    async fn get_account_data(&self, user_id: &str, room_id: &str, data_type: &str) -> Result<Option<Value>>;
+    async fn put_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        data_type: &str,
+        content: &Value,
+    ) -> Result<i64>;
+    async fn get_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        data_type: &str,
+    ) -> Result<Option<Value>>;
     /// Account data with `after < stream_id <= upto`.
-    async fn account_data_since(&self, user_id: &str, after: i64, upto: i64) -> Result<Vec<AccountDataRecord>>;
+    async fn account_data_since(
+        &self,
+        user_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<AccountDataRecord>>;
     async fn put_receipt(&self, r: &ReceiptRecord) -> Result<i64>;
-    async fn receipts_since(&self, room_ids: &[String], after: i64, upto: i64) -> Result<Vec<ReceiptRecord>>;
-    async fn user_receipt(&self, room_id: &str, user_id: &str, receipt_types: &[&str]) -> Result<Option<ReceiptRecord>>;
+    async fn receipts_since(
+        &self,
+        room_ids: &[String],
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<ReceiptRecord>>;
+    async fn user_receipt(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        receipt_types: &[&str],
+    ) -> Result<Option<ReceiptRecord>>;
     /// The position of the account-data/receipt stream.
     async fn max_misc_stream_id(&self) -> Result<i64>;
 

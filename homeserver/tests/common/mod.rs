@@ -39,7 +39,10 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 fn rand_suffix() -> String {
     use std::time::SystemTime;
-    let n = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let n = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{n:x}")
 }
 
@@ -86,7 +89,10 @@ impl TestServer {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = client.get(format!("{}/_matrix/client/versions", self.url)).send().await
+            if let Ok(r) = client
+                .get(format!("{}/_matrix/client/versions", self.url))
+                .send()
+                .await
                 && r.status().is_success()
             {
                 return;
@@ -110,7 +116,11 @@ impl TestServer {
     }
 
     pub fn client(&self) -> Client {
-        Client { base: self.url.clone(), token: None, http: reqwest::Client::new() }
+        Client {
+            base: self.url.clone(),
+            token: None,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// Registers a user with the dummy UIA flow and returns a logged-in client.
@@ -149,7 +159,12 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -189,7 +204,10 @@ impl Client {
     pub async fn send_text(&self, room: &str, txn: &str, body: &str) -> String {
         let (s, b) = self
             .put(
-                &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room)),
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    enc(room)
+                ),
                 json!({"msgtype": "m.text", "body": body}),
             )
             .await;
@@ -202,7 +220,9 @@ impl Client {
 pub fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -30,7 +30,12 @@ fn device_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<DeviceRecord> {
 
 #[async_trait]
 impl AccountStore for SqliteStore {
-    async fn create_user(&self, user_id: &str, password_hash: Option<&str>, is_admin: bool) -> Result<()> {
+    async fn create_user(
+        &self,
+        user_id: &str,
+        password_hash: Option<&str>,
+        is_admin: bool,
+    ) -> Result<()> {
         let res = sqlx::query(
             "INSERT INTO users (user_id, password_hash, is_admin, created_ts) VALUES (?, ?, ?, ?)
              ON CONFLICT (user_id) DO NOTHING",
@@ -70,8 +75,14 @@ impl AccountStore for SqliteStore {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM access_tokens WHERE user_id = ?").bind(user_id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM devices WHERE user_id = ?").bind(user_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM access_tokens WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM devices WHERE user_id = ?")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -95,7 +106,10 @@ impl AccountStore for SqliteStore {
     }
 
     async fn search_users(&self, term: &str, limit: i64) -> Result<Vec<UserRecord>> {
-        let pattern = format!("%{}%", term.to_lowercase().replace('%', "\\%").replace('_', "\\_"));
+        let pattern = format!(
+            "%{}%",
+            term.to_lowercase().replace('%', "\\%").replace('_', "\\_")
+        );
         let rows = sqlx::query(
             "SELECT * FROM users WHERE deactivated = 0 AND
              (lower(user_id) LIKE ? ESCAPE '\\' OR lower(coalesce(displayname, '')) LIKE ? ESCAPE '\\')
@@ -158,10 +172,12 @@ impl AccountStore for SqliteStore {
 
     async fn delete_token(&self, token_hash: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("DELETE FROM access_tokens WHERE token_hash = ? RETURNING user_id, device_id")
-            .bind(token_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "DELETE FROM access_tokens WHERE token_hash = ? RETURNING user_id, device_id",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
         // Logging out removes the device, as the spec says.
         if let Some(r) = row {
             let (u, d): (String, String) = (r.try_get(0)?, r.try_get(1)?);
@@ -192,13 +208,19 @@ impl AccountStore for SqliteStore {
         row.as_ref().map(device_from_row).transpose()
     }
 
-    async fn rename_device(&self, user_id: &str, device_id: &str, name: Option<&str>) -> Result<bool> {
-        let res = sqlx::query("UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?")
-            .bind(name)
-            .bind(user_id)
-            .bind(device_id)
-            .execute(&self.pool)
-            .await?;
+    async fn rename_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        name: Option<&str>,
+    ) -> Result<bool> {
+        let res =
+            sqlx::query("UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?")
+                .bind(name)
+                .bind(user_id)
+                .bind(device_id)
+                .execute(&self.pool)
+                .await?;
         Ok(res.rows_affected() > 0)
     }
 
@@ -206,8 +228,14 @@ impl AccountStore for SqliteStore {
         let mut tx = self.pool.begin().await?;
         match device_ids {
             None => {
-                sqlx::query("DELETE FROM access_tokens WHERE user_id = ?").bind(user_id).execute(&mut *tx).await?;
-                sqlx::query("DELETE FROM devices WHERE user_id = ?").bind(user_id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM access_tokens WHERE user_id = ?")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM devices WHERE user_id = ?")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             Some(ids) => {
                 for d in ids {
@@ -228,13 +256,19 @@ impl AccountStore for SqliteStore {
         Ok(())
     }
 
-    async fn delete_other_tokens(&self, user_id: &str, keep_token_hash: Option<&str>) -> Result<()> {
+    async fn delete_other_tokens(
+        &self,
+        user_id: &str,
+        keep_token_hash: Option<&str>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let keep_device: Option<String> = match keep_token_hash {
-            Some(h) => sqlx::query_scalar("SELECT device_id FROM access_tokens WHERE token_hash = ?")
-                .bind(h)
-                .fetch_optional(&mut *tx)
-                .await?,
+            Some(h) => {
+                sqlx::query_scalar("SELECT device_id FROM access_tokens WHERE token_hash = ?")
+                    .bind(h)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            }
             None => None,
         };
         let keep_device = keep_device.unwrap_or_default();
@@ -252,7 +286,13 @@ impl AccountStore for SqliteStore {
         Ok(())
     }
 
-    async fn touch_device(&self, user_id: &str, device_id: &str, ip: Option<&str>, ts: i64) -> Result<()> {
+    async fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        ip: Option<&str>,
+        ts: i64,
+    ) -> Result<()> {
         sqlx::query("UPDATE devices SET last_seen_ip = coalesce(?, last_seen_ip), last_seen_ts = ? WHERE user_id = ? AND device_id = ?")
             .bind(ip)
             .bind(ts)
@@ -264,21 +304,27 @@ impl AccountStore for SqliteStore {
     }
 
     async fn save_filter(&self, user_id: &str, filter: &Value) -> Result<String> {
-        let id: i64 = sqlx::query_scalar("INSERT INTO filters (user_id, filter_json) VALUES (?, ?) RETURNING filter_id")
-            .bind(user_id)
-            .bind(filter.to_string())
-            .fetch_one(&self.pool)
-            .await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO filters (user_id, filter_json) VALUES (?, ?) RETURNING filter_id",
+        )
+        .bind(user_id)
+        .bind(filter.to_string())
+        .fetch_one(&self.pool)
+        .await?;
         Ok(id.to_string())
     }
 
     async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>> {
-        let Ok(id) = filter_id.parse::<i64>() else { return Ok(None) };
-        let json: Option<String> = sqlx::query_scalar("SELECT filter_json FROM filters WHERE user_id = ? AND filter_id = ?")
-            .bind(user_id)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let Ok(id) = filter_id.parse::<i64>() else {
+            return Ok(None);
+        };
+        let json: Option<String> = sqlx::query_scalar(
+            "SELECT filter_json FROM filters WHERE user_id = ? AND filter_id = ?",
+        )
+        .bind(user_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(match json {
             Some(j) => Some(serde_json::from_str(&j)?),
             None => None,

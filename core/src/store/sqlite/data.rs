@@ -11,9 +11,11 @@ use crate::{
 /// Account data and receipts draw positions from one shared sequence, bumped
 /// inside the writing transaction so positions commit in order.
 async fn next_misc_id(tx: &mut sqlx::Transaction<'_, Sqlite>) -> Result<i64> {
-    Ok(sqlx::query_scalar("UPDATE stream_ids SET value = value + 1 WHERE name = 'misc' RETURNING value")
-        .fetch_one(&mut **tx)
-        .await?)
+    Ok(sqlx::query_scalar(
+        "UPDATE stream_ids SET value = value + 1 WHERE name = 'misc' RETURNING value",
+    )
+    .fetch_one(&mut **tx)
+    .await?)
 }
 
 fn receipt_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ReceiptRecord> {
@@ -30,7 +32,13 @@ fn receipt_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ReceiptRecord> {
 
 #[async_trait]
 impl DataStore for SqliteStore {
-    async fn put_account_data(&self, user_id: &str, room_id: &str, data_type: &str, content: &Value) -> Result<i64> {
+    async fn put_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        data_type: &str,
+        content: &Value,
+    ) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         let id = next_misc_id(&mut tx).await?;
         sqlx::query(
@@ -48,21 +56,32 @@ impl DataStore for SqliteStore {
         Ok(id)
     }
 
-    async fn get_account_data(&self, user_id: &str, room_id: &str, data_type: &str) -> Result<Option<Value>> {
-        let v: Option<String> =
-            sqlx::query_scalar("SELECT content FROM account_data WHERE user_id = ? AND room_id = ? AND data_type = ?")
-                .bind(user_id)
-                .bind(room_id)
-                .bind(data_type)
-                .fetch_optional(&self.pool)
-                .await?;
+    async fn get_account_data(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        data_type: &str,
+    ) -> Result<Option<Value>> {
+        let v: Option<String> = sqlx::query_scalar(
+            "SELECT content FROM account_data WHERE user_id = ? AND room_id = ? AND data_type = ?",
+        )
+        .bind(user_id)
+        .bind(room_id)
+        .bind(data_type)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(match v {
             Some(s) => Some(serde_json::from_str(&s)?),
             None => None,
         })
     }
 
-    async fn account_data_since(&self, user_id: &str, after: i64, upto: i64) -> Result<Vec<AccountDataRecord>> {
+    async fn account_data_since(
+        &self,
+        user_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<AccountDataRecord>> {
         let rows = sqlx::query(
             "SELECT room_id, data_type, content, stream_id FROM account_data
              WHERE user_id = ? AND stream_id > ? AND stream_id <= ? ORDER BY stream_id",
@@ -107,12 +126,21 @@ impl DataStore for SqliteStore {
         Ok(id)
     }
 
-    async fn receipts_since(&self, room_ids: &[String], after: i64, upto: i64) -> Result<Vec<ReceiptRecord>> {
+    async fn receipts_since(
+        &self,
+        room_ids: &[String],
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<ReceiptRecord>> {
         if room_ids.is_empty() {
             return Ok(vec![]);
         }
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM receipts WHERE stream_id > ");
-        qb.push_bind(after).push(" AND stream_id <= ").push_bind(upto).push(" AND room_id IN (");
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT * FROM receipts WHERE stream_id > ");
+        qb.push_bind(after)
+            .push(" AND stream_id <= ")
+            .push_bind(upto)
+            .push(" AND room_id IN (");
         let mut sep = qb.separated(", ");
         for id in room_ids {
             sep.push_bind(id);
@@ -122,9 +150,18 @@ impl DataStore for SqliteStore {
         rows.iter().map(receipt_from_row).collect()
     }
 
-    async fn user_receipt(&self, room_id: &str, user_id: &str, receipt_types: &[&str]) -> Result<Option<ReceiptRecord>> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM receipts WHERE room_id = ");
-        qb.push_bind(room_id).push(" AND user_id = ").push_bind(user_id).push(" AND receipt_type IN (");
+    async fn user_receipt(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        receipt_types: &[&str],
+    ) -> Result<Option<ReceiptRecord>> {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT * FROM receipts WHERE room_id = ");
+        qb.push_bind(room_id)
+            .push(" AND user_id = ")
+            .push_bind(user_id)
+            .push(" AND receipt_type IN (");
         let mut sep = qb.separated(", ");
         for t in receipt_types {
             sep.push_bind(*t);
@@ -135,9 +172,11 @@ impl DataStore for SqliteStore {
     }
 
     async fn max_misc_stream_id(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn put_media(&self, m: &MediaRecord) -> Result<()> {
@@ -177,7 +216,9 @@ impl DataStore for SqliteStore {
         let rows = sqlx::query("SELECT key_id, pkcs8 FROM server_keys ORDER BY created_ts")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()> {

@@ -9,7 +9,9 @@ use std::{path::Path, str::FromStr, time::Duration};
 
 use sqlx::{
     Row, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
 };
 
 use crate::{
@@ -36,7 +38,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(false);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
@@ -54,7 +59,8 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Rows selected with `EVENT_COLUMNS` become `StoredEvent`s.
-pub(crate) const EVENT_COLUMNS: &str = "e.event_id, e.json, e.stream_ordering, e.txn_device, e.txn_id";
+pub(crate) const EVENT_COLUMNS: &str =
+    "e.event_id, e.json, e.stream_ordering, e.txn_device, e.txn_id";
 
 pub(crate) fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
     let event_id: String = row.try_get(0)?;

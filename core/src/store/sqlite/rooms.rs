@@ -23,21 +23,25 @@ fn membership_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<MembershipRecord
 #[async_trait]
 impl RoomStore for SqliteStore {
     async fn create_room(&self, room_id: &str, version: &str, creator: &str) -> Result<()> {
-        sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)")
-            .bind(room_id)
-            .bind(version)
-            .bind(creator)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES (?, ?, ?, ?)",
+        )
+        .bind(room_id)
+        .bind(version)
+        .bind(creator)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     async fn room_version(&self, room_id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT room_version FROM rooms WHERE room_id = ?")
-            .bind(room_id)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT room_version FROM rooms WHERE room_id = ?")
+                .bind(room_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()> {
@@ -58,9 +62,11 @@ impl RoomStore for SqliteStore {
     }
 
     async fn public_rooms(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY created_ts")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY created_ts")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn persist_event(&self, ev: &EventToPersist) -> Result<i64> {
@@ -138,36 +144,52 @@ impl RoomStore for SqliteStore {
             }
         }
         if let Some((user, device, txn_id)) = &ev.txn {
-            sqlx::query("INSERT INTO txn_ids (user_id, device_id, txn_id, event_id) VALUES (?, ?, ?, ?)")
-                .bind(user)
-                .bind(device)
-                .bind(txn_id)
-                .bind(pdu.event_id.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO txn_ids (user_id, device_id, txn_id, event_id) VALUES (?, ?, ?, ?)",
+            )
+            .bind(user)
+            .bind(device)
+            .bind(txn_id)
+            .bind(pdu.event_id.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(ordering)
     }
 
-    async fn txn_event(&self, user_id: &str, device_id: &str, txn_id: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT event_id FROM txn_ids WHERE user_id = ? AND device_id = ? AND txn_id = ?")
-            .bind(user_id)
-            .bind(device_id)
-            .bind(txn_id)
-            .fetch_optional(&self.pool)
-            .await?)
+    async fn txn_event(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT event_id FROM txn_ids WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(txn_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn get_event(&self, event_id: &str) -> Result<Option<StoredEvent>> {
-        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = ?"))
-            .bind(event_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = ?"
+        ))
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(event_from_row).transpose()
     }
 
-    async fn store_redacted(&self, event_id: &str, redacted_json: &Value, redacted_by: &str) -> Result<()> {
+    async fn store_redacted(
+        &self,
+        event_id: &str,
+        redacted_json: &Value,
+        redacted_by: &str,
+    ) -> Result<()> {
         sqlx::query("UPDATE events SET json = ?, redacted_by = ? WHERE event_id = ?")
             .bind(redacted_json.to_string())
             .bind(redacted_by)
@@ -217,7 +239,13 @@ impl RoomStore for SqliteStore {
         Ok(map)
     }
 
-    async fn state_event_at(&self, room_id: &str, kind: &str, state_key: &str, at: i64) -> Result<Option<StoredEvent>> {
+    async fn state_event_at(
+        &self,
+        room_id: &str,
+        kind: &str,
+        state_key: &str,
+        at: i64,
+    ) -> Result<Option<StoredEvent>> {
         let row = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM state_events s JOIN events e ON e.event_id = s.event_id
              WHERE s.room_id = ? AND s.event_type = ? AND s.state_key = ? AND s.stream_ordering <= ?
@@ -232,7 +260,12 @@ impl RoomStore for SqliteStore {
         row.as_ref().map(event_from_row).transpose()
     }
 
-    async fn state_changes(&self, room_id: &str, after: i64, upto: i64) -> Result<Vec<StoredEvent>> {
+    async fn state_changes(
+        &self,
+        room_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<StoredEvent>> {
         let rows = sqlx::query(&format!(
             "SELECT {EVENT_COLUMNS} FROM state_events s JOIN events e ON e.event_id = s.event_id
              WHERE s.room_id = ? AND s.stream_ordering > ? AND s.stream_ordering <= ?
@@ -255,8 +288,9 @@ impl RoomStore for SqliteStore {
         if event_ids.is_empty() {
             return Ok(vec![]);
         }
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id IN ("));
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id IN ("
+        ));
         let mut sep = qb.separated(", ");
         for id in event_ids {
             sep.push_bind(id);
@@ -298,21 +332,30 @@ impl RoomStore for SqliteStore {
         rows.iter().map(event_from_row).collect()
     }
 
-    async fn rooms_with_events(&self, room_ids: &[String], after: i64, upto: i64) -> Result<Vec<String>> {
+    async fn rooms_with_events(
+        &self,
+        room_ids: &[String],
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<String>> {
         if room_ids.is_empty() || after >= upto {
             return Ok(vec![]);
         }
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT DISTINCT room_id FROM events WHERE stream_ordering > ",
-        );
-        qb.push_bind(after).push(" AND stream_ordering <= ").push_bind(upto).push(" AND room_id IN (");
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT DISTINCT room_id FROM events WHERE stream_ordering > ");
+        qb.push_bind(after)
+            .push(" AND stream_ordering <= ")
+            .push_bind(upto)
+            .push(" AND room_id IN (");
         let mut sep = qb.separated(", ");
         for id in room_ids {
             sep.push_bind(id);
         }
         qb.push(")");
         let rows = qb.build().fetch_all(&self.pool).await?;
-        rows.iter().map(|r| r.try_get::<String, _>(0).map_err(Error::from)).collect()
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
+            .collect()
     }
 
     async fn max_stream_ordering(&self) -> Result<i64> {
@@ -339,17 +382,25 @@ impl RoomStore for SqliteStore {
         row.as_ref().map(membership_from_row).transpose()
     }
 
-    async fn room_members(&self, room_id: &str, membership: Option<&str>) -> Result<Vec<MembershipRecord>> {
+    async fn room_members(
+        &self,
+        room_id: &str,
+        membership: Option<&str>,
+    ) -> Result<Vec<MembershipRecord>> {
         let rows = match membership {
-            Some(m) => sqlx::query("SELECT * FROM memberships WHERE room_id = ? AND membership = ? ORDER BY user_id")
-                .bind(room_id)
-                .bind(m)
-                .fetch_all(&self.pool)
-                .await?,
-            None => sqlx::query("SELECT * FROM memberships WHERE room_id = ? ORDER BY user_id")
-                .bind(room_id)
-                .fetch_all(&self.pool)
-                .await?,
+            Some(m) => sqlx::query(
+                "SELECT * FROM memberships WHERE room_id = ? AND membership = ? ORDER BY user_id",
+            )
+            .bind(room_id)
+            .bind(m)
+            .fetch_all(&self.pool)
+            .await?,
+            None => {
+                sqlx::query("SELECT * FROM memberships WHERE room_id = ? ORDER BY user_id")
+                    .bind(room_id)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
         };
         rows.iter().map(membership_from_row).collect()
     }
@@ -409,14 +460,19 @@ impl RoomStore for SqliteStore {
     }
 
     async fn delete_alias(&self, alias: &str) -> Result<bool> {
-        let res = sqlx::query("DELETE FROM room_aliases WHERE alias = ?").bind(alias).execute(&self.pool).await?;
+        let res = sqlx::query("DELETE FROM room_aliases WHERE alias = ?")
+            .bind(alias)
+            .execute(&self.pool)
+            .await?;
         Ok(res.rows_affected() > 0)
     }
 
     async fn room_aliases(&self, room_id: &str) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY alias")
-            .bind(room_id)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT alias FROM room_aliases WHERE room_id = ? ORDER BY alias")
+                .bind(room_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }
