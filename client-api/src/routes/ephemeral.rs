@@ -1,8 +1,167 @@
-use std::sync::Arc;
+//! Typing, receipts, read markers and presence.
 
-use axum::Router;
-use hearth_core::Hearth;
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::{get, post, put},
+};
+use hearth_core::{
+    Error, Hearth,
+    accounts::Session,
+    ephemeral::presence_content,
+    ids::now_ms,
+    ruma::RoomId,
+    store::ReceiptRecord,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{JsonResult, parse_room_id, parse_user_id};
+use crate::{
+    error::ApiResult,
+    extract::{Auth, JsonBody},
+};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
+        .route("/rooms/{room_id}/typing/{user_id}", put(typing))
+        .route("/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post(receipt))
+        .route("/rooms/{room_id}/read_markers", post(read_markers))
+        .route("/presence/{user_id}/status", get(get_presence).put(set_presence))
+}
+
+#[derive(Deserialize)]
+struct TypingBody {
+    typing: bool,
+    timeout: Option<u64>,
+}
+
+async fn typing(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((room_id, user_id)): Path<(String, String)>,
+    JsonBody(b): JsonBody<TypingBody>,
+) -> JsonResult {
+    let room = parse_room_id(&room_id)?;
+    if parse_user_id(&user_id)? != s.user_id {
+        return Err(Error::forbidden("You cannot set another user's typing state").into());
+    }
+    h.require_joined(&room, &s.user_id).await?;
+    let timeout = b.typing.then(|| Duration::from_millis(b.timeout.unwrap_or(30_000)));
+    if h.typing.set(room.as_str(), s.user_id.as_str(), timeout) {
+        h.notifier.notify();
+    }
+    Ok(Json(json!({})))
+}
+
+/// Records a receipt (or the fully-read marker) after checking the event is in the room.
+async fn record(h: &Hearth, s: &Session, room: &RoomId, kind: &str, event_id: &str, thread_id: Option<&str>) -> ApiResult<()> {
+    let ev = h
+        .store
+        .get_event(event_id)
+        .await?
+        .filter(|e| e.pdu.room_id == room)
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    match kind {
+        "m.fully_read" => {
+            h.store
+                .put_account_data(s.user_id.as_str(), room.as_str(), "m.fully_read", &json!({"event_id": ev.pdu.event_id}))
+                .await?;
+        }
+        "m.read" | "m.read.private" => {
+            h.store
+                .put_receipt(&ReceiptRecord {
+                    room_id: room.to_string(),
+                    receipt_type: kind.to_owned(),
+                    user_id: s.user_id.to_string(),
+                    thread_id: thread_id.unwrap_or_default().to_owned(),
+                    event_id: ev.pdu.event_id.to_string(),
+                    ts: now_ms() as i64,
+                    stream_id: 0,
+                })
+                .await?;
+        }
+        other => return Err(Error::invalid_param(format!("Unknown receipt type {other}")).into()),
+    }
+    Ok(())
+}
+
+async fn receipt(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((room_id, kind, event_id)): Path<(String, String, String)>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> JsonResult {
+    let room = parse_room_id(&room_id)?;
+    if !matches!(kind.as_str(), "m.read" | "m.read.private" | "m.fully_read") {
+        return Err(Error::invalid_param(format!("Unknown receipt type {kind}")).into());
+    }
+    let thread_id = match body.get("thread_id") {
+        None => None,
+        Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
+        Some(_) => return Err(Error::invalid_param("thread_id must be a non-empty string").into()),
+    };
+    if kind == "m.fully_read" && thread_id.is_some() {
+        return Err(Error::invalid_param("m.fully_read cannot be threaded").into());
+    }
+    h.require_joined(&room, &s.user_id).await?;
+    record(&h, &s, &room, &kind, &event_id, thread_id.as_deref()).await?;
+    h.notifier.notify();
+    Ok(Json(json!({})))
+}
+
+async fn read_markers(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> JsonResult {
+    let room = parse_room_id(&room_id)?;
+    h.require_joined(&room, &s.user_id).await?;
+    for kind in ["m.fully_read", "m.read", "m.read.private"] {
+        match body.get(kind) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(id)) => record(&h, &s, &room, kind, id, None).await?,
+            Some(_) => return Err(Error::bad_json(format!("{kind} must be an event id")).into()),
+        }
+    }
+    h.notifier.notify();
+    Ok(Json(json!({})))
+}
+
+async fn get_presence(State(h): State<Arc<Hearth>>, Auth(_): Auth, Path(user_id): Path<String>) -> JsonResult {
+    let user = parse_user_id(&user_id)?;
+    if h.store.get_user(user.as_str()).await?.is_none() {
+        return Err(Error::not_found("Unknown user").into());
+    }
+    match h.presence.get(user.as_str()) {
+        Some(p) => Ok(Json(presence_content(&p))),
+        None => Ok(Json(json!({"presence": "offline"}))),
+    }
+}
+
+#[derive(Deserialize)]
+struct PresenceBody {
+    presence: String,
+    status_msg: Option<String>,
+}
+
+async fn set_presence(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(user_id): Path<String>,
+    JsonBody(b): JsonBody<PresenceBody>,
+) -> JsonResult {
+    if parse_user_id(&user_id)? != s.user_id {
+        return Err(Error::forbidden("You cannot set another user's presence").into());
+    }
+    if !matches!(b.presence.as_str(), "online" | "offline" | "unavailable") {
+        return Err(Error::invalid_param(format!("Invalid presence state {}", b.presence)).into());
+    }
+    if h.presence.set(s.user_id.as_str(), &b.presence, Some(b.status_msg)) {
+        h.notifier.notify();
+    }
+    Ok(Json(json!({})))
 }
