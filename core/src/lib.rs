@@ -9,6 +9,7 @@ pub mod error;
 pub mod filter;
 pub mod ids;
 pub mod keys;
+pub mod media;
 pub mod notifier;
 pub mod pdu;
 pub mod ratelimit;
