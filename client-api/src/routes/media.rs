@@ -29,11 +29,14 @@ pub fn routes() -> Router<Arc<Hearth>> {
             .route(&format!("{prefix}/upload"), post(upload))
             .route(&format!("{prefix}/config"), get(config_legacy))
             .route(&format!("{prefix}/download/{{server}}/{{media_id}}"), get(download_legacy))
+            .route(&format!("{prefix}/download/{{server}}/{{media_id}}/"), get(download_legacy))
             .route(&format!("{prefix}/download/{{server}}/{{media_id}}/{{filename}}"), get(download_named_legacy))
             .route(&format!("{prefix}/thumbnail/{{server}}/{{media_id}}"), get(thumbnail_legacy));
     }
     r.route("/_matrix/client/v1/media/config", get(config))
         .route("/_matrix/client/v1/media/download/{server}/{media_id}", get(download))
+        // Some clients (matrix-nio) add an empty filename segment.
+        .route("/_matrix/client/v1/media/download/{server}/{media_id}/", get(download))
         .route("/_matrix/client/v1/media/download/{server}/{media_id}/{filename}", get(download_named))
         .route("/_matrix/client/v1/media/thumbnail/{server}/{media_id}", get(thumbnail))
 }
