@@ -28,6 +28,9 @@ start() {
   if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
     echo "http://127.0.0.1:$port"; return 0
   fi
+  if curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1; then
+    echo "port $port is already serving something else; stop it first" >&2; return 1
+  fi
   rm -rf "$dir"; mkdir -p "$dir"
   (cd "$dir" && "$venv/bin/python" -m synapse.app.homeserver --server-name localhost \
       --config-path "$dir/homeserver.yaml" --generate-config --report-stats=no >/dev/null)
@@ -73,6 +76,8 @@ for k in ["rc_message", "rc_registration", "rc_joins_per_room", "rc_3pid_validat
 cfg["rc_login"] = {"address": big, "account": big, "failed_attempts": big}
 cfg["rc_joins"] = {"local": big, "remote": big}
 cfg["rc_key_requests"] = big
+cfg["rc_presence"] = {"per_user": big}
+cfg["room_list_publication_rules"] = [{"action": "allow"}]
 cfg["federation_rr_transactions_per_room_per_second"] = 10000
 cfg["max_upload_size"] = "50M"
 cfg["url_preview_enabled"] = False
@@ -97,8 +102,12 @@ PY
 }
 
 stop() {
-  if [ -f "$dir/pid" ]; then kill "$(cat "$dir/pid")" 2>/dev/null || true; fi
-  sleep 0.5
+  if [ -f "$dir/pid" ]; then
+    pid=$(cat "$dir/pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
   rm -rf "$dir"
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS hearth_synapse_$port" >/dev/null 2>&1 || true
 }

@@ -46,7 +46,9 @@ impl Hearth {
         bytes: Bytes,
     ) -> Result<String> {
         if bytes.len() as u64 > self.config.max_upload_size {
-            return Err(Error::TooLarge("Upload is larger than the server allows".into()));
+            return Err(Error::TooLarge(
+                "Upload is larger than the server allows".into(),
+            ));
         }
         let media_id = random_string(24);
         let path = self.media_path(&media_id);
@@ -77,43 +79,69 @@ impl Hearth {
             .await
             .map_err(|_| Error::not_found("Media not found"))?;
         Ok(MediaFile {
-            content_type: rec.content_type.unwrap_or_else(|| "application/octet-stream".into()),
+            content_type: rec
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into()),
             filename: rec.filename,
             bytes: bytes.into(),
         })
     }
 
-    pub async fn thumbnail(&self, media_id: &str, width: u32, height: u32, method: ThumbnailMethod) -> Result<MediaFile> {
-        let (width, height) = (width.clamp(1, MAX_THUMBNAIL_SIDE), height.clamp(1, MAX_THUMBNAIL_SIDE));
+    pub async fn thumbnail(
+        &self,
+        media_id: &str,
+        width: u32,
+        height: u32,
+        method: ThumbnailMethod,
+    ) -> Result<MediaFile> {
+        let (width, height) = (
+            width.clamp(1, MAX_THUMBNAIL_SIDE),
+            height.clamp(1, MAX_THUMBNAIL_SIDE),
+        );
         let tag = match method {
             ThumbnailMethod::Scale => "scale",
             ThumbnailMethod::Crop => "crop",
         };
-        let cache = self.media_dir().join("thumbnails").join(format!("{media_id}-{width}x{height}-{tag}"));
+        let cache = self
+            .media_dir()
+            .join("thumbnails")
+            .join(format!("{media_id}-{width}x{height}-{tag}"));
         let original = self.get_media(media_id).await?;
         if let Ok(bytes) = tokio::fs::read(&cache).await {
             let content_type = sniff_type(&bytes);
-            return Ok(MediaFile { content_type, filename: None, bytes: bytes.into() });
+            return Ok(MediaFile {
+                content_type,
+                filename: None,
+                bytes: bytes.into(),
+            });
         }
         let src = original.bytes.clone();
-        let (bytes, content_type) = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
-            let img = image::load_from_memory(&src)
-                .map_err(|_| Error::Unknown("Media is not an image that can be thumbnailed".into()))?;
-            let thumb = make_thumbnail(&img, width, height, method);
-            encode(&thumb)
-        })
-        .await
-        .map_err(Error::internal)??;
+        let (bytes, content_type) =
+            tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
+                let img = image::load_from_memory(&src).map_err(|_| {
+                    Error::Unknown("Media is not an image that can be thumbnailed".into())
+                })?;
+                let thumb = make_thumbnail(&img, width, height, method);
+                encode(&thumb)
+            })
+            .await
+            .map_err(Error::internal)??;
         let to_cache = bytes.clone();
         let cache_path = cache.clone();
         // A failed cache write only costs a regeneration next time.
         let _ = tokio::task::spawn_blocking(move || write_durably(&cache_path, &to_cache)).await;
-        Ok(MediaFile { content_type, filename: None, bytes: bytes.into() })
+        Ok(MediaFile {
+            content_type,
+            filename: None,
+            bytes: bytes.into(),
+        })
     }
 }
 
 fn write_durably(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::internal("media path has no parent"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::internal("media path has no parent"))?;
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension(format!("tmp-{}", random_string(8)));
     let mut f = std::fs::File::create(&tmp)?;
@@ -126,7 +154,12 @@ fn write_durably(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn make_thumbnail(img: &DynamicImage, width: u32, height: u32, method: ThumbnailMethod) -> DynamicImage {
+fn make_thumbnail(
+    img: &DynamicImage,
+    width: u32,
+    height: u32,
+    method: ThumbnailMethod,
+) -> DynamicImage {
     let (w, h) = img.dimensions();
     match method {
         ThumbnailMethod::Scale => {
@@ -151,7 +184,8 @@ fn make_thumbnail(img: &DynamicImage, width: u32, height: u32, method: Thumbnail
 fn encode(img: &DynamicImage) -> Result<(Vec<u8>, String)> {
     let mut out = std::io::Cursor::new(Vec::new());
     if img.color().has_alpha() {
-        img.write_to(&mut out, ImageFormat::Png).map_err(Error::internal)?;
+        img.write_to(&mut out, ImageFormat::Png)
+            .map_err(Error::internal)?;
         Ok((out.into_inner(), "image/png".into()))
     } else {
         DynamicImage::ImageRgb8(img.to_rgb8())
@@ -162,5 +196,10 @@ fn encode(img: &DynamicImage) -> Result<(Vec<u8>, String)> {
 }
 
 fn sniff_type(bytes: &[u8]) -> String {
-    if bytes.starts_with(b"\x89PNG") { "image/png" } else { "image/jpeg" }.into()
+    if bytes.starts_with(b"\x89PNG") {
+        "image/png"
+    } else {
+        "image/jpeg"
+    }
+    .into()
 }

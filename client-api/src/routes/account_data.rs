@@ -18,10 +18,19 @@ use crate::{
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
-        .route("/user/{user_id}/account_data/{kind}", get(get_global).put(put_global))
-        .route("/user/{user_id}/rooms/{room_id}/account_data/{kind}", get(get_room).put(put_room))
+        .route(
+            "/user/{user_id}/account_data/{kind}",
+            get(get_global).put(put_global),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/account_data/{kind}",
+            get(get_room).put(put_room),
+        )
         .route("/user/{user_id}/rooms/{room_id}/tags", get(get_tags))
-        .route("/user/{user_id}/rooms/{room_id}/tags/{tag}", put(put_tag).delete(delete_tag))
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            put(put_tag).delete(delete_tag),
+        )
 }
 
 fn ensure_self(s: &Session, user_id: &str) -> ApiResult<()> {
@@ -39,7 +48,11 @@ fn settable(kind: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn get_global(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path((user_id, kind)): Path<(String, String)>) -> JsonResult {
+async fn get_global(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((user_id, kind)): Path<(String, String)>,
+) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let v = h
         .store
@@ -57,7 +70,9 @@ async fn put_global(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     settable(&kind)?;
-    h.store.put_account_data(s.user_id.as_str(), "", &kind, &Value::Object(content)).await?;
+    h.store
+        .put_account_data(s.user_id.as_str(), "", &kind, &Value::Object(content))
+        .await?;
     h.notifier.notify();
     Ok(Json(json!({})))
 }
@@ -87,7 +102,12 @@ async fn put_room(
     let room = parse_room_id(&room_id)?;
     settable(&kind)?;
     h.store
-        .put_account_data(s.user_id.as_str(), room.as_str(), &kind, &Value::Object(content))
+        .put_account_data(
+            s.user_id.as_str(),
+            room.as_str(),
+            &kind,
+            &Value::Object(content),
+        )
         .await?;
     h.notifier.notify();
     Ok(Json(json!({})))
@@ -95,13 +115,22 @@ async fn put_room(
 
 async fn tags_of(h: &Hearth, user: &str, room: &str) -> ApiResult<Map<String, Value>> {
     let v = h.store.get_account_data(user, room, "m.tag").await?;
-    Ok(v.and_then(|v| v.get("tags").and_then(Value::as_object).cloned()).unwrap_or_default())
+    Ok(
+        v.and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
+            .unwrap_or_default(),
+    )
 }
 
-async fn get_tags(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path((user_id, room_id)): Path<(String, String)>) -> JsonResult {
+async fn get_tags(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((user_id, room_id)): Path<(String, String)>,
+) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
-    Ok(Json(json!({"tags": tags_of(&h, s.user_id.as_str(), room.as_str()).await?})))
+    Ok(Json(
+        json!({"tags": tags_of(&h, s.user_id.as_str(), room.as_str()).await?}),
+    ))
 }
 
 async fn put_tag(
@@ -120,7 +149,12 @@ async fn put_tag(
     let mut tags = tags_of(&h, s.user_id.as_str(), room.as_str()).await?;
     tags.insert(tag, Value::Object(body));
     h.store
-        .put_account_data(s.user_id.as_str(), room.as_str(), "m.tag", &json!({"tags": tags}))
+        .put_account_data(
+            s.user_id.as_str(),
+            room.as_str(),
+            "m.tag",
+            &json!({"tags": tags}),
+        )
         .await?;
     h.notifier.notify();
     Ok(Json(json!({})))
@@ -136,7 +170,12 @@ async fn delete_tag(
     let mut tags = tags_of(&h, s.user_id.as_str(), room.as_str()).await?;
     if tags.remove(&tag).is_some() {
         h.store
-            .put_account_data(s.user_id.as_str(), room.as_str(), "m.tag", &json!({"tags": tags}))
+            .put_account_data(
+                s.user_id.as_str(),
+                room.as_str(),
+                "m.tag",
+                &json!({"tags": tags}),
+            )
             .await?;
         h.notifier.notify();
     }

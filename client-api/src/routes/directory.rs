@@ -24,15 +24,25 @@ use crate::{
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
-        .route("/directory/room/{alias}", get(get_alias).put(put_alias).delete(delete_alias))
+        .route(
+            "/directory/room/{alias}",
+            get(get_alias).put(put_alias).delete(delete_alias),
+        )
         .route("/rooms/{room_id}/aliases", get(room_aliases))
-        .route("/directory/list/room/{room_id}", get(get_visibility).put(put_visibility))
-        .route("/publicRooms", get(public_rooms_get).post(public_rooms_post))
+        .route(
+            "/directory/list/room/{room_id}",
+            get(get_visibility).put(put_visibility),
+        )
+        .route(
+            "/publicRooms",
+            get(public_rooms_get).post(public_rooms_post),
+        )
         .route("/user_directory/search", post(search_users))
 }
 
 fn parse_local_alias(h: &Hearth, alias: &str) -> ApiResult<hearth_core::ruma::OwnedRoomAliasId> {
-    let alias = RoomAliasId::parse(alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
+    let alias =
+        RoomAliasId::parse(alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
     if alias.server_name() != h.config.server_name {
         return Err(Error::invalid_param("Room alias is not on this server").into());
     }
@@ -40,13 +50,16 @@ fn parse_local_alias(h: &Hearth, alias: &str) -> ApiResult<hearth_core::ruma::Ow
 }
 
 async fn get_alias(State(h): State<Arc<Hearth>>, Path(alias): Path<String>) -> JsonResult {
-    let alias = RoomAliasId::parse(&alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
+    let alias =
+        RoomAliasId::parse(&alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
     let (room_id, _) = h
         .store
         .resolve_alias(alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
-    Ok(Json(json!({"room_id": room_id, "servers": [h.config.server_name]})))
+    Ok(Json(
+        json!({"room_id": room_id, "servers": [h.config.server_name]}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -70,15 +83,26 @@ async fn put_alias(
         .create_alias(alias.as_str(), room.as_str(), s.user_id.as_str())
         .await
         .map_err(|e| match e {
-            Error::RoomInUse => ApiError::new(StatusCode::CONFLICT, "M_UNKNOWN", "Room alias already exists"),
+            Error::RoomInUse => ApiError::new(
+                StatusCode::CONFLICT,
+                "M_UNKNOWN",
+                "Room alias already exists",
+            ),
             other => other.into(),
         })?;
     Ok(Json(json!({})))
 }
 
 /// Whether the user is a room admin (may manage aliases and visibility).
-async fn is_room_admin(h: &Hearth, room: &RoomId, user: &hearth_core::ruma::UserId) -> ApiResult<bool> {
-    let pl = h.room_state_event(room, "m.room.power_levels", "").await?.map(|p| p.content_value());
+async fn is_room_admin(
+    h: &Hearth,
+    room: &RoomId,
+    user: &hearth_core::ruma::UserId,
+) -> ApiResult<bool> {
+    let pl = h
+        .room_state_event(room, "m.room.power_levels", "")
+        .await?
+        .map(|p| p.content_value());
     let needed = pl
         .as_ref()
         .and_then(|p| p.get("events"))
@@ -88,7 +112,11 @@ async fn is_room_admin(h: &Hearth, room: &RoomId, user: &hearth_core::ruma::User
     Ok(h.power_of(room, user).await? >= needed)
 }
 
-async fn delete_alias(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(alias): Path<String>) -> JsonResult {
+async fn delete_alias(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(alias): Path<String>,
+) -> JsonResult {
     let alias = parse_local_alias(&h, &alias)?;
     let (room_id, creator) = h
         .store
@@ -103,10 +131,16 @@ async fn delete_alias(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(alias): 
     Ok(Json(json!({})))
 }
 
-async fn room_aliases(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(room_id): Path<String>) -> JsonResult {
+async fn room_aliases(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(room_id): Path<String>,
+) -> JsonResult {
     let room = parse_room_id(&room_id)?;
     h.require_joined(&room, &s.user_id).await?;
-    Ok(Json(json!({"aliases": h.store.room_aliases(room.as_str()).await?})))
+    Ok(Json(
+        json!({"aliases": h.store.room_aliases(room.as_str()).await?}),
+    ))
 }
 
 async fn get_visibility(State(h): State<Arc<Hearth>>, Path(room_id): Path<String>) -> JsonResult {
@@ -115,7 +149,9 @@ async fn get_visibility(State(h): State<Arc<Hearth>>, Path(room_id): Path<String
         return Err(Error::not_found("Unknown room").into());
     }
     let public = h.store.is_room_public(room.as_str()).await?;
-    Ok(Json(json!({"visibility": if public { "public" } else { "private" }})))
+    Ok(Json(
+        json!({"visibility": if public { "public" } else { "private" }}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -161,11 +197,28 @@ struct PublicRoomsBody {
     filter: Option<Value>,
 }
 
-async fn public_rooms_get(State(h): State<Arc<Hearth>>, _a: MaybeAuth, Query(q): Query<PublicRoomsQuery>) -> JsonResult {
-    public_rooms(&h, PublicRoomsBody { limit: q.limit, since: q.since, server: q.server, filter: None }).await
+async fn public_rooms_get(
+    State(h): State<Arc<Hearth>>,
+    _a: MaybeAuth,
+    Query(q): Query<PublicRoomsQuery>,
+) -> JsonResult {
+    public_rooms(
+        &h,
+        PublicRoomsBody {
+            limit: q.limit,
+            since: q.since,
+            server: q.server,
+            filter: None,
+        },
+    )
+    .await
 }
 
-async fn public_rooms_post(State(h): State<Arc<Hearth>>, Auth(_): Auth, JsonBody(b): JsonBody<PublicRoomsBody>) -> JsonResult {
+async fn public_rooms_post(
+    State(h): State<Arc<Hearth>>,
+    Auth(_): Auth,
+    JsonBody(b): JsonBody<PublicRoomsBody>,
+) -> JsonResult {
     public_rooms(&h, b).await
 }
 
@@ -178,7 +231,11 @@ async fn room_entry(h: &Hearth, room_id: &str) -> ApiResult<Value> {
             .find(|p| p.kind.to_string() == kind && p.state_key.as_deref() == Some(""))
             .and_then(|p| p.content_value().get(field).cloned())
     };
-    let joined = h.store.room_members(room.as_str(), Some("join")).await?.len();
+    let joined = h
+        .store
+        .room_members(room.as_str(), Some("join"))
+        .await?
+        .len();
     let mut entry = json!({
         "room_id": room,
         "num_joined_members": joined,
@@ -216,9 +273,11 @@ async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> JsonResult {
     for room_id in h.store.public_rooms().await? {
         let entry = room_entry(h, &room_id).await?;
         if let Some(t) = &term {
-            let matches = ["name", "topic", "canonical_alias"]
-                .iter()
-                .any(|k| entry[*k].as_str().is_some_and(|v| v.to_lowercase().contains(t.as_str())));
+            let matches = ["name", "topic", "canonical_alias"].iter().any(|k| {
+                entry[*k]
+                    .as_str()
+                    .is_some_and(|v| v.to_lowercase().contains(t.as_str()))
+            });
             if !matches {
                 continue;
             }
@@ -252,14 +311,26 @@ struct SearchBody {
     limit: Option<usize>,
 }
 
-async fn search_users(State(h): State<Arc<Hearth>>, Auth(s): Auth, JsonBody(b): JsonBody<SearchBody>) -> JsonResult {
+async fn search_users(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(b): JsonBody<SearchBody>,
+) -> JsonResult {
     let limit = b.limit.unwrap_or(10).clamp(1, 100);
-    let mut visible: BTreeSet<String> = h.store.users_sharing_rooms(s.user_id.as_str()).await?.into_iter().collect();
+    let mut visible: BTreeSet<String> = h
+        .store
+        .users_sharing_rooms(s.user_id.as_str())
+        .await?
+        .into_iter()
+        .collect();
     visible.extend(h.store.users_in_public_rooms().await?);
     let candidates = h.store.search_users(b.search_term.trim(), 500).await?;
     let mut results = vec![];
     let mut limited = false;
-    for u in candidates.into_iter().filter(|u| visible.contains(&u.user_id)) {
+    for u in candidates
+        .into_iter()
+        .filter(|u| visible.contains(&u.user_id))
+    {
         if results.len() == limit {
             limited = true;
             break;

@@ -8,11 +8,7 @@ use axum::{
     routing::{get, post, put},
 };
 use hearth_core::{
-    Error, Hearth,
-    accounts::Session,
-    ephemeral::presence_content,
-    ids::now_ms,
-    ruma::RoomId,
+    Error, Hearth, accounts::Session, ephemeral::presence_content, ids::now_ms, ruma::RoomId,
     store::ReceiptRecord,
 };
 use serde::Deserialize;
@@ -27,9 +23,15 @@ use crate::{
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
         .route("/rooms/{room_id}/typing/{user_id}", put(typing))
-        .route("/rooms/{room_id}/receipt/{receipt_type}/{event_id}", post(receipt))
+        .route(
+            "/rooms/{room_id}/receipt/{receipt_type}/{event_id}",
+            post(receipt),
+        )
         .route("/rooms/{room_id}/read_markers", post(read_markers))
-        .route("/presence/{user_id}/status", get(get_presence).put(set_presence))
+        .route(
+            "/presence/{user_id}/status",
+            get(get_presence).put(set_presence),
+        )
 }
 
 #[derive(Deserialize)]
@@ -49,7 +51,9 @@ async fn typing(
         return Err(Error::forbidden("You cannot set another user's typing state").into());
     }
     h.require_joined(&room, &s.user_id).await?;
-    let timeout = b.typing.then(|| Duration::from_millis(b.timeout.unwrap_or(30_000)));
+    let timeout = b
+        .typing
+        .then(|| Duration::from_millis(b.timeout.unwrap_or(30_000)));
     if h.typing.set(room.as_str(), s.user_id.as_str(), timeout) {
         h.notifier.notify();
     }
@@ -57,7 +61,14 @@ async fn typing(
 }
 
 /// Records a receipt (or the fully-read marker) after checking the event is in the room.
-async fn record(h: &Hearth, s: &Session, room: &RoomId, kind: &str, event_id: &str, thread_id: Option<&str>) -> ApiResult<()> {
+async fn record(
+    h: &Hearth,
+    s: &Session,
+    room: &RoomId,
+    kind: &str,
+    event_id: &str,
+    thread_id: Option<&str>,
+) -> ApiResult<()> {
     let ev = h
         .store
         .get_event(event_id)
@@ -67,7 +78,12 @@ async fn record(h: &Hearth, s: &Session, room: &RoomId, kind: &str, event_id: &s
     match kind {
         "m.fully_read" => {
             h.store
-                .put_account_data(s.user_id.as_str(), room.as_str(), "m.fully_read", &json!({"event_id": ev.pdu.event_id}))
+                .put_account_data(
+                    s.user_id.as_str(),
+                    room.as_str(),
+                    "m.fully_read",
+                    &json!({"event_id": ev.pdu.event_id}),
+                )
                 .await?;
         }
         "m.read" | "m.read.private" => {
@@ -131,7 +147,11 @@ async fn read_markers(
     Ok(Json(json!({})))
 }
 
-async fn get_presence(State(h): State<Arc<Hearth>>, Auth(_): Auth, Path(user_id): Path<String>) -> JsonResult {
+async fn get_presence(
+    State(h): State<Arc<Hearth>>,
+    Auth(_): Auth,
+    Path(user_id): Path<String>,
+) -> JsonResult {
     let user = parse_user_id(&user_id)?;
     if h.store.get_user(user.as_str()).await?.is_none() {
         return Err(Error::not_found("Unknown user").into());
@@ -160,7 +180,9 @@ async fn set_presence(
     if !matches!(b.presence.as_str(), "online" | "offline" | "unavailable") {
         return Err(Error::invalid_param(format!("Invalid presence state {}", b.presence)).into());
     }
-    if h.presence.set(s.user_id.as_str(), &b.presence, Some(b.status_msg)) {
+    if h.presence
+        .set(s.user_id.as_str(), &b.presence, Some(b.status_msg))
+    {
         h.notifier.notify();
     }
     Ok(Json(json!({})))

@@ -28,17 +28,41 @@ pub fn routes() -> Router<Arc<Hearth>> {
         r = r
             .route(&format!("{prefix}/upload"), post(upload))
             .route(&format!("{prefix}/config"), get(config_legacy))
-            .route(&format!("{prefix}/download/{{server}}/{{media_id}}"), get(download_legacy))
-            .route(&format!("{prefix}/download/{{server}}/{{media_id}}/"), get(download_legacy))
-            .route(&format!("{prefix}/download/{{server}}/{{media_id}}/{{filename}}"), get(download_named_legacy))
-            .route(&format!("{prefix}/thumbnail/{{server}}/{{media_id}}"), get(thumbnail_legacy));
+            .route(
+                &format!("{prefix}/download/{{server}}/{{media_id}}"),
+                get(download_legacy),
+            )
+            .route(
+                &format!("{prefix}/download/{{server}}/{{media_id}}/"),
+                get(download_legacy),
+            )
+            .route(
+                &format!("{prefix}/download/{{server}}/{{media_id}}/{{filename}}"),
+                get(download_named_legacy),
+            )
+            .route(
+                &format!("{prefix}/thumbnail/{{server}}/{{media_id}}"),
+                get(thumbnail_legacy),
+            );
     }
     r.route("/_matrix/client/v1/media/config", get(config))
-        .route("/_matrix/client/v1/media/download/{server}/{media_id}", get(download))
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{media_id}",
+            get(download),
+        )
         // Some clients (matrix-nio) add an empty filename segment.
-        .route("/_matrix/client/v1/media/download/{server}/{media_id}/", get(download))
-        .route("/_matrix/client/v1/media/download/{server}/{media_id}/{filename}", get(download_named))
-        .route("/_matrix/client/v1/media/thumbnail/{server}/{media_id}", get(thumbnail))
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{media_id}/",
+            get(download),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server}/{media_id}/{filename}",
+            get(download_named),
+        )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server}/{media_id}",
+            get(thumbnail),
+        )
 }
 
 #[derive(Deserialize)]
@@ -53,18 +77,31 @@ async fn upload(
     headers: HeaderMap,
     req: Request,
 ) -> JsonResult {
-    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
         && len > h.config.max_upload_size
     {
         return Err(Error::TooLarge("Upload is larger than the server allows".into()).into());
     }
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let bytes = read_body(req, &h).await?;
     let id = h
-        .upload_media(s.user_id.as_str(), content_type.as_deref(), q.filename.as_deref(), bytes)
+        .upload_media(
+            s.user_id.as_str(),
+            content_type.as_deref(),
+            q.filename.as_deref(),
+            bytes,
+        )
         .await?;
     tracing::debug!(media = %id, user = %s.user_id, "uploaded");
-    Ok(Json(json!({"content_uri": format!("mxc://{}/{id}", h.config.server_name)})))
+    Ok(Json(
+        json!({"content_uri": format!("mxc://{}/{id}", h.config.server_name)}),
+    ))
 }
 
 async fn config_body(h: &Hearth) -> JsonResult {
@@ -91,19 +128,46 @@ fn inline_safe(content_type: &str) -> bool {
     let base = content_type.split(';').next().unwrap_or_default().trim();
     matches!(
         base,
-        "text/plain" | "text/css" | "text/csv" | "application/json" | "application/ld+json"
-            | "image/jpeg" | "image/gif" | "image/png" | "image/apng" | "image/webp" | "image/avif"
-            | "video/mp4" | "video/webm" | "video/ogg" | "video/quicktime"
-            | "audio/mp4" | "audio/webm" | "audio/aac" | "audio/mpeg" | "audio/ogg" | "audio/wave"
-            | "audio/wav" | "audio/x-wav" | "audio/x-pn-wav" | "audio/flac" | "audio/x-flac"
+        "text/plain"
+            | "text/css"
+            | "text/csv"
+            | "application/json"
+            | "application/ld+json"
+            | "image/jpeg"
+            | "image/gif"
+            | "image/png"
+            | "image/apng"
+            | "image/webp"
+            | "image/avif"
+            | "video/mp4"
+            | "video/webm"
+            | "video/ogg"
+            | "video/quicktime"
+            | "audio/mp4"
+            | "audio/webm"
+            | "audio/aac"
+            | "audio/mpeg"
+            | "audio/ogg"
+            | "audio/wave"
+            | "audio/wav"
+            | "audio/x-wav"
+            | "audio/x-pn-wav"
+            | "audio/flac"
+            | "audio/x-flac"
     )
 }
 
 fn media_response(file: MediaFile, filename: Option<String>) -> Response {
-    let disposition_kind = if inline_safe(&file.content_type) { "inline" } else { "attachment" };
+    let disposition_kind = if inline_safe(&file.content_type) {
+        "inline"
+    } else {
+        "attachment"
+    };
     let disposition = match filename.or(file.filename) {
         Some(name) => {
-            let encoded: String = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let encoded: String =
+                percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
             format!("{disposition_kind}; filename*=utf-8''{encoded}")
         }
         None => disposition_kind.to_owned(),
@@ -122,16 +186,28 @@ fn media_response(file: MediaFile, filename: Option<String>) -> Response {
             "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';",
         ),
     );
-    h.insert("Cross-Origin-Resource-Policy", HeaderValue::from_static("cross-origin"));
+    h.insert(
+        "Cross-Origin-Resource-Policy",
+        HeaderValue::from_static("cross-origin"),
+    );
     resp
 }
 
-async fn serve(h: &Hearth, server: &str, media_id: &str, filename: Option<String>) -> Result<Response, ApiError> {
+async fn serve(
+    h: &Hearth,
+    server: &str,
+    media_id: &str,
+    filename: Option<String>,
+) -> Result<Response, ApiError> {
     check_server(h, server)?;
     Ok(media_response(h.get_media(media_id).await?, filename))
 }
 
-async fn download(State(h): State<Arc<Hearth>>, Auth(_): Auth, Path((server, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn download(
+    State(h): State<Arc<Hearth>>,
+    Auth(_): Auth,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     serve(&h, &server, &id, None).await
 }
 
@@ -143,7 +219,10 @@ async fn download_named(
     serve(&h, &server, &id, Some(name)).await
 }
 
-async fn download_legacy(State(h): State<Arc<Hearth>>, Path((server, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn download_legacy(
+    State(h): State<Arc<Hearth>>,
+    Path((server, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     serve(&h, &server, &id, None).await
 }
 
@@ -164,11 +243,12 @@ struct ThumbQuery {
 async fn thumb(h: &Hearth, server: &str, id: &str, q: &ThumbQuery) -> Result<Response, ApiError> {
     check_server(h, server)?;
     let dim = |v: &Option<String>, name: &str| -> ApiResult<u32> {
-        let v = v.as_deref().ok_or_else(|| Error::MissingParam(format!("Missing {name}")))?;
-        v.parse::<u32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| Error::invalid_param(format!("{name} must be a positive integer")).into())
+        let v = v
+            .as_deref()
+            .ok_or_else(|| Error::MissingParam(format!("Missing {name}")))?;
+        v.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            Error::invalid_param(format!("{name} must be a positive integer")).into()
+        })
     };
     let (w, hgt) = (dim(&q.width, "width")?, dim(&q.height, "height")?);
     let method = match q.method.as_deref() {

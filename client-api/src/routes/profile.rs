@@ -16,11 +16,20 @@ use crate::extract::{Auth, JsonBody};
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
         .route("/profile/{user_id}", get(get_profile))
-        .route("/profile/{user_id}/displayname", get(get_displayname).put(set_displayname))
-        .route("/profile/{user_id}/avatar_url", get(get_avatar).put(set_avatar))
+        .route(
+            "/profile/{user_id}/displayname",
+            get(get_displayname).put(set_displayname),
+        )
+        .route(
+            "/profile/{user_id}/avatar_url",
+            get(get_avatar).put(set_avatar),
+        )
 }
 
-async fn profile(h: &Hearth, user_id: &str) -> Result<(Option<String>, Option<String>), crate::error::ApiError> {
+async fn profile(
+    h: &Hearth,
+    user_id: &str,
+) -> Result<(Option<String>, Option<String>), crate::error::ApiError> {
     let user = parse_user_id(user_id)?;
     match h.store.get_user(user.as_str()).await? {
         Some(u) if !u.deactivated => Ok((u.displayname, u.avatar_url)),
@@ -65,7 +74,10 @@ fn string_field(body: &Map<String, Value>, key: &str) -> Result<Option<String>, 
     }
 }
 
-async fn ensure_self(s: &hearth_core::accounts::Session, user_id: &str) -> Result<(), crate::error::ApiError> {
+async fn ensure_self(
+    s: &hearth_core::accounts::Session,
+    user_id: &str,
+) -> Result<(), crate::error::ApiError> {
     let user = parse_user_id(user_id)?;
     if user != s.user_id {
         return Err(Error::forbidden("You cannot change another user's profile").into());
@@ -79,10 +91,15 @@ async fn update_memberships(h: &Hearth, user: &hearth_core::ruma::UserId) -> Res
         if m.membership != "join" {
             continue;
         }
-        let Ok(room) = RoomId::parse(&m.room_id) else { continue };
+        let Ok(room) = RoomId::parse(&m.room_id) else {
+            continue;
+        };
         let content = h.member_content(user, "join", None).await?;
         if let Err(e) = h
-            .send_event(&room, NewEvent::state(user.to_owned(), "m.room.member", user.as_str(), content))
+            .send_event(
+                &room,
+                NewEvent::state(user.to_owned(), "m.room.member", user.as_str(), content),
+            )
             .await
         {
             tracing::warn!(room = %room, user = %user, "profile update not applied to room: {e}");
@@ -102,7 +119,9 @@ async fn set_displayname(
     if name.as_ref().is_some_and(|n| n.len() > 256) {
         return Err(Error::invalid_param("displayname is too long").into());
     }
-    h.store.set_displayname(s.user_id.as_str(), name.as_deref()).await?;
+    h.store
+        .set_displayname(s.user_id.as_str(), name.as_deref())
+        .await?;
     update_memberships(&h, &s.user_id).await?;
     Ok(Json(json!({})))
 }
@@ -120,7 +139,9 @@ async fn set_avatar(
     {
         return Err(Error::invalid_param("avatar_url must be an mxc:// URI").into());
     }
-    h.store.set_avatar_url(s.user_id.as_str(), url.as_deref()).await?;
+    h.store
+        .set_avatar_url(s.user_id.as_str(), url.as_deref())
+        .await?;
     update_memberships(&h, &s.user_id).await?;
     Ok(Json(json!({})))
 }

@@ -62,6 +62,25 @@ impl Hearth {
             .ok_or_else(|| Error::UnsupportedRoomVersion(version.to_string()))?;
         let mut create_content = req.creation_content.clone().unwrap_or_default();
         create_content.insert("room_version".into(), json!(version.as_str()));
+        let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
+        // Trusted private chats make invitees co-owners: from v12 that is done
+        // by naming them creators (they then hold unlimited power).
+        if privileged_creators && preset == "trusted_private_chat" && !req.invite.is_empty() {
+            let mut creators: Vec<String> = create_content
+                .get("additional_creators")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            creators.extend(req.invite.iter().map(|u| u.to_string()));
+            creators.sort();
+            creators.dedup();
+            create_content.insert("additional_creators".into(), json!(creators));
+        }
         if rules.authorization.use_room_create_sender {
             create_content.remove("creator");
         } else {
@@ -79,12 +98,11 @@ impl Hearth {
         .await?;
 
         // From v12 creators hold unlimited power and must not be listed in `users`.
-        let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
         let mut users = serde_json::Map::new();
         if !privileged_creators {
             users.insert(creator.to_string(), json!(100));
         }
-        if preset == "trusted_private_chat" {
+        if preset == "trusted_private_chat" && !privileged_creators {
             for u in &req.invite {
                 users.insert(u.to_string(), json!(100));
             }
