@@ -188,3 +188,18 @@ impl Hearth {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::valid_localpart;
+
+    #[test]
+    fn localpart_rules() {
+        for ok in ["alice", "a.b_c=d-e/f+g", "123"] {
+            assert!(valid_localpart(ok), "{ok}");
+        }
+        for bad in ["", "Alice", "bad name", "é", "a:b", &"x".repeat(201)] {
+            assert!(!valid_localpart(bad), "{bad}");
+        }
+    }
+}

@@ -130,3 +130,52 @@ impl SyncFilter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn types_support_trailing_wildcards_and_exclusions() {
+        let f = EventFilter::parse(Some(
+            &json!({"types": ["m.room.*"], "not_types": ["m.room.member"]}),
+        ));
+        assert!(f.allows("m.room.message", "@a:x", None));
+        assert!(!f.allows("m.room.member", "@a:x", None));
+        assert!(!f.allows("org.example", "@a:x", None));
+    }
+
+    #[test]
+    fn senders_and_rooms() {
+        let f = EventFilter::parse(Some(
+            &json!({"not_senders": ["@spam:x"], "rooms": ["!a:x"]}),
+        ));
+        assert!(!f.allows("m.room.message", "@spam:x", None));
+        assert!(f.allows("m.room.message", "@ok:x", None));
+        assert!(f.allows_room("!a:x"));
+        assert!(!f.allows_room("!b:x"));
+    }
+
+    #[test]
+    fn excluding_everything_is_detected() {
+        assert!(EventFilter::parse(Some(&json!({"not_types": ["*"]}))).excludes_all());
+        assert!(EventFilter::parse(Some(&json!({"types": []}))).excludes_all());
+        assert!(!EventFilter::parse(Some(&json!({}))).excludes_all());
+    }
+
+    #[test]
+    fn sync_filter_reads_nested_sections() {
+        let f = SyncFilter::parse(&json!({
+            "room": {"timeline": {"limit": 3}, "state": {"lazy_load_members": true}, "include_leave": true,
+                     "not_rooms": ["!x:y"]},
+            "presence": {"not_types": ["*"]}
+        }));
+        assert_eq!(f.timeline.limit, Some(3));
+        assert!(f.state.lazy_load_members);
+        assert!(f.include_leave);
+        assert!(!f.rooms.allows_room("!x:y"));
+        assert!(f.presence.excludes_all());
+    }
+}

@@ -37,3 +37,24 @@ impl RateLimiter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_refusal_with_retry_hint() {
+        let rl = RateLimiter::default();
+        for _ in 0..3 {
+            assert!(rl.check(Action::Message, "@a:x", 0.5, 3.0).is_ok());
+        }
+        match rl.check(Action::Message, "@a:x", 0.5, 3.0) {
+            Err(Error::LimitExceeded { retry_after_ms }) => {
+                assert!((1..=2000).contains(&retry_after_ms))
+            }
+            other => panic!("expected a limit, got {other:?}"),
+        }
+        // Keys are independent.
+        assert!(rl.check(Action::Message, "@b:x", 0.5, 3.0).is_ok());
+    }
+}

@@ -518,3 +518,39 @@ fn receipt_event(
     }
     Some(json!({"type": "m.receipt", "content": content}))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_token_round_trips() {
+        let t = SyncToken {
+            events: 42,
+            misc: 7,
+            typing: 3,
+            presence: 9,
+        };
+        let s = t.to_string();
+        assert_eq!(s, "s42_7_3_9");
+        assert_eq!(s.parse::<SyncToken>().ok(), Some(t));
+    }
+
+    #[test]
+    fn malformed_sync_tokens_are_invalid_param() {
+        for bad in ["", "42_7_3_9", "s1_2_3", "s1_2_3_x", "t5", "s-_1_2_3"] {
+            assert!(
+                matches!(bad.parse::<SyncToken>(), Err(Error::InvalidParam(_))),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn pagination_accepts_both_token_kinds() {
+        assert_eq!(parse_pagination_token("t17").ok(), Some(17));
+        assert_eq!(parse_pagination_token("s23_0_0_0").ok(), Some(23));
+        assert!(parse_pagination_token("tx").is_err());
+        assert_eq!(pagination_token(-1), "t0");
+    }
+}

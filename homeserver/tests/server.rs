@@ -357,3 +357,31 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(texts.len(), 1);
     assert_eq!(texts[0]["content"]["body"], "small");
 }
+
+#[tokio::test]
+async fn uploads_over_the_configured_limit_are_refused() {
+    let hs = TestServer::start(&["--max-upload-size", "1024"]).await;
+    let alice = hs.register("alice", "pw").await;
+    let token = alice.token.clone().unwrap_or_default();
+    let upload = |len: usize| {
+        alice
+            .http
+            .post(format!(
+                "{}/_matrix/media/v3/upload?filename=f.bin",
+                alice.base
+            ))
+            .bearer_auth(&token)
+            .header("Content-Type", "application/octet-stream")
+            .body(vec![7u8; len])
+            .send()
+    };
+    let ok = upload(1000).await.expect("upload");
+    assert_eq!(ok.status().as_u16(), 200);
+    let big = upload(2048).await.expect("upload");
+    assert_eq!(big.status().as_u16(), 413);
+    let body: Value = big.json().await.expect("json");
+    assert_eq!(body["errcode"], "M_TOO_LARGE");
+    let (s, cfg) = alice.get("/_matrix/client/v1/media/config").await;
+    assert_eq!(s, 200);
+    assert_eq!(cfg["m.upload.size"], 1024);
+}
