@@ -87,8 +87,11 @@ cfg["allow_public_rooms_without_auth"] = True
 cfg["experimental_features"] = {}
 yaml.safe_dump(cfg, open(path, "w"))
 PY
-  (cd "$dir" && nohup "$venv/bin/python" -m synapse.app.homeserver --config-path "$dir/homeserver.yaml" \
-      >"$dir/stdout.log" 2>&1 & echo $! >"$dir/pid")
+  # exec + redirected fds: nothing keeps the caller's stdout open, so
+  # `url=$(scripts/synapse.sh start)` returns once Synapse is ready.
+  (cd "$dir" && exec "$venv/bin/python" -m synapse.app.homeserver --config-path "$dir/homeserver.yaml" \
+      >"$dir/stdout.log" 2>&1 </dev/null) &
+  echo $! >"$dir/pid"
   for _ in $(seq 1 120); do
     if curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1; then
       echo "http://127.0.0.1:$port"; return 0

@@ -19,8 +19,21 @@ pub struct Session {
     pub token_hash: String,
 }
 
+/// Argon2 takes ~19 MiB per hash by design; bounding how many run at once
+/// bounds that memory (and keeps a registration burst from starving the CPU).
+fn hashing_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        tokio::sync::Semaphore::new(cpus)
+    })
+}
+
 pub async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_owned();
+    let _permit = hashing_permits().acquire().await.map_err(Error::internal)?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -34,6 +47,9 @@ pub async fn hash_password(password: &str) -> Result<String> {
 
 async fn verify_password(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_owned(), hash.to_owned());
+    let Ok(_permit) = hashing_permits().acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|h| {

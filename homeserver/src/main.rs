@@ -3,6 +3,11 @@
 
 mod config;
 
+/// mimalloc hands freed memory back to the OS, where glibc's per-thread arenas
+/// keep the peaks of bursty work (password hashing, big sync responses).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 use anyhow::{Context, Result};

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the benchmark against a fresh Hearth (embedded SQLite) and a fresh local
+# Synapse (Postgres, rate limits off) on this machine, in one run, and prints
+# the side-by-side table.
+#   bench/run.sh [bench args...]     e.g. --scenarios unloaded,pairs --seconds 10
+# Needs PostgreSQL on 127.0.0.1:5432 for Synapse (started if it is down).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+cargo build --release --locked -p homeserver -p bench
+
+if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+hport=18300
+sport=18301
+data=$(mktemp -d /tmp/hearth-bench-XXXXXX)
+"$root/target/release/homeserver" --listen "127.0.0.1:$hport" --data-dir "$data" --rate-limits false \
+  >"$data/server.log" 2>&1 &
+hpid=$!
+cleanup() {
+  kill "$hpid" 2>/dev/null || true
+  SYNAPSE_DB=postgres bash "$root/scripts/synapse.sh" stop "$sport" || true
+  rm -rf "$data"
+}
+trap cleanup EXIT
+surl=$(SYNAPSE_DB=postgres bash "$root/scripts/synapse.sh" start "$sport")
+spid=$(cat "/tmp/hearth-synapse-$sport/pid")
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$hport/_matrix/client/versions" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+"$root/target/release/bench" \
+  --hs "hearth=http://127.0.0.1:$hport,pid=$hpid" \
+  --hs "synapse=$surl,pid=$spid" "$@"

@@ -1,0 +1,128 @@
+//! Just enough of the client API to drive load: register, rooms, send, sync.
+
+use anyhow::{Context, Result, anyhow, ensure};
+use rand::{Rng, distributions::Alphanumeric};
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: String,
+}
+
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn random_suffix() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(8)
+        .map(char::from)
+        .collect::<String>()
+        .to_lowercase()
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap_or_default()
+}
+
+impl Client {
+    pub async fn register(base: &str, http: &reqwest::Client, localpart: &str) -> Result<Client> {
+        let body = json!({"username": localpart, "password": format!("pw-{localpart}"),
+                          "auth": {"type": "m.login.dummy"}, "inhibit_login": false});
+        let r = http
+            .post(format!("{base}/_matrix/client/v3/register"))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        ensure!(status.is_success(), "register {localpart}: {status} {v}");
+        Ok(Client {
+            base: base.to_owned(),
+            http: http.clone(),
+            token: v["access_token"].as_str().context("no token")?.to_owned(),
+        })
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = req.send().await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(anyhow!("{path}: {status} {v}"));
+        }
+        Ok(v)
+    }
+
+    pub async fn create_room(&self) -> Result<String> {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&json!({"preset": "public_chat"})),
+            )
+            .await?;
+        Ok(v["room_id"].as_str().context("no room_id")?.to_owned())
+    }
+
+    pub async fn join(&self, room: &str) -> Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            Some(&json!({})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn send(&self, room: &str, txn: &str, content: &Value) -> Result<String> {
+        let v = self
+            .call(
+                reqwest::Method::PUT,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    enc(room)
+                ),
+                Some(content),
+            )
+            .await?;
+        Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Result<Value> {
+        let filter = enc(
+            r#"{"room":{"timeline":{"limit":1000},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]}}"#,
+        );
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}&filter={filter}");
+        if let Some(s) = since {
+            path.push_str(&format!("&since={}", enc(s)));
+        }
+        self.call(reqwest::Method::GET, &path, None).await
+    }
+}

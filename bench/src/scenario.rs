@@ -1,0 +1,366 @@
+//! Scenarios: rooms of members who send as fast as acks return (or at a set
+//! pace) while every member long-polls /sync and records what arrives.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::json;
+
+use crate::{
+    Server,
+    client::{Client, http_client, random_suffix},
+};
+
+pub struct Scenario {
+    rooms: usize,
+    members: usize,
+    senders: usize,
+    duration: Duration,
+    pace: Option<Duration>,
+    idle: Option<usize>,
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct Percentiles {
+    pub p50: Option<Duration>,
+    pub p99: Option<Duration>,
+}
+
+fn percentiles(mut v: Vec<Duration>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles::default();
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Percentiles {
+        p50: Some(at(0.5)),
+        p99: Some(at(0.99)),
+    }
+}
+
+#[derive(Default)]
+pub struct Outcome {
+    pub ack: Percentiles,
+    pub deliver: Percentiles,
+    pub sends_per_sec: f64,
+    pub deliveries_per_sec: f64,
+    pub peak_rss_kb: Option<u64>,
+    pub rss_per_conn_kb: Option<f64>,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub delivered: u64,
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Everything receivers saw: per (receiver, room), the (sender, seq) in arrival order.
+type Seen = Arc<Mutex<HashMap<(usize, usize), Vec<(usize, u64)>>>>;
+type SentAt = Arc<Mutex<HashMap<(usize, usize, u64), Instant>>>;
+
+impl Scenario {
+    pub fn named(name: &str, duration: Duration, idle: usize, smoke: bool) -> Result<Self> {
+        let s = |rooms, members, senders, pace| Scenario {
+            rooms,
+            members,
+            senders,
+            duration,
+            pace,
+            idle: None,
+        };
+        Ok(match name {
+            "unloaded" => s(1, 2, 1, Some(Duration::from_millis(50))),
+            "pairs" => s(5, 2, 2, None),
+            "group8" => s(2, 8, 8, None),
+            "rooms5" => s(4, 5, 5, None),
+            "room256" => s(1, if smoke { 16 } else { 256 }, 4, None),
+            "idle" => Scenario {
+                idle: Some(if smoke { 50 } else { idle }),
+                ..s(0, 0, 0, None)
+            },
+            other => bail!("unknown scenario {other}"),
+        })
+    }
+
+    pub async fn run(&self, server: &Server) -> Result<Outcome> {
+        match self.idle {
+            Some(n) => self.run_idle(server, n).await,
+            None => self.run_rooms(server).await,
+        }
+    }
+
+    async fn run_idle(&self, server: &Server, n: usize) -> Result<Outcome> {
+        let http = http_client();
+        let user =
+            Client::register(&server.url, &http, &format!("idle{}", random_suffix())).await?;
+        let first = user.sync(None, 0).await?;
+        let since = first["next_batch"].as_str().unwrap_or_default().to_owned();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = server.pid.and_then(rss_kb);
+        let mut tasks = vec![];
+        for _ in 0..n {
+            // Each long-poll needs its own connection.
+            let c = Client {
+                http: http_client(),
+                ..user.clone()
+            };
+            let since = since.clone();
+            tasks.push(tokio::spawn(
+                async move { c.sync(Some(&since), 60_000).await },
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = server.pid.and_then(rss_kb);
+        let finished_early = tasks.iter().filter(|t| t.is_finished()).count();
+        for t in &tasks {
+            t.abort();
+        }
+        let mut o = Outcome {
+            peak_rss_kb: after,
+            ..Default::default()
+        };
+        if let (Some(b), Some(a)) = (before, after) {
+            o.rss_per_conn_kb = Some(a.saturating_sub(b) as f64 / n as f64);
+        }
+        // An idle long-poll that returned early was not held open.
+        o.lost = finished_early as u64;
+        Ok(o)
+    }
+
+    async fn run_rooms(&self, server: &Server) -> Result<Outcome> {
+        let http = http_client();
+        let run = random_suffix();
+        let users: Vec<Client> = futures::stream::iter(0..self.rooms * self.members)
+            .map(|i| {
+                let http = http.clone();
+                let name = format!("b{run}u{i}");
+                let url = server.url.clone();
+                async move { Client::register(&url, &http, &name).await }
+            })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        let mut rooms = vec![];
+        for r in 0..self.rooms {
+            let members = &users[r * self.members..(r + 1) * self.members];
+            let room = members[0].create_room().await?;
+            futures::stream::iter(members[1..].iter())
+                .map(|m| m.join(&room))
+                .buffer_unordered(8)
+                .try_collect::<Vec<()>>()
+                .await?;
+            rooms.push(room);
+        }
+
+        let seen: Seen = Arc::default();
+        let sent_at: SentAt = Arc::default();
+        let deliver_lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let room_index: Arc<HashMap<String, usize>> = Arc::new(
+            rooms
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, r)| (r, i))
+                .collect(),
+        );
+
+        // Receivers: every member long-polls from its current position.
+        let mut receivers = vec![];
+        for (idx, user) in users.iter().enumerate() {
+            let first = user.sync(None, 0).await?;
+            let mut since = first["next_batch"].as_str().unwrap_or_default().to_owned();
+            let (user, seen, sent_at, lat, stop, rooms_ix, run) = (
+                user.clone(),
+                seen.clone(),
+                sent_at.clone(),
+                deliver_lat.clone(),
+                stop.clone(),
+                room_index.clone(),
+                run.clone(),
+            );
+            let members = self.members;
+            receivers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(body) = user.sync(Some(&since), 2_000).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let now = Instant::now();
+                    since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+                    let Some(joined) = body["rooms"]["join"].as_object() else {
+                        continue;
+                    };
+                    for (room_id, room) in joined {
+                        let Some(&r) = rooms_ix.get(room_id) else {
+                            continue;
+                        };
+                        for ev in room["timeline"]["events"].as_array().into_iter().flatten() {
+                            let b = &ev["content"]["bench"];
+                            if b["run"] != run.as_str() {
+                                continue;
+                            }
+                            let (Some(s), Some(n)) = (b["s"].as_u64(), b["n"].as_u64()) else {
+                                continue;
+                            };
+                            let s = s as usize;
+                            if let Ok(mut seen) = seen.lock() {
+                                seen.entry((idx, r)).or_default().push((s, n));
+                            }
+                            // Latency counts deliveries to members other than the sender.
+                            if s != idx % members
+                                && let Some(t0) =
+                                    sent_at.lock().ok().and_then(|m| m.get(&(r, s, n)).copied())
+                                && let Ok(mut l) = lat.lock()
+                            {
+                                l.push(now - t0);
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+
+        let peak = Arc::new(Mutex::new(None::<u64>));
+        let sampler = server.pid.map(|pid| {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if let (Some(kb), Ok(mut p)) = (rss_kb(pid), peak.lock()) {
+                        *p = Some(p.map_or(kb, |m: u64| m.max(kb)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        });
+
+        // Senders.
+        let start = Instant::now();
+        let deadline = start + self.duration;
+        let mut senders = vec![];
+        for (r, room) in rooms.iter().enumerate() {
+            for s in 0..self.senders {
+                let user = users[r * self.members + s].clone();
+                let (room, sent_at, run, pace) =
+                    (room.clone(), sent_at.clone(), run.clone(), self.pace);
+                senders.push(tokio::spawn(async move {
+                    let mut acks = vec![];
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        let content = json!({"msgtype": "m.text", "body": format!("bench {s} {n}"),
+                                             "bench": {"run": run, "s": s, "n": n}});
+                        let t0 = Instant::now();
+                        if let Ok(mut m) = sent_at.lock() {
+                            m.insert((r, s, n), t0);
+                        }
+                        if user
+                            .send(&room, &format!("{run}-{s}-{n}"), &content)
+                            .await
+                            .is_err()
+                        {
+                            // A failed send is retried with the same txn id: it must not duplicate.
+                            continue;
+                        }
+                        acks.push(t0.elapsed());
+                        n += 1;
+                        if let Some(p) = pace {
+                            tokio::time::sleep(p).await;
+                        }
+                    }
+                    (r, s, n, acks)
+                }));
+            }
+        }
+        let mut ack_lat = vec![];
+        let mut sent_counts: HashMap<(usize, usize), u64> = HashMap::new();
+        for t in senders {
+            let (r, s, n, acks) = t.await?;
+            sent_counts.insert((r, s), n);
+            ack_lat.extend(acks);
+        }
+        let elapsed = start.elapsed();
+        let total_sent: u64 = sent_counts.values().sum();
+
+        // Wait for every member to have everything its room sent.
+        let expected_per_room: Vec<u64> = (0..self.rooms)
+            .map(|r| {
+                (0..self.senders)
+                    .map(|s| sent_counts.get(&(r, s)).copied().unwrap_or(0))
+                    .sum()
+            })
+            .collect();
+        let catch_up = Instant::now() + Duration::from_secs(20);
+        loop {
+            let done = seen.lock().map(|m| {
+                (0..users.len()).all(|i| {
+                    let r = i / self.members.max(1);
+                    m.get(&(i, r)).map_or(0, |v| v.len() as u64) >= expected_per_room[r]
+                })
+            });
+            if done.unwrap_or(false) || Instant::now() > catch_up {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let delivery_window = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for t in receivers {
+            t.abort();
+        }
+        if let Some(t) = sampler {
+            t.abort();
+        }
+
+        let mut o = Outcome {
+            ack: percentiles(ack_lat),
+            deliver: percentiles(deliver_lat.lock().map(|v| v.clone()).unwrap_or_default()),
+            sends_per_sec: total_sent as f64 / elapsed.as_secs_f64(),
+            peak_rss_kb: peak.lock().ok().and_then(|p| *p),
+            ..Default::default()
+        };
+        let seen = seen.lock().map(|m| m.clone()).unwrap_or_default();
+        let empty = vec![];
+        for r in 0..self.rooms {
+            let mut reference: Option<&Vec<(usize, u64)>> = None;
+            for m in 0..self.members {
+                let got = seen.get(&(r * self.members + m, r)).unwrap_or(&empty);
+                o.delivered += got.len() as u64;
+                let unique: HashSet<&(usize, u64)> = got.iter().collect();
+                o.duplicated += (got.len() - unique.len()) as u64;
+                for s in 0..self.senders {
+                    let want = sent_counts.get(&(r, s)).copied().unwrap_or(0);
+                    let have = (0..want).filter(|n| unique.contains(&(s, *n))).count() as u64;
+                    o.lost += want - have;
+                    let seq: Vec<u64> = got
+                        .iter()
+                        .filter(|(ss, _)| *ss == s)
+                        .map(|(_, n)| *n)
+                        .collect();
+                    o.out_of_order += seq.windows(2).filter(|w| w[1] < w[0]).count() as u64;
+                }
+                // Every member must see the room in one and the same order.
+                match reference {
+                    None => reference = Some(got),
+                    Some(first) if first != got && unique.len() == first.len() => {
+                        o.out_of_order += 1
+                    }
+                    _ => {}
+                }
+            }
+        }
+        o.deliveries_per_sec = o.delivered as f64 / delivery_window.as_secs_f64();
+        Ok(o)
+    }
+}
