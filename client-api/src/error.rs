@@ -77,6 +77,28 @@ fn core_parts(e: &Error) -> (StatusCode, &'static str) {
     }
 }
 
+impl ApiError {
+    /// (errcode, message) for channels other than an HTTP response.
+    pub fn errcode_and_message(&self) -> (&'static str, String) {
+        match self {
+            ApiError::Core(e) => {
+                let (status, code) = core_parts(e);
+                let msg = if status.is_server_error() {
+                    "Internal server error".to_owned()
+                } else {
+                    e.to_string()
+                };
+                (code, msg)
+            }
+            ApiError::Uia(_) => (
+                "M_FORBIDDEN",
+                "Interactive authentication required".to_owned(),
+            ),
+            ApiError::Custom { errcode, error, .. } => (errcode, error.clone()),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {

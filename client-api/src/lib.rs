@@ -49,6 +49,7 @@ pub fn router(hearth: Arc<Hearth>) -> Router {
         .allow_headers(Any);
     Router::new()
         .merge(routes::discovery::routes())
+        .merge(routes::ws::routes())
         .nest("/_matrix/client/v3", client_routes())
         .nest("/_matrix/client/r0", client_routes())
         .merge(routes::media::routes().layer(DefaultBodyLimit::max(media_limit)))

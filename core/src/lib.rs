@@ -45,6 +45,9 @@ pub struct Hearth {
     pub rooms: Rooms,
     pub uia: UiaSessions,
     pub ratelimiter: RateLimiter,
+    /// Flips to true when the server starts draining: long-polls answer at
+    /// once and WebSockets are told to reconnect elsewhere.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Hearth {
@@ -60,6 +63,7 @@ impl Hearth {
             rooms: Rooms::default(),
             uia: UiaSessions::default(),
             ratelimiter: RateLimiter::default(),
+            shutdown: tokio::sync::watch::channel(false).0,
         });
         hearth.spawn_typing_sweeper();
         Ok(hearth)

@@ -91,14 +91,24 @@ impl Hearth {
     pub async fn sync(&self, user: &UserId, device: &str, req: &SyncRequest) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + req.timeout;
         let mut rx = self.notifier.subscribe();
+        let mut draining = self.shutdown.subscribe();
         loop {
             rx.borrow_and_update();
             let (body, has_data) = self.sync_once(user, device, req).await?;
             let now = tokio::time::Instant::now();
-            if has_data || req.since.is_none() || req.full_state || now >= deadline {
+            if has_data
+                || req.since.is_none()
+                || req.full_state
+                || now >= deadline
+                || *draining.borrow_and_update()
+            {
                 return Ok(body);
             }
-            if !Notifier::wait(&mut rx, deadline - now).await {
+            let woke = tokio::select! {
+                woke = Notifier::wait(&mut rx, deadline - now) => woke,
+                _ = draining.changed() => false,
+            };
+            if !woke {
                 // Timed out: answer with the latest positions.
                 let (body, _) = self.sync_once(user, device, req).await?;
                 return Ok(body);

@@ -83,7 +83,14 @@ async fn main() -> Result<()> {
                 listener,
                 app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
             )
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown({
+                let hearth = hearth.clone();
+                async move {
+                    shutdown_signal().await;
+                    tracing::info!("draining: answering long-polls, asking sockets to reconnect");
+                    hearth.shutdown.send_replace(true);
+                }
+            })
             .await?;
             tracing::info!("shutting down");
         }

@@ -46,18 +46,28 @@ async fn typing(
     Path((room_id, user_id)): Path<(String, String)>,
     JsonBody(b): JsonBody<TypingBody>,
 ) -> JsonResult {
-    let room = parse_room_id(&room_id)?;
     if parse_user_id(&user_id)? != s.user_id {
         return Err(Error::forbidden("You cannot set another user's typing state").into());
     }
+    set_typing(&h, &s, &room_id, b.typing, b.timeout).await?;
+    Ok(Json(json!({})))
+}
+
+/// Typing on or off for the requester (HTTP and WebSocket).
+pub(crate) async fn set_typing(
+    h: &Hearth,
+    s: &Session,
+    room_id: &str,
+    typing: bool,
+    timeout: Option<u64>,
+) -> ApiResult<()> {
+    let room = parse_room_id(room_id)?;
     h.require_joined(&room, &s.user_id).await?;
-    let timeout = b
-        .typing
-        .then(|| Duration::from_millis(b.timeout.unwrap_or(30_000)));
+    let timeout = typing.then(|| Duration::from_millis(timeout.unwrap_or(30_000)));
     if h.typing.set(room.as_str(), s.user_id.as_str(), timeout) {
         h.notifier.notify();
     }
-    Ok(Json(json!({})))
+    Ok(())
 }
 
 /// Records a receipt (or the fully-read marker) after checking the event is in the room.
@@ -110,22 +120,35 @@ async fn receipt(
     Path((room_id, kind, event_id)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
-    let room = parse_room_id(&room_id)?;
-    if !matches!(kind.as_str(), "m.read" | "m.read.private" | "m.fully_read") {
-        return Err(Error::invalid_param(format!("Unknown receipt type {kind}")).into());
-    }
     let thread_id = match body.get("thread_id") {
         None => None,
         Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
         Some(_) => return Err(Error::invalid_param("thread_id must be a non-empty string").into()),
     };
+    post_receipt(&h, &s, &room_id, &kind, &event_id, thread_id.as_deref()).await?;
+    Ok(Json(json!({})))
+}
+
+/// A read receipt or fully-read marker from the requester (HTTP and WebSocket).
+pub(crate) async fn post_receipt(
+    h: &Hearth,
+    s: &Session,
+    room_id: &str,
+    kind: &str,
+    event_id: &str,
+    thread_id: Option<&str>,
+) -> ApiResult<()> {
+    let room = parse_room_id(room_id)?;
+    if !matches!(kind, "m.read" | "m.read.private" | "m.fully_read") {
+        return Err(Error::invalid_param(format!("Unknown receipt type {kind}")).into());
+    }
     if kind == "m.fully_read" && thread_id.is_some() {
         return Err(Error::invalid_param("m.fully_read cannot be threaded").into());
     }
     h.require_joined(&room, &s.user_id).await?;
-    record(&h, &s, &room, &kind, &event_id, thread_id.as_deref()).await?;
+    record(h, s, &room, kind, event_id, thread_id).await?;
     h.notifier.notify();
-    Ok(Json(json!({})))
+    Ok(())
 }
 
 async fn read_markers(
@@ -177,13 +200,24 @@ async fn set_presence(
     if parse_user_id(&user_id)? != s.user_id {
         return Err(Error::forbidden("You cannot set another user's presence").into());
     }
-    if !matches!(b.presence.as_str(), "online" | "offline" | "unavailable") {
-        return Err(Error::invalid_param(format!("Invalid presence state {}", b.presence)).into());
+    set_own_presence(&h, &s, &b.presence, b.status_msg).await?;
+    Ok(Json(json!({})))
+}
+
+/// Sets the requester's presence (HTTP and WebSocket heartbeats).
+pub(crate) async fn set_own_presence(
+    h: &Hearth,
+    s: &Session,
+    presence: &str,
+    status_msg: Option<String>,
+) -> ApiResult<()> {
+    if !matches!(presence, "online" | "offline" | "unavailable") {
+        return Err(Error::invalid_param(format!("Invalid presence state {presence}")).into());
     }
     if h.presence
-        .set(s.user_id.as_str(), &b.presence, Some(b.status_msg))
+        .set(s.user_id.as_str(), presence, Some(status_msg))
     {
         h.notifier.notify();
     }
-    Ok(Json(json!({})))
+    Ok(())
 }

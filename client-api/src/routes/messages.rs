@@ -9,6 +9,7 @@ use axum::{
 };
 use hearth_core::{
     Error, Hearth,
+    accounts::Session,
     filter::EventFilter,
     pdu::StoredEvent,
     ratelimit::Action,
@@ -41,20 +42,34 @@ async fn send(
     Path((room_id, kind, txn_id)): Path<(String, String, String)>,
     JsonBody(content): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
-    let room_id = parse_room_id(&room_id)?;
+    let event_id = send_message(&h, &s, &room_id, &kind, &txn_id, content).await?;
+    Ok(Json(json!({"event_id": event_id})))
+}
+
+/// A client send, shared by PUT /send and the WebSocket: idempotent per
+/// (user, device, txn_id), answered only once the event is durable.
+pub(crate) async fn send_message(
+    h: &Hearth,
+    s: &Session,
+    room_id: &str,
+    kind: &str,
+    txn_id: &str,
+    content: Map<String, Value>,
+) -> ApiResult<String> {
+    let room_id = parse_room_id(room_id)?;
     if let Some(existing) = h
         .store
-        .txn_event(s.user_id.as_str(), &s.device_id, &txn_id)
+        .txn_event(s.user_id.as_str(), &s.device_id, txn_id)
         .await?
     {
-        return Ok(Json(json!({"event_id": existing})));
+        return Ok(existing);
     }
     h.rate_limit(Action::Message, s.user_id.as_str())?;
-    let mut ev = NewEvent::message(s.user_id.clone(), &kind, Value::Object(content));
-    ev.txn = Some((s.device_id.clone(), txn_id));
+    let mut ev = NewEvent::message(s.user_id.clone(), kind, Value::Object(content));
+    ev.txn = Some((s.device_id.clone(), txn_id.to_owned()));
     let event_id = h.send_event(&room_id, ev).await?;
     h.presence.touch(s.user_id.as_str());
-    Ok(Json(json!({"event_id": event_id})))
+    Ok(event_id.to_string())
 }
 
 #[derive(Deserialize, Default)]

@@ -9,6 +9,7 @@ pub mod messages;
 pub mod profile;
 pub mod rooms;
 pub mod sync;
+pub mod ws;
 
 use axum::Json;
 use hearth_core::ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};

@@ -37,7 +37,11 @@ struct SyncQuery {
     timeout: Option<String>,
 }
 
-async fn resolve_filter(h: &Hearth, user: &str, f: Option<&str>) -> ApiResult<SyncFilter> {
+pub(crate) async fn resolve_filter(
+    h: &Hearth,
+    user: &str,
+    f: Option<&str>,
+) -> ApiResult<SyncFilter> {
     Ok(match f {
         None => SyncFilter::default(),
         Some(s) if s.trim_start().starts_with('{') => {

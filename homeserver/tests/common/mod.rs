@@ -111,6 +111,15 @@ impl TestServer {
         self.spawn().await;
     }
 
+    /// Sends SIGTERM (graceful drain) without waiting for the exit.
+    pub fn terminate(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -1,0 +1,277 @@
+//! WebSocket sync (spec/websocket-sync.md): the same deltas as /sync, pushed
+//! the moment they exist, and client actions (send, typing, receipts,
+//! presence) over the same socket.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{
+        Query, State, WebSocketUpgrade,
+        ws::{CloseFrame, Message, WebSocket},
+    },
+    response::Response,
+    routing::get,
+};
+use futures::{SinkExt, StreamExt};
+use hearth_core::{Hearth, accounts::Session, sync::SyncRequest};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use super::{
+    ephemeral::{post_receipt, set_own_presence, set_typing},
+    messages::send_message,
+    sync::resolve_filter,
+};
+use crate::{error::ApiError, extract::Auth};
+
+pub const WS_PATH: &str = "/_matrix/client/unstable/org.hearth.ws/sync";
+
+/// Frames queued for one connection; a reader that lets this fill is dropped.
+const SEND_BUFFER_FRAMES: usize = 64;
+/// Largest client frame accepted.
+const MAX_FRAME_BYTES: usize = 256 * 1024;
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// A connection that answers no ping for this long is considered dead.
+const PONG_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one server-side sync wait lasts before it is renewed.
+const SYNC_WAIT: Duration = Duration::from_secs(30);
+
+pub fn routes() -> Router<Arc<Hearth>> {
+    Router::new().route(WS_PATH, get(upgrade))
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    since: Option<String>,
+    filter: Option<String>,
+}
+
+async fn upgrade(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // Validate everything before upgrading, so bad input is a plain HTTP error.
+    let since = q
+        .since
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(str::parse)
+        .transpose()?;
+    let filter = resolve_filter(&h, s.user_id.as_str(), q.filter.as_deref()).await?;
+    let req = SyncRequest {
+        since,
+        full_state: false,
+        filter,
+        timeout: SYNC_WAIT,
+    };
+    Ok(ws
+        .protocols(["m.json"])
+        .max_message_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| serve(h, s, req, socket)))
+}
+
+/// Client → server frames (their `id` is read separately and echoed back).
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientFrame {
+    Send {
+        room_id: String,
+        event_type: String,
+        txn_id: String,
+        content: Map<String, Value>,
+    },
+    Typing {
+        room_id: String,
+        typing: bool,
+        timeout: Option<u64>,
+    },
+    Receipt {
+        room_id: String,
+        receipt_type: String,
+        event_id: String,
+        thread_id: Option<String>,
+    },
+    Presence {
+        presence: String,
+        status_msg: Option<String>,
+    },
+}
+
+fn error_frame(id: Option<Value>, errcode: &str, error: &str) -> Value {
+    json!({"type": "error", "id": id, "errcode": errcode, "error": error})
+}
+
+async fn serve(h: Arc<Hearth>, s: Session, mut req: SyncRequest, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Message>(SEND_BUFFER_FRAMES);
+    let mut shutdown = h.shutdown.subscribe();
+    tracing::debug!(user = %s.user_id, device = %s.device_id, "websocket sync connected");
+
+    // Writer: the only task touching the sink.
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let closing = matches!(msg, Message::Close(_));
+            if sink.send(msg).await.is_err() || closing {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    // Pusher: sync deltas in order, each carrying its next_batch.
+    let pusher = {
+        let (h, s, tx) = (h.clone(), s.clone(), tx.clone());
+        tokio::spawn(async move {
+            let initial = req.since.is_none();
+            loop {
+                let body = match h.sync(&s.user_id, &s.device_id, &req).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let (code, msg) = ApiError::from(e).errcode_and_message();
+                        let _ = tx.send(text(&error_frame(None, code, &msg))).await;
+                        return;
+                    }
+                };
+                let next = body["next_batch"].as_str().and_then(|t| t.parse().ok());
+                let changed = next != req.since;
+                if changed || (initial && req.since.is_none()) {
+                    let frame = text(&json!({"type": "sync", "body": body}));
+                    match tx.try_send(frame) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::info!(user = %s.user_id, "websocket reader too slow; disconnecting");
+                            let _ = tx
+                                .send(close(1008, "send buffer full: reader too slow, reconnect with your last next_batch"))
+                                .await;
+                            return;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
+                req.since = next.or(req.since);
+            }
+        })
+    };
+
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_pong = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            incoming = stream.next() => match incoming {
+                Some(Ok(Message::Text(t))) => {
+                    let reply = handle_frame(&h, &s, t.as_str()).await;
+                    if tx.send(text(&reply)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let _ = tx.send(text(&error_frame(None, "M_BAD_JSON", "Frames must be JSON text"))).await;
+                }
+                Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => last_pong = tokio::time::Instant::now(),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            },
+            _ = ping.tick() => {
+                if last_pong.elapsed() > PONG_DEADLINE {
+                    let _ = tx.send(close(1001, "no pong within deadline")).await;
+                    break;
+                }
+                if tx.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
+            _ = shutdown.changed() => {
+                // Spread reconnects so a restart is not met by a thundering herd.
+                let after_ms = rand::thread_rng().gen_range(1000..5000);
+                let _ = tx.send(text(&json!({"type": "reconnect", "after_ms": after_ms}))).await;
+                let _ = tx.send(close(1012, "server restarting")).await;
+                break;
+            }
+        }
+        if pusher.is_finished() {
+            break;
+        }
+    }
+    pusher.abort();
+    drop(tx);
+    let _ = writer.await;
+    tracing::debug!(user = %s.user_id, "websocket sync closed");
+}
+
+fn text(v: &Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// Runs one client frame and returns the frame to answer it with.
+async fn handle_frame(h: &Hearth, s: &Session, raw: &str) -> Value {
+    let value: Value = match serde_json::from_str(raw) {
+        Ok(v) => v,
+        Err(e) => return error_frame(None, "M_NOT_JSON", &format!("Frame is not JSON: {e}")),
+    };
+    let id = value.get("id").cloned();
+    let frame: ClientFrame = match serde_json::from_value(value) {
+        Ok(f) => f,
+        Err(e) => return error_frame(id, "M_BAD_JSON", &format!("Invalid frame: {e}")),
+    };
+    let result = match frame {
+        ClientFrame::Send {
+            room_id,
+            event_type,
+            txn_id,
+            content,
+            ..
+        } => send_message(h, s, &room_id, &event_type, &txn_id, content)
+            .await
+            .map(|event_id| json!({"event_id": event_id})),
+        ClientFrame::Typing {
+            room_id,
+            typing,
+            timeout,
+            ..
+        } => set_typing(h, s, &room_id, typing, timeout)
+            .await
+            .map(|()| json!({})),
+        ClientFrame::Receipt {
+            room_id,
+            receipt_type,
+            event_id,
+            thread_id,
+            ..
+        } => post_receipt(
+            h,
+            s,
+            &room_id,
+            &receipt_type,
+            &event_id,
+            thread_id.as_deref(),
+        )
+        .await
+        .map(|()| json!({})),
+        ClientFrame::Presence {
+            presence,
+            status_msg,
+            ..
+        } => set_own_presence(h, s, &presence, status_msg)
+            .await
+            .map(|()| json!({})),
+    };
+    match result {
+        Ok(body) => json!({"type": "ack", "id": id, "body": body}),
+        Err(e) => {
+            let (code, msg) = e.errcode_and_message();
+            error_frame(id, code, &msg)
+        }
+    }
+}
