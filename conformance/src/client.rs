@@ -66,16 +66,9 @@ pub fn random_name(prefix: &str) -> String {
     format!("{prefix}{}", s.to_lowercase())
 }
 
-/// Percent-encodes one path segment.
+/// Percent-encodes one path segment (room ids carry '!' and ':').
 pub fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 #[derive(Clone)]

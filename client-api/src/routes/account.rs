@@ -41,6 +41,15 @@ pub(crate) async fn run_uia(
     }
 }
 
+/// Sensitive account actions ask for the password again (UIA `m.login.password`).
+pub(crate) async fn reauthenticate(
+    h: &Hearth,
+    auth: Option<&Value>,
+    user: &hearth_core::ruma::UserId,
+) -> ApiResult<()> {
+    run_uia(h, auth, &[vec!["m.login.password"]], Some(user)).await
+}
+
 #[derive(Deserialize)]
 struct RegisterQuery {
     kind: Option<String>,
@@ -224,13 +233,7 @@ async fn change_password(
     Auth(s): Auth,
     JsonBody(body): JsonBody<PasswordBody>,
 ) -> JsonResult {
-    run_uia(
-        &h,
-        body.auth.as_ref(),
-        &[vec!["m.login.password"]],
-        Some(&s.user_id),
-    )
-    .await?;
+    reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
     let new = body
         .new_password
         .as_deref()
@@ -250,13 +253,7 @@ async fn deactivate(
     Auth(s): Auth,
     JsonBody(body): JsonBody<DeactivateBody>,
 ) -> JsonResult {
-    run_uia(
-        &h,
-        body.auth.as_ref(),
-        &[vec!["m.login.password"]],
-        Some(&s.user_id),
-    )
-    .await?;
+    reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
     h.deactivate_account(&s.user_id).await?;
     tracing::info!(user = %s.user_id, "deactivated");
     Ok(Json(json!({"id_server_unbind_result": "no-support"})))

@@ -11,7 +11,7 @@ use hearth_core::{Error, Hearth, store::DeviceRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{JsonResult, account::run_uia};
+use super::{JsonResult, account::reauthenticate};
 use crate::extract::{Auth, JsonBody};
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -95,13 +95,7 @@ async fn delete_one(
     {
         return Err(Error::not_found("Unknown device").into());
     }
-    run_uia(
-        &h,
-        body.auth.as_ref(),
-        &[vec!["m.login.password"]],
-        Some(&s.user_id),
-    )
-    .await?;
+    reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
     h.store
         .delete_devices(s.user_id.as_str(), Some(&[device_id]))
         .await?;
@@ -119,13 +113,7 @@ async fn delete_many(
     Auth(s): Auth,
     JsonBody(body): JsonBody<DeleteManyBody>,
 ) -> JsonResult {
-    run_uia(
-        &h,
-        body.auth.as_ref(),
-        &[vec!["m.login.password"]],
-        Some(&s.user_id),
-    )
-    .await?;
+    reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
     h.store
         .delete_devices(s.user_id.as_str(), Some(&body.devices))
         .await?;
