@@ -56,7 +56,7 @@ step "matrix-nio client test against Hearth"
 HEARTH_URL="$url" "$root/.venv-clients/bin/pytest" -q tests/clients
 
 step "bench smoke against Hearth (correctness only)"
-"$root/target/debug/bench" --hs "hearth=$url" --smoke --scenarios unloaded,pairs,group8,room256,idle
+"$root/target/debug/bench" --hs "hearth=$url" --smoke --scenarios unloaded,pairs,group8,room256,idle,idle_ws
 
 if [ "${HEARTH_TEST_SYNAPSE:-0}" = 1 ]; then
   step "conformance suite against Synapse"

@@ -22,13 +22,13 @@ struct Args {
     /// sampling). Give several; ratios are against the first.
     #[arg(long = "hs", required = true)]
     servers: Vec<String>,
-    /// Scenarios to run (comma separated): unloaded, pairs, group8, rooms5, room256, idle.
+    /// Scenarios to run (comma separated): unloaded, pairs, group8, rooms5, room256, idle, idle_ws.
     #[arg(long, default_value = "unloaded,pairs,group8,rooms5")]
     scenarios: String,
     /// How long each loaded scenario sends, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Idle long-polls to hold open in the `idle` scenario.
+    /// Idle connections to hold open in the `idle` and `idle_ws` scenarios.
     #[arg(long, default_value_t = 1000)]
     idle: usize,
     /// Correctness only: tiny runs, no figures worth reading (for CI).

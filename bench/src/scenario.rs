@@ -26,6 +26,8 @@ pub struct Scenario {
     duration: Duration,
     pace: Option<Duration>,
     idle: Option<usize>,
+    /// Idle connections are WebSockets (Hearth's sync socket) instead of long-polls.
+    websocket: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -79,6 +81,7 @@ impl Scenario {
             duration,
             pace,
             idle: None,
+            websocket: false,
         };
         Ok(match name {
             "unloaded" => s(1, 2, 1, Some(Duration::from_millis(50))),
@@ -90,12 +93,18 @@ impl Scenario {
                 idle: Some(if smoke { 50 } else { idle }),
                 ..s(0, 0, 0, None)
             },
+            "idle_ws" => Scenario {
+                idle: Some(if smoke { 50 } else { idle }),
+                websocket: true,
+                ..s(0, 0, 0, None)
+            },
             other => bail!("unknown scenario {other}"),
         })
     }
 
     pub async fn run(&self, server: &Server) -> Result<Outcome> {
         match self.idle {
+            Some(n) if self.websocket => self.run_idle_ws(server, n).await,
             Some(n) => self.run_idle(server, n).await,
             None => self.run_rooms(server).await,
         }
@@ -136,6 +145,52 @@ impl Scenario {
         }
         // An idle long-poll that returned early was not held open.
         o.lost = finished_early as u64;
+        Ok(o)
+    }
+
+    /// Holds `n` idle WebSocket syncs open and reports RSS per connection. A
+    /// server without Hearth's sync socket reports nothing (shown as "-").
+    async fn run_idle_ws(&self, server: &Server, n: usize) -> Result<Outcome> {
+        use tokio_tungstenite::{connect_async, tungstenite::client::IntoClientRequest};
+        let http = http_client();
+        let user =
+            Client::register(&server.url, &http, &format!("idlews{}", random_suffix())).await?;
+        let first = user.sync(None, 0).await?;
+        let since = first["next_batch"].as_str().unwrap_or_default().to_owned();
+        let url = format!(
+            "{}/_matrix/client/unstable/org.hearth.ws/sync?since={}",
+            server.url.replacen("http", "ws", 1),
+            crate::client::enc(&since)
+        );
+        let connect = |url: String, token: String| async move {
+            let mut req = url.into_client_request().ok()?;
+            req.headers_mut()
+                .insert("Authorization", format!("Bearer {token}").parse().ok()?);
+            connect_async(req).await.ok().map(|(ws, _)| ws)
+        };
+        let Some(probe) = connect(url.clone(), user.token.clone()).await else {
+            return Ok(Outcome::default());
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = server.pid.and_then(rss_kb);
+        let sockets: Vec<_> = futures::stream::iter(0..n)
+            .map(|_| connect(url.clone(), user.token.clone()))
+            .buffer_unordered(100)
+            .collect()
+            .await;
+        let open = sockets.iter().filter(|s| s.is_some()).count();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = server.pid.and_then(rss_kb);
+        let mut o = Outcome {
+            peak_rss_kb: after,
+            lost: (n - open) as u64,
+            ..Default::default()
+        };
+        if let (Some(b), Some(a)) = (before, after) {
+            o.rss_per_conn_kb = Some(a.saturating_sub(b) as f64 / open.max(1) as f64);
+        }
+        drop(sockets);
+        drop(probe);
         Ok(o)
     }
 

@@ -33,6 +33,8 @@ pub const WS_PATH: &str = "/_matrix/client/unstable/org.hearth.ws/sync";
 const SEND_BUFFER_FRAMES: usize = 64;
 /// Largest client frame accepted.
 const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// Initial read buffer per connection; it grows for larger frames.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 const PING_EVERY: Duration = Duration::from_secs(20);
 /// A connection that answers no ping for this long is considered dead.
 const PONG_DEADLINE: Duration = Duration::from_secs(60);
@@ -72,6 +74,10 @@ async fn upgrade(
     Ok(ws
         .protocols(["m.json"])
         .max_message_size(MAX_FRAME_BYTES)
+        // Small buffers: tungstenite's 128 KiB defaults would cost ~256 KiB per
+        // idle connection. Frames are sent (and sync bodies flushed) eagerly.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| serve(h, s, req, socket)))
 }
 
