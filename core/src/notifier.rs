@@ -1,36 +1,117 @@
-//! Wakes waiting syncs when anything visible may have changed. A single version
-//! counter keeps it simple and lossless: a waiter compares the version it saw
-//! before computing its response with the current one, so no wake-up is missed.
+//! Wakes waiting syncs when something they can see may have changed.
+//!
+//! Each user has a version counter; a change in a room bumps the counters of
+//! that room's members only, so a message in one room does not make every
+//! syncing client on the server recompute. A global counter covers changes
+//! whose audience is costly to compute (presence, typing expiry). A waiter marks
+//! both counters seen *before* computing its response and waits for either to
+//! move afterwards, so no wake-up is lost.
 
-use std::time::Duration;
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tokio::sync::watch;
 
 pub struct Notifier {
-    tx: watch::Sender<u64>,
+    global: watch::Sender<u64>,
+    users: Mutex<HashMap<String, watch::Sender<u64>>>,
 }
 
 impl Default for Notifier {
     fn default() -> Self {
-        let (tx, _rx) = watch::channel(0);
-        Self { tx }
+        Self {
+            global: watch::channel(0).0,
+            users: Mutex::default(),
+        }
     }
 }
 
+pub struct Subscription {
+    global: watch::Receiver<u64>,
+    user: watch::Receiver<u64>,
+}
+
 impl Notifier {
+    /// Wakes every waiter.
     pub fn notify(&self) {
-        self.tx.send_modify(|v| *v += 1);
+        self.global.send_modify(|v| *v += 1);
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.tx.subscribe()
+    /// Wakes the waiters of these users only.
+    pub fn notify_users<'a>(&self, users: impl IntoIterator<Item = &'a str>) {
+        let Ok(map) = self.users.lock() else {
+            self.notify();
+            return;
+        };
+        for u in users {
+            if let Some(tx) = map.get(u) {
+                tx.send_modify(|v| *v += 1);
+            }
+        }
     }
 
-    /// Waits until a change newer than the receiver's last-seen version, or the timeout.
-    pub async fn wait(rx: &mut watch::Receiver<u64>, timeout: Duration) -> bool {
-        matches!(
-            tokio::time::timeout(timeout, rx.changed()).await,
-            Ok(Ok(()))
-        )
+    pub fn subscribe(&self, user: &str) -> Subscription {
+        let user_rx = match self.users.lock() {
+            Ok(mut map) => {
+                // Drop senders nobody listens to any more, so the map tracks
+                // only users with a live sync.
+                if map.len() > 1024 && map.len().is_power_of_two() {
+                    map.retain(|_, tx| tx.receiver_count() > 0);
+                }
+                map.entry(user.to_owned())
+                    .or_insert_with(|| watch::channel(0).0)
+                    .subscribe()
+            }
+            // A poisoned map still leaves the global counter to wake us.
+            Err(_) => watch::channel(0).1,
+        };
+        Subscription {
+            global: self.global.subscribe(),
+            user: user_rx,
+        }
+    }
+}
+
+impl Subscription {
+    /// Marks everything so far as seen; call before computing a response.
+    pub fn mark_seen(&mut self) {
+        self.global.borrow_and_update();
+        self.user.borrow_and_update();
+    }
+
+    /// Waits for a change after the last `mark_seen`, or the timeout.
+    pub async fn wait(&mut self, timeout: Duration) -> bool {
+        tokio::select! {
+            r = self.global.changed() => r.is_ok(),
+            r = self.user.changed() => r.is_ok(),
+            _ = tokio::time::sleep(timeout) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_addressed_users_wake() {
+        let n = Notifier::default();
+        let mut alice = n.subscribe("@alice:x");
+        let mut bob = n.subscribe("@bob:x");
+        alice.mark_seen();
+        bob.mark_seen();
+        n.notify_users(["@alice:x"]);
+        assert!(alice.wait(Duration::from_millis(50)).await);
+        assert!(!bob.wait(Duration::from_millis(50)).await);
+        n.notify();
+        assert!(bob.wait(Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn a_change_before_waiting_is_not_lost() {
+        let n = Notifier::default();
+        let mut s = n.subscribe("@a:x");
+        s.mark_seen();
+        n.notify_users(["@a:x"]);
+        assert!(s.wait(Duration::from_millis(10)).await);
     }
 }

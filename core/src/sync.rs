@@ -9,7 +9,6 @@ use serde_json::{Map, Value, json};
 use crate::{
     Error, Hearth, Result,
     filter::SyncFilter,
-    notifier::Notifier,
     pdu::StoredEvent,
     store::{Direction, MembershipRecord},
 };
@@ -90,10 +89,10 @@ impl Hearth {
     /// waits up to `timeout` for it.
     pub async fn sync(&self, user: &UserId, device: &str, req: &SyncRequest) -> Result<Value> {
         let deadline = tokio::time::Instant::now() + req.timeout;
-        let mut rx = self.notifier.subscribe();
+        let mut rx = self.notifier.subscribe(user.as_str());
         let mut draining = self.shutdown.subscribe();
         loop {
-            rx.borrow_and_update();
+            rx.mark_seen();
             let (body, has_data) = self.sync_once(user, device, req).await?;
             let now = tokio::time::Instant::now();
             if has_data
@@ -105,7 +104,7 @@ impl Hearth {
                 return Ok(body);
             }
             let woke = tokio::select! {
-                woke = Notifier::wait(&mut rx, deadline - now) => woke,
+                woke = rx.wait(deadline - now) => woke,
                 _ = draining.changed() => false,
             };
             if !woke {

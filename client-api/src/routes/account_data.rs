@@ -73,7 +73,7 @@ async fn put_global(
     h.store
         .put_account_data(s.user_id.as_str(), "", &kind, &Value::Object(content))
         .await?;
-    h.notifier.notify();
+    h.notifier.notify_users([s.user_id.as_str()]);
     Ok(Json(json!({})))
 }
 
@@ -109,7 +109,7 @@ async fn put_room(
             &Value::Object(content),
         )
         .await?;
-    h.notifier.notify();
+    h.notifier.notify_users([s.user_id.as_str()]);
     Ok(Json(json!({})))
 }
 
@@ -156,7 +156,7 @@ async fn put_tag(
             &json!({"tags": tags}),
         )
         .await?;
-    h.notifier.notify();
+    h.notifier.notify_users([s.user_id.as_str()]);
     Ok(Json(json!({})))
 }
 
@@ -177,7 +177,7 @@ async fn delete_tag(
                 &json!({"tags": tags}),
             )
             .await?;
-        h.notifier.notify();
+        h.notifier.notify_users([s.user_id.as_str()]);
     }
     Ok(Json(json!({})))
 }

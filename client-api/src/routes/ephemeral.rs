@@ -65,7 +65,7 @@ pub(crate) async fn set_typing(
     h.require_joined(&room, &s.user_id).await?;
     let timeout = typing.then(|| Duration::from_millis(timeout.unwrap_or(30_000)));
     if h.typing.set(room.as_str(), s.user_id.as_str(), timeout) {
-        h.notifier.notify();
+        h.notify_room(&room).await;
     }
     Ok(())
 }
@@ -147,7 +147,8 @@ pub(crate) async fn post_receipt(
     }
     h.require_joined(&room, &s.user_id).await?;
     record(h, s, &room, kind, event_id, thread_id).await?;
-    h.notifier.notify();
+    // Receipts reach the room; the fully-read marker only its owner.
+    h.notify_room(&room).await;
     Ok(())
 }
 
@@ -166,7 +167,7 @@ async fn read_markers(
             Some(_) => return Err(Error::bad_json(format!("{kind} must be an event id")).into()),
         }
     }
-    h.notifier.notify();
+    h.notify_room(&room).await;
     Ok(Json(json!({})))
 }
 

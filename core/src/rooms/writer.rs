@@ -282,10 +282,16 @@ impl Hearth {
             .await?;
 
         cache.latest = Some((event_id.clone(), depth));
+        // Who must hear of it: the room's members before and after this event
+        // (a kicked or leaving user sees their own leave).
+        let mut audience = room_audience(cache);
         if let Some(sk) = &pdu.state_key {
             cache
                 .state
                 .insert((new.kind.clone(), sk.clone()), Arc::new(pdu.clone()));
+            if new.kind == "m.room.member" {
+                audience.push(sk.clone());
+            }
         }
         drop(guard);
 
@@ -294,7 +300,8 @@ impl Hearth {
         {
             warn!(event = %event_id, target = %target, "could not apply redaction: {e}");
         }
-        self.notifier.notify();
+        self.notifier
+            .notify_users(audience.iter().map(String::as_str));
         Ok(event_id)
     }
 
@@ -336,7 +343,46 @@ impl Hearth {
     }
 }
 
+/// Users currently joined to or invited to a room, from the writer's cache.
+fn room_audience(cache: &RoomCache) -> Vec<String> {
+    cache
+        .state
+        .iter()
+        .filter(|((kind, _), _)| kind == "m.room.member")
+        .filter(|(_, pdu)| {
+            matches!(
+                pdu.json
+                    .get("content")
+                    .and_then(|c| c.get("membership"))
+                    .and_then(Value::as_str),
+                Some("join" | "invite")
+            )
+        })
+        .map(|((_, user), _)| user.clone())
+        .collect()
+}
+
 impl Hearth {
+    /// Wakes the syncs of a room's members (typing, receipts).
+    pub async fn notify_room(&self, room_id: &RoomId) {
+        let handle = self.rooms.handle(room_id.as_str());
+        let mut guard = handle.lock().await;
+        if guard.is_none() {
+            match self.load_room(room_id.as_str()).await {
+                Ok(c) => *guard = Some(c),
+                Err(_) => {
+                    drop(guard);
+                    self.notifier.notify();
+                    return;
+                }
+            }
+        }
+        let audience = guard.as_ref().map(room_audience).unwrap_or_default();
+        drop(guard);
+        self.notifier
+            .notify_users(audience.iter().map(String::as_str));
+    }
+
     /// A user's power level in a room, honouring v12's privileged creators.
     pub async fn power_of(&self, room_id: &RoomId, user: &ruma::UserId) -> Result<i64> {
         let create = self.room_state_event(room_id, "m.room.create", "").await?;
