@@ -17,6 +17,7 @@ pub mod rooms;
 pub mod store;
 pub mod sync;
 pub mod uia;
+pub mod unread;
 
 use std::{sync::Arc, time::Duration};
 
@@ -32,6 +33,7 @@ use crate::{
     rooms::Rooms,
     store::Store,
     uia::UiaSessions,
+    unread::UnreadCache,
 };
 
 /// The homeserver's services, shared by every request handler.
@@ -45,6 +47,7 @@ pub struct Hearth {
     pub rooms: Rooms,
     pub uia: UiaSessions,
     pub ratelimiter: RateLimiter,
+    pub unread: UnreadCache,
     /// Flips to true when the server starts draining: long-polls answer at
     /// once and WebSockets are told to reconnect elsewhere.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -63,6 +66,7 @@ impl Hearth {
             rooms: Rooms::default(),
             uia: UiaSessions::default(),
             ratelimiter: RateLimiter::default(),
+            unread: UnreadCache::default(),
             shutdown: tokio::sync::watch::channel(false).0,
         });
         hearth.spawn_typing_sweeper();

@@ -217,7 +217,13 @@ impl Hearth {
                     if since.is_some() {
                         has_data = true;
                     }
-                    let (notif, highlight) = self.unread_counts(&room_id, user).await?;
+                    let (notif, highlight) =
+                        self.unread_counts(&room_id, user, upto.events).await?;
+                    // Like Synapse, the summary is sent when it may have
+                    // changed: first sight of the room or a membership change.
+                    let members_changed = initial
+                        || has_member_event(&timeline["events"])
+                        || state.iter().any(is_member_event);
                     room.insert("timeline".into(), timeline);
                     room.insert("state".into(), json!({"events": state}));
                     room.insert("ephemeral".into(), json!({"events": ephemeral}));
@@ -226,7 +232,9 @@ impl Hearth {
                         "unread_notifications".into(),
                         json!({"notification_count": notif, "highlight_count": highlight}),
                     );
-                    room.insert("summary".into(), self.room_summary(&room_id, user).await?);
+                    if members_changed {
+                        room.insert("summary".into(), self.room_summary(&room_id, user).await?);
+                    }
                     join.insert(m.room_id.clone(), Value::Object(room));
                 }
                 "invite" if membership_is_new => {
@@ -268,7 +276,8 @@ impl Hearth {
             .collect();
         has_data |= since.is_some() && !global_data.is_empty();
 
-        let presence = if f.presence.excludes_all() {
+        let presence_moved = since.is_none_or(|s| s.presence != upto.presence);
+        let presence = if f.presence.excludes_all() || !presence_moved {
             vec![]
         } else {
             let users = self.store.users_sharing_rooms(user.as_str()).await?;
@@ -434,71 +443,16 @@ impl Hearth {
             json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}),
         )
     }
+}
 
-    /// Messages from others after the user's read receipt; highlights are those
-    /// that mention the user (m.mentions, or their id or display name in the body).
-    pub async fn unread_counts(&self, room_id: &RoomId, user: &UserId) -> Result<(u64, u64)> {
-        let after = match self
-            .store
-            .user_receipt(
-                room_id.as_str(),
-                user.as_str(),
-                &["m.read", "m.read.private"],
-            )
-            .await?
-        {
-            Some(r) => match self.store.get_event(&r.event_id).await? {
-                Some(e) => e.stream_ordering,
-                None => 0,
-            },
-            None => match self
-                .store
-                .membership(room_id.as_str(), user.as_str())
-                .await?
-            {
-                Some(m) => m.stream_ordering,
-                None => return Ok((0, 0)),
-            },
-        };
-        let events = self
-            .store
-            .room_events(room_id.as_str(), after, None, Direction::Forward, 1000)
-            .await?;
-        let displayname = self
-            .store
-            .get_user(user.as_str())
-            .await?
-            .and_then(|u| u.displayname);
-        let (mut notif, mut highlight) = (0, 0);
-        for e in events {
-            let kind = e.pdu.kind.to_string();
-            if e.pdu.sender == user
-                || !(kind == "m.room.message" || kind == "m.room.encrypted" || kind == "m.sticker")
-            {
-                continue;
-            }
-            notif += 1;
-            let content = e.pdu.content_value();
-            let mentioned = content
-                .get("m.mentions")
-                .and_then(|m| m.get("user_ids"))
-                .and_then(Value::as_array)
-                .is_some_and(|ids| ids.iter().any(|i| i.as_str() == Some(user.as_str())));
-            let body = content
-                .get("body")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_lowercase();
-            let named = body.contains(&user.as_str().to_lowercase())
-                || displayname
-                    .as_ref()
-                    .is_some_and(|d| !d.is_empty() && body.contains(&d.to_lowercase()));
-            if mentioned || named {
-                highlight += 1;
-            }
-        }
-        Ok((notif, highlight))
-    }
+fn is_member_event(ev: &Value) -> bool {
+    ev.get("type").and_then(Value::as_str) == Some("m.room.member")
+}
+
+fn has_member_event(events: &Value) -> bool {
+    events
+        .as_array()
+        .is_some_and(|a| a.iter().any(is_member_event))
 }
 
 /// Groups receipts for one room into an m.receipt event; private receipts

@@ -74,13 +74,20 @@ impl Hearth {
         let current = self
             .store
             .membership(room_id.as_str(), user.as_str())
-            .await?
-            .map(|m| m.membership);
+            .await?;
+        // A member who joined at or before an event was joined when it was
+        // sent, and joined members see everything: no per-event state lookup.
+        let joined_since = current
+            .as_ref()
+            .filter(|m| m.membership == "join")
+            .map(|m| m.stream_ordering);
+        let current = current.map(|m| m.membership);
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
-            if self
-                .can_see_at(room_id, user, ev.stream_ordering, current.as_deref())
-                .await?
+            if joined_since.is_some_and(|j| j <= ev.stream_ordering)
+                || self
+                    .can_see_at(room_id, user, ev.stream_ordering, current.as_deref())
+                    .await?
             {
                 out.push(ev);
             }

@@ -252,6 +252,9 @@ pub trait DataStore: Send + Sync {
         user_id: &str,
         receipt_types: &[&str],
     ) -> Result<Option<ReceiptRecord>>;
+    /// Where the user has read up to in a room: the stream ordering of the
+    /// newest event their `m.read` or `m.read.private` receipts point at.
+    async fn read_position(&self, room_id: &str, user_id: &str) -> Result<Option<i64>>;
     /// The position of the account-data/receipt stream.
     async fn max_misc_stream_id(&self) -> Result<i64>;
 

@@ -171,6 +171,17 @@ impl DataStore for SqliteStore {
         row.as_ref().map(receipt_from_row).transpose()
     }
 
+    async fn read_position(&self, room_id: &str, user_id: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
+             WHERE r.room_id = ? AND r.user_id = ? AND r.receipt_type IN ('m.read', 'm.read.private')",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     async fn max_misc_stream_id(&self) -> Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
