@@ -70,6 +70,7 @@ fn core_parts(e: &Error) -> (StatusCode, &'static str) {
         Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "M_UNAVAILABLE"),
         Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
         Error::Internal(_)
+        | Error::DuplicateTransaction { .. }
         | Error::Database(_)
         | Error::Migration(_)
         | Error::Io(_)

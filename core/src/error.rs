@@ -45,6 +45,10 @@ pub enum Error {
     Unknown(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The (user, device, txn id) already named a committed event; the store
+    /// refused the new one and the caller answers with the first.
+    #[error("transaction already sent as {event_id}")]
+    DuplicateTransaction { event_id: String },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration error: {0}")]

@@ -1,7 +1,13 @@
 //! /sync: what changed for one user between two stream positions, and the
 //! long-poll that waits for the next change.
 
-use std::{collections::BTreeSet, fmt, str::FromStr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
@@ -124,6 +130,12 @@ impl Hearth {
         let upto = self.current_token().await?;
         let since = req.since;
         let f = &req.filter;
+        if since == Some(upto) && !req.full_state {
+            // Nothing moved in any stream: the common case for a long-poll
+            // that just re-armed after its last answer.
+            return Ok((empty_response(upto), false));
+        }
+        let misc_moved = since.is_none_or(|s| s.misc != upto.misc);
         let mut has_data = false;
         let mut join = Map::new();
         let mut invite = Map::new();
@@ -135,27 +147,27 @@ impl Hearth {
             .filter(|m| m.membership == "join")
             .map(|m| m.room_id.clone())
             .collect();
-        let changed_rooms: BTreeSet<String> = match since {
+        // Joined rooms with new events, each with its newest ordering.
+        let changed_rooms: BTreeMap<String, i64> = match since {
             Some(s) => self
                 .store
                 .rooms_with_events(&joined, s.events, upto.events)
                 .await?
                 .into_iter()
                 .collect(),
-            None => joined.iter().cloned().collect(),
+            None => BTreeMap::new(),
         };
-        let receipts = match since {
-            Some(s) => {
+        let (receipts, account_data) = if misc_moved {
+            let after = since.map_or(0, |s| s.misc);
+            (
+                self.store.receipts_since(&joined, after, upto.misc).await?,
                 self.store
-                    .receipts_since(&joined, s.misc, upto.misc)
-                    .await?
-            }
-            None => self.store.receipts_since(&joined, 0, upto.misc).await?,
+                    .account_data_since(user.as_str(), after, upto.misc)
+                    .await?,
+            )
+        } else {
+            (vec![], vec![])
         };
-        let account_data = self
-            .store
-            .account_data_since(user.as_str(), since.map_or(0, |s| s.misc), upto.misc)
-            .await?;
 
         for m in &memberships {
             if m.forgotten || !f.rooms.allows_room(&m.room_id) {
@@ -167,14 +179,28 @@ impl Hearth {
                 "join" => {
                     let mut room = Map::new();
                     let initial = since.is_none() || membership_is_new || req.full_state;
-                    let (timeline, state) = if initial || changed_rooms.contains(&m.room_id) {
+                    let newest = changed_rooms.get(&m.room_id).copied();
+                    // The room's new events, from the writer's memory when it
+                    // holds them all (the usual case for a woken long-poll).
+                    let known = match (since, newest) {
+                        (Some(s), Some(n)) if !initial => {
+                            self.rooms
+                                .recent
+                                .range(&m.room_id, s.events, upto.events, n)
+                        }
+                        (Some(_), None) if !initial => Some(vec![]),
+                        _ => None,
+                    };
+                    let (timeline, state) = if initial || newest.is_some() {
                         self.room_timeline_and_state(
                             &room_id,
                             user,
+                            m,
                             device,
                             since,
                             upto.events,
                             initial,
+                            known.as_deref(),
                             f,
                         )
                         .await?
@@ -217,8 +243,15 @@ impl Hearth {
                     if since.is_some() {
                         has_data = true;
                     }
-                    let (notif, highlight) =
-                        self.unread_counts(&room_id, user, upto.events).await?;
+                    let (notif, highlight) = self
+                        .unread_counts(
+                            &room_id,
+                            user,
+                            m,
+                            upto,
+                            since.zip(known.as_deref()).map(|(s, k)| (s.events, k)),
+                        )
+                        .await?;
                     // Like Synapse, the summary is sent when it may have
                     // changed: first sight of the room or a membership change.
                     let members_changed = initial
@@ -253,10 +286,12 @@ impl Hearth {
                         .room_timeline_and_state(
                             &room_id,
                             user,
+                            m,
                             device,
                             since,
                             m.stream_ordering,
                             true,
+                            None,
                             f,
                         )
                         .await?;
@@ -285,16 +320,10 @@ impl Hearth {
         };
         has_data |= since.is_some() && !presence.is_empty();
 
-        let body = json!({
-            "next_batch": upto.to_string(),
-            "rooms": {"join": join, "invite": invite, "leave": leave, "knock": {}},
-            "account_data": {"events": global_data},
-            "presence": {"events": presence},
-            "to_device": {"events": []},
-            "device_lists": {"changed": [], "left": []},
-            "device_one_time_keys_count": {},
-            "device_unused_fallback_key_types": [],
-        });
+        let mut body = empty_response(upto);
+        body["rooms"] = json!({"join": join, "invite": invite, "leave": leave, "knock": {}});
+        body["account_data"] = json!({"events": global_data});
+        body["presence"] = json!({"events": presence});
         Ok((body, has_data))
     }
 
@@ -305,10 +334,12 @@ impl Hearth {
         &self,
         room_id: &RoomId,
         user: &UserId,
+        membership: &MembershipRecord,
         device: &str,
         since: Option<SyncToken>,
         upto: i64,
         initial: bool,
+        known: Option<&[Arc<StoredEvent>]>,
         f: &SyncFilter,
     ) -> Result<(Value, Vec<Value>)> {
         let limit = f
@@ -321,20 +352,32 @@ impl Hearth {
         } else {
             since.map(|s| s.events)
         };
-        let mut events = self
-            .store
-            .room_events(
-                room_id.as_str(),
-                upto,
-                lower,
-                Direction::Backward,
-                (limit + 1) as i64,
-            )
+        let (events, limited) = match known.filter(|_| !initial) {
+            Some(all) => {
+                let skip = all.len().saturating_sub(limit);
+                let newest: Vec<StoredEvent> = all[skip..].iter().map(|e| (**e).clone()).collect();
+                (newest, skip > 0)
+            }
+            None => {
+                let mut events = self
+                    .store
+                    .room_events(
+                        room_id.as_str(),
+                        upto,
+                        lower,
+                        Direction::Backward,
+                        (limit + 1) as i64,
+                    )
+                    .await?;
+                let limited = events.len() > limit;
+                events.truncate(limit);
+                events.reverse();
+                (events, limited)
+            }
+        };
+        let events = self
+            .filter_visible_as(room_id, user, Some(membership), events)
             .await?;
-        let limited = events.len() > limit;
-        events.truncate(limit);
-        events.reverse();
-        let events = self.filter_visible(room_id, user, events).await?;
         let start = events
             .first()
             .map(|e| e.stream_ordering - 1)
@@ -443,6 +486,19 @@ impl Hearth {
             json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}),
         )
     }
+}
+
+fn empty_response(upto: SyncToken) -> Value {
+    json!({
+        "next_batch": upto.to_string(),
+        "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
+        "account_data": {"events": []},
+        "presence": {"events": []},
+        "to_device": {"events": []},
+        "device_lists": {"changed": [], "left": []},
+        "device_one_time_keys_count": {},
+        "device_unused_fallback_key_types": [],
+    })
 }
 
 fn is_member_event(ev: &Value) -> bool {

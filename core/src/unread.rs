@@ -5,12 +5,20 @@
 //! of the events it has already counted; a sync counts only the events that
 //! arrived since, and starts over when the read position moves.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use ruma::{RoomId, UserId};
 use serde_json::Value;
 
-use crate::{Hearth, Result, store::Direction};
+use crate::{
+    Hearth, Result,
+    pdu::StoredEvent,
+    store::{Direction, MembershipRecord},
+    sync::SyncToken,
+};
 
 /// Events counted per store read; a larger backlog is counted over later syncs.
 const SCAN_BATCH: i64 = 1000;
@@ -21,6 +29,10 @@ const MAX_TALLIES: usize = 100_000;
 struct Tally {
     /// The read position the counts start after.
     after: i64,
+    /// `after` was read at this receipt-stream position and membership; while
+    /// neither moves it still holds.
+    misc_seen: i64,
+    joined_at: i64,
     /// Events up to here are counted.
     scanned_to: i64,
     notifications: u64,
@@ -57,69 +69,112 @@ impl Hearth {
         &self,
         room_id: &RoomId,
         user: &UserId,
-        upto: i64,
+        membership: &MembershipRecord,
+        upto: SyncToken,
+        known: Option<(i64, &[Arc<StoredEvent>])>,
     ) -> Result<(u64, u64)> {
-        let after = match self
-            .store
-            .read_position(room_id.as_str(), user.as_str())
-            .await?
-        {
-            Some(pos) => pos,
-            None => match self
+        let (room, who) = (room_id.as_str(), user.as_str());
+        let joined_at = membership.stream_ordering;
+        let cached = self
+            .unread
+            .get(room, who)
+            .filter(|t| t.joined_at == joined_at && t.scanned_to <= upto.events);
+        let after = match cached.filter(|t| t.misc_seen == upto.misc) {
+            Some(t) => t.after,
+            // Events from before the user (re)joined are not theirs to read.
+            None => self
                 .store
-                .membership(room_id.as_str(), user.as_str())
+                .read_position(room, who)
                 .await?
-            {
-                Some(m) => m.stream_ordering,
-                None => return Ok((0, 0)),
+                .map_or(joined_at, |read| read.max(joined_at)),
+        };
+        let mut tally = match cached.filter(|t| t.after == after) {
+            Some(t) => t,
+            None => Tally {
+                after,
+                misc_seen: upto.misc,
+                joined_at,
+                scanned_to: after,
+                notifications: 0,
+                highlights: 0,
             },
         };
-        let fresh = Tally {
-            after,
-            scanned_to: after,
-            notifications: 0,
-            highlights: 0,
-        };
-        let mut tally = self
-            .unread
-            .get(room_id.as_str(), user.as_str())
-            .filter(|t| t.after == after && t.scanned_to <= upto)
-            .unwrap_or(fresh);
-        if tally.scanned_to < upto {
+        let unchanged = cached == Some(tally) && tally.misc_seen == upto.misc;
+        tally.misc_seen = upto.misc;
+        // The caller may hold every event of the room after some position:
+        // then nothing needs reading.
+        let held = known.filter(|(from, _)| *from <= tally.scanned_to);
+        if let Some((_, events)) = held
+            && tally.scanned_to < upto.events
+        {
+            let mut displayname = None;
+            let from = tally.scanned_to;
+            for e in events.iter().filter(|e| e.stream_ordering > from) {
+                self.tally_event(&mut tally, e, user, &mut displayname)
+                    .await?;
+            }
+            tally.scanned_to = upto.events;
+        } else if tally.scanned_to < upto.events {
             let events = self
                 .store
                 .room_events(
-                    room_id.as_str(),
+                    room,
                     tally.scanned_to,
-                    Some(upto),
+                    Some(upto.events),
                     Direction::Forward,
                     SCAN_BATCH,
                 )
                 .await?;
             tally.scanned_to = match events.last() {
                 Some(last) if events.len() as i64 == SCAN_BATCH => last.stream_ordering,
-                _ => upto,
+                _ => upto.events,
             };
-            if !events.is_empty() {
-                let displayname = self
-                    .store
+            let mut displayname = None;
+            for e in &events {
+                self.tally_event(&mut tally, e, user, &mut displayname)
+                    .await?;
+            }
+        } else if unchanged {
+            return Ok((tally.notifications, tally.highlights));
+        }
+        self.unread.put(room, who, tally);
+        Ok((tally.notifications, tally.highlights))
+    }
+}
+
+impl Hearth {
+    /// Counts one event into a tally. The display name is looked up once per
+    /// batch, and only if some event needs it.
+    async fn tally_event(
+        &self,
+        tally: &mut Tally,
+        e: &StoredEvent,
+        user: &UserId,
+        displayname: &mut Option<Option<String>>,
+    ) -> Result<()> {
+        if e.pdu.sender == user || !notifies(&e.pdu.kind.to_string()) {
+            return Ok(());
+        }
+        tally.notifications += 1;
+        let content = e.pdu.content_value();
+        if mentions(&content, user, None) {
+            tally.highlights += 1;
+            return Ok(());
+        }
+        if displayname.is_none() {
+            *displayname = Some(
+                self.store
                     .get_user(user.as_str())
                     .await?
-                    .and_then(|u| u.displayname);
-                for e in &events {
-                    let kind = e.pdu.kind.to_string();
-                    if e.pdu.sender == user || !notifies(&kind) {
-                        continue;
-                    }
-                    tally.notifications += 1;
-                    if mentions(&e.pdu.content_value(), user, displayname.as_deref()) {
-                        tally.highlights += 1;
-                    }
-                }
-            }
-            self.unread.put(room_id.as_str(), user.as_str(), tally);
+                    .and_then(|u| u.displayname),
+            );
         }
-        Ok((tally.notifications, tally.highlights))
+        if let Some(Some(name)) = displayname.as_ref()
+            && mentions(&content, user, Some(name))
+        {
+            tally.highlights += 1;
+        }
+        Ok(())
     }
 }
 
@@ -167,6 +222,8 @@ mod tests {
         let c = UnreadCache::default();
         let t = Tally {
             after: 1,
+            misc_seen: 0,
+            joined_at: 1,
             scanned_to: 2,
             notifications: 1,
             highlights: 0,

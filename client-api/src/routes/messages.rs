@@ -57,10 +57,13 @@ pub(crate) async fn send_message(
     content: Map<String, Value>,
 ) -> ApiResult<String> {
     let room_id = parse_room_id(room_id)?;
-    if let Some(existing) = h
-        .store
-        .txn_event(s.user_id.as_str(), &s.device_id, txn_id)
-        .await?
+    // A retry must not count against the rate limit. Without limits the
+    // writer's own duplicate check is enough, so skip the extra read.
+    if h.config.rate_limits.enabled
+        && let Some(existing) = h
+            .store
+            .txn_event(s.user_id.as_str(), &s.device_id, txn_id)
+            .await?
     {
         return Ok(existing);
     }

@@ -7,6 +7,7 @@
 
 mod create;
 mod membership;
+mod recent;
 mod visibility;
 mod writer;
 
@@ -19,6 +20,7 @@ use ruma::{OwnedEventId, OwnedUserId, RoomVersionId};
 use serde_json::Value;
 
 pub use create::CreateRoom;
+pub use recent::RecentEvents;
 pub use visibility::HistoryVisibility;
 
 use crate::pdu::Pdu;
@@ -69,6 +71,7 @@ pub(crate) struct RoomCache {
 #[derive(Default)]
 pub struct Rooms {
     handles: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<RoomCache>>>>>,
+    pub recent: RecentEvents,
 }
 
 impl Rooms {

@@ -3,7 +3,7 @@
 use ruma::{RoomId, UserId};
 use serde_json::Value;
 
-use crate::{Hearth, Result, pdu::StoredEvent};
+use crate::{Hearth, Result, pdu::StoredEvent, store::MembershipRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryVisibility {
@@ -75,18 +75,30 @@ impl Hearth {
             .store
             .membership(room_id.as_str(), user.as_str())
             .await?;
+        self.filter_visible_as(room_id, user, current.as_ref(), events)
+            .await
+    }
+
+    /// `filter_visible` for a caller that already has the user's current
+    /// membership record.
+    pub async fn filter_visible_as(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        current: Option<&MembershipRecord>,
+        events: Vec<StoredEvent>,
+    ) -> Result<Vec<StoredEvent>> {
         // A member who joined at or before an event was joined when it was
         // sent, and joined members see everything: no per-event state lookup.
         let joined_since = current
-            .as_ref()
             .filter(|m| m.membership == "join")
             .map(|m| m.stream_ordering);
-        let current = current.map(|m| m.membership);
+        let current = current.map(|m| m.membership.as_str());
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             if joined_since.is_some_and(|j| j <= ev.stream_ordering)
                 || self
-                    .can_see_at(room_id, user, ev.stream_ordering, current.as_deref())
+                    .can_see_at(room_id, user, ev.stream_ordering, current)
                     .await?
             {
                 out.push(ev);

@@ -31,11 +31,11 @@ impl Hearth {
             .await?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
-        let latest = self
-            .store
-            .latest_event(room_id)
-            .await?
-            .map(|e| (e.pdu.event_id.clone(), e.pdu.depth));
+        let newest = self.store.latest_event(room_id).await?;
+        self.rooms
+            .recent
+            .start(room_id, newest.as_ref().map_or(0, |e| e.stream_ordering));
+        let latest = newest.map(|e| (e.pdu.event_id.clone(), e.pdu.depth));
         let mut state = HashMap::new();
         for ev in self.store.current_state(room_id).await? {
             let key = (
@@ -159,12 +159,14 @@ impl Hearth {
         self.store
             .create_room(room_id.as_str(), version.as_str(), creator.as_str())
             .await?;
-        self.store
+        let ordering = self
+            .store
             .persist_event(&EventToPersist {
                 pdu: pdu.clone(),
                 txn: None,
             })
             .await?;
+        self.rooms.recent.start(room_id.as_str(), ordering);
         let mut state = HashMap::new();
         state.insert(
             ("m.room.create".to_owned(), String::new()),
@@ -186,14 +188,6 @@ impl Hearth {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
 
-        if let Some((device, txn_id)) = &new.txn
-            && let Some(existing) = self
-                .store
-                .txn_event(new.sender.as_str(), device, txn_id)
-                .await?
-        {
-            return OwnedEventId::try_from(existing).map_err(Error::internal);
-        }
         if guard.is_none() {
             *guard = Some(self.load_room(room_id.as_str()).await?);
         }
@@ -274,12 +268,27 @@ impl Hearth {
             .txn
             .as_ref()
             .map(|(d, t)| (new.sender.to_string(), d.clone(), t.clone()));
-        self.store
+        // A retried client transaction is caught by the store, which answers
+        // with the event the first attempt committed.
+        let ordering = match self
+            .store
             .persist_event(&EventToPersist {
                 pdu: pdu.clone(),
                 txn,
             })
-            .await?;
+            .await
+        {
+            Ok(ordering) => ordering,
+            Err(Error::DuplicateTransaction { event_id }) => {
+                return OwnedEventId::try_from(event_id).map_err(Error::internal);
+            }
+            Err(e) => return Err(e),
+        };
+        self.rooms.recent.push(StoredEvent {
+            pdu: pdu.clone(),
+            stream_ordering: ordering,
+            txn: new.txn.clone(),
+        });
 
         cache.latest = Some((event_id.clone(), depth));
         // Who must hear of it: the room's members before and after this event
@@ -333,13 +342,16 @@ impl Hearth {
             Some(ruma::canonical_json::RedactedBecause::from_json(because)),
         )
         .map_err(Error::internal)?;
+        let redacted = serde_json::to_value(&redacted)?;
         self.store
-            .store_redacted(
-                target.as_str(),
-                &serde_json::to_value(&redacted)?,
-                redaction.event_id.as_str(),
-            )
-            .await
+            .store_redacted(target.as_str(), &redacted, redaction.event_id.as_str())
+            .await?;
+        if let Value::Object(map) = redacted {
+            self.rooms
+                .recent
+                .replace(Pdu::from_json(target.clone(), map)?);
+        }
+        Ok(())
     }
 }
 

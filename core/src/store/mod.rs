@@ -189,13 +189,14 @@ pub trait RoomStore: Send + Sync {
         dir: Direction,
         limit: i64,
     ) -> Result<Vec<StoredEvent>>;
-    /// The rooms that have events with `after < ordering <= upto`.
+    /// The rooms that have events with `after < ordering <= upto`, each with
+    /// the newest such ordering.
     async fn rooms_with_events(
         &self,
         room_ids: &[String],
         after: i64,
         upto: i64,
-    ) -> Result<Vec<String>>;
+    ) -> Result<Vec<(String, i64)>>;
     async fn max_stream_ordering(&self) -> Result<i64>;
 
     async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>>;

@@ -44,7 +44,7 @@ impl AccountStore for SqliteStore {
         .bind(password_hash)
         .bind(is_admin as i64)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if res.rows_affected() == 0 {
             return Err(Error::UserInUse);
@@ -64,13 +64,13 @@ impl AccountStore for SqliteStore {
         sqlx::query("UPDATE users SET password_hash = ? WHERE user_id = ?")
             .bind(hash)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
 
     async fn deactivate_user(&self, user_id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, avatar_url = NULL WHERE user_id = ?")
             .bind(user_id)
             .execute(&mut *tx)
@@ -84,6 +84,7 @@ impl AccountStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.tokens.forget_all();
         Ok(())
     }
 
@@ -91,7 +92,7 @@ impl AccountStore for SqliteStore {
         sqlx::query("UPDATE users SET displayname = ? WHERE user_id = ?")
             .bind(name)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -100,7 +101,7 @@ impl AccountStore for SqliteStore {
         sqlx::query("UPDATE users SET avatar_url = ? WHERE user_id = ?")
             .bind(url)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -130,7 +131,7 @@ impl AccountStore for SqliteStore {
         display_name: Option<&str>,
         token_hash: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES (?, ?, ?, ?)
              ON CONFLICT (user_id, device_id) DO UPDATE SET
@@ -156,22 +157,27 @@ impl AccountStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.tokens.forget_device(user_id, device_id);
         Ok(())
     }
 
     async fn find_token(&self, token_hash: &str) -> Result<Option<(String, String)>> {
+        if let Some(owner) = self.tokens.get(token_hash) {
+            return Ok(Some(owner));
+        }
+        let generation = self.tokens.generation();
         let row = sqlx::query("SELECT user_id, device_id FROM access_tokens WHERE token_hash = ?")
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match row {
-            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
-            None => None,
-        })
+        let Some(r) = row else { return Ok(None) };
+        let owner: (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        self.tokens.insert(generation, token_hash, owner.clone());
+        Ok(Some(owner))
     }
 
     async fn delete_token(&self, token_hash: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let row = sqlx::query(
             "DELETE FROM access_tokens WHERE token_hash = ? RETURNING user_id, device_id",
         )
@@ -188,6 +194,7 @@ impl AccountStore for SqliteStore {
                 .await?;
         }
         tx.commit().await?;
+        self.tokens.forget_all();
         Ok(())
     }
 
@@ -219,13 +226,13 @@ impl AccountStore for SqliteStore {
                 .bind(name)
                 .bind(user_id)
                 .bind(device_id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(res.rows_affected() > 0)
     }
 
     async fn delete_devices(&self, user_id: &str, device_ids: Option<&[String]>) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         match device_ids {
             None => {
                 sqlx::query("DELETE FROM access_tokens WHERE user_id = ?")
@@ -253,6 +260,7 @@ impl AccountStore for SqliteStore {
             }
         }
         tx.commit().await?;
+        self.tokens.forget_all();
         Ok(())
     }
 
@@ -261,7 +269,7 @@ impl AccountStore for SqliteStore {
         user_id: &str,
         keep_token_hash: Option<&str>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let keep_device: Option<String> = match keep_token_hash {
             Some(h) => {
                 sqlx::query_scalar("SELECT device_id FROM access_tokens WHERE token_hash = ?")
@@ -283,6 +291,7 @@ impl AccountStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.tokens.forget_all();
         Ok(())
     }
 
@@ -298,7 +307,7 @@ impl AccountStore for SqliteStore {
             .bind(ts)
             .bind(user_id)
             .bind(device_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -309,7 +318,7 @@ impl AccountStore for SqliteStore {
         )
         .bind(user_id)
         .bind(filter.to_string())
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(id.to_string())
     }

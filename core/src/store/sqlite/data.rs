@@ -39,7 +39,7 @@ impl DataStore for SqliteStore {
         data_type: &str,
         content: &Value,
     ) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let id = next_misc_id(&mut tx).await?;
         sqlx::query(
             "INSERT INTO account_data (user_id, room_id, data_type, content, stream_id) VALUES (?, ?, ?, ?, ?)
@@ -53,6 +53,7 @@ impl DataStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.positions.advance_misc(id);
         Ok(id)
     }
 
@@ -105,7 +106,7 @@ impl DataStore for SqliteStore {
     }
 
     async fn put_receipt(&self, r: &ReceiptRecord) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let id = next_misc_id(&mut tx).await?;
         sqlx::query(
             "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts, stream_id)
@@ -123,6 +124,7 @@ impl DataStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.positions.advance_misc(id);
         Ok(id)
     }
 
@@ -183,11 +185,7 @@ impl DataStore for SqliteStore {
     }
 
     async fn max_misc_stream_id(&self) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
-                .fetch_one(&self.pool)
-                .await?,
-        )
+        Ok(self.positions.misc())
     }
 
     async fn put_media(&self, m: &MediaRecord) -> Result<()> {
@@ -200,7 +198,7 @@ impl DataStore for SqliteStore {
         .bind(m.size)
         .bind(&m.uploader)
         .bind(m.created_ts)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -237,7 +235,7 @@ impl DataStore for SqliteStore {
             .bind(key_id)
             .bind(pkcs8)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

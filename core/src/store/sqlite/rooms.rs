@@ -30,7 +30,7 @@ impl RoomStore for SqliteStore {
         .bind(version)
         .bind(creator)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -48,7 +48,7 @@ impl RoomStore for SqliteStore {
         sqlx::query("UPDATE rooms SET is_public = ? WHERE room_id = ?")
             .bind(public as i64)
             .bind(room_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -70,92 +70,7 @@ impl RoomStore for SqliteStore {
     }
 
     async fn persist_event(&self, ev: &EventToPersist) -> Result<i64> {
-        let pdu = &ev.pdu;
-        let json = serde_json::to_string(&pdu.json)?;
-        let kind = pdu.kind.to_string();
-        let relates_to = pdu
-            .json
-            .get("content")
-            .and_then(|c| c.get("m.relates_to"))
-            .and_then(|r| r.get("event_id"))
-            .and_then(Value::as_str);
-        let mut tx = self.pool.begin().await?;
-        let ordering: i64 = sqlx::query_scalar(
-            "INSERT INTO events (event_id, room_id, sender, event_type, state_key, depth, origin_server_ts,
-                                 json, txn_device, txn_id, relates_to)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING stream_ordering",
-        )
-        .bind(pdu.event_id.as_str())
-        .bind(pdu.room_id.as_str())
-        .bind(pdu.sender.as_str())
-        .bind(&kind)
-        .bind(pdu.state_key.as_deref())
-        .bind(pdu.depth as i64)
-        .bind(i64::from(pdu.origin_server_ts.get()))
-        .bind(&json)
-        .bind(ev.txn.as_ref().map(|t| t.1.as_str()))
-        .bind(ev.txn.as_ref().map(|t| t.2.as_str()))
-        .bind(relates_to)
-        .fetch_one(&mut *tx)
-        .await?;
-        if let Some(state_key) = &pdu.state_key {
-            sqlx::query(
-                "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(pdu.room_id.as_str())
-            .bind(&kind)
-            .bind(state_key)
-            .bind(pdu.event_id.as_str())
-            .bind(ordering)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO current_state (room_id, event_type, state_key, event_id, stream_ordering) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
-                   event_id = excluded.event_id, stream_ordering = excluded.stream_ordering",
-            )
-            .bind(pdu.room_id.as_str())
-            .bind(&kind)
-            .bind(state_key)
-            .bind(pdu.event_id.as_str())
-            .bind(ordering)
-            .execute(&mut *tx)
-            .await?;
-            if kind == "m.room.member" {
-                let membership = pdu
-                    .json
-                    .get("content")
-                    .and_then(|c| c.get("membership"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("leave");
-                sqlx::query(
-                    "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
-                     VALUES (?, ?, ?, ?, ?, 0)
-                     ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
-                       event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
-                )
-                .bind(pdu.room_id.as_str())
-                .bind(state_key)
-                .bind(membership)
-                .bind(pdu.event_id.as_str())
-                .bind(ordering)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if let Some((user, device, txn_id)) = &ev.txn {
-            sqlx::query(
-                "INSERT INTO txn_ids (user_id, device_id, txn_id, event_id) VALUES (?, ?, ?, ?)",
-            )
-            .bind(user)
-            .bind(device)
-            .bind(txn_id)
-            .bind(pdu.event_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(ordering)
+        self.commits.persist(ev.clone()).await
     }
 
     async fn txn_event(
@@ -194,7 +109,7 @@ impl RoomStore for SqliteStore {
             .bind(redacted_json.to_string())
             .bind(redacted_by)
             .bind(event_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -337,12 +252,13 @@ impl RoomStore for SqliteStore {
         room_ids: &[String],
         after: i64,
         upto: i64,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<(String, i64)>> {
         if room_ids.is_empty() || after >= upto {
             return Ok(vec![]);
         }
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT DISTINCT room_id FROM events WHERE stream_ordering > ");
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT room_id, max(stream_ordering) FROM events WHERE stream_ordering > ",
+        );
         qb.push_bind(after)
             .push(" AND stream_ordering <= ")
             .push_bind(upto)
@@ -351,18 +267,15 @@ impl RoomStore for SqliteStore {
         for id in room_ids {
             sep.push_bind(id);
         }
-        qb.push(")");
+        qb.push(") GROUP BY room_id");
         let rows = qb.build().fetch_all(&self.pool).await?;
         rows.iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
     }
 
     async fn max_stream_ordering(&self) -> Result<i64> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT max(stream_ordering) FROM events")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(v.unwrap_or(0))
+        Ok(self.positions.events())
     }
 
     async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>> {
@@ -409,7 +322,7 @@ impl RoomStore for SqliteStore {
         sqlx::query("UPDATE memberships SET forgotten = 1 WHERE room_id = ? AND user_id = ?")
             .bind(room_id)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -440,7 +353,7 @@ impl RoomStore for SqliteStore {
             .bind(alias)
             .bind(room_id)
             .bind(creator)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         if res.rows_affected() == 0 {
             return Err(Error::RoomInUse);
@@ -462,7 +375,7 @@ impl RoomStore for SqliteStore {
     async fn delete_alias(&self, alias: &str) -> Result<bool> {
         let res = sqlx::query("DELETE FROM room_aliases WHERE alias = ?")
             .bind(alias)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(res.rows_affected() > 0)
     }
