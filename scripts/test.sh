@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): lint, unit and integration tests, the
 # conformance suite and the matrix-nio client test against a freshly started
-# Hearth. Installs what it needs; safe to run again.
+# Hearth, once on embedded SQLite and once on Postgres (started if it is down).
+# Installs what it needs; safe to run again.
 #   HEARTH_TEST_SYNAPSE=1  also runs the conformance suite against Synapse.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,41 +23,77 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build"
 cargo build --workspace --all-targets --locked
 
-step "unit and integration tests"
+step "Postgres"
+pg_base=${HEARTH_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432}
+if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+  for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1 && break; sleep 0.2; done
+fi
+psql "$pg_base/postgres" -qtc 'SELECT 1' >/dev/null
+
+step "unit and integration tests (SQLite)"
 cargo test --workspace --locked
+
+step "integration tests (Postgres)"
+HEARTH_TEST_POSTGRES="$pg_base" cargo test -p homeserver --locked --tests
 
 step "python client environment"
 bash tests/clients/setup.sh
 
-# A fresh Hearth on a free loopback port, stopped on exit.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-data=$(mktemp -d /tmp/hearth-test-XXXXXX)
-"$root/target/debug/homeserver" --listen "127.0.0.1:$port" --data-dir "$data" --rate-limits false \
-  >"$data/server.log" 2>&1 &
-hs_pid=$!
-cleanup() {
-  kill "$hs_pid" 2>/dev/null || true
-  wait "$hs_pid" 2>/dev/null || true
-  rm -rf "$data"
+# A fresh Hearth on a free loopback port, stopped on exit; with a database
+# url, on a fresh Postgres database, dropped on exit.
+hs_pid=""
+data=""
+db_name=""
+stop_server() {
+  if [ -n "$hs_pid" ]; then
+    kill "$hs_pid" 2>/dev/null || true
+    wait "$hs_pid" 2>/dev/null || true
+  fi
+  [ -n "$data" ] && rm -rf "$data"
+  if [ -n "$db_name" ]; then
+    psql "$pg_base/postgres" -qc "DROP DATABASE IF EXISTS $db_name WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+  hs_pid="" data="" db_name=""
 }
-trap cleanup EXIT
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
-  sleep 0.1
+trap stop_server EXIT
+
+start_server() {
+  local mode=$1 extra=()
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  data=$(mktemp -d /tmp/hearth-test-XXXXXX)
+  if [ "$mode" = postgres ]; then
+    db_name="hearth_suite_$$_$RANDOM"
+    psql "$pg_base/postgres" -qc "CREATE DATABASE $db_name" >/dev/null
+    extra=(--database-url "$pg_base/$db_name")
+  fi
+  "$root/target/debug/homeserver" --listen "127.0.0.1:$port" --data-dir "$data" --rate-limits false \
+    "${extra[@]}" >"$data/server.log" 2>&1 &
+  hs_pid=$!
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  url="http://127.0.0.1:$port"
+}
+
+for mode in sqlite postgres; do
+  start_server "$mode"
+
+  step "conformance suite against Hearth, $mode ($url)"
+  if ! "$root/target/debug/conformance" --hs "$url"; then
+    tail -50 "$data/server.log" >&2
+    exit 1
+  fi
+
+  step "matrix-nio client test against Hearth, $mode"
+  HEARTH_URL="$url" "$root/.venv-clients/bin/pytest" -q tests/clients
+
+  step "bench smoke against Hearth, $mode (correctness only)"
+  "$root/target/debug/bench" --hs "hearth=$url" --smoke --scenarios unloaded,pairs,group8,room256,idle,idle_ws
+
+  stop_server
 done
-url="http://127.0.0.1:$port"
-
-step "conformance suite against Hearth ($url)"
-if ! "$root/target/debug/conformance" --hs "$url"; then
-  tail -50 "$data/server.log" >&2
-  exit 1
-fi
-
-step "matrix-nio client test against Hearth"
-HEARTH_URL="$url" "$root/.venv-clients/bin/pytest" -q tests/clients
-
-step "bench smoke against Hearth (correctness only)"
-"$root/target/debug/bench" --hs "hearth=$url" --smoke --scenarios unloaded,pairs,group8,room256,idle,idle_ws
 
 if [ "${HEARTH_TEST_SYNAPSE:-0}" = 1 ]; then
   step "conformance suite against Synapse"

@@ -84,6 +84,9 @@ async fn main() -> Result<()> {
         let scenario = Scenario::named(name, Duration::from_secs(secs), args.idle, args.smoke)?;
         let mut row = vec![];
         for server in &servers {
+            if !args.smoke {
+                wait_for_quiet_machine().await;
+            }
             eprintln!("running {name} on {}", server.name);
             let outcome = scenario
                 .run(server)
@@ -106,6 +109,41 @@ async fn main() -> Result<()> {
     }
     println!("correctness: 0 lost, 0 duplicated, 0 out of order ({deliveries} deliveries checked)");
     Ok(())
+}
+
+/// Waits (up to a minute) until the machine's CPUs are nearly idle, so one
+/// server's leftover work from the previous scenario (queues it is still
+/// draining, database vacuum) does not land in the next measurement.
+async fn wait_for_quiet_machine() {
+    const BUSY_BELOW: f64 = 0.10;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = cpu_times();
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu_times();
+        if let (Some((busy0, total0)), Some((busy1, total1))) = (last, now) {
+            let total = total1.saturating_sub(total0);
+            if total > 0 && (busy1.saturating_sub(busy0) as f64 / total as f64) < BUSY_BELOW {
+                return;
+            }
+        }
+        last = now;
+    }
+    eprintln!("machine still busy after 60 s; measuring anyway");
+}
+
+/// (busy, total) jiffies over all CPUs, from /proc/stat.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
 }
 
 fn fmt_ms(d: Option<Duration>) -> String {

@@ -24,6 +24,16 @@ pub struct FileConfig {
     pub registration: RegistrationSection,
     #[serde(default)]
     pub rate_limits: RateLimitSection,
+    #[serde(default)]
+    pub database: DatabaseSection,
+}
+
+/// Where the data lives: absent `url` means the embedded SQLite file in
+/// `data_dir`; a `postgres://` url means Postgres.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -69,6 +79,9 @@ pub struct Overrides {
     /// Turn rate limiting on or off.
     #[arg(long, env = "HEARTH_RATE_LIMITS")]
     pub rate_limits: Option<bool>,
+    /// Postgres database url (postgres://…); without it data is kept in SQLite.
+    #[arg(long, env = "HEARTH_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Largest media upload in bytes.
     #[arg(long, env = "HEARTH_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<u64>,
@@ -77,6 +90,8 @@ pub struct Overrides {
 pub struct Config {
     pub core: CoreConfig,
     pub listen: SocketAddr,
+    /// Postgres url, or None for the embedded SQLite database.
+    pub database_url: Option<String>,
 }
 
 pub fn load(o: &Overrides) -> Result<Config> {
@@ -108,6 +123,13 @@ pub fn load(o: &Overrides) -> Result<Config> {
         .clone()
         .or(file.data_dir)
         .unwrap_or_else(|| PathBuf::from("./data"));
+
+    let database_url = o.database_url.clone().or(file.database.url);
+    if let Some(url) = &database_url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        bail!("database url must start with postgres:// (got {url:?})");
+    }
 
     let mut core = CoreConfig::new(server_name, data_dir);
     core.public_base_url = file.public_base_url;
@@ -144,5 +166,9 @@ pub fn load(o: &Overrides) -> Result<Config> {
         register_per_second: r.register_per_second.unwrap_or(d.register_per_second),
         register_burst: r.register_burst.unwrap_or(d.register_burst),
     };
-    Ok(Config { core, listen })
+    Ok(Config {
+        core,
+        listen,
+        database_url,
+    })
 }

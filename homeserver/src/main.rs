@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use hearth_core::{Hearth, store::sqlite::SqliteStore};
+use hearth_core::{
+    Hearth,
+    store::{Store, postgres::PgStore, sqlite::SqliteStore},
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -50,12 +53,19 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let cfg = config::load(&cli.overrides)?;
-    let store = Arc::new(
-        SqliteStore::open(&cfg.core.data_dir.join("hearth.db"))
-            .await
-            .context("opening the database")?,
-    );
-    let hearth = Hearth::new(cfg.core.clone(), store.clone()).await?;
+    let backend = match &cfg.database_url {
+        Some(url) => Backend::Postgres(Arc::new(
+            PgStore::connect(url)
+                .await
+                .context("connecting to the Postgres database")?,
+        )),
+        None => Backend::Sqlite(Arc::new(
+            SqliteStore::open(&cfg.core.data_dir.join("hearth.db"))
+                .await
+                .context("opening the database")?,
+        )),
+    };
+    let hearth = Hearth::new(cfg.core.clone(), backend.store()).await?;
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::CreateUser {
@@ -95,8 +105,29 @@ async fn main() -> Result<()> {
             tracing::info!("shutting down");
         }
     }
-    store.close().await;
+    backend.close().await;
     Ok(())
+}
+
+enum Backend {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(Arc<PgStore>),
+}
+
+impl Backend {
+    fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(s) => s.clone(),
+            Backend::Postgres(s) => s.clone(),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(s) => s.close().await,
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -13,7 +13,7 @@ use hearth_core::{
         serde::Base64,
         signatures::{PublicKeyMap, PublicKeySet, verify_event},
     },
-    store::{DataStore, RoomStore, sqlite::SqliteStore},
+    store::{Store, postgres::PgStore, sqlite::SqliteStore},
 };
 use serde_json::{Value, json};
 
@@ -73,9 +73,23 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
     let event_id = alice.send_text(&room, "t1", "signed").await;
     let token = alice.token.clone().expect("token");
 
-    let store = SqliteStore::open(&hs.data_dir().join("hearth.db"))
-        .await
-        .expect("open db");
+    // Read what the server wrote, straight from its database.
+    let (sqlite, postgres) = match &hs.database_url {
+        Some(url) => (None, Some(PgStore::connect(url).await.expect("connect db"))),
+        None => (
+            Some(
+                SqliteStore::open(&hs.data_dir().join("hearth.db"))
+                    .await
+                    .expect("open db"),
+            ),
+            None,
+        ),
+    };
+    let store: &dyn Store = match (&sqlite, &postgres) {
+        (Some(s), _) => s,
+        (_, Some(p)) => p,
+        _ => unreachable!("one backend is open"),
+    };
     let ev = store
         .get_event(&event_id)
         .await
@@ -112,12 +126,19 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
         "hash mismatch must be detected"
     );
 
-    // The access token is nowhere in the database files in clear.
-    store.close().await;
-    for f in ["hearth.db", "hearth.db-wal"] {
-        if let Ok(bytes) = std::fs::read(hs.data_dir().join(f)) {
-            let found = bytes.windows(token.len()).any(|w| w == token.as_bytes());
-            assert!(!found, "plaintext token found in {f}");
+    // The access token is nowhere in the database in clear.
+    let stored_plain = store.find_token(&token).await.expect("query");
+    assert_eq!(stored_plain, None, "the token is stored in clear");
+    if let Some(p) = &postgres {
+        p.close().await;
+    }
+    if let Some(s) = &sqlite {
+        s.close().await;
+        for f in ["hearth.db", "hearth.db-wal"] {
+            if let Ok(bytes) = std::fs::read(hs.data_dir().join(f)) {
+                let found = bytes.windows(token.len()).any(|w| w == token.as_bytes());
+                assert!(!found, "plaintext token found in {f}");
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Storage behind traits, so the SQLite (embedded) and Postgres (scale-out)
 //! backends are interchangeable. Each trait is one area of the schema.
 
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 pub struct TestServer {
     pub url: String,
     pub data_dir: PathBuf,
+    /// Set when the suite runs in Postgres mode: this server's own database.
+    pub database_url: Option<String>,
     port: u16,
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -57,6 +59,7 @@ impl TestServer {
         let mut s = TestServer {
             url: String::new(),
             data_dir,
+            database_url: create_test_database(),
             port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -73,6 +76,9 @@ impl TestServer {
             "--data-dir".to_string(),
             self.data_dir.display().to_string(),
         ];
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".to_string(), url.clone()]);
+        }
         if !self.extra_args.iter().any(|a| a == "--rate-limits") {
             args.extend(["--rate-limits".to_string(), "false".to_string()]);
         }
@@ -156,6 +162,57 @@ impl Drop for TestServer {
         if self.owns_dir {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
+        if let Some(url) = &self.database_url {
+            drop_test_database(url);
+        }
+    }
+}
+
+/// `HEARTH_TEST_POSTGRES` (a server url such as
+/// `postgres://postgres@127.0.0.1:5432`) runs every test server on Postgres,
+/// each on a database of its own that is dropped afterwards.
+pub fn postgres_base() -> Option<String> {
+    std::env::var("HEARTH_TEST_POSTGRES")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_end_matches('/').to_owned())
+}
+
+fn psql(base: &str, sql: &str) {
+    let status = Command::new("psql")
+        .args([
+            &format!("{base}/postgres"),
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run psql");
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+fn create_test_database() -> Option<String> {
+    let base = postgres_base()?;
+    let name = format!("hearth_test_{}_{}", std::process::id(), rand_suffix());
+    psql(&base, &format!("CREATE DATABASE {name}"));
+    Some(format!("{base}/{name}"))
+}
+
+fn drop_test_database(url: &str) {
+    if let (Some(base), Some((_, name))) = (postgres_base(), url.rsplit_once('/')) {
+        let _ = Command::new("psql")
+            .args([
+                &format!("{base}/postgres"),
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 

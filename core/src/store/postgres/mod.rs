@@ -1,0 +1,60 @@
+//! The scale-out backend: Postgres, through the same queries as SQLite. A
+//! commit returns once Postgres has flushed it (`synchronous_commit` on).
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    Postgres,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::sql::{SqlStore, from_pools};
+use crate::Result;
+
+mod accounts {
+    crate::store::sql::accounts::impl_account_store!(sqlx::Postgres);
+}
+mod data {
+    crate::store::sql::data::impl_data_store!(sqlx::Postgres);
+}
+mod events {
+    crate::store::sql::events::impl_commit_events!(sqlx::Postgres);
+}
+mod rooms {
+    crate::store::sql::rooms::impl_room_store!(
+        sqlx::Postgres,
+        "(e.json::jsonb -> 'content' ->> 'join_rule')"
+    );
+}
+
+pub type PgStore = SqlStore<Postgres>;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+impl SqlStore<Postgres> {
+    /// Connects to the database at `url` and applies migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url)?
+            .application_name("hearth")
+            .options([("synchronous_commit", "on")]);
+        let writer = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        let events: Option<i64> = sqlx::query_scalar("SELECT max(stream_ordering) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        let misc: i64 = sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
+            .fetch_one(&pool)
+            .await?;
+        Ok(from_pools(pool, writer, events.unwrap_or(0), misc))
+    }
+}

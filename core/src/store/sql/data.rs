@@ -1,0 +1,252 @@
+//! Account data, receipts, media records and server keys.
+
+/// Expands to the implementation for `SqlStore<$db>`; invoke it inside a
+/// module of its own (it brings its own imports).
+macro_rules! impl_data_store {
+    ($db:ty) => {
+        use async_trait::async_trait;
+        use serde_json::Value;
+        use sqlx::{QueryBuilder, Row};
+
+        use crate::store::sql::now_ms;
+        use crate::{
+            Result,
+            store::{AccountDataRecord, DataStore, MediaRecord, ReceiptRecord},
+        };
+
+        /// Account data and receipts draw positions from one shared sequence, bumped
+        /// inside the writing transaction so positions commit in order.
+        async fn next_misc_id(tx: &mut sqlx::Transaction<'_, $db>) -> Result<i64> {
+            Ok(sqlx::query_scalar(
+                "UPDATE stream_ids SET value = value + 1 WHERE name = 'misc' RETURNING value",
+            )
+            .fetch_one(&mut **tx)
+            .await?)
+        }
+
+        fn receipt_from_row(row: &<$db as sqlx::Database>::Row) -> Result<ReceiptRecord> {
+            Ok(ReceiptRecord {
+                room_id: row.try_get("room_id")?,
+                receipt_type: row.try_get("receipt_type")?,
+                user_id: row.try_get("user_id")?,
+                thread_id: row.try_get("thread_id")?,
+                event_id: row.try_get("event_id")?,
+                ts: row.try_get("ts")?,
+                stream_id: row.try_get("stream_id")?,
+            })
+        }
+
+        #[async_trait]
+        impl DataStore for crate::store::sql::SqlStore<$db> {
+            async fn put_account_data(
+                &self,
+                user_id: &str,
+                room_id: &str,
+                data_type: &str,
+                content: &Value,
+            ) -> Result<i64> {
+                let mut tx = self.writer.begin().await?;
+                let id = next_misc_id(&mut tx).await?;
+                sqlx::query(
+                    "INSERT INTO account_data (user_id, room_id, data_type, content, stream_id) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = excluded.content, stream_id = excluded.stream_id",
+                )
+                .bind(user_id)
+                .bind(room_id)
+                .bind(data_type)
+                .bind(content.to_string())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                self.positions.advance_misc(id);
+                Ok(id)
+            }
+
+            async fn get_account_data(
+                &self,
+                user_id: &str,
+                room_id: &str,
+                data_type: &str,
+            ) -> Result<Option<Value>> {
+                let v: Option<String> = sqlx::query_scalar(
+                    "SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND data_type = $3",
+                )
+                .bind(user_id)
+                .bind(room_id)
+                .bind(data_type)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(match v {
+                    Some(s) => Some(serde_json::from_str(&s)?),
+                    None => None,
+                })
+            }
+
+            async fn account_data_since(
+                &self,
+                user_id: &str,
+                after: i64,
+                upto: i64,
+            ) -> Result<Vec<AccountDataRecord>> {
+                let rows = sqlx::query(
+                    "SELECT room_id, data_type, content, stream_id FROM account_data
+                     WHERE user_id = $1 AND stream_id > $2 AND stream_id <= $3 ORDER BY stream_id",
+                )
+                .bind(user_id)
+                .bind(after)
+                .bind(upto)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        let content: String = r.try_get(2)?;
+                        Ok(AccountDataRecord {
+                            room_id: r.try_get(0)?,
+                            data_type: r.try_get(1)?,
+                            content: serde_json::from_str(&content)?,
+                            stream_id: r.try_get(3)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn put_receipt(&self, r: &ReceiptRecord) -> Result<i64> {
+                let mut tx = self.writer.begin().await?;
+                let id = next_misc_id(&mut tx).await?;
+                sqlx::query(
+                    "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts, stream_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (room_id, receipt_type, user_id, thread_id) DO UPDATE SET
+                       event_id = excluded.event_id, ts = excluded.ts, stream_id = excluded.stream_id",
+                )
+                .bind(&r.room_id)
+                .bind(&r.receipt_type)
+                .bind(&r.user_id)
+                .bind(&r.thread_id)
+                .bind(&r.event_id)
+                .bind(r.ts)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                self.positions.advance_misc(id);
+                Ok(id)
+            }
+
+            async fn receipts_since(
+                &self,
+                room_ids: &[String],
+                after: i64,
+                upto: i64,
+            ) -> Result<Vec<ReceiptRecord>> {
+                if room_ids.is_empty() {
+                    return Ok(vec![]);
+                }
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new("SELECT * FROM receipts WHERE stream_id > ");
+                qb.push_bind(after)
+                    .push(" AND stream_id <= ")
+                    .push_bind(upto)
+                    .push(" AND room_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in room_ids {
+                    sep.push_bind(id);
+                }
+                qb.push(") ORDER BY stream_id");
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter().map(receipt_from_row).collect()
+            }
+
+            async fn user_receipt(
+                &self,
+                room_id: &str,
+                user_id: &str,
+                receipt_types: &[&str],
+            ) -> Result<Option<ReceiptRecord>> {
+                let mut qb: QueryBuilder<$db> =
+                    QueryBuilder::new("SELECT * FROM receipts WHERE room_id = ");
+                qb.push_bind(room_id)
+                    .push(" AND user_id = ")
+                    .push_bind(user_id)
+                    .push(" AND receipt_type IN (");
+                let mut sep = qb.separated(", ");
+                for t in receipt_types {
+                    sep.push_bind(*t);
+                }
+                qb.push(") ORDER BY stream_id DESC LIMIT 1");
+                let row = qb.build().fetch_optional(&self.pool).await?;
+                row.as_ref().map(receipt_from_row).transpose()
+            }
+
+            async fn read_position(&self, room_id: &str, user_id: &str) -> Result<Option<i64>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id
+                     WHERE r.room_id = $1 AND r.user_id = $2 AND r.receipt_type IN ('m.read', 'm.read.private')",
+                )
+                .bind(room_id)
+                .bind(user_id)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn max_misc_stream_id(&self) -> Result<i64> {
+                Ok(self.positions.misc())
+            }
+
+            async fn put_media(&self, m: &MediaRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO media (media_id, content_type, filename, size, uploader, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&m.media_id)
+                .bind(&m.content_type)
+                .bind(&m.filename)
+                .bind(m.size)
+                .bind(&m.uploader)
+                .bind(m.created_ts)
+                .execute(&self.writer)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>> {
+                let row = sqlx::query("SELECT * FROM media WHERE media_id = $1")
+                    .bind(media_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(r) => Some(MediaRecord {
+                        media_id: r.try_get("media_id")?,
+                        content_type: r.try_get("content_type")?,
+                        filename: r.try_get("filename")?,
+                        size: r.try_get("size")?,
+                        uploader: r.try_get("uploader")?,
+                        created_ts: r.try_get("created_ts")?,
+                    }),
+                    None => None,
+                })
+            }
+
+            async fn server_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
+                let rows = sqlx::query("SELECT key_id, pkcs8 FROM server_keys ORDER BY created_ts")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect()
+            }
+
+            async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()> {
+                sqlx::query("INSERT INTO server_keys (key_id, pkcs8, created_ts) VALUES ($1, $2, $3)")
+                    .bind(key_id)
+                    .bind(pkcs8)
+                    .bind(now_ms())
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+        }
+
+    };
+}
+pub(crate) use impl_data_store;

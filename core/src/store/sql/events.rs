@@ -1,0 +1,162 @@
+//! Writing one accepted event: the transaction id claim, the event, its state
+//! and membership index rows.
+
+/// Expands to `CommitEvents` for `$db`; invoke it inside a module of its own.
+macro_rules! impl_commit_events {
+    ($db:ty) => {
+        use serde_json::Value;
+        use sqlx::Connection;
+
+        use crate::{
+            Error, Result,
+            store::{EventToPersist, sql::group_commit::CommitEvents},
+        };
+
+        #[async_trait::async_trait]
+        impl CommitEvents for $db {
+            async fn commit_batch(
+                writer: &sqlx::Pool<$db>,
+                batch: &[&EventToPersist],
+            ) -> Result<Vec<Result<i64>>> {
+                let mut conn = writer.acquire().await?;
+                let mut tx = conn.begin().await?;
+                if let [ev] = batch {
+                    // Alone in the batch: no savepoint needed, the transaction is the event.
+                    return Ok(match insert_event(&mut tx, ev).await {
+                        Ok(ordering) => {
+                            tx.commit().await?;
+                            vec![Ok(ordering)]
+                        }
+                        Err(e) => {
+                            tx.rollback().await?;
+                            vec![Err(e)]
+                        }
+                    });
+                }
+                // Each event in its own savepoint, so one bad event (say a duplicate
+                // txn id) fails alone.
+                let mut results = Vec::with_capacity(batch.len());
+                for ev in batch {
+                    let mut sp = tx.begin().await?;
+                    match insert_event(&mut sp, ev).await {
+                        Ok(ordering) => {
+                            sp.commit().await?;
+                            results.push(Ok(ordering));
+                        }
+                        Err(e) => {
+                            sp.rollback().await?;
+                            results.push(Err(e));
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(results)
+            }
+        }
+
+        /// Writes one event and what it changes (state, membership, txn id).
+        pub(super) async fn insert_event(conn: &mut <$db as sqlx::Database>::Connection, ev: &EventToPersist) -> Result<i64> {
+            let pdu = &ev.pdu;
+            let json = serde_json::to_string(&pdu.json)?;
+            let kind = pdu.kind.to_string();
+            let relates_to = pdu
+                .json
+                .get("content")
+                .and_then(|c| c.get("m.relates_to"))
+                .and_then(|r| r.get("event_id"))
+                .and_then(Value::as_str);
+            // The transaction id first: a client retry is refused here, before
+            // anything else is written, and answered with the first event's id.
+            if let Some((user, device, txn_id)) = &ev.txn {
+                let claimed = sqlx::query(
+                    "INSERT INTO txn_ids (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (user_id, device_id, txn_id) DO NOTHING",
+                )
+                .bind(user)
+                .bind(device)
+                .bind(txn_id)
+                .bind(pdu.event_id.as_str())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                if claimed == 0 {
+                    let event_id: String = sqlx::query_scalar(
+                        "SELECT event_id FROM txn_ids WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
+                    )
+                    .bind(user)
+                    .bind(device)
+                    .bind(txn_id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    return Err(Error::DuplicateTransaction { event_id });
+                }
+            }
+            let ordering: i64 = sqlx::query_scalar(
+                "INSERT INTO events (event_id, room_id, sender, event_type, state_key, depth, origin_server_ts,
+                                     json, txn_device, txn_id, relates_to)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING stream_ordering",
+            )
+            .bind(pdu.event_id.as_str())
+            .bind(pdu.room_id.as_str())
+            .bind(pdu.sender.as_str())
+            .bind(&kind)
+            .bind(pdu.state_key.as_deref())
+            .bind(pdu.depth as i64)
+            .bind(i64::from(pdu.origin_server_ts.get()))
+            .bind(&json)
+            .bind(ev.txn.as_ref().map(|t| t.1.as_str()))
+            .bind(ev.txn.as_ref().map(|t| t.2.as_str()))
+            .bind(relates_to)
+            .fetch_one(&mut *conn)
+            .await?;
+            if let Some(state_key) = &pdu.state_key {
+                sqlx::query(
+                    "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(pdu.room_id.as_str())
+                .bind(&kind)
+                .bind(state_key)
+                .bind(pdu.event_id.as_str())
+                .bind(ordering)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO current_state (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
+                       event_id = excluded.event_id, stream_ordering = excluded.stream_ordering",
+                )
+                .bind(pdu.room_id.as_str())
+                .bind(&kind)
+                .bind(state_key)
+                .bind(pdu.event_id.as_str())
+                .bind(ordering)
+                .execute(&mut *conn)
+                .await?;
+                if kind == "m.room.member" {
+                    let membership = pdu
+                        .json
+                        .get("content")
+                        .and_then(|c| c.get("membership"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("leave");
+                    sqlx::query(
+                        "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
+                         VALUES ($1, $2, $3, $4, $5, 0)
+                         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+                           event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
+                    )
+                    .bind(pdu.room_id.as_str())
+                    .bind(state_key)
+                    .bind(membership)
+                    .bind(pdu.event_id.as_str())
+                    .bind(ordering)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            Ok(ordering)
+        }
+
+    };
+}
+pub(crate) use impl_commit_events;

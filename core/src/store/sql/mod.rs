@@ -1,0 +1,120 @@
+//! What the two relational backends share. The queries are written once, with
+//! `$N` placeholders that SQLite and Postgres both accept, and each backend
+//! instantiates them for its driver (`sqlite/`, `postgres/`); only opening a
+//! database and a few dialect expressions differ.
+//!
+//! Both keep the same shape: reads on a pool, every write through one writer
+//! connection (writers queue in order instead of colliding on locks), events
+//! through the group-commit writer, stream positions and access tokens in
+//! memory because this process is the database's only writer.
+
+pub(crate) mod accounts;
+pub(crate) mod data;
+pub(crate) mod events;
+pub(crate) mod group_commit;
+pub(crate) mod rooms;
+pub(crate) mod token_cache;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicI64, Ordering},
+};
+
+use sqlx::Pool;
+
+use crate::{
+    Error, Result,
+    pdu::{Pdu, StoredEvent},
+};
+
+/// A relational store: SQLite or Postgres.
+pub struct SqlStore<DB: sqlx::Database> {
+    pub(crate) pool: Pool<DB>,
+    pub(crate) writer: Pool<DB>,
+    pub(crate) commits: group_commit::GroupCommit,
+    pub(crate) positions: Arc<Positions>,
+    pub(crate) tokens: Arc<token_cache::TokenCache>,
+}
+
+/// Wraps opened, migrated pools, given the newest committed positions.
+pub(crate) fn from_pools<DB: group_commit::CommitEvents>(
+    pool: Pool<DB>,
+    writer: Pool<DB>,
+    events: i64,
+    misc: i64,
+) -> SqlStore<DB> {
+    let positions = Arc::new(Positions::default());
+    positions.advance_events(events);
+    positions.advance_misc(misc);
+    let commits = group_commit::GroupCommit::start(writer.clone(), positions.clone());
+    SqlStore {
+        pool,
+        writer,
+        commits,
+        positions,
+        tokens: Arc::default(),
+    }
+}
+
+impl<DB: sqlx::Database> SqlStore<DB> {
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
+    }
+}
+
+/// The newest committed position of each stream. Only this process writes the
+/// database, so it can keep them in memory instead of asking on every sync.
+#[derive(Default)]
+pub(crate) struct Positions {
+    events: AtomicI64,
+    misc: AtomicI64,
+}
+
+impl Positions {
+    /// Called after a commit, never before: a reader that sees a position can
+    /// read everything up to it.
+    pub(crate) fn advance_events(&self, to: i64) {
+        self.events.fetch_max(to, Ordering::AcqRel);
+    }
+
+    pub(crate) fn advance_misc(&self, to: i64) {
+        self.misc.fetch_max(to, Ordering::AcqRel);
+    }
+
+    pub(crate) fn events(&self) -> i64 {
+        self.events.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn misc(&self) -> i64 {
+        self.misc.load(Ordering::Acquire)
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Rows selected with `EVENT_COLUMNS` become `StoredEvent`s.
+pub(crate) const EVENT_COLUMNS: &str =
+    "e.event_id, e.json, e.stream_ordering, e.txn_device, e.txn_id";
+
+pub(crate) fn event_from_parts(
+    event_id: String,
+    json: String,
+    stream_ordering: i64,
+    txn_device: Option<String>,
+    txn_id: Option<String>,
+) -> Result<StoredEvent> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json)?;
+    let event_id = ruma::OwnedEventId::try_from(event_id).map_err(Error::internal)?;
+    let pdu = Pdu::from_json(event_id, map)?;
+    Ok(StoredEvent {
+        pdu,
+        stream_ordering,
+        txn: txn_device.zip(txn_id),
+    })
+}
