@@ -42,9 +42,31 @@ struct Tally {
 #[derive(Default)]
 pub struct UnreadCache {
     tallies: Mutex<HashMap<(String, String), Tally>>,
+    /// Display names, for highlight matching; forgotten when one changes.
+    names: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl UnreadCache {
+    /// Call after a user's display name changed.
+    pub fn forget_name(&self, user: &str) {
+        if let Ok(mut names) = self.names.lock() {
+            names.remove(user);
+        }
+    }
+
+    fn name(&self, user: &str) -> Option<Option<String>> {
+        self.names.lock().ok()?.get(user).cloned()
+    }
+
+    fn put_name(&self, user: &str, name: Option<String>) {
+        if let Ok(mut names) = self.names.lock() {
+            if names.len() >= MAX_TALLIES {
+                names.clear();
+            }
+            names.insert(user.to_owned(), name);
+        }
+    }
+
     fn get(&self, room: &str, user: &str) -> Option<Tally> {
         let map = self.tallies.lock().ok()?;
         map.get(&(room.to_owned(), user.to_owned())).copied()
@@ -162,12 +184,16 @@ impl Hearth {
             return Ok(());
         }
         if displayname.is_none() {
-            *displayname = Some(
-                self.store
-                    .get_user(user.as_str())
-                    .await?
-                    .and_then(|u| u.displayname),
-            );
+            *displayname = self.unread.name(user.as_str());
+        }
+        if displayname.is_none() {
+            let name = self
+                .store
+                .get_user(user.as_str())
+                .await?
+                .and_then(|u| u.displayname);
+            self.unread.put_name(user.as_str(), name.clone());
+            *displayname = Some(name);
         }
         if let Some(Some(name)) = displayname.as_ref()
             && mentions(&content, user, Some(name))

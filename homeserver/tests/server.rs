@@ -406,3 +406,65 @@ async fn uploads_over_the_configured_limit_are_refused() {
     assert_eq!(s, 200);
     assert_eq!(cfg["m.upload.size"], 1024);
 }
+
+/// Retries of one transaction racing each other and other rooms' sends (so
+/// they meet in one group commit) still make exactly one event; the same txn
+/// id in another room is a different request and makes its own event.
+#[tokio::test]
+async fn racing_retries_make_one_event_per_room() {
+    let hs = TestServer::start(&[]).await;
+    let alice = hs.register("alice", "pw").await;
+    let rooms = [
+        alice.create_room(json!({})).await,
+        alice.create_room(json!({})).await,
+        alice.create_room(json!({})).await,
+    ];
+    let mut sends = vec![];
+    for round in 0..8 {
+        for room in &rooms {
+            let (alice, room) = (alice.clone(), room.clone());
+            // Every room gets the shared txn id "same" eight times, and a
+            // distinct txn id per round.
+            sends.push(tokio::spawn(async move {
+                let same = alice.send_text(&room, "same", "once per room").await;
+                let own = alice
+                    .send_text(&room, &format!("own{round}"), "one each")
+                    .await;
+                (room, same, own)
+            }));
+        }
+    }
+    let mut same_ids: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for s in sends {
+        let (room, same, _) = s.await.expect("send task");
+        same_ids.entry(room).or_default().insert(same);
+    }
+    let mut all_same = std::collections::HashSet::new();
+    for room in &rooms {
+        let ids = &same_ids[room];
+        assert_eq!(ids.len(), 1, "retries in {room} made {} events", ids.len());
+        all_same.extend(ids.iter().cloned());
+        let (status, page) = alice
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+                enc(room)
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let bodies: Vec<&str> = page["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        assert_eq!(bodies.iter().filter(|b| **b == "once per room").count(), 1);
+        assert_eq!(bodies.iter().filter(|b| **b == "one each").count(), 8);
+    }
+    assert_eq!(
+        all_same.len(),
+        rooms.len(),
+        "one event per room, not shared"
+    );
+}

@@ -62,7 +62,7 @@ pub(crate) async fn send_message(
     if h.config.rate_limits.enabled
         && let Some(existing) = h
             .store
-            .txn_event(s.user_id.as_str(), &s.device_id, txn_id)
+            .txn_event(room_id.as_str(), s.user_id.as_str(), &s.device_id, txn_id)
             .await?
     {
         return Ok(existing);
@@ -89,7 +89,7 @@ async fn redact(
     let room_id = parse_room_id(&room_id)?;
     if let Some(existing) = h
         .store
-        .txn_event(s.user_id.as_str(), &s.device_id, &txn_id)
+        .txn_event(room_id.as_str(), s.user_id.as_str(), &s.device_id, &txn_id)
         .await?
     {
         return Ok(Json(json!({"event_id": existing})));

@@ -151,8 +151,10 @@ pub trait RoomStore: Send + Sync {
     /// Appends an event to its room's order and updates state, memberships and
     /// the transaction map atomically. Returns its stream ordering.
     async fn persist_event(&self, ev: &EventToPersist) -> Result<i64>;
+    /// The event a client transaction (per room, user and device) made.
     async fn txn_event(
         &self,
+        room_id: &str,
         user_id: &str,
         device_id: &str,
         txn_id: &str,

@@ -163,7 +163,8 @@ macro_rules! impl_account_store {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                self.tokens.forget_device(user_id, device_id);
+                self.tokens
+                    .forget_where(|_, (u, d)| u == user_id && d == device_id);
                 Ok(())
             }
 
@@ -178,7 +179,8 @@ macro_rules! impl_account_store {
                     .await?;
                 let Some(r) = row else { return Ok(None) };
                 let owner: (String, String) = (r.try_get(0)?, r.try_get(1)?);
-                self.tokens.insert(generation, token_hash, owner.clone());
+                self.tokens
+                    .insert(generation, token_hash.to_owned(), owner.clone());
                 Ok(Some(owner))
             }
 

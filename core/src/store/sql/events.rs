@@ -19,22 +19,25 @@ macro_rules! impl_commit_events {
                 batch: &[&EventToPersist],
             ) -> Result<Vec<Result<i64>>> {
                 let mut conn = writer.acquire().await?;
+                // Usually every event is fine: write them all in one plain
+                // transaction (two statements per event).
                 let mut tx = conn.begin().await?;
-                if let [ev] = batch {
-                    // Alone in the batch: no savepoint needed, the transaction is the event.
-                    return Ok(match insert_event(&mut tx, ev).await {
-                        Ok(ordering) => {
-                            tx.commit().await?;
-                            vec![Ok(ordering)]
-                        }
-                        Err(e) => {
-                            tx.rollback().await?;
-                            vec![Err(e)]
-                        }
-                    });
+                let mut orderings = Vec::with_capacity(batch.len());
+                for ev in batch {
+                    match insert_event(&mut tx, ev).await {
+                        Ok(ordering) => orderings.push(ordering),
+                        Err(_) => break,
+                    }
                 }
-                // Each event in its own savepoint, so one bad event (say a duplicate
-                // txn id) fails alone.
+                if orderings.len() == batch.len() {
+                    tx.commit().await?;
+                    return Ok(orderings.into_iter().map(Ok).collect());
+                }
+                tx.rollback().await?;
+                tracing::debug!(events = batch.len(), "an event was refused; committing the batch event by event");
+                // One was refused (say a retried txn id): again, each event in
+                // its own savepoint, so it fails alone.
+                let mut tx = conn.begin().await?;
                 let mut results = Vec::with_capacity(batch.len());
                 for ev in batch {
                     let mut sp = tx.begin().await?;
@@ -69,9 +72,10 @@ macro_rules! impl_commit_events {
             // anything else is written, and answered with the first event's id.
             if let Some((user, device, txn_id)) = &ev.txn {
                 let claimed = sqlx::query(
-                    "INSERT INTO txn_ids (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (user_id, device_id, txn_id) DO NOTHING",
+                    "INSERT INTO txn_ids (room_id, user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (room_id, user_id, device_id, txn_id) DO NOTHING",
                 )
+                .bind(pdu.room_id.as_str())
                 .bind(user)
                 .bind(device)
                 .bind(txn_id)
@@ -81,8 +85,9 @@ macro_rules! impl_commit_events {
                 .rows_affected();
                 if claimed == 0 {
                     let event_id: String = sqlx::query_scalar(
-                        "SELECT event_id FROM txn_ids WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
+                        "SELECT event_id FROM txn_ids WHERE room_id = $1 AND user_id = $2 AND device_id = $3 AND txn_id = $4",
                     )
+                    .bind(pdu.room_id.as_str())
                     .bind(user)
                     .bind(device)
                     .bind(txn_id)

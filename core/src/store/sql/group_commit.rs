@@ -8,7 +8,8 @@ use std::sync::Arc;
 use sqlx::Pool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Positions;
+use super::{Positions, read_cache::ReadCache};
+use crate::store::MembershipRecord;
 use crate::{Error, Result, store::EventToPersist};
 
 /// Most events in one transaction; bounds how long the first of them waits.
@@ -37,9 +38,13 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn start<DB: CommitEvents>(writer: Pool<DB>, positions: Arc<Positions>) -> Self {
+    pub(crate) fn start<DB: CommitEvents>(
+        writer: Pool<DB>,
+        positions: Arc<Positions>,
+        memberships: Arc<ReadCache<String, Vec<MembershipRecord>>>,
+    ) -> Self {
         let (jobs, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(writer, positions, rx));
+        tokio::spawn(run(writer, positions, memberships, rx));
         Self { jobs }
     }
 
@@ -59,6 +64,7 @@ impl GroupCommit {
 async fn run<DB: CommitEvents>(
     writer: Pool<DB>,
     positions: Arc<Positions>,
+    memberships: Arc<ReadCache<String, Vec<MembershipRecord>>>,
     mut rx: mpsc::Receiver<Job>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -66,6 +72,15 @@ async fn run<DB: CommitEvents>(
         let events: Vec<&EventToPersist> = batch.iter().map(|j: &Job| &j.ev).collect();
         let results = match DB::commit_batch(&writer, &events).await {
             Ok(results) => {
+                // A member event changed the index row of the user it is about.
+                for (job, result) in batch.iter().zip(&results) {
+                    if result.is_ok()
+                        && job.ev.pdu.kind.to_string() == "m.room.member"
+                        && let Some(user) = &job.ev.pdu.state_key
+                    {
+                        memberships.forget(user.as_str());
+                    }
+                }
                 if let Some(max) = results.iter().filter_map(|r| r.as_ref().ok()).max() {
                     positions.advance_events(*max);
                 }

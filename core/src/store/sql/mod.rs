@@ -12,8 +12,8 @@ pub(crate) mod accounts;
 pub(crate) mod data;
 pub(crate) mod events;
 pub(crate) mod group_commit;
+pub(crate) mod read_cache;
 pub(crate) mod rooms;
-pub(crate) mod token_cache;
 
 use std::sync::{
     Arc,
@@ -27,13 +27,19 @@ use crate::{
     pdu::{Pdu, StoredEvent},
 };
 
+/// Users (and tokens) whose rows are kept in memory.
+const CACHED_USERS: usize = 100_000;
+
 /// A relational store: SQLite or Postgres.
 pub struct SqlStore<DB: sqlx::Database> {
     pub(crate) pool: Pool<DB>,
     pub(crate) writer: Pool<DB>,
     pub(crate) commits: group_commit::GroupCommit,
     pub(crate) positions: Arc<Positions>,
-    pub(crate) tokens: Arc<token_cache::TokenCache>,
+    /// token hash → (user, device)
+    pub(crate) tokens: Arc<read_cache::ReadCache<String, (String, String)>>,
+    /// user → their membership records
+    pub(crate) memberships: Arc<read_cache::ReadCache<String, Vec<crate::store::MembershipRecord>>>,
 }
 
 /// Wraps opened, migrated pools, given the newest committed positions.
@@ -46,13 +52,16 @@ pub(crate) fn from_pools<DB: group_commit::CommitEvents>(
     let positions = Arc::new(Positions::default());
     positions.advance_events(events);
     positions.advance_misc(misc);
-    let commits = group_commit::GroupCommit::start(writer.clone(), positions.clone());
+    let memberships = Arc::new(read_cache::ReadCache::new(CACHED_USERS));
+    let commits =
+        group_commit::GroupCommit::start(writer.clone(), positions.clone(), memberships.clone());
     SqlStore {
         pool,
         writer,
         commits,
         positions,
-        tokens: Arc::default(),
+        tokens: Arc::new(read_cache::ReadCache::new(CACHED_USERS)),
+        memberships,
     }
 }
 

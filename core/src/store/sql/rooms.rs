@@ -93,13 +93,15 @@ macro_rules! impl_room_store {
 
             async fn txn_event(
                 &self,
+                room_id: &str,
                 user_id: &str,
                 device_id: &str,
                 txn_id: &str,
             ) -> Result<Option<String>> {
                 Ok(sqlx::query_scalar(
-                    "SELECT event_id FROM txn_ids WHERE user_id = $1 AND device_id = $2 AND txn_id = $3",
+                    "SELECT event_id FROM txn_ids WHERE room_id = $1 AND user_id = $2 AND device_id = $3 AND txn_id = $4",
                 )
+                .bind(room_id)
                 .bind(user_id)
                 .bind(device_id)
                 .bind(txn_id)
@@ -297,11 +299,21 @@ macro_rules! impl_room_store {
             }
 
             async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>> {
+                if let Some(cached) = self.memberships.get(user_id) {
+                    return Ok(cached);
+                }
+                let generation = self.memberships.generation();
                 let rows = sqlx::query("SELECT * FROM memberships WHERE user_id = $1")
                     .bind(user_id)
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter().map(membership_from_row).collect()
+                let records = rows
+                    .iter()
+                    .map(membership_from_row)
+                    .collect::<Result<Vec<_>>>()?;
+                self.memberships
+                    .insert(generation, user_id.to_owned(), records.clone());
+                Ok(records)
             }
 
             async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRecord>> {
@@ -342,6 +354,7 @@ macro_rules! impl_room_store {
                     .bind(user_id)
                     .execute(&self.writer)
                     .await?;
+                self.memberships.forget(user_id);
                 Ok(())
             }
 
