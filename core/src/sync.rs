@@ -19,22 +19,35 @@ use crate::{
     store::{Direction, MembershipRecord},
 };
 
-/// A position in every stream a client syncs: events, account data and
-/// receipts (one sequence), typing, presence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A position in every stream a client syncs: each event shard's stream
+/// (its events and receipts), account data, typing, presence.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SyncToken {
-    pub events: i64,
+    /// Position per event shard, by shard index.
+    pub shards: Vec<i64>,
     pub misc: i64,
     pub typing: u64,
     pub presence: u64,
 }
 
+impl SyncToken {
+    /// The position in one shard's stream (0, the start, for a shard the
+    /// token predates).
+    pub fn shard(&self, index: usize) -> i64 {
+        self.shards.get(index).copied().unwrap_or(0)
+    }
+}
+
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shards: Vec<String> = self.shards.iter().map(i64::to_string).collect();
         write!(
             f,
             "s{}_{}_{}_{}",
-            self.events, self.misc, self.typing, self.presence
+            shards.join("."),
+            self.misc,
+            self.typing,
+            self.presence
         )
     }
 }
@@ -48,8 +61,15 @@ impl FromStr for SyncToken {
         if parts.len() != 4 {
             return Err(bad());
         }
+        let shards = parts[0]
+            .split('.')
+            .map(|p| p.parse::<i64>().map_err(|_| bad()))
+            .collect::<Result<Vec<_>>>()?;
+        if shards.iter().any(|p| *p < 0) {
+            return Err(bad());
+        }
         Ok(SyncToken {
-            events: parts[0].parse().map_err(|_| bad())?,
+            shards,
             misc: parts[1].parse().map_err(|_| bad())?,
             typing: parts[2].parse().map_err(|_| bad())?,
             presence: parts[3].parse().map_err(|_| bad())?,
@@ -57,15 +77,16 @@ impl FromStr for SyncToken {
     }
 }
 
-/// A pagination token for /messages: a boundary in the room's order. Backward
-/// reads return events at or before it, forward reads events after it.
-pub fn parse_pagination_token(s: &str) -> Result<i64> {
+/// A pagination token for /messages: a boundary in the order of a room on
+/// shard `shard`. Backward reads return events at or before it, forward reads
+/// events after it. A sync token is accepted too (its position in that shard).
+pub fn parse_pagination_token(s: &str, shard: usize) -> Result<i64> {
     if let Some(n) = s.strip_prefix('t') {
         return n
             .parse()
             .map_err(|_| Error::invalid_param("Invalid pagination token"));
     }
-    Ok(s.parse::<SyncToken>()?.events)
+    Ok(s.parse::<SyncToken>()?.shard(shard))
 }
 
 pub fn pagination_token(boundary: i64) -> String {
@@ -84,7 +105,7 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 impl Hearth {
     pub async fn current_token(&self) -> Result<SyncToken> {
         Ok(SyncToken {
-            events: self.store.max_stream_ordering().await?,
+            shards: self.store.stream_positions().await?,
             misc: self.store.max_misc_stream_id().await?,
             typing: self.typing.serial(),
             presence: self.presence.serial(),
@@ -128,12 +149,12 @@ impl Hearth {
         req: &SyncRequest,
     ) -> Result<(Value, bool)> {
         let upto = self.current_token().await?;
-        let since = req.since;
+        let since = req.since.as_ref();
         let f = &req.filter;
-        if since == Some(upto) && !req.full_state {
+        if since == Some(&upto) && !req.full_state {
             // Nothing moved in any stream: the common case for a long-poll
             // that just re-armed after its last answer.
-            return Ok((empty_response(upto), false));
+            return Ok((empty_response(&upto), false));
         }
         let misc_moved = since.is_none_or(|s| s.misc != upto.misc);
         let mut has_data = false;
@@ -147,26 +168,32 @@ impl Hearth {
             .filter(|m| m.membership == "join")
             .map(|m| m.room_id.clone())
             .collect();
+        let start = SyncToken::default();
+        let from = since.unwrap_or(&start);
         // Joined rooms with new events, each with its newest ordering.
         let changed_rooms: BTreeMap<String, i64> = match since {
             Some(s) => self
                 .store
-                .rooms_with_events(&joined, s.events, upto.events)
+                .rooms_with_events(&joined, &s.shards, &upto.shards)
                 .await?
                 .into_iter()
                 .collect(),
             None => BTreeMap::new(),
         };
-        let (receipts, account_data) = if misc_moved {
-            let after = since.map_or(0, |s| s.misc);
-            (
-                self.store.receipts_since(&joined, after, upto.misc).await?,
-                self.store
-                    .account_data_since(user.as_str(), after, upto.misc)
-                    .await?,
-            )
+        // Receipts ride in the shard streams, account data in misc.
+        let receipts = if from.shards != upto.shards {
+            self.store
+                .receipts_since(&joined, &from.shards, &upto.shards)
+                .await?
         } else {
-            (vec![], vec![])
+            vec![]
+        };
+        let account_data = if misc_moved {
+            self.store
+                .account_data_since(user.as_str(), from.misc, upto.misc)
+                .await?
+        } else {
+            vec![]
         };
 
         for m in &memberships {
@@ -174,7 +201,10 @@ impl Hearth {
                 continue;
             }
             let room_id = RoomId::parse(&m.room_id).map_err(Error::internal)?;
-            let membership_is_new = since.is_none_or(|s| m.stream_ordering > s.events);
+            // Positions in the stream of the room's shard.
+            let shard = self.store.shard_of(&m.room_id).await?;
+            let (since_pos, upto_pos) = (since.map(|s| s.shard(shard)), upto.shard(shard));
+            let membership_is_new = since_pos.is_none_or(|s| m.stream_ordering > s);
             match m.membership.as_str() {
                 "join" => {
                     let mut room = Map::new();
@@ -182,11 +212,9 @@ impl Hearth {
                     let newest = changed_rooms.get(&m.room_id).copied();
                     // The room's new events, from the writer's memory when it
                     // holds them all (the usual case for a woken long-poll).
-                    let known = match (since, newest) {
+                    let known = match (since_pos, newest) {
                         (Some(s), Some(n)) if !initial => {
-                            self.rooms
-                                .recent
-                                .range(&m.room_id, s.events, upto.events, n)
+                            self.rooms.recent.range(&m.room_id, s, upto_pos, n)
                         }
                         (Some(_), None) if !initial => Some(vec![]),
                         _ => None,
@@ -197,8 +225,8 @@ impl Hearth {
                             user,
                             m,
                             device,
-                            since,
-                            upto.events,
+                            since_pos,
+                            upto_pos,
                             initial,
                             known.as_deref(),
                             f,
@@ -206,7 +234,7 @@ impl Hearth {
                         .await?
                     } else {
                         (
-                            json!({"events": [], "limited": false, "prev_batch": pagination_token(upto.events)}),
+                            json!({"events": [], "limited": false, "prev_batch": pagination_token(upto_pos)}),
                             vec![],
                         )
                     };
@@ -248,8 +276,9 @@ impl Hearth {
                             &room_id,
                             user,
                             m,
-                            upto,
-                            since.zip(known.as_deref()).map(|(s, k)| (s.events, k)),
+                            upto_pos,
+                            since_pos.map(|s| (s, own_receipt_in(&receipts, &m.room_id, user))),
+                            since_pos.zip(known.as_deref()),
                         )
                         .await?;
                     // Like Synapse, the summary is sent when it may have
@@ -288,7 +317,7 @@ impl Hearth {
                             user,
                             m,
                             device,
-                            since,
+                            since_pos,
                             m.stream_ordering,
                             true,
                             None,
@@ -320,7 +349,7 @@ impl Hearth {
         };
         has_data |= since.is_some() && !presence.is_empty();
 
-        let mut body = empty_response(upto);
+        let mut body = empty_response(&upto);
         body["rooms"] = json!({"join": join, "invite": invite, "leave": leave, "knock": {}});
         body["account_data"] = json!({"events": global_data});
         body["presence"] = json!({"events": presence});
@@ -336,7 +365,7 @@ impl Hearth {
         user: &UserId,
         membership: &MembershipRecord,
         device: &str,
-        since: Option<SyncToken>,
+        since: Option<i64>,
         upto: i64,
         initial: bool,
         known: Option<&[Arc<StoredEvent>]>,
@@ -347,11 +376,7 @@ impl Hearth {
             .limit
             .unwrap_or(DEFAULT_TIMELINE_LIMIT)
             .clamp(1, 1000);
-        let lower = if initial {
-            None
-        } else {
-            since.map(|s| s.events)
-        };
+        let lower = if initial { None } else { since };
         let (events, limited) = match known.filter(|_| !initial) {
             Some(all) => {
                 let skip = all.len().saturating_sub(limit);
@@ -390,7 +415,7 @@ impl Hearth {
             self.store.get_events(&ids).await?
         } else if limited {
             self.store
-                .state_changes(room_id.as_str(), since.map_or(0, |s| s.events), start)
+                .state_changes(room_id.as_str(), since.unwrap_or(0), start)
                 .await?
         } else {
             vec![]
@@ -488,7 +513,16 @@ impl Hearth {
     }
 }
 
-fn empty_response(upto: SyncToken) -> Value {
+/// Whether `user`'s own read receipts in `room` are among `receipts`.
+fn own_receipt_in(receipts: &[crate::store::ReceiptRecord], room: &str, user: &UserId) -> bool {
+    receipts.iter().any(|r| {
+        r.room_id == room
+            && r.user_id == user.as_str()
+            && matches!(r.receipt_type.as_str(), "m.read" | "m.read.private")
+    })
+}
+
+fn empty_response(upto: &SyncToken) -> Value {
     json!({
         "next_batch": upto.to_string(),
         "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
@@ -545,7 +579,7 @@ mod tests {
     #[test]
     fn sync_token_round_trips() {
         let t = SyncToken {
-            events: 42,
+            shards: vec![42],
             misc: 7,
             typing: 3,
             presence: 9,
@@ -553,11 +587,33 @@ mod tests {
         let s = t.to_string();
         assert_eq!(s, "s42_7_3_9");
         assert_eq!(s.parse::<SyncToken>().ok(), Some(t));
+        let sharded = SyncToken {
+            shards: vec![42, 0, 17],
+            misc: 7,
+            typing: 3,
+            presence: 9,
+        };
+        assert_eq!(sharded.to_string(), "s42.0.17_7_3_9");
+        assert_eq!(
+            sharded.to_string().parse::<SyncToken>().ok(),
+            Some(sharded.clone())
+        );
+        // A shard the token predates starts from the beginning.
+        assert_eq!(sharded.shard(5), 0);
     }
 
     #[test]
     fn malformed_sync_tokens_are_invalid_param() {
-        for bad in ["", "42_7_3_9", "s1_2_3", "s1_2_3_x", "t5", "s-_1_2_3"] {
+        for bad in [
+            "",
+            "42_7_3_9",
+            "s1_2_3",
+            "s1_2_3_x",
+            "t5",
+            "s-_1_2_3",
+            "s1..2_0_0_0",
+            "s-1_0_0_0",
+        ] {
             assert!(
                 matches!(bad.parse::<SyncToken>(), Err(Error::InvalidParam(_))),
                 "{bad:?} was accepted"
@@ -567,9 +623,10 @@ mod tests {
 
     #[test]
     fn pagination_accepts_both_token_kinds() {
-        assert_eq!(parse_pagination_token("t17").ok(), Some(17));
-        assert_eq!(parse_pagination_token("s23_0_0_0").ok(), Some(23));
-        assert!(parse_pagination_token("tx").is_err());
+        assert_eq!(parse_pagination_token("t17", 0).ok(), Some(17));
+        assert_eq!(parse_pagination_token("s23_0_0_0", 0).ok(), Some(23));
+        assert_eq!(parse_pagination_token("s23.8_0_0_0", 1).ok(), Some(8));
+        assert!(parse_pagination_token("tx", 0).is_err());
         assert_eq!(pagination_token(-1), "t0");
     }
 }

@@ -17,7 +17,6 @@ use crate::{
     Hearth, Result,
     pdu::StoredEvent,
     store::{Direction, MembershipRecord},
-    sync::SyncToken,
 };
 
 /// Events counted per store read; a larger backlog is counted over later syncs.
@@ -29,9 +28,9 @@ const MAX_TALLIES: usize = 100_000;
 struct Tally {
     /// The read position the counts start after.
     after: i64,
-    /// `after` was read at this receipt-stream position and membership; while
-    /// neither moves it still holds.
-    misc_seen: i64,
+    /// `after` is known to hold up to this position of the room's shard
+    /// stream, for this membership.
+    checked_to: i64,
     joined_at: i64,
     /// Events up to here are counted.
     scanned_to: i64,
@@ -87,12 +86,18 @@ impl Hearth {
     /// before any receipt) up to stream position `upto`; highlights are those
     /// that mention the user (m.mentions, or their id or display name in the
     /// body).
+    ///
+    /// `upto` is a position in the room's shard stream. `receipts` is the
+    /// caller's position before this sync and whether the user's own receipts
+    /// in the room moved since; `known`, every event of the room after some
+    /// position, when the caller has them.
     pub async fn unread_counts(
         &self,
         room_id: &RoomId,
         user: &UserId,
         membership: &MembershipRecord,
-        upto: SyncToken,
+        upto: i64,
+        receipts: Option<(i64, bool)>,
         known: Option<(i64, &[Arc<StoredEvent>])>,
     ) -> Result<(u64, u64)> {
         let (room, who) = (room_id.as_str(), user.as_str());
@@ -100,8 +105,10 @@ impl Hearth {
         let cached = self
             .unread
             .get(room, who)
-            .filter(|t| t.joined_at == joined_at && t.scanned_to <= upto.events);
-        let after = match cached.filter(|t| t.misc_seen == upto.misc) {
+            .filter(|t| t.joined_at == joined_at && t.scanned_to <= upto);
+        let still_read_up_to = cached
+            .filter(|t| receipts.is_some_and(|(since, moved)| !moved && t.checked_to >= since));
+        let after = match still_read_up_to {
             Some(t) => t.after,
             // Events from before the user (re)joined are not theirs to read.
             None => self
@@ -114,20 +121,20 @@ impl Hearth {
             Some(t) => t,
             None => Tally {
                 after,
-                misc_seen: upto.misc,
+                checked_to: upto,
                 joined_at,
                 scanned_to: after,
                 notifications: 0,
                 highlights: 0,
             },
         };
-        let unchanged = cached == Some(tally) && tally.misc_seen == upto.misc;
-        tally.misc_seen = upto.misc;
+        tally.checked_to = tally.checked_to.max(upto);
+        let unchanged = cached == Some(tally);
         // The caller may hold every event of the room after some position:
         // then nothing needs reading.
         let held = known.filter(|(from, _)| *from <= tally.scanned_to);
         if let Some((_, events)) = held
-            && tally.scanned_to < upto.events
+            && tally.scanned_to < upto
         {
             let mut displayname = None;
             let from = tally.scanned_to;
@@ -135,21 +142,21 @@ impl Hearth {
                 self.tally_event(&mut tally, e, user, &mut displayname)
                     .await?;
             }
-            tally.scanned_to = upto.events;
-        } else if tally.scanned_to < upto.events {
+            tally.scanned_to = upto;
+        } else if tally.scanned_to < upto {
             let events = self
                 .store
                 .room_events(
                     room,
                     tally.scanned_to,
-                    Some(upto.events),
+                    Some(upto),
                     Direction::Forward,
                     SCAN_BATCH,
                 )
                 .await?;
             tally.scanned_to = match events.last() {
                 Some(last) if events.len() as i64 == SCAN_BATCH => last.stream_ordering,
-                _ => upto.events,
+                _ => upto,
             };
             let mut displayname = None;
             for e in &events {
@@ -248,7 +255,7 @@ mod tests {
         let c = UnreadCache::default();
         let t = Tally {
             after: 1,
-            misc_seen: 0,
+            checked_to: 0,
             joined_at: 1,
             scanned_to: 2,
             notifications: 1,

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{TestServer, binary, enc, temp_dir};
+use common::{TestServer, binary, enc, free_addr, temp_dir};
 use hearth_core::{
     ruma::{
         CanonicalJsonObject, RoomVersionId,
@@ -210,23 +210,19 @@ async fn closed_registration_and_admin_create_user() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("@dave:localhost"));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let addr = free_addr();
     let mut child = Command::new(binary())
         .args([
             "--data-dir",
             &dir.display().to_string(),
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            &addr,
             "--registration-enabled",
             "false",
         ])
         .spawn()
         .expect("spawn");
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("http://{addr}");
     let http = reqwest::Client::new();
     let mut up = false;
     for _ in 0..300 {

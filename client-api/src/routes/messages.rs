@@ -336,14 +336,26 @@ async fn messages(
         Some(m) if m.membership != "join" && m.membership != "invite" => m.stream_ordering,
         _ => i64::MAX,
     };
+    // Tokens are positions in the stream of the room's shard.
+    let shard = h.store.shard_of(room_id.as_str()).await?;
+    let newest = h
+        .store
+        .stream_positions()
+        .await?
+        .get(shard)
+        .copied()
+        .unwrap_or(0);
     let from = match &q.from {
-        Some(t) => parse_pagination_token(t)?,
+        Some(t) => parse_pagination_token(t, shard)?,
         None => match dir {
-            Direction::Backward => h.store.max_stream_ordering().await?,
+            Direction::Backward => newest,
             Direction::Forward => 0,
         },
     };
-    let to = q.to.as_deref().map(parse_pagination_token).transpose()?;
+    let to =
+        q.to.as_deref()
+            .map(|t| parse_pagination_token(t, shard))
+            .transpose()?;
     let (from, to) = match dir {
         Direction::Backward => (from.min(ceiling), to),
         Direction::Forward => (from, Some(to.unwrap_or(i64::MAX).min(ceiling))),
@@ -366,13 +378,7 @@ async fn messages(
         .collect();
     let viewer = Some((s.user_id.as_ref(), s.device_id.as_str()));
     let state = if filter.lazy_load_members {
-        member_state_for(
-            &h,
-            &room_id,
-            from.min(h.store.max_stream_ordering().await?),
-            &visible,
-        )
-        .await?
+        member_state_for(&h, &room_id, from.min(newest), &visible).await?
     } else {
         vec![]
     };

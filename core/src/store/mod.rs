@@ -193,15 +193,19 @@ pub trait RoomStore: Send + Sync {
         dir: Direction,
         limit: i64,
     ) -> Result<Vec<StoredEvent>>;
-    /// The rooms that have events with `after < ordering <= upto`, each with
-    /// the newest such ordering.
+    /// The rooms that have events with `after < ordering <= upto` (positions
+    /// per shard, by shard index), each with the newest such ordering.
     async fn rooms_with_events(
         &self,
         room_ids: &[String],
-        after: i64,
-        upto: i64,
+        after: &[i64],
+        upto: &[i64],
     ) -> Result<Vec<(String, i64)>>;
-    async fn max_stream_ordering(&self) -> Result<i64>;
+    /// The newest committed position of each shard's stream (events and
+    /// receipts), by shard index.
+    async fn stream_positions(&self) -> Result<Vec<i64>>;
+    /// Which shard holds a room's events, state and receipts.
+    async fn shard_of(&self, room_id: &str) -> Result<usize>;
 
     async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>>;
     async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRecord>>;
@@ -244,12 +248,14 @@ pub trait DataStore: Send + Sync {
         after: i64,
         upto: i64,
     ) -> Result<Vec<AccountDataRecord>>;
+    /// Stores a receipt; its stream id is a position in its room's shard stream.
     async fn put_receipt(&self, r: &ReceiptRecord) -> Result<i64>;
+    /// Receipts with `after < stream_id <= upto` (positions per shard).
     async fn receipts_since(
         &self,
         room_ids: &[String],
-        after: i64,
-        upto: i64,
+        after: &[i64],
+        upto: &[i64],
     ) -> Result<Vec<ReceiptRecord>>;
     async fn user_receipt(
         &self,
@@ -260,7 +266,7 @@ pub trait DataStore: Send + Sync {
     /// Where the user has read up to in a room: the stream ordering of the
     /// newest event their `m.read` or `m.read.private` receipts point at.
     async fn read_position(&self, room_id: &str, user_id: &str) -> Result<Option<i64>>;
-    /// The position of the account-data/receipt stream.
+    /// The position of the account-data stream.
     async fn max_misc_stream_id(&self) -> Result<i64>;
 
     async fn put_media(&self, m: &MediaRecord) -> Result<()>;

@@ -16,17 +16,35 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     /// Set when the suite runs in Postgres mode: this server's own database.
     pub database_url: Option<String>,
-    port: u16,
+    addr: String,
     extra_args: Vec<String>,
     child: Option<Child>,
     owns_dir: bool,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+/// A free port on a loopback address of the test's own. Tests run in
+/// parallel: a port found free on 127.0.0.1 can be taken by another test's
+/// server before ours binds it, and ours would then talk to the wrong server.
+/// Each server on its own 127.x.y.z makes that collision practically
+/// impossible.
+pub fn free_addr() -> String {
+    use std::time::SystemTime;
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let n = nanos ^ std::process::id().rotate_left(13);
+    let host = format!(
+        "127.{}.{}.{}",
+        1 + n % 250,
+        1 + (n >> 8) % 250,
+        1 + (n >> 16) % 250
+    );
+    let port = TcpListener::bind(format!("{host}:0"))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("no free port")
+        .expect("no free port");
+    format!("{host}:{port}")
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -60,7 +78,7 @@ impl TestServer {
             url: String::new(),
             data_dir,
             database_url: create_test_database(),
-            port: free_port(),
+            addr: free_addr(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             owns_dir: true,
@@ -72,7 +90,7 @@ impl TestServer {
     async fn spawn(&mut self) {
         let mut args = vec![
             "--listen".to_string(),
-            format!("127.0.0.1:{}", self.port),
+            self.addr.clone(),
             "--data-dir".to_string(),
             self.data_dir.display().to_string(),
         ];
@@ -91,7 +109,7 @@ impl TestServer {
             .spawn()
             .expect("spawn homeserver");
         self.child = Some(child);
-        self.url = format!("http://127.0.0.1:{}", self.port);
+        self.url = format!("http://{}", self.addr);
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {

@@ -15,7 +15,11 @@ mod accounts {
     crate::store::sql::accounts::impl_account_store!(sqlx::Postgres);
 }
 mod data {
-    crate::store::sql::data::impl_data_store!(sqlx::Postgres);
+    // The next position of the shard stream, for a receipt.
+    crate::store::sql::data::impl_data_store!(
+        sqlx::Postgres,
+        "SELECT nextval(pg_get_serial_sequence('events', 'stream_ordering'))"
+    );
 }
 mod events {
     crate::store::sql::events::impl_commit_events!(sqlx::Postgres);

@@ -3,7 +3,7 @@
 /// Expands to the implementation for `SqlStore<$db>`; invoke it inside a
 /// module of its own (it brings its own imports).
 macro_rules! impl_data_store {
-    ($db:ty) => {
+    ($db:ty, $next_stream_id:literal) => {
         use async_trait::async_trait;
         use serde_json::Value;
         use sqlx::{QueryBuilder, Row};
@@ -113,7 +113,12 @@ macro_rules! impl_data_store {
 
             async fn put_receipt(&self, r: &ReceiptRecord) -> Result<i64> {
                 let mut tx = self.writer.begin().await?;
-                let id = next_misc_id(&mut tx).await?;
+                // A position in the shard stream, drawn inside the writer's
+                // transaction so positions commit in order.
+                let id: i64 = sqlx::query_scalar($next_stream_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| crate::Error::internal("receipt before any event"))?;
                 sqlx::query(
                     "INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, ts, stream_id)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -130,17 +135,19 @@ macro_rules! impl_data_store {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                self.positions.advance_misc(id);
+                self.positions.advance_events(id);
                 Ok(id)
             }
 
             async fn receipts_since(
                 &self,
                 room_ids: &[String],
-                after: i64,
-                upto: i64,
+                after: &[i64],
+                upto: &[i64],
             ) -> Result<Vec<ReceiptRecord>> {
-                if room_ids.is_empty() {
+                // This database is one shard: the first position is its own.
+                let (after, upto) = (crate::store::sql::own(after), crate::store::sql::own(upto));
+                if room_ids.is_empty() || after >= upto {
                     return Ok(vec![]);
                 }
                 let mut qb: QueryBuilder<$db> =

@@ -100,6 +100,12 @@ impl Positions {
     }
 }
 
+/// This database's own position in a list of positions per shard (a store
+/// used on its own is shard 0; the sharded store hands each shard its own).
+pub(crate) fn own(positions: &[i64]) -> i64 {
+    positions.first().copied().unwrap_or(0)
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

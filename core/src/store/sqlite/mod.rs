@@ -15,7 +15,11 @@ mod accounts {
     crate::store::sql::accounts::impl_account_store!(sqlx::Sqlite);
 }
 mod data {
-    crate::store::sql::data::impl_data_store!(sqlx::Sqlite);
+    // The next position of the shard stream, for a receipt.
+    crate::store::sql::data::impl_data_store!(
+        sqlx::Sqlite,
+        "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'events' RETURNING seq"
+    );
 }
 mod events {
     crate::store::sql::events::impl_commit_events!(sqlx::Sqlite);
