@@ -34,8 +34,11 @@ psql "$pg_base/postgres" -qtc 'SELECT 1' >/dev/null
 step "unit and integration tests (SQLite)"
 cargo test --workspace --locked
 
-step "integration tests (Postgres)"
+step "integration tests (Postgres, one database)"
 HEARTH_TEST_POSTGRES="$pg_base" cargo test -p homeserver --locked --tests
+
+step "integration tests (Postgres, main database and 2 event shards)"
+HEARTH_TEST_POSTGRES="$pg_base" HEARTH_TEST_SHARDS=2 cargo test -p homeserver --locked --tests
 
 step "python client environment"
 bash tests/clients/setup.sh
@@ -44,17 +47,24 @@ bash tests/clients/setup.sh
 # url, on a fresh Postgres database, dropped on exit.
 hs_pid=""
 data=""
-db_name=""
+db_names=()
 stop_server() {
   if [ -n "$hs_pid" ]; then
     kill "$hs_pid" 2>/dev/null || true
     wait "$hs_pid" 2>/dev/null || true
   fi
   [ -n "$data" ] && rm -rf "$data"
-  if [ -n "$db_name" ]; then
-    psql "$pg_base/postgres" -qc "DROP DATABASE IF EXISTS $db_name WITH (FORCE)" >/dev/null 2>&1 || true
-  fi
-  hs_pid="" data="" db_name=""
+  for db in "${db_names[@]}"; do
+    psql "$pg_base/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  done
+  hs_pid="" data="" db_names=()
+}
+# Creates a database, remembered for cleanup; its url is left in $db_url.
+new_db() {
+  local name="hearth_suite_$$_${RANDOM}_$1"
+  psql "$pg_base/postgres" -qc "CREATE DATABASE $name" >/dev/null
+  db_names+=("$name")
+  db_url="$pg_base/$name"
 }
 trap stop_server EXIT
 
@@ -62,11 +72,19 @@ start_server() {
   local mode=$1 extra=()
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   data=$(mktemp -d /tmp/hearth-test-XXXXXX)
-  if [ "$mode" = postgres ]; then
-    db_name="hearth_suite_$$_$RANDOM"
-    psql "$pg_base/postgres" -qc "CREATE DATABASE $db_name" >/dev/null
-    extra=(--database-url "$pg_base/$db_name")
-  fi
+  case "$mode" in
+    postgres)
+      new_db main
+      extra=(--database-url "$db_url")
+      ;;
+    sharded)
+      local main s0
+      new_db main; main=$db_url
+      new_db s0; s0=$db_url
+      new_db s1
+      extra=(--database-url "$main" --database-shards "$s0,$db_url")
+      ;;
+  esac
   "$root/target/debug/homeserver" --listen "127.0.0.1:$port" --data-dir "$data" --rate-limits false \
     "${extra[@]}" >"$data/server.log" 2>&1 &
   hs_pid=$!
@@ -77,7 +95,7 @@ start_server() {
   url="http://127.0.0.1:$port"
 }
 
-for mode in sqlite postgres; do
+for mode in sqlite postgres sharded; do
   start_server "$mode"
 
   step "conformance suite against Hearth, $mode ($url)"

@@ -34,6 +34,9 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSection {
     pub url: Option<String>,
+    /// Event shards (Postgres urls); with them `url` is the main database.
+    /// Append to the list to add a shard; never reorder or remove one.
+    pub shards: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -82,6 +85,9 @@ pub struct Overrides {
     /// Postgres database url (postgres://…); without it data is kept in SQLite.
     #[arg(long, env = "HEARTH_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Comma-separated Postgres urls of the event shards (needs --database-url).
+    #[arg(long, env = "HEARTH_DATABASE_SHARDS", value_delimiter = ',')]
+    pub database_shards: Option<Vec<String>>,
     /// Largest media upload in bytes.
     #[arg(long, env = "HEARTH_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<u64>,
@@ -92,6 +98,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Postgres url, or None for the embedded SQLite database.
     pub database_url: Option<String>,
+    /// Event shard urls; empty keeps events in the main database.
+    pub database_shards: Vec<String>,
 }
 
 pub fn load(o: &Overrides) -> Result<Config> {
@@ -125,10 +133,19 @@ pub fn load(o: &Overrides) -> Result<Config> {
         .unwrap_or_else(|| PathBuf::from("./data"));
 
     let database_url = o.database_url.clone().or(file.database.url);
-    if let Some(url) = &database_url
-        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
-    {
-        bail!("database url must start with postgres:// (got {url:?})");
+    let mut database_shards = o
+        .database_shards
+        .clone()
+        .or(file.database.shards)
+        .unwrap_or_default();
+    database_shards.retain(|u| !u.is_empty());
+    for url in database_url.iter().chain(&database_shards) {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!("database urls must start with postgres:// (got {url:?})");
+        }
+    }
+    if database_url.is_none() && !database_shards.is_empty() {
+        bail!("database shards need a main database url ([database] url)");
     }
 
     let mut core = CoreConfig::new(server_name, data_dir);
@@ -170,5 +187,6 @@ pub fn load(o: &Overrides) -> Result<Config> {
         core,
         listen,
         database_url,
+        database_shards,
     })
 }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hearth_core::{
     Hearth,
-    store::{Store, postgres::PgStore, sqlite::SqliteStore},
+    store::{Store, postgres::PgStore, sharded::ShardedStore, sqlite::SqliteStore},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -54,6 +54,11 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     let cfg = config::load(&cli.overrides)?;
     let backend = match &cfg.database_url {
+        Some(url) if !cfg.database_shards.is_empty() => Backend::Sharded(Arc::new(
+            ShardedStore::connect(url, &cfg.database_shards)
+                .await
+                .context("connecting to the main database and its shards")?,
+        )),
         Some(url) => Backend::Postgres(Arc::new(
             PgStore::connect(url)
                 .await
@@ -112,6 +117,7 @@ async fn main() -> Result<()> {
 enum Backend {
     Sqlite(Arc<SqliteStore>),
     Postgres(Arc<PgStore>),
+    Sharded(Arc<ShardedStore>),
 }
 
 impl Backend {
@@ -119,6 +125,7 @@ impl Backend {
         match self {
             Backend::Sqlite(s) => s.clone(),
             Backend::Postgres(s) => s.clone(),
+            Backend::Sharded(s) => s.clone(),
         }
     }
 
@@ -126,6 +133,7 @@ impl Backend {
         match self {
             Backend::Sqlite(s) => s.close().await,
             Backend::Postgres(s) => s.close().await,
+            Backend::Sharded(s) => s.close().await,
         }
     }
 }

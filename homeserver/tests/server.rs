@@ -13,7 +13,7 @@ use hearth_core::{
         serde::Base64,
         signatures::{PublicKeyMap, PublicKeySet, verify_event},
     },
-    store::{Store, postgres::PgStore, sqlite::SqliteStore},
+    store::{Store, postgres::PgStore, sharded::ShardedStore, sqlite::SqliteStore},
 };
 use serde_json::{Value, json};
 
@@ -75,7 +75,19 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
 
     // Read what the server wrote, straight from its database.
     let (sqlite, postgres) = match &hs.database_url {
-        Some(url) => (None, Some(PgStore::connect(url).await.expect("connect db"))),
+        // The signed event lives on a shard when sharded; the keys on main.
+        Some(url) if !hs.database_shards.is_empty() => (
+            None,
+            Some(Box::new(
+                ShardedStore::connect(url, &hs.database_shards)
+                    .await
+                    .expect("connect db"),
+            ) as Box<dyn Store>),
+        ),
+        Some(url) => (
+            None,
+            Some(Box::new(PgStore::connect(url).await.expect("connect db")) as Box<dyn Store>),
+        ),
         None => (
             Some(
                 SqliteStore::open(&hs.data_dir().join("hearth.db"))
@@ -87,7 +99,7 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
     };
     let store: &dyn Store = match (&sqlite, &postgres) {
         (Some(s), _) => s,
-        (_, Some(p)) => p,
+        (_, Some(p)) => p.as_ref(),
         _ => unreachable!("one backend is open"),
     };
     let ev = store
@@ -129,9 +141,7 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
     // The access token is nowhere in the database in clear.
     let stored_plain = store.find_token(&token).await.expect("query");
     assert_eq!(stored_plain, None, "the token is stored in clear");
-    if let Some(p) = &postgres {
-        p.close().await;
-    }
+    drop(postgres);
     if let Some(s) = &sqlite {
         s.close().await;
         for f in ["hearth.db", "hearth.db-wal"] {

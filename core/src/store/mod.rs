@@ -2,6 +2,7 @@
 //! backends are interchangeable. Each trait is one area of the schema.
 
 pub mod postgres;
+pub mod sharded;
 pub mod sql;
 pub mod sqlite;
 

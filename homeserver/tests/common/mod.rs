@@ -14,8 +14,11 @@ use serde_json::{Value, json};
 pub struct TestServer {
     pub url: String,
     pub data_dir: PathBuf,
-    /// Set when the suite runs in Postgres mode: this server's own database.
+    /// Set when the suite runs in Postgres mode: this server's own database
+    /// (the main one when sharded).
     pub database_url: Option<String>,
+    /// This server's own event shards, when the suite runs sharded.
+    pub database_shards: Vec<String>,
     addr: String,
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -78,6 +81,9 @@ impl TestServer {
             url: String::new(),
             data_dir,
             database_url: create_test_database(),
+            database_shards: (0..test_shards())
+                .filter_map(|_| create_test_database())
+                .collect(),
             addr: free_addr(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -96,6 +102,12 @@ impl TestServer {
         ];
         if let Some(url) = &self.database_url {
             args.extend(["--database-url".to_string(), url.clone()]);
+        }
+        if !self.database_shards.is_empty() {
+            args.extend([
+                "--database-shards".to_string(),
+                self.database_shards.join(","),
+            ]);
         }
         if !self.extra_args.iter().any(|a| a == "--rate-limits") {
             args.extend(["--rate-limits".to_string(), "false".to_string()]);
@@ -180,7 +192,7 @@ impl Drop for TestServer {
         if self.owns_dir {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
-        if let Some(url) = &self.database_url {
+        for url in self.database_url.iter().chain(&self.database_shards) {
             drop_test_database(url);
         }
     }
@@ -194,6 +206,18 @@ pub fn postgres_base() -> Option<String> {
         .ok()
         .filter(|s| !s.is_empty())
         .map(|s| s.trim_end_matches('/').to_owned())
+}
+
+/// `HEARTH_TEST_SHARDS=N` (with `HEARTH_TEST_POSTGRES`) gives every test
+/// server N event shards besides its main database.
+fn test_shards() -> usize {
+    if postgres_base().is_none() {
+        return 0;
+    }
+    std::env::var("HEARTH_TEST_SHARDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn psql(base: &str, sql: &str) {

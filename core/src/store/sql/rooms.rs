@@ -38,19 +38,104 @@ macro_rules! impl_room_store {
             })
         }
 
-        #[async_trait]
-        impl RoomStore for crate::store::sql::SqlStore<$db> {
-            async fn create_room(&self, room_id: &str, version: &str, creator: &str) -> Result<()> {
+        /// What the sharded store needs of a main database or a shard beyond
+        /// the store traits.
+        impl crate::store::sql::SqlStore<$db> {
+            /// Records a room in the directory with the shard holding its events.
+            pub async fn insert_room(
+                &self,
+                room_id: &str,
+                version: &str,
+                creator: &str,
+                shard: i64,
+            ) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO rooms (room_id, room_version, creator, created_ts, shard) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(room_id)
                 .bind(version)
                 .bind(creator)
                 .bind(now_ms())
+                .bind(shard)
                 .execute(&self.writer)
                 .await?;
                 Ok(())
+            }
+
+            pub async fn room_shard(&self, room_id: &str) -> Result<Option<i64>> {
+                Ok(sqlx::query_scalar("SELECT shard FROM rooms WHERE room_id = $1")
+                    .bind(room_id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            /// Upserts membership index rows; a row only replaces an older one.
+            pub async fn index_memberships(&self, rows: &[MembershipRecord]) -> Result<()> {
+                let mut tx = self.writer.begin().await?;
+                for m in rows {
+                    sqlx::query(
+                        "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
+                         VALUES ($1, $2, $3, $4, $5, 0)
+                         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+                           event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0
+                         WHERE memberships.stream_ordering < excluded.stream_ordering",
+                    )
+                    .bind(&m.room_id)
+                    .bind(&m.user_id)
+                    .bind(&m.membership)
+                    .bind(&m.event_id)
+                    .bind(m.stream_ordering)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                for m in rows {
+                    self.memberships.forget(m.user_id.as_str());
+                }
+                Ok(())
+            }
+
+            /// Every membership row this database holds.
+            pub async fn all_memberships(&self) -> Result<Vec<MembershipRecord>> {
+                let rows = sqlx::query("SELECT * FROM memberships")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(membership_from_row).collect()
+            }
+
+            /// Rooms whose current join rule is public.
+            pub async fn rooms_with_public_join_rule(&self) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar(concat!(
+                    "SELECT c.room_id FROM current_state c JOIN events e ON e.event_id = c.event_id
+                     WHERE c.event_type = 'm.room.join_rules' AND c.state_key = '' AND ",
+                    $join_rule,
+                    " = 'public'"
+                ))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            /// Users joined to any of these rooms.
+            pub async fn joined_users_in(&self, room_ids: &[String]) -> Result<Vec<String>> {
+                if room_ids.is_empty() {
+                    return Ok(vec![]);
+                }
+                let mut qb: QueryBuilder<$db> = QueryBuilder::new(
+                    "SELECT DISTINCT user_id FROM memberships WHERE membership = 'join' AND room_id IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for id in room_ids {
+                    sep.push_bind(id);
+                }
+                qb.push(")");
+                Ok(qb.build_query_scalar().fetch_all(&self.pool).await?)
+            }
+        }
+
+        #[async_trait]
+        impl RoomStore for crate::store::sql::SqlStore<$db> {
+            async fn create_room(&self, room_id: &str, version: &str, creator: &str) -> Result<()> {
+                self.insert_room(room_id, version, creator, 0).await
             }
 
             async fn room_version(&self, room_id: &str) -> Result<Option<String>> {
