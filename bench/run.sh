@@ -4,6 +4,8 @@
 # the side-by-side table.
 #   bench/run.sh [bench args...]     e.g. --scenarios unloaded,pairs --seconds 10
 # Needs PostgreSQL on 127.0.0.1:5432 for Synapse (started if it is down).
+#   BENCH_SHARDED=1  also measures Hearth on Postgres with two event shards
+#                    (fresh databases, dropped afterwards).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -20,18 +22,40 @@ data=$(mktemp -d /tmp/hearth-bench-XXXXXX)
 "$root/target/release/homeserver" --listen "127.0.0.1:$hport" --data-dir "$data" --rate-limits false \
   >"$data/server.log" 2>&1 &
 hpid=$!
+pg=postgres://postgres@127.0.0.1:5432
+dbs=()
+extra_hs=()
+if [ "${BENCH_SHARDED:-0}" = 1 ]; then
+  for n in main s0 s1; do
+    dbs+=("hearth_bench_$$_$n")
+    psql "$pg/postgres" -qc "CREATE DATABASE hearth_bench_$$_$n" >/dev/null
+  done
+  pport=18302
+  "$root/target/release/homeserver" --listen "127.0.0.1:$pport" --data-dir "$data/pg" --rate-limits false \
+    --database-url "$pg/${dbs[0]}" --database-shards "$pg/${dbs[1]},$pg/${dbs[2]}" \
+    >"$data/server-pg.log" 2>&1 &
+  ppid=$!
+  extra_hs=(--hs "hearth-pg2shards=http://127.0.0.1:$pport,pid=$ppid")
+fi
 cleanup() {
-  kill "$hpid" 2>/dev/null || true
+  kill "$hpid" ${ppid:-} 2>/dev/null || true
   SYNAPSE_DB=postgres bash "$root/scripts/synapse.sh" stop "$sport" || true
+  sleep 0.5
+  for db in "${dbs[@]}"; do
+    psql "$pg/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  done
   rm -rf "$data"
 }
 trap cleanup EXIT
 surl=$(SYNAPSE_DB=postgres bash "$root/scripts/synapse.sh" start "$sport")
 spid=$(cat "/tmp/hearth-synapse-$sport/pid")
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$hport/_matrix/client/versions" >/dev/null 2>&1 && break
-  sleep 0.1
+for port in $hport ${pport:-}; do
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
 done
 "$root/target/release/bench" \
   --hs "hearth=http://127.0.0.1:$hport,pid=$hpid" \
+  "${extra_hs[@]}" \
   --hs "synapse=$surl,pid=$spid" "$@"
