@@ -84,14 +84,24 @@ async fn main() -> Result<()> {
         let scenario = Scenario::named(name, Duration::from_secs(secs), args.idle, args.smoke)?;
         let mut row = vec![];
         for server in &servers {
+            // The other servers are paused while one is measured, so their
+            // background work (Synapse's periodic jobs, say) lands in nobody's
+            // figures; then the machine is left to settle.
+            let others: Vec<u32> = servers
+                .iter()
+                .filter(|o| o.name != server.name)
+                .filter_map(|o| o.pid)
+                .collect();
             if !args.smoke {
+                signal(&others, "STOP");
                 wait_for_quiet_machine().await;
             }
             eprintln!("running {name} on {}", server.name);
-            let outcome = scenario
-                .run(server)
-                .await
-                .with_context(|| format!("{name} on {}", server.name))?;
+            let outcome = scenario.run(server).await;
+            if !args.smoke {
+                signal(&others, "CONT");
+            }
+            let outcome = outcome.with_context(|| format!("{name} on {}", server.name))?;
             failures += outcome.lost + outcome.duplicated + outcome.out_of_order;
             row.push(outcome);
         }
@@ -109,6 +119,15 @@ async fn main() -> Result<()> {
     }
     println!("correctness: 0 lost, 0 duplicated, 0 out of order ({deliveries} deliveries checked)");
     Ok(())
+}
+
+/// Sends SIGSTOP or SIGCONT to processes.
+fn signal(pids: &[u32], sig: &str) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status();
+    }
 }
 
 /// Waits (up to a minute) until the machine's CPUs are nearly idle, so one

@@ -11,25 +11,11 @@ use sqlx::{
 use super::sql::{SqlStore, from_pools};
 use crate::Result;
 
-mod accounts {
-    crate::store::sql::accounts::impl_account_store!(sqlx::Postgres);
-}
-mod data {
-    // The next position of the shard stream, for a receipt.
-    crate::store::sql::data::impl_data_store!(
-        sqlx::Postgres,
-        "SELECT nextval(pg_get_serial_sequence('events', 'stream_ordering'))"
-    );
-}
-mod events {
-    crate::store::sql::events::impl_commit_events!(sqlx::Postgres);
-}
-mod rooms {
-    crate::store::sql::rooms::impl_room_store!(
-        sqlx::Postgres,
-        "(e.json::jsonb -> 'content' ->> 'join_rule')"
-    );
-}
+super::sql::sql_backend!(
+    sqlx::Postgres,
+    join_rule: "(e.json::jsonb -> 'content' ->> 'join_rule')",
+    next_stream_id: "SELECT nextval(pg_get_serial_sequence('events', 'stream_ordering'))"
+);
 
 pub type PgStore = SqlStore<Postgres>;
 

@@ -8,6 +8,28 @@
 //! through the group-commit writer, stream positions and access tokens in
 //! memory because this process is the database's only writer.
 
+/// Instantiates every query module for one driver: `$join_rule` is the
+/// dialect's expression for an `m.room.join_rules` event's rule (event JSON in
+/// `e.json`), `$next_stream_id` the statement that draws the next position of
+/// the events stream (for a receipt).
+macro_rules! sql_backend {
+    ($db:ty, join_rule: $join_rule:literal, next_stream_id: $next_stream_id:literal) => {
+        mod accounts {
+            crate::store::sql::accounts::impl_account_store!($db);
+        }
+        mod data {
+            crate::store::sql::data::impl_data_store!($db, $next_stream_id);
+        }
+        mod events {
+            crate::store::sql::events::impl_commit_events!($db);
+        }
+        mod rooms {
+            crate::store::sql::rooms::impl_room_store!($db, $join_rule);
+        }
+    };
+}
+pub(crate) use sql_backend;
+
 pub(crate) mod accounts;
 pub(crate) mod data;
 pub(crate) mod events;

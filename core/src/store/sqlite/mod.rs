@@ -11,25 +11,11 @@ use sqlx::{
 use super::sql::{SqlStore, from_pools};
 use crate::Result;
 
-mod accounts {
-    crate::store::sql::accounts::impl_account_store!(sqlx::Sqlite);
-}
-mod data {
-    // The next position of the shard stream, for a receipt.
-    crate::store::sql::data::impl_data_store!(
-        sqlx::Sqlite,
-        "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'events' RETURNING seq"
-    );
-}
-mod events {
-    crate::store::sql::events::impl_commit_events!(sqlx::Sqlite);
-}
-mod rooms {
-    crate::store::sql::rooms::impl_room_store!(
-        sqlx::Sqlite,
-        "json_extract(e.json, '$.content.join_rule')"
-    );
-}
+super::sql::sql_backend!(
+    sqlx::Sqlite,
+    join_rule: "json_extract(e.json, '$.content.join_rule')",
+    next_stream_id: "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'events' RETURNING seq"
+);
 
 pub type SqliteStore = SqlStore<Sqlite>;
 
