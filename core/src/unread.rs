@@ -129,7 +129,6 @@ impl Hearth {
             },
         };
         tally.checked_to = tally.checked_to.max(upto);
-        let unchanged = cached == Some(tally);
         // The caller may hold every event of the room after some position:
         // then nothing needs reading.
         let held = known.filter(|(from, _)| *from <= tally.scanned_to);
@@ -163,17 +162,17 @@ impl Hearth {
                 self.tally_event(&mut tally, e, user, &mut displayname)
                     .await?;
             }
-        } else if unchanged {
-            return Ok((tally.notifications, tally.highlights));
         }
-        self.unread.put(room, who, tally);
+        if cached != Some(tally) {
+            self.unread.put(room, who, tally);
+        }
         Ok((tally.notifications, tally.highlights))
     }
 }
 
 impl Hearth {
     /// Counts one event into a tally. The display name is looked up once per
-    /// batch, and only if some event needs it.
+    /// batch, and only if some event notifies.
     async fn tally_event(
         &self,
         tally: &mut Tally,
@@ -185,29 +184,27 @@ impl Hearth {
             return Ok(());
         }
         tally.notifications += 1;
-        let content = e.pdu.content_value();
-        if mentions(&content, user, None) {
-            tally.highlights += 1;
-            return Ok(());
-        }
         if displayname.is_none() {
-            *displayname = self.unread.name(user.as_str());
+            *displayname = Some(self.displayname_for_highlights(user).await?);
         }
-        if displayname.is_none() {
-            let name = self
-                .store
-                .get_user(user.as_str())
-                .await?
-                .and_then(|u| u.displayname);
-            self.unread.put_name(user.as_str(), name.clone());
-            *displayname = Some(name);
-        }
-        if let Some(Some(name)) = displayname.as_ref()
-            && mentions(&content, user, Some(name))
-        {
+        let name = displayname.as_ref().and_then(Option::as_deref);
+        if mentions(&e.pdu.content_value(), user, name) {
             tally.highlights += 1;
         }
         Ok(())
+    }
+
+    async fn displayname_for_highlights(&self, user: &UserId) -> Result<Option<String>> {
+        if let Some(name) = self.unread.name(user.as_str()) {
+            return Ok(name);
+        }
+        let name = self
+            .store
+            .get_user(user.as_str())
+            .await?
+            .and_then(|u| u.displayname);
+        self.unread.put_name(user.as_str(), name.clone());
+        Ok(name)
     }
 }
 

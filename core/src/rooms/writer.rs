@@ -51,16 +51,25 @@ impl Hearth {
         })
     }
 
+    /// The room's cache behind its held lock, loaded on first use.
+    async fn loaded<'a>(
+        &self,
+        guard: &'a mut Option<RoomCache>,
+        room_id: &str,
+    ) -> Result<&'a mut RoomCache> {
+        if guard.is_none() {
+            *guard = Some(self.load_room(room_id).await?);
+        }
+        guard
+            .as_mut()
+            .ok_or_else(|| Error::internal("room cache missing"))
+    }
+
     /// Current state of a room, from the writer's cache.
     pub async fn room_state(&self, room_id: &RoomId) -> Result<Vec<Arc<Pdu>>> {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.load_room(room_id.as_str()).await?);
-        }
-        let cache = guard
-            .as_ref()
-            .ok_or_else(|| Error::internal("room cache missing"))?;
+        let cache = self.loaded(&mut guard, room_id.as_str()).await?;
         Ok(cache.state.values().cloned().collect())
     }
 
@@ -72,12 +81,7 @@ impl Hearth {
     ) -> Result<Option<Arc<Pdu>>> {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
-        if guard.is_none() {
-            *guard = Some(self.load_room(room_id.as_str()).await?);
-        }
-        let cache = guard
-            .as_ref()
-            .ok_or_else(|| Error::internal("room cache missing"))?;
+        let cache = self.loaded(&mut guard, room_id.as_str()).await?;
         Ok(cache
             .state
             .get(&(kind.to_owned(), state_key.to_owned()))
@@ -187,13 +191,7 @@ impl Hearth {
     pub async fn send_event(&self, room_id: &RoomId, new: NewEvent) -> Result<OwnedEventId> {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
-
-        if guard.is_none() {
-            *guard = Some(self.load_room(room_id.as_str()).await?);
-        }
-        let cache = guard
-            .as_mut()
-            .ok_or_else(|| Error::internal("room cache missing"))?;
+        let cache = self.loaded(&mut guard, room_id.as_str()).await?;
         let rules = rules_for(&cache.version)?;
 
         let content_raw = serde_json::value::to_raw_value(&new.content)?;
@@ -379,17 +377,15 @@ impl Hearth {
     pub async fn notify_room(&self, room_id: &RoomId) {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
-        if guard.is_none() {
-            match self.load_room(room_id.as_str()).await {
-                Ok(c) => *guard = Some(c),
-                Err(_) => {
-                    drop(guard);
-                    self.notifier.notify();
-                    return;
-                }
+        // A room that cannot be loaded still must not leave syncs asleep.
+        let audience = match self.loaded(&mut guard, room_id.as_str()).await {
+            Ok(cache) => room_audience(cache),
+            Err(_) => {
+                drop(guard);
+                self.notifier.notify();
+                return;
             }
-        }
-        let audience = guard.as_ref().map(room_audience).unwrap_or_default();
+        };
         drop(guard);
         self.notifier
             .notify_users(audience.iter().map(String::as_str));

@@ -258,12 +258,6 @@ pub trait DataStore: Send + Sync {
         after: &[i64],
         upto: &[i64],
     ) -> Result<Vec<ReceiptRecord>>;
-    async fn user_receipt(
-        &self,
-        room_id: &str,
-        user_id: &str,
-        receipt_types: &[&str],
-    ) -> Result<Option<ReceiptRecord>>;
     /// Where the user has read up to in a room: the stream ordering of the
     /// newest event their `m.read` or `m.read.private` receipts point at.
     async fn read_position(&self, room_id: &str, user_id: &str) -> Result<Option<i64>>;

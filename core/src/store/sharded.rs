@@ -438,17 +438,6 @@ impl DataStore for ShardedStore {
         }
         Ok(out)
     }
-    async fn user_receipt(
-        &self,
-        room_id: &str,
-        user_id: &str,
-        receipt_types: &[&str],
-    ) -> Result<Option<ReceiptRecord>> {
-        self.shard(room_id)
-            .await?
-            .user_receipt(room_id, user_id, receipt_types)
-            .await
-    }
     async fn read_position(&self, room_id: &str, user_id: &str) -> Result<Option<i64>> {
         self.shard(room_id)
             .await?

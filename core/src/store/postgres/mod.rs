@@ -39,12 +39,6 @@ impl SqlStore<Postgres> {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        let events: Option<i64> = sqlx::query_scalar("SELECT max(stream_ordering) FROM events")
-            .fetch_one(&pool)
-            .await?;
-        let misc: i64 = sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
-            .fetch_one(&pool)
-            .await?;
-        Ok(from_pools(pool, writer, events.unwrap_or(0), misc))
+        from_pools(pool, writer).await
     }
 }

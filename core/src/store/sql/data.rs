@@ -165,27 +165,6 @@ macro_rules! impl_data_store {
                 rows.iter().map(receipt_from_row).collect()
             }
 
-            async fn user_receipt(
-                &self,
-                room_id: &str,
-                user_id: &str,
-                receipt_types: &[&str],
-            ) -> Result<Option<ReceiptRecord>> {
-                let mut qb: QueryBuilder<$db> =
-                    QueryBuilder::new("SELECT * FROM receipts WHERE room_id = ");
-                qb.push_bind(room_id)
-                    .push(" AND user_id = ")
-                    .push_bind(user_id)
-                    .push(" AND receipt_type IN (");
-                let mut sep = qb.separated(", ");
-                for t in receipt_types {
-                    sep.push_bind(*t);
-                }
-                qb.push(") ORDER BY stream_id DESC LIMIT 1");
-                let row = qb.build().fetch_optional(&self.pool).await?;
-                row.as_ref().map(receipt_from_row).transpose()
-            }
-
             async fn read_position(&self, room_id: &str, user_id: &str) -> Result<Option<i64>> {
                 Ok(sqlx::query_scalar(
                     "SELECT MAX(e.stream_ordering) FROM receipts r JOIN events e ON e.event_id = r.event_id

@@ -55,6 +55,16 @@ macro_rules! impl_commit_events {
                 tx.commit().await?;
                 Ok(results)
             }
+
+            async fn stream_heads(pool: &sqlx::Pool<$db>) -> Result<(i64, i64)> {
+                let events: Option<i64> = sqlx::query_scalar("SELECT max(stream_ordering) FROM events")
+                .fetch_one(pool)
+                .await?;
+                let misc: i64 = sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
+                    .fetch_one(pool)
+                    .await?;
+                Ok((events.unwrap_or(0), misc))
+            }
         }
 
         /// Writes one event and what it changes (state, membership, txn id).

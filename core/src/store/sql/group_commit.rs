@@ -25,6 +25,10 @@ pub(crate) trait CommitEvents: sqlx::Database {
         writer: &Pool<Self>,
         batch: &[&EventToPersist],
     ) -> Result<Vec<Result<i64>>>;
+
+    /// Where the streams stand: the newest position of the events stream
+    /// (events and receipts) and of the account-data stream.
+    async fn stream_heads(pool: &Pool<Self>) -> Result<(i64, i64)>;
 }
 
 struct Job {

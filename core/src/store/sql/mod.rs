@@ -64,27 +64,26 @@ pub struct SqlStore<DB: sqlx::Database> {
     pub(crate) memberships: Arc<read_cache::ReadCache<String, Vec<crate::store::MembershipRecord>>>,
 }
 
-/// Wraps opened, migrated pools, given the newest committed positions.
-pub(crate) fn from_pools<DB: group_commit::CommitEvents>(
+/// Wraps opened, migrated pools; reads where the streams stand.
+pub(crate) async fn from_pools<DB: group_commit::CommitEvents>(
     pool: Pool<DB>,
     writer: Pool<DB>,
-    events: i64,
-    misc: i64,
-) -> SqlStore<DB> {
+) -> Result<SqlStore<DB>> {
+    let (events, misc) = DB::stream_heads(&pool).await?;
     let positions = Arc::new(Positions::default());
     positions.advance_events(events);
     positions.advance_misc(misc);
     let memberships = Arc::new(read_cache::ReadCache::new(CACHED_USERS));
     let commits =
         group_commit::GroupCommit::start(writer.clone(), positions.clone(), memberships.clone());
-    SqlStore {
+    Ok(SqlStore {
         pool,
         writer,
         commits,
         positions,
         tokens: Arc::new(read_cache::ReadCache::new(CACHED_USERS)),
         memberships,
-    }
+    })
 }
 
 impl<DB: sqlx::Database> SqlStore<DB> {

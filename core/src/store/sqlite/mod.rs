@@ -47,14 +47,8 @@ impl SqlStore<Sqlite> {
             .max_connections(8)
             .connect_with(opts)
             .await?;
-        let events: Option<i64> = sqlx::query_scalar("SELECT max(stream_ordering) FROM events")
-            .fetch_one(&pool)
-            .await?;
-        let misc: i64 = sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
-            .fetch_one(&pool)
-            .await?;
         spawn_checkpointer(pool.clone());
-        Ok(from_pools(pool, writer, events.unwrap_or(0), misc))
+        from_pools(pool, writer).await
     }
 }
 
