@@ -57,7 +57,12 @@ macro_rules! impl_commit_events {
             }
 
             async fn stream_heads(pool: &sqlx::Pool<$db>) -> Result<(i64, i64)> {
-                let events: Option<i64> = sqlx::query_scalar("SELECT max(stream_ordering) FROM events")
+                // Receipts draw from the events sequence too, so the head is
+                // the newest of either.
+                let events: Option<i64> = sqlx::query_scalar(
+                    "SELECT max(p) FROM (SELECT max(stream_ordering) AS p FROM events
+                     UNION ALL SELECT max(stream_id) AS p FROM receipts) heads",
+                )
                 .fetch_one(pool)
                 .await?;
                 let misc: i64 = sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
