@@ -91,6 +91,14 @@ impl Pdu {
             .unwrap_or_else(|| json!({}))
     }
 
+    /// `content.membership`, for an m.room.member event.
+    pub fn membership(&self) -> Option<&str> {
+        self.json
+            .get("content")
+            .and_then(|c| c.get("membership"))
+            .and_then(Value::as_str)
+    }
+
     pub fn is_state(&self) -> bool {
         self.state_key.is_some()
     }

@@ -359,15 +359,7 @@ fn room_audience(cache: &RoomCache) -> Vec<String> {
         .state
         .iter()
         .filter(|((kind, _), _)| kind == "m.room.member")
-        .filter(|(_, pdu)| {
-            matches!(
-                pdu.json
-                    .get("content")
-                    .and_then(|c| c.get("membership"))
-                    .and_then(Value::as_str),
-                Some("join" | "invite")
-            )
-        })
+        .filter(|(_, pdu)| matches!(pdu.membership(), Some("join" | "invite")))
         .map(|((_, user), _)| user.clone())
         .collect()
 }

@@ -226,13 +226,7 @@ impl RoomStore for ShardedStore {
         if ev.pdu.kind.to_string() == "m.room.member"
             && let Some(user) = &ev.pdu.state_key
         {
-            let membership = ev
-                .pdu
-                .json
-                .get("content")
-                .and_then(|c| c.get("membership"))
-                .and_then(Value::as_str)
-                .unwrap_or("leave");
+            let membership = ev.pdu.membership().unwrap_or("leave");
             self.main
                 .index_memberships(&[MembershipRecord {
                     room_id: ev.pdu.room_id.to_string(),

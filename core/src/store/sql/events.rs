@@ -153,12 +153,7 @@ macro_rules! impl_commit_events {
                 .execute(&mut *conn)
                 .await?;
                 if kind == "m.room.member" {
-                    let membership = pdu
-                        .json
-                        .get("content")
-                        .and_then(|c| c.get("membership"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("leave");
+                    let membership = pdu.membership().unwrap_or("leave");
                     sqlx::query(
                         "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
                          VALUES ($1, $2, $3, $4, $5, 0)
