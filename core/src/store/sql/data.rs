@@ -135,6 +135,7 @@ macro_rules! impl_data_store {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
+                self.positions.record_receipt(&r.room_id, id);
                 self.positions.advance_events(id);
                 Ok(id)
             }
@@ -148,6 +149,12 @@ macro_rules! impl_data_store {
                 // This database is one shard: the first position is its own.
                 let (after, upto) = (crate::store::sql::own(after), crate::store::sql::own(upto));
                 if room_ids.is_empty() || after >= upto {
+                    return Ok(vec![]);
+                }
+                // Only the rooms that had receipts since, when memory knows.
+                let moved = self.positions.rooms_with_receipts(room_ids, after);
+                let room_ids = moved.as_deref().unwrap_or(room_ids);
+                if room_ids.is_empty() {
                     return Ok(vec![]);
                 }
                 let mut qb: QueryBuilder<$db> =

@@ -34,14 +34,13 @@ pub(crate) mod accounts;
 pub(crate) mod data;
 pub(crate) mod events;
 pub(crate) mod group_commit;
+pub(crate) mod positions;
 pub(crate) mod read_cache;
 pub(crate) mod rooms;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicI64, Ordering},
-};
+use std::sync::Arc;
 
+use positions::Positions;
 use sqlx::Pool;
 
 use crate::{
@@ -70,9 +69,7 @@ pub(crate) async fn from_pools<DB: group_commit::CommitEvents>(
     writer: Pool<DB>,
 ) -> Result<SqlStore<DB>> {
     let (events, misc) = DB::stream_heads(&pool).await?;
-    let positions = Arc::new(Positions::default());
-    positions.advance_events(events);
-    positions.advance_misc(misc);
+    let positions = Arc::new(Positions::starting_at(events, misc));
     let memberships = Arc::new(read_cache::ReadCache::new(CACHED_USERS));
     let commits =
         group_commit::GroupCommit::start(writer.clone(), positions.clone(), memberships.clone());
@@ -90,34 +87,6 @@ impl<DB: sqlx::Database> SqlStore<DB> {
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
-    }
-}
-
-/// The newest committed position of each stream. Only this process writes the
-/// database, so it can keep them in memory instead of asking on every sync.
-#[derive(Default)]
-pub(crate) struct Positions {
-    events: AtomicI64,
-    misc: AtomicI64,
-}
-
-impl Positions {
-    /// Called after a commit, never before: a reader that sees a position can
-    /// read everything up to it.
-    pub(crate) fn advance_events(&self, to: i64) {
-        self.events.fetch_max(to, Ordering::AcqRel);
-    }
-
-    pub(crate) fn advance_misc(&self, to: i64) {
-        self.misc.fetch_max(to, Ordering::AcqRel);
-    }
-
-    pub(crate) fn events(&self) -> i64 {
-        self.events.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn misc(&self) -> i64 {
-        self.misc.load(Ordering::Acquire)
     }
 }
 

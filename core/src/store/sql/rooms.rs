@@ -172,8 +172,12 @@ macro_rules! impl_room_store {
                 )
             }
 
-            async fn persist_event(&self, ev: &EventToPersist) -> Result<i64> {
-                self.commits.persist(ev.clone()).await
+            async fn submit_event(&self, ev: EventToPersist) -> Result<crate::store::PendingCommit> {
+                self.commits.submit(ev).await
+            }
+
+            fn on_commit(&self, hook: crate::store::CommitHook) {
+                self.commits.on_commit(hook);
             }
 
             async fn txn_event(
@@ -362,6 +366,9 @@ macro_rules! impl_room_store {
                 let (after, upto) = (crate::store::sql::own(after), crate::store::sql::own(upto));
                 if room_ids.is_empty() || after >= upto {
                     return Ok(vec![]);
+                }
+                if let Some(moved) = self.positions.rooms_with_events(room_ids, after, upto) {
+                    return Ok(moved);
                 }
                 let mut qb: QueryBuilder<$db> = QueryBuilder::new(
                     "SELECT room_id, max(stream_ordering) FROM events WHERE stream_ordering > ",
