@@ -71,6 +71,7 @@ fn core_parts(e: &Error) -> (StatusCode, &'static str) {
         Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
         Error::Internal(_)
         | Error::DuplicateTransaction { .. }
+        | Error::Superseded
         | Error::Database(_)
         | Error::Migration(_)
         | Error::Io(_)

@@ -49,8 +49,13 @@ pub enum Error {
     /// refused the new one and the caller answers with the first.
     #[error("transaction already sent as {event_id}")]
     DuplicateTransaction { event_id: String },
+    /// The event was built on one the store refused; the writer rebuilds it.
+    #[error("event built on a refused event")]
+    Superseded,
+    /// A database failure other than the database being out of reach (that
+    /// one is `Unavailable`, see `From<sqlx::Error>`).
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("migration error: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("I/O error: {0}")]
@@ -77,4 +82,69 @@ impl Error {
     }
 }
 
+impl From<sqlx::Error> for Error {
+    /// A database that cannot be reached right now (stopped, restarting,
+    /// network gone) answers 503 so clients retry, rather than 500 as if the
+    /// request had hit a bug; in the sharded layout only the rooms on that
+    /// database are affected.
+    fn from(e: sqlx::Error) -> Self {
+        if is_unreachable(&e) {
+            tracing::warn!("database unavailable: {e}");
+            Error::Unavailable(format!("database unavailable: {e}"))
+        } else {
+            Error::Database(e)
+        }
+    }
+}
+
+/// Whether `e` says the database is out of reach, as opposed to refusing or
+/// failing this particular statement.
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        // No connection came free before the pool's acquire timeout; with the
+        // server gone, that is every reconnect attempt failing.
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| unreachable_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+/// Postgres SQLSTATEs of a server going away or not yet accepting connections:
+/// class 08 (connection exception), 57P01 admin shutdown, 57P02 crash
+/// shutdown, 57P03 cannot connect now. SQLite's codes are plain numbers and
+/// never match.
+fn unreachable_sqlstate(code: &str) -> bool {
+    code.len() == 5 && (code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03"))
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_and_other_failures_are_not() {
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+        ] {
+            assert!(matches!(Error::from(e), Error::Unavailable(_)));
+        }
+        assert!(matches!(
+            Error::from(sqlx::Error::RowNotFound),
+            Error::Database(_)
+        ));
+        for code in ["08006", "08001", "57P01", "57P02", "57P03"] {
+            assert!(unreachable_sqlstate(code), "{code}");
+        }
+        // Unique violation, statement timeout, a SQLite busy code.
+        for code in ["23505", "57014", "5"] {
+            assert!(!unreachable_sqlstate(code), "{code}");
+        }
+    }
+}

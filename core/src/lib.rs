@@ -69,6 +69,16 @@ impl Hearth {
             unread: UnreadCache::default(),
             shutdown: tokio::sync::watch::channel(false).0,
         });
+        // The writer's ring of recent events hears of each event in commit
+        // order, from the store itself.
+        let recent = hearth.rooms.recent.clone();
+        hearth.store.on_commit(Arc::new(move |ev, ordering| {
+            recent.push(crate::pdu::StoredEvent {
+                pdu: ev.pdu.clone(),
+                stream_ordering: ordering,
+                txn: ev.txn.as_ref().map(|(_, d, t)| (d.clone(), t.clone())),
+            });
+        }));
         hearth.spawn_typing_sweeper();
         Ok(hearth)
     }

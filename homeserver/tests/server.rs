@@ -74,34 +74,8 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
     let token = alice.token.clone().expect("token");
 
     // Read what the server wrote, straight from its database.
-    let (sqlite, postgres) = match &hs.database_url {
-        // The signed event lives on a shard when sharded; the keys on main.
-        Some(url) if !hs.database_shards.is_empty() => (
-            None,
-            Some(Box::new(
-                ShardedStore::connect(url, &hs.database_shards)
-                    .await
-                    .expect("connect db"),
-            ) as Box<dyn Store>),
-        ),
-        Some(url) => (
-            None,
-            Some(Box::new(PgStore::connect(url).await.expect("connect db")) as Box<dyn Store>),
-        ),
-        None => (
-            Some(
-                SqliteStore::open(&hs.data_dir().join("hearth.db"))
-                    .await
-                    .expect("open db"),
-            ),
-            None,
-        ),
-    };
-    let store: &dyn Store = match (&sqlite, &postgres) {
-        (Some(s), _) => s,
-        (_, Some(p)) => p.as_ref(),
-        _ => unreachable!("one backend is open"),
-    };
+    let opened = open_store(&hs).await;
+    let store = opened.store();
     let ev = store
         .get_event(&event_id)
         .await
@@ -141,8 +115,7 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
     // The access token is nowhere in the database in clear.
     let stored_plain = store.find_token(&token).await.expect("query");
     assert_eq!(stored_plain, None, "the token is stored in clear");
-    drop(postgres);
-    if let Some(s) = &sqlite {
+    if let Opened::Sqlite(s) = &opened {
         s.close().await;
         for f in ["hearth.db", "hearth.db-wal"] {
             if let Ok(bytes) = std::fs::read(hs.data_dir().join(f)) {
@@ -473,4 +446,109 @@ async fn racing_retries_make_one_event_per_room() {
         rooms.len(),
         "one event per room, not shared"
     );
+}
+
+/// The test server's database, opened beside it.
+enum Opened {
+    Sqlite(SqliteStore),
+    Other(Box<dyn Store>),
+}
+
+impl Opened {
+    fn store(&self) -> &dyn Store {
+        match self {
+            Opened::Sqlite(s) => s,
+            Opened::Other(s) => s.as_ref(),
+        }
+    }
+}
+
+async fn open_store(hs: &TestServer) -> Opened {
+    match &hs.database_url {
+        // Events live on the shards when sharded; keys and tokens on main.
+        Some(url) if !hs.database_shards.is_empty() => Opened::Other(Box::new(
+            ShardedStore::connect(url, &hs.database_shards)
+                .await
+                .expect("connect db"),
+        )),
+        Some(url) => Opened::Other(Box::new(PgStore::connect(url).await.expect("connect db"))),
+        None => Opened::Sqlite(
+            SqliteStore::open(&hs.data_dir().join("hearth.db"))
+                .await
+                .expect("open db"),
+        ),
+    }
+}
+
+#[tokio::test]
+async fn a_retry_refused_at_commit_leaves_no_event_built_on_it() {
+    let mut hs = TestServer::start(&[]).await;
+    let alice = hs.register("alice", "pw").await;
+    let room = alice.create_room(json!({})).await;
+    let mut first = vec![];
+    for i in 0..4 {
+        first.push(alice.send_text(&room, &format!("early{i}"), "early").await);
+    }
+    // After a restart the writer has no memory of those transactions, so a
+    // retry is only caught when the store refuses it, while other sends of
+    // the room are already queued behind it, built on top of it.
+    hs.crash_and_restart().await;
+    let mut sent = vec![];
+    for (i, early) in first.iter().enumerate() {
+        let mut tasks = vec![];
+        let retry = {
+            let alice = alice.clone();
+            let room = room.clone();
+            tokio::spawn(async move { alice.send_text(&room, &format!("early{i}"), "early").await })
+        };
+        for j in 0..6 {
+            let (alice, room) = (alice.clone(), room.clone());
+            tasks.push(tokio::spawn(async move {
+                alice
+                    .send_text(&room, &format!("late{i}-{j}"), &format!("late {i} {j}"))
+                    .await
+            }));
+        }
+        assert_eq!(
+            &retry.await.expect("retry"),
+            early,
+            "the retry answers the first event"
+        );
+        for t in tasks {
+            sent.push(t.await.expect("send"));
+        }
+    }
+
+    // Every acknowledged event is in the room once, and every event's
+    // parents are stored: nothing was built on the refused retries.
+    let (status, page) = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<String> = page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), first.len() + sent.len(), "{ids:?}");
+    for id in first.iter().chain(&sent) {
+        assert_eq!(ids.iter().filter(|i| *i == id).count(), 1, "{id} once");
+    }
+    let opened = open_store(&hs).await;
+    let store = opened.store();
+    for id in &ids {
+        let ev = store.get_event(id).await.expect("read").expect("stored");
+        for prev in ev.pdu.json["prev_events"].as_array().expect("prev_events") {
+            let prev = prev.as_str().expect("event id");
+            assert!(
+                store.get_event(prev).await.expect("read").is_some(),
+                "{id} was built on {prev}, which was never stored"
+            );
+        }
+    }
 }

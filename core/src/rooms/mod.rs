@@ -2,8 +2,11 @@
 //!
 //! Every room's events pass through one `RoomHandle` lock in this process: the
 //! lock holder builds the event on top of the room's latest event, authorizes it
-//! against current state, commits it, and only then releases. That makes the
-//! room's stream ordering its total order.
+//! against current state and submits it to the store, which commits a room's
+//! events in submission order. That makes the room's stream ordering its total
+//! order. The lock is released before the commit, so the next event can join
+//! the same group commit; an event the store refuses takes the events built on
+//! it down with it, and those are rebuilt (`EventToPersist::generation`).
 
 mod create;
 mod membership;
@@ -12,9 +15,14 @@ mod visibility;
 mod writer;
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
+
+use tokio::sync::watch;
 
 use ruma::{OwnedEventId, OwnedUserId, RoomVersionId};
 use serde_json::Value;
@@ -23,7 +31,7 @@ pub use create::CreateRoom;
 pub use recent::RecentEvents;
 pub use visibility::HistoryVisibility;
 
-use crate::pdu::Pdu;
+use crate::{Error, Result, pdu::Pdu};
 
 /// A new event as a local client asks for it.
 #[derive(Debug, Clone)]
@@ -61,20 +69,92 @@ impl NewEvent {
     }
 }
 
-/// What the writer keeps in memory for a room it has loaded.
+/// What the writer keeps in memory for a room it has loaded. It runs ahead
+/// of the database by the events submitted and not yet durable.
 pub(crate) struct RoomCache {
     pub version: RoomVersionId,
     pub latest: Option<(OwnedEventId, u64)>,
     pub state: HashMap<(String, String), Arc<Pdu>>,
+    /// Names this view to the store (`EventToPersist::generation`).
+    pub generation: u64,
+    /// Client transactions this view submitted, newest last.
+    pub sent: VecDeque<SentTxn>,
+}
+
+/// Transactions remembered per room: a client retries within seconds.
+const SENT_TXNS: usize = 256;
+
+/// A client transaction the writer submitted, and whether it became durable
+/// (`None` while the commit is under way).
+pub(crate) struct SentTxn {
+    user: OwnedUserId,
+    device: String,
+    txn_id: String,
+    event_id: OwnedEventId,
+    durable: watch::Receiver<Option<bool>>,
+}
+
+impl SentTxn {
+    /// The first attempt's event once it is durable; `Superseded` (try again)
+    /// if it was not.
+    pub async fn wait(mut self) -> Result<OwnedEventId> {
+        match self.durable.wait_for(Option::is_some).await.map(|v| *v) {
+            Ok(Some(true)) => Ok(self.event_id),
+            _ => Err(Error::Superseded),
+        }
+    }
+}
+
+impl RoomCache {
+    pub fn sent_txn(&self, user: &OwnedUserId, device: &str, txn_id: &str) -> Option<SentTxn> {
+        self.sent
+            .iter()
+            .rev()
+            .find(|s| s.user == *user && s.device == device && s.txn_id == txn_id)
+            .map(|s| SentTxn {
+                user: s.user.clone(),
+                device: s.device.clone(),
+                txn_id: s.txn_id.clone(),
+                event_id: s.event_id.clone(),
+                durable: s.durable.clone(),
+            })
+    }
+
+    /// Records a submitted transaction; the sender reports on its commit.
+    pub fn remember_txn(
+        &mut self,
+        user: &OwnedUserId,
+        device: &str,
+        txn_id: &str,
+        event_id: &OwnedEventId,
+    ) -> watch::Sender<Option<bool>> {
+        let (tx, durable) = watch::channel(None);
+        if self.sent.len() >= SENT_TXNS {
+            self.sent.pop_front();
+        }
+        self.sent.push_back(SentTxn {
+            user: user.clone(),
+            device: device.to_owned(),
+            txn_id: txn_id.to_owned(),
+            event_id: event_id.clone(),
+            durable,
+        });
+        tx
+    }
 }
 
 #[derive(Default)]
 pub struct Rooms {
     handles: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<RoomCache>>>>>,
-    pub recent: RecentEvents,
+    pub recent: Arc<RecentEvents>,
+    generations: AtomicU64,
 }
 
 impl Rooms {
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     pub(crate) fn handle(&self, room_id: &str) -> Arc<tokio::sync::Mutex<Option<RoomCache>>> {
         let mut map = match self.handles.lock() {
             Ok(m) => m,

@@ -1,4 +1,7 @@
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use ruma::{
     CanonicalJsonObject, OwnedEventId, RoomId, RoomVersionId, events::TimelineEventType,
@@ -48,6 +51,8 @@ impl Hearth {
             version,
             latest,
             state,
+            generation: self.rooms.next_generation(),
+            sent: VecDeque::new(),
         })
     }
 
@@ -163,11 +168,13 @@ impl Hearth {
         self.store
             .create_room(room_id.as_str(), version.as_str(), creator.as_str())
             .await?;
+        let generation = self.rooms.next_generation();
         let ordering = self
             .store
-            .persist_event(&EventToPersist {
+            .persist_event(EventToPersist {
                 pdu: pdu.clone(),
                 txn: None,
+                generation,
             })
             .await?;
         self.rooms.recent.start(room_id.as_str(), ordering);
@@ -180,6 +187,8 @@ impl Hearth {
             version: version.clone(),
             latest: Some((pdu.event_id.clone(), 1)),
             state,
+            generation,
+            sent: VecDeque::new(),
         });
         drop(guard);
         self.notifier.notify();
@@ -189,9 +198,33 @@ impl Hearth {
     /// Builds, authorizes, signs and commits one event in the room's order.
     /// Returns once the event is durable.
     pub async fn send_event(&self, room_id: &RoomId, new: NewEvent) -> Result<OwnedEventId> {
+        // An event built on one the store then refused is rebuilt on a fresh
+        // view of the room; that takes a second attempt, rarely a third.
+        for _ in 0..3 {
+            match self.try_send_event(room_id, &new).await {
+                Err(Error::Superseded) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Unavailable(
+            "The room's writer could not commit; try again".into(),
+        ))
+    }
+
+    /// One attempt: build and submit the event under the room's lock, then
+    /// wait for it to be durable without the lock, so the room's next event
+    /// can be built and join the same commit.
+    async fn try_send_event(&self, room_id: &RoomId, new: &NewEvent) -> Result<OwnedEventId> {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
         let cache = self.loaded(&mut guard, room_id.as_str()).await?;
+        // A retried transaction gets the first attempt's event once durable.
+        if let Some((device, txn_id)) = &new.txn
+            && let Some(sent) = cache.sent_txn(&new.sender, device, txn_id)
+        {
+            drop(guard);
+            return sent.wait().await;
+        }
         let rules = rules_for(&cache.version)?;
 
         let content_raw = serde_json::value::to_raw_value(&new.content)?;
@@ -266,28 +299,21 @@ impl Hearth {
             .txn
             .as_ref()
             .map(|(d, t)| (new.sender.to_string(), d.clone(), t.clone()));
-        // A retried client transaction is caught by the store, which answers
-        // with the event the first attempt committed.
-        let ordering = match self
+        let generation = cache.generation;
+        let committed = self
             .store
-            .persist_event(&EventToPersist {
+            .submit_event(EventToPersist {
                 pdu: pdu.clone(),
                 txn,
+                generation,
             })
-            .await
-        {
-            Ok(ordering) => ordering,
-            Err(Error::DuplicateTransaction { event_id }) => {
-                return OwnedEventId::try_from(event_id).map_err(Error::internal);
-            }
-            Err(e) => return Err(e),
-        };
-        self.rooms.recent.push(StoredEvent {
-            pdu: pdu.clone(),
-            stream_ordering: ordering,
-            txn: new.txn.clone(),
-        });
-
+            .await?;
+        // From here the room's view includes the event; should the store
+        // refuse it, the view is dropped (below) and reloaded.
+        let durable = new
+            .txn
+            .as_ref()
+            .map(|(device, txn_id)| cache.remember_txn(&new.sender, device, txn_id, &event_id));
         cache.latest = Some((event_id.clone(), depth));
         // Who must hear of it: the room's members before and after this event
         // (a kicked or leaving user sees their own leave).
@@ -301,6 +327,22 @@ impl Hearth {
             }
         }
         drop(guard);
+
+        let outcome = committed.await;
+        if let Some(durable) = durable {
+            durable.send_replace(Some(outcome.is_ok()));
+        }
+        if let Err(e) = outcome {
+            self.forget_room_view(room_id, generation).await;
+            // A retry of a transaction committed before this writer's view
+            // was loaded: answer with the first attempt's event.
+            return match e {
+                Error::DuplicateTransaction { event_id } => {
+                    OwnedEventId::try_from(event_id).map_err(Error::internal)
+                }
+                e => Err(e),
+            };
+        }
 
         if let Some(target) = &pdu.redacts
             && let Err(e) = self.apply_redaction(&pdu, target, &rules).await
@@ -350,6 +392,18 @@ impl Hearth {
                 .replace(Pdu::from_json(target.clone(), map)?);
         }
         Ok(())
+    }
+}
+
+impl Hearth {
+    /// Drops the writer's view of a room if it is still the one an event the
+    /// store refused was built on; the next event reloads it.
+    async fn forget_room_view(&self, room_id: &RoomId, generation: u64) {
+        let handle = self.rooms.handle(room_id.as_str());
+        let mut guard = handle.lock().await;
+        if guard.as_ref().is_some_and(|c| c.generation == generation) {
+            *guard = None;
+        }
     }
 }
 

@@ -86,7 +86,19 @@ pub struct EventToPersist {
     pub pdu: Pdu,
     /// (user, device, txn_id) for client sends: makes retries idempotent.
     pub txn: Option<(String, String, String)>,
+    /// The generation of the writer's view of the room this event was built
+    /// on. Once one event of a generation is refused, the later events of the
+    /// same generation (built on top of it) are refused too, with
+    /// `Error::Superseded`, and the writer rebuilds them on a fresh view.
+    pub generation: u64,
 }
+
+/// An event handed to the store, in its room's order; resolves to its stream
+/// ordering once durable.
+pub type PendingCommit = std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64>> + Send>>;
+
+/// Called with each event right after it commits, in commit order.
+pub type CommitHook = std::sync::Arc<dyn Fn(&EventToPersist, i64) + Send + Sync>;
 
 #[async_trait]
 pub trait AccountStore: Send + Sync {
@@ -149,9 +161,17 @@ pub trait RoomStore: Send + Sync {
     async fn is_room_public(&self, room_id: &str) -> Result<bool>;
     async fn public_rooms(&self) -> Result<Vec<String>>;
 
-    /// Appends an event to its room's order and updates state, memberships and
-    /// the transaction map atomically. Returns its stream ordering.
-    async fn persist_event(&self, ev: &EventToPersist) -> Result<i64>;
+    /// Queues an event behind the events submitted before it, to be written
+    /// with its state, membership and transaction-id rows atomically. Events
+    /// of one room commit in submission order, so a writer may submit the
+    /// next event before the previous one is durable.
+    async fn submit_event(&self, ev: EventToPersist) -> Result<PendingCommit>;
+    /// Submits an event and waits until it is durable; returns its ordering.
+    async fn persist_event(&self, ev: EventToPersist) -> Result<i64> {
+        self.submit_event(ev).await?.await
+    }
+    /// Sets the hook that hears of every committed event (set once, at start).
+    fn on_commit(&self, hook: CommitHook);
     /// The event a client transaction (per room, user and device) made.
     async fn txn_event(
         &self,

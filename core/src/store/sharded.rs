@@ -19,8 +19,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{
-    AccountDataRecord, AccountStore, DataStore, DeviceRecord, Direction, EventToPersist,
-    MediaRecord, MembershipRecord, ReceiptRecord, RoomStore, UserRecord, postgres::PgStore,
+    AccountDataRecord, AccountStore, CommitHook, DataStore, DeviceRecord, Direction,
+    EventToPersist, MediaRecord, MembershipRecord, PendingCommit, ReceiptRecord, RoomStore,
+    UserRecord, postgres::PgStore,
 };
 use crate::{
     Error, Result,
@@ -220,26 +221,40 @@ impl RoomStore for ShardedStore {
         self.main.public_rooms().await
     }
 
-    async fn persist_event(&self, ev: &EventToPersist) -> Result<i64> {
+    async fn submit_event(&self, ev: EventToPersist) -> Result<PendingCommit> {
         let shard = self.shard(ev.pdu.room_id.as_str()).await?;
-        let ordering = shard.persist_event(ev).await?;
-        if ev.pdu.kind.to_string() == "m.room.member"
-            && let Some(user) = &ev.pdu.state_key
-        {
-            let membership = ev.pdu.membership().unwrap_or("leave");
-            self.main
-                .index_memberships(&[MembershipRecord {
+        // The index row a member event changes, written to main once the
+        // event is durable on its shard (the upsert keeps the newest).
+        let index = (ev.pdu.kind.to_string() == "m.room.member")
+            .then(|| {
+                ev.pdu.state_key.as_ref().map(|user| MembershipRecord {
                     room_id: ev.pdu.room_id.to_string(),
                     user_id: user.clone(),
-                    membership: membership.to_owned(),
+                    membership: ev.pdu.membership().unwrap_or("leave").to_owned(),
                     event_id: ev.pdu.event_id.to_string(),
-                    stream_ordering: ordering,
+                    stream_ordering: 0,
                     forgotten: false,
-                }])
-                .await?;
-        }
-        Ok(ordering)
+                })
+            })
+            .flatten();
+        let committed = shard.submit_event(ev).await?;
+        let main = self.main.clone();
+        Ok(Box::pin(async move {
+            let ordering = committed.await?;
+            if let Some(mut record) = index {
+                record.stream_ordering = ordering;
+                main.index_memberships(&[record]).await?;
+            }
+            Ok(ordering)
+        }))
     }
+
+    fn on_commit(&self, hook: CommitHook) {
+        for shard in &self.shards {
+            shard.on_commit(hook.clone());
+        }
+    }
+
     async fn txn_event(
         &self,
         room_id: &str,

@@ -18,6 +18,40 @@ macro_rules! impl_commit_events {
                 writer: &sqlx::Pool<$db>,
                 batch: &[&EventToPersist],
             ) -> Result<Vec<Result<i64>>> {
+                match commit_all(writer, batch).await {
+                    // The group committer answers a failed batch as an
+                    // internal error; answered per event, an unreachable
+                    // database stays a 503 the client retries.
+                    Err(Error::Unavailable(why)) => Ok(batch
+                        .iter()
+                        .map(|_| Err(Error::Unavailable(why.clone())))
+                        .collect()),
+                    other => other,
+                }
+            }
+
+            async fn stream_heads(pool: &sqlx::Pool<$db>) -> Result<(i64, i64)> {
+                // Receipts draw from the events sequence too, so the head is
+                // the newest of either.
+                let events: Option<i64> = sqlx::query_scalar(
+                    "SELECT max(p) FROM (SELECT max(stream_ordering) AS p FROM events
+                     UNION ALL SELECT max(stream_id) AS p FROM receipts) heads",
+                )
+                .fetch_one(pool)
+                .await?;
+                let misc: i64 = sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
+                    .fetch_one(pool)
+                    .await?;
+                Ok((events.unwrap_or(0), misc))
+            }
+        }
+
+        /// Writes a batch in one transaction: each event's stream ordering or
+        /// why it was refused.
+        async fn commit_all(
+            writer: &sqlx::Pool<$db>,
+            batch: &[&EventToPersist],
+        ) -> Result<Vec<Result<i64>>> {
                 let mut conn = writer.acquire().await?;
                 // Usually every event is fine: write them all in one plain
                 // transaction (two statements per event).
@@ -39,7 +73,15 @@ macro_rules! impl_commit_events {
                 // its own savepoint, so it fails alone.
                 let mut tx = conn.begin().await?;
                 let mut results = Vec::with_capacity(batch.len());
+                // room → writer generation of a refused event: the events
+                // after it of that generation were built on it.
+                let mut refused: std::collections::HashMap<&str, u64> = Default::default();
                 for ev in batch {
+                    let room = ev.pdu.room_id.as_str();
+                    if refused.get(room).is_some_and(|g| ev.generation <= *g) {
+                        results.push(Err(Error::Superseded));
+                        continue;
+                    }
                     let mut sp = tx.begin().await?;
                     match insert_event(&mut sp, ev).await {
                         Ok(ordering) => {
@@ -48,28 +90,13 @@ macro_rules! impl_commit_events {
                         }
                         Err(e) => {
                             sp.rollback().await?;
+                            refused.insert(room, ev.generation);
                             results.push(Err(e));
                         }
                     }
                 }
                 tx.commit().await?;
                 Ok(results)
-            }
-
-            async fn stream_heads(pool: &sqlx::Pool<$db>) -> Result<(i64, i64)> {
-                // Receipts draw from the events sequence too, so the head is
-                // the newest of either.
-                let events: Option<i64> = sqlx::query_scalar(
-                    "SELECT max(p) FROM (SELECT max(stream_ordering) AS p FROM events
-                     UNION ALL SELECT max(stream_id) AS p FROM receipts) heads",
-                )
-                .fetch_one(pool)
-                .await?;
-                let misc: i64 = sqlx::query_scalar("SELECT value FROM stream_ids WHERE name = 'misc'")
-                    .fetch_one(pool)
-                    .await?;
-                Ok((events.unwrap_or(0), misc))
-            }
         }
 
         /// Writes one event and what it changes (state, membership, txn id).

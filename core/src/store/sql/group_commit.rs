@@ -3,13 +3,16 @@
 //! sender. Under load the fsync is paid once per batch instead of once per
 //! event; alone, an event waits for nothing but its own commit.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
 
 use sqlx::Pool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Positions, read_cache::ReadCache};
-use crate::store::MembershipRecord;
+use super::{positions::Positions, read_cache::ReadCache};
+use crate::store::{CommitHook, MembershipRecord, PendingCommit};
 use crate::{Error, Result, store::EventToPersist};
 
 /// Most events in one transaction; bounds how long the first of them waits.
@@ -39,6 +42,7 @@ struct Job {
 #[derive(Clone)]
 pub(crate) struct GroupCommit {
     jobs: mpsc::Sender<Job>,
+    hook: Arc<OnceLock<CommitHook>>,
 }
 
 impl GroupCommit {
@@ -48,56 +52,125 @@ impl GroupCommit {
         memberships: Arc<ReadCache<String, Vec<MembershipRecord>>>,
     ) -> Self {
         let (jobs, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(writer, positions, memberships, rx));
-        Self { jobs }
+        let hook = Arc::new(OnceLock::new());
+        let committer = Committer {
+            positions,
+            memberships,
+            hook: hook.clone(),
+            refused: HashMap::new(),
+        };
+        tokio::spawn(committer.run(writer, rx));
+        Self { jobs, hook }
     }
 
-    /// Persists one event; returns its stream ordering once it is durable.
-    pub(crate) async fn persist(&self, ev: EventToPersist) -> Result<i64> {
+    pub(crate) fn on_commit(&self, hook: CommitHook) {
+        let _ = self.hook.set(hook);
+    }
+
+    /// Queues one event behind those submitted before it; the returned future
+    /// resolves to its stream ordering once it is durable.
+    pub(crate) async fn submit(&self, ev: EventToPersist) -> Result<PendingCommit> {
         let (done, answer) = oneshot::channel();
         self.jobs
             .send(Job { ev, done })
             .await
             .map_err(|_| Error::internal("event writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| Error::internal("event writer dropped a commit"))?
+        Ok(Box::pin(async move {
+            answer
+                .await
+                .map_err(|_| Error::internal("event writer dropped a commit"))?
+        }))
     }
 }
 
-async fn run<DB: CommitEvents>(
-    writer: Pool<DB>,
+struct Committer {
     positions: Arc<Positions>,
     memberships: Arc<ReadCache<String, Vec<MembershipRecord>>>,
-    mut rx: mpsc::Receiver<Job>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let events: Vec<&EventToPersist> = batch.iter().map(|j: &Job| &j.ev).collect();
-        let results = match DB::commit_batch(&writer, &events).await {
-            Ok(results) => {
-                // A member event changed the index row of the user it is about.
-                for (job, result) in batch.iter().zip(&results) {
-                    if result.is_ok()
-                        && job.ev.pdu.kind.to_string() == "m.room.member"
-                        && let Some(user) = &job.ev.pdu.state_key
-                    {
-                        memberships.forget(user.as_str());
+    hook: Arc<OnceLock<CommitHook>>,
+    /// room → the newest writer generation with a refused event: its later
+    /// events were built on that event and must not commit without it.
+    refused: HashMap<String, u64>,
+}
+
+impl Committer {
+    async fn run<DB: CommitEvents>(mut self, writer: Pool<DB>, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            // Events built on a refused one are refused before the database
+            // sees them; the rest go in one transaction.
+            let mut results: Vec<Option<Result<i64>>> = batch
+                .iter()
+                .map(|j: &Job| self.superseded(&j.ev).then_some(Err(Error::Superseded)))
+                .collect();
+            let events: Vec<&EventToPersist> = batch
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_none())
+                .map(|(j, _)| &j.ev)
+                .collect();
+            let committed = match DB::commit_batch(&writer, &events).await {
+                Ok(committed) => committed,
+                Err(e) => {
+                    tracing::error!(events = events.len(), "event batch failed to commit: {e}");
+                    events.iter().map(|_| Err(Error::internal(&e))).collect()
+                }
+            };
+            let mut committed = committed.into_iter();
+            for slot in results.iter_mut().filter(|r| r.is_none()) {
+                *slot = committed.next();
+            }
+            let mut newest = None;
+            for (job, result) in batch.iter().zip(&mut results) {
+                let room = job.ev.pdu.room_id.as_str();
+                match result {
+                    Some(Ok(position)) => {
+                        self.committed(&job.ev, *position);
+                        newest = newest.max(Some(*position));
+                    }
+                    _ => {
+                        // Within a batch, later events of this generation
+                        // were built on this one.
+                        self.refused.insert(room.to_owned(), job.ev.generation);
                     }
                 }
-                if let Some(max) = results.iter().filter_map(|r| r.as_ref().ok()).max() {
-                    positions.advance_events(*max);
-                }
-                results
             }
-            Err(e) => {
-                tracing::error!(events = batch.len(), "event batch failed to commit: {e}");
-                batch.iter().map(|_| Err(Error::internal(&e))).collect()
+            if let Some(newest) = newest {
+                self.positions.advance_events(newest);
             }
-        };
-        for (job, result) in batch.drain(..).zip(results) {
-            // A sender that gave up (client went away) needs no answer.
-            let _ = job.done.send(result);
+            for (job, result) in batch.drain(..).zip(results) {
+                let result = result.unwrap_or_else(|| Err(Error::internal("event not committed")));
+                // A sender that gave up (client went away) needs no answer.
+                let _ = job.done.send(result);
+            }
+        }
+    }
+
+    /// Whether an event was built on one this committer refused.
+    fn superseded(&mut self, ev: &EventToPersist) -> bool {
+        let room = ev.pdu.room_id.as_str();
+        match self.refused.get(room) {
+            Some(&generation) if ev.generation <= generation => true,
+            // A newer view of the room: the refusal no longer matters.
+            Some(_) => {
+                self.refused.remove(room);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Bookkeeping for a committed event, before its position is published.
+    fn committed(&self, ev: &EventToPersist, position: i64) {
+        self.positions
+            .record_event(ev.pdu.room_id.as_str(), position);
+        // A member event changed the index row of the user it is about.
+        if ev.pdu.kind.to_string() == "m.room.member"
+            && let Some(user) = &ev.pdu.state_key
+        {
+            self.memberships.forget(user.as_str());
+        }
+        if let Some(hook) = self.hook.get() {
+            hook(ev, position);
         }
     }
 }
