@@ -16,6 +16,16 @@ pub struct CoreConfig {
     /// Advertised in /.well-known/matrix/client when set.
     pub public_base_url: Option<String>,
     pub rate_limits: RateLimitConfig,
+    /// Redis, when several processes serve this server: the bus between them,
+    /// shared typing and presence. None keeps everything in this process.
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefixes every key and channel, so servers (and tests) can share a Redis.
+    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +65,7 @@ impl CoreConfig {
             max_upload_size: 50 * 1024 * 1024,
             public_base_url: None,
             rate_limits: RateLimitConfig::default(),
+            redis: None,
         }
     }
 

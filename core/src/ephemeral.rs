@@ -1,21 +1,26 @@
 //! Typing and presence: in-process state with serial numbers, so sync can ask
-//! "what changed since position N". Nothing here is durable by design.
+//! "what changed since position N". Nothing here is durable by design. With
+//! several processes, each holds a mirror kept in step over the bus
+//! (`cluster.rs`), so expiries are wall-clock milliseconds and serials are
+//! clock-based (never below the current time in microseconds), which keeps a
+//! token from one process meaningful on another without a shared counter.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use serde_json::{Value, json};
 
 use crate::ids::now_ms;
 
+/// The next serial after `last`: past both it and the clock.
+fn next_serial(last: u64) -> u64 {
+    (last + 1).max(now_ms().saturating_mul(1000))
+}
+
 #[derive(Default)]
 struct TypingInner {
     serial: u64,
-    /// room -> (user -> expiry)
-    rooms: HashMap<String, HashMap<String, Instant>>,
+    /// room -> (user -> expiry, unix ms)
+    rooms: HashMap<String, HashMap<String, u64>>,
     /// room -> serial of its last change
     changed: HashMap<String, u64>,
 }
@@ -34,18 +39,41 @@ impl Typing {
             return false;
         };
         let users = g.rooms.entry(room.to_owned()).or_default();
+        let expires = now_ms()
+            + typing
+                .unwrap_or_default()
+                .min(MAX_TYPING_TIMEOUT)
+                .as_millis() as u64;
         let changed = match typing {
-            Some(t) => users
-                .insert(user.to_owned(), Instant::now() + t.min(MAX_TYPING_TIMEOUT))
-                .is_none(),
+            Some(_) => users.insert(user.to_owned(), expires).is_none(),
             None => users.remove(user).is_some(),
         };
         if changed {
-            g.serial += 1;
+            g.serial = next_serial(g.serial);
             let s = g.serial;
             g.changed.insert(room.to_owned(), s);
         }
         changed
+    }
+
+    /// Who is typing in a room and until when (unix ms), to tell other processes.
+    pub fn snapshot(&self, room: &str) -> Vec<(String, u64)> {
+        let Ok(g) = self.inner.lock() else {
+            return vec![];
+        };
+        g.rooms
+            .get(room)
+            .map(|u| u.iter().map(|(u, e)| (u.clone(), *e)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Takes a room's typing users as another process reported them.
+    pub fn apply(&self, room: &str, users: Vec<(String, u64)>, serial: u64) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        g.serial = next_serial(g.serial.max(serial));
+        let s = g.serial;
+        g.rooms.insert(room.to_owned(), users.into_iter().collect());
+        g.changed.insert(room.to_owned(), s);
     }
 
     /// Drops expired entries; returns true when anything expired.
@@ -53,7 +81,7 @@ impl Typing {
         let Ok(mut g) = self.inner.lock() else {
             return false;
         };
-        let now = Instant::now();
+        let now = now_ms();
         let mut expired_rooms = vec![];
         for (room, users) in g.rooms.iter_mut() {
             let before = users.len();
@@ -63,7 +91,7 @@ impl Typing {
             }
         }
         for room in &expired_rooms {
-            g.serial += 1;
+            g.serial = next_serial(g.serial);
             let s = g.serial;
             g.changed.insert(room.clone(), s);
         }
@@ -83,7 +111,7 @@ impl Typing {
         {
             return None;
         }
-        let now = Instant::now();
+        let now = now_ms();
         let mut users: Vec<&String> = g
             .rooms
             .get(room)
@@ -123,6 +151,9 @@ pub struct Presence {
 
 /// After this long without activity an online user shows as unavailable.
 pub const IDLE_AFTER: Duration = Duration::from_secs(300);
+/// After this long without a heartbeat (a sync, a send, a presence update)
+/// a user shows as offline: their clients are gone.
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(900);
 
 impl Presence {
     /// Sets a user's presence explicitly (PUT status or sync's set_presence).
@@ -131,7 +162,8 @@ impl Presence {
         let Ok(mut g) = self.inner.lock() else {
             return false;
         };
-        g.serial += 1;
+        let previous = g.serial;
+        g.serial = next_serial(previous);
         let serial = g.serial;
         let now = now_ms();
         let entry = g
@@ -155,7 +187,7 @@ impl Presence {
         if changed {
             entry.serial = serial;
         } else {
-            g.serial -= 1;
+            g.serial = previous;
         }
         changed
     }
@@ -166,7 +198,7 @@ impl Presence {
             return false;
         };
         let now = now_ms();
-        let next = g.serial + 1;
+        let next = next_serial(g.serial);
         let mut changed = false;
         if let Some(e) = g.users.get_mut(user) {
             let idle = now.saturating_sub(e.last_active_ms) > IDLE_AFTER.as_millis() as u64;
@@ -188,6 +220,19 @@ impl Presence {
         g.users.get(user).cloned().map(effective)
     }
 
+    /// A user's presence as stored (not aged), to tell other processes.
+    pub fn snapshot(&self, user: &str) -> Option<PresenceState> {
+        self.inner.lock().ok()?.users.get(user).cloned()
+    }
+
+    /// Takes a user's presence as another process reported it.
+    pub fn apply(&self, user: &str, mut state: PresenceState) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        g.serial = next_serial(g.serial.max(state.serial));
+        state.serial = g.serial;
+        g.users.insert(user.to_owned(), state);
+    }
+
     pub fn serial(&self) -> u64 {
         self.inner.lock().map(|g| g.serial).unwrap_or(0)
     }
@@ -207,9 +252,10 @@ impl Presence {
 }
 
 fn effective(mut s: PresenceState) -> PresenceState {
-    if s.presence == "online"
-        && now_ms().saturating_sub(s.last_active_ms) > IDLE_AFTER.as_millis() as u64
-    {
+    let quiet = now_ms().saturating_sub(s.last_active_ms);
+    if s.presence != "offline" && quiet > OFFLINE_AFTER.as_millis() as u64 {
+        s.presence = "offline".into();
+    } else if s.presence == "online" && quiet > IDLE_AFTER.as_millis() as u64 {
         s.presence = "unavailable".into();
     }
     s

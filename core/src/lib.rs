@@ -3,6 +3,8 @@
 //! [`Hearth`] and its errors into Matrix errors.
 
 pub mod accounts;
+pub mod bus;
+mod cluster;
 pub mod config;
 pub mod ephemeral;
 pub mod error;
@@ -51,11 +53,17 @@ pub struct Hearth {
     /// Flips to true when the server starts draining: long-polls answer at
     /// once and WebSockets are told to reconnect elsewhere.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// The bus to the server's other processes, when Redis is configured.
+    pub bus: Option<Arc<bus::Bus>>,
 }
 
 impl Hearth {
     pub async fn new(config: CoreConfig, store: Arc<dyn Store>) -> Result<Arc<Self>> {
         let keys = ServerKeys::load_or_generate(store.as_ref()).await?;
+        let bus = match &config.redis {
+            Some(r) => Some(bus::Bus::new(&r.url, &r.key_prefix)?),
+            None => None,
+        };
         let hearth = Arc::new(Self {
             config,
             store,
@@ -68,7 +76,11 @@ impl Hearth {
             ratelimiter: RateLimiter::default(),
             unread: UnreadCache::default(),
             shutdown: tokio::sync::watch::channel(false).0,
+            bus: bus.as_ref().map(|(b, _)| b.clone()),
         });
+        if let Some((bus, outbox)) = bus {
+            hearth.join_cluster(bus, outbox);
+        }
         // The writer's ring of recent events hears of each event in commit
         // order, from the store itself.
         let recent = hearth.rooms.recent.clone();

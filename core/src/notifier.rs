@@ -6,14 +6,24 @@
 //! whose audience is costly to compute (presence, typing expiry). A waiter marks
 //! both counters seen *before* computing its response and waits for either to
 //! move afterwards, so no wake-up is lost.
+//!
+//! With a bus (several processes), every wake-up is also told to the other
+//! processes, which wake their own waiters (`wake_local*`).
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
 
 use tokio::sync::watch;
+
+use crate::bus::{Bus, BusMessage};
 
 pub struct Notifier {
     global: watch::Sender<u64>,
     users: Mutex<HashMap<String, watch::Sender<u64>>>,
+    bus: OnceLock<Arc<Bus>>,
 }
 
 impl Default for Notifier {
@@ -21,6 +31,7 @@ impl Default for Notifier {
         Self {
             global: watch::channel(0).0,
             users: Mutex::default(),
+            bus: OnceLock::new(),
         }
     }
 }
@@ -31,15 +42,40 @@ pub struct Subscription {
 }
 
 impl Notifier {
-    /// Wakes every waiter.
+    /// Tells the other processes of every wake-up from now on.
+    pub fn attach_bus(&self, bus: Arc<Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Wakes every waiter, on every process.
     pub fn notify(&self) {
+        self.wake_all_local();
+        if let Some(bus) = self.bus.get() {
+            bus.publish(BusMessage::WakeAll);
+        }
+    }
+
+    /// Wakes the waiters of these users only, on every process.
+    pub fn notify_users<'a>(&self, users: impl IntoIterator<Item = &'a str>) {
+        match self.bus.get() {
+            Some(bus) => {
+                let users: Vec<String> = users.into_iter().map(str::to_owned).collect();
+                self.wake_local(users.iter().map(String::as_str));
+                bus.publish(BusMessage::Wake { users });
+            }
+            None => self.wake_local(users),
+        }
+    }
+
+    /// Wakes this process's waiters.
+    pub fn wake_all_local(&self) {
         self.global.send_modify(|v| *v += 1);
     }
 
-    /// Wakes the waiters of these users only.
-    pub fn notify_users<'a>(&self, users: impl IntoIterator<Item = &'a str>) {
+    /// Wakes this process's waiters of these users.
+    pub fn wake_local<'a>(&self, users: impl IntoIterator<Item = &'a str>) {
         let Ok(map) = self.users.lock() else {
-            self.notify();
+            self.wake_all_local();
             return;
         };
         for u in users {

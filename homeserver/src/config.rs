@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{Context, Result, bail};
 use hearth_core::{
     CoreConfig,
-    config::RateLimitConfig,
+    config::{RateLimitConfig, RedisConfig},
     ruma::{OwnedServerName, RoomVersionId, ServerName},
 };
 use serde::Deserialize;
@@ -26,6 +26,18 @@ pub struct FileConfig {
     pub rate_limits: RateLimitSection,
     #[serde(default)]
     pub database: DatabaseSection,
+    #[serde(default)]
+    pub redis: RedisSection,
+}
+
+/// Redis, for several processes serving one server: the bus between them,
+/// typing and presence. Absent, everything stays in this process.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    pub url: Option<String>,
+    /// Prefix of every key and channel (default "hearth:<server_name>").
+    pub key_prefix: Option<String>,
 }
 
 /// Where the data lives: absent `url` means the embedded SQLite file in
@@ -88,6 +100,12 @@ pub struct Overrides {
     /// Comma-separated Postgres urls of the event shards (needs --database-url).
     #[arg(long, env = "HEARTH_DATABASE_SHARDS", value_delimiter = ',')]
     pub database_shards: Option<Vec<String>>,
+    /// Redis url (redis://…) shared by this server's processes.
+    #[arg(long, env = "HEARTH_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of this server's Redis keys and channels.
+    #[arg(long, env = "HEARTH_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
     /// Largest media upload in bytes.
     #[arg(long, env = "HEARTH_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<u64>,
@@ -148,7 +166,27 @@ pub fn load(o: &Overrides) -> Result<Config> {
         bail!("database shards need a main database url ([database] url)");
     }
 
+    let redis_url = o
+        .redis_url
+        .clone()
+        .or(file.redis.url)
+        .filter(|u| !u.is_empty());
+    if let Some(url) = &redis_url
+        && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+    {
+        bail!("the redis url must start with redis:// (got {url:?})");
+    }
+    let redis = redis_url.map(|url| RedisConfig {
+        url,
+        key_prefix: o
+            .redis_prefix
+            .clone()
+            .or(file.redis.key_prefix)
+            .unwrap_or_else(|| format!("hearth:{server_name}")),
+    });
+
     let mut core = CoreConfig::new(server_name, data_dir);
+    core.redis = redis;
     core.public_base_url = file.public_base_url;
     if let Some(v) = file.default_room_version {
         let v = RoomVersionId::try_from(v.as_str())

@@ -64,9 +64,7 @@ pub(crate) async fn set_typing(
     let room = parse_room_id(room_id)?;
     h.require_joined(&room, &s.user_id).await?;
     let timeout = typing.then(|| Duration::from_millis(timeout.unwrap_or(30_000)));
-    if h.typing.set(room.as_str(), s.user_id.as_str(), timeout) {
-        h.notify_room(&room).await;
-    }
+    h.set_typing(&room, s.user_id.as_str(), timeout).await;
     Ok(())
 }
 
@@ -180,7 +178,7 @@ async fn get_presence(
     if h.store.get_user(user.as_str()).await?.is_none() {
         return Err(Error::not_found("Unknown user").into());
     }
-    match h.presence.get(user.as_str()) {
+    match h.presence_of(user.as_str()).await {
         Some(p) => Ok(Json(presence_content(&p))),
         None => Ok(Json(json!({"presence": "offline"}))),
     }
@@ -215,10 +213,6 @@ pub(crate) async fn set_own_presence(
     if !matches!(presence, "online" | "offline" | "unavailable") {
         return Err(Error::invalid_param(format!("Invalid presence state {presence}")).into());
     }
-    if h.presence
-        .set(s.user_id.as_str(), presence, Some(status_msg))
-    {
-        h.notifier.notify();
-    }
+    h.set_presence(s.user_id.as_str(), presence, Some(status_msg));
     Ok(())
 }

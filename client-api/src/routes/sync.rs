@@ -85,13 +85,9 @@ async fn sync(
         "online" | "offline" | "unavailable" => {}
         _ => return Err(Error::invalid_param("Invalid set_presence").into()),
     }
-    let changed = if presence == "online" {
-        h.presence.set(s.user_id.as_str(), "online", None) | h.presence.touch(s.user_id.as_str())
-    } else {
-        h.presence.set(s.user_id.as_str(), presence, None)
-    };
-    if changed {
-        h.notifier.notify();
+    h.set_presence(s.user_id.as_str(), presence, None);
+    if presence == "online" {
+        h.touch_presence(s.user_id.as_str());
     }
     let req = SyncRequest {
         since,

@@ -225,6 +225,12 @@ pub trait RoomStore: Send + Sync {
     /// The newest committed position of each shard's stream (events and
     /// receipts), by shard index.
     async fn stream_positions(&self) -> Result<Vec<i64>>;
+    /// Re-reads where the streams stand from the databases (other processes
+    /// write them too); returns whether anything moved.
+    async fn refresh_stream_heads(&self) -> Result<bool>;
+    /// Other processes write these databases too: stop answering from what
+    /// this process alone has seen (cached rows, per-room stream heads).
+    fn share_with_other_processes(&self);
     /// Which shard holds a room's events, state and receipts.
     async fn shard_of(&self, room_id: &str) -> Result<usize>;
 

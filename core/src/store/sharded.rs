@@ -352,6 +352,21 @@ impl RoomStore for ShardedStore {
         }
         Ok(out)
     }
+    async fn refresh_stream_heads(&self) -> Result<bool> {
+        let mut moved = self.main.refresh_stream_heads().await?;
+        for shard in &self.shards {
+            moved |= shard.refresh_stream_heads().await?;
+        }
+        Ok(moved)
+    }
+
+    fn share_with_other_processes(&self) {
+        self.main.share_with_other_processes();
+        for shard in &self.shards {
+            shard.share_with_other_processes();
+        }
+    }
+
     async fn stream_positions(&self) -> Result<Vec<i64>> {
         let mut out = Vec::with_capacity(self.shards.len());
         for s in &self.shards {

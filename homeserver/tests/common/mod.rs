@@ -23,6 +23,9 @@ pub struct TestServer {
     extra_args: Vec<String>,
     child: Option<Child>,
     owns_dir: bool,
+    /// Whether the databases were made for this server (and go with it), or
+    /// handed in by the test, which drops them itself.
+    owns_databases: bool,
 }
 
 /// A free port on a loopback address of the test's own. Tests run in
@@ -88,6 +91,27 @@ impl TestServer {
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             owns_dir: true,
+            owns_databases: true,
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// Starts a server on the given Postgres databases (main, and event
+    /// shards when `shards` is not empty) instead of the suite's, with rate
+    /// limits off plus any extra flags. The caller owns the databases and
+    /// drops them.
+    pub async fn start_with_databases(main: &str, shards: &[String], extra_args: &[&str]) -> Self {
+        let mut s = TestServer {
+            url: String::new(),
+            data_dir: temp_dir("hs"),
+            database_url: Some(main.to_owned()),
+            database_shards: shards.to_vec(),
+            addr: free_addr(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            owns_dir: true,
+            owns_databases: false,
         };
         s.spawn().await;
         s
@@ -192,8 +216,10 @@ impl Drop for TestServer {
         if self.owns_dir {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
-        for url in self.database_url.iter().chain(&self.database_shards) {
-            drop_test_database(url);
+        if self.owns_databases {
+            for url in self.database_url.iter().chain(&self.database_shards) {
+                drop_test_database(url);
+            }
         }
     }
 }
@@ -237,14 +263,27 @@ fn psql(base: &str, sql: &str) {
 }
 
 fn create_test_database() -> Option<String> {
-    let base = postgres_base()?;
+    Some(create_database_on(&postgres_base()?))
+}
+
+/// Creates an empty database with a fresh name on the Postgres server at
+/// `base` (such as `postgres://postgres@127.0.0.1:5432`); returns its url.
+pub fn create_database_on(base: &str) -> String {
     let name = format!("hearth_test_{}_{}", std::process::id(), rand_suffix());
-    psql(&base, &format!("CREATE DATABASE {name}"));
-    Some(format!("{base}/{name}"))
+    psql(base, &format!("CREATE DATABASE {name}"));
+    format!("{base}/{name}")
 }
 
 fn drop_test_database(url: &str) {
-    if let (Some(base), Some((_, name))) = (postgres_base(), url.rsplit_once('/')) {
+    if let Some(base) = postgres_base() {
+        drop_database_on(&base, url);
+    }
+}
+
+/// Drops the database `url` names on the server at `base`, connections and
+/// all; failures are ignored (this runs during cleanup).
+pub fn drop_database_on(base: &str, url: &str) {
+    if let Some((_, name)) = url.rsplit_once('/') {
         let _ = Command::new("psql")
             .args([
                 &format!("{base}/postgres"),

@@ -3,7 +3,7 @@
 /// Expands to the implementation for `SqlStore<$db>`; invoke it inside a
 /// module of its own (it brings its own imports).
 macro_rules! impl_data_store {
-    ($db:ty, $next_stream_id:literal) => {
+    ($db:ty, $next_stream_id:literal, $stream_lock:expr) => {
         use async_trait::async_trait;
         use serde_json::Value;
         use sqlx::{QueryBuilder, Row};
@@ -113,6 +113,10 @@ macro_rules! impl_data_store {
 
             async fn put_receipt(&self, r: &ReceiptRecord) -> Result<i64> {
                 let mut tx = self.writer.begin().await?;
+                const STREAM_LOCK: Option<&str> = $stream_lock;
+                if let Some(lock) = STREAM_LOCK {
+                    sqlx::query(lock).execute(&mut *tx).await?;
+                }
                 // A position in the shard stream, drawn inside the writer's
                 // transaction so positions commit in order.
                 let id: i64 = sqlx::query_scalar($next_stream_id)

@@ -3,7 +3,7 @@
 
 /// Expands to `CommitEvents` for `$db`; invoke it inside a module of its own.
 macro_rules! impl_commit_events {
-    ($db:ty) => {
+    ($db:ty, $stream_lock:expr) => {
         use serde_json::Value;
         use sqlx::Connection;
 
@@ -56,6 +56,7 @@ macro_rules! impl_commit_events {
                 // Usually every event is fine: write them all in one plain
                 // transaction (two statements per event).
                 let mut tx = conn.begin().await?;
+                lock_stream(&mut tx).await?;
                 let mut orderings = Vec::with_capacity(batch.len());
                 for ev in batch {
                     match insert_event(&mut tx, ev).await {
@@ -72,6 +73,7 @@ macro_rules! impl_commit_events {
                 // One was refused (say a retried txn id): again, each event in
                 // its own savepoint, so it fails alone.
                 let mut tx = conn.begin().await?;
+                lock_stream(&mut tx).await?;
                 let mut results = Vec::with_capacity(batch.len());
                 // room → writer generation of a refused event: the events
                 // after it of that generation were built on it.
@@ -97,6 +99,16 @@ macro_rules! impl_commit_events {
                 }
                 tx.commit().await?;
                 Ok(results)
+        }
+
+        /// Takes the lock under which positions are drawn and committed,
+        /// where the backend needs one.
+        async fn lock_stream(conn: &mut <$db as sqlx::Database>::Connection) -> Result<()> {
+            const STREAM_LOCK: Option<&str> = $stream_lock;
+            if let Some(lock) = STREAM_LOCK {
+                sqlx::query(lock).execute(&mut *conn).await?;
+            }
+            Ok(())
         }
 
         /// Writes one event and what it changes (state, membership, txn id).

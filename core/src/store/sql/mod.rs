@@ -11,17 +11,18 @@
 /// Instantiates every query module for one driver: `$join_rule` is the
 /// dialect's expression for an `m.room.join_rules` event's rule (event JSON in
 /// `e.json`), `$next_stream_id` the statement that draws the next position of
-/// the events stream (for a receipt).
+/// the events stream (for a receipt), `$stream_lock` the statement (if any)
+/// that a transaction drawing events-stream positions takes first.
 macro_rules! sql_backend {
-    ($db:ty, join_rule: $join_rule:literal, next_stream_id: $next_stream_id:literal) => {
+    ($db:ty, join_rule: $join_rule:literal, next_stream_id: $next_stream_id:literal, stream_lock: $stream_lock:expr) => {
         mod accounts {
             crate::store::sql::accounts::impl_account_store!($db);
         }
         mod data {
-            crate::store::sql::data::impl_data_store!($db, $next_stream_id);
+            crate::store::sql::data::impl_data_store!($db, $next_stream_id, $stream_lock);
         }
         mod events {
-            crate::store::sql::events::impl_commit_events!($db);
+            crate::store::sql::events::impl_commit_events!($db, $stream_lock);
         }
         mod rooms {
             crate::store::sql::rooms::impl_room_store!($db, $join_rule);

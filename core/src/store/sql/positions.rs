@@ -27,7 +27,7 @@ pub(crate) struct Positions {
     events: AtomicI64,
     misc: AtomicI64,
     /// Every event and receipt above this position is in `rooms`.
-    floor: i64,
+    floor: AtomicI64,
     rooms: Mutex<HashMap<String, RoomHead>>,
 }
 
@@ -37,7 +37,7 @@ impl Positions {
         Self {
             events: AtomicI64::new(events),
             misc: AtomicI64::new(misc),
-            floor: events,
+            floor: AtomicI64::new(events),
             rooms: Mutex::default(),
         }
     }
@@ -63,13 +63,19 @@ impl Positions {
     }
 
     /// Called after a commit, never before: a reader that sees a position can
-    /// read everything up to it.
-    pub(crate) fn advance_events(&self, to: i64) {
-        self.events.fetch_max(to, Ordering::AcqRel);
+    /// read everything up to it. Returns whether the position moved.
+    pub(crate) fn advance_events(&self, to: i64) -> bool {
+        self.events.fetch_max(to, Ordering::AcqRel) < to
     }
 
-    pub(crate) fn advance_misc(&self, to: i64) {
-        self.misc.fetch_max(to, Ordering::AcqRel);
+    pub(crate) fn advance_misc(&self, to: i64) -> bool {
+        self.misc.fetch_max(to, Ordering::AcqRel) < to
+    }
+
+    /// Other processes commit too, unseen by `record_*`: the per-room heads
+    /// can no longer answer.
+    pub(crate) fn share(&self) {
+        self.floor.store(i64::MAX, Ordering::Release);
     }
 
     pub(crate) fn events(&self) -> i64 {
@@ -90,7 +96,7 @@ impl Positions {
         after: i64,
         upto: i64,
     ) -> Option<Vec<(String, i64)>> {
-        if after < self.floor {
+        if after < self.floor.load(Ordering::Acquire) {
             return None;
         }
         let heads = self.rooms.lock().ok()?;
@@ -110,7 +116,7 @@ impl Positions {
     /// Of `rooms`, those that may hold receipts after `after`; `None` when
     /// memory cannot tell.
     pub(crate) fn rooms_with_receipts(&self, rooms: &[String], after: i64) -> Option<Vec<String>> {
-        if after < self.floor {
+        if after < self.floor.load(Ordering::Acquire) {
             return None;
         }
         let heads = self.rooms.lock().ok()?;
@@ -138,7 +144,8 @@ mod tests {
         p.record_event("!a", 11);
         p.record_event("!b", 12);
         p.record_receipt("!b", 13);
-        p.advance_events(13);
+        assert!(p.advance_events(13));
+        assert!(!p.advance_events(12));
         let all = rooms(&["!a", "!b", "!c"]);
         // Before the process started: the database must answer.
         assert_eq!(p.rooms_with_events(&all, 9, 13), None);
@@ -157,5 +164,9 @@ mod tests {
         // is unknown.
         p.record_event("!a", 14);
         assert_eq!(p.rooms_with_events(&all, 10, 13), None);
+        // Shared with other processes: never from memory.
+        p.share();
+        assert_eq!(p.rooms_with_events(&all, 13, 14), None);
+        assert_eq!(p.rooms_with_receipts(&all, 13), None);
     }
 }

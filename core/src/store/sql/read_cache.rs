@@ -11,7 +11,7 @@ use std::{
     hash::Hash,
     sync::{
         Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -19,6 +19,9 @@ pub(crate) struct ReadCache<K, V> {
     map: Mutex<HashMap<K, V>>,
     changes: AtomicU64,
     capacity: usize,
+    /// Off when other processes write the database too (their changes are
+    /// not seen here).
+    enabled: AtomicBool,
 }
 
 impl<K: Eq + Hash, V: Clone> ReadCache<K, V> {
@@ -28,6 +31,16 @@ impl<K: Eq + Hash, V: Clone> ReadCache<K, V> {
             map: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
             capacity,
+            enabled: AtomicBool::new(true),
+        }
+    }
+
+    /// Stops caching and forgets everything.
+    pub(crate) fn disable(&self) {
+        self.enabled.store(false, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut map) = self.map.lock() {
+            map.clear();
         }
     }
 
@@ -47,7 +60,9 @@ impl<K: Eq + Hash, V: Clone> ReadCache<K, V> {
     pub(crate) fn insert(&self, generation: u64, key: K, value: V) {
         let Ok(mut map) = self.map.lock() else { return };
         // Checked under the lock, which every `forget_*` also takes.
-        if self.changes.load(Ordering::Acquire) != generation {
+        if self.changes.load(Ordering::Acquire) != generation
+            || !self.enabled.load(Ordering::Acquire)
+        {
             return;
         }
         if map.len() >= self.capacity {

@@ -388,6 +388,19 @@ macro_rules! impl_room_store {
                     .collect()
             }
 
+            async fn refresh_stream_heads(&self) -> Result<bool> {
+                let (events, misc) =
+                    <$db as crate::store::sql::group_commit::CommitEvents>::stream_heads(&self.pool).await?;
+                let moved = self.positions.advance_events(events) | self.positions.advance_misc(misc);
+                Ok(moved)
+            }
+
+            fn share_with_other_processes(&self) {
+                self.positions.share();
+                self.tokens.disable();
+                self.memberships.disable();
+            }
+
             async fn stream_positions(&self) -> Result<Vec<i64>> {
                 Ok(vec![self.positions.events()])
             }

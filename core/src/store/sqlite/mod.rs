@@ -14,7 +14,9 @@ use crate::Result;
 super::sql::sql_backend!(
     sqlx::Sqlite,
     join_rule: "json_extract(e.json, '$.content.join_rule')",
-    next_stream_id: "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'events' RETURNING seq"
+    next_stream_id: "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'events' RETURNING seq",
+    // One writer connection in one process: positions commit in order.
+    stream_lock: None
 );
 
 pub type SqliteStore = SqlStore<Sqlite>;
