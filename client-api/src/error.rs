@@ -47,6 +47,29 @@ impl From<Error> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// An errcode another process answered with, as one of ours.
+fn known_errcode(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "M_FORBIDDEN",
+        "M_NOT_FOUND",
+        "M_BAD_JSON",
+        "M_NOT_JSON",
+        "M_INVALID_PARAM",
+        "M_MISSING_PARAM",
+        "M_LIMIT_EXCEEDED",
+        "M_TOO_LARGE",
+        "M_UNAVAILABLE",
+        "M_UNKNOWN_TOKEN",
+        "M_UNSUPPORTED_ROOM_VERSION",
+        "M_INVALID_ROOM_STATE",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("M_UNKNOWN")
+}
+
 fn core_parts(e: &Error) -> (StatusCode, &'static str) {
     use StatusCode as S;
     match e {
@@ -67,7 +90,18 @@ fn core_parts(e: &Error) -> (StatusCode, &'static str) {
         Error::Unrecognized(_) => (S::NOT_FOUND, "M_UNRECOGNIZED"),
         Error::RegistrationDisabled => (S::FORBIDDEN, "M_FORBIDDEN"),
         Error::UserDeactivated(_) => (S::FORBIDDEN, "M_USER_DEACTIVATED"),
-        Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "M_UNAVAILABLE"),
+        Error::Unavailable(_)
+        | Error::NotWriter { .. }
+        | Error::LeaseLost
+        | Error::WriterUnreachable(_) => (S::SERVICE_UNAVAILABLE, "M_UNAVAILABLE"),
+        // The room's writer process answered a forwarded send: its answer,
+        // as it gave it.
+        Error::Forwarded {
+            status, errcode, ..
+        } => (
+            S::from_u16(*status).unwrap_or(S::INTERNAL_SERVER_ERROR),
+            known_errcode(errcode),
+        ),
         Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
         Error::Internal(_)
         | Error::DuplicateTransaction { .. }
@@ -85,7 +119,7 @@ impl ApiError {
         match self {
             ApiError::Core(e) => {
                 let (status, code) = core_parts(e);
-                let msg = if status.is_server_error() {
+                let msg = if status == StatusCode::INTERNAL_SERVER_ERROR {
                     "Internal server error".to_owned()
                 } else {
                     e.to_string()
@@ -107,9 +141,11 @@ impl IntoResponse for ApiError {
             ApiError::Core(e) => {
                 let (status, errcode) = core_parts(&e);
                 let mut body = json!({"errcode": errcode, "error": e.to_string()});
-                if status.is_server_error() {
+                if status == StatusCode::INTERNAL_SERVER_ERROR {
                     tracing::error!(error = %e, "request failed");
                     body["error"] = json!("Internal server error");
+                } else if status.is_server_error() {
+                    tracing::warn!(errcode, error = %e, "request could not be served now");
                 } else {
                     tracing::debug!(errcode, error = %e, "request refused");
                 }

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+mod forward;
 mod routes;
 
 use std::sync::Arc;
@@ -36,6 +37,14 @@ fn client_routes() -> Router<Arc<Hearth>> {
 }
 
 pub fn router(hearth: Arc<Hearth>) -> Router {
+    if let Some(cluster) = &hearth.config.cluster {
+        match forward::HttpForwarder::new(&cluster.secret) {
+            Ok(f) => {
+                let _ = hearth.forwarder.set(Arc::new(f));
+            }
+            Err(e) => tracing::error!("cannot forward sends to other processes: {e}"),
+        }
+    }
     let media_limit = hearth.config.max_upload_size as usize;
     let cors = CorsLayer::new()
         .allow_origin(Any)
@@ -50,6 +59,7 @@ pub fn router(hearth: Arc<Hearth>) -> Router {
     Router::new()
         .merge(routes::discovery::routes())
         .merge(routes::ws::routes())
+        .merge(routes::internal::routes())
         .nest("/_matrix/client/v3", client_routes())
         .nest("/_matrix/client/r0", client_routes())
         .merge(routes::media::routes().layer(DefaultBodyLimit::max(media_limit)))

@@ -19,6 +19,17 @@ pub struct CoreConfig {
     /// Redis, when several processes serve this server: the bus between them,
     /// shared typing and presence. None keeps everything in this process.
     pub redis: Option<RedisConfig>,
+    /// Several processes writing rooms (spec/cluster.md): room writer leases
+    /// and forwarding. None: this process writes every room.
+    pub cluster: Option<ClusterConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where the other processes reach this one's client listener.
+    pub address: String,
+    /// Shared by the processes; authenticates forwarded sends.
+    pub secret: String,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +77,7 @@ impl CoreConfig {
             public_base_url: None,
             rate_limits: RateLimitConfig::default(),
             redis: None,
+            cluster: None,
         }
     }
 

@@ -52,6 +52,22 @@ pub enum Error {
     /// The event was built on one the store refused; the writer rebuilds it.
     #[error("event built on a refused event")]
     Superseded,
+    /// Another process holds the room's writer lease (spec/cluster.md).
+    #[error("the room is written by the process at {address}")]
+    NotWriter { address: String },
+    /// This process's writer lease on the room lapsed before the commit.
+    #[error("the room's writer lease was lost")]
+    LeaseLost,
+    /// The process holding the room's writer lease did not answer.
+    #[error("the room's writer cannot be reached: {0}")]
+    WriterUnreachable(String),
+    /// The room's writer process answered a forwarded request with an error.
+    #[error("{message}")]
+    Forwarded {
+        status: u16,
+        errcode: String,
+        message: String,
+    },
     /// A database failure other than the database being out of reach (that
     /// one is `Unavailable`, see `From<sqlx::Error>`).
     #[error("database error: {0}")]

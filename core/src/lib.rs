@@ -55,6 +55,24 @@ pub struct Hearth {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// The bus to the server's other processes, when Redis is configured.
     pub bus: Option<Arc<bus::Bus>>,
+    /// Names this process in room writer leases (random per start).
+    pub writer_id: Arc<str>,
+    /// Reaches the process that writes a room, when it is not this one.
+    pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+}
+
+/// Hands a send to the process holding the room's writer lease.
+#[async_trait::async_trait]
+pub trait Forwarder: Send + Sync {
+    /// Fails with `WriterUnreachable` when the process does not answer,
+    /// `LeaseLost` when it no longer writes the room, `Forwarded` with its
+    /// error otherwise.
+    async fn send(
+        &self,
+        address: &str,
+        room_id: &ruma::RoomId,
+        event: &rooms::NewEvent,
+    ) -> Result<ruma::OwnedEventId>;
 }
 
 impl Hearth {
@@ -77,7 +95,12 @@ impl Hearth {
             unread: UnreadCache::default(),
             shutdown: tokio::sync::watch::channel(false).0,
             bus: bus.as_ref().map(|(b, _)| b.clone()),
+            writer_id: Arc::from(ids::random_string(16)),
+            forwarder: std::sync::OnceLock::new(),
         });
+        if hearth.config.cluster.is_some() {
+            hearth.spawn_lease_renewal();
+        }
         if let Some((bus, outbox)) = bus {
             hearth.join_cluster(bus, outbox);
         }

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{Context, Result, bail};
 use hearth_core::{
     CoreConfig,
-    config::{RateLimitConfig, RedisConfig},
+    config::{ClusterConfig, RateLimitConfig, RedisConfig},
     ruma::{OwnedServerName, RoomVersionId, ServerName},
 };
 use serde::Deserialize;
@@ -28,6 +28,19 @@ pub struct FileConfig {
     pub database: DatabaseSection,
     #[serde(default)]
     pub redis: RedisSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// Several processes writing rooms (spec/cluster.md): room writer leases,
+/// sends forwarded to the room's writer. Needs Postgres and Redis.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Shared by the server's processes; turns room writer leases on.
+    pub secret: Option<String>,
+    /// How the other processes reach this one (default http://<listen>).
+    pub address: Option<String>,
 }
 
 /// Redis, for several processes serving one server: the bus between them,
@@ -106,6 +119,13 @@ pub struct Overrides {
     /// Prefix of this server's Redis keys and channels.
     #[arg(long, env = "HEARTH_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
+    /// Secret shared by this server's processes; turns on room writer leases
+    /// (several processes writing rooms).
+    #[arg(long, env = "HEARTH_CLUSTER_SECRET")]
+    pub cluster_secret: Option<String>,
+    /// How the other processes reach this one (default http://<listen>).
+    #[arg(long, env = "HEARTH_CLUSTER_ADDRESS")]
+    pub cluster_address: Option<String>,
     /// Largest media upload in bytes.
     #[arg(long, env = "HEARTH_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<u64>,
@@ -185,8 +205,31 @@ pub fn load(o: &Overrides) -> Result<Config> {
             .unwrap_or_else(|| format!("hearth:{server_name}")),
     });
 
+    let cluster_secret = o
+        .cluster_secret
+        .clone()
+        .or(file.cluster.secret)
+        .filter(|s| !s.is_empty());
+    let cluster = match cluster_secret {
+        None => None,
+        Some(secret) => {
+            if database_url.is_none() || redis.is_none() {
+                bail!(
+                    "several processes ([cluster] secret) need Postgres ([database] url) and [redis]"
+                );
+            }
+            let address = o
+                .cluster_address
+                .clone()
+                .or(file.cluster.address)
+                .unwrap_or_else(|| format!("http://{listen}"));
+            Some(ClusterConfig { address, secret })
+        }
+    };
+
     let mut core = CoreConfig::new(server_name, data_dir);
     core.redis = redis;
+    core.cluster = cluster;
     core.public_base_url = file.public_base_url;
     if let Some(v) = file.default_room_version {
         let v = RoomVersionId::try_from(v.as_str())

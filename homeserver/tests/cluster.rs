@@ -285,3 +285,207 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
     .expect("messages flow after Redis returned");
     drop((a, b));
 }
+
+/// Sends `count` messages with txn ids `{tag}{i}`, each retried with the same
+/// txn id on the next server of `bases` until acknowledged; returns the
+/// acknowledged event ids in send order and when each was acknowledged.
+async fn send_series(
+    client: Client,
+    bases: Vec<String>,
+    room: String,
+    tag: &'static str,
+    count: usize,
+) -> Vec<(String, Instant)> {
+    let mut acked = vec![];
+    let mut base = 0;
+    for i in 0..count {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // A refused connection (the process is gone) is status 0.
+            let sent = client
+                .http
+                .put(format!(
+                    "{}/_matrix/client/v3/rooms/{}/send/m.room.message/{tag}{i}",
+                    bases[base],
+                    enc(&room)
+                ))
+                .bearer_auth(client.token.as_deref().unwrap_or_default())
+                .json(&json!({"msgtype": "m.text", "body": format!("{tag} {i}")}))
+                .send()
+                .await;
+            let (status, body) = match sent {
+                Ok(r) => (
+                    r.status().as_u16(),
+                    r.json::<Value>().await.unwrap_or_default(),
+                ),
+                Err(e) => (0, json!({"error": e.to_string()})),
+            };
+            if status == 200
+                && let Some(id) = body["event_id"].as_str()
+            {
+                acked.push((id.to_owned(), Instant::now()));
+                // Paced, so the load spans the kill.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tag}{i} never acknowledged: {status} {body}"
+            );
+            // The process may be gone: the next one.
+            if status == 0 || status >= 500 {
+                base = (base + 1) % bases.len();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    acked
+}
+
+#[tokio::test]
+async fn any_process_accepts_sends_and_a_killed_writer_is_taken_over() {
+    let Some(redis) = PrivateRedis::start() else {
+        eprintln!("redis-server cannot be run here; skipping");
+        return;
+    };
+    let db = Database(create_database_on(PG));
+    let prefix = format!("hearth-test-writers-{}", std::process::id());
+    let args = [
+        "--redis-url",
+        &redis.url(),
+        "--redis-prefix",
+        &prefix,
+        "--cluster-secret",
+        "test-cluster-secret",
+    ];
+    let mut a = TestServer::start_with_databases(&db.0, &[], &args).await;
+    let b = TestServer::start_with_databases(&db.0, &[], &args).await;
+
+    // The room is created on A, so A writes it; bob joins through B, which
+    // forwards the join to A.
+    let alice = a.register("alice", "pw-alice").await;
+    let bob = b.register("bob", "pw-bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "writers"}))
+        .await;
+    let (status, body) = bob
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "join forwarded to the room's writer: {body}");
+
+    // A forwarded send with a wrong secret is refused.
+    let (status, body) = Client {
+        base: a.url.clone(),
+        token: Some("test-cluster-secre7".into()),
+        http: reqwest::Client::new(),
+    }
+    .post(
+        &format!("/_hearth/internal/v1/rooms/{}/send", enc(&room)),
+        json!({"sender": "@alice:localhost", "kind": "m.room.message",
+               "content": {"body": "forged"}, "state_key": null, "redacts": null, "txn": null}),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+
+    // Alice sends through B (forwarded to A), bob through A (A writes);
+    // A is killed mid-load, and both carry on through B.
+    let senders = [
+        tokio::spawn(send_series(
+            alice.clone(),
+            vec![b.url.clone()],
+            room.clone(),
+            "alice",
+            150,
+        )),
+        tokio::spawn(send_series(
+            bob.clone(),
+            vec![a.url.clone(), b.url.clone()],
+            room.clone(),
+            "bob",
+            150,
+        )),
+    ];
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    a.kill();
+    let killed = Instant::now();
+    let mut acked = vec![];
+    for s in senders {
+        acked.push(s.await.expect("sender"));
+    }
+    // B took the room over within seconds: the longest silence between two
+    // acknowledgements (of either sender) is the outage.
+    let mut times: Vec<Instant> = acked.iter().flatten().map(|(_, at)| *at).collect();
+    times.sort();
+    assert!(times.iter().any(|t| *t > killed), "acks after the kill");
+    let takeover = times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    eprintln!("writer taken over: longest gap between acks {takeover:?}");
+    assert!(
+        takeover < Duration::from_secs(10),
+        "takeover took {takeover:?}"
+    );
+
+    // Every acknowledged event is in the room once, in each sender's order,
+    // and every event's parents are stored (one order, no fork).
+    let (status, page) = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let timeline: Vec<String> = page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    for series in &acked {
+        let ids: Vec<&String> = series.iter().map(|(id, _)| id).collect();
+        let positions: Vec<usize> = ids
+            .iter()
+            .map(|id| {
+                let found: Vec<usize> = timeline
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t == id)
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(found.len(), 1, "{id} appears {} times", found.len());
+                found[0]
+            })
+            .collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "a sender's messages out of order"
+        );
+    }
+    assert_eq!(timeline.len(), 300, "no duplicates: {}", timeline.len());
+    let store = hearth_core::store::postgres::PgStore::connect(&db.0)
+        .await
+        .expect("connect");
+    let mut heads = 0;
+    for id in &timeline {
+        use hearth_core::store::RoomStore;
+        let ev = store.get_event(id).await.expect("read").expect("stored");
+        let prevs = ev.pdu.json["prev_events"].as_array().expect("prev_events");
+        heads += usize::from(prevs.len() != 1);
+        for prev in prevs {
+            let prev = prev.as_str().expect("event id");
+            assert!(
+                store.get_event(prev).await.expect("read").is_some(),
+                "{id} built on {prev}, never stored"
+            );
+        }
+    }
+    assert_eq!(heads, 0, "every message has one parent: a single chain");
+    store.close().await;
+    drop(b);
+}

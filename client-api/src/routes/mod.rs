@@ -4,6 +4,7 @@ pub mod devices;
 pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
+pub mod internal;
 pub mod media;
 pub mod messages;
 pub mod profile;

@@ -15,7 +15,7 @@ mod visibility;
 mod writer;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -33,8 +33,13 @@ pub use visibility::HistoryVisibility;
 
 use crate::{Error, Result, pdu::Pdu};
 
-/// A new event as a local client asks for it.
-#[derive(Debug, Clone)]
+/// How long a room writer's lease lasts without renewal (renewed every third
+/// of it): how long a room waits for a writer process that died.
+pub(crate) const LEASE_TTL_MS: i64 = 6_000;
+
+/// A new event as a local client asks for it (also what a process forwards
+/// to the room's writer process).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewEvent {
     pub sender: OwnedUserId,
     pub kind: String,
@@ -79,6 +84,8 @@ pub(crate) struct RoomCache {
     pub generation: u64,
     /// Client transactions this view submitted, newest last.
     pub sent: VecDeque<SentTxn>,
+    /// With several processes: the lease under which this view writes.
+    pub fence: Option<crate::store::Fence>,
 }
 
 /// Transactions remembered per room: a client retries within seconds.
@@ -148,9 +155,30 @@ pub struct Rooms {
     handles: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<RoomCache>>>>>,
     pub recent: Arc<RecentEvents>,
     generations: AtomicU64,
+    /// Rooms whose writer lease this process holds (renewed in the background).
+    held: Mutex<HashSet<String>>,
 }
 
 impl Rooms {
+    pub(crate) fn hold(&self, room_id: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(room_id.to_owned());
+        }
+    }
+
+    pub(crate) fn release(&self, room_id: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(room_id);
+        }
+    }
+
+    pub(crate) fn held(&self) -> Vec<String> {
+        self.held
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn next_generation(&self) -> u64 {
         self.generations.fetch_add(1, Ordering::Relaxed) + 1
     }

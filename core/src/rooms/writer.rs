@@ -1,6 +1,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::Arc,
+    time::Duration,
 };
 
 use ruma::{
@@ -10,12 +11,12 @@ use ruma::{
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use super::{NewEvent, RoomCache};
+use super::{LEASE_TTL_MS, NewEvent, RoomCache};
 use crate::{
     Error, Hearth, Result,
     ids::now_ms,
     pdu::{Pdu, StoredEvent},
-    store::EventToPersist,
+    store::{EventToPersist, Fence, Lease},
 };
 
 const MAX_PDU_SIZE: usize = 65536;
@@ -27,7 +28,9 @@ pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
 }
 
 impl Hearth {
-    async fn load_room(&self, room_id: &str) -> Result<RoomCache> {
+    /// Reads a room's version, current state and newest event. A writer's
+    /// view also starts the room's ring of recent events.
+    async fn load_room(&self, room_id: &str, fence: Option<Fence>) -> Result<RoomCache> {
         let version = self
             .store
             .room_version(room_id)
@@ -35,9 +38,12 @@ impl Hearth {
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
         let newest = self.store.latest_event(room_id).await?;
-        self.rooms
-            .recent
-            .start(room_id, newest.as_ref().map_or(0, |e| e.stream_ordering));
+        let writer = fence.is_some() || self.config.cluster.is_none();
+        if writer {
+            self.rooms
+                .recent
+                .start(room_id, newest.as_ref().map_or(0, |e| e.stream_ordering));
+        }
         let latest = newest.map(|e| (e.pdu.event_id.clone(), e.pdu.depth));
         let mut state = HashMap::new();
         for ev in self.store.current_state(room_id).await? {
@@ -53,29 +59,70 @@ impl Hearth {
             state,
             generation: self.rooms.next_generation(),
             sent: VecDeque::new(),
+            fence,
         })
     }
 
-    /// The room's cache behind its held lock, loaded on first use.
-    async fn loaded<'a>(
+    /// The room's cache behind its held lock, loaded on first use, for
+    /// writing: with several processes this takes the room's writer lease,
+    /// or fails with `NotWriter` naming the process that holds it.
+    async fn writable<'a>(
         &self,
         guard: &'a mut Option<RoomCache>,
         room_id: &str,
     ) -> Result<&'a mut RoomCache> {
         if guard.is_none() {
-            *guard = Some(self.load_room(room_id).await?);
+            let fence = match &self.config.cluster {
+                None => None,
+                Some(cluster) => {
+                    let lease = self
+                        .store
+                        .acquire_room_lease(
+                            room_id,
+                            &self.writer_id,
+                            &cluster.address,
+                            LEASE_TTL_MS,
+                        )
+                        .await?;
+                    match lease {
+                        Lease::Held { epoch } => Some(Fence {
+                            holder: self.writer_id.clone(),
+                            epoch,
+                        }),
+                        Lease::HeldBy { address } => return Err(Error::NotWriter { address }),
+                    }
+                }
+            };
+            let held = fence.is_some();
+            *guard = Some(self.load_room(room_id, fence).await?);
+            if held {
+                self.rooms.hold(room_id);
+            }
         }
         guard
             .as_mut()
             .ok_or_else(|| Error::internal("room cache missing"))
     }
 
+    /// A view of the room for reading: the writer's cache when this process
+    /// writes the room, else (another process writes it) a fresh read.
+    async fn with_view<T>(&self, room_id: &str, read: impl FnOnce(&RoomCache) -> T) -> Result<T> {
+        let handle = self.rooms.handle(room_id);
+        let mut guard = handle.lock().await;
+        match self.writable(&mut guard, room_id).await {
+            Ok(cache) => Ok(read(cache)),
+            Err(Error::NotWriter { .. }) => {
+                drop(guard);
+                Ok(read(&self.load_room(room_id, None).await?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Current state of a room, from the writer's cache.
     pub async fn room_state(&self, room_id: &RoomId) -> Result<Vec<Arc<Pdu>>> {
-        let handle = self.rooms.handle(room_id.as_str());
-        let mut guard = handle.lock().await;
-        let cache = self.loaded(&mut guard, room_id.as_str()).await?;
-        Ok(cache.state.values().cloned().collect())
+        self.with_view(room_id.as_str(), |c| c.state.values().cloned().collect())
+            .await
     }
 
     pub async fn room_state_event(
@@ -84,13 +131,12 @@ impl Hearth {
         kind: &str,
         state_key: &str,
     ) -> Result<Option<Arc<Pdu>>> {
-        let handle = self.rooms.handle(room_id.as_str());
-        let mut guard = handle.lock().await;
-        let cache = self.loaded(&mut guard, room_id.as_str()).await?;
-        Ok(cache
-            .state
-            .get(&(kind.to_owned(), state_key.to_owned()))
-            .cloned())
+        self.with_view(room_id.as_str(), |c| {
+            c.state
+                .get(&(kind.to_owned(), state_key.to_owned()))
+                .cloned()
+        })
+        .await
     }
 
     pub async fn room_version_of(&self, room_id: &RoomId) -> Result<RoomVersionId> {
@@ -168,6 +214,29 @@ impl Hearth {
         self.store
             .create_room(room_id.as_str(), version.as_str(), creator.as_str())
             .await?;
+        // With several processes, the creating process writes the new room.
+        let fence = match &self.config.cluster {
+            None => None,
+            Some(cluster) => {
+                let lease = self
+                    .store
+                    .acquire_room_lease(
+                        room_id.as_str(),
+                        &self.writer_id,
+                        &cluster.address,
+                        LEASE_TTL_MS,
+                    )
+                    .await?;
+                let Lease::Held { epoch } = lease else {
+                    return Err(Error::internal("a new room's lease is held elsewhere"));
+                };
+                self.rooms.hold(room_id.as_str());
+                Some(Fence {
+                    holder: self.writer_id.clone(),
+                    epoch,
+                })
+            }
+        };
         let generation = self.rooms.next_generation();
         let ordering = self
             .store
@@ -175,6 +244,7 @@ impl Hearth {
                 pdu: pdu.clone(),
                 txn: None,
                 generation,
+                fence: fence.clone(),
             })
             .await?;
         self.rooms.recent.start(room_id.as_str(), ordering);
@@ -189,6 +259,7 @@ impl Hearth {
             state,
             generation,
             sent: VecDeque::new(),
+            fence,
         });
         drop(guard);
         self.notifier.notify();
@@ -198,17 +269,66 @@ impl Hearth {
     /// Builds, authorizes, signs and commits one event in the room's order.
     /// Returns once the event is durable.
     pub async fn send_event(&self, room_id: &RoomId, new: NewEvent) -> Result<OwnedEventId> {
-        // An event built on one the store then refused is rebuilt on a fresh
-        // view of the room; that takes a second attempt, rarely a third.
-        for _ in 0..3 {
+        self.send_event_routed(room_id, new, true).await
+    }
+
+    /// A send forwarded here by another process, which found this one
+    /// holding the room's lease: never forwarded again.
+    pub async fn send_forwarded_event(
+        &self,
+        room_id: &RoomId,
+        new: NewEvent,
+    ) -> Result<OwnedEventId> {
+        self.send_event_routed(room_id, new, false).await
+    }
+
+    async fn send_event_routed(
+        &self,
+        room_id: &RoomId,
+        new: NewEvent,
+        may_forward: bool,
+    ) -> Result<OwnedEventId> {
+        // A writer that lost its lease, or whose holder went quiet, waits at
+        // most this long for a lease to lapse and take the room over.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(LEASE_TTL_MS as u64)
+            + Duration::from_secs(2);
+        let mut rebuilt = 0;
+        loop {
             match self.try_send_event(room_id, &new).await {
-                Err(Error::Superseded) => continue,
+                // Built on an event the store refused: rebuilt on a fresh view
+                // of the room; that takes a second attempt, rarely a third.
+                Err(Error::Superseded | Error::LeaseLost) if rebuilt < 3 => rebuilt += 1,
+                Err(Error::NotWriter { address }) if may_forward => {
+                    let forwarded = match self.forwarder.get() {
+                        Some(f) => f.send(&address, room_id, &new).await,
+                        None => Err(Error::internal("no forwarder to reach the room's writer")),
+                    };
+                    match forwarded {
+                        // The holder moved or went quiet: ask again, and once
+                        // its lease lapses this process takes the room over.
+                        Err(Error::LeaseLost | Error::WriterUnreachable(_))
+                            if tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(Error::WriterUnreachable(why)) => {
+                            return Err(Error::Unavailable(format!(
+                                "The room's writer cannot be reached: {why}"
+                            )));
+                        }
+                        other => return other,
+                    }
+                }
+                Err(Error::NotWriter { .. }) => return Err(Error::LeaseLost),
+                Err(Error::Superseded | Error::LeaseLost) => {
+                    return Err(Error::Unavailable(
+                        "The room's writer could not commit; try again".into(),
+                    ));
+                }
                 other => return other,
             }
         }
-        Err(Error::Unavailable(
-            "The room's writer could not commit; try again".into(),
-        ))
     }
 
     /// One attempt: build and submit the event under the room's lock, then
@@ -217,7 +337,7 @@ impl Hearth {
     async fn try_send_event(&self, room_id: &RoomId, new: &NewEvent) -> Result<OwnedEventId> {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
-        let cache = self.loaded(&mut guard, room_id.as_str()).await?;
+        let cache = self.writable(&mut guard, room_id.as_str()).await?;
         // A retried transaction gets the first attempt's event once durable.
         if let Some((device, txn_id)) = &new.txn
             && let Some(sent) = cache.sent_txn(&new.sender, device, txn_id)
@@ -306,6 +426,7 @@ impl Hearth {
                 pdu: pdu.clone(),
                 txn,
                 generation,
+                fence: cache.fence.clone(),
             })
             .await?;
         // From here the room's view includes the event; should the store
@@ -398,12 +519,48 @@ impl Hearth {
 impl Hearth {
     /// Drops the writer's view of a room if it is still the one an event the
     /// store refused was built on; the next event reloads it.
-    async fn forget_room_view(&self, room_id: &RoomId, generation: u64) {
+    pub(crate) async fn forget_room_view(&self, room_id: &RoomId, generation: u64) {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
         if guard.as_ref().is_some_and(|c| c.generation == generation) {
             *guard = None;
+            self.rooms.release(room_id.as_str());
         }
+    }
+
+    /// Keeps this process's room leases alive; a room whose lease was lost
+    /// (this process stalled past it) drops its view, and its next send goes
+    /// to the new holder.
+    pub(crate) fn spawn_lease_renewal(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS as u64 / 3)).await;
+                let Some(h) = weak.upgrade() else { return };
+                let rooms = h.rooms.held();
+                if rooms.is_empty() {
+                    continue;
+                }
+                let kept = match h
+                    .store
+                    .renew_room_leases(&rooms, &h.writer_id, LEASE_TTL_MS)
+                    .await
+                {
+                    Ok(kept) => kept,
+                    Err(e) => {
+                        warn!("could not renew room leases: {e}");
+                        continue;
+                    }
+                };
+                for room in rooms.iter().filter(|r| !kept.contains(r)) {
+                    warn!(room = %room, "room writer lease lost");
+                    let handle = h.rooms.handle(room);
+                    let mut guard = handle.lock().await;
+                    *guard = None;
+                    h.rooms.release(room);
+                }
+            }
+        });
     }
 }
 
@@ -421,20 +578,13 @@ fn room_audience(cache: &RoomCache) -> Vec<String> {
 impl Hearth {
     /// Wakes the syncs of a room's members (typing, receipts).
     pub async fn notify_room(&self, room_id: &RoomId) {
-        let handle = self.rooms.handle(room_id.as_str());
-        let mut guard = handle.lock().await;
         // A room that cannot be loaded still must not leave syncs asleep.
-        let audience = match self.loaded(&mut guard, room_id.as_str()).await {
-            Ok(cache) => room_audience(cache),
-            Err(_) => {
-                drop(guard);
-                self.notifier.notify();
-                return;
-            }
-        };
-        drop(guard);
-        self.notifier
-            .notify_users(audience.iter().map(String::as_str));
+        match self.with_view(room_id.as_str(), room_audience).await {
+            Ok(audience) => self
+                .notifier
+                .notify_users(audience.iter().map(String::as_str)),
+            Err(_) => self.notifier.notify(),
+        }
     }
 
     /// A user's power level in a room, honouring v12's privileged creators.

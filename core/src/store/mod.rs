@@ -91,6 +91,25 @@ pub struct EventToPersist {
     /// same generation (built on top of it) are refused too, with
     /// `Error::Superseded`, and the writer rebuilds them on a fresh view.
     pub generation: u64,
+    /// With several processes: the room writer's lease, checked inside the
+    /// commit (an ex-writer's event is refused with `Error::LeaseLost`).
+    pub fence: Option<Fence>,
+}
+
+/// A room writer's claim on its room: the process and the lease's epoch.
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub holder: std::sync::Arc<str>,
+    pub epoch: i64,
+}
+
+/// What asking for a room's writer lease found.
+#[derive(Debug, Clone)]
+pub enum Lease {
+    /// This process holds it, in this epoch.
+    Held { epoch: i64 },
+    /// Another process does, reachable at `address`.
+    HeldBy { address: String },
 }
 
 /// An event handed to the store, in its room's order; resolves to its stream
@@ -172,6 +191,22 @@ pub trait RoomStore: Send + Sync {
     }
     /// Sets the hook that hears of every committed event (set once, at start).
     fn on_commit(&self, hook: CommitHook);
+    /// Takes (or renews) the room's writer lease for `holder`, unless another
+    /// holder's lease is live (spec/cluster.md).
+    async fn acquire_room_lease(
+        &self,
+        room_id: &str,
+        holder: &str,
+        address: &str,
+        ttl_ms: i64,
+    ) -> Result<Lease>;
+    /// Extends `holder`'s leases on these rooms; returns those still held.
+    async fn renew_room_leases(
+        &self,
+        room_ids: &[String],
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<Vec<String>>;
     /// The event a client transaction (per room, user and device) made.
     async fn txn_event(
         &self,

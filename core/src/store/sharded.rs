@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::{
     AccountDataRecord, AccountStore, CommitHook, DataStore, DeviceRecord, Direction,
-    EventToPersist, MediaRecord, MembershipRecord, PendingCommit, ReceiptRecord, RoomStore,
+    EventToPersist, Lease, MediaRecord, MembershipRecord, PendingCommit, ReceiptRecord, RoomStore,
     UserRecord, postgres::PgStore,
 };
 use crate::{
@@ -247,6 +247,35 @@ impl RoomStore for ShardedStore {
             }
             Ok(ordering)
         }))
+    }
+
+    async fn acquire_room_lease(
+        &self,
+        room_id: &str,
+        holder: &str,
+        address: &str,
+        ttl_ms: i64,
+    ) -> Result<Lease> {
+        self.shard(room_id)
+            .await?
+            .acquire_room_lease(room_id, holder, address, ttl_ms)
+            .await
+    }
+
+    async fn renew_room_leases(
+        &self,
+        room_ids: &[String],
+        holder: &str,
+        ttl_ms: i64,
+    ) -> Result<Vec<String>> {
+        // Each shard renews its own rooms' leases.
+        let mut held = vec![];
+        for (i, rooms) in self.by_shard(room_ids).await? {
+            if let Some(shard) = self.shards.get(i) {
+                held.extend(shard.renew_room_leases(&rooms, holder, ttl_ms).await?);
+            }
+        }
+        Ok(held)
     }
 
     fn on_commit(&self, hook: CommitHook) {

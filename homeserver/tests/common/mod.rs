@@ -171,6 +171,14 @@ impl TestServer {
         self.spawn().await;
     }
 
+    /// Kills the process hard (SIGKILL), as a crash would, and leaves it dead.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Sends SIGTERM (graceful drain) without waiting for the exit.
     pub fn terminate(&mut self) {
         if let Some(c) = &self.child {

@@ -18,7 +18,9 @@ super::sql::sql_backend!(
     // Several processes may write this database: a position is drawn and
     // committed under one lock, so positions become visible in order and a
     // reader that sees position N can read everything below it.
-    stream_lock: Some("SELECT pg_advisory_xact_lock(7226115)")
+    stream_lock: Some("SELECT pg_advisory_xact_lock(7226115)"),
+    now_ms: "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+    row_lock: " FOR SHARE"
 );
 
 pub type PgStore = SqlStore<Postgres>;

@@ -52,53 +52,94 @@ macro_rules! impl_commit_events {
             writer: &sqlx::Pool<$db>,
             batch: &[&EventToPersist],
         ) -> Result<Vec<Result<i64>>> {
-                let mut conn = writer.acquire().await?;
-                // Usually every event is fine: write them all in one plain
-                // transaction (two statements per event).
-                let mut tx = conn.begin().await?;
-                lock_stream(&mut tx).await?;
-                let mut orderings = Vec::with_capacity(batch.len());
-                for ev in batch {
-                    match insert_event(&mut tx, ev).await {
-                        Ok(ordering) => orderings.push(ordering),
-                        Err(_) => break,
+            let mut conn = writer.acquire().await?;
+            // Usually every event is fine: write them all in one plain
+            // transaction (two statements per event).
+            let mut tx = conn.begin().await?;
+            lock_stream(&mut tx).await?;
+            let lapsed = fenced_out(&mut tx, batch).await?;
+            let mut orderings = Vec::with_capacity(batch.len());
+            let mut clean = true;
+            for (ev, out) in batch.iter().zip(&lapsed) {
+                if *out {
+                    orderings.push(Err(Error::LeaseLost));
+                    continue;
+                }
+                match insert_event(&mut tx, ev).await {
+                    Ok(ordering) => orderings.push(Ok(ordering)),
+                    Err(_) => {
+                        clean = false;
+                        break;
                     }
                 }
-                if orderings.len() == batch.len() {
-                    tx.commit().await?;
-                    return Ok(orderings.into_iter().map(Ok).collect());
-                }
-                tx.rollback().await?;
-                tracing::debug!(events = batch.len(), "an event was refused; committing the batch event by event");
-                // One was refused (say a retried txn id): again, each event in
-                // its own savepoint, so it fails alone.
-                let mut tx = conn.begin().await?;
-                lock_stream(&mut tx).await?;
-                let mut results = Vec::with_capacity(batch.len());
-                // room → writer generation of a refused event: the events
-                // after it of that generation were built on it.
-                let mut refused: std::collections::HashMap<&str, u64> = Default::default();
-                for ev in batch {
-                    let room = ev.pdu.room_id.as_str();
-                    if refused.get(room).is_some_and(|g| ev.generation <= *g) {
-                        results.push(Err(Error::Superseded));
-                        continue;
-                    }
-                    let mut sp = tx.begin().await?;
-                    match insert_event(&mut sp, ev).await {
-                        Ok(ordering) => {
-                            sp.commit().await?;
-                            results.push(Ok(ordering));
-                        }
-                        Err(e) => {
-                            sp.rollback().await?;
-                            refused.insert(room, ev.generation);
-                            results.push(Err(e));
-                        }
-                    }
-                }
+            }
+            if clean {
                 tx.commit().await?;
-                Ok(results)
+                return Ok(orderings);
+            }
+            tx.rollback().await?;
+            tracing::debug!(events = batch.len(), "an event was refused; committing the batch event by event");
+            // One was refused (say a retried txn id): again, each event in
+            // its own savepoint, so it fails alone.
+            let mut tx = conn.begin().await?;
+            lock_stream(&mut tx).await?;
+            let lapsed = fenced_out(&mut tx, batch).await?;
+            let mut results = Vec::with_capacity(batch.len());
+            // room → writer generation of a refused event: the events
+            // after it of that generation were built on it.
+            let mut refused: std::collections::HashMap<&str, u64> = Default::default();
+            for (ev, out) in batch.iter().zip(&lapsed) {
+                let room = ev.pdu.room_id.as_str();
+                if *out {
+                    results.push(Err(Error::LeaseLost));
+                    continue;
+                }
+                if refused.get(room).is_some_and(|g| ev.generation <= *g) {
+                    results.push(Err(Error::Superseded));
+                    continue;
+                }
+                let mut sp = tx.begin().await?;
+                match insert_event(&mut sp, ev).await {
+                    Ok(ordering) => {
+                        sp.commit().await?;
+                        results.push(Ok(ordering));
+                    }
+                    Err(e) => {
+                        sp.rollback().await?;
+                        refused.insert(room, ev.generation);
+                        results.push(Err(e));
+                    }
+                }
+            }
+            tx.commit().await?;
+            Ok(results)
+        }
+
+        /// Which events were built by a writer that no longer holds its
+        /// room's lease (checked once per room, rows locked till commit).
+        async fn fenced_out(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            batch: &[&EventToPersist],
+        ) -> Result<Vec<bool>> {
+            let mut verdicts: std::collections::HashMap<(&str, i64), bool> = Default::default();
+            let mut out = Vec::with_capacity(batch.len());
+            for ev in batch {
+                let Some(fence) = &ev.fence else {
+                    out.push(false);
+                    continue;
+                };
+                let room = ev.pdu.room_id.as_str();
+                let lost = match verdicts.get(&(room, fence.epoch)) {
+                    Some(lost) => *lost,
+                    None => {
+                        let lost = !super::leases::fence_holds(&mut *conn, room, fence).await?;
+                        verdicts.insert((room, fence.epoch), lost);
+                        lost
+                    }
+                };
+                out.push(lost);
+            }
+            Ok(out)
         }
 
         /// Takes the lock under which positions are drawn and committed,

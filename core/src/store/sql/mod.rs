@@ -12,14 +12,20 @@
 /// dialect's expression for an `m.room.join_rules` event's rule (event JSON in
 /// `e.json`), `$next_stream_id` the statement that draws the next position of
 /// the events stream (for a receipt), `$stream_lock` the statement (if any)
-/// that a transaction drawing events-stream positions takes first.
+/// that a transaction drawing events-stream positions takes first, `$now_ms`
+/// the database clock in unix ms and `$row_lock` the clause that keeps a read
+/// row locked until commit (room writer leases).
 macro_rules! sql_backend {
-    ($db:ty, join_rule: $join_rule:literal, next_stream_id: $next_stream_id:literal, stream_lock: $stream_lock:expr) => {
+    ($db:ty, join_rule: $join_rule:literal, next_stream_id: $next_stream_id:literal, stream_lock: $stream_lock:expr,
+     now_ms: $now_ms:literal, row_lock: $row_lock:literal) => {
         mod accounts {
             crate::store::sql::accounts::impl_account_store!($db);
         }
         mod data {
             crate::store::sql::data::impl_data_store!($db, $next_stream_id, $stream_lock);
+        }
+        mod leases {
+            crate::store::sql::leases::impl_room_leases!($db, $now_ms, $row_lock);
         }
         mod events {
             crate::store::sql::events::impl_commit_events!($db, $stream_lock);
@@ -35,6 +41,7 @@ pub(crate) mod accounts;
 pub(crate) mod data;
 pub(crate) mod events;
 pub(crate) mod group_commit;
+pub(crate) mod leases;
 pub(crate) mod positions;
 pub(crate) mod read_cache;
 pub(crate) mod rooms;

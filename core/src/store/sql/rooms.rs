@@ -180,6 +180,25 @@ macro_rules! impl_room_store {
                 self.commits.on_commit(hook);
             }
 
+            async fn acquire_room_lease(
+                &self,
+                room_id: &str,
+                holder: &str,
+                address: &str,
+                ttl_ms: i64,
+            ) -> Result<crate::store::Lease> {
+                self.acquire_lease(room_id, holder, address, ttl_ms).await
+            }
+
+            async fn renew_room_leases(
+                &self,
+                room_ids: &[String],
+                holder: &str,
+                ttl_ms: i64,
+            ) -> Result<Vec<String>> {
+                self.renew_leases(room_ids, holder, ttl_ms).await
+            }
+
             async fn txn_event(
                 &self,
                 room_id: &str,

@@ -16,7 +16,9 @@ super::sql::sql_backend!(
     join_rule: "json_extract(e.json, '$.content.join_rule')",
     next_stream_id: "UPDATE sqlite_sequence SET seq = seq + 1 WHERE name = 'events' RETURNING seq",
     // One writer connection in one process: positions commit in order.
-    stream_lock: None
+    stream_lock: None,
+    now_ms: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    row_lock: ""
 );
 
 pub type SqliteStore = SqlStore<Sqlite>;
