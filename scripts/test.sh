@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): lint, unit and integration tests, the
 # conformance suite and the matrix-nio client test against a freshly started
-# Hearth, once on embedded SQLite and once on Postgres (started if it is down).
+# Hearth: on embedded SQLite, on Postgres, on Postgres with two event shards,
+# and as two processes on those shards sharing Redis behind an alternating
+# front (Postgres and Redis are started if they are down).
 # Installs what it needs; safe to run again.
 #   HEARTH_TEST_SYNAPSE=1  also runs the conformance suite against Synapse.
 set -euo pipefail
@@ -31,6 +33,18 @@ if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
 fi
 psql "$pg_base/postgres" -qtc 'SELECT 1' >/dev/null
 
+step "Redis"
+# The cluster tests start private redis-servers; the two-process suite run
+# uses the one on 6379 (under a key prefix of its own).
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt-get install -y redis-server >/dev/null
+fi
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  for _ in $(seq 1 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null
+
 step "unit and integration tests (SQLite)"
 cargo test --workspace --locked
 
@@ -45,19 +59,19 @@ bash tests/clients/setup.sh
 
 # A fresh Hearth on a free loopback port, stopped on exit; with a database
 # url, on a fresh Postgres database, dropped on exit.
-hs_pid=""
+hs_pids=()
 data=""
 db_names=()
 stop_server() {
-  if [ -n "$hs_pid" ]; then
-    kill "$hs_pid" 2>/dev/null || true
-    wait "$hs_pid" 2>/dev/null || true
-  fi
+  for pid in "${hs_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   [ -n "$data" ] && rm -rf "$data"
   for db in "${db_names[@]}"; do
     psql "$pg_base/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   done
-  hs_pid="" data="" db_names=()
+  hs_pids=() data="" db_names=()
 }
 # Creates a database, remembered for cleanup; its url is left in $db_url.
 new_db() {
@@ -85,22 +99,62 @@ start_server() {
       extra=(--database-url "$main" --database-shards "$s0,$db_url")
       ;;
   esac
+  if [ "$mode" = cluster ]; then
+    # Two processes on one main database and two shards, sharing Redis and
+    # room writer leases, behind a front that alternates every request.
+    local main s0 p1 p2
+    new_db main; main=$db_url
+    new_db s0; s0=$db_url
+    new_db s1
+    p1=$(free_port) p2=$(free_port)
+    # One prefix and one secret for both: they are one server.
+    local prefix="hearth-ci-$$-$RANDOM" secret="ci-$$-$RANDOM$RANDOM"
+    for p in $p1 $p2; do
+      # One data directory too: media must be where both can read it.
+      "$root/target/debug/homeserver" --listen "127.0.0.1:$p" --data-dir "$data" --rate-limits false \
+        --database-url "$main" --database-shards "$s0,$db_url" \
+        --redis-url redis://127.0.0.1:6379 --redis-prefix "$prefix" \
+        --cluster-secret "$secret" >"$data/server-$p.log" 2>&1 &
+      hs_pids+=($!)
+      wait_up "http://127.0.0.1:$p"
+    done
+    "$root/.venv-clients/bin/python" tests/cluster/front.py "$port" "http://127.0.0.1:$p1" "http://127.0.0.1:$p2" \
+      >"$data/front.log" 2>&1 &
+    hs_pids+=($!)
+    url="http://127.0.0.1:$port"
+    wait_up "$url"
+    # The bench smoke holds WebSockets, which the front does not carry.
+    bench_url="http://127.0.0.1:$p1"
+    return
+  fi
   "$root/target/debug/homeserver" --listen "127.0.0.1:$port" --data-dir "$data" --rate-limits false \
     "${extra[@]}" >"$data/server.log" 2>&1 &
-  hs_pid=$!
-  for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  hs_pids+=($!)
   url="http://127.0.0.1:$port"
+  wait_up "$url"
+  bench_url=$url
 }
 
-for mode in sqlite postgres sharded; do
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+wait_up() {
+  for _ in $(seq 1 100); do
+    curl -fsS "$1/_matrix/client/versions" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "$1 did not come up" >&2
+  tail -30 "$data"/*.log >&2 || true
+  exit 1
+}
+
+for mode in sqlite postgres sharded cluster; do
   start_server "$mode"
 
   step "conformance suite against Hearth, $mode ($url)"
   if ! "$root/target/debug/conformance" --hs "$url"; then
-    tail -50 "$data/server.log" >&2
+    tail -50 "$data"/*.log >&2
     exit 1
   fi
 
@@ -108,7 +162,7 @@ for mode in sqlite postgres sharded; do
   HEARTH_URL="$url" "$root/.venv-clients/bin/pytest" -q tests/clients
 
   step "bench smoke against Hearth, $mode (correctness only)"
-  "$root/target/debug/bench" --hs "hearth=$url" --smoke --scenarios unloaded,pairs,group8,room256,idle,idle_ws
+  "$root/target/debug/bench" --hs "hearth=$bench_url" --smoke --scenarios unloaded,pairs,group8,room256,idle,idle_ws
 
   stop_server
 done

@@ -16,6 +16,17 @@ fn next_serial(last: u64) -> u64 {
     (last + 1).max(now_ms().saturating_mul(1000))
 }
 
+/// The serial a change made on another process takes here: its own, so a
+/// token from either process means the same; unless this process already
+/// handed out a later serial, which must not hide the change.
+fn mirrored_serial(local: u64, remote: u64) -> u64 {
+    if remote > local {
+        remote
+    } else {
+        next_serial(local)
+    }
+}
+
 #[derive(Default)]
 struct TypingInner {
     serial: u64,
@@ -70,7 +81,7 @@ impl Typing {
     /// Takes a room's typing users as another process reported them.
     pub fn apply(&self, room: &str, users: Vec<(String, u64)>, serial: u64) {
         let Ok(mut g) = self.inner.lock() else { return };
-        g.serial = next_serial(g.serial.max(serial));
+        g.serial = mirrored_serial(g.serial, serial);
         let s = g.serial;
         g.rooms.insert(room.to_owned(), users.into_iter().collect());
         g.changed.insert(room.to_owned(), s);
@@ -228,7 +239,7 @@ impl Presence {
     /// Takes a user's presence as another process reported it.
     pub fn apply(&self, user: &str, mut state: PresenceState) {
         let Ok(mut g) = self.inner.lock() else { return };
-        g.serial = next_serial(g.serial.max(state.serial));
+        g.serial = mirrored_serial(g.serial, state.serial);
         state.serial = g.serial;
         g.users.insert(user.to_owned(), state);
     }
