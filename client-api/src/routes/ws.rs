@@ -129,7 +129,9 @@ async fn serve(h: Arc<Hearth>, s: Session, mut req: SyncRequest, socket: WebSock
         let _ = sink.close().await;
     });
 
-    // Pusher: sync deltas in order, each carrying its next_batch.
+    // Pusher: sync deltas in order, each carrying its next_batch. Aborted
+    // when this function ends or is dropped (the server may drop a
+    // connection's future at shutdown): it must never outlive its socket.
     let pusher = {
         let (h, s, tx) = (h.clone(), s.clone(), tx.clone());
         tokio::spawn(async move {
@@ -145,6 +147,11 @@ async fn serve(h: Arc<Hearth>, s: Session, mut req: SyncRequest, socket: WebSock
                 };
                 let next = body["next_batch"].as_str().and_then(|t| t.parse().ok());
                 let changed = next != req.since;
+                // Draining, a sync answers at once: with nothing new, stop
+                // rather than ask again in a tight loop until the socket closes.
+                if !changed && *h.shutdown.borrow() {
+                    return;
+                }
                 if changed || (initial && req.since.is_none()) {
                     let frame = text(&json!({"type": "sync", "body": body}));
                     match tx.try_send(frame) {
@@ -163,6 +170,7 @@ async fn serve(h: Arc<Hearth>, s: Session, mut req: SyncRequest, socket: WebSock
             }
         })
     };
+    let pusher = AbortOnDrop(pusher);
 
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
@@ -199,14 +207,22 @@ async fn serve(h: Arc<Hearth>, s: Session, mut req: SyncRequest, socket: WebSock
                 break;
             }
         }
-        if pusher.is_finished() {
+        if pusher.0.is_finished() {
             break;
         }
     }
-    pusher.abort();
+    drop(pusher);
     drop(tx);
     let _ = writer.await;
     tracing::debug!(user = %s.user_id, "websocket sync closed");
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn text(v: &Value) -> Message {
