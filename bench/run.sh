@@ -6,6 +6,8 @@
 # Needs PostgreSQL on 127.0.0.1:5432 for Synapse (started if it is down).
 #   BENCH_SHARDED=1  also measures Hearth on Postgres with two event shards
 #                    (fresh databases, dropped afterwards).
+#   BENCH_CLUSTER=1  also measures two Hearth processes on Postgres with two
+#                    event shards and Redis; users alternate between them.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -37,8 +39,33 @@ if [ "${BENCH_SHARDED:-0}" = 1 ]; then
   ppid=$!
   extra_hs=(--hs "hearth-pg2shards=http://127.0.0.1:$pport,pid=$ppid")
 fi
+if [ "${BENCH_CLUSTER:-0}" = 1 ]; then
+  # Two processes on a main database and two shards, sharing Redis (which
+  # must run on 127.0.0.1:6379) and room writer leases.
+  for n in cmain cs0 cs1; do
+    dbs+=("hearth_bench_$$_$n")
+    psql "$pg/postgres" -qc "CREATE DATABASE hearth_bench_$$_$n" >/dev/null
+  done
+  n=${#dbs[@]}
+  cmain=${dbs[$((n - 3))]} cs0=${dbs[$((n - 2))]} cs1=${dbs[$((n - 1))]}
+  cpids=()
+  csecret="bench-$$-$RANDOM$RANDOM"
+  for cport in 18303 18304; do
+    "$root/target/release/homeserver" --listen "127.0.0.1:$cport" --data-dir "$data/cluster" --rate-limits false \
+      --database-url "$pg/$cmain" --database-shards "$pg/$cs0,$pg/$cs1" \
+      --redis-url redis://127.0.0.1:6379 --redis-prefix "hearth-bench-$$" --cluster-secret "$csecret" \
+      >"$data/server-$cport.log" 2>&1 &
+    cpids+=($!)
+    # The first creates the schema; the second starts once it is there.
+    for _ in $(seq 1 100); do
+      curl -fsS "http://127.0.0.1:$cport/_matrix/client/versions" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+  done
+  extra_hs+=(--hs "hearth-pg2shards-2proc=http://127.0.0.1:18303+http://127.0.0.1:18304,pid=${cpids[0]}")
+fi
 cleanup() {
-  kill "$hpid" ${ppid:-} 2>/dev/null || true
+  kill "$hpid" ${ppid:-} ${cpids[@]:-} 2>/dev/null || true
   SYNAPSE_DB=postgres bash "$root/scripts/synapse.sh" stop "$sport" || true
   sleep 0.5
   for db in "${dbs[@]}"; do

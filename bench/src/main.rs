@@ -19,7 +19,9 @@ use crate::scenario::{Outcome, Scenario};
 #[command(about = "Benchmark Matrix homeservers side by side")]
 struct Args {
     /// A server to measure: NAME=URL or NAME=URL,pid=PID (the pid enables RSS
-    /// sampling). Give several; ratios are against the first.
+    /// sampling); NAME=URL1+URL2 spreads the users of the room scenarios over
+    /// several processes of one server. Give several; ratios are against the
+    /// first.
     #[arg(long = "hs", required = true)]
     servers: Vec<String>,
     /// Scenarios to run (comma separated): unloaded, pairs, group8, rooms5, room256, idle, idle_ws.
@@ -38,18 +40,26 @@ struct Args {
 
 pub struct Server {
     pub name: String,
+    /// The first of `urls`.
     pub url: String,
+    /// Several processes of one server (`URL1+URL2`): the room scenarios
+    /// spread their users over them in turn.
+    pub urls: Vec<String>,
     pub pid: Option<u32>,
 }
 
 fn parse_server(s: &str) -> Result<Server> {
-    let (name, rest) = s.split_once('=').context("--hs takes NAME=URL[,pid=PID]")?;
+    let (name, rest) = s
+        .split_once('=')
+        .context("--hs takes NAME=URL[+URL...][,pid=PID]")?;
     let mut parts = rest.split(',');
-    let url = parts
+    let urls: Vec<String> = parts
         .next()
         .context("missing URL")?
-        .trim_end_matches('/')
-        .to_owned();
+        .split('+')
+        .map(|u| u.trim_end_matches('/').to_owned())
+        .collect();
+    let url = urls.first().cloned().context("missing URL")?;
     let mut pid = None;
     for p in parts {
         match p.split_once('=') {
@@ -60,6 +70,7 @@ fn parse_server(s: &str) -> Result<Server> {
     Ok(Server {
         name: name.to_owned(),
         url,
+        urls,
         pid,
     })
 }

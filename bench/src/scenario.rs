@@ -201,7 +201,7 @@ impl Scenario {
             .map(|i| {
                 let http = http.clone();
                 let name = format!("b{run}u{i}");
-                let url = server.url.clone();
+                let url = server.urls[i % server.urls.len()].clone();
                 async move { Client::register(&url, &http, &name).await }
             })
             .buffered(8)
