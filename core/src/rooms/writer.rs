@@ -72,27 +72,7 @@ impl Hearth {
         room_id: &str,
     ) -> Result<&'a mut RoomCache> {
         if guard.is_none() {
-            let fence = match &self.config.cluster {
-                None => None,
-                Some(cluster) => {
-                    let lease = self
-                        .store
-                        .acquire_room_lease(
-                            room_id,
-                            &self.writer_id,
-                            &cluster.address,
-                            LEASE_TTL_MS,
-                        )
-                        .await?;
-                    match lease {
-                        Lease::Held { epoch } => Some(Fence {
-                            holder: self.writer_id.clone(),
-                            epoch,
-                        }),
-                        Lease::HeldBy { address } => return Err(Error::NotWriter { address }),
-                    }
-                }
-            };
+            let fence = self.take_lease(room_id).await?;
             let held = fence.is_some();
             *guard = Some(self.load_room(room_id, fence).await?);
             if held {
@@ -102,6 +82,27 @@ impl Hearth {
         guard
             .as_mut()
             .ok_or_else(|| Error::internal("room cache missing"))
+    }
+
+    /// With several processes, takes (or renews) the room's writer lease;
+    /// `NotWriter` names the process that holds it. The caller marks the room
+    /// held (renewed in the background) once it writes under the lease.
+    /// With one process there is no lease: `None`.
+    async fn take_lease(&self, room_id: &str) -> Result<Option<Fence>> {
+        let Some(cluster) = &self.config.cluster else {
+            return Ok(None);
+        };
+        let lease = self
+            .store
+            .acquire_room_lease(room_id, &self.writer_id, &cluster.address, LEASE_TTL_MS)
+            .await?;
+        match lease {
+            Lease::Held { epoch } => Ok(Some(Fence {
+                holder: self.writer_id.clone(),
+                epoch,
+            })),
+            Lease::HeldBy { address } => Err(Error::NotWriter { address }),
+        }
     }
 
     /// A view of the room for reading: the writer's cache when this process
@@ -215,28 +216,15 @@ impl Hearth {
             .create_room(room_id.as_str(), version.as_str(), creator.as_str())
             .await?;
         // With several processes, the creating process writes the new room.
-        let fence = match &self.config.cluster {
-            None => None,
-            Some(cluster) => {
-                let lease = self
-                    .store
-                    .acquire_room_lease(
-                        room_id.as_str(),
-                        &self.writer_id,
-                        &cluster.address,
-                        LEASE_TTL_MS,
-                    )
-                    .await?;
-                let Lease::Held { epoch } = lease else {
-                    return Err(Error::internal("a new room's lease is held elsewhere"));
-                };
-                self.rooms.hold(room_id.as_str());
-                Some(Fence {
-                    holder: self.writer_id.clone(),
-                    epoch,
-                })
+        let fence = match self.take_lease(room_id.as_str()).await {
+            Err(Error::NotWriter { .. }) => {
+                return Err(Error::internal("a new room's lease is held elsewhere"));
             }
+            fence => fence?,
         };
+        if fence.is_some() {
+            self.rooms.hold(room_id.as_str());
+        }
         let generation = self.rooms.next_generation();
         let ordering = self
             .store
