@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, TestServer, create_database_on, drop_database_on, enc};
+use common::{Client, TestServer, create_database_on, drop_database_on, enc, stored_parents};
 use serde_json::{Value, json};
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
@@ -473,17 +473,7 @@ async fn any_process_accepts_sends_and_a_killed_writer_is_taken_over() {
         .expect("connect");
     let mut heads = 0;
     for id in &timeline {
-        use hearth_core::store::RoomStore;
-        let ev = store.get_event(id).await.expect("read").expect("stored");
-        let prevs = ev.pdu.json["prev_events"].as_array().expect("prev_events");
-        heads += usize::from(prevs.len() != 1);
-        for prev in prevs {
-            let prev = prev.as_str().expect("event id");
-            assert!(
-                store.get_event(prev).await.expect("read").is_some(),
-                "{id} built on {prev}, never stored"
-            );
-        }
+        heads += usize::from(stored_parents(&store, id).await.len() != 1);
     }
     assert_eq!(heads, 0, "every message has one parent: a single chain");
     store.close().await;

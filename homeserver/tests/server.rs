@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{TestServer, binary, enc, free_addr, temp_dir};
+use common::{TestServer, binary, enc, free_addr, stored_parents, temp_dir};
 use hearth_core::{
     ruma::{
         CanonicalJsonObject, RoomVersionId,
@@ -542,13 +542,6 @@ async fn a_retry_refused_at_commit_leaves_no_event_built_on_it() {
     let opened = open_store(&hs).await;
     let store = opened.store();
     for id in &ids {
-        let ev = store.get_event(id).await.expect("read").expect("stored");
-        for prev in ev.pdu.json["prev_events"].as_array().expect("prev_events") {
-            let prev = prev.as_str().expect("event id");
-            assert!(
-                store.get_event(prev).await.expect("read").is_some(),
-                "{id} was built on {prev}, which was never stored"
-            );
-        }
+        stored_parents(store, id).await;
     }
 }

@@ -305,6 +305,25 @@ pub fn drop_database_on(base: &str, url: &str) {
     }
 }
 
+/// The event's `prev_events`, after checking each of them is stored: nothing
+/// in the room was built on an event the server refused.
+pub async fn stored_parents(store: &dyn hearth_core::store::Store, id: &str) -> Vec<String> {
+    let ev = store.get_event(id).await.expect("read").expect("stored");
+    let prevs: Vec<String> = ev.pdu.json["prev_events"]
+        .as_array()
+        .expect("prev_events")
+        .iter()
+        .map(|p| p.as_str().expect("event id").to_owned())
+        .collect();
+    for prev in &prevs {
+        assert!(
+            store.get_event(prev).await.expect("read").is_some(),
+            "{id} was built on {prev}, which was never stored"
+        );
+    }
+    prevs
+}
+
 /// A minimal Matrix client: JSON in, (status, JSON) out.
 #[derive(Clone)]
 pub struct Client {
