@@ -43,25 +43,43 @@ impl Hearth {
                 };
                 tokio::time::sleep(every).await;
                 let Some(h) = weak.upgrade() else { return };
-                h.refresh_heads().await;
+                h.refresh_heads_logged().await;
             }
         });
     }
 
-    /// Re-reads where the streams stand; wakes every sync if anything moved.
-    async fn refresh_heads(&self) -> bool {
-        match self.store.refresh_stream_heads().await {
-            Ok(moved) => {
-                if moved {
-                    self.notifier.wake_all_local();
-                }
-                moved
-            }
-            Err(e) => {
-                warn!("could not re-read the stream heads: {e}");
-                false
-            }
+    /// Re-reads where the streams stand; wakes every sync if anything moved
+    /// (whoever re-reads first, the waiting syncs hear of it).
+    async fn refresh_heads(&self) -> crate::Result<()> {
+        if self.store.refresh_stream_heads().await? {
+            self.notifier.wake_all_local();
         }
+        Ok(())
+    }
+
+    /// `refresh_heads` in the background: a failure is logged, and the
+    /// next tick or message tries again.
+    async fn refresh_heads_logged(&self) {
+        if let Err(e) = self.refresh_heads().await {
+            warn!("could not re-read the stream heads: {e}");
+        }
+    }
+
+    /// Before a request reads the current positions: with other processes
+    /// writing too, re-read them, so the request sees everything committed
+    /// before it, through whichever process (read your writes).
+    pub(crate) async fn catch_up(&self) -> crate::Result<()> {
+        if self.bus.is_some() {
+            self.refresh_heads().await?;
+        }
+        Ok(())
+    }
+
+    /// The newest position of each shard's stream, caught up with the
+    /// other processes.
+    pub async fn stream_positions(&self) -> crate::Result<Vec<i64>> {
+        self.catch_up().await?;
+        self.store.stream_positions().await
     }
 
     /// Typing on or off; returns whether the room's typing users changed.
@@ -158,7 +176,7 @@ impl BusListener for Hearth {
             .iter()
             .any(|m| matches!(m, BusMessage::Wake { .. } | BusMessage::WakeAll))
         {
-            self.refresh_heads().await;
+            self.refresh_heads_logged().await;
         }
         for msg in messages {
             match msg {
@@ -197,7 +215,7 @@ impl BusListener for Hearth {
     }
 
     async fn resumed(&self) {
-        self.refresh_heads().await;
+        self.refresh_heads_logged().await;
         self.notifier.wake_all_local();
     }
 }

@@ -338,13 +338,7 @@ async fn messages(
     };
     // Tokens are positions in the stream of the room's shard.
     let shard = h.store.shard_of(room_id.as_str()).await?;
-    let newest = h
-        .store
-        .stream_positions()
-        .await?
-        .get(shard)
-        .copied()
-        .unwrap_or(0);
+    let newest = h.stream_positions().await?.get(shard).copied().unwrap_or(0);
     let from = match &q.from {
         Some(t) => parse_pagination_token(t, shard)?,
         None => match dir {

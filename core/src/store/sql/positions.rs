@@ -78,10 +78,6 @@ impl Positions {
         self.floor.store(i64::MAX, Ordering::Release);
     }
 
-    pub(crate) fn is_shared(&self) -> bool {
-        self.floor.load(Ordering::Acquire) == i64::MAX
-    }
-
     pub(crate) fn events(&self) -> i64 {
         self.events.load(Ordering::Acquire)
     }
