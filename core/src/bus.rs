@@ -45,9 +45,7 @@ pub enum BusMessage {
     /// A user's presence as set on another process.
     Presence {
         user: String,
-        presence: String,
-        status_msg: Option<String>,
-        last_active_ms: u64,
+        state: crate::ephemeral::PresenceState,
         serial: u64,
     },
 }
@@ -139,6 +137,44 @@ impl Bus {
                 None
             }
         }
+    }
+
+    /// Every key matching `pattern` with its value (keys that expire
+    /// between the scan and the read are left out); empty when Redis is down.
+    pub async fn scan_values(&self, pattern: &str) -> Vec<(String, String)> {
+        let mut keys: Vec<String> = vec![];
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let Some((next, mut batch)) = self.query::<(u64, Vec<String>)>(&cmd).await else {
+                return vec![];
+            };
+            keys.append(&mut batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(500) {
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(chunk);
+            let Some(values) = self.query::<Vec<Option<String>>>(&cmd).await else {
+                return out;
+            };
+            out.extend(
+                chunk
+                    .iter()
+                    .zip(values)
+                    .filter_map(|(k, v)| Some((k.clone(), v?))),
+            );
+        }
+        out
     }
 
     async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {

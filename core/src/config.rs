@@ -22,6 +22,8 @@ pub struct CoreConfig {
     /// Several processes writing rooms (spec/cluster.md): room writer leases
     /// and forwarding. None: this process writes every room.
     pub cluster: Option<ClusterConfig>,
+    /// When presence turns unavailable and offline by itself.
+    pub presence: crate::ephemeral::PresenceTimes,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +80,7 @@ impl CoreConfig {
             rate_limits: RateLimitConfig::default(),
             redis: None,
             cluster: None,
+            presence: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::ids::now_ms;
@@ -78,13 +79,25 @@ impl Typing {
             .unwrap_or_default()
     }
 
-    /// Takes a room's typing users as another process reported them.
-    pub fn apply(&self, room: &str, users: Vec<(String, u64)>, serial: u64) {
-        let Ok(mut g) = self.inner.lock() else { return };
+    /// Takes a room's typing users as another process reported them (or
+    /// Redis holds them); returns whether anything changed.
+    pub fn apply(&self, room: &str, users: Vec<(String, u64)>, serial: u64) -> bool {
+        let Ok(mut g) = self.inner.lock() else {
+            return false;
+        };
+        let users: HashMap<String, u64> = users.into_iter().collect();
+        let same = match g.rooms.get(room) {
+            Some(now) => *now == users,
+            None => users.is_empty(),
+        };
+        if same {
+            return false;
+        }
         g.serial = mirrored_serial(g.serial, serial);
         let s = g.serial;
-        g.rooms.insert(room.to_owned(), users.into_iter().collect());
+        g.rooms.insert(room.to_owned(), users);
         g.changed.insert(room.to_owned(), s);
+        true
     }
 
     /// Drops expired entries; returns true when anything expired.
@@ -141,107 +154,255 @@ impl Typing {
     }
 }
 
-#[derive(Clone, Debug)]
+/// A user's presence as this process knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceState {
+    /// What others see: online, unavailable or offline.
     pub presence: String,
     pub status_msg: Option<String>,
+    /// The user's last action (a send, a receipt, setting presence): idleness.
     pub last_active_ms: u64,
+    /// The last sign of a connected client (a sync, a WebSocket ping, any
+    /// action): a user whose clients stop beating goes offline.
+    pub heartbeat_ms: u64,
+    /// When this state last changed here, in the sync stream's terms.
+    #[serde(skip)]
     pub serial: u64,
+}
+
+impl PresenceState {
+    fn offline(now: u64) -> Self {
+        Self {
+            presence: "offline".into(),
+            status_msg: None,
+            last_active_ms: now,
+            heartbeat_ms: 0,
+            serial: 0,
+        }
+    }
+
+    /// Whether others would see a difference between the two.
+    fn looks_like(&self, other: &Self) -> bool {
+        self.presence == other.presence && self.status_msg == other.status_msg
+    }
+}
+
+/// When presence changes by itself.
+#[derive(Clone, Copy, Debug)]
+pub struct PresenceTimes {
+    /// After this long without activity an online user shows as unavailable.
+    pub idle_after: Duration,
+    /// After this long without a heartbeat the user shows as offline: their
+    /// clients are gone. Longer than the longest sync long-poll, since a
+    /// client waiting in one beats only when it returns.
+    pub offline_after: Duration,
+}
+
+impl Default for PresenceTimes {
+    fn default() -> Self {
+        Self {
+            idle_after: Duration::from_secs(300),
+            offline_after: Duration::from_secs(150),
+        }
+    }
 }
 
 #[derive(Default)]
 struct PresenceInner {
     serial: u64,
     users: HashMap<String, PresenceState>,
+    /// When each user's state was last written to Redis by this process.
+    written: HashMap<String, u64>,
 }
 
 #[derive(Default)]
 pub struct Presence {
     inner: Mutex<PresenceInner>,
+    times: PresenceTimes,
 }
 
-/// After this long without activity an online user shows as unavailable.
-pub const IDLE_AFTER: Duration = Duration::from_secs(300);
-/// After this long without a heartbeat (a sync, a send, a presence update)
-/// a user shows as offline: their clients are gone.
-pub const OFFLINE_AFTER: Duration = Duration::from_secs(900);
-
 impl Presence {
-    /// Sets a user's presence explicitly (PUT status or sync's set_presence).
-    /// Returns true when what others see changed.
-    pub fn set(&self, user: &str, presence: &str, status_msg: Option<Option<String>>) -> bool {
-        let Ok(mut g) = self.inner.lock() else {
-            return false;
-        };
-        let previous = g.serial;
-        g.serial = next_serial(previous);
-        let serial = g.serial;
-        let now = now_ms();
-        let entry = g
-            .users
-            .entry(user.to_owned())
-            .or_insert_with(|| PresenceState {
-                presence: "offline".into(),
-                status_msg: None,
-                last_active_ms: now,
-                serial,
-            });
-        let msg_changed = status_msg.as_ref().is_some_and(|m| *m != entry.status_msg);
-        let changed = entry.presence != presence || msg_changed;
-        entry.presence = presence.to_owned();
-        if let Some(m) = status_msg {
-            entry.status_msg = m;
+    pub fn new(times: PresenceTimes) -> Self {
+        Self {
+            inner: Mutex::default(),
+            times,
         }
-        if presence == "online" {
-            entry.last_active_ms = now;
-        }
-        if changed {
-            entry.serial = serial;
-        } else {
-            g.serial = previous;
-        }
-        changed
     }
 
-    /// Records activity (a send, a sync); brings an idle user back online.
-    pub fn touch(&self, user: &str) -> bool {
+    pub fn times(&self) -> PresenceTimes {
+        self.times
+    }
+
+    /// Applies `change` to a user's state (offline when unknown); when others
+    /// would see a difference, the state takes the next serial. Returns
+    /// whether they would.
+    fn update(&self, user: &str, change: impl FnOnce(&mut PresenceState, u64)) -> bool {
         let Ok(mut g) = self.inner.lock() else {
             return false;
         };
         let now = now_ms();
         let next = next_serial(g.serial);
-        let mut changed = false;
-        if let Some(e) = g.users.get_mut(user) {
-            let idle = now.saturating_sub(e.last_active_ms) > IDLE_AFTER.as_millis() as u64;
-            e.last_active_ms = now;
-            if e.presence == "unavailable" || (e.presence == "online" && idle) {
-                e.presence = "online".into();
-                e.serial = next;
-                changed = true;
-            }
-        }
+        let entry = g
+            .users
+            .entry(user.to_owned())
+            .or_insert_with(|| PresenceState::offline(now));
+        let before = entry.clone();
+        change(entry, now);
+        let changed = !entry.looks_like(&before);
         if changed {
+            entry.serial = next;
             g.serial = next;
         }
         changed
     }
 
-    pub fn get(&self, user: &str) -> Option<PresenceState> {
-        let g = self.inner.lock().ok()?;
-        g.users.get(user).cloned().map(effective)
+    /// A sync with `set_presence`: "online" brings an offline user online
+    /// (not an idle one: polling is not activity), "unavailable" marks them
+    /// idle, "offline" leaves presence alone (spec). Every kind but offline
+    /// is a heartbeat.
+    pub fn sync(&self, user: &str, requested: &str) -> bool {
+        if requested == "offline" {
+            return false;
+        }
+        self.update(user, |s, now| {
+            s.heartbeat_ms = now;
+            if requested == "unavailable" {
+                s.presence = "unavailable".into();
+            } else if s.presence == "offline" {
+                s.presence = "online".into();
+                s.last_active_ms = now;
+            }
+        })
     }
 
-    /// A user's presence as stored (not aged), to tell other processes.
-    pub fn snapshot(&self, user: &str) -> Option<PresenceState> {
+    /// Sets a user's presence explicitly (PUT status, WebSocket frame).
+    pub fn set(&self, user: &str, presence: &str, status_msg: Option<Option<String>>) -> bool {
+        self.update(user, |s, now| {
+            s.presence = presence.to_owned();
+            if let Some(m) = status_msg {
+                s.status_msg = m;
+            }
+            if presence != "offline" {
+                s.heartbeat_ms = now;
+            }
+            if presence == "online" {
+                s.last_active_ms = now;
+            }
+        })
+    }
+
+    /// The user did something (a send, a receipt, typing): online now.
+    pub fn active(&self, user: &str) -> bool {
+        self.update(user, |s, now| {
+            s.last_active_ms = now;
+            s.heartbeat_ms = now;
+            s.presence = "online".into();
+        })
+    }
+
+    /// Users whose presence is due to change by itself: online and idle, or
+    /// not offline and without a heartbeat for too long.
+    pub fn due(&self) -> Vec<String> {
+        let Ok(g) = self.inner.lock() else {
+            return vec![];
+        };
+        let now = now_ms();
+        g.users
+            .iter()
+            .filter(|(_, s)| self.aged(s, now) != s.presence)
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
+    /// What a state turns into with time alone.
+    fn aged<'a>(&self, s: &'a PresenceState, now: u64) -> &'a str {
+        let since = |t: u64| Duration::from_millis(now.saturating_sub(t));
+        if s.presence != "offline" && since(s.heartbeat_ms) > self.times.offline_after {
+            "offline"
+        } else if s.presence == "online" && since(s.last_active_ms) > self.times.idle_after {
+            "unavailable"
+        } else {
+            &s.presence
+        }
+    }
+
+    /// Lets time act on a user's presence; returns whether others would see
+    /// a difference.
+    pub fn age(&self, user: &str) -> bool {
+        if self.get(user).is_none() {
+            return false;
+        }
+        // Aged under the same lock as the write, so a heartbeat that lands
+        // meanwhile is not overwritten by a stale verdict.
+        self.update(user, |s, now| {
+            let aged = self.aged(s, now).to_owned();
+            s.presence = aged;
+        })
+    }
+
+    pub fn get(&self, user: &str) -> Option<PresenceState> {
         self.inner.lock().ok()?.users.get(user).cloned()
     }
 
-    /// Takes a user's presence as another process reported it.
-    pub fn apply(&self, user: &str, mut state: PresenceState) {
-        let Ok(mut g) = self.inner.lock() else { return };
-        g.serial = mirrored_serial(g.serial, state.serial);
-        state.serial = g.serial;
-        g.users.insert(user.to_owned(), state);
+    /// The user's state when it is due to be written to Redis: it changed,
+    /// or this process last wrote it more than `every` ago.
+    pub fn take_write(&self, user: &str, changed: bool, every: Duration) -> Option<PresenceState> {
+        let mut g = self.inner.lock().ok()?;
+        let now = now_ms();
+        let last = g.written.get(user).copied().unwrap_or(0);
+        if !changed && Duration::from_millis(now.saturating_sub(last)) < every {
+            return None;
+        }
+        let state = g.users.get(user).cloned()?;
+        g.written.insert(user.to_owned(), now);
+        Some(state)
+    }
+
+    /// Users not offline whose heartbeat is recent, with their state.
+    pub fn live(&self) -> Vec<(String, PresenceState)> {
+        let Ok(g) = self.inner.lock() else {
+            return vec![];
+        };
+        g.users
+            .iter()
+            .filter(|(_, s)| s.presence != "offline" && self.aged(s, now_ms()) == s.presence)
+            .map(|(u, s)| (u.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Takes a user's presence as another process reported it (or Redis
+    /// holds it): the newer timestamps win; the state itself is theirs.
+    /// Returns whether others would see a difference.
+    pub fn apply(&self, user: &str, theirs: PresenceState, remote_serial: u64) -> bool {
+        let Ok(mut g) = self.inner.lock() else {
+            return false;
+        };
+        let mirrored = mirrored_serial(g.serial, remote_serial);
+        let entry = g
+            .users
+            .entry(user.to_owned())
+            .or_insert_with(|| PresenceState::offline(0));
+        let changed = !entry.looks_like(&theirs);
+        entry.presence = theirs.presence;
+        entry.status_msg = theirs.status_msg;
+        entry.last_active_ms = entry.last_active_ms.max(theirs.last_active_ms);
+        entry.heartbeat_ms = entry.heartbeat_ms.max(theirs.heartbeat_ms);
+        if changed {
+            entry.serial = mirrored;
+            g.serial = mirrored;
+        }
+        changed
+    }
+
+    /// Takes only the newer timestamps another process recorded (its
+    /// heartbeats are not announced, only kept in Redis).
+    pub fn merge_times(&self, user: &str, theirs: &PresenceState) {
+        if let Ok(mut g) = self.inner.lock()
+            && let Some(e) = g.users.get_mut(user)
+        {
+            e.last_active_ms = e.last_active_ms.max(theirs.last_active_ms);
+            e.heartbeat_ms = e.heartbeat_ms.max(theirs.heartbeat_ms);
+        }
     }
 
     pub fn serial(&self) -> u64 {
@@ -257,19 +418,9 @@ impl Presence {
             .iter()
             .filter_map(|u| g.users.get(u).map(|s| (u, s)))
             .filter(|(_, s)| since.is_none_or(|since| s.serial > since))
-            .map(|(u, s)| presence_event(u, &effective(s.clone())))
+            .map(|(u, s)| presence_event(u, s))
             .collect()
     }
-}
-
-fn effective(mut s: PresenceState) -> PresenceState {
-    let quiet = now_ms().saturating_sub(s.last_active_ms);
-    if s.presence != "offline" && quiet > OFFLINE_AFTER.as_millis() as u64 {
-        s.presence = "offline".into();
-    } else if s.presence == "online" && quiet > IDLE_AFTER.as_millis() as u64 {
-        s.presence = "unavailable".into();
-    }
-    s
 }
 
 pub fn presence_content(s: &PresenceState) -> Value {
@@ -287,4 +438,111 @@ pub fn presence_content(s: &PresenceState) -> Value {
 
 fn presence_event(user: &str, s: &PresenceState) -> Value {
     json!({"type": "m.presence", "sender": user, "content": presence_content(s)})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(presence: &str, last_active_ms: u64, heartbeat_ms: u64) -> PresenceState {
+        PresenceState {
+            presence: presence.into(),
+            status_msg: None,
+            last_active_ms,
+            heartbeat_ms,
+            serial: 0,
+        }
+    }
+
+    #[test]
+    fn polling_brings_an_offline_user_online_but_not_an_idle_one() {
+        let p = Presence::default();
+        assert!(p.sync("@a:x", "online"));
+        assert_eq!(p.get("@a:x").map(|s| s.presence).as_deref(), Some("online"));
+        assert!(p.sync("@a:x", "unavailable"));
+        assert!(!p.sync("@a:x", "online"), "polling is not activity");
+        assert_eq!(
+            p.get("@a:x").map(|s| s.presence).as_deref(),
+            Some("unavailable")
+        );
+        assert!(p.active("@a:x"), "an action is");
+        assert!(
+            !p.sync("@b:x", "offline"),
+            "set_presence=offline changes nothing"
+        );
+        assert!(p.get("@b:x").is_none());
+    }
+
+    #[test]
+    fn time_makes_users_idle_then_offline_and_each_change_moves_the_serial() {
+        let p = Presence::default();
+        let now = now_ms();
+        let idle = PresenceTimes::default().idle_after.as_millis() as u64;
+        let ttl = PresenceTimes::default().offline_after.as_millis() as u64;
+        p.apply("@idle:x", state("online", now - idle - 1000, now), 0);
+        p.apply("@gone:x", state("unavailable", now, now - ttl - 1000), 0);
+        p.apply("@here:x", state("online", now, now), 0);
+        let before = p.serial();
+        let mut due = p.due();
+        due.sort();
+        assert_eq!(due, ["@gone:x", "@idle:x"]);
+        assert!(p.age("@idle:x"));
+        assert!(p.age("@gone:x"));
+        assert!(!p.age("@here:x"));
+        let get = |u: &str| p.get(u).map(|s| s.presence);
+        assert_eq!(get("@idle:x").as_deref(), Some("unavailable"));
+        assert_eq!(get("@gone:x").as_deref(), Some("offline"));
+        assert!(p.due().is_empty());
+        let changed = p.events_for(
+            &["@idle:x".into(), "@gone:x".into(), "@here:x".into()],
+            Some(before),
+        );
+        assert_eq!(changed.len(), 2, "{changed:?}");
+    }
+
+    #[test]
+    fn a_heartbeat_heard_elsewhere_keeps_a_user_online() {
+        let p = Presence::default();
+        let now = now_ms();
+        let ttl = PresenceTimes::default().offline_after.as_millis() as u64;
+        p.apply("@a:x", state("online", now, now - ttl - 1000), 0);
+        assert_eq!(p.due(), ["@a:x"]);
+        p.merge_times("@a:x", &state("online", now, now));
+        assert!(p.due().is_empty());
+        assert!(!p.age("@a:x"));
+        let serial = p.serial();
+        assert!(
+            !p.apply("@a:x", state("online", now, now), 0),
+            "the same state again is no change"
+        );
+        assert_eq!(p.serial(), serial);
+    }
+
+    #[test]
+    fn writes_to_redis_are_spaced_unless_something_changed() {
+        let p = Presence::default();
+        p.active("@a:x");
+        let every = Duration::from_secs(60);
+        assert!(
+            p.take_write("@a:x", false, every).is_some(),
+            "never written"
+        );
+        assert!(p.take_write("@a:x", false, every).is_none());
+        assert!(p.take_write("@a:x", true, every).is_some());
+        assert!(p.take_write("@nobody:x", true, every).is_none());
+    }
+
+    #[test]
+    fn typing_from_elsewhere_counts_only_when_different() {
+        let t = Typing::default();
+        let until = now_ms() + 10_000;
+        assert!(t.apply("!r:x", vec![("@a:x".into(), until)], 0));
+        let serial = t.serial();
+        assert!(!t.apply("!r:x", vec![("@a:x".into(), until)], 0));
+        assert_eq!(t.serial(), serial);
+        assert!(
+            !t.apply("!other:x", vec![], 0),
+            "nobody typing where nobody was"
+        );
+    }
 }

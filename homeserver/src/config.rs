@@ -30,6 +30,21 @@ pub struct FileConfig {
     pub redis: RedisSection,
     #[serde(default)]
     pub cluster: ClusterSection,
+    #[serde(default)]
+    pub presence: PresenceSection,
+}
+
+/// When presence changes by itself (seconds).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceSection {
+    /// Without activity for this long, an online user shows as unavailable
+    /// (default 300).
+    pub idle_after_secs: Option<f64>,
+    /// Without a heartbeat (a sync, a WebSocket ping, an action) for this
+    /// long, a user shows as offline (default 150; keep it above the longest
+    /// sync long-poll clients use).
+    pub offline_after_secs: Option<f64>,
 }
 
 /// Several processes writing rooms (spec/cluster.md): room writer leases,
@@ -126,6 +141,12 @@ pub struct Overrides {
     /// How the other processes reach this one (default http://<listen>).
     #[arg(long, env = "HEARTH_CLUSTER_ADDRESS")]
     pub cluster_address: Option<String>,
+    /// Seconds without a heartbeat after which a user shows as offline.
+    #[arg(long, env = "HEARTH_PRESENCE_OFFLINE_AFTER_SECS")]
+    pub presence_offline_after_secs: Option<f64>,
+    /// Seconds without activity after which a user shows as unavailable.
+    #[arg(long, env = "HEARTH_PRESENCE_IDLE_AFTER_SECS")]
+    pub presence_idle_after_secs: Option<f64>,
     /// Largest media upload in bytes.
     #[arg(long, env = "HEARTH_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<u64>,
@@ -252,6 +273,24 @@ pub fn load(o: &Overrides) -> Result<Config> {
         .or(file.registration.tokens)
         .unwrap_or_default();
     core.registration_tokens.retain(|t| !t.is_empty());
+
+    let p = file.presence;
+    let seconds = |v: Option<f64>, name: &str, default: std::time::Duration| match v {
+        None => Ok(default),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(std::time::Duration::from_secs_f64(s)),
+        Some(s) => bail!("presence {name} must be a positive number of seconds (got {s})"),
+    };
+    let d = core.presence;
+    core.presence.idle_after = seconds(
+        o.presence_idle_after_secs.or(p.idle_after_secs),
+        "idle_after_secs",
+        d.idle_after,
+    )?;
+    core.presence.offline_after = seconds(
+        o.presence_offline_after_secs.or(p.offline_after_secs),
+        "offline_after_secs",
+        d.offline_after,
+    )?;
 
     let r = file.rate_limits;
     let d = RateLimitConfig::default();

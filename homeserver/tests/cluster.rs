@@ -146,6 +146,48 @@ async fn set_typing(c: &Client, room: &str, user: &str, typing: bool) {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Two processes A and B of one server on `db`, started with `args`: alice
+/// registered on A, bob on B, both in a public room alice created. Without
+/// `[cluster]` leases (not configured here) one process must write the room,
+/// so bob joins through A.
+struct TwoProcesses {
+    a: TestServer,
+    b: TestServer,
+    alice: Client,
+    bob_on_b: Client,
+    room: String,
+}
+
+impl TwoProcesses {
+    async fn start(db: &str, args: &[&str], room_name: &str) -> Self {
+        let a = TestServer::start_with_databases(db, &[], args).await;
+        let b = TestServer::start_with_databases(db, &[], args).await;
+        let alice = a.register("alice", "pw-alice").await;
+        let bob_on_b = b.register("bob", "pw-bob").await;
+        let bob_on_a = Client {
+            base: a.url.clone(),
+            ..bob_on_b.clone()
+        };
+        let room = alice
+            .create_room(json!({"preset": "public_chat", "name": room_name}))
+            .await;
+        let (status, body) = bob_on_a
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(&room)),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        TwoProcesses {
+            a,
+            b,
+            alice,
+            bob_on_b,
+            room,
+        }
+    }
+}
+
 #[tokio::test]
 async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopping() {
     let Some(mut redis) = PrivateRedis::start() else {
@@ -155,27 +197,14 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
     let db = Database(create_database_on(PG));
     let prefix = format!("hearth-test-{}", std::process::id());
     let args = ["--redis-url", &redis.url(), "--redis-prefix", &prefix];
-    let a = TestServer::start_with_databases(&db.0, &[], &args).await;
-    let b = TestServer::start_with_databases(&db.0, &[], &args).await;
-
-    let alice = a.register("alice", "pw-alice").await;
-    let bob_on_b = b.register("bob", "pw-bob").await;
-    // Until room writers are shared between processes, one process writes
-    // the room: bob's own writes go through process A.
-    let bob_on_a = Client {
-        base: a.url.clone(),
-        ..bob_on_b.clone()
-    };
-    let room = alice
-        .create_room(json!({"preset": "public_chat", "name": "two processes"}))
-        .await;
-    let (status, body) = bob_on_a
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(&room)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let TwoProcesses {
+        a,
+        b,
+        alice,
+        bob_on_b,
+        room,
+        ..
+    } = TwoProcesses::start(&db.0, &args, "two processes").await;
     let alice_id = "@alice:localhost";
 
     // Bob syncs on B; a message sent on A wakes him at once.
@@ -211,13 +240,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
     assert_eq!(status, 200, "{body}");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, p) = bob_on_b
-            .get(&format!(
-                "/_matrix/client/v3/presence/{}/status",
-                enc(alice_id)
-            ))
-            .await;
-        assert_eq!(status, 200, "{p}");
+        let p = get_presence(&bob_on_b, alice_id).await;
         if p["presence"] == "online" && p["status_msg"] == "in the cluster" {
             break;
         }
@@ -478,4 +501,126 @@ async fn any_process_accepts_sends_and_a_killed_writer_is_taken_over() {
     assert_eq!(heads, 0, "every message has one parent: a single chain");
     store.close().await;
     drop(b);
+}
+
+fn presence_of(body: &Value, user: &str) -> Option<String> {
+    body["presence"]["events"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|e| e["sender"] == user)
+        .and_then(|e| e["content"]["presence"].as_str().map(str::to_owned))
+}
+
+async fn get_presence(c: &Client, user: &str) -> Value {
+    let (status, body) = c
+        .get(&format!("/_matrix/client/v3/presence/{}/status", enc(user)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn presence_lives_on_heartbeats_heard_by_any_process_and_typing_reaches_a_late_process() {
+    let Some(redis) = PrivateRedis::start() else {
+        eprintln!("redis-server cannot be run here; skipping");
+        return;
+    };
+    let db = Database(create_database_on(PG));
+    let prefix = format!("hearth-test-presence-{}", std::process::id());
+    let args = [
+        "--redis-url",
+        &redis.url(),
+        "--redis-prefix",
+        &prefix,
+        "--presence-offline-after-secs",
+        "3",
+    ];
+    let TwoProcesses {
+        a: _a,
+        b: _b,
+        alice,
+        bob_on_b,
+        room,
+    } = TwoProcesses::start(&db.0, &args, "presence").await;
+    let alice_id = "@alice:localhost";
+
+    // Alice's client beats on A only (a sync a second) for three TTLs:
+    // B hears no announcement of those heartbeats, yet never shows her
+    // offline (no flapping in bob's sync on B), because it reads her key in
+    // Redis before letting time act. Bob's own polling must not count for
+    // her, and set_presence=offline keeps him out of it.
+    let (status, body) = bob_on_b
+        .get("/_matrix/client/v3/sync?set_presence=offline")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut since = body["next_batch"].as_str().expect("next_batch").to_owned();
+    let beating_until = Instant::now() + Duration::from_secs(9);
+    while Instant::now() < beating_until {
+        let (status, body) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = bob_on_b
+            .get(&format!(
+                "/_matrix/client/v3/sync?timeout=1000&set_presence=offline&since={since}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        since = body["next_batch"].as_str().expect("next_batch").to_owned();
+        assert_ne!(
+            presence_of(&body, alice_id).as_deref(),
+            Some("offline"),
+            "alice shown offline on B while her client beats on A: {body}"
+        );
+    }
+    let seen_on_b = get_presence(&bob_on_b, alice_id).await;
+    assert_eq!(seen_on_b["presence"], "online", "{seen_on_b}");
+
+    // Her client stops: within the TTL (and a sweep) bob's sync on B is told
+    // she went offline, and both processes say so.
+    let stopped = Instant::now();
+    let mut told = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while told.is_none() && Instant::now() < deadline {
+        let (status, body) = bob_on_b
+            .get(&format!(
+                "/_matrix/client/v3/sync?timeout=1000&set_presence=offline&since={since}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        since = body["next_batch"].as_str().expect("next_batch").to_owned();
+        if presence_of(&body, alice_id).as_deref() == Some("offline") {
+            told = Some(stopped.elapsed());
+        }
+    }
+    let told = told.expect("bob's sync on B hears alice went offline");
+    assert!(
+        told >= Duration::from_secs(2),
+        "offline only once the heartbeat lapsed, not at once: {told:?}"
+    );
+    for (process, c) in [("A", &alice), ("B", &bob_on_b)] {
+        let p = get_presence(c, alice_id).await;
+        assert_eq!(p["presence"], "offline", "on {process}: {p}");
+    }
+
+    // Typing set on A while C is not running reaches C's syncs when it
+    // starts: C reads it from Redis, not from an announcement it missed.
+    set_typing(&alice, &room, alice_id, true).await;
+    let c = TestServer::start_with_databases(&db.0, &[], &args).await;
+    let bob_on_c = Client {
+        base: c.url.clone(),
+        ..bob_on_b.clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = bob_on_c.get("/_matrix/client/v3/sync").await;
+        assert_eq!(status, 200, "{body}");
+        if typing_users(&body, &room).is_some_and(|u| u == [alice_id]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "typing set before C started not seen on C: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

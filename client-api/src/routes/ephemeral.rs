@@ -65,6 +65,9 @@ pub(crate) async fn set_typing(
     h.require_joined(&room, &s.user_id).await?;
     let timeout = typing.then(|| Duration::from_millis(timeout.unwrap_or(30_000)));
     h.set_typing(&room, s.user_id.as_str(), timeout).await;
+    if typing {
+        h.presence_active(s.user_id.as_str());
+    }
     Ok(())
 }
 
@@ -147,6 +150,7 @@ pub(crate) async fn post_receipt(
     record(h, s, &room, kind, event_id, thread_id).await?;
     // Receipts reach the room; the fully-read marker only its owner.
     h.notify_room(&room).await;
+    h.presence_active(s.user_id.as_str());
     Ok(())
 }
 

@@ -71,7 +71,7 @@ pub(crate) async fn send_message(
     let mut ev = NewEvent::message(s.user_id.clone(), kind, Value::Object(content));
     ev.txn = Some((s.device_id.clone(), txn_id.to_owned()));
     let event_id = h.send_event(&room_id, ev).await?;
-    h.touch_presence(s.user_id.as_str());
+    h.presence_active(s.user_id.as_str());
     Ok(event_id.to_string())
 }
 

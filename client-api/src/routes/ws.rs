@@ -14,7 +14,7 @@ use axum::{
     routing::get,
 };
 use futures::{SinkExt, StreamExt};
-use hearth_core::{Hearth, accounts::Session, sync::SyncRequest};
+use hearth_core::{Error, Hearth, accounts::Session, sync::SyncRequest};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -49,6 +49,8 @@ pub fn routes() -> Router<Arc<Hearth>> {
 struct WsQuery {
     since: Option<String>,
     filter: Option<String>,
+    /// As for `/sync`: how an open socket counts for the user's presence.
+    set_presence: Option<String>,
 }
 
 async fn upgrade(
@@ -65,6 +67,10 @@ async fn upgrade(
         .map(str::parse)
         .transpose()?;
     let filter = resolve_filter(&h, s.user_id.as_str(), q.filter.as_deref()).await?;
+    let presence = q.set_presence.unwrap_or_else(|| "online".into());
+    if !matches!(presence.as_str(), "online" | "offline" | "unavailable") {
+        return Err(Error::invalid_param("Invalid set_presence").into());
+    }
     let req = SyncRequest {
         since,
         full_state: false,
@@ -78,7 +84,7 @@ async fn upgrade(
         // idle connection. Frames are sent (and sync bodies flushed) eagerly.
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| serve(h, s, req, socket)))
+        .on_upgrade(move |socket| serve(h, s, req, presence, socket)))
 }
 
 /// Client → server frames (their `id` is read separately and echoed back).
@@ -112,7 +118,15 @@ fn error_frame(id: Option<Value>, errcode: &str, error: &str) -> Value {
     json!({"type": "error", "id": id, "errcode": errcode, "error": error})
 }
 
-async fn serve(h: Arc<Hearth>, s: Session, mut req: SyncRequest, socket: WebSocket) {
+async fn serve(
+    h: Arc<Hearth>,
+    s: Session,
+    mut req: SyncRequest,
+    presence: String,
+    socket: WebSocket,
+) {
+    // An open socket is the client's heartbeat, renewed at every ping.
+    h.presence_sync(s.user_id.as_str(), &presence);
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(SEND_BUFFER_FRAMES);
     let mut shutdown = h.shutdown.subscribe();
@@ -191,6 +205,7 @@ async fn serve(h: Arc<Hearth>, s: Session, mut req: SyncRequest, socket: WebSock
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
             },
             _ = ping.tick() => {
+                h.presence_sync(s.user_id.as_str(), &presence);
                 if last_pong.elapsed() > PONG_DEADLINE {
                     let _ = tx.send(close(1001, "no pong within deadline")).await;
                     break;
