@@ -6,13 +6,14 @@ pub mod extract;
 mod forward;
 mod routes;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
+    extract::{DefaultBodyLimit, Request},
     http::{Method, StatusCode},
-    response::IntoResponse,
+    middleware::Next,
+    response::{IntoResponse, Response},
 };
 use hearth_core::Hearth;
 use tower_http::cors::{Any, CorsLayer};
@@ -22,6 +23,12 @@ use crate::error::ApiError;
 /// Request bodies other than media uploads are capped here.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
 
+/// Longest a request (other than a sync's wait and a media transfer) may
+/// take. Reaching it means a database stopped answering without closing its
+/// connections; the client gets 503 and may retry (sends are idempotent by
+/// transaction id) instead of hanging.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(15);
+
 /// Client endpoints served under both `/v3` and the legacy `/r0` prefix.
 fn client_routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -30,10 +37,27 @@ fn client_routes() -> Router<Arc<Hearth>> {
         .merge(routes::profile::routes())
         .merge(routes::rooms::routes())
         .merge(routes::messages::routes())
-        .merge(routes::sync::routes())
         .merge(routes::ephemeral::routes())
         .merge(routes::account_data::routes())
         .merge(routes::directory::routes())
+        .layer(axum::middleware::from_fn(deadline))
+        // Sync bounds itself: its wait is part of the request.
+        .merge(routes::sync::routes())
+}
+
+async fn deadline(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    match tokio::time::timeout(REQUEST_DEADLINE, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!(%path, "request passed its deadline; is a database hung?");
+            ApiError::from(hearth_core::Error::Unavailable(format!(
+                "no answer within {} s (a database is not responding); retry later",
+                REQUEST_DEADLINE.as_secs()
+            )))
+            .into_response()
+        }
+    }
 }
 
 pub fn router(hearth: Arc<Hearth>) -> Router {

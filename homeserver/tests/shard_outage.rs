@@ -25,6 +25,8 @@ const SHARED: &str = "postgres://postgres@127.0.0.1:5432";
 
 /// A request on the stopped shard must be answered within this.
 const PROMPT: Duration = Duration::from_secs(8);
+/// A request on a frozen shard: Hearth's request deadline (15 s) and slack.
+const FROZEN_PROMPT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn a_stopped_shard_answers_503_while_other_shards_work_and_recovers_on_restart() {
@@ -33,35 +35,14 @@ async fn a_stopped_shard_answers_503_while_other_shards_work_and_recovers_on_res
         return;
     }
     let started = Instant::now();
-    // Declared first so they are dropped last, after the server.
-    let cluster = PrivateCluster::create();
-    let shared = SharedDatabases(vec![create_database_on(SHARED), create_database_on(SHARED)]);
-    let shard1 = create_database_on(&cluster.base());
-    let shards = [shared.0[1].clone(), shard1];
-    let hs = TestServer::start_with_databases(&shared.0[0], &shards, &[]).await;
-    let alice = hs.register("alice", "pw-alice").await;
-
-    // Rooms hash over the shards; create until each shard holds one, and ask
-    // the main database where each went.
-    let mut on_shard: [Option<String>; 2] = [None, None];
-    for i in 0..40 {
-        if on_shard.iter().all(Option::is_some) {
-            break;
-        }
-        let room = alice.create_room(json!({"name": format!("r{i}")})).await;
-        let shard = psql_scalar(
-            &shared.0[0],
-            &format!("SELECT shard FROM rooms WHERE room_id = '{room}'"),
-        );
-        match shard.as_str() {
-            "0" => on_shard[0].get_or_insert(room),
-            "1" => on_shard[1].get_or_insert(room),
-            other => panic!("room {room} on unexpected shard {other:?}"),
-        };
-    }
-    let [Some(up), Some(down)] = on_shard else {
-        panic!("40 rooms and still not one on each shard: {on_shard:?}");
-    };
+    let Outage {
+        cluster,
+        shared: _shared,
+        hs,
+        alice,
+        up,
+        down,
+    } = Outage::set_up().await;
 
     let mut before = vec![];
     for i in 0..3 {
@@ -96,14 +77,7 @@ async fn a_stopped_shard_answers_503_while_other_shards_work_and_recovers_on_res
     eprintln!("/messages on the stopped shard: 503 after {elapsed:?}");
 
     // The other shard's room is untouched.
-    let (elapsed, (s, body)) = timed(send(&alice, &up, "up-during", "u-during")).await;
-    assert_eq!(s, 200, "send on the running shard: {body}");
-    // Well under the pool's acquire timeout: nothing waited on the stopped
-    // shard.
-    assert!(
-        elapsed < Duration::from_secs(2),
-        "slow send on the running shard: {elapsed:?}"
-    );
+    send_on_running_shard(&alice, &up, "up-during", "u-during").await;
     let (s, page) = timed(alice.get(&messages(&up, 10))).await.1;
     assert_eq!(s, 200, "/messages on the running shard: {page}");
     assert_eq!(
@@ -141,18 +115,14 @@ async fn a_stopped_shard_answers_503_while_other_shards_work_and_recovers_on_res
 
     // Back without restarting Hearth: the client retries its failed send
     // (same transaction id) until it goes through.
-    let deadline = restarted + Duration::from_secs(15);
-    let recovered = loop {
-        let (s, body) = timed(send(&alice, &down, "outage0", "after")).await.1;
-        if s == 200 {
-            break body["event_id"].as_str().expect("event_id").to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the shard's room did not recover in 15 s: {s} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let recovered = retry_until_stored(
+        &alice,
+        &down,
+        ("outage0", "after"),
+        PROMPT,
+        Duration::from_secs(15),
+    )
+    .await;
     eprintln!(
         "the stopped shard's room took a send {:?} after the restart",
         restarted.elapsed()
@@ -193,12 +163,193 @@ async fn a_stopped_shard_answers_503_while_other_shards_work_and_recovers_on_res
     eprintln!("shard outage test took {:?}", started.elapsed());
 }
 
+/// A server whose shard 0 is on the shared Postgres and shard 1 on a private
+/// cluster, with a room on each. Fields drop in order: the server first, the
+/// databases last.
+struct Outage {
+    hs: TestServer,
+    alice: Client,
+    /// A room on shard 0 (stays up).
+    up: String,
+    /// A room on shard 1 (the private cluster).
+    down: String,
+    shared: SharedDatabases,
+    cluster: PrivateCluster,
+}
+
+impl Outage {
+    async fn set_up() -> Self {
+        let cluster = PrivateCluster::create();
+        let shared = SharedDatabases(vec![create_database_on(SHARED), create_database_on(SHARED)]);
+        let shard1 = create_database_on(&cluster.base());
+        let shards = [shared.0[1].clone(), shard1];
+        let hs = TestServer::start_with_databases(&shared.0[0], &shards, &[]).await;
+        let alice = hs.register("alice", "pw-alice").await;
+        // Rooms hash over the shards; create until each shard holds one, and
+        // ask the main database where each went.
+        let mut on_shard: [Option<String>; 2] = [None, None];
+        for i in 0..40 {
+            if on_shard.iter().all(Option::is_some) {
+                break;
+            }
+            let room = alice.create_room(json!({"name": format!("r{i}")})).await;
+            let shard = psql_scalar(
+                &shared.0[0],
+                &format!("SELECT shard FROM rooms WHERE room_id = '{room}'"),
+            );
+            match shard.as_str() {
+                "0" => on_shard[0].get_or_insert(room),
+                "1" => on_shard[1].get_or_insert(room),
+                other => panic!("room {room} on unexpected shard {other:?}"),
+            };
+        }
+        let [Some(up), Some(down)] = on_shard else {
+            panic!("40 rooms and still not one on each shard: {on_shard:?}");
+        };
+        Outage {
+            hs,
+            alice,
+            up,
+            down,
+            shared,
+            cluster,
+        }
+    }
+}
+
+/// A shard that stops answering without closing its connections (the
+/// machine froze, a network partition): requests on its rooms answer 503,
+/// never hang: once the pool gives up checking a connection out (each
+/// checkout pings it), or, for a query already in flight, once the request
+/// deadline passes. Other rooms are untouched. Once
+/// the shard answers again, retries find every message stored exactly once.
+#[tokio::test]
+async fn a_frozen_shard_answers_503_not_a_hang_and_retries_find_each_send_stored_once() {
+    if !Path::new(PG_BIN).join("initdb").exists() {
+        eprintln!("skipped: no PostgreSQL binaries under {PG_BIN}");
+        return;
+    }
+    let Outage {
+        cluster,
+        shared: _shared,
+        hs,
+        alice,
+        up,
+        down,
+    } = Outage::set_up().await;
+
+    // Sends one after another into the shard's room until one fails, so the
+    // freeze catches a commit in flight.
+    let sender = {
+        let (alice, down) = (alice.clone(), down.clone());
+        tokio::spawn(async move {
+            let mut acked = vec![];
+            for i in 0.. {
+                let txn = format!("load{i}");
+                let (elapsed, (s, body)) =
+                    timed_within(FROZEN_PROMPT, send(&alice, &down, &txn, &txn)).await;
+                if s != 200 {
+                    return (acked, txn, s, body, elapsed);
+                }
+                acked.push(txn);
+            }
+            unreachable!()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.freeze();
+    let (acked, caught, s, body, elapsed) = sender.await.expect("sender");
+    assert_eq!(s, 503, "send caught by the freeze: {body}");
+    assert_eq!(body["errcode"], "M_UNAVAILABLE", "{body}");
+    assert!(!acked.is_empty(), "nothing was sent before the freeze");
+    eprintln!(
+        "send caught by the freeze: 503 after {elapsed:?} ({} acknowledged before)",
+        acked.len()
+    );
+
+    let (elapsed, (s, body)) =
+        timed_within(FROZEN_PROMPT, send(&alice, &down, "later", "later")).await;
+    assert_eq!(s, 503, "a later send on the frozen shard: {body}");
+    eprintln!("later send on the frozen shard: 503 after {elapsed:?}");
+    let (elapsed, (s, body)) = timed_within(FROZEN_PROMPT, alice.get(&messages(&down, 10))).await;
+    assert_eq!(s, 503, "/messages on the frozen shard: {body}");
+    eprintln!("/messages on the frozen shard: 503 after {elapsed:?}");
+    send_on_running_shard(&alice, &up, "up-frozen", "u").await;
+
+    cluster.thaw();
+    let thawed = Instant::now();
+    // The client retries what failed, with the same transaction ids.
+    for txn in [caught.as_str(), "later"] {
+        retry_until_stored(
+            &alice,
+            &down,
+            (txn, txn),
+            FROZEN_PROMPT,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    eprintln!("retries stored {:?} after the thaw", thawed.elapsed());
+    // Whether the caught send committed when the shard came back or only on
+    // its retry, the room holds every message exactly once, in send order.
+    let limit = acked.len() as u32 + 20;
+    let (s, page) = alice.get(&messages(&down, limit)).await;
+    assert_eq!(s, 200, "/messages after the thaw: {page}");
+    let mut stored = bodies(&page);
+    stored.reverse();
+    let mut expected = acked.clone();
+    expected.push(caught.clone());
+    expected.push("later".into());
+    assert_eq!(stored, expected);
+    drop(hs);
+}
+
+/// A send in the running shard's room: 200, well under the pool's acquire
+/// timeout (nothing waited on the other shard).
+async fn send_on_running_shard(c: &Client, room: &str, txn: &str, body: &str) {
+    let (elapsed, (s, answer)) = timed(send(c, room, txn, body)).await;
+    assert_eq!(s, 200, "send on the running shard: {answer}");
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "slow send on the running shard: {elapsed:?}"
+    );
+}
+
+/// Retries a send as a client would, with the same transaction id, every
+/// 200 ms until it is stored (each attempt answered within `attempt`, all of
+/// them within `within`); returns its event id.
+async fn retry_until_stored(
+    c: &Client,
+    room: &str,
+    (txn, body): (&str, &str),
+    attempt: Duration,
+    within: Duration,
+) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let (s, answer) = timed_within(attempt, send(c, room, txn, body)).await.1;
+        if s == 200 {
+            return answer["event_id"].as_str().expect("event_id").to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retry of {txn} not stored within {within:?}: {s} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs `request`, failing the test if it takes longer than `PROMPT`.
 async fn timed<T>(request: impl Future<Output = T>) -> (Duration, T) {
+    timed_within(PROMPT, request).await
+}
+
+/// Runs `request`, failing the test if it takes longer than `limit`.
+async fn timed_within<T>(limit: Duration, request: impl Future<Output = T>) -> (Duration, T) {
     let start = Instant::now();
-    let out = tokio::time::timeout(PROMPT, request)
+    let out = tokio::time::timeout(limit, request)
         .await
-        .unwrap_or_else(|_| panic!("no answer within {PROMPT:?}"));
+        .unwrap_or_else(|_| panic!("no answer within {limit:?}"));
     (start.elapsed(), out)
 }
 
@@ -386,6 +537,35 @@ impl PrivateCluster {
         assert!(out.status.success(), "pg_ctl stop: {}", stderr(&out));
     }
 
+    /// Freezes every process of the server (SIGSTOP): connections stay
+    /// open, nothing answers.
+    fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pidfile = self.dir.join("data").join("postmaster.pid");
+        let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_owned))
+        else {
+            return;
+        };
+        let children = Command::new("pgrep")
+            .args(["-P", &pid])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut pids: Vec<&str> = children.split_whitespace().collect();
+        pids.push(&pid);
+        let status = Command::new("kill").arg(signal).args(&pids).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal} {pids:?}");
+    }
+
     /// Runs one of the Postgres binaries on this cluster, as `postgres` when
     /// this test runs as root.
     fn pg(&self, bin: &str, args: &[&str]) -> Output {
@@ -409,6 +589,8 @@ impl PrivateCluster {
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         if self.port != 0 {
+            // A frozen server would never stop.
+            self.signal("-CONT");
             let _ = self.pg(
                 "pg_ctl",
                 &["stop", "-w", "-m", "immediate", "-D", &self.data()],

@@ -85,17 +85,21 @@ async fn sync(
         "online" | "offline" | "unavailable" => {}
         _ => return Err(Error::invalid_param("Invalid set_presence").into()),
     }
-    h.set_presence(s.user_id.as_str(), presence, None);
-    if presence == "online" {
-        h.touch_presence(s.user_id.as_str());
-    }
+    h.presence_sync(s.user_id.as_str(), presence);
     let req = SyncRequest {
         since,
         full_state,
         filter,
         timeout: timeout.min(MAX_TIMEOUT),
     };
-    Ok(Json(h.sync(&s.user_id, &s.device_id, &req).await?))
+    let bound = req.timeout + crate::REQUEST_DEADLINE;
+    match tokio::time::timeout(bound, h.sync(&s.user_id, &s.device_id, &req)).await {
+        Ok(body) => Ok(Json(body?)),
+        Err(_) => {
+            tracing::error!(user = %s.user_id, "sync passed its deadline; is a database hung?");
+            Err(Error::Unavailable("sync could not be answered in time; retry later".into()).into())
+        }
+    }
 }
 
 async fn create_filter(
