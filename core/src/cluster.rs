@@ -4,7 +4,13 @@
 //! woken and on a timer, so that a missed message (Redis down) delays a sync
 //! by at most a tick and never loses anything.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use tracing::warn;
@@ -20,8 +26,18 @@ use crate::{
 const HEADS_EVERY_UP: Duration = Duration::from_secs(1);
 const HEADS_EVERY_DOWN: Duration = Duration::from_millis(200);
 
-/// How long a user's presence stays in Redis after their last heartbeat.
-const PRESENCE_TTL_MS: u64 = crate::ephemeral::OFFLINE_AFTER.as_millis() as u64;
+/// How often an unchanged user's presence is re-written to Redis while
+/// their clients beat: heartbeats are not announced, only kept there.
+const PRESENCE_WRITE_EVERY: Duration = Duration::from_secs(20);
+
+/// Re-reads of the stream heads, one at a time (see `refresh_heads`).
+#[derive(Default)]
+pub(crate) struct HeadsReads {
+    /// Tickets handed to callers so far.
+    asked: AtomicU64,
+    /// Held during a re-read; holds the last ticket a finished re-read covers.
+    covered: tokio::sync::Mutex<u64>,
+}
 
 impl Hearth {
     pub(crate) fn join_cluster(
@@ -49,9 +65,20 @@ impl Hearth {
     }
 
     /// Re-reads where the streams stand; wakes every sync if anything moved
-    /// (whoever re-reads first, the waiting syncs hear of it).
+    /// (whoever re-reads first, the waiting syncs hear of it). Callers at
+    /// the same moment share one re-read: each waits for one that started
+    /// after it asked, which sees everything committed before it asked.
     async fn refresh_heads(&self) -> crate::Result<()> {
-        if self.store.refresh_stream_heads().await? {
+        let ticket = self.heads.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut covered = self.heads.covered.lock().await;
+        if *covered >= ticket {
+            return Ok(());
+        }
+        let upto = self.heads.asked.load(Ordering::SeqCst);
+        let moved = self.store.refresh_stream_heads().await?;
+        *covered = upto;
+        drop(covered);
+        if moved {
             self.notifier.wake_all_local();
         }
         Ok(())
@@ -92,58 +119,91 @@ impl Hearth {
         let changed = self.typing.set(room.as_str(), user, timeout);
         if changed {
             if let Some(bus) = &self.bus {
+                let users = self.typing.snapshot(room.as_str());
                 bus.publish(BusMessage::Typing {
                     room: room.to_string(),
-                    users: self.typing.snapshot(room.as_str()),
+                    users: users.clone(),
                     serial: self.typing.serial(),
                 });
+                store_typing(bus.clone(), room.as_str(), users);
             }
             self.notify_room(room).await;
         }
         changed
     }
 
-    /// Sets a user's presence (and status message when given); tells the
-    /// other processes and wakes syncs when what others see changed.
+    /// A sync's `set_presence` (see `Presence::sync`).
+    pub fn presence_sync(&self, user: &str, requested: &str) {
+        let changed = self.presence.sync(user, requested);
+        self.presence_changed(user, changed);
+    }
+
+    /// Sets a user's presence (and status message when given).
     pub fn set_presence(&self, user: &str, presence: &str, status_msg: Option<Option<String>>) {
-        if self.presence.set(user, presence, status_msg) {
-            self.presence_changed(user);
-        }
+        let changed = self.presence.set(user, presence, status_msg);
+        self.presence_changed(user, changed);
     }
 
-    /// Records activity (a send, a sync): a heartbeat for presence.
-    pub fn touch_presence(&self, user: &str) {
-        if self.presence.touch(user) {
-            self.presence_changed(user);
-        }
+    /// The user acted (a send, a receipt, typing).
+    pub fn presence_active(&self, user: &str) {
+        let changed = self.presence.active(user);
+        self.presence_changed(user, changed);
     }
 
-    fn presence_changed(&self, user: &str) {
-        if let (Some(bus), Some(state)) = (&self.bus, self.presence.snapshot(user)) {
-            bus.publish(BusMessage::Presence {
-                user: user.to_owned(),
-                presence: state.presence.clone(),
-                status_msg: state.status_msg.clone(),
-                last_active_ms: state.last_active_ms,
-                serial: state.serial,
-            });
-            // Kept in Redis too, expiring when the user would show offline,
-            // for processes that start later.
-            if let Ok(json) = serde_json::to_string(&serde_json::json!({
-                "presence": state.presence,
-                "status_msg": state.status_msg,
-                "last_active_ms": state.last_active_ms,
-            })) {
+    /// Tells the other processes of a change (and keeps the user's state in
+    /// Redis, re-written now and then while unchanged, so their heartbeats
+    /// keep the key alive), and wakes syncs when others would see a change.
+    fn presence_changed(&self, user: &str, changed: bool) {
+        let write_every = PRESENCE_WRITE_EVERY.min(self.presence.times().offline_after / 3);
+        if let Some(bus) = &self.bus
+            && let Some(state) = self.presence.take_write(user, changed, write_every)
+        {
+            if changed {
+                bus.publish(BusMessage::Presence {
+                    user: user.to_owned(),
+                    state: state.clone(),
+                    serial: state.serial,
+                });
+            }
+            if let Ok(json) = serde_json::to_string(&state) {
                 let bus = bus.clone();
-                let key = bus.key(&format!("presence:{user}"));
+                let key = presence_key(&bus, user);
+                let ttl = self.presence.times().offline_after.as_millis() as u64;
                 tokio::spawn(async move {
                     let mut cmd = redis::cmd("SET");
-                    cmd.arg(key).arg(json).arg("PX").arg(PRESENCE_TTL_MS);
+                    cmd.arg(key).arg(json).arg("PX").arg(ttl.max(1));
                     bus.query::<()>(&cmd).await;
                 });
             }
         }
-        self.notifier.notify();
+        if changed {
+            self.notifier.wake_all_local();
+        }
+    }
+
+    /// What Redis holds of a user's presence; `None` when nothing (their
+    /// key expired: no process heard a heartbeat within the TTL) or Redis is
+    /// down.
+    async fn presence_in_redis(&self, user: &str) -> Option<PresenceState> {
+        let bus = self.bus.as_ref().filter(|b| b.is_up())?;
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(presence_key(bus, user));
+        let json: Option<String> = bus.query(&cmd).await?;
+        serde_json::from_str(&json?).ok()
+    }
+
+    /// Lets time act on presence: idle users become unavailable, users
+    /// without a heartbeat offline. With Redis, a heartbeat another process
+    /// heard counts: its key is read before the user is aged.
+    pub(crate) async fn age_presence(&self) {
+        for user in self.presence.due() {
+            if let Some(theirs) = self.presence_in_redis(&user).await {
+                self.presence.merge_times(&user, &theirs);
+            }
+            if self.presence.age(&user) {
+                self.presence_changed(&user, true);
+            }
+        }
     }
 
     /// A user's presence: this process's view, else what Redis holds.
@@ -151,20 +211,72 @@ impl Hearth {
         if let Some(p) = self.presence.get(user) {
             return Some(p);
         }
-        let bus = self.bus.as_ref()?;
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(bus.key(&format!("presence:{user}")));
-        let json: Option<String> = bus.query(&cmd).await?;
-        let v: serde_json::Value = serde_json::from_str(&json?).ok()?;
-        let state = PresenceState {
-            presence: v["presence"].as_str()?.to_owned(),
-            status_msg: v["status_msg"].as_str().map(str::to_owned),
-            last_active_ms: v["last_active_ms"].as_u64()?,
-            serial: 0,
-        };
-        self.presence.apply(user, state);
+        let theirs = self.presence_in_redis(user).await?;
+        self.presence.apply(user, theirs, 0);
         self.presence.get(user)
     }
+
+    /// After (re)joining the bus: take the typing and presence Redis holds,
+    /// which covers what was said while this process was away, and re-announce
+    /// this process's live users, whom others may have aged meanwhile.
+    async fn load_from_redis(&self, bus: &Bus) {
+        for (key, json) in bus.scan_values(&typing_key(bus, "*")).await {
+            let room = key.strip_prefix(&typing_key(bus, "")).unwrap_or_default();
+            if let Ok(users) = serde_json::from_str::<Vec<(String, u64)>>(&json) {
+                self.typing.apply(room, users, 0);
+            }
+        }
+        for (key, json) in bus.scan_values(&presence_key(bus, "*")).await {
+            let user = key.strip_prefix(&presence_key(bus, "")).unwrap_or_default();
+            if let Ok(theirs) = serde_json::from_str::<PresenceState>(&json) {
+                if self.presence.get(user).is_some() {
+                    self.presence.merge_times(user, &theirs);
+                } else {
+                    self.presence.apply(user, theirs, 0);
+                }
+            }
+        }
+        for (user, state) in self.presence.live() {
+            bus.publish(BusMessage::Presence {
+                serial: state.serial,
+                user,
+                state,
+            });
+        }
+    }
+}
+
+/// Where Redis keeps a user's presence (`*` for a pattern of all).
+fn presence_key(bus: &Bus, user: &str) -> String {
+    bus.key(&format!("presence:{user}"))
+}
+
+/// Where Redis keeps a room's typing users.
+fn typing_key(bus: &Bus, room: &str) -> String {
+    bus.key(&format!("typing:{room}"))
+}
+
+/// Keeps a room's typing users in Redis until the last one expires, for
+/// processes that join later or missed the announcement.
+fn store_typing(bus: Arc<Bus>, room: &str, users: Vec<(String, u64)>) {
+    let key = typing_key(&bus, room);
+    let until = users.iter().map(|(_, e)| *e).max().unwrap_or(0);
+    let ttl = until.saturating_sub(crate::ids::now_ms());
+    tokio::spawn(async move {
+        let cmd = match serde_json::to_string(&users) {
+            Ok(json) if ttl > 0 => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(json).arg("PX").arg(ttl);
+                cmd
+            }
+            _ => {
+                let mut cmd = redis::cmd("DEL");
+                cmd.arg(key);
+                cmd
+            }
+        };
+        bus.query::<()>(&cmd).await;
+    });
 }
 
 #[async_trait]
@@ -189,32 +301,27 @@ impl BusListener for Hearth {
                     users,
                     serial,
                 } => {
-                    self.typing.apply(&room, users, serial);
-                    self.notifier.wake_all_local();
+                    if self.typing.apply(&room, users, serial) {
+                        self.notifier.wake_all_local();
+                    }
                 }
                 BusMessage::Presence {
                     user,
-                    presence,
-                    status_msg,
-                    last_active_ms,
+                    state,
                     serial,
                 } => {
-                    self.presence.apply(
-                        &user,
-                        PresenceState {
-                            presence,
-                            status_msg,
-                            last_active_ms,
-                            serial,
-                        },
-                    );
-                    self.notifier.wake_all_local();
+                    if self.presence.apply(&user, state, serial) {
+                        self.notifier.wake_all_local();
+                    }
                 }
             }
         }
     }
 
     async fn resumed(&self) {
+        if let Some(bus) = &self.bus {
+            self.load_from_redis(bus).await;
+        }
         self.refresh_heads_logged().await;
         self.notifier.wake_all_local();
     }

@@ -55,6 +55,8 @@ pub struct Hearth {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// The bus to the server's other processes, when Redis is configured.
     pub bus: Option<Arc<bus::Bus>>,
+    /// Re-reads of the stream heads, shared by concurrent callers.
+    heads: cluster::HeadsReads,
     /// Names this process in room writer leases (random per start).
     pub writer_id: Arc<str>,
     /// Reaches the process that writes a room, when it is not this one.
@@ -82,19 +84,21 @@ impl Hearth {
             Some(r) => Some(bus::Bus::new(&r.url, &r.key_prefix)?),
             None => None,
         };
+        let presence_times = config.presence;
         let hearth = Arc::new(Self {
             config,
             store,
             keys,
             notifier: Notifier::default(),
             typing: Typing::default(),
-            presence: Presence::default(),
+            presence: Presence::new(presence_times),
             rooms: Rooms::default(),
             uia: UiaSessions::default(),
             ratelimiter: RateLimiter::default(),
             unread: UnreadCache::default(),
             shutdown: tokio::sync::watch::channel(false).0,
             bus: bus.as_ref().map(|(b, _)| b.clone()),
+            heads: Default::default(),
             writer_id: Arc::from(ids::random_string(16)),
             forwarder: std::sync::OnceLock::new(),
         });
@@ -114,20 +118,26 @@ impl Hearth {
                 txn: ev.txn.as_ref().map(|(_, d, t)| (d.clone(), t.clone())),
             });
         }));
-        hearth.spawn_typing_sweeper();
+        hearth.spawn_sweepers();
         Ok(hearth)
     }
 
-    /// Expired typing notifications must reach syncing clients as a change.
-    fn spawn_typing_sweeper(self: &Arc<Self>) {
+    /// Expired typing notifications and presence that time changed must
+    /// reach syncing clients as changes.
+    fn spawn_sweepers(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut ticks: u64 = 0;
             loop {
                 tick.tick().await;
+                ticks += 1;
                 let Some(h) = weak.upgrade() else { break };
                 if h.typing.sweep() {
                     h.notifier.notify();
+                }
+                if ticks.is_multiple_of(2) {
+                    h.age_presence().await;
                 }
             }
         });

@@ -157,12 +157,40 @@ pub struct Rooms {
     generations: AtomicU64,
     /// Rooms whose writer lease this process holds (renewed in the background).
     held: Mutex<HashSet<String>>,
+    /// Rooms another process writes: its address, and until when that is
+    /// taken as known without asking the database again.
+    elsewhere: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
+
+/// How long "another process writes this room" is believed without asking
+/// the database. Forwarding to a writer that no longer holds the room, or
+/// cannot be reached, forgets it at once; this bounds the rest.
+const WRITER_KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Rooms {
     pub(crate) fn hold(&self, room_id: &str) {
         if let Ok(mut held) = self.held.lock() {
             held.insert(room_id.to_owned());
+        }
+    }
+
+    /// The process known to write the room, if recently learned.
+    pub(crate) fn writer_elsewhere(&self, room_id: &str) -> Option<String> {
+        let known = self.elsewhere.lock().ok()?;
+        let (address, until) = known.get(room_id)?;
+        (std::time::Instant::now() < *until).then(|| address.clone())
+    }
+
+    pub(crate) fn learn_writer(&self, room_id: &str, address: &str) {
+        if let Ok(mut known) = self.elsewhere.lock() {
+            let until = std::time::Instant::now() + WRITER_KNOWN_FOR;
+            known.insert(room_id.to_owned(), (address.to_owned(), until));
+        }
+    }
+
+    pub(crate) fn forget_writer(&self, room_id: &str) {
+        if let Ok(mut known) = self.elsewhere.lock() {
+            known.remove(room_id);
         }
     }
 

@@ -92,16 +92,25 @@ impl Hearth {
         let Some(cluster) = &self.config.cluster else {
             return Ok(None);
         };
+        if let Some(address) = self.rooms.writer_elsewhere(room_id) {
+            return Err(Error::NotWriter { address });
+        }
         let lease = self
             .store
             .acquire_room_lease(room_id, &self.writer_id, &cluster.address, LEASE_TTL_MS)
             .await?;
         match lease {
-            Lease::Held { epoch } => Ok(Some(Fence {
-                holder: self.writer_id.clone(),
-                epoch,
-            })),
-            Lease::HeldBy { address } => Err(Error::NotWriter { address }),
+            Lease::Held { epoch } => {
+                self.rooms.forget_writer(room_id);
+                Ok(Some(Fence {
+                    holder: self.writer_id.clone(),
+                    epoch,
+                }))
+            }
+            Lease::HeldBy { address } => {
+                self.rooms.learn_writer(room_id, &address);
+                Err(Error::NotWriter { address })
+            }
         }
     }
 
@@ -282,6 +291,11 @@ impl Hearth {
             + Duration::from_millis(LEASE_TTL_MS as u64)
             + Duration::from_secs(2);
         let mut rebuilt = 0;
+        if !may_forward {
+            // Forwarded here: the sender found this process in the lease
+            // table; believe the table over what this process remembers.
+            self.rooms.forget_writer(room_id.as_str());
+        }
         loop {
             match self.try_send_event(room_id, &new).await {
                 // Built on an event the store refused: rebuilt on a fresh view
@@ -292,6 +306,12 @@ impl Hearth {
                         Some(f) => f.send(&address, room_id, &new).await,
                         None => Err(Error::internal("no forwarder to reach the room's writer")),
                     };
+                    if matches!(
+                        forwarded,
+                        Err(Error::LeaseLost | Error::WriterUnreachable(_))
+                    ) {
+                        self.rooms.forget_writer(room_id.as_str());
+                    }
                     match forwarded {
                         // The holder moved or went quiet: ask again, and once
                         // its lease lapses this process takes the room over.
