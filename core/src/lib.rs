@@ -61,6 +61,21 @@ pub struct Hearth {
     pub writer_id: Arc<str>,
     /// Reaches the process that writes a room, when it is not this one.
     pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+    /// Asks other servers (federation), when this server federates.
+    pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
+}
+
+/// Queries answered by other servers (the federation crate implements it).
+#[async_trait::async_trait]
+pub trait Remote: Send + Sync {
+    /// A remote user's profile (`field`: only displayname or avatar_url).
+    async fn query_profile(
+        &self,
+        user: &ruma::UserId,
+        field: Option<&str>,
+    ) -> Result<serde_json::Value>;
+    /// What a remote room alias points at: `{room_id, servers}`.
+    async fn query_directory(&self, alias: &ruma::RoomAliasId) -> Result<serde_json::Value>;
 }
 
 /// Hands a send to the process holding the room's writer lease.
@@ -101,6 +116,7 @@ impl Hearth {
             heads: Default::default(),
             writer_id: Arc::from(ids::random_string(16)),
             forwarder: std::sync::OnceLock::new(),
+            remote: std::sync::OnceLock::new(),
         });
         if hearth.config.cluster.is_some() {
             hearth.spawn_lease_renewal();

@@ -9,6 +9,7 @@ use hearth_core::{
     config::{ClusterConfig, RateLimitConfig, RedisConfig},
     ruma::{OwnedServerName, RoomVersionId, ServerName},
 };
+use hearth_federation::FederationConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize, Default)]
@@ -32,6 +33,28 @@ pub struct FileConfig {
     pub cluster: ClusterSection,
     #[serde(default)]
     pub presence: PresenceSection,
+    #[serde(default)]
+    pub federation: FederationSection,
+}
+
+/// Talking to other servers (spec/federation.md). Without `listen` this
+/// server does not federate.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FederationSection {
+    /// TLS listener for other servers, e.g. "0.0.0.0:8448".
+    pub listen: Option<String>,
+    /// PEM certificate chain and key for that listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for outgoing requests.
+    pub ca_files: Option<Vec<PathBuf>>,
+    /// Name servers ("ip:port") to ask instead of the system's.
+    pub nameservers: Option<Vec<String>>,
+    /// Notaries asked for a server's keys when it cannot be reached.
+    pub trusted_key_servers: Option<Vec<String>>,
+    /// Served as m.server in /.well-known/matrix/server.
+    pub well_known_server: Option<String>,
 }
 
 /// When presence changes by itself (seconds).
@@ -147,6 +170,31 @@ pub struct Overrides {
     /// Seconds without activity after which a user shows as unavailable.
     #[arg(long, env = "HEARTH_PRESENCE_IDLE_AFTER_SECS")]
     pub presence_idle_after_secs: Option<f64>,
+    /// TLS listener for other servers (turns federation on), e.g. 0.0.0.0:8448.
+    #[arg(long, env = "HEARTH_FEDERATION_LISTEN")]
+    pub federation_listen: Option<String>,
+    /// PEM certificate chain for the federation listener.
+    #[arg(long, env = "HEARTH_FEDERATION_TLS_CERT")]
+    pub federation_tls_cert: Option<PathBuf>,
+    /// PEM private key for the federation listener.
+    #[arg(long, env = "HEARTH_FEDERATION_TLS_KEY")]
+    pub federation_tls_key: Option<PathBuf>,
+    /// Comma-separated extra CA files (PEM) trusted for outgoing requests.
+    #[arg(long, env = "HEARTH_FEDERATION_CA_FILES", value_delimiter = ',')]
+    pub federation_ca_files: Option<Vec<PathBuf>>,
+    /// Comma-separated name servers (ip:port) instead of the system's.
+    #[arg(long, env = "HEARTH_FEDERATION_NAMESERVERS", value_delimiter = ',')]
+    pub federation_nameservers: Option<Vec<String>>,
+    /// Comma-separated notaries asked for keys of unreachable servers.
+    #[arg(
+        long,
+        env = "HEARTH_FEDERATION_TRUSTED_KEY_SERVERS",
+        value_delimiter = ','
+    )]
+    pub federation_trusted_key_servers: Option<Vec<String>>,
+    /// Served as m.server in /.well-known/matrix/server.
+    #[arg(long, env = "HEARTH_FEDERATION_WELL_KNOWN_SERVER")]
+    pub federation_well_known_server: Option<String>,
     /// Largest media upload in bytes.
     #[arg(long, env = "HEARTH_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<u64>,
@@ -159,6 +207,8 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Event shard urls; empty keeps events in the main database.
     pub database_shards: Vec<String>,
+    /// Federation, when a listener is configured.
+    pub federation: Option<FederationConfig>,
 }
 
 pub fn load(o: &Overrides) -> Result<Config> {
@@ -303,10 +353,68 @@ pub fn load(o: &Overrides) -> Result<Config> {
         register_per_second: r.register_per_second.unwrap_or(d.register_per_second),
         register_burst: r.register_burst.unwrap_or(d.register_burst),
     };
+    let federation = federation_config(o, file.federation)?;
     Ok(Config {
         core,
         listen,
         database_url,
         database_shards,
+        federation,
     })
+}
+
+fn federation_config(o: &Overrides, f: FederationSection) -> Result<Option<FederationConfig>> {
+    let Some(listen) = o.federation_listen.clone().or(f.listen) else {
+        return Ok(None);
+    };
+    let listen: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("invalid federation listen address {listen:?}"))?;
+    let tls_cert = o.federation_tls_cert.clone().or(f.tls_cert);
+    let tls_key = o.federation_tls_key.clone().or(f.tls_key);
+    if tls_cert.is_none() || tls_key.is_none() {
+        bail!("federation needs a TLS certificate and key ([federation] tls_cert, tls_key)");
+    }
+    let nameservers = o
+        .federation_nameservers
+        .clone()
+        .or(f.nameservers)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<SocketAddr>()
+                .with_context(|| format!("invalid federation name server {n:?} (ip:port)"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let trusted_key_servers = o
+        .federation_trusted_key_servers
+        .clone()
+        .or(f.trusted_key_servers)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            ServerName::parse(&n)
+                .map(|s| s.to_string())
+                .with_context(|| format!("invalid trusted key server {n:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(FederationConfig {
+        listen: Some(listen),
+        tls_cert,
+        tls_key,
+        ca_files: o
+            .federation_ca_files
+            .clone()
+            .or(f.ca_files)
+            .unwrap_or_default(),
+        nameservers,
+        trusted_key_servers,
+        well_known_server: o
+            .federation_well_known_server
+            .clone()
+            .or(f.well_known_server)
+            .filter(|s| !s.is_empty()),
+    }))
 }

@@ -42,6 +42,9 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Make a new signing key current (the old one stays published for the
+    /// events it signed). Takes effect when the server next starts.
+    RotateKey,
 }
 
 #[tokio::main]
@@ -83,6 +86,10 @@ async fn main() -> Result<()> {
                 .await?;
             println!("created {id}");
         }
+        Command::RotateKey => {
+            let key_id = hearth_core::keys::ServerKeys::add_key(backend.store().as_ref()).await?;
+            println!("new signing key {key_id}; restart the server to sign with it");
+        }
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
@@ -94,6 +101,20 @@ async fn main() -> Result<()> {
                 "Hearth is ready"
             );
             let app = hearth_client_api::router(hearth.clone());
+            let federation = match cfg.federation.clone() {
+                Some(fc) => {
+                    let fed = hearth_federation::Federation::new(hearth.clone(), fc)
+                        .context("setting up federation")?;
+                    let mut stop = hearth.shutdown.subscribe();
+                    let serve = hearth_federation::tls::bind(fed, async move {
+                        let _ = stop.wait_for(|draining| *draining).await;
+                    })
+                    .await
+                    .context("starting the federation listener")?;
+                    Some(tokio::spawn(serve))
+                }
+                None => None,
+            };
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -107,6 +128,13 @@ async fn main() -> Result<()> {
                 }
             })
             .await?;
+            if let Some(f) = federation {
+                match f.await {
+                    Ok(Err(e)) => tracing::error!(error = %e, "federation listener failed"),
+                    Err(e) => tracing::error!(error = %e, "federation listener panicked"),
+                    Ok(Ok(())) => {}
+                }
+            }
             tracing::info!("shutting down");
         }
     }

@@ -82,9 +82,11 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
         .expect("read")
         .expect("event stored");
     let keys = store.server_keys().await.expect("keys");
-    let (key_id, der) = keys.last().expect("a signing key").clone();
+    let key = keys.last().expect("a signing key").clone();
+    assert_eq!(key.expired_ts, None, "the newest key signs");
+    let key_id = key.key_id;
     let pair = hearth_core::ruma::signatures::Ed25519KeyPair::from_der(
-        &der,
+        &key.pkcs8,
         key_id.trim_start_matches("ed25519:").into(),
     )
     .expect("key");

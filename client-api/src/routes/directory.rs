@@ -52,6 +52,21 @@ fn parse_local_alias(h: &Hearth, alias: &str) -> ApiResult<hearth_core::ruma::Ow
 async fn get_alias(State(h): State<Arc<Hearth>>, Path(alias): Path<String>) -> JsonResult {
     let alias =
         RoomAliasId::parse(&alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
+    if alias.server_name() != h.config.server_name {
+        // Another server's alias: ask it.
+        let remote = h.remote.get().ok_or_else(|| {
+            Error::not_found("Room alias not found (this server does not federate)")
+        })?;
+        let v = remote.query_directory(&alias).await?;
+        if !v["room_id"].is_string() {
+            return Err(Error::Unavailable(format!(
+                "{} answered the alias query without a room_id",
+                alias.server_name()
+            ))
+            .into());
+        }
+        return Ok(Json(v));
+    }
     let (room_id, _) = h
         .store
         .resolve_alias(alias.as_str())

@@ -29,8 +29,19 @@ pub fn routes() -> Router<Arc<Hearth>> {
 async fn profile(
     h: &Hearth,
     user_id: &str,
+    field: Option<&str>,
 ) -> Result<(Option<String>, Option<String>), crate::error::ApiError> {
     let user = parse_user_id(user_id)?;
+    if user.server_name() != h.config.server_name {
+        // Another server's user: ask it.
+        let remote = h
+            .remote
+            .get()
+            .ok_or_else(|| Error::not_found("Profile not found (this server does not federate)"))?;
+        let v = remote.query_profile(&user, field).await?;
+        let text = |k: &str| v[k].as_str().map(str::to_owned);
+        return Ok((text("displayname"), text("avatar_url")));
+    }
     match h.store.get_user(user.as_str()).await? {
         Some(u) if !u.deactivated => Ok((u.displayname, u.avatar_url)),
         _ => Err(Error::not_found("Profile not found").into()),
@@ -38,7 +49,7 @@ async fn profile(
 }
 
 async fn get_profile(State(h): State<Arc<Hearth>>, Path(user_id): Path<String>) -> JsonResult {
-    let (name, avatar) = profile(&h, &user_id).await?;
+    let (name, avatar) = profile(&h, &user_id, None).await?;
     let mut body = Map::new();
     if let Some(n) = name {
         body.insert("displayname".into(), json!(n));
@@ -50,7 +61,7 @@ async fn get_profile(State(h): State<Arc<Hearth>>, Path(user_id): Path<String>) 
 }
 
 async fn get_displayname(State(h): State<Arc<Hearth>>, Path(user_id): Path<String>) -> JsonResult {
-    let (name, _) = profile(&h, &user_id).await?;
+    let (name, _) = profile(&h, &user_id, Some("displayname")).await?;
     match name {
         Some(n) => Ok(Json(json!({"displayname": n}))),
         None => Err(Error::not_found("No display name set").into()),
@@ -58,7 +69,7 @@ async fn get_displayname(State(h): State<Arc<Hearth>>, Path(user_id): Path<Strin
 }
 
 async fn get_avatar(State(h): State<Arc<Hearth>>, Path(user_id): Path<String>) -> JsonResult {
-    let (_, avatar) = profile(&h, &user_id).await?;
+    let (_, avatar) = profile(&h, &user_id, Some("avatar_url")).await?;
     match avatar {
         Some(a) => Ok(Json(json!({"avatar_url": a}))),
         None => Err(Error::not_found("No avatar set").into()),

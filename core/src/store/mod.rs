@@ -328,8 +328,19 @@ pub trait DataStore: Send + Sync {
     async fn put_media(&self, m: &MediaRecord) -> Result<()>;
     async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>>;
 
-    async fn server_keys(&self) -> Result<Vec<(String, Vec<u8>)>>;
+    /// Every signing key this server has had, oldest first.
+    async fn server_keys(&self) -> Result<Vec<StoredServerKey>>;
+    /// Adds a signing key; the current one, if any, expires now.
     async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()>;
+}
+
+/// One of the server's signing keys.
+#[derive(Debug, Clone)]
+pub struct StoredServerKey {
+    pub key_id: String,
+    pub pkcs8: Vec<u8>,
+    /// When it stopped signing (unix ms); `None` for the current key.
+    pub expired_ts: Option<i64>,
 }
 
 /// Everything a homeserver needs from storage.

@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::{
     AccountDataRecord, AccountStore, CommitHook, DataStore, DeviceRecord, Direction,
     EventToPersist, Lease, MediaRecord, MembershipRecord, PendingCommit, ReceiptRecord, RoomStore,
-    UserRecord, postgres::PgStore,
+    StoredServerKey, UserRecord, postgres::PgStore,
 };
 use crate::{
     Error, Result,
@@ -506,7 +506,7 @@ impl DataStore for ShardedStore {
     async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>> {
         self.main.get_media(media_id).await
     }
-    async fn server_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
+    async fn server_keys(&self) -> Result<Vec<StoredServerKey>> {
         self.main.server_keys().await
     }
     async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()> {

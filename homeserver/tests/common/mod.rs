@@ -200,6 +200,29 @@ impl TestServer {
         }
     }
 
+    /// Starts the server again after `kill`/`terminate`, on the same data.
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
+    /// The flags that point an admin command at this server's data.
+    pub fn data_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+        ];
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".to_string(), url.clone()]);
+        }
+        if !self.database_shards.is_empty() {
+            args.extend([
+                "--database-shards".to_string(),
+                self.database_shards.join(","),
+            ]);
+        }
+        args
+    }
+
     /// Registers a user with the dummy UIA flow and returns a logged-in client.
     pub async fn register(&self, user: &str, password: &str) -> Client {
         let mut c = self.client();

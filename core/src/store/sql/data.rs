@@ -11,7 +11,7 @@ macro_rules! impl_data_store {
         use crate::store::sql::now_ms;
         use crate::{
             Result,
-            store::{AccountDataRecord, DataStore, MediaRecord, ReceiptRecord},
+            store::{AccountDataRecord, DataStore, MediaRecord, ReceiptRecord, StoredServerKey},
         };
 
         /// Account data and receipts draw positions from one shared sequence, bumped
@@ -224,22 +224,38 @@ macro_rules! impl_data_store {
                 })
             }
 
-            async fn server_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
-                let rows = sqlx::query("SELECT key_id, pkcs8 FROM server_keys ORDER BY created_ts")
-                    .fetch_all(&self.pool)
-                    .await?;
+            async fn server_keys(&self) -> Result<Vec<StoredServerKey>> {
+                let rows = sqlx::query(
+                    "SELECT key_id, pkcs8, expired_ts FROM server_keys ORDER BY created_ts",
+                )
+                .fetch_all(&self.pool)
+                .await?;
                 rows.iter()
-                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .map(|r| {
+                        Ok(StoredServerKey {
+                            key_id: r.try_get(0)?,
+                            pkcs8: r.try_get(1)?,
+                            expired_ts: r.try_get(2)?,
+                        })
+                    })
                     .collect()
             }
 
             async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()> {
+                // Whatever key signed until now retires as this one takes over.
+                let now = now_ms();
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("UPDATE server_keys SET expired_ts = $1 WHERE expired_ts IS NULL")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("INSERT INTO server_keys (key_id, pkcs8, created_ts) VALUES ($1, $2, $3)")
                     .bind(key_id)
                     .bind(pkcs8)
-                    .bind(now_ms())
-                    .execute(&self.writer)
+                    .bind(now)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(())
             }
         }

@@ -1,0 +1,229 @@
+//! Other servers' signing keys: fetched from the server itself, else from
+//! trusted notaries; verified (self-signed, and notary-signed when relayed);
+//! cached until they expire.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use hearth_core::ids::now_ms;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue,
+    serde::Base64,
+    signatures::{PublicKeyMap, PublicKeySet, verify_json},
+};
+use serde_json::{Value, json};
+
+use crate::{FedError, Federation};
+
+/// A key response is trusted for a week at most, whatever it claims.
+const MAX_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// One server's keys as it published them.
+#[derive(Debug)]
+pub struct ServerKeySet {
+    /// The response as the server signed it (relayed as is by the notary).
+    pub raw: CanonicalJsonObject,
+    /// Until when `verify_keys` may be trusted (unix ms).
+    pub valid_until_ts: u64,
+    /// Keys that sign requests and events now.
+    pub verify_keys: PublicKeySet,
+}
+
+#[derive(Default)]
+pub struct KeyRing {
+    cache: Mutex<HashMap<String, Arc<ServerKeySet>>>,
+}
+
+impl KeyRing {
+    fn cached(&self, server: &str) -> Option<Arc<ServerKeySet>> {
+        self.cache.lock().ok()?.get(server).cloned()
+    }
+
+    fn remember(&self, server: &str, keys: Arc<ServerKeySet>) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(server.to_owned(), keys);
+        }
+    }
+}
+
+impl Federation {
+    /// A server's keys, valid at least until `min_valid_until` when they can
+    /// be had; an older copy when neither the server nor a notary answers.
+    pub(crate) async fn server_keys_of(
+        &self,
+        server: &str,
+        min_valid_until: u64,
+    ) -> Result<Arc<ServerKeySet>, FedError> {
+        if server == self.server_name().as_str() {
+            return parse_key_response(server, self.own_keys(), None).map(Arc::new);
+        }
+        let cached = self.keyring.cached(server);
+        if let Some(k) = &cached
+            && k.valid_until_ts >= min_valid_until
+        {
+            return Ok(k.clone());
+        }
+        let fetched = match self.fetch_keys_directly(server).await {
+            Ok(k) => Ok(k),
+            Err(direct) => {
+                tracing::info!(%server, error = %direct, "keys not fetched directly; asking notaries");
+                self.fetch_keys_from_notaries(server)
+                    .await
+                    .map_err(|_| direct)
+            }
+        };
+        match fetched {
+            Ok(k) => {
+                let k = Arc::new(k);
+                self.keyring.remember(server, k.clone());
+                Ok(k)
+            }
+            Err(e) => match cached {
+                Some(stale) => {
+                    tracing::warn!(%server, error = %e, "using cached keys past their validity");
+                    Ok(stale)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn fetch_keys_directly(&self, server: &str) -> Result<ServerKeySet, FedError> {
+        let v = self
+            .request_unsigned(server, http::Method::GET, "/_matrix/key/v2/server", None)
+            .await?;
+        parse_key_response(server, to_object(v)?, None)
+    }
+
+    async fn fetch_keys_from_notaries(&self, server: &str) -> Result<ServerKeySet, FedError> {
+        let mut last = FedError::NoKeys(server.to_owned());
+        for notary in &self.config.trusted_key_servers {
+            if notary == server {
+                continue;
+            }
+            let attempt = async {
+                let notary_keys = Box::pin(self.server_keys_of(notary, now_ms())).await?;
+                let body = json!({"server_keys": {server: {}}});
+                let v = self
+                    .request_unsigned(
+                        notary,
+                        http::Method::POST,
+                        "/_matrix/key/v2/query",
+                        Some(&body),
+                    )
+                    .await?;
+                let responses = v["server_keys"].as_array().cloned().unwrap_or_default();
+                let mut best: Option<ServerKeySet> = None;
+                for r in responses {
+                    let Ok(obj) = to_object(r) else { continue };
+                    if obj.get("server_name").and_then(|s| s.as_str()) != Some(server) {
+                        continue;
+                    }
+                    match parse_key_response(
+                        server,
+                        obj,
+                        Some((notary.as_str(), &notary_keys.verify_keys)),
+                    ) {
+                        Ok(k)
+                            if best
+                                .as_ref()
+                                .is_none_or(|b| k.valid_until_ts > b.valid_until_ts) =>
+                        {
+                            best = Some(k)
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(%server, %notary, error = %e, "notary relayed bad keys")
+                        }
+                    }
+                }
+                best.ok_or_else(|| FedError::NoKeys(server.to_owned()))
+            };
+            match attempt.await {
+                Ok(k) => return Ok(k),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+fn to_object(v: Value) -> Result<CanonicalJsonObject, FedError> {
+    match CanonicalJsonValue::try_from(v) {
+        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
+        _ => Err(FedError::Remote(
+            "a key response is not a JSON object".into(),
+        )),
+    }
+}
+
+/// Only `entity`'s signatures, so one signer is checked at a time.
+fn signed_by(obj: &CanonicalJsonObject, entity: &str) -> CanonicalJsonObject {
+    let mut copy = obj.clone();
+    if let Some(CanonicalJsonValue::Object(sigs)) = copy.get_mut("signatures") {
+        sigs.retain(|k, _| k == entity);
+    }
+    copy
+}
+
+fn key_set(obj: &CanonicalJsonObject, field: &str) -> Result<PublicKeySet, FedError> {
+    let mut set = PublicKeySet::new();
+    if let Some(CanonicalJsonValue::Object(keys)) = obj.get(field) {
+        for (id, k) in keys {
+            let b64 = match k {
+                CanonicalJsonValue::Object(k) => k.get("key").and_then(|v| v.as_str()),
+                _ => None,
+            };
+            let key = b64
+                .and_then(|s| Base64::parse(s).ok())
+                .ok_or_else(|| FedError::Remote(format!("{field}.{id} has no valid key")))?;
+            set.insert(id.clone(), key);
+        }
+    }
+    Ok(set)
+}
+
+/// Checks a key response for `server`: its name, its own signature with its
+/// own keys, and the notary's when one relayed it.
+pub(crate) fn parse_key_response(
+    server: &str,
+    obj: CanonicalJsonObject,
+    notary: Option<(&str, &PublicKeySet)>,
+) -> Result<ServerKeySet, FedError> {
+    if obj.get("server_name").and_then(|s| s.as_str()) != Some(server) {
+        return Err(FedError::Remote(format!(
+            "key response is not for {server}"
+        )));
+    }
+    let verify_keys = key_set(&obj, "verify_keys")?;
+    if verify_keys.is_empty() {
+        return Err(FedError::NoKeys(server.to_owned()));
+    }
+    // Old keys are checked for form here; they verify past events only.
+    key_set(&obj, "old_verify_keys")?;
+    let mut map = PublicKeyMap::new();
+    map.insert(server.to_owned(), verify_keys.clone());
+    verify_json(&map, &signed_by(&obj, server))
+        .map_err(|e| FedError::Remote(format!("{server}'s key response signature: {e}")))?;
+    if let Some((notary, keys)) = notary {
+        let mut map = PublicKeyMap::new();
+        map.insert(notary.to_owned(), keys.clone());
+        verify_json(&map, &signed_by(&obj, notary))
+            .map_err(|e| FedError::Remote(format!("{notary}'s notary signature: {e}")))?;
+    }
+    let claimed = match obj.get("valid_until_ts") {
+        Some(CanonicalJsonValue::Integer(i)) => u64::try_from(i64::from(*i)).unwrap_or(0),
+        _ => {
+            return Err(FedError::Remote(
+                "key response without valid_until_ts".into(),
+            ));
+        }
+    };
+    Ok(ServerKeySet {
+        valid_until_ts: claimed.min(now_ms() + MAX_VALIDITY_MS),
+        raw: obj,
+        verify_keys,
+    })
+}

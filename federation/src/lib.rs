@@ -1,0 +1,108 @@
+//! The server-server API (spec/federation.md): `/_matrix/key/v2/*` (this
+//! server's keys, and a notary for others'), `/_matrix/federation/*` with
+//! X-Matrix request signatures, discovery of other servers, and the signed
+//! client that reaches them. Served over TLS on its own listener.
+
+mod auth;
+mod client;
+pub mod discovery;
+pub mod dns;
+mod error;
+mod keyring;
+mod queries;
+mod routes;
+mod server_keys;
+pub mod tls;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use hearth_core::Hearth;
+
+pub use crate::error::FedError;
+use crate::{discovery::Discovery, dns::Dns, keyring::KeyRing};
+
+/// How this server takes part in federation.
+#[derive(Debug, Clone, Default)]
+pub struct FederationConfig {
+    /// The TLS listener for other servers.
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key for that listener.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for outgoing requests besides the
+    /// built-in web roots: a private CA, or a test's.
+    pub ca_files: Vec<PathBuf>,
+    /// Name servers to ask instead of the system's (`ip:port`).
+    pub nameservers: Vec<SocketAddr>,
+    /// Notaries asked for a server's keys when it cannot be reached itself.
+    pub trusted_key_servers: Vec<String>,
+    /// Served as `m.server` in `/.well-known/matrix/server` when set.
+    pub well_known_server: Option<String>,
+}
+
+/// Everything federation needs, shared by its handlers and the client.
+pub struct Federation {
+    pub hearth: Arc<Hearth>,
+    pub config: FederationConfig,
+    discovery: Discovery,
+    /// Sends signed requests; connects where discovery pinned each host.
+    http: reqwest::Client,
+    resolver: Arc<dns::HttpResolver>,
+    keyring: KeyRing,
+}
+
+impl Federation {
+    pub fn new(hearth: Arc<Hearth>, config: FederationConfig) -> Result<Arc<Self>, FedError> {
+        // One process-wide rustls provider (ring) for the listener and clients.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dns = Arc::new(Dns::new(&config.nameservers)?);
+        let resolver = Arc::new(dns::HttpResolver::new(dns.clone()));
+        let mut well_known = client_builder(&config)?;
+        well_known = well_known.dns_resolver(Arc::new(dns::HttpResolver::new(dns.clone())));
+        let well_known = well_known
+            .build()
+            .map_err(|e| FedError::Config(e.to_string()))?;
+        let http = client_builder(&config)?
+            .dns_resolver(resolver.clone())
+            .build()
+            .map_err(|e| FedError::Config(e.to_string()))?;
+        let fed = Arc::new(Self {
+            hearth: hearth.clone(),
+            config,
+            discovery: Discovery::new(dns, well_known),
+            http,
+            resolver,
+            keyring: KeyRing::default(),
+        });
+        let _ = hearth
+            .remote
+            .set(Arc::new(queries::RemoteQueries(Arc::downgrade(&fed))));
+        Ok(fed)
+    }
+
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.hearth.config.server_name
+    }
+}
+
+fn client_builder(config: &FederationConfig) -> Result<reqwest::ClientBuilder, FedError> {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        // Redirects are followed for well-known only (and to a bounded depth).
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")));
+    for path in &config.ca_files {
+        let pem = std::fs::read(path)
+            .map_err(|e| FedError::Config(format!("reading CA file {}: {e}", path.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| FedError::Config(format!("CA file {}: {e}", path.display())))?;
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b)
+}
+
+pub use routes::router;

@@ -1,0 +1,122 @@
+//! `/query/profile` and `/query/directory`: answered for other servers, and
+//! asked of them when a local client looks up a remote user or alias.
+
+use std::sync::{Arc, Weak};
+
+use axum::{
+    Extension, Json,
+    extract::{Query, State},
+};
+use hearth_client_api::error::ApiError;
+use hearth_core::{Error, Result};
+use ruma::{RoomAliasId, UserId};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::{Federation, auth::Origin};
+
+#[derive(Deserialize)]
+pub(crate) struct ProfileQuery {
+    user_id: String,
+    field: Option<String>,
+}
+
+pub(crate) async fn profile(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Query(q): Query<ProfileQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let user = UserId::parse(&q.user_id).map_err(|_| Error::invalid_param("Invalid user_id"))?;
+    if user.server_name() != fed.server_name() {
+        return Err(Error::invalid_param("user_id is not on this server").into());
+    }
+    let field = q.field.as_deref();
+    if !matches!(field, None | Some("displayname") | Some("avatar_url")) {
+        return Err(Error::invalid_param("field must be displayname or avatar_url").into());
+    }
+    tracing::debug!(%origin, %user, "profile query");
+    let u = match fed.hearth.store.get_user(user.as_str()).await? {
+        Some(u) if !u.deactivated => u,
+        _ => return Err(Error::not_found("Profile not found").into()),
+    };
+    let mut body = Map::new();
+    if field != Some("avatar_url")
+        && let Some(n) = u.displayname
+    {
+        body.insert("displayname".into(), json!(n));
+    }
+    if field != Some("displayname")
+        && let Some(a) = u.avatar_url
+    {
+        body.insert("avatar_url".into(), json!(a));
+    }
+    Ok(Json(Value::Object(body)))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DirectoryQuery {
+    room_alias: String,
+}
+
+pub(crate) async fn directory(
+    State(fed): State<Arc<Federation>>,
+    Query(q): Query<DirectoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let alias = RoomAliasId::parse(&q.room_alias)
+        .map_err(|_| Error::invalid_param("Invalid room_alias"))?;
+    if alias.server_name() != fed.server_name() {
+        return Err(Error::invalid_param("room_alias is not on this server").into());
+    }
+    let (room_id, _) = fed
+        .hearth
+        .store
+        .resolve_alias(alias.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    Ok(Json(
+        json!({"room_id": room_id, "servers": [fed.server_name()]}),
+    ))
+}
+
+/// Lets the client API ask other servers (core's `Remote`).
+pub(crate) struct RemoteQueries(pub Weak<Federation>);
+
+impl RemoteQueries {
+    fn fed(&self) -> Result<Arc<Federation>> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| Error::Unavailable("federation is shutting down".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl hearth_core::Remote for RemoteQueries {
+    async fn query_profile(&self, user: &UserId, field: Option<&str>) -> Result<Value> {
+        let mut path = format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            encode(user.as_str())
+        );
+        if let Some(f) = field {
+            path.push_str(&format!("&field={}", encode(f)));
+        }
+        let fed = self.fed()?;
+        Ok(fed
+            .request(user.server_name().as_str(), http::Method::GET, &path, None)
+            .await?)
+    }
+
+    async fn query_directory(&self, alias: &RoomAliasId) -> Result<Value> {
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            encode(alias.as_str())
+        );
+        let fed = self.fed()?;
+        Ok(fed
+            .request(alias.server_name().as_str(), http::Method::GET, &path, None)
+            .await?)
+    }
+}
+
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

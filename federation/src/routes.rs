@@ -1,0 +1,65 @@
+//! The federation listener's routes.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, State},
+    middleware::from_fn_with_state,
+    response::IntoResponse,
+    routing::{get, post},
+};
+use hearth_client_api::error::ApiError;
+use serde_json::{Value, json};
+
+use crate::{Federation, auth, queries, server_keys};
+
+pub fn router(fed: Arc<Federation>) -> Router {
+    let signed = Router::new()
+        .route(
+            "/_matrix/federation/v1/query/profile",
+            get(queries::profile),
+        )
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(queries::directory),
+        )
+        .route_layer(from_fn_with_state(fed.clone(), auth::require_signature));
+    Router::new()
+        .route("/_matrix/federation/v1/version", get(version))
+        .route("/_matrix/key/v2/server", get(server_keys::own))
+        .route(
+            "/_matrix/key/v2/server/{key_id}",
+            get(server_keys::own_by_id),
+        )
+        .route("/_matrix/key/v2/query", post(server_keys::query_batch))
+        .route(
+            "/_matrix/key/v2/query/{server_name}",
+            get(server_keys::query_one),
+        )
+        .route("/.well-known/matrix/server", get(well_known))
+        .merge(signed)
+        .fallback(unrecognized)
+        .layer(DefaultBodyLimit::max(auth::MAX_REQUEST_BYTES))
+        .with_state(fed)
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({"server": {"name": "Hearth", "version": env!("CARGO_PKG_VERSION")}}))
+}
+
+async fn well_known(State(fed): State<Arc<Federation>>) -> impl IntoResponse {
+    match &fed.config.well_known_server {
+        Some(s) => Json(json!({"m.server": s})).into_response(),
+        None => ApiError::new(
+            http::StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+            "this server does not delegate federation",
+        )
+        .into_response(),
+    }
+}
+
+async fn unrecognized() -> ApiError {
+    ApiError::unrecognized("Unrecognized request")
+}

@@ -1,0 +1,569 @@
+//! Federation between real Hearth processes: four servers, each found a
+//! different way (default port 8448, SRV, well-known delegation, IP
+//! literal), over TLS from a test CA, with a DNS server run by the test.
+
+mod common;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use common::{Client, TestServer, enc, temp_dir};
+use hickory_server::{
+    Server,
+    net::runtime::TokioRuntimeProvider,
+    proto::rr::{
+        LowerName, Name, RData, Record,
+        rdata::{A, SOA, SRV},
+    },
+    store::in_memory::InMemoryZoneHandler,
+    zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType},
+};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue,
+    api::federation::authentication::{XMatrix, XMatrixSigningInput},
+    serde::Base64,
+    signatures::{Ed25519KeyPair, PublicKeyMap, PublicKeySet, verify_json},
+};
+use serde_json::{Value, json};
+
+/// A DNS server for the zone `test.`, answering what the test put in it.
+struct TestDns {
+    addr: SocketAddr,
+    _server: Server<Catalog>,
+}
+
+impl TestDns {
+    async fn start(a: &[(&str, Ipv4Addr)], srv: &[(&str, u16, &str)]) -> Self {
+        let origin = Name::from_ascii("test.").expect("origin");
+        let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
+            origin.clone(),
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+        );
+        let name = |n: &str| Name::from_ascii(format!("{n}.")).expect("name");
+        let soa = SOA::new(name("ns.test"), name("admin.test"), 1, 60, 60, 60, 1);
+        zone.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+        for (host, ip) in a {
+            zone.upsert_mut(Record::from_rdata(name(host), 1, RData::A(A(*ip))), 1);
+        }
+        for (service, port, target) in srv {
+            let rdata = RData::SRV(SRV::new(10, 5, *port, name(target)));
+            zone.upsert_mut(Record::from_rdata(name(service), 1, rdata), 1);
+        }
+        let mut catalog = Catalog::new();
+        catalog.upsert(
+            LowerName::from(origin),
+            vec![Arc::new(zone) as Arc<dyn ZoneHandler>],
+        );
+        let mut server = Server::new(catalog);
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("dns udp");
+        let addr = udp.local_addr().expect("dns addr");
+        server.register_socket(udp);
+        let tcp = tokio::net::TcpListener::bind(addr).await.expect("dns tcp");
+        server.register_listener(tcp, Duration::from_secs(5), 32);
+        TestDns {
+            addr,
+            _server: server,
+        }
+    }
+}
+
+/// A CA of the test's own and certificates it issues.
+struct TestCa {
+    dir: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let dir = temp_dir("fed-ca");
+        let key = rcgen::KeyPair::generate().expect("ca key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Hearth test CA");
+        let cert = params.self_signed(&key).expect("ca cert");
+        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write ca");
+        TestCa {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.ca_file()).expect("read ca")
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses); (cert, key) paths.
+    fn issue(&self, tag: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        for n in names {
+            params.subject_alt_names.push(match IpAddr::from_str(n) {
+                Ok(ip) => rcgen::SanType::IpAddress(ip),
+                Err(_) => rcgen::SanType::DnsName((*n).try_into().expect("dns name")),
+            });
+        }
+        let cert = params.signed_by(&key, &self.issuer).expect("issue");
+        let (c, k) = (
+            self.dir.join(format!("{tag}.crt")),
+            self.dir.join(format!("{tag}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        (c, k)
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Loopback addresses of this test's own (x.y random) for the federation
+/// listeners, which use fixed ports (8448, 443).
+fn loopback_block() -> [Ipv4Addr; 4] {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id();
+    let (x, y) = (1 + (n % 250) as u8, 1 + ((n >> 8) % 250) as u8);
+    [11, 12, 13, 14].map(|h| Ipv4Addr::new(127, x, y, h))
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// One federating Hearth: its server name, its user, where its federation
+/// listener is.
+struct Fed {
+    name: String,
+    hs: TestServer,
+    user: Client,
+    user_id: String,
+    listener: SocketAddr,
+}
+
+async fn start_fed(
+    name: &str,
+    listener: SocketAddr,
+    (cert, key): (PathBuf, PathBuf),
+    ca: &Path,
+    dns: SocketAddr,
+    extra: &[&str],
+) -> Fed {
+    let mut args = vec![
+        "--server-name".to_string(),
+        name.to_string(),
+        "--federation-listen".into(),
+        listener.to_string(),
+        "--federation-tls-cert".into(),
+        cert.display().to_string(),
+        "--federation-tls-key".into(),
+        key.display().to_string(),
+        "--federation-ca-files".into(),
+        ca.display().to_string(),
+        "--federation-nameservers".into(),
+        dns.to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let hs = TestServer::start(&refs).await;
+    let user = hs.register("user", "pw-user").await;
+    let (s, body) = user
+        .put(
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&format!("@user:{name}"))
+            ),
+            json!({"displayname": format!("user of {name}")}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    Fed {
+        name: name.to_owned(),
+        user_id: format!("@user:{name}"),
+        hs,
+        user,
+        listener,
+    }
+}
+
+/// Four servers: `a.test` on port 8448 (no SRV, no well-known), `b.test`
+/// by SRV to `fed-b.test`, `c.test` delegated by well-known to
+/// `fed-c.test:443`, and an IP literal with a port.
+struct World {
+    servers: Vec<Fed>,
+    ca: TestCa,
+    _dns: TestDns,
+}
+
+impl World {
+    async fn start() -> World {
+        let [ip_a, ip_b, ip_c, ip_d] = loopback_block();
+        let port_b = free_port(ip_b);
+        let port_d = free_port(ip_d);
+        let dns = TestDns::start(
+            &[
+                ("a.test", ip_a),
+                ("fed-b.test", ip_b),
+                ("c.test", ip_c),
+                ("fed-c.test", ip_c),
+            ],
+            &[("_matrix-fed._tcp.b.test", port_b, "fed-b.test")],
+        )
+        .await;
+        let ca = TestCa::new();
+        let d_name = format!("{ip_d}:{port_d}");
+        let ca_file = ca.ca_file();
+        let a = start_fed(
+            "a.test",
+            SocketAddr::new(ip_a.into(), 8448),
+            ca.issue("a", &["a.test"]),
+            &ca_file,
+            dns.addr,
+            &[],
+        )
+        .await;
+        // The certificate names b.test only: with SRV, the server name is
+        // what TLS checks, not the SRV target.
+        let b = start_fed(
+            "b.test",
+            SocketAddr::new(ip_b.into(), port_b),
+            ca.issue("b", &["b.test"]),
+            &ca_file,
+            dns.addr,
+            &[],
+        )
+        .await;
+        // Serves its own well-known on 443, delegating to fed-c.test:443.
+        let c = start_fed(
+            "c.test",
+            SocketAddr::new(ip_c.into(), 443),
+            ca.issue("c", &["c.test", "fed-c.test"]),
+            &ca_file,
+            dns.addr,
+            &["--federation-well-known-server", "fed-c.test:443"],
+        )
+        .await;
+        let d = start_fed(
+            &d_name,
+            SocketAddr::new(ip_d.into(), port_d),
+            ca.issue("d", &[&ip_d.to_string()]),
+            &ca_file,
+            dns.addr,
+            &[],
+        )
+        .await;
+        World {
+            servers: vec![a, b, c, d],
+            ca,
+            _dns: dns,
+        }
+    }
+}
+
+/// An HTTPS client that reaches `server`'s federation listener directly,
+/// trusting the test CA only, by the server's own name.
+fn direct(ca: &TestCa, server: &Fed) -> (reqwest::Client, String) {
+    let root = reqwest::Certificate::from_pem(&ca.ca_pem()).expect("ca");
+    let host = server.name.split(':').next().expect("host").to_owned();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .resolve(&host, server.listener)
+        .build()
+        .expect("client");
+    (http, format!("https://{host}:{}", server.listener.port()))
+}
+
+fn object(v: &Value) -> CanonicalJsonObject {
+    match CanonicalJsonValue::try_from(v.clone()) {
+        Ok(CanonicalJsonValue::Object(o)) => o,
+        other => panic!("not an object: {other:?}"),
+    }
+}
+
+/// `server`'s verify keys from a key response.
+fn verify_keys(v: &Value) -> PublicKeySet {
+    v["verify_keys"]
+        .as_object()
+        .expect("verify_keys")
+        .iter()
+        .map(|(id, k)| {
+            let key = Base64::parse(k["key"].as_str().expect("key")).expect("base64");
+            (id.clone(), key)
+        })
+        .collect()
+}
+
+/// Checks `entity`'s signature on `v` with `keys`.
+fn check_signed(v: &Value, entity: &str, keys: &PublicKeySet) {
+    let mut obj = object(v);
+    if let Some(CanonicalJsonValue::Object(sigs)) = obj.get_mut("signatures") {
+        sigs.retain(|k, _| k == entity);
+    }
+    let mut map = PublicKeyMap::new();
+    map.insert(entity.to_owned(), keys.clone());
+    verify_json(&map, &obj).unwrap_or_else(|e| panic!("{entity}'s signature on {v}: {e}"));
+}
+
+async fn own_keys(ca: &TestCa, server: &Fed) -> Value {
+    let (http, base) = direct(ca, server);
+    let resp = http
+        .get(format!("{base}/_matrix/key/v2/server"))
+        .send()
+        .await
+        .expect("key request");
+    assert_eq!(resp.status(), 200);
+    resp.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn servers_found_by_port_srv_well_known_and_ip_literal_answer_signed_queries() {
+    let world = World::start().await;
+    let names: Vec<&str> = world.servers.iter().map(|s| s.name.as_str()).collect();
+    eprintln!("servers: {names:?}");
+
+    // Every server looks up every other server's user: discovery, TLS,
+    // signed request, key fetch and verification, each way.
+    for asker in &world.servers {
+        for target in &world.servers {
+            if asker.name == target.name {
+                continue;
+            }
+            let (s, body) = asker
+                .user
+                .get(&format!(
+                    "/_matrix/client/v3/profile/{}",
+                    enc(&target.user_id)
+                ))
+                .await;
+            assert_eq!(
+                s, 200,
+                "{} asking {} for {}: {body}",
+                asker.name, target.name, target.user_id
+            );
+            assert_eq!(body["displayname"], format!("user of {}", target.name));
+        }
+    }
+
+    let [a, b, c, d] = &world.servers[..] else {
+        unreachable!()
+    };
+    // A missing remote user is the remote server's 404.
+    let (s, body) = a
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/profile/{}/displayname",
+            enc("@nobody:b.test")
+        ))
+        .await;
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+
+    // A remote alias resolves through the alias's server.
+    let room = b
+        .user
+        .create_room(json!({"room_alias_name": "lobby", "preset": "public_chat"}))
+        .await;
+    let (s, body) = c
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/directory/room/{}",
+            enc("#lobby:b.test")
+        ))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["room_id"], room);
+    assert_eq!(body["servers"], json!(["b.test"]));
+
+    // Each server's keys are self-signed; a notary (A) relays B's and D's
+    // with both signatures.
+    let a_keys = own_keys(&world.ca, a).await;
+    check_signed(&a_keys, "a.test", &verify_keys(&a_keys));
+    assert!(a_keys["valid_until_ts"].as_u64().expect("valid_until_ts") > now_ms());
+    let b_keys = own_keys(&world.ca, b).await;
+    check_signed(&b_keys, "b.test", &verify_keys(&b_keys));
+    let (http, base) = direct(&world.ca, a);
+    let resp: Value = http
+        .post(format!("{base}/_matrix/key/v2/query"))
+        .json(&json!({"server_keys": {"b.test": {}, "unknown.test": {}, &d.name: {"ed25519:x": {"minimum_valid_until_ts": 0}}}}))
+        .send()
+        .await
+        .expect("notary query")
+        .json()
+        .await
+        .expect("json");
+    let relayed = resp["server_keys"].as_array().expect("server_keys");
+    assert_eq!(relayed.len(), 2, "b.test and D, not unknown.test: {resp}");
+    for r in relayed {
+        check_signed(r, r["server_name"].as_str().expect("name"), &verify_keys(r));
+        check_signed(r, "a.test", &verify_keys(&a_keys));
+    }
+    let relayed_b = relayed
+        .iter()
+        .find(|r| r["server_name"] == "b.test")
+        .expect("b.test relayed");
+    assert_eq!(relayed_b["verify_keys"], b_keys["verify_keys"]);
+    let resp: Value = http
+        .get(format!("{base}/_matrix/key/v2/query/c.test"))
+        .send()
+        .await
+        .expect("notary get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(resp["server_keys"][0]["server_name"], "c.test", "{resp}");
+    check_signed(&resp["server_keys"][0], "a.test", &verify_keys(&a_keys));
+
+    // Other servers' requests must be signed by them, for us.
+    let url = format!(
+        "{base}/_matrix/federation/v1/query/profile?user_id={}",
+        enc(&a.user_id)
+    );
+    let path = url.trim_start_matches(&base).to_owned();
+    let refused = |resp: reqwest::Response, why: &'static str| async move {
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 401, "{why}: {body}");
+        assert_eq!(body["errcode"], "M_UNAUTHORIZED", "{why}: {body}");
+    };
+    let resp = http.get(&url).send().await.expect("unsigned");
+    refused(resp, "no Authorization").await;
+    let resp = http
+        .get(&url)
+        .header("Authorization", "X-Matrix origin=b.test,key=\"ed25519:x\"")
+        .send()
+        .await
+        .expect("malformed");
+    refused(resp, "malformed header").await;
+    let forger = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "forged".to_owned())
+        .expect("key pair");
+    let sign_as = |origin: &str, destination: &str| {
+        let req = http::Request::builder()
+            .method("GET")
+            .uri(&path)
+            .body(Vec::<u8>::new())
+            .expect("request");
+        XMatrix::sign_http_request(
+            &req,
+            XMatrixSigningInput::new(
+                origin.try_into().expect("origin"),
+                destination.try_into().expect("destination"),
+                &forger,
+            ),
+        )
+        .expect("sign")
+        .to_string()
+    };
+    let resp = http
+        .get(&url)
+        .header("Authorization", sign_as("b.test", "a.test"))
+        .send()
+        .await
+        .expect("forged");
+    refused(resp, "signed with a key b.test does not have").await;
+    let resp = http
+        .get(&url)
+        .header("Authorization", sign_as("b.test", "elsewhere.test"))
+        .send()
+        .await
+        .expect("misaddressed");
+    refused(resp, "addressed to another server").await;
+
+    // Unauthenticated endpoints, and the unknown ones.
+    let v: Value = http
+        .get(format!("{base}/_matrix/federation/v1/version"))
+        .send()
+        .await
+        .expect("version")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["server"]["name"], "Hearth");
+    let resp = http
+        .get(format!("{base}/_matrix/federation/v1/nothing"))
+        .send()
+        .await
+        .expect("unknown");
+    assert_eq!(resp.status(), 404);
+    let v: Value = resp.json().await.expect("json");
+    assert_eq!(v["errcode"], "M_UNRECOGNIZED");
+}
+
+#[tokio::test]
+async fn a_rotated_key_stays_published_as_an_old_key() {
+    let [ip, ..] = loopback_block();
+    let dns = TestDns::start(&[], &[]).await;
+    let ca = TestCa::new();
+    let listener = SocketAddr::new(ip.into(), free_port(ip));
+    let mut r = start_fed(
+        "r.test",
+        listener,
+        ca.issue("r", &["r.test"]),
+        &ca.ca_file(),
+        dns.addr,
+        &[],
+    )
+    .await;
+    let before = own_keys(&ca, &r).await;
+    let old = verify_keys(&before);
+    assert_eq!(old.len(), 1, "{before}");
+    assert_eq!(before["old_verify_keys"], json!({}));
+
+    // Rotation happens with the server stopped; it signs with the new key
+    // once started again.
+    r.hs.kill();
+    let out = std::process::Command::new(common::binary())
+        .args(r.hs.data_args())
+        .arg("rotate-key")
+        .output()
+        .expect("rotate-key");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r.hs.start_again().await;
+    let after = own_keys(&ca, &r).await;
+    let new = verify_keys(&after);
+    assert_eq!(new.len(), 1, "{after}");
+    let (old_id, old_key) = old.iter().next().expect("old key");
+    assert!(!new.contains_key(old_id), "{after}");
+    check_signed(&after, "r.test", &new);
+    let kept = &after["old_verify_keys"][old_id];
+    assert_eq!(kept["key"], before["verify_keys"][old_id]["key"], "{after}");
+    assert_eq!(
+        Base64::parse(kept["key"].as_str().expect("key")).expect("b64"),
+        *old_key
+    );
+    let expired = kept["expired_ts"].as_u64().expect("expired_ts");
+    assert!(expired <= now_ms(), "{after}");
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
