@@ -76,6 +76,16 @@ pub trait Remote: Send + Sync {
     ) -> Result<serde_json::Value>;
     /// What a remote room alias points at: `{room_id, servers}`.
     async fn query_directory(&self, alias: &ruma::RoomAliasId) -> Result<serde_json::Value>;
+    /// Joins a local user to a room this server is not in, through one of
+    /// `servers`; returns once the room and the join are stored here.
+    async fn join_remote(
+        &self,
+        room_id: &ruma::RoomId,
+        user: &ruma::UserId,
+        servers: &[String],
+    ) -> Result<()>;
+    /// Events were queued for these servers: send them.
+    fn wake(&self, destinations: &[String]);
 }
 
 /// Hands a send to the process holding the room's writer lease.

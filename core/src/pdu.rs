@@ -47,6 +47,13 @@ struct PduFields {
 }
 
 impl Pdu {
+    /// The event as other servers get it: as signed, without `unsigned`.
+    pub fn as_sent(&self) -> serde_json::Map<String, Value> {
+        let mut map = self.json.clone();
+        map.remove("unsigned");
+        map
+    }
+
     pub fn from_json(
         event_id: OwnedEventId,
         json: serde_json::Map<String, Value>,

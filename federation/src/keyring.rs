@@ -29,6 +29,22 @@ pub struct ServerKeySet {
     pub valid_until_ts: u64,
     /// Keys that sign requests and events now.
     pub verify_keys: PublicKeySet,
+    /// Keys that signed events until `expired_ts` (unix ms): they verify
+    /// events sent before then.
+    pub old_verify_keys: Vec<(String, Base64, u64)>,
+}
+
+impl ServerKeySet {
+    /// The keys that may have signed an event sent at `ts`.
+    pub fn keys_for_event(&self, ts: u64) -> PublicKeySet {
+        let mut set = self.verify_keys.clone();
+        for (id, key, expired) in &self.old_verify_keys {
+            if ts < *expired {
+                set.insert(id.clone(), key.clone());
+            }
+        }
+        set
+    }
 }
 
 #[derive(Default)]
@@ -201,8 +217,25 @@ pub(crate) fn parse_key_response(
     if verify_keys.is_empty() {
         return Err(FedError::NoKeys(server.to_owned()));
     }
-    // Old keys are checked for form here; they verify past events only.
-    key_set(&obj, "old_verify_keys")?;
+    let old_keys = key_set(&obj, "old_verify_keys")?;
+    let old_verify_keys = old_keys
+        .into_iter()
+        .map(|(id, key)| {
+            let expired = match &obj.get("old_verify_keys") {
+                Some(CanonicalJsonValue::Object(o)) => match o.get(&id) {
+                    Some(CanonicalJsonValue::Object(k)) => match k.get("expired_ts") {
+                        Some(CanonicalJsonValue::Integer(i)) => {
+                            u64::try_from(i64::from(*i)).unwrap_or(0)
+                        }
+                        _ => 0,
+                    },
+                    _ => 0,
+                },
+                _ => 0,
+            };
+            (id, key, expired)
+        })
+        .collect();
     let mut map = PublicKeyMap::new();
     map.insert(server.to_owned(), verify_keys.clone());
     verify_json(&map, &signed_by(&obj, server))
@@ -225,5 +258,6 @@ pub(crate) fn parse_key_response(
         valid_until_ts: claimed.min(now_ms() + MAX_VALIDITY_MS),
         raw: obj,
         verify_keys,
+        old_verify_keys,
     })
 }

@@ -9,10 +9,13 @@ pub mod discovery;
 pub mod dns;
 mod error;
 mod keyring;
+mod membership;
+mod pdu;
 mod queries;
 mod routes;
 mod server_keys;
 pub mod tls;
+mod transactions;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -49,6 +52,7 @@ pub struct Federation {
     http: reqwest::Client,
     resolver: Arc<dns::HttpResolver>,
     keyring: KeyRing,
+    transactions: transactions::Transactions,
 }
 
 impl Federation {
@@ -73,10 +77,15 @@ impl Federation {
             http,
             resolver,
             keyring: KeyRing::default(),
+            transactions: Default::default(),
         });
         let _ = hearth
             .remote
             .set(Arc::new(queries::RemoteQueries(Arc::downgrade(&fed))));
+        tokio::spawn({
+            let fed = fed.clone();
+            async move { fed.resume_queues().await }
+        });
         Ok(fed)
     }
 
@@ -106,3 +115,8 @@ fn client_builder(config: &FederationConfig) -> Result<reqwest::ClientBuilder, F
 }
 
 pub use routes::router;
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

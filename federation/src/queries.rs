@@ -9,7 +9,7 @@ use axum::{
 };
 use hearth_client_api::error::ApiError;
 use hearth_core::{Error, Result};
-use ruma::{RoomAliasId, UserId};
+use ruma::{RoomAliasId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -94,10 +94,10 @@ impl hearth_core::Remote for RemoteQueries {
     async fn query_profile(&self, user: &UserId, field: Option<&str>) -> Result<Value> {
         let mut path = format!(
             "/_matrix/federation/v1/query/profile?user_id={}",
-            encode(user.as_str())
+            crate::enc(user.as_str())
         );
         if let Some(f) = field {
-            path.push_str(&format!("&field={}", encode(f)));
+            path.push_str(&format!("&field={}", crate::enc(f)));
         }
         let fed = self.fed()?;
         Ok(fed
@@ -105,18 +105,25 @@ impl hearth_core::Remote for RemoteQueries {
             .await?)
     }
 
+    async fn join_remote(&self, room: &RoomId, user: &UserId, servers: &[String]) -> Result<()> {
+        let fed = self.fed()?;
+        Ok(fed.join_remote(room, user, servers).await?)
+    }
+
+    fn wake(&self, destinations: &[String]) {
+        if let Ok(fed) = self.fed() {
+            fed.wake_destinations(destinations);
+        }
+    }
+
     async fn query_directory(&self, alias: &RoomAliasId) -> Result<Value> {
         let path = format!(
             "/_matrix/federation/v1/query/directory?room_alias={}",
-            encode(alias.as_str())
+            crate::enc(alias.as_str())
         );
         let fed = self.fed()?;
         Ok(fed
             .request(alias.server_name().as_str(), http::Method::GET, &path, None)
             .await?)
     }
-}
-
-fn encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

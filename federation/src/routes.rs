@@ -7,12 +7,12 @@ use axum::{
     extract::{DefaultBodyLimit, State},
     middleware::from_fn_with_state,
     response::IntoResponse,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use hearth_client_api::error::ApiError;
 use serde_json::{Value, json};
 
-use crate::{Federation, auth, queries, server_keys};
+use crate::{Federation, auth, membership, queries, server_keys, transactions};
 
 pub fn router(fed: Arc<Federation>) -> Router {
     let signed = Router::new()
@@ -23,6 +23,18 @@ pub fn router(fed: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v1/query/directory",
             get(queries::directory),
+        )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(membership::make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            put(membership::send_join),
+        )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(transactions::receive),
         )
         .route_layer(from_fn_with_state(fed.clone(), auth::require_signature));
     Router::new()

@@ -61,12 +61,17 @@ impl TestDns {
             vec![Arc::new(zone) as Arc<dyn ZoneHandler>],
         );
         let mut server = Server::new(catalog);
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("dns udp");
-        let addr = udp.local_addr().expect("dns addr");
+        // UDP and TCP on one port: a free UDP port may be taken for TCP.
+        let (udp, tcp, addr) = loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("dns udp");
+            let addr = udp.local_addr().expect("dns addr");
+            if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+                break (udp, tcp, addr);
+            }
+        };
         server.register_socket(udp);
-        let tcp = tokio::net::TcpListener::bind(addr).await.expect("dns tcp");
         server.register_listener(tcp, Duration::from_secs(5), 32);
         TestDns {
             addr,
@@ -566,4 +571,187 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The room's messages as `c` sees them, oldest first: (event id, body).
+async fn timeline(c: &Client, room: &str) -> Vec<(String, String)> {
+    let (s, body) = c
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=500",
+            enc(room)
+        ))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let mut out: Vec<(String, String)> = body["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| {
+            (
+                e["event_id"].as_str().expect("event_id").to_owned(),
+                e["content"]["body"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+/// Waits until every one of `servers` shows `count` messages in `room`;
+/// returns each one's timeline.
+async fn wait_for_messages(
+    servers: &[&Fed],
+    room: &str,
+    count: usize,
+) -> Vec<Vec<(String, String)>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = vec![];
+        for s in servers {
+            all.push(timeline(&s.user, room).await);
+        }
+        if all.iter().all(|t| t.len() >= count) {
+            return all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every server shows {count} messages: {:?}",
+            all.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Joins `who` to the room (through its own server, over federation).
+async fn join(who: &Fed, target: &str, via: &str) -> String {
+    let (s, body) = who
+        .user
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={via}", enc(target)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{} joining {target}: {body}", who.name);
+    body["room_id"].as_str().expect("room_id").to_owned()
+}
+
+#[tokio::test]
+async fn users_on_three_servers_share_a_room_in_its_owners_order() {
+    let world = World::start().await;
+    let [a, b, c, _] = &world.servers[..] else {
+        unreachable!()
+    };
+    let room = a
+        .user
+        .create_room(json!({"preset": "public_chat", "room_alias_name": "town"}))
+        .await;
+    // By alias (resolved over federation), and by room id through a server.
+    assert_eq!(join(b, "#town:a.test", "a.test").await, room);
+    assert_eq!(join(c, &room, "a.test").await, room);
+    let (s, members) = a
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(s, 200, "{members}");
+    for f in [a, b, c] {
+        assert!(
+            members["joined"].get(&f.user_id).is_some(),
+            "{} not joined on the owner: {members}",
+            f.user_id
+        );
+    }
+
+    // All three send at once, five messages each.
+    let mut tasks = vec![];
+    for f in [a, b, c] {
+        let (user, name) = (f.user.clone(), f.name.clone());
+        let room = room.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                user.send_text(&room, &format!("t{i}"), &format!("{name} {i}"))
+                    .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("sender");
+    }
+    let seen = wait_for_messages(&[a, b, c], &room, 15).await;
+    assert_eq!(seen[0].len(), 15, "{:?}", seen[0]);
+    assert_eq!(seen[0], seen[1], "a.test and b.test differ");
+    assert_eq!(seen[0], seen[2], "a.test and c.test differ");
+    for f in [a, b, c] {
+        let mine: Vec<&str> = seen[0]
+            .iter()
+            .filter(|(_, body)| body.starts_with(&format!("{} ", f.name)))
+            .map(|(_, body)| body.as_str())
+            .collect();
+        let sent: Vec<String> = (0..5).map(|i| format!("{} {i}", f.name)).collect();
+        assert_eq!(mine, sent, "{}'s messages out of their order", f.name);
+    }
+}
+
+#[tokio::test]
+async fn sends_queue_while_a_server_is_down_and_arrive_in_order_when_it_returns() {
+    let mut world = World::start().await;
+    let room = world.servers[0]
+        .user
+        .create_room(json!({"preset": "public_chat"}))
+        .await;
+    join(&world.servers[1], &room, "a.test").await;
+
+    // The owner is down: b.test's sends are acknowledged (queued durably)
+    // and reach the room, in order, once it is back.
+    world.servers[0].hs.kill();
+    for i in 0..3 {
+        world.servers[1]
+            .user
+            .send_text(&room, &format!("down{i}"), &format!("while a is down {i}"))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    world.servers[0].hs.start_again().await;
+    let [a, b, ..] = &world.servers[..] else {
+        unreachable!()
+    };
+    let seen = wait_for_messages(&[a, b], &room, 3).await;
+    let bodies: Vec<&str> = seen[0].iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "while a is down 0",
+            "while a is down 1",
+            "while a is down 2"
+        ]
+    );
+    assert_eq!(seen[0], seen[1]);
+
+    // A participant down: what the owner relays meanwhile waits in its
+    // queue and arrives when the participant is back.
+    world.servers[1].hs.kill();
+    for i in 0..3 {
+        world.servers[0]
+            .user
+            .send_text(&room, &format!("pdown{i}"), &format!("while b is down {i}"))
+            .await;
+    }
+    world.servers[1].hs.start_again().await;
+    let [a, b, ..] = &world.servers[..] else {
+        unreachable!()
+    };
+    let seen = wait_for_messages(&[a, b], &room, 6).await;
+    assert_eq!(seen[0], seen[1], "b.test caught up differently");
+    let bodies: Vec<&str> = seen[1][3..].iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(
+        bodies,
+        [
+            "while b is down 0",
+            "while b is down 1",
+            "while b is down 2"
+        ]
+    );
 }

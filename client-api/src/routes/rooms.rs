@@ -128,12 +128,36 @@ async fn join_by_id_or_alias(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Path(room): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(b): JsonBody<ReasonBody>,
 ) -> JsonResult {
-    let room_id = h.resolve_room(&room).await?;
-    h.join_room(&room_id, &s.user_id, b.reason.as_deref())
+    let room_id = h
+        .join_anywhere(
+            &room,
+            &s.user_id,
+            b.reason.as_deref(),
+            via_servers(query.as_deref()),
+        )
         .await?;
     Ok(Json(json!({"room_id": room_id})))
+}
+
+/// The servers a client names to join through (`via`, and the older
+/// `server_name`), each possibly repeated.
+fn via_servers(query: Option<&str>) -> Vec<String> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| *k == "via" || *k == "server_name")
+        .filter_map(|(_, v)| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .ok()
+                .map(|v| v.into_owned())
+        })
+        .filter(|v| hearth_core::ruma::ServerName::parse(v).is_ok())
+        .collect()
 }
 
 async fn join(
@@ -143,7 +167,8 @@ async fn join(
     JsonBody(b): JsonBody<ReasonBody>,
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
-    h.join_room(&room_id, &s.user_id, b.reason.as_deref())
+    let room_id = h
+        .join_anywhere(room_id.as_str(), &s.user_id, b.reason.as_deref(), vec![])
         .await?;
     Ok(Json(json!({"room_id": room_id})))
 }

@@ -28,6 +28,78 @@ impl Hearth {
         }
     }
 
+    /// A client's join by room id or alias: through this server when it is
+    /// in the room, else through another server (`via`, the alias's
+    /// servers, the server in a room id), over federation.
+    pub async fn join_anywhere(
+        &self,
+        id_or_alias: &str,
+        user: &UserId,
+        reason: Option<&str>,
+        mut via: Vec<String>,
+    ) -> Result<OwnedRoomId> {
+        let room_id = if id_or_alias.starts_with('#') {
+            let alias = RoomAliasId::parse(id_or_alias)
+                .map_err(|_| Error::invalid_param("Invalid room alias"))?;
+            if alias.server_name() == self.config.server_name {
+                self.resolve_room(id_or_alias).await?
+            } else {
+                let remote = self
+                    .remote
+                    .get()
+                    .ok_or_else(|| Error::not_found("Room alias not found"))?;
+                let answer = remote.query_directory(&alias).await?;
+                for s in answer["servers"].as_array().into_iter().flatten() {
+                    if let Some(s) = s.as_str() {
+                        via.push(s.to_owned());
+                    }
+                }
+                via.push(alias.server_name().to_string());
+                let room = answer["room_id"]
+                    .as_str()
+                    .ok_or_else(|| Error::not_found("Room alias not found"))?;
+                RoomId::parse(room).map_err(|_| Error::not_found("Room alias not found"))?
+            }
+        } else {
+            RoomId::parse(id_or_alias).map_err(|_| Error::invalid_param("Invalid room id"))?
+        };
+        let known = self.store.room_version(room_id.as_str()).await?.is_some();
+        if known && self.has_local_member(&room_id).await? {
+            self.join_room(&room_id, user, reason).await?;
+            return Ok(room_id);
+        }
+        if let Some(server) = room_id.server_name() {
+            via.push(server.to_string());
+        }
+        via.retain(|s| s != self.config.server_name.as_str());
+        let mut seen = std::collections::HashSet::new();
+        via.retain(|s| seen.insert(s.clone()));
+        match self.remote.get() {
+            Some(remote) if !via.is_empty() => {
+                remote.join_remote(&room_id, user, &via).await?;
+                Ok(room_id)
+            }
+            _ if known => {
+                self.join_room(&room_id, user, reason).await?;
+                Ok(room_id)
+            }
+            _ => Err(Error::not_found("Unknown room")),
+        }
+    }
+
+    /// Whether any user of this server is joined to the room.
+    async fn has_local_member(&self, room_id: &RoomId) -> Result<bool> {
+        let ours = self.config.server_name.as_str();
+        Ok(self
+            .room_state(room_id)
+            .await?
+            .iter()
+            .filter(|p| p.kind.to_string() == "m.room.member" && p.membership() == Some("join"))
+            .filter_map(|p| p.state_key.as_deref())
+            .filter_map(|u| UserId::parse(u).ok())
+            .any(|u| u.server_name() == ours))
+    }
+
     pub async fn join_room(
         &self,
         room_id: &RoomId,

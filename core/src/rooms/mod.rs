@@ -86,6 +86,22 @@ pub(crate) struct RoomCache {
     pub sent: VecDeque<SentTxn>,
     /// With several processes: the lease under which this view writes.
     pub fence: Option<crate::store::Fence>,
+    /// Events this view submitted lately, newest last: an event another
+    /// server hands over twice (its relay racing a join) is taken once,
+    /// even before the first copy is durable.
+    pub submitted: VecDeque<OwnedEventId>,
+}
+
+/// Event ids remembered per room view.
+const SUBMITTED_IDS: usize = 1024;
+
+impl RoomCache {
+    pub fn note_submitted(&mut self, id: &OwnedEventId) {
+        if self.submitted.len() >= SUBMITTED_IDS {
+            self.submitted.pop_front();
+        }
+        self.submitted.push_back(id.clone());
+    }
 }
 
 /// Transactions remembered per room: a client retries within seconds.

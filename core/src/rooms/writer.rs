@@ -60,6 +60,7 @@ impl Hearth {
             generation: self.rooms.next_generation(),
             sent: VecDeque::new(),
             fence,
+            submitted: VecDeque::new(),
         })
     }
 
@@ -127,6 +128,74 @@ impl Hearth {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The server that orders the room (its creator's).
+    pub async fn room_owner_of(&self, room_id: &RoomId) -> Result<Option<String>> {
+        self.with_view(room_id.as_str(), room_owner).await
+    }
+
+    /// The join event another server's user would send to join the room
+    /// through this server (`make_join`): built on the room's newest event,
+    /// checked against current state. Returns it with the room version.
+    pub async fn join_template(
+        &self,
+        room_id: &RoomId,
+        user: &ruma::UserId,
+    ) -> Result<(Value, RoomVersionId)> {
+        let (version, state, latest) = self
+            .with_view(room_id.as_str(), |c| {
+                (c.version.clone(), c.state.clone(), c.latest.clone())
+            })
+            .await?;
+        let rules = rules_for(&version)?;
+        let content = json!({"membership": "join"});
+        let content_raw = serde_json::value::to_raw_value(&content)?;
+        let kind = TimelineEventType::RoomMember;
+        let auth_types = ruma::state_res::auth_types_for_event(
+            &kind,
+            user,
+            Some(user.as_str()),
+            &content_raw,
+            &rules.authorization,
+        )
+        .map_err(Error::BadJson)?;
+        let mut auth_events: Vec<String> = auth_types
+            .iter()
+            .filter_map(|(t, sk)| state.get(&(t.to_string(), sk.clone())))
+            .map(|p| p.event_id.to_string())
+            .collect();
+        auth_events.sort();
+        auth_events.dedup();
+        let (prev_events, depth) = match &latest {
+            Some((id, depth)) => (vec![id.to_string()], depth + 1),
+            None => return Err(Error::not_found("Unknown room")),
+        };
+        let template = json!({
+            "auth_events": auth_events,
+            "content": content,
+            "depth": depth,
+            "origin_server_ts": now_ms(),
+            "prev_events": prev_events,
+            "room_id": room_id,
+            "sender": user,
+            "state_key": user,
+            "type": "m.room.member",
+        });
+        // Would it pass? Checked on a stand-in id: the joining server signs
+        // the real one.
+        let Value::Object(map) = template.clone() else {
+            return Err(Error::internal("template is not an object"));
+        };
+        let stand_in = OwnedEventId::try_from("$stand-in").map_err(Error::internal)?;
+        let probe = Pdu::from_json(stand_in, map)?;
+        ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &probe, |t, sk| {
+            state
+                .get(&(t.to_string(), sk.to_owned()))
+                .map(|p| p.as_ref())
+        })
+        .map_err(|e| Error::Forbidden(format!("You may not join this room: {e}")))?;
+        Ok((template, version))
     }
 
     /// Current state of a room, from the writer's cache.
@@ -242,6 +311,7 @@ impl Hearth {
                 txn: None,
                 generation,
                 fence: fence.clone(),
+                relay: vec![],
             })
             .await?;
         self.rooms.recent.start(room_id.as_str(), ordering);
@@ -257,6 +327,7 @@ impl Hearth {
             generation,
             sent: VecDeque::new(),
             fence,
+            submitted: VecDeque::new(),
         });
         drop(guard);
         self.notifier.notify();
@@ -409,9 +480,62 @@ impl Hearth {
             Error::Forbidden(format!("Event not allowed: {e}"))
         })?;
 
+        let txn = new
+            .txn
+            .as_ref()
+            .map(|(d, t)| (new.sender.clone(), d.clone(), t.clone()));
+        let ours = self.config.server_name.as_str();
+        if let Some(owner) = room_owner(cache).filter(|o| o != ours) {
+            // Another server orders this room: the event goes to it, and
+            // appears here when it relays the event back in its order.
+            let json = serde_json::to_string(&pdu.as_sent())?;
+            let queued = self
+                .store
+                .queue_outgoing(
+                    room_id.as_str(),
+                    txn.map(|(u, d, t)| (u.to_string(), d, t)),
+                    event_id.as_str(),
+                    std::slice::from_ref(&owner),
+                    &json,
+                )
+                .await;
+            if let Err(Error::DuplicateTransaction { event_id }) = queued {
+                return OwnedEventId::try_from(event_id).map_err(Error::internal);
+            }
+            queued?;
+            // Our next event builds on this one.
+            cache.latest = Some((event_id.clone(), pdu.depth));
+            drop(guard);
+            if let Some(remote) = self.remote.get() {
+                remote.wake(std::slice::from_ref(&owner));
+            }
+            return Ok(event_id);
+        }
+        let relay = remote_servers(cache, &pdu, ours);
+        self.submit_built(guard, room_id, pdu, txn, relay, &rules)
+            .await
+    }
+
+    /// Takes an authorized event into the room's view, submits it to the
+    /// store (queued for `relay` in the same transaction), releases the room
+    /// and waits until the event is durable; then wakes whoever must hear.
+    async fn submit_built(
+        &self,
+        mut guard: tokio::sync::MutexGuard<'_, Option<RoomCache>>,
+        room_id: &RoomId,
+        pdu: Pdu,
+        txn: Option<(ruma::OwnedUserId, String, String)>,
+        relay: Vec<String>,
+        rules: &RoomVersionRules,
+    ) -> Result<OwnedEventId> {
+        let cache = guard
+            .as_mut()
+            .ok_or_else(|| Error::internal("room cache missing"))?;
+        let event_id = pdu.event_id.clone();
+        let kind = pdu.kind.to_string();
         let mut map = pdu.json.clone();
-        if let Some(sk) = &new.state_key
-            && let Some(prev) = cache.state.get(&(new.kind.clone(), sk.clone()))
+        if let Some(sk) = &pdu.state_key
+            && let Some(prev) = cache.state.get(&(kind.clone(), sk.clone()))
         {
             map.insert(
                 "unsigned".into(),
@@ -423,35 +547,34 @@ impl Hearth {
             );
         }
         let pdu = Pdu { json: map, ..pdu };
-        let txn = new
-            .txn
-            .as_ref()
-            .map(|(d, t)| (new.sender.to_string(), d.clone(), t.clone()));
         let generation = cache.generation;
         let committed = self
             .store
             .submit_event(EventToPersist {
                 pdu: pdu.clone(),
-                txn,
+                txn: txn
+                    .as_ref()
+                    .map(|(u, d, t)| (u.to_string(), d.clone(), t.clone())),
                 generation,
                 fence: cache.fence.clone(),
+                relay: relay.clone(),
             })
             .await?;
         // From here the room's view includes the event; should the store
         // refuse it, the view is dropped (below) and reloaded.
-        let durable = new
-            .txn
+        let durable = txn
             .as_ref()
-            .map(|(device, txn_id)| cache.remember_txn(&new.sender, device, txn_id, &event_id));
-        cache.latest = Some((event_id.clone(), depth));
+            .map(|(user, device, txn_id)| cache.remember_txn(user, device, txn_id, &event_id));
+        cache.latest = Some((event_id.clone(), pdu.depth));
+        cache.note_submitted(&event_id);
         // Who must hear of it: the room's members before and after this event
         // (a kicked or leaving user sees their own leave).
         let mut audience = room_audience(cache);
         if let Some(sk) = &pdu.state_key {
             cache
                 .state
-                .insert((new.kind.clone(), sk.clone()), Arc::new(pdu.clone()));
-            if new.kind == "m.room.member" {
+                .insert((kind.clone(), sk.clone()), Arc::new(pdu.clone()));
+            if kind == "m.room.member" {
                 audience.push(sk.clone());
             }
         }
@@ -474,13 +597,105 @@ impl Hearth {
         }
 
         if let Some(target) = &pdu.redacts
-            && let Err(e) = self.apply_redaction(&pdu, target, &rules).await
+            && let Err(e) = self.apply_redaction(&pdu, target, rules).await
         {
             warn!(event = %event_id, target = %target, "could not apply redaction: {e}");
         }
         self.notifier
             .notify_users(audience.iter().map(String::as_str));
+        if !relay.is_empty()
+            && let Some(remote) = self.remote.get()
+        {
+            remote.wake(&relay);
+        }
         Ok(event_id)
+    }
+
+    /// Takes an event another server built (a join through this server, an
+    /// event submitted to or relayed by a room's owner): checked against its
+    /// auth events and, with `against_current`, the room's current state,
+    /// then appended to the room's order. When this server owns the room it
+    /// relays the event to every other server in the room. Returns whether
+    /// it was new.
+    pub async fn accept_remote_event(&self, pdu: Pdu, against_current: bool) -> Result<bool> {
+        let room_id = pdu.room_id.clone();
+        let handle = self.rooms.handle(room_id.as_str());
+        let mut guard = handle.lock().await;
+        let cache = self.writable(&mut guard, room_id.as_str()).await?;
+        if cache.submitted.contains(&pdu.event_id)
+            || self.store.get_event(pdu.event_id.as_str()).await?.is_some()
+        {
+            return Ok(false);
+        }
+        let rules = rules_for(&cache.version)?;
+        let mut auth: HashMap<String, Pdu> = self
+            .store
+            .get_events(
+                &pdu.auth_events
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            )
+            .await?
+            .into_iter()
+            .map(|e| (e.pdu.event_id.to_string(), e.pdu))
+            .collect();
+        // Room version 12 leaves the create event out of auth_events; the
+        // rules find it by the room id.
+        if let Some(create) = cache
+            .state
+            .get(&("m.room.create".to_owned(), String::new()))
+        {
+            auth.entry(create.event_id.to_string())
+                .or_insert_with(|| create.as_ref().clone());
+        }
+        let missing: Vec<_> = pdu
+            .auth_events
+            .iter()
+            .filter(|id| !auth.contains_key(id.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Forbidden(format!(
+                "auth events not known here: {missing:?}"
+            )));
+        }
+        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
+            auth.get(id.as_str())
+        })
+        .map_err(|e| Error::Forbidden(format!("Event not allowed: {e}")))?;
+        let by_key: HashMap<(String, String), &Pdu> = auth
+            .values()
+            .filter_map(|p| {
+                p.state_key
+                    .as_ref()
+                    .map(|sk| ((p.kind.to_string(), sk.clone()), p))
+            })
+            .collect();
+        ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, sk| {
+            by_key.get(&(t.to_string(), sk.to_owned())).copied()
+        })
+        .map_err(|e| Error::Forbidden(format!("Event not allowed by its auth events: {e}")))?;
+        if against_current {
+            ruma::state_res::check_state_dependent_auth_rules(
+                &rules.authorization,
+                &pdu,
+                |t, sk| {
+                    cache
+                        .state
+                        .get(&(t.to_string(), sk.to_owned()))
+                        .map(|p| p.as_ref())
+                },
+            )
+            .map_err(|e| Error::Forbidden(format!("Event not allowed by current state: {e}")))?;
+        }
+        let ours = self.config.server_name.as_str();
+        let relay = match room_owner(cache) {
+            Some(owner) if owner == ours => remote_servers(cache, &pdu, ours),
+            _ => vec![],
+        };
+        self.submit_built(guard, &room_id, pdu, None, relay, &rules)
+            .await?;
+        Ok(true)
     }
 
     async fn apply_redaction(
@@ -573,6 +788,35 @@ impl Hearth {
 }
 
 /// Users currently joined to or invited to a room, from the writer's cache.
+/// The server that orders a room: its creator's (spec/federation.md).
+pub(crate) fn room_owner(cache: &RoomCache) -> Option<String> {
+    cache
+        .state
+        .get(&("m.room.create".to_owned(), String::new()))
+        .map(|c| c.sender.server_name().to_string())
+}
+
+/// The other servers an event must reach: those of the room's joined
+/// members, and of the member an event is about.
+fn remote_servers(cache: &RoomCache, pdu: &Pdu, ours: &str) -> Vec<String> {
+    let mut servers: std::collections::BTreeSet<String> = cache
+        .state
+        .iter()
+        .filter(|((kind, _), p)| kind == "m.room.member" && p.membership() == Some("join"))
+        .filter_map(|((_, user), _)| ruma::UserId::parse(user.as_str()).ok())
+        .map(|u| u.server_name().to_string())
+        .collect();
+    if pdu.kind.to_string() == "m.room.member"
+        && let Some(target) = pdu.state_key.as_deref()
+        && let Ok(u) = ruma::UserId::parse(target)
+    {
+        servers.insert(u.server_name().to_string());
+    }
+    servers.insert(pdu.sender.server_name().to_string());
+    servers.remove(ours);
+    servers.into_iter().collect()
+}
+
 fn room_audience(cache: &RoomCache) -> Vec<String> {
     cache
         .state

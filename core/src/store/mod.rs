@@ -94,6 +94,19 @@ pub struct EventToPersist {
     /// With several processes: the room writer's lease, checked inside the
     /// commit (an ex-writer's event is refused with `Error::LeaseLost`).
     pub fence: Option<Fence>,
+    /// Other servers to send the event to (federation), queued in the same
+    /// transaction as the event.
+    pub relay: Vec<String>,
+}
+
+/// A PDU waiting in the outgoing federation queue.
+#[derive(Debug, Clone)]
+pub struct QueuedPdu {
+    /// Which database holds it (0 unless sharded).
+    pub source: usize,
+    pub id: i64,
+    /// The event JSON as signed.
+    pub pdu: String,
 }
 
 /// A room writer's claim on its room: the process and the lease's epoch.
@@ -327,6 +340,27 @@ pub trait DataStore: Send + Sync {
 
     async fn put_media(&self, m: &MediaRecord) -> Result<()>;
     async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>>;
+
+    /// Queues an event for other servers without appending it to the room
+    /// (this server does not order the room: its owner does), claiming the
+    /// client's transaction id in the same transaction. A retried
+    /// transaction id fails with `Error::DuplicateTransaction`.
+    async fn queue_outgoing(
+        &self,
+        room_id: &str,
+        txn: Option<(String, String, String)>,
+        event_id: &str,
+        destinations: &[String],
+        pdu_json: &str,
+    ) -> Result<()>;
+    /// The oldest PDUs queued for `destination`, at most `limit`, each
+    /// database's in queue order.
+    async fn federation_batch(&self, destination: &str, limit: usize) -> Result<Vec<QueuedPdu>>;
+    /// Drops what a destination acknowledged: per database, every PDU up to
+    /// and including the id given.
+    async fn federation_ack(&self, destination: &str, upto: &[(usize, i64)]) -> Result<()>;
+    /// Destinations with PDUs waiting.
+    async fn federation_destinations(&self) -> Result<Vec<String>>;
 
     /// Every signing key this server has had, oldest first.
     async fn server_keys(&self) -> Result<Vec<StoredServerKey>>;

@@ -20,8 +20,8 @@ use serde_json::Value;
 
 use super::{
     AccountDataRecord, AccountStore, CommitHook, DataStore, DeviceRecord, Direction,
-    EventToPersist, Lease, MediaRecord, MembershipRecord, PendingCommit, ReceiptRecord, RoomStore,
-    StoredServerKey, UserRecord, postgres::PgStore,
+    EventToPersist, Lease, MediaRecord, MembershipRecord, PendingCommit, QueuedPdu, ReceiptRecord,
+    RoomStore, StoredServerKey, UserRecord, postgres::PgStore,
 };
 use crate::{
     Error, Result,
@@ -506,6 +506,75 @@ impl DataStore for ShardedStore {
     async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>> {
         self.main.get_media(media_id).await
     }
+    async fn queue_outgoing(
+        &self,
+        room_id: &str,
+        txn: Option<(String, String, String)>,
+        event_id: &str,
+        destinations: &[String],
+        pdu_json: &str,
+    ) -> Result<()> {
+        // On the room's shard, beside the room's transaction ids.
+        self.shard(room_id)
+            .await?
+            .queue_outgoing(room_id, txn, event_id, destinations, pdu_json)
+            .await
+    }
+
+    async fn federation_batch(&self, destination: &str, limit: usize) -> Result<Vec<QueuedPdu>> {
+        // Each shard's queue in its own order; shards take turns so none
+        // waits behind another (rooms never span shards, so each room's
+        // order is kept).
+        let mut per_shard = vec![];
+        for shard in &self.shards {
+            per_shard.push(
+                shard
+                    .federation_batch(destination, limit)
+                    .await?
+                    .into_iter(),
+            );
+        }
+        let mut out = vec![];
+        while out.len() < limit {
+            let mut took = false;
+            for (i, queue) in per_shard.iter_mut().enumerate() {
+                if out.len() < limit
+                    && let Some(mut q) = queue.next()
+                {
+                    q.source = i;
+                    out.push(q);
+                    took = true;
+                }
+            }
+            if !took {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn federation_ack(&self, destination: &str, upto: &[(usize, i64)]) -> Result<()> {
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mine: Vec<(usize, i64)> = upto
+                .iter()
+                .filter(|(source, _)| *source == i)
+                .map(|(_, id)| (0, *id))
+                .collect();
+            if !mine.is_empty() {
+                shard.federation_ack(destination, &mine).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn federation_destinations(&self) -> Result<Vec<String>> {
+        let mut all = std::collections::BTreeSet::new();
+        for shard in &self.shards {
+            all.extend(shard.federation_destinations().await?);
+        }
+        Ok(all.into_iter().collect())
+    }
+
     async fn server_keys(&self) -> Result<Vec<StoredServerKey>> {
         self.main.server_keys().await
     }

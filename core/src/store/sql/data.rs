@@ -11,7 +11,11 @@ macro_rules! impl_data_store {
         use crate::store::sql::now_ms;
         use crate::{
             Result,
-            store::{AccountDataRecord, DataStore, MediaRecord, ReceiptRecord, StoredServerKey},
+            Error,
+            store::{
+                AccountDataRecord, DataStore, MediaRecord, QueuedPdu, ReceiptRecord,
+                StoredServerKey,
+            },
         };
 
         /// Account data and receipts draw positions from one shared sequence, bumped
@@ -222,6 +226,88 @@ macro_rules! impl_data_store {
                     }),
                     None => None,
                 })
+            }
+
+            async fn queue_outgoing(
+                &self,
+                room_id: &str,
+                txn: Option<(String, String, String)>,
+                event_id: &str,
+                destinations: &[String],
+                pdu_json: &str,
+            ) -> Result<()> {
+                let mut tx = self.writer.begin().await?;
+                if let Some((user, device, txn_id)) = &txn {
+                    let claimed = sqlx::query(
+                        "INSERT INTO txn_ids (room_id, user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (room_id, user_id, device_id, txn_id) DO NOTHING",
+                    )
+                    .bind(room_id)
+                    .bind(user)
+                    .bind(device)
+                    .bind(txn_id)
+                    .bind(event_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if claimed == 0 {
+                        let first: String = sqlx::query_scalar(
+                            "SELECT event_id FROM txn_ids WHERE room_id = $1 AND user_id = $2 AND device_id = $3 AND txn_id = $4",
+                        )
+                        .bind(room_id)
+                        .bind(user)
+                        .bind(device)
+                        .bind(txn_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        return Err(Error::DuplicateTransaction { event_id: first });
+                    }
+                }
+                for d in destinations {
+                    sqlx::query("INSERT INTO federation_queue (destination, pdu) VALUES ($1, $2)")
+                        .bind(d)
+                        .bind(pdu_json)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn federation_batch(&self, destination: &str, limit: usize) -> Result<Vec<QueuedPdu>> {
+                let rows = sqlx::query(
+                    "SELECT id, pdu FROM federation_queue WHERE destination = $1 ORDER BY id LIMIT $2",
+                )
+                .bind(destination)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(QueuedPdu {
+                            source: 0,
+                            id: r.try_get(0)?,
+                            pdu: r.try_get(1)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn federation_ack(&self, destination: &str, upto: &[(usize, i64)]) -> Result<()> {
+                for (_, id) in upto.iter().filter(|(source, _)| *source == 0) {
+                    sqlx::query("DELETE FROM federation_queue WHERE destination = $1 AND id <= $2")
+                        .bind(destination)
+                        .bind(id)
+                        .execute(&self.writer)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            async fn federation_destinations(&self) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar("SELECT DISTINCT destination FROM federation_queue")
+                    .fetch_all(&self.pool)
+                    .await?)
             }
 
             async fn server_keys(&self) -> Result<Vec<StoredServerKey>> {

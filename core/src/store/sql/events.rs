@@ -209,6 +209,17 @@ macro_rules! impl_commit_events {
             .bind(relates_to)
             .fetch_one(&mut *conn)
             .await?;
+            let relayed = match ev.relay.is_empty() {
+                true => String::new(),
+                false => serde_json::to_string(&pdu.as_sent())?,
+            };
+            for destination in &ev.relay {
+                sqlx::query("INSERT INTO federation_queue (destination, pdu) VALUES ($1, $2)")
+                    .bind(destination)
+                    .bind(&relayed)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             if let Some(state_key) = &pdu.state_key {
                 sqlx::query(
                     "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)",

@@ -1,0 +1,279 @@
+//! Joining rooms across servers: `make_join` / `send_join` (v2) answered
+//! for other servers' users, and asked of other servers for ours.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use axum::{
+    Extension, Json,
+    extract::{Path, RawQuery, State},
+};
+use hearth_client_api::error::ApiError;
+use hearth_core::{CoreConfig, Error, ids::now_ms, pdu::Pdu};
+use ruma::{CanonicalJsonValue, RoomId, RoomVersionId, UserId, signatures::hash_and_sign_event};
+use serde_json::{Value, json};
+
+use crate::{
+    FedError, Federation,
+    auth::Origin,
+    enc,
+    pdu::{event_id_of, pdu_object},
+};
+
+pub(crate) async fn make_join(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let room = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let user = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user id"))?;
+    if user.server_name() != origin {
+        return Err(
+            Error::Forbidden(format!("{origin} cannot join users of other servers")).into(),
+        );
+    }
+    let (template, version) = fed.hearth.join_template(&room, &user).await?;
+    // The versions the joining server supports (none named: only "1").
+    let supported: Vec<String> = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| *k == "ver")
+        .map(|(_, v)| v.to_owned())
+        .collect();
+    if !supported.iter().any(|v| v == version.as_str()) {
+        return Err(ApiError::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_INCOMPATIBLE_ROOM_VERSION",
+            format!("the room is version {version}, which {origin} does not support"),
+        ));
+    }
+    Ok(Json(json!({"event": template, "room_version": version})))
+}
+
+pub(crate) async fn send_join(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let room = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let version = fed.hearth.room_version_of(&room).await?;
+    let pdu = fed.check_pdu(&body, &version).await?;
+    if pdu.event_id.as_str() != event_id {
+        return Err(Error::bad_json(format!(
+            "the event's id is {}, not {event_id}",
+            pdu.event_id
+        ))
+        .into());
+    }
+    if pdu.room_id != room
+        || pdu.kind.to_string() != "m.room.member"
+        || pdu.membership() != Some("join")
+        || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+    {
+        return Err(Error::bad_json("not a join of its sender to this room").into());
+    }
+    if pdu.sender.server_name() != origin {
+        return Err(
+            Error::Forbidden(format!("{origin} cannot join users of other servers")).into(),
+        );
+    }
+    let join_id = pdu.event_id.clone();
+    let user = pdu.sender.to_string();
+    fed.hearth.accept_remote_event(pdu, true).await?;
+
+    // The state the joining server needs: the room's state without the join
+    // itself, and every event their auth chains reach.
+    let state: Vec<Arc<Pdu>> = fed
+        .hearth
+        .room_state(&room)
+        .await?
+        .into_iter()
+        .filter(|p| p.event_id != join_id)
+        .collect();
+    let mut wanted: Vec<String> = state
+        .iter()
+        .flat_map(|p| p.auth_events.iter().map(ToString::to_string))
+        .collect();
+    if let Some(join) = fed.hearth.store.get_event(join_id.as_str()).await? {
+        wanted.extend(join.pdu.auth_events.iter().map(ToString::to_string));
+    }
+    let auth_chain = auth_chain(&fed, wanted).await?;
+    tracing::info!(room = %room, %user, %origin, "remote user joined through this server");
+    Ok(Json(json!({
+        "origin": fed.server_name(),
+        "state": state.iter().map(|p| Value::Object(p.as_sent())).collect::<Vec<_>>(),
+        "auth_chain": auth_chain.iter().map(|p| Value::Object(p.as_sent())).collect::<Vec<_>>(),
+        "members_omitted": false,
+    })))
+}
+
+/// Every event reachable through `auth_events` from `start`.
+async fn auth_chain(fed: &Federation, start: Vec<String>) -> Result<Vec<Pdu>, Error> {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut todo = start;
+    let mut out = vec![];
+    while !todo.is_empty() {
+        todo.retain(|id| seen.insert(id.clone()));
+        if todo.is_empty() {
+            break;
+        }
+        let found = fed.hearth.store.get_events(&todo).await?;
+        todo = found
+            .iter()
+            .flat_map(|e| e.pdu.auth_events.iter().map(ToString::to_string))
+            .collect();
+        out.extend(found.into_iter().map(|e| e.pdu));
+    }
+    Ok(out)
+}
+
+impl Federation {
+    /// Joins a local user to a room this server is not in yet, through the
+    /// first of `servers` that accepts.
+    pub(crate) async fn join_remote(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        servers: &[String],
+    ) -> Result<(), FedError> {
+        let mut last = FedError::Remote("no server to join through".into());
+        for server in servers {
+            match self.join_via(server, room, user).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(%server, room = %room, error = %e, "join through this server failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn join_via(&self, server: &str, room: &RoomId, user: &UserId) -> Result<(), FedError> {
+        let versions: Vec<String> = CoreConfig::supported_room_versions()
+            .iter()
+            .map(|v| format!("ver={v}"))
+            .collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}?{}",
+            enc(room.as_str()),
+            enc(user.as_str()),
+            versions.join("&")
+        );
+        let made = self.request(server, http::Method::GET, &path, None).await?;
+        let version = made["room_version"]
+            .as_str()
+            .and_then(|v| RoomVersionId::try_from(v).ok())
+            .filter(|v| CoreConfig::supported_room_versions().contains(v))
+            .ok_or_else(|| FedError::Remote("make_join: unsupported room version".into()))?;
+        let rules = version
+            .rules()
+            .ok_or_else(|| FedError::Remote(format!("unsupported room version {version}")))?;
+        let mut event = pdu_object(&made["event"])?;
+        for field in ["signatures", "hashes"] {
+            event.remove(field);
+        }
+        let expect =
+            |field: &str, want: &str| event.get(field).and_then(|v| v.as_str()) == Some(want);
+        if !(expect("type", "m.room.member")
+            && expect("sender", user.as_str())
+            && expect("state_key", user.as_str()))
+        {
+            return Err(FedError::Remote(
+                "make_join answered with another event".into(),
+            ));
+        }
+        event.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer((now_ms() as i64).try_into().unwrap_or_default()),
+        );
+        let mut content = ruma::CanonicalJsonObject::new();
+        content.insert(
+            "membership".into(),
+            CanonicalJsonValue::String("join".into()),
+        );
+        if let Ok(Some(u)) = self.hearth.store.get_user(user.as_str()).await {
+            if let Some(n) = u.displayname {
+                content.insert("displayname".into(), CanonicalJsonValue::String(n));
+            }
+            if let Some(a) = u.avatar_url {
+                content.insert("avatar_url".into(), CanonicalJsonValue::String(a));
+            }
+        }
+        event.insert("content".into(), CanonicalJsonValue::Object(content));
+        hash_and_sign_event(
+            self.server_name().as_str(),
+            &self.hearth.keys.key_pair,
+            &mut event,
+            &rules.redaction,
+        )
+        .map_err(|e| FedError::Remote(format!("signing the join: {e}")))?;
+        let event_id = event_id_of(&event, &version)?;
+        let signed: Value = CanonicalJsonValue::Object(event).into();
+        let path = format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            enc(room.as_str()),
+            enc(event_id.as_str())
+        );
+        let joined = self
+            .request(server, http::Method::PUT, &path, Some(&signed))
+            .await?;
+
+        // The room as the resident server has it: checked event by event,
+        // stored in depth order (each against its own auth events), then
+        // our join on top.
+        let mut events: HashMap<String, Pdu> = HashMap::new();
+        for json in joined["auth_chain"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(joined["state"].as_array().into_iter().flatten())
+        {
+            let pdu = self.check_pdu(json, &version).await?;
+            events.insert(pdu.event_id.to_string(), pdu);
+        }
+        let create = events
+            .values()
+            .find(|p| p.kind.to_string() == "m.room.create")
+            .ok_or_else(|| FedError::Remote("send_join: no create event in the state".into()))?;
+        if create.room_id != room {
+            return Err(FedError::Remote(
+                "send_join: the state is another room's".into(),
+            ));
+        }
+        let creator = create.sender.to_string();
+        if self
+            .hearth
+            .store
+            .room_version(room.as_str())
+            .await?
+            .is_none()
+        {
+            self.hearth
+                .store
+                .create_room(room.as_str(), version.as_str(), &creator)
+                .await?;
+        }
+        let mut ordered: Vec<Pdu> = events.into_values().collect();
+        ordered.sort_by_key(|p| (p.depth, p.origin_server_ts));
+        for pdu in ordered {
+            let id = pdu.event_id.clone();
+            if let Err(e) = self.hearth.accept_remote_event(pdu, false).await {
+                tracing::warn!(event = %id, error = %e, "a state event of the joined room was refused");
+            }
+        }
+        let Value::Object(map) = signed else {
+            return Err(FedError::Remote("join is not an object".into()));
+        };
+        let join = Pdu::from_json(event_id, map)
+            .map_err(|e| FedError::Remote(format!("own join: {e}")))?;
+        self.hearth.accept_remote_event(join, true).await?;
+        tracing::info!(room = %room, %user, %server, "joined a room on another server");
+        Ok(())
+    }
+}

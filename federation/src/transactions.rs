@@ -1,0 +1,317 @@
+//! Transactions: `PUT /send/{txnId}` received from other servers, and the
+//! durable outgoing queue per destination (spec/federation.md).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Extension, Json,
+    extract::{Path, State},
+};
+use hearth_client_api::error::ApiError;
+use hearth_core::{Error, ids::now_ms};
+use rand::Rng;
+use ruma::{RoomId, RoomVersionId};
+use serde_json::{Map, Value, json};
+use tokio::sync::Notify;
+
+use crate::{FedError, Federation, auth::Origin, pdu::pdu_object};
+
+/// The spec's caps on one transaction.
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+/// Answers to recent transactions, per origin, for replays.
+const REMEMBERED_TXNS: usize = 10_000;
+/// Retry delays for a destination that fails: from this, doubling…
+const BACKOFF_START: Duration = Duration::from_millis(500);
+/// …up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// A transaction as its sender names it: (origin, txn id).
+type TxnKey = (String, String);
+
+/// Answers given, and the order they were given in (oldest dropped first).
+#[derive(Default)]
+struct Answered {
+    answers: HashMap<TxnKey, Value>,
+    order: VecDeque<TxnKey>,
+}
+
+#[derive(Default)]
+pub(crate) struct Transactions {
+    answered: Mutex<Answered>,
+    /// A sender task per destination, woken when something is queued.
+    senders: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+pub(crate) async fn receive(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path(txn_id): Path<String>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    if body["origin"].as_str() != Some(origin.as_str()) {
+        return Err(Error::Forbidden(format!(
+            "transaction origin {} is not the signing server {origin}",
+            body["origin"]
+        ))
+        .into());
+    }
+    let pdus = body["pdus"].as_array().cloned().unwrap_or_default();
+    let edus = body["edus"].as_array().map_or(0, Vec::len);
+    if pdus.len() > MAX_PDUS || edus > MAX_EDUS {
+        return Err(Error::bad_json(format!(
+            "a transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+        ))
+        .into());
+    }
+    let key = (origin.to_string(), txn_id);
+    if let Some(answer) = fed.transactions.answered(&key) {
+        return Ok(Json(answer));
+    }
+    let mut results = Map::new();
+    for json in &pdus {
+        let (id, outcome) = fed.receive_pdu(origin.as_str(), json).await;
+        let entry = match outcome {
+            Ok(()) => json!({}),
+            Err(e) => {
+                tracing::info!(%origin, event = %id, error = %e, "PDU refused");
+                json!({"error": e.to_string()})
+            }
+        };
+        results.insert(id, entry);
+    }
+    let answer = json!({"pdus": results});
+    fed.transactions.remember(key, answer.clone());
+    Ok(Json(answer))
+}
+
+impl Transactions {
+    fn answered(&self, key: &TxnKey) -> Option<Value> {
+        self.answered.lock().ok()?.answers.get(key).cloned()
+    }
+
+    fn remember(&self, key: TxnKey, answer: Value) {
+        if let Ok(mut g) = self.answered.lock() {
+            if g.answers.insert(key.clone(), answer).is_none() {
+                g.order.push_back(key);
+            }
+            while g.order.len() > REMEMBERED_TXNS {
+                if let Some(old) = g.order.pop_front() {
+                    g.answers.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+impl Federation {
+    /// One PDU of a transaction: (its event id as far as known, outcome).
+    async fn receive_pdu(&self, origin: &str, json: &Value) -> (String, Result<(), FedError>) {
+        let room = json["room_id"].as_str().and_then(|r| RoomId::parse(r).ok());
+        let Some(room) = room else {
+            return (
+                "unknown".into(),
+                Err(FedError::Remote("PDU without a valid room_id".into())),
+            );
+        };
+        let version = match self.hearth.store.room_version(room.as_str()).await {
+            Ok(Some(v)) => RoomVersionId::try_from(v.as_str()).ok(),
+            Ok(None) => None,
+            Err(e) => return ("unknown".into(), Err(e.into())),
+        };
+        let Some(version) = version else {
+            return (
+                "unknown".into(),
+                Err(FedError::Remote(format!("{room} is not known here"))),
+            );
+        };
+        let id = pdu_object(json)
+            .and_then(|o| crate::pdu::event_id_of(&o, &version))
+            .map(|id| id.to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let outcome = async {
+            let pdu = self.check_pdu(json, &version).await?;
+            let owner = self.hearth.room_owner_of(&room).await?;
+            let ours = self.server_name().as_str();
+            match owner.as_deref() {
+                // We order this room: submitted events are checked against
+                // current state, appended, and relayed to every server.
+                Some(o) if o == ours => {
+                    self.hearth.accept_remote_event(pdu, true).await?;
+                }
+                // The owner relays in its order, which we keep: checked
+                // against the event's own auth events.
+                Some(o) if o == origin => {
+                    self.hearth.accept_remote_event(pdu, false).await?;
+                }
+                // Anyone else's copy: the owner's relay brings it in order.
+                _ => {
+                    tracing::debug!(event = %pdu.event_id, %origin, "not from the room's owner; waiting for its relay");
+                }
+            }
+            Ok::<(), FedError>(())
+        }
+        .await;
+        (id, outcome)
+    }
+
+    /// Makes sure a sender runs for each destination and tells it to look
+    /// at its queue.
+    pub(crate) fn wake_destinations(self: &Arc<Self>, destinations: &[String]) {
+        for d in destinations {
+            let notify = {
+                let Ok(mut senders) = self.transactions.senders.lock() else {
+                    return;
+                };
+                match senders.get(d) {
+                    Some(n) => n.clone(),
+                    None => {
+                        let n = Arc::new(Notify::new());
+                        senders.insert(d.clone(), n.clone());
+                        tokio::spawn(Arc::clone(self).send_loop(d.clone(), n.clone()));
+                        n
+                    }
+                }
+            };
+            notify.notify_one();
+        }
+    }
+
+    /// Starts a sender for every destination with something queued (after a
+    /// restart, what was not delivered goes out again).
+    pub(crate) async fn resume_queues(self: &Arc<Self>) {
+        match self.hearth.store.federation_destinations().await {
+            Ok(dests) => self.wake_destinations(&dests),
+            Err(e) => tracing::warn!(error = %e, "cannot read the federation queue"),
+        }
+    }
+
+    /// Sends a destination its queue, oldest first, one transaction at a
+    /// time; a failure is retried with jittered exponential backoff.
+    async fn send_loop(self: Arc<Self>, destination: String, notify: Arc<Notify>) {
+        let mut failures: u32 = 0;
+        loop {
+            let batch = match self
+                .hearth
+                .store
+                .federation_batch(&destination, MAX_PDUS)
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(%destination, error = %e, "cannot read the federation queue");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                // Woken when something is queued; a periodic look covers a
+                // wake-up lost to a race.
+                let _ = tokio::time::timeout(Duration::from_secs(30), notify.notified()).await;
+                continue;
+            }
+            let pdus: Vec<Value> = batch
+                .iter()
+                .filter_map(|q| serde_json::from_str(&q.pdu).ok())
+                .collect();
+            let mut upto: HashMap<usize, i64> = HashMap::new();
+            for q in &batch {
+                let e = upto.entry(q.source).or_insert(q.id);
+                *e = (*e).max(q.id);
+            }
+            let mut upto: Vec<(usize, i64)> = upto.into_iter().collect();
+            upto.sort();
+            // The same batch keeps its id across retries.
+            let txn_id = batch
+                .iter()
+                .map(|q| format!("{}.{}", q.source, q.id))
+                .collect::<Vec<_>>();
+            let txn_id = format!(
+                "{}-{}-{}",
+                txn_id.first().cloned().unwrap_or_default(),
+                txn_id.last().cloned().unwrap_or_default(),
+                batch.len()
+            );
+            let body = json!({
+                "origin": self.server_name(),
+                "origin_server_ts": now_ms(),
+                "pdus": pdus,
+                "edus": [],
+            });
+            let path = format!("/_matrix/federation/v1/send/{txn_id}");
+            let sent = self
+                .request(&destination, http::Method::PUT, &path, Some(&body))
+                .await;
+            let delivered = match &sent {
+                Ok(answer) => {
+                    for (id, r) in answer["pdus"].as_object().into_iter().flatten() {
+                        if let Some(err) = r.get("error") {
+                            tracing::warn!(%destination, event = %id, error = %err, "destination refused a PDU");
+                        }
+                    }
+                    true
+                }
+                // A request the destination will never take: dropped, or it
+                // would block everything behind it.
+                Err(FedError::Matrix { status, .. })
+                    if (400..500).contains(status) && ![401, 403, 408, 429].contains(status) =>
+                {
+                    tracing::error!(%destination, error = ?sent, "transaction refused; dropping it");
+                    true
+                }
+                Err(_) => false,
+            };
+            if delivered {
+                if failures > 0 {
+                    tracing::info!(%destination, after = failures, "destination reachable again");
+                }
+                failures = 0;
+                if let Err(e) = self.hearth.store.federation_ack(&destination, &upto).await {
+                    tracing::warn!(%destination, error = %e, "cannot clear delivered PDUs");
+                }
+                continue;
+            }
+            failures += 1;
+            let delay = backoff(failures);
+            if failures == 1 {
+                tracing::warn!(%destination, error = ?sent.err(), "destination unreachable; retrying with backoff");
+            } else {
+                tracing::debug!(%destination, failures, ?delay, "destination still unreachable");
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// The wait before retry `n` (1-based): doubling from `BACKOFF_START` up to
+/// `BACKOFF_MAX`, jittered by ±50% so many servers do not retry in step.
+fn backoff(n: u32) -> Duration {
+    let base = BACKOFF_START
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_its_cap() {
+        for n in 1..40 {
+            let d = backoff(n);
+            let base = BACKOFF_START
+                .saturating_mul(1u32 << (n - 1).min(16))
+                .min(BACKOFF_MAX);
+            assert!(
+                d >= base.mul_f64(0.5) && d <= base.mul_f64(1.5),
+                "{n}: {d:?}"
+            );
+        }
+        assert!(backoff(30) <= BACKOFF_MAX.mul_f64(1.5));
+    }
+}
