@@ -8,6 +8,9 @@
 #                    (fresh databases, dropped afterwards).
 #   BENCH_CLUSTER=1  also measures two Hearth processes on Postgres with two
 #                    event shards and Redis; users alternate between them.
+#   BENCH_FEDERATION=1  also measures two federating Hearth servers (SQLite,
+#                    TLS from a throwaway CA): each room's creator is on one,
+#                    the other members alternate, so deliveries cross servers.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -64,8 +67,37 @@ if [ "${BENCH_CLUSTER:-0}" = 1 ]; then
   done
   extra_hs+=(--hs "hearth-pg2shards-2proc=http://127.0.0.1:18303+http://127.0.0.1:18304,pid=${cpids[0]}")
 fi
+if [ "${BENCH_FEDERATION:-0}" = 1 ]; then
+  # IP-literal server names: no DNS needed; certificates name the IPs.
+  fed="$data/federation"
+  mkdir -p "$fed"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=Hearth bench CA" -keyout "$fed/ca.key" -out "$fed/ca.pem" 2>/dev/null
+  fpids=()
+  furls=()
+  for n in 1 2; do
+    ip="127.0.0.2$n"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$ip" \
+      -keyout "$fed/s$n.key" -out "$fed/s$n.csr" 2>/dev/null
+    printf 'subjectAltName=IP:%s\n' "$ip" >"$fed/s$n.ext"
+    openssl x509 -req -in "$fed/s$n.csr" -CA "$fed/ca.pem" -CAkey "$fed/ca.key" -CAcreateserial \
+      -days 2 -extfile "$fed/s$n.ext" -out "$fed/s$n.pem" 2>/dev/null
+    fport=$((18304 + n))
+    "$root/target/release/homeserver" --listen "127.0.0.1:$fport" --data-dir "$fed/data$n" --rate-limits false \
+      --server-name "$ip:18448" --federation-listen "$ip:18448" \
+      --federation-tls-cert "$fed/s$n.pem" --federation-tls-key "$fed/s$n.key" \
+      --federation-ca-files "$fed/ca.pem" >"$data/server-fed$n.log" 2>&1 &
+    fpids+=($!)
+    furls+=("http://127.0.0.1:$fport")
+    for _ in $(seq 1 100); do
+      curl -fsS "http://127.0.0.1:$fport/_matrix/client/versions" >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+  done
+  extra_hs+=(--hs "hearth-federated=${furls[0]}+${furls[1]},pid=${fpids[0]}")
+fi
 cleanup() {
-  kill "$hpid" ${ppid:-} ${cpids[@]:-} 2>/dev/null || true
+  kill "$hpid" ${ppid:-} ${cpids[@]:-} ${fpids[@]:-} 2>/dev/null || true
   SYNAPSE_DB=postgres bash "$root/scripts/synapse.sh" stop "$sport" || true
   sleep 0.5
   for db in "${dbs[@]}"; do

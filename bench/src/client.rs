@@ -9,6 +9,8 @@ pub struct Client {
     pub base: String,
     pub http: reqwest::Client,
     pub token: String,
+    /// The server part of the user's id: where rooms it creates live.
+    pub server_name: String,
 }
 
 /// Percent-encodes one path segment (room ids carry '!' and ':').
@@ -45,10 +47,16 @@ impl Client {
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         ensure!(status.is_success(), "register {localpart}: {status} {v}");
+        let user_id = v["user_id"].as_str().context("no user_id")?;
+        let server_name = user_id
+            .split_once(':')
+            .map(|(_, s)| s.to_owned())
+            .context("user_id without a server name")?;
         Ok(Client {
             base: base.to_owned(),
             http: http.clone(),
             token: v["access_token"].as_str().context("no token")?.to_owned(),
+            server_name,
         })
     }
 
@@ -85,10 +93,12 @@ impl Client {
         Ok(v["room_id"].as_str().context("no room_id")?.to_owned())
     }
 
-    pub async fn join(&self, room: &str) -> Result<()> {
+    /// Joins through `via` (the room creator's server), which matters when
+    /// that is another server than this user's.
+    pub async fn join(&self, room: &str, via: &str) -> Result<()> {
         self.call(
             reqwest::Method::POST,
-            &format!("/_matrix/client/v3/join/{}", enc(room)),
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(via)),
             Some(&json!({})),
         )
         .await?;

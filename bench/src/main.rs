@@ -20,8 +20,8 @@ use crate::scenario::{Outcome, Scenario};
 struct Args {
     /// A server to measure: NAME=URL or NAME=URL,pid=PID (the pid enables RSS
     /// sampling); NAME=URL1+URL2 spreads the users of the room scenarios over
-    /// several processes of one server. Give several; ratios are against the
-    /// first.
+    /// several processes of one server, or over federating servers (rooms
+    /// then span them). Give several; ratios are against the first.
     #[arg(long = "hs", required = true)]
     servers: Vec<String>,
     /// Scenarios to run (comma separated): unloaded, pairs, group8, rooms5, room256, idle, idle_ws.

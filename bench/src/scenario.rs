@@ -211,8 +211,9 @@ impl Scenario {
         for r in 0..self.rooms {
             let members = &users[r * self.members..(r + 1) * self.members];
             let room = members[0].create_room().await?;
+            let via = members[0].server_name.clone();
             futures::stream::iter(members[1..].iter())
-                .map(|m| m.join(&room))
+                .map(|m| m.join(&room, &via))
                 .buffer_unordered(8)
                 .try_collect::<Vec<()>>()
                 .await?;

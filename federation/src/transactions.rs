@@ -77,6 +77,14 @@ pub(crate) async fn receive(
         let (id, outcome) = fed.receive_pdu(origin.as_str(), json).await;
         let entry = match outcome {
             Ok(()) => json!({}),
+            // Not the event's fault (a database away, the room written by
+            // another process of ours): the whole transaction is refused
+            // so the sender retries it; what was applied is not applied
+            // twice.
+            Err(FedError::Core(e)) if is_transient(&e) => {
+                tracing::warn!(%origin, event = %id, error = %e, "transaction deferred");
+                return Err(Error::Unavailable(format!("cannot take {id} now: {e}")).into());
+            }
             Err(e) => {
                 tracing::info!(%origin, event = %id, error = %e, "PDU refused");
                 json!({"error": e.to_string()})
@@ -87,6 +95,19 @@ pub(crate) async fn receive(
     let answer = json!({"pdus": results});
     fed.transactions.remember(key, answer.clone());
     Ok(Json(answer))
+}
+
+/// Failures that say nothing about the event: worth a retry.
+fn is_transient(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unavailable(_)
+            | Error::NotWriter { .. }
+            | Error::LeaseLost
+            | Error::WriterUnreachable(_)
+            | Error::Superseded
+            | Error::Database(_)
+    )
 }
 
 impl Transactions {

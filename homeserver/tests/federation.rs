@@ -140,14 +140,14 @@ impl Drop for TestCa {
 
 /// Loopback addresses of this test's own (x.y random) for the federation
 /// listeners, which use fixed ports (8448, 443).
-fn loopback_block() -> [Ipv4Addr; 4] {
+fn loopback_block() -> [Ipv4Addr; 5] {
     let n = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0)
         ^ std::process::id();
     let (x, y) = (1 + (n % 250) as u8, 1 + ((n >> 8) % 250) as u8);
-    [11, 12, 13, 14].map(|h| Ipv4Addr::new(127, x, y, h))
+    [11, 12, 13, 14, 15].map(|h| Ipv4Addr::new(127, x, y, h))
 }
 
 fn free_port(ip: Ipv4Addr) -> u16 {
@@ -219,11 +219,13 @@ struct World {
     servers: Vec<Fed>,
     ca: TestCa,
     _dns: TestDns,
+    /// Where `evil.test` (played by a test) listens.
+    evil: SocketAddr,
 }
 
 impl World {
     async fn start() -> World {
-        let [ip_a, ip_b, ip_c, ip_d] = loopback_block();
+        let [ip_a, ip_b, ip_c, ip_d, ip_e] = loopback_block();
         let port_b = free_port(ip_b);
         let port_d = free_port(ip_d);
         let dns = TestDns::start(
@@ -232,6 +234,8 @@ impl World {
                 ("fed-b.test", ip_b),
                 ("c.test", ip_c),
                 ("fed-c.test", ip_c),
+                // A server the test plays itself (port 8448).
+                ("evil.test", ip_e),
             ],
             &[("_matrix-fed._tcp.b.test", port_b, "fed-b.test")],
         )
@@ -282,6 +286,7 @@ impl World {
             servers: vec![a, b, c, d],
             ca,
             _dns: dns,
+            evil: SocketAddr::new(ip_e.into(), 8448),
         }
     }
 }
@@ -754,4 +759,278 @@ async fn sends_queue_while_a_server_is_down_and_arrive_in_order_when_it_returns(
             "while b is down 2"
         ]
     );
+}
+
+/// `evil.test`, played by the test: it publishes a signing key over TLS and
+/// signs what it sends with it, so it can join a room like any server and
+/// then send PDUs that are not what they claim.
+struct EvilServer {
+    key: Ed25519KeyPair,
+    handle: axum_server::Handle<SocketAddr>,
+}
+
+impl EvilServer {
+    async fn start(world: &World) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let der = Ed25519KeyPair::generate();
+        let key = Ed25519KeyPair::from_der(&der, "evil1".into()).expect("key");
+        let published = {
+            let mut keys = object(&json!({
+                "server_name": "evil.test",
+                "valid_until_ts": now_ms() + 3_600_000,
+                "verify_keys": {"ed25519:evil1": {"key": Base64::<ruma::serde::base64::Standard>::new(key.public_key().to_vec()).encode()}},
+                "old_verify_keys": {},
+            }));
+            ruma::signatures::sign_json("evil.test", &key, &mut keys).expect("sign keys");
+            Value::from(CanonicalJsonValue::Object(keys))
+        };
+        let app = axum::Router::new()
+            .route(
+                "/_matrix/key/v2/server",
+                axum::routing::get(move || {
+                    let published = published.clone();
+                    async move { axum::Json(published) }
+                }),
+            )
+            // What a.test relays to it is taken and ignored.
+            .route(
+                "/_matrix/federation/v1/send/{txn}",
+                axum::routing::put(|| async { axum::Json(json!({"pdus": {}})) }),
+            );
+        let (cert, key_file) = world.ca.issue("evil", &["evil.test"]);
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key_file)
+            .await
+            .expect("evil tls");
+        let handle = axum_server::Handle::new();
+        let server = axum_server::bind_rustls(world.evil, tls).handle(handle.clone());
+        tokio::spawn(server.serve(app.into_make_service()));
+        handle.listening().await.expect("evil.test listening");
+        EvilServer { key, handle }
+    }
+
+    /// A request to `to` signed by evil.test; (status, body).
+    async fn request(
+        &self,
+        world: &World,
+        to: &Fed,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let (http, base) = direct(&world.ca, to);
+        let bytes = body
+            .as_ref()
+            .map(|b| serde_json::to_vec(b).expect("json"))
+            .unwrap_or_default();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(bytes.clone())
+            .expect("request");
+        let auth = XMatrix::sign_http_request(
+            &req,
+            XMatrixSigningInput::new(
+                "evil.test".try_into().expect("origin"),
+                to.name.as_str().try_into().expect("destination"),
+                &self.key,
+            ),
+        )
+        .expect("sign");
+        let mut r = http
+            .request(method.parse().expect("method"), format!("{base}{path}"))
+            .header("Authorization", auth.to_string());
+        if body.is_some() {
+            r = r.header("Content-Type", "application/json").body(bytes);
+        }
+        let resp = r.send().await.expect("request to a.test");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Hashes and signs an event as `signer` would, with `key`; its id.
+    fn sign_event(obj: &mut CanonicalJsonObject, signer: &str, key: &Ed25519KeyPair) -> String {
+        let rules = ruma::RoomVersionId::V12.rules().expect("rules");
+        ruma::signatures::hash_and_sign_event(signer, key, obj, &rules.redaction).expect("sign");
+        format!(
+            "${}",
+            ruma::signatures::reference_hash(obj, &rules).expect("hash")
+        )
+    }
+}
+
+impl Drop for EvilServer {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+#[tokio::test]
+async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted() {
+    let world = World::start().await;
+    let a = &world.servers[0];
+    let evil = EvilServer::start(&world).await;
+    let room = a
+        .user
+        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+        .await;
+
+    // evil.test joins @eve:evil.test as any server would.
+    let (s, made) = evil
+        .request(
+            &world,
+            a,
+            "GET",
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+                enc(&room),
+                enc("@eve:evil.test")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{made}");
+    let mut join = object(&made["event"]);
+    let join_id = EvilServer::sign_event(&mut join, "evil.test", &evil.key);
+    let (s, joined) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            &format!(
+                "/_matrix/federation/v2/send_join/{}/{}",
+                enc(&room),
+                enc(&join_id)
+            ),
+            Some(CanonicalJsonValue::Object(join.clone()).into()),
+        )
+        .await;
+    assert_eq!(s, 200, "{joined}");
+    let power = joined["state"]
+        .as_array()
+        .expect("state")
+        .iter()
+        .find(|e| e["type"] == "m.room.power_levels")
+        .and_then(|e| {
+            let obj = object(e);
+            Some(
+                ruma::signatures::reference_hash(
+                    &obj,
+                    &ruma::RoomVersionId::V12.rules().expect("rules"),
+                )
+                .ok()?,
+            )
+        })
+        .map(|h| format!("${h}"))
+        .expect("power levels in the state");
+    let depth = join["depth"].as_integer().map(i64::from).expect("depth") + 1;
+    let message = |sender: &str, body: &str| {
+        object(&json!({
+            "room_id": room,
+            "sender": sender,
+            "type": "m.room.message",
+            "content": {"msgtype": "m.text", "body": body},
+            "prev_events": [join_id],
+            "auth_events": [power, join_id],
+            "depth": depth,
+            "origin_server_ts": now_ms(),
+        }))
+    };
+
+    // 1. Signed properly, then its content changed: the hash no longer
+    //    matches, the signature (over the redacted form) still does.
+    let mut tampered = message("@eve:evil.test", "what eve said");
+    let tampered_id = EvilServer::sign_event(&mut tampered, "evil.test", &evil.key);
+    tampered.insert(
+        "content".into(),
+        object(&json!({"msgtype": "m.text", "body": "what eve did not say"})).into(),
+    );
+    // 2. Signed by a key evil.test never published.
+    let other =
+        Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "evil1".into()).expect("other key");
+    let mut forged_key = message("@eve:evil.test", "forged key");
+    let forged_key_id = EvilServer::sign_event(&mut forged_key, "evil.test", &other);
+    // 3. Claims to come from a.test's user: a.test never signed it.
+    let mut forged_sender = message(&a.user_id, "forged sender");
+    let forged_sender_id = EvilServer::sign_event(&mut forged_sender, "evil.test", &evil.key);
+
+    let pdus: Vec<Value> = [&tampered, &forged_key, &forged_sender]
+        .into_iter()
+        .map(|o| CanonicalJsonValue::Object(o.clone()).into())
+        .collect();
+    let txn = json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": pdus});
+    let (s, answer) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/t1",
+            Some(txn.clone()),
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(answer["pdus"][&tampered_id], json!({}), "{answer}");
+    for id in [&forged_key_id, &forged_sender_id] {
+        assert!(
+            answer["pdus"][id]["error"].is_string(),
+            "{id} accepted: {answer}"
+        );
+    }
+    // The same transaction again: the same answer, nothing new.
+    let (s, again) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/t1",
+            Some(txn),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(again, answer);
+
+    // Alice sees eve's event without its content, and neither forgery.
+    let (s, page) = a
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(s, 200, "{page}");
+    let chunk = page["chunk"].as_array().expect("chunk");
+    let stored = chunk
+        .iter()
+        .find(|e| e["event_id"] == tampered_id.as_str())
+        .unwrap_or_else(|| panic!("{tampered_id} not stored: {page}"));
+    assert_eq!(stored["content"], json!({}), "stored unredacted: {stored}");
+    for id in [&forged_key_id, &forged_sender_id] {
+        assert!(
+            chunk.iter().all(|e| e["event_id"] != id.as_str()),
+            "forgery {id} stored: {page}"
+        );
+    }
+
+    // More than 50 PDUs in one transaction is refused whole.
+    let many: Vec<Value> = (0..51).map(|_| json!({})).collect();
+    let (s, body) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/t2",
+            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": many})),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    // A transaction claiming another origin than its signer's.
+    let (s, body) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/t3",
+            Some(json!({"origin": "b.test", "origin_server_ts": now_ms(), "pdus": []})),
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
 }
