@@ -53,6 +53,9 @@ pub struct Federation {
     resolver: Arc<dns::HttpResolver>,
     keyring: KeyRing,
     transactions: transactions::Transactions,
+    /// Rooms this server is joining (a lock per room): joins of one room
+    /// run one at a time, and its relayed events wait until the room is in.
+    joining: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Federation {
@@ -78,6 +81,7 @@ impl Federation {
             resolver,
             keyring: KeyRing::default(),
             transactions: Default::default(),
+            joining: Default::default(),
         });
         let _ = hearth
             .remote
@@ -87,6 +91,24 @@ impl Federation {
             async move { fed.resume_queues().await }
         });
         Ok(fed)
+    }
+
+    /// The lock a join of `room` holds.
+    fn join_lock(&self, room: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut joining = match self.joining.lock() {
+            Ok(j) => j,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        joining.entry(room.to_owned()).or_default().clone()
+    }
+
+    /// Whether a join of `room` is under way here.
+    fn is_joining(&self, room: &str) -> bool {
+        let lock = match self.joining.lock() {
+            Ok(j) => j.get(room).cloned(),
+            Err(_) => None,
+        };
+        lock.is_some_and(|l| l.try_lock().is_err())
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {

@@ -19,7 +19,7 @@ use crate::{
     FedError, Federation,
     auth::Origin,
     enc,
-    pdu::{event_id_of, pdu_object},
+    pdu::{event_id_of, pdu_object, rules_of},
 };
 
 pub(crate) async fn make_join(
@@ -155,6 +155,8 @@ impl Federation {
     }
 
     async fn join_via(&self, server: &str, room: &RoomId, user: &UserId) -> Result<(), FedError> {
+        let lock = self.join_lock(room.as_str());
+        let _joining = lock.lock().await;
         let versions: Vec<String> = CoreConfig::supported_room_versions()
             .iter()
             .map(|v| format!("ver={v}"))
@@ -171,9 +173,7 @@ impl Federation {
             .and_then(|v| RoomVersionId::try_from(v).ok())
             .filter(|v| CoreConfig::supported_room_versions().contains(v))
             .ok_or_else(|| FedError::Remote("make_join: unsupported room version".into()))?;
-        let rules = version
-            .rules()
-            .ok_or_else(|| FedError::Remote(format!("unsupported room version {version}")))?;
+        let rules = rules_of(&version)?;
         let mut event = pdu_object(&made["event"])?;
         for field in ["signatures", "hashes"] {
             event.remove(field);

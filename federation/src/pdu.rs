@@ -6,6 +6,7 @@ use hearth_core::pdu::Pdu;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomVersionId,
     canonical_json::redact,
+    room_version_rules::RoomVersionRules,
     signatures::{
         PublicKeyMap, Verified, reference_hash, required_server_signatures_to_verify_event,
         verify_event,
@@ -18,14 +19,19 @@ use crate::{FedError, Federation};
 /// The spec's cap on a whole PDU.
 const MAX_PDU_BYTES: usize = 65536;
 
+/// The rules of a room version Hearth knows.
+pub(crate) fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules, FedError> {
+    version
+        .rules()
+        .ok_or_else(|| FedError::Remote(format!("unsupported room version {version}")))
+}
+
 /// The event id a PDU has in `version` (its reference hash).
 pub(crate) fn event_id_of(
     obj: &CanonicalJsonObject,
     version: &RoomVersionId,
 ) -> Result<OwnedEventId, FedError> {
-    let rules = version
-        .rules()
-        .ok_or_else(|| FedError::Remote(format!("unsupported room version {version}")))?;
+    let rules = rules_of(version)?;
     let hash = reference_hash(obj, &rules).map_err(|e| FedError::Remote(e.to_string()))?;
     OwnedEventId::try_from(format!("${hash}")).map_err(|e| FedError::Remote(e.to_string()))
 }
@@ -56,9 +62,7 @@ impl Federation {
         json: &Value,
         version: &RoomVersionId,
     ) -> Result<Pdu, FedError> {
-        let rules = version
-            .rules()
-            .ok_or_else(|| FedError::Remote(format!("unsupported room version {version}")))?;
+        let rules = rules_of(version)?;
         let obj = pdu_object(json)?;
         let event_id = event_id_of(&obj, version)?;
         let sent_at = match obj.get("origin_server_ts") {

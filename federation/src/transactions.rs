@@ -139,6 +139,13 @@ impl Federation {
                 Err(FedError::Remote("PDU without a valid room_id".into())),
             );
         };
+        if self.is_joining(room.as_str()) {
+            // Its state is still being stored: the sender retries shortly.
+            return (
+                "unknown".into(),
+                Err(Error::Unavailable(format!("{room} is being joined")).into()),
+            );
+        }
         let version = match self.hearth.store.room_version(room.as_str()).await {
             Ok(Some(v)) => RoomVersionId::try_from(v.as_str()).ok(),
             Ok(None) => None,

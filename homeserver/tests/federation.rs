@@ -1031,3 +1031,56 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
         .await;
     assert_eq!(s, 403, "{body}");
 }
+
+#[tokio::test]
+async fn several_users_of_one_server_join_a_remote_room_at_once() {
+    let world = World::start().await;
+    let [a, b, ..] = &world.servers[..] else {
+        unreachable!()
+    };
+    let room = a.user.create_room(json!({"preset": "public_chat"})).await;
+    let mut users = vec![];
+    for i in 0..4 {
+        users.push(b.hs.register(&format!("joiner{i}"), "pw").await);
+    }
+    let joins = users.iter().map(|u| {
+        let room = room.clone();
+        async move {
+            u.post(
+                &format!("/_matrix/client/v3/join/{}?via=a.test", enc(&room)),
+                json!({}),
+            )
+            .await
+        }
+    });
+    for (s, body) in futures::future::join_all(joins).await {
+        assert_eq!(s, 200, "{body}");
+    }
+    // Every joiner shows as joined on the owner.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, members) = a
+            .user
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/joined_members",
+                enc(&room)
+            ))
+            .await;
+        assert_eq!(s, 200, "{members}");
+        let joined = (0..4)
+            .filter(|i| {
+                members["joined"]
+                    .get(format!("@joiner{i}:b.test"))
+                    .is_some()
+            })
+            .count();
+        if joined == 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{joined} of 4 joined: {members}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

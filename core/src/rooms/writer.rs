@@ -640,6 +640,14 @@ impl Hearth {
             .into_iter()
             .map(|e| (e.pdu.event_id.to_string(), e.pdu))
             .collect();
+        // The view runs ahead of the database: an auth event another task
+        // submitted may not be durable yet, but it is in current state.
+        for p in cache.state.values() {
+            if pdu.auth_events.contains(&p.event_id) {
+                auth.entry(p.event_id.to_string())
+                    .or_insert_with(|| p.as_ref().clone());
+            }
+        }
         // Room version 12 leaves the create event out of auth_events; the
         // rules find it by the room id.
         if let Some(create) = cache
@@ -656,7 +664,8 @@ impl Hearth {
             .collect();
         if !missing.is_empty() {
             return Err(Error::Forbidden(format!(
-                "auth events not known here: {missing:?}"
+                "auth events of {} ({} by {}) not known on {}: {missing:?}",
+                pdu.event_id, pdu.kind, pdu.sender, self.config.server_name
             )));
         }
         ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {

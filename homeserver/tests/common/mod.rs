@@ -118,21 +118,8 @@ impl TestServer {
     }
 
     async fn spawn(&mut self) {
-        let mut args = vec![
-            "--listen".to_string(),
-            self.addr.clone(),
-            "--data-dir".to_string(),
-            self.data_dir.display().to_string(),
-        ];
-        if let Some(url) = &self.database_url {
-            args.extend(["--database-url".to_string(), url.clone()]);
-        }
-        if !self.database_shards.is_empty() {
-            args.extend([
-                "--database-shards".to_string(),
-                self.database_shards.join(","),
-            ]);
-        }
+        let mut args = vec!["--listen".to_string(), self.addr.clone()];
+        args.extend(self.data_args());
         if !self.extra_args.iter().any(|a| a == "--rate-limits") {
             args.extend(["--rate-limits".to_string(), "false".to_string()]);
         }
@@ -140,7 +127,12 @@ impl TestServer {
         let child = Command::new(binary())
             .args(&args)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            // The server logs to stdout: HEARTH_TEST_LOGS=1 shows it.
+            .stdout(if std::env::var_os("HEARTH_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn homeserver");

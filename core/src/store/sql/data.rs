@@ -11,7 +11,6 @@ macro_rules! impl_data_store {
         use crate::store::sql::now_ms;
         use crate::{
             Result,
-            Error,
             store::{
                 AccountDataRecord, DataStore, MediaRecord, QueuedPdu, ReceiptRecord,
                 StoredServerKey,
@@ -238,30 +237,7 @@ macro_rules! impl_data_store {
             ) -> Result<()> {
                 let mut tx = self.writer.begin().await?;
                 if let Some((user, device, txn_id)) = &txn {
-                    let claimed = sqlx::query(
-                        "INSERT INTO txn_ids (room_id, user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4, $5)
-                         ON CONFLICT (room_id, user_id, device_id, txn_id) DO NOTHING",
-                    )
-                    .bind(room_id)
-                    .bind(user)
-                    .bind(device)
-                    .bind(txn_id)
-                    .bind(event_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if claimed == 0 {
-                        let first: String = sqlx::query_scalar(
-                            "SELECT event_id FROM txn_ids WHERE room_id = $1 AND user_id = $2 AND device_id = $3 AND txn_id = $4",
-                        )
-                        .bind(room_id)
-                        .bind(user)
-                        .bind(device)
-                        .bind(txn_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                        return Err(Error::DuplicateTransaction { event_id: first });
-                    }
+                    super::events::claim_txn(&mut *tx, room_id, (user, device, txn_id), event_id).await?;
                 }
                 for d in destinations {
                     sqlx::query("INSERT INTO federation_queue (destination, pdu) VALUES ($1, $2)")

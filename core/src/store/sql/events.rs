@@ -152,6 +152,41 @@ macro_rules! impl_commit_events {
             Ok(())
         }
 
+        /// Claims a client's transaction id in a room for an event; a retry
+        /// fails with `DuplicateTransaction` naming the first event.
+        pub(super) async fn claim_txn(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            room_id: &str,
+            (user, device, txn_id): (&str, &str, &str),
+            event_id: &str,
+        ) -> Result<()> {
+            let claimed = sqlx::query(
+                "INSERT INTO txn_ids (room_id, user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (room_id, user_id, device_id, txn_id) DO NOTHING",
+            )
+            .bind(room_id)
+            .bind(user)
+            .bind(device)
+            .bind(txn_id)
+            .bind(event_id)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                let event_id: String = sqlx::query_scalar(
+                    "SELECT event_id FROM txn_ids WHERE room_id = $1 AND user_id = $2 AND device_id = $3 AND txn_id = $4",
+                )
+                .bind(room_id)
+                .bind(user)
+                .bind(device)
+                .bind(txn_id)
+                .fetch_one(&mut *conn)
+                .await?;
+                return Err(Error::DuplicateTransaction { event_id });
+            }
+            Ok(())
+        }
+
         /// Writes one event and what it changes (state, membership, txn id).
         pub(super) async fn insert_event(conn: &mut <$db as sqlx::Database>::Connection, ev: &EventToPersist) -> Result<i64> {
             let pdu = &ev.pdu;
@@ -166,30 +201,7 @@ macro_rules! impl_commit_events {
             // The transaction id first: a client retry is refused here, before
             // anything else is written, and answered with the first event's id.
             if let Some((user, device, txn_id)) = &ev.txn {
-                let claimed = sqlx::query(
-                    "INSERT INTO txn_ids (room_id, user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (room_id, user_id, device_id, txn_id) DO NOTHING",
-                )
-                .bind(pdu.room_id.as_str())
-                .bind(user)
-                .bind(device)
-                .bind(txn_id)
-                .bind(pdu.event_id.as_str())
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-                if claimed == 0 {
-                    let event_id: String = sqlx::query_scalar(
-                        "SELECT event_id FROM txn_ids WHERE room_id = $1 AND user_id = $2 AND device_id = $3 AND txn_id = $4",
-                    )
-                    .bind(pdu.room_id.as_str())
-                    .bind(user)
-                    .bind(device)
-                    .bind(txn_id)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                    return Err(Error::DuplicateTransaction { event_id });
-                }
+                claim_txn(&mut *conn, pdu.room_id.as_str(), (user, device, txn_id), pdu.event_id.as_str()).await?;
             }
             let ordering: i64 = sqlx::query_scalar(
                 "INSERT INTO events (event_id, room_id, sender, event_type, state_key, depth, origin_server_ts,
