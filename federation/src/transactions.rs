@@ -12,7 +12,7 @@ use axum::{
     extract::{Path, State},
 };
 use hearth_client_api::error::ApiError;
-use hearth_core::{Error, ids::now_ms};
+use hearth_core::{Error, ids::now_ms, pdu::Pdu};
 use rand::Rng;
 use ruma::{RoomId, RoomVersionId};
 use serde_json::{Map, Value, json};
@@ -25,8 +25,9 @@ const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
 /// Answers to recent transactions, per origin, for replays.
 const REMEMBERED_TXNS: usize = 10_000;
-/// Retry delays for a destination that fails: from this, doubling…
-const BACKOFF_START: Duration = Duration::from_millis(500);
+/// Retry delays for a destination that fails (or defers a transaction while
+/// it joins a room): from this, doubling…
+const BACKOFF_START: Duration = Duration::from_millis(100);
 /// …up to this.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -72,15 +73,37 @@ pub(crate) async fn receive(
     if let Some(answer) = fed.transactions.answered(&key) {
         return Ok(Json(answer));
     }
-    let mut results = Map::new();
+    // Checked one by one, then appended in the order given and waited for
+    // together: one group commit for the whole transaction.
+    let mut outcomes: Vec<(String, Result<(), FedError>)> = vec![];
+    let mut to_append = vec![];
+    let mut appended_at = vec![];
     for json in &pdus {
-        let (id, outcome) = fed.receive_pdu(origin.as_str(), json).await;
+        let (id, checked) = fed.receive_pdu(origin.as_str(), json).await;
+        match checked {
+            Ok(Some(pdu)) => {
+                appended_at.push(outcomes.len());
+                to_append.push(pdu);
+                outcomes.push((id, Ok(())));
+            }
+            Ok(None) => outcomes.push((id, Ok(()))),
+            Err(e) => outcomes.push((id, Err(e))),
+        }
+    }
+    let appended = fed.hearth.accept_remote_events(to_append).await;
+    for (at, result) in appended_at.into_iter().zip(appended) {
+        if let Err(e) = result {
+            outcomes[at].1 = Err(e.into());
+        }
+    }
+    let mut results = Map::new();
+    for (id, outcome) in outcomes {
         let entry = match outcome {
             Ok(()) => json!({}),
             // Not the event's fault (a database away, the room written by
-            // another process of ours): the whole transaction is refused
-            // so the sender retries it; what was applied is not applied
-            // twice.
+            // another process of ours, a room being joined): the whole
+            // transaction is refused so the sender retries it; what was
+            // applied is not applied twice.
             Err(FedError::Core(e)) if is_transient(&e) => {
                 tracing::warn!(%origin, event = %id, error = %e, "transaction deferred");
                 return Err(Error::Unavailable(format!("cannot take {id} now: {e}")).into());
@@ -130,8 +153,14 @@ impl Transactions {
 }
 
 impl Federation {
-    /// One PDU of a transaction: (its event id as far as known, outcome).
-    async fn receive_pdu(&self, origin: &str, json: &Value) -> (String, Result<(), FedError>) {
+    /// Checks one PDU of a transaction: (its event id as far as known, the
+    /// event to append with whether to check it against current state, or
+    /// `None` when it is not ours to append).
+    async fn receive_pdu(
+        &self,
+        origin: &str,
+        json: &Value,
+    ) -> (String, Result<Option<(Pdu, bool)>, FedError>) {
         let room = json["room_id"].as_str().and_then(|r| RoomId::parse(r).ok());
         let Some(room) = room else {
             return (
@@ -157,31 +186,33 @@ impl Federation {
                 Err(FedError::Remote(format!("{room} is not known here"))),
             );
         };
-        let id = pdu_object(json)
-            .and_then(|o| crate::pdu::event_id_of(&o, &version))
-            .map(|id| id.to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        let pdu = match self.check_pdu(json, &version).await {
+            Ok(pdu) => pdu,
+            Err(e) => {
+                let id = pdu_object(json)
+                    .and_then(|o| crate::pdu::event_id_of(&o, &version))
+                    .map(|id| id.to_string())
+                    .unwrap_or_else(|_| "unknown".into());
+                return (id, Err(e));
+            }
+        };
+        let id = pdu.event_id.to_string();
         let outcome = async {
-            let pdu = self.check_pdu(json, &version).await?;
             let owner = self.hearth.room_owner_of(&room).await?;
             let ours = self.server_name().as_str();
-            match owner.as_deref() {
+            Ok(match owner.as_deref() {
                 // We order this room: submitted events are checked against
                 // current state, appended, and relayed to every server.
-                Some(o) if o == ours => {
-                    self.hearth.accept_remote_event(pdu, true).await?;
-                }
+                Some(o) if o == ours => Some((pdu, true)),
                 // The owner relays in its order, which we keep: checked
                 // against the event's own auth events.
-                Some(o) if o == origin => {
-                    self.hearth.accept_remote_event(pdu, false).await?;
-                }
+                Some(o) if o == origin => Some((pdu, false)),
                 // Anyone else's copy: the owner's relay brings it in order.
                 _ => {
                     tracing::debug!(event = %pdu.event_id, %origin, "not from the room's owner; waiting for its relay");
+                    None
                 }
-            }
-            Ok::<(), FedError>(())
+            })
         }
         .await;
         (id, outcome)

@@ -521,13 +521,27 @@ impl Hearth {
     /// and waits until the event is durable; then wakes whoever must hear.
     async fn submit_built(
         &self,
-        mut guard: tokio::sync::MutexGuard<'_, Option<RoomCache>>,
+        guard: tokio::sync::MutexGuard<'_, Option<RoomCache>>,
         room_id: &RoomId,
         pdu: Pdu,
         txn: Option<(ruma::OwnedUserId, String, String)>,
         relay: Vec<String>,
         rules: &RoomVersionRules,
     ) -> Result<OwnedEventId> {
+        let staged = self.stage_built(guard, pdu, txn, relay, rules).await?;
+        self.finish_staged(room_id, staged).await
+    }
+
+    /// The first half of `submit_built`: into the view and the store's
+    /// queue; the room is released on return.
+    async fn stage_built(
+        &self,
+        mut guard: tokio::sync::MutexGuard<'_, Option<RoomCache>>,
+        pdu: Pdu,
+        txn: Option<(ruma::OwnedUserId, String, String)>,
+        relay: Vec<String>,
+        rules: &RoomVersionRules,
+    ) -> Result<Staged> {
         let cache = guard
             .as_mut()
             .ok_or_else(|| Error::internal("room cache missing"))?;
@@ -579,7 +593,31 @@ impl Hearth {
             }
         }
         drop(guard);
+        Ok(Staged {
+            committed,
+            durable,
+            generation,
+            audience,
+            pdu,
+            relay,
+            rules: rules.clone(),
+        })
+    }
 
+    /// The second half of `submit_built`: waits until the event is durable,
+    /// then wakes whoever must hear of it.
+    async fn finish_staged(&self, room_id: &RoomId, staged: Staged) -> Result<OwnedEventId> {
+        let Staged {
+            committed,
+            durable,
+            generation,
+            audience,
+            pdu,
+            relay,
+            rules,
+        } = staged;
+        let event_id = pdu.event_id.clone();
+        let rules = &rules;
         let outcome = committed.await;
         if let Some(durable) = durable {
             durable.send_replace(Some(outcome.is_ok()));
@@ -619,33 +657,62 @@ impl Hearth {
     /// it was new.
     pub async fn accept_remote_event(&self, pdu: Pdu, against_current: bool) -> Result<bool> {
         let room_id = pdu.room_id.clone();
+        match self.stage_remote_event(pdu, against_current).await? {
+            Some(staged) => {
+                self.finish_staged(&room_id, staged).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Several events from other servers, appended in the order given and
+    /// waited for together (one group commit instead of one each).
+    pub async fn accept_remote_events(&self, events: Vec<(Pdu, bool)>) -> Vec<Result<bool>> {
+        let mut staged = Vec::with_capacity(events.len());
+        for (pdu, against_current) in events {
+            let room_id = pdu.room_id.clone();
+            staged.push((room_id, self.stage_remote_event(pdu, against_current).await));
+        }
+        futures::future::join_all(staged.into_iter().map(|(room_id, s)| async move {
+            match s? {
+                Some(staged) => self.finish_staged(&room_id, staged).await.map(|_| true),
+                None => Ok(false),
+            }
+        }))
+        .await
+    }
+
+    /// The checks and staging of `accept_remote_event`; `None` when the
+    /// event is here already.
+    async fn stage_remote_event(&self, pdu: Pdu, against_current: bool) -> Result<Option<Staged>> {
+        let room_id = pdu.room_id.clone();
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
         let cache = self.writable(&mut guard, room_id.as_str()).await?;
         if cache.submitted.contains(&pdu.event_id)
             || self.store.get_event(pdu.event_id.as_str()).await?.is_some()
         {
-            return Ok(false);
+            return Ok(None);
         }
         let rules = rules_for(&cache.version)?;
-        let mut auth: HashMap<String, Pdu> = self
-            .store
-            .get_events(
-                &pdu.auth_events
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>(),
-            )
-            .await?
-            .into_iter()
-            .map(|e| (e.pdu.event_id.to_string(), e.pdu))
+        // Auth events are usually current state, which the view holds (even
+        // before it is durable); the rest are read from the database.
+        let mut auth: HashMap<String, Pdu> = cache
+            .state
+            .values()
+            .filter(|p| pdu.auth_events.contains(&p.event_id))
+            .map(|p| (p.event_id.to_string(), p.as_ref().clone()))
             .collect();
-        // The view runs ahead of the database: an auth event another task
-        // submitted may not be durable yet, but it is in current state.
-        for p in cache.state.values() {
-            if pdu.auth_events.contains(&p.event_id) {
-                auth.entry(p.event_id.to_string())
-                    .or_insert_with(|| p.as_ref().clone());
+        let unseen: Vec<String> = pdu
+            .auth_events
+            .iter()
+            .map(ToString::to_string)
+            .filter(|id| !auth.contains_key(id))
+            .collect();
+        if !unseen.is_empty() {
+            for e in self.store.get_events(&unseen).await? {
+                auth.insert(e.pdu.event_id.to_string(), e.pdu);
             }
         }
         // Room version 12 leaves the create event out of auth_events; the
@@ -702,9 +769,9 @@ impl Hearth {
             Some(owner) if owner == ours => remote_servers(cache, &pdu, ours),
             _ => vec![],
         };
-        self.submit_built(guard, &room_id, pdu, None, relay, &rules)
-            .await?;
-        Ok(true)
+        self.stage_built(guard, pdu, None, relay, &rules)
+            .await
+            .map(Some)
     }
 
     async fn apply_redaction(
@@ -797,6 +864,17 @@ impl Hearth {
 }
 
 /// Users currently joined to or invited to a room, from the writer's cache.
+/// An event submitted to the store, not yet known to be durable.
+struct Staged {
+    committed: crate::store::PendingCommit,
+    durable: Option<tokio::sync::watch::Sender<Option<bool>>>,
+    generation: u64,
+    audience: Vec<String>,
+    pdu: Pdu,
+    relay: Vec<String>,
+    rules: RoomVersionRules,
+}
+
 /// The server that orders a room: its creator's (spec/federation.md).
 pub(crate) fn room_owner(cache: &RoomCache) -> Option<String> {
     cache
