@@ -128,8 +128,52 @@ impl Hearth {
                 store_typing(bus.clone(), room.as_str(), users);
             }
             self.notify_room(room).await;
+            // Our users' typing reaches the room's other servers.
+            if self.is_local(user) {
+                self.share_with_servers(
+                    room,
+                    serde_json::json!({
+                        "edu_type": "m.typing",
+                        "content": {"room_id": room, "user_id": user, "typing": timeout.is_some()},
+                    }),
+                )
+                .await;
+            }
         }
         changed
+    }
+
+    /// A local user's public read receipt, for the room's other servers.
+    pub async fn share_receipt(&self, room: &ruma::RoomId, user: &str, event_id: &str, ts: u64) {
+        let mut by_user = serde_json::Map::new();
+        by_user.insert(
+            user.to_owned(),
+            serde_json::json!({"event_ids": [event_id], "data": {"ts": ts}}),
+        );
+        let mut by_room = serde_json::Map::new();
+        by_room.insert(room.to_string(), serde_json::json!({"m.read": by_user}));
+        self.share_with_servers(
+            room,
+            serde_json::json!({"edu_type": "m.receipt", "content": by_room}),
+        )
+        .await;
+    }
+
+    /// Sends an EDU to every other server with members in the room.
+    async fn share_with_servers(&self, room: &ruma::RoomId, edu: serde_json::Value) {
+        let Some(remote) = self.remote.get() else {
+            return;
+        };
+        match self.room_servers(room).await {
+            Ok(servers) if !servers.is_empty() => remote.send_edu(&servers, edu),
+            Ok(_) => {}
+            Err(e) => warn!(room = %room, "cannot tell the room's servers: {e}"),
+        }
+    }
+
+    /// Whether a user id belongs to this server.
+    pub fn is_local(&self, user: &str) -> bool {
+        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.config.server_name)
     }
 
     /// A sync's `set_presence` (see `Presence::sync`).

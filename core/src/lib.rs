@@ -86,6 +86,9 @@ pub trait Remote: Send + Sync {
     ) -> Result<()>;
     /// Events were queued for these servers: send them.
     fn wake(&self, destinations: &[String]);
+    /// An ephemeral event (typing, a receipt) for these servers, sent with
+    /// the next transaction to each; not kept across a restart.
+    fn send_edu(&self, destinations: &[String], edu: serde_json::Value);
 }
 
 /// Hands a send to the process holding the room's writer lease.

@@ -116,6 +116,12 @@ impl hearth_core::Remote for RemoteQueries {
         }
     }
 
+    fn send_edu(&self, destinations: &[String], edu: Value) {
+        if let Ok(fed) = self.fed() {
+            fed.queue_edu(destinations, edu);
+        }
+    }
+
     async fn query_directory(&self, alias: &RoomAliasId) -> Result<Value> {
         let path = format!(
             "/_matrix/federation/v1/query/directory?room_alias={}",

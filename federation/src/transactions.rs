@@ -23,6 +23,10 @@ use crate::{FedError, Federation, auth::Origin, pdu::pdu_object};
 /// The spec's caps on one transaction.
 const MAX_PDUS: usize = 50;
 const MAX_EDUS: usize = 100;
+/// EDUs kept per destination while it is away.
+const MAX_QUEUED_EDUS: usize = 1000;
+/// How long a remote user's typing lasts unless renewed or stopped.
+const REMOTE_TYPING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answers to recent transactions, per origin, for replays.
 const REMEMBERED_TXNS: usize = 10_000;
 /// Retry delays for a destination that fails (or defers a transaction while
@@ -41,9 +45,13 @@ struct Answered {
     order: VecDeque<TxnKey>,
 }
 
-#[derive(Default)]
 pub(crate) struct Transactions {
     answered: Mutex<Answered>,
+    /// EDUs waiting for the next transaction to each destination.
+    edus: Mutex<HashMap<String, VecDeque<Value>>>,
+    /// Outgoing transaction ids: when this process started, and a counter.
+    started_ms: u64,
+    sequence: std::sync::atomic::AtomicU64,
     /// A sender task per destination, woken when something is queued.
     senders: Mutex<HashMap<String, Arc<Notify>>>,
 }
@@ -115,6 +123,9 @@ pub(crate) async fn receive(
         };
         results.insert(id, entry);
     }
+    if let Some(edus) = body["edus"].as_array() {
+        fed.receive_edus(origin.as_str(), edus).await;
+    }
     let answer = json!({"pdus": results});
     fed.transactions.remember(key, answer.clone());
     Ok(Json(answer))
@@ -133,7 +144,30 @@ fn is_transient(e: &Error) -> bool {
     )
 }
 
+impl Default for Transactions {
+    fn default() -> Self {
+        Self {
+            answered: Mutex::default(),
+            edus: Mutex::default(),
+            started_ms: now_ms(),
+            sequence: Default::default(),
+            senders: Mutex::default(),
+        }
+    }
+}
+
 impl Transactions {
+    fn take_edus(&self, destination: &str, max: usize) -> Vec<Value> {
+        let Ok(mut edus) = self.edus.lock() else {
+            return vec![];
+        };
+        let Some(queue) = edus.get_mut(destination) else {
+            return vec![];
+        };
+        let n = queue.len().min(max);
+        queue.drain(..n).collect()
+    }
+
     fn answered(&self, key: &TxnKey) -> Option<Value> {
         self.answered.lock().ok()?.answers.get(key).cloned()
     }
@@ -253,57 +287,31 @@ impl Federation {
     /// time; a failure is retried with jittered exponential backoff.
     async fn send_loop(self: Arc<Self>, destination: String, notify: Arc<Notify>) {
         let mut failures: u32 = 0;
+        // The transaction being delivered: retried as it is, same id and
+        // body, until the destination takes it.
+        let mut pending: Option<Outgoing> = None;
         loop {
-            let batch = match self
-                .hearth
-                .store
-                .federation_batch(&destination, MAX_PDUS)
-                .await
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(%destination, error = %e, "cannot read the federation queue");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
+            let txn = match pending.take() {
+                Some(t) => t,
+                None => match self.next_transaction(&destination).await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => {
+                        // Woken when something is queued; a periodic look
+                        // covers a wake-up lost to a race.
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(30), notify.notified()).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%destination, error = %e, "cannot read the federation queue");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
             };
-            if batch.is_empty() {
-                // Woken when something is queued; a periodic look covers a
-                // wake-up lost to a race.
-                let _ = tokio::time::timeout(Duration::from_secs(30), notify.notified()).await;
-                continue;
-            }
-            let pdus: Vec<Value> = batch
-                .iter()
-                .filter_map(|q| serde_json::from_str(&q.pdu).ok())
-                .collect();
-            let mut upto: HashMap<usize, i64> = HashMap::new();
-            for q in &batch {
-                let e = upto.entry(q.source).or_insert(q.id);
-                *e = (*e).max(q.id);
-            }
-            let mut upto: Vec<(usize, i64)> = upto.into_iter().collect();
-            upto.sort();
-            // The same batch keeps its id across retries.
-            let txn_id = batch
-                .iter()
-                .map(|q| format!("{}.{}", q.source, q.id))
-                .collect::<Vec<_>>();
-            let txn_id = format!(
-                "{}-{}-{}",
-                txn_id.first().cloned().unwrap_or_default(),
-                txn_id.last().cloned().unwrap_or_default(),
-                batch.len()
-            );
-            let body = json!({
-                "origin": self.server_name(),
-                "origin_server_ts": now_ms(),
-                "pdus": pdus,
-                "edus": [],
-            });
-            let path = format!("/_matrix/federation/v1/send/{txn_id}");
+            let path = format!("/_matrix/federation/v1/send/{}", txn.id);
             let sent = self
-                .request(&destination, http::Method::PUT, &path, Some(&body))
+                .request(&destination, http::Method::PUT, &path, Some(&txn.body))
                 .await;
             let delivered = match &sent {
                 Ok(answer) => {
@@ -329,11 +337,18 @@ impl Federation {
                     tracing::info!(%destination, after = failures, "destination reachable again");
                 }
                 failures = 0;
-                if let Err(e) = self.hearth.store.federation_ack(&destination, &upto).await {
+                if !txn.upto.is_empty()
+                    && let Err(e) = self
+                        .hearth
+                        .store
+                        .federation_ack(&destination, &txn.upto)
+                        .await
+                {
                     tracing::warn!(%destination, error = %e, "cannot clear delivered PDUs");
                 }
                 continue;
             }
+            pending = Some(txn);
             failures += 1;
             let delay = backoff(failures);
             if failures == 1 {
@@ -344,6 +359,148 @@ impl Federation {
             tokio::time::sleep(delay).await;
         }
     }
+
+    /// The next transaction for a destination: its oldest queued PDUs and
+    /// waiting EDUs; `None` when there is nothing to send.
+    async fn next_transaction(&self, destination: &str) -> Result<Option<Outgoing>, FedError> {
+        let batch = self
+            .hearth
+            .store
+            .federation_batch(destination, MAX_PDUS)
+            .await?;
+        let edus = self.transactions.take_edus(destination, MAX_EDUS);
+        if batch.is_empty() && edus.is_empty() {
+            return Ok(None);
+        }
+        let pdus: Vec<Value> = batch
+            .iter()
+            .filter_map(|q| serde_json::from_str(&q.pdu).ok())
+            .collect();
+        let mut upto: HashMap<usize, i64> = HashMap::new();
+        for q in &batch {
+            let e = upto.entry(q.source).or_insert(q.id);
+            *e = (*e).max(q.id);
+        }
+        let mut upto: Vec<(usize, i64)> = upto.into_iter().collect();
+        upto.sort();
+        let seq = self
+            .transactions
+            .sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(Outgoing {
+            // Unique per origin: this process's start and a counter.
+            id: format!("{}.{seq}", self.transactions.started_ms),
+            body: json!({
+                "origin": self.server_name(),
+                "origin_server_ts": now_ms(),
+                "pdus": pdus,
+                "edus": edus,
+            }),
+            upto,
+        }))
+    }
+
+    /// Queues an EDU for each destination and wakes their senders.
+    pub(crate) fn queue_edu(self: &Arc<Self>, destinations: &[String], edu: Value) {
+        if let Ok(mut edus) = self.transactions.edus.lock() {
+            for d in destinations {
+                let queue = edus.entry(d.clone()).or_default();
+                if queue.len() >= MAX_QUEUED_EDUS {
+                    // Ephemeral: under a long outage the oldest go first.
+                    queue.pop_front();
+                }
+                queue.push_back(edu.clone());
+            }
+        }
+        self.wake_destinations(destinations);
+    }
+
+    /// What other servers' EDUs say: typing and read receipts of their
+    /// users in rooms they share with us.
+    async fn receive_edus(&self, origin: &str, edus: &[Value]) {
+        for edu in edus {
+            let content = &edu["content"];
+            match edu["edu_type"].as_str() {
+                Some("m.typing") => {
+                    let (Some(room), Some(user)) = (
+                        content["room_id"]
+                            .as_str()
+                            .and_then(|r| RoomId::parse(r).ok()),
+                        content["user_id"].as_str(),
+                    ) else {
+                        continue;
+                    };
+                    if !self.member_from(origin, &room, user).await {
+                        continue;
+                    }
+                    let typing = content["typing"].as_bool().unwrap_or(false);
+                    let timeout = typing.then_some(REMOTE_TYPING_TIMEOUT);
+                    self.hearth.set_typing(&room, user, timeout).await;
+                }
+                Some("m.receipt") => {
+                    for (room, kinds) in content.as_object().into_iter().flatten() {
+                        let Ok(room) = RoomId::parse(room) else {
+                            continue;
+                        };
+                        for (user, receipt) in kinds["m.read"].as_object().into_iter().flatten() {
+                            if !self.member_from(origin, &room, user).await {
+                                continue;
+                            }
+                            for event_id in receipt["event_ids"].as_array().into_iter().flatten() {
+                                let Some(event_id) = event_id.as_str() else {
+                                    continue;
+                                };
+                                self.record_remote_receipt(&room, user, event_id, &receipt["data"])
+                                    .await;
+                            }
+                        }
+                    }
+                }
+                other => tracing::debug!(%origin, edu = ?other, "EDU not handled"),
+            }
+        }
+    }
+
+    /// Whether `user` belongs to `origin` and is joined to the room here.
+    async fn member_from(&self, origin: &str, room: &RoomId, user: &str) -> bool {
+        let from_origin = ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == origin);
+        from_origin
+            && matches!(
+                self.hearth.store.membership(room.as_str(), user).await,
+                Ok(Some(m)) if m.membership == "join"
+            )
+    }
+
+    async fn record_remote_receipt(&self, room: &RoomId, user: &str, event_id: &str, data: &Value) {
+        let known = matches!(
+            self.hearth.store.get_event(event_id).await,
+            Ok(Some(e)) if e.pdu.room_id == room
+        );
+        if !known {
+            return;
+        }
+        let receipt = hearth_core::store::ReceiptRecord {
+            room_id: room.to_string(),
+            receipt_type: "m.read".into(),
+            user_id: user.to_owned(),
+            thread_id: String::new(),
+            event_id: event_id.to_owned(),
+            ts: data["ts"].as_i64().unwrap_or_else(|| now_ms() as i64),
+            stream_id: 0,
+        };
+        match self.hearth.store.put_receipt(&receipt).await {
+            Ok(_) => self.hearth.notify_room(room).await,
+            Err(e) => tracing::warn!(room = %room, %user, error = %e, "cannot store a receipt"),
+        }
+    }
+}
+
+/// A transaction on its way to one destination.
+struct Outgoing {
+    id: String,
+    body: Value,
+    /// Per database, the newest queued PDU it carries (cleared once delivered).
+    upto: Vec<(usize, i64)>,
 }
 
 /// The wait before retry `n` (1-based): doubling from `BACKOFF_START` up to

@@ -698,6 +698,65 @@ async fn users_on_three_servers_share_a_room_in_its_owners_order() {
         let sent: Vec<String> = (0..5).map(|i| format!("{} {i}", f.name)).collect();
         assert_eq!(mine, sent, "{}'s messages out of their order", f.name);
     }
+
+    // Typing on b.test and a read receipt on c.test reach a.test's syncs.
+    let (s, body) = b
+        .user
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&b.user_id)
+            ),
+            json!({"typing": true, "timeout": 20000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let last = seen[0].last().expect("a message").0.clone();
+    let (s, body) = c
+        .user
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&last)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (mut typing_seen, mut receipt_seen) = (false, false);
+    let mut since: Option<String> = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(typing_seen && receipt_seen) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "typing seen: {typing_seen}, receipt seen: {receipt_seen}"
+        );
+        let path = match &since {
+            Some(t) => format!("/_matrix/client/v3/sync?timeout=1000&since={t}"),
+            None => "/_matrix/client/v3/sync".to_owned(),
+        };
+        let (s, body) = a.user.get(&path).await;
+        assert_eq!(s, 200, "{body}");
+        since = body["next_batch"].as_str().map(str::to_owned);
+        for e in body["rooms"]["join"][&room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if e["type"] == "m.typing"
+                && e["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|u| *u == b.user_id.as_str()))
+            {
+                typing_seen = true;
+            }
+            if e["type"] == "m.receipt" && e["content"][&last]["m.read"].get(&c.user_id).is_some() {
+                receipt_seen = true;
+            }
+        }
+    }
 }
 
 #[tokio::test]

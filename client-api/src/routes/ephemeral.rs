@@ -150,6 +150,10 @@ pub(crate) async fn post_receipt(
     record(h, s, &room, kind, event_id, thread_id).await?;
     // Receipts reach the room; the fully-read marker only its owner.
     h.notify_room(&room).await;
+    if kind == "m.read" && thread_id.is_none() {
+        h.share_receipt(&room, s.user_id.as_str(), event_id, now_ms())
+            .await;
+    }
     h.presence_active(s.user_id.as_str());
     Ok(())
 }

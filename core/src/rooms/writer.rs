@@ -130,6 +130,17 @@ impl Hearth {
         }
     }
 
+    /// The other servers with members joined to the room.
+    pub async fn room_servers(&self, room_id: &RoomId) -> Result<Vec<String>> {
+        let ours = self.config.server_name.to_string();
+        self.with_view(room_id.as_str(), |c| {
+            let mut servers: Vec<String> = joined_servers(c).into_iter().collect();
+            servers.retain(|s| *s != ours);
+            servers
+        })
+        .await
+    }
+
     /// The server that orders the room (its creator's).
     pub async fn room_owner_of(&self, room_id: &RoomId) -> Result<Option<String>> {
         self.with_view(room_id.as_str(), room_owner).await
@@ -883,16 +894,21 @@ pub(crate) fn room_owner(cache: &RoomCache) -> Option<String> {
         .map(|c| c.sender.server_name().to_string())
 }
 
-/// The other servers an event must reach: those of the room's joined
-/// members, and of the member an event is about.
-fn remote_servers(cache: &RoomCache, pdu: &Pdu, ours: &str) -> Vec<String> {
-    let mut servers: std::collections::BTreeSet<String> = cache
+/// The servers of the room's joined members.
+fn joined_servers(cache: &RoomCache) -> std::collections::BTreeSet<String> {
+    cache
         .state
         .iter()
         .filter(|((kind, _), p)| kind == "m.room.member" && p.membership() == Some("join"))
         .filter_map(|((_, user), _)| ruma::UserId::parse(user.as_str()).ok())
         .map(|u| u.server_name().to_string())
-        .collect();
+        .collect()
+}
+
+/// The other servers an event must reach: those of the room's joined
+/// members, and of the member an event is about.
+fn remote_servers(cache: &RoomCache, pdu: &Pdu, ours: &str) -> Vec<String> {
+    let mut servers = joined_servers(cache);
     if pdu.kind.to_string() == "m.room.member"
         && let Some(target) = pdu.state_key.as_deref()
         && let Ok(u) = ruma::UserId::parse(target)
