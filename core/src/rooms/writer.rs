@@ -667,14 +667,10 @@ impl Hearth {
     /// relays the event to every other server in the room. Returns whether
     /// it was new.
     pub async fn accept_remote_event(&self, pdu: Pdu, against_current: bool) -> Result<bool> {
-        let room_id = pdu.room_id.clone();
-        match self.stage_remote_event(pdu, against_current).await? {
-            Some(staged) => {
-                self.finish_staged(&room_id, staged).await?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        self.accept_remote_events(vec![(pdu, against_current)])
+            .await
+            .pop()
+            .unwrap_or(Ok(false))
     }
 
     /// Several events from other servers, appended in the order given and
