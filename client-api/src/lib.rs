@@ -6,6 +6,8 @@ pub mod extract;
 mod forward;
 mod routes;
 
+pub use routes::directory::public_rooms_for_server;
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{

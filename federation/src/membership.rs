@@ -28,14 +28,7 @@ pub(crate) async fn make_join(
     Path((room_id, user_id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let room = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let user = UserId::parse(&user_id).map_err(|_| Error::invalid_param("Invalid user id"))?;
-    if user.server_name() != origin {
-        return Err(
-            Error::Forbidden(format!("{origin} cannot join users of other servers")).into(),
-        );
-    }
-    let (template, version) = fed.hearth.join_template(&room, &user).await?;
+    let (template, version) = template(&fed, &origin, &room_id, &user_id, "join").await?;
     // The versions the joining server supports (none named: only "1").
     let supported: Vec<String> = query
         .unwrap_or_default()
@@ -54,15 +47,58 @@ pub(crate) async fn make_join(
     Ok(Json(json!({"event": template, "room_version": version})))
 }
 
-pub(crate) async fn send_join(
+pub(crate) async fn make_leave(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, user_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (template, version) = template(&fed, &origin, &room_id, &user_id, "leave").await?;
+    Ok(Json(json!({"event": template, "room_version": version})))
+}
+
+/// A membership template for a user of the requesting server.
+async fn template(
+    fed: &Federation,
+    origin: &ruma::ServerName,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+) -> Result<(Value, RoomVersionId), ApiError> {
+    let room = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let user = UserId::parse(user_id).map_err(|_| Error::invalid_param("Invalid user id"))?;
+    if user.server_name() != origin {
+        return Err(Error::Forbidden(format!(
+            "{origin} cannot {membership} for users of other servers"
+        ))
+        .into());
+    }
+    Ok(fed.hearth.member_template(&room, &user, membership).await?)
+}
+
+pub(crate) async fn send_leave(
     State(fed): State<Arc<Federation>>,
     Extension(Origin(origin)): Extension<Origin>,
     Path((room_id, event_id)): Path<(String, String)>,
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let room = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let pdu = membership_event(&fed, &origin, &room_id, &event_id, &body, "leave").await?;
+    fed.hearth.accept_remote_event(pdu, true).await?;
+    Ok(Json(json!({})))
+}
+
+/// A received membership event of `origin`'s user about themselves, with
+/// the id and room its path names.
+async fn membership_event(
+    fed: &Federation,
+    origin: &ruma::ServerName,
+    room_id: &str,
+    event_id: &str,
+    body: &Value,
+    membership: &str,
+) -> Result<Pdu, ApiError> {
+    let room = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
     let version = fed.hearth.room_version_of(&room).await?;
-    let pdu = fed.check_pdu(&body, &version).await?;
+    let pdu = fed.check_pdu(body, &version).await?;
     if pdu.event_id.as_str() != event_id {
         return Err(Error::bad_json(format!(
             "the event's id is {}, not {event_id}",
@@ -72,16 +108,30 @@ pub(crate) async fn send_join(
     }
     if pdu.room_id != room
         || pdu.kind.to_string() != "m.room.member"
-        || pdu.membership() != Some("join")
+        || pdu.membership() != Some(membership)
         || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
     {
-        return Err(Error::bad_json("not a join of its sender to this room").into());
-    }
-    if pdu.sender.server_name() != origin {
         return Err(
-            Error::Forbidden(format!("{origin} cannot join users of other servers")).into(),
+            Error::bad_json(format!("not a {membership} of its sender in this room")).into(),
         );
     }
+    if pdu.sender.server_name() != origin {
+        return Err(Error::Forbidden(format!(
+            "{origin} cannot {membership} for users of other servers"
+        ))
+        .into());
+    }
+    Ok(pdu)
+}
+
+pub(crate) async fn send_join(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let pdu = membership_event(&fed, &origin, &room_id, &event_id, &body, "join").await?;
+    let room = pdu.room_id.clone();
     let join_id = pdu.event_id.clone();
     let user = pdu.sender.to_string();
     fed.hearth.accept_remote_event(pdu, true).await?;

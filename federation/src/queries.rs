@@ -78,6 +78,63 @@ pub(crate) async fn directory(
     ))
 }
 
+/// `GET /event/{eventId}`: one event, for a server with members in its room
+/// (or any server, when the room's history is world-readable).
+pub(crate) async fn event(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    axum::extract::Path(event_id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let ev = fed
+        .hearth
+        .store
+        .get_event(&event_id)
+        .await?
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    let room = ev.pdu.room_id.clone();
+    let servers = fed.hearth.room_servers(&room).await?;
+    let world_readable = fed
+        .hearth
+        .room_state_event(&room, "m.room.history_visibility", "")
+        .await?
+        .is_some_and(|p| p.content_value()["history_visibility"] == "world_readable");
+    if !world_readable && !servers.iter().any(|s| s == origin.as_str()) {
+        return Err(Error::Forbidden(format!("{origin} is not in the event's room")).into());
+    }
+    Ok(Json(json!({
+        "origin": fed.server_name(),
+        "origin_server_ts": hearth_core::ids::now_ms(),
+        "pdus": [Value::Object(ev.pdu.as_sent())],
+    })))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PublicRoomsQuery {
+    limit: Option<usize>,
+    since: Option<String>,
+}
+
+pub(crate) async fn public_rooms_get(
+    State(fed): State<Arc<Federation>>,
+    Query(q): Query<PublicRoomsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    hearth_client_api::public_rooms_for_server(&fed.hearth, q.limit, q.since, None).await
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PublicRoomsBody {
+    limit: Option<usize>,
+    since: Option<String>,
+    filter: Option<Value>,
+}
+
+pub(crate) async fn public_rooms_post(
+    State(fed): State<Arc<Federation>>,
+    Json(b): Json<PublicRoomsBody>,
+) -> Result<Json<Value>, ApiError> {
+    hearth_client_api::public_rooms_for_server(&fed.hearth, b.limit, b.since, b.filter).await
+}
+
 /// Lets the client API ask other servers (core's `Remote`).
 pub(crate) struct RemoteQueries(pub Weak<Federation>);
 

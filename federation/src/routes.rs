@@ -36,6 +36,22 @@ pub fn router(fed: Arc<Federation>) -> Router {
             "/_matrix/federation/v1/send/{txn_id}",
             put(transactions::receive),
         )
+        .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(membership::make_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            put(membership::send_leave),
+        )
+        .route(
+            "/_matrix/federation/v1/event/{event_id}",
+            get(queries::event),
+        )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(queries::public_rooms_get).post(queries::public_rooms_post),
+        )
         .route_layer(from_fn_with_state(fed.clone(), auth::require_signature));
     Router::new()
         .route("/_matrix/federation/v1/version", get(version))

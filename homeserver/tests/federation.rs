@@ -930,7 +930,7 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
     let evil = EvilServer::start(&world).await;
     let room = a
         .user
-        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+        .create_room(json!({"preset": "public_chat", "room_version": "12", "visibility": "public"}))
         .await;
 
     // evil.test joins @eve:evil.test as any server would.
@@ -1065,6 +1065,100 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
             "forgery {id} stored: {page}"
         );
     }
+
+    // A server in the room may fetch its events; the published room list
+    // is there for any signed request.
+    let (s, got) = evil
+        .request(
+            &world,
+            a,
+            "GET",
+            &format!("/_matrix/federation/v1/event/{}", enc(&tampered_id)),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{got}");
+    assert_eq!(got["pdus"][0]["content"], json!({}), "{got}");
+    let (s, listed) = evil
+        .request(&world, a, "GET", "/_matrix/federation/v1/publicRooms", None)
+        .await;
+    assert_eq!(s, 200, "{listed}");
+    assert!(
+        listed["chunk"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|r| r["room_id"] == room.as_str())),
+        "{listed}"
+    );
+
+    // Eve leaves the way she joined: make_leave, then send_leave.
+    let (s, made) = evil
+        .request(
+            &world,
+            a,
+            "GET",
+            &format!(
+                "/_matrix/federation/v1/make_leave/{}/{}",
+                enc(&room),
+                enc("@eve:evil.test")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{made}");
+    let mut leave = object(&made["event"]);
+    let leave_id = EvilServer::sign_event(&mut leave, "evil.test", &evil.key);
+    let (s, left) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            &format!(
+                "/_matrix/federation/v2/send_leave/{}/{}",
+                enc(&room),
+                enc(&leave_id)
+            ),
+            Some(CanonicalJsonValue::Object(leave).into()),
+        )
+        .await;
+    assert_eq!(s, 200, "{left}");
+    let (s, members) = a
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(s, 200, "{members}");
+    assert!(
+        members["joined"].get("@eve:evil.test").is_none(),
+        "{members}"
+    );
+    // Out of the room, evil.test may no longer read its events.
+    let (s, body) = evil
+        .request(
+            &world,
+            a,
+            "GET",
+            &format!("/_matrix/federation/v1/event/{}", enc(&tampered_id)),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
+    // Nor make a template for another server's user.
+    let (s, body) = evil
+        .request(
+            &world,
+            a,
+            "GET",
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+                enc(&room),
+                enc(&a.user_id)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "{body}");
 
     // More than 50 PDUs in one transaction is refused whole.
     let many: Vec<Value> = (0..51).map(|_| json!({})).collect();

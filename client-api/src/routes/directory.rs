@@ -272,6 +272,26 @@ async fn room_entry(h: &Hearth, room_id: &str) -> ApiResult<Value> {
     Ok(entry)
 }
 
+/// This server's published rooms for another server (`/publicRooms` over
+/// federation): `limit`, `since` and a search term as for clients.
+pub async fn public_rooms_for_server(
+    h: &Hearth,
+    limit: Option<usize>,
+    since: Option<String>,
+    filter: Option<Value>,
+) -> JsonResult {
+    public_rooms(
+        h,
+        PublicRoomsBody {
+            limit,
+            since,
+            server: None,
+            filter,
+        },
+    )
+    .await
+}
+
 async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> JsonResult {
     if let Some(server) = &b.server
         && server != h.config.server_name.as_str()

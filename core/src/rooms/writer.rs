@@ -146,13 +146,15 @@ impl Hearth {
         self.with_view(room_id.as_str(), room_owner).await
     }
 
-    /// The join event another server's user would send to join the room
-    /// through this server (`make_join`): built on the room's newest event,
-    /// checked against current state. Returns it with the room version.
-    pub async fn join_template(
+    /// The membership event (join or leave) another server's user would
+    /// send through this server (`make_join`, `make_leave`): built on the
+    /// room's newest event, checked against current state. Returns it with
+    /// the room version.
+    pub async fn member_template(
         &self,
         room_id: &RoomId,
         user: &ruma::UserId,
+        membership: &str,
     ) -> Result<(Value, RoomVersionId)> {
         let (version, state, latest) = self
             .with_view(room_id.as_str(), |c| {
@@ -160,7 +162,7 @@ impl Hearth {
             })
             .await?;
         let rules = rules_for(&version)?;
-        let content = json!({"membership": "join"});
+        let content = json!({"membership": membership});
         let content_raw = serde_json::value::to_raw_value(&content)?;
         let kind = TimelineEventType::RoomMember;
         let auth_types = ruma::state_res::auth_types_for_event(
@@ -205,7 +207,7 @@ impl Hearth {
                 .get(&(t.to_string(), sk.to_owned()))
                 .map(|p| p.as_ref())
         })
-        .map_err(|e| Error::Forbidden(format!("You may not join this room: {e}")))?;
+        .map_err(|e| Error::Forbidden(format!("You may not {membership} this room: {e}")))?;
         Ok((template, version))
     }
 
