@@ -84,6 +84,14 @@ pub trait Remote: Send + Sync {
         user: &ruma::UserId,
         servers: &[String],
     ) -> Result<()>;
+    /// Asks the invitee's server to countersign an invite (`/invite` v2);
+    /// returns the event with both signatures.
+    async fn invite(
+        &self,
+        version: &ruma::RoomVersionId,
+        event: &serde_json::Map<String, serde_json::Value>,
+        invite_room_state: Vec<serde_json::Value>,
+    ) -> Result<serde_json::Map<String, serde_json::Value>>;
     /// Events were queued for these servers: send them.
     fn wake(&self, destinations: &[String]);
     /// An ephemeral event (typing, a receipt) for these servers, sent with

@@ -491,6 +491,24 @@ impl Hearth {
             {
                 out.push(inviter.pdu.to_stripped());
             }
+            // An invite from another server carries what its server showed
+            // of the room (this server knows nothing else of it yet).
+            if let Some(stripped) = ev
+                .pdu
+                .json
+                .get("unsigned")
+                .and_then(|u| u.get("invite_room_state"))
+                .and_then(Value::as_array)
+            {
+                for e in stripped {
+                    let known = out
+                        .iter()
+                        .any(|o| o["type"] == e["type"] && o["state_key"] == e["state_key"]);
+                    if !known {
+                        out.push(e.clone());
+                    }
+                }
+            }
             out.push(ev.to_client(None));
         }
         Ok(out)

@@ -162,6 +162,82 @@ pub(crate) async fn send_join(
     })))
 }
 
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: another server
+/// invites one of our users. The invite is checked, countersigned, stored
+/// for the user's sync and returned.
+pub(crate) async fn invite(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let version = body["room_version"]
+        .as_str()
+        .and_then(|v| RoomVersionId::try_from(v).ok())
+        .filter(|v| CoreConfig::supported_room_versions().contains(v))
+        .ok_or_else(|| {
+            ApiError::new(
+                http::StatusCode::BAD_REQUEST,
+                "M_INCOMPATIBLE_ROOM_VERSION",
+                format!(
+                    "room version {} is not supported here",
+                    body["room_version"]
+                ),
+            )
+        })?;
+    let room = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let pdu = fed.check_pdu(&body["event"], &version).await?;
+    let invitee = pdu.state_key.clone().unwrap_or_default();
+    if pdu.event_id.as_str() != event_id
+        || pdu.room_id != room
+        || pdu.kind.to_string() != "m.room.member"
+        || pdu.membership() != Some("invite")
+    {
+        return Err(Error::bad_json("not an invite with the id and room its path names").into());
+    }
+    if pdu.sender.server_name() != origin {
+        return Err(Error::Forbidden(format!("{origin} cannot invite for other servers")).into());
+    }
+    if !fed.hearth.is_local(&invitee) {
+        return Err(Error::invalid_param(format!("{invitee} is not a user of this server")).into());
+    }
+    match fed.hearth.store.get_user(&invitee).await? {
+        Some(u) if !u.deactivated => {}
+        _ => return Err(Error::not_found(format!("{invitee} does not exist")).into()),
+    }
+    let rules = rules_of(&version)?;
+    let mut event = pdu_object(&body["event"])?;
+    hash_and_sign_event(
+        fed.server_name().as_str(),
+        &fed.hearth.keys.key_pair,
+        &mut event,
+        &rules.redaction,
+    )
+    .map_err(|e| FedError::Remote(format!("countersigning the invite: {e}")))?;
+    let signed: Value = CanonicalJsonValue::Object(event).into();
+    let Value::Object(mut stored) = signed.clone() else {
+        return Err(Error::internal("invite is not an object").into());
+    };
+    let stripped: Vec<Value> = body["invite_room_state"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let creator = stripped
+        .iter()
+        .find(|e| e["type"] == "m.room.create")
+        .and_then(|e| e["sender"].as_str())
+        .unwrap_or(pdu.sender.as_str())
+        .to_owned();
+    stored.insert("unsigned".into(), json!({"invite_room_state": stripped}));
+    let invite = Pdu::from_json(pdu.event_id.clone(), stored)
+        .map_err(|e| Error::bad_json(format!("invite: {e}")))?;
+    fed.hearth
+        .accept_remote_invite(invite, &version, &creator)
+        .await?;
+    tracing::info!(room = %room, %invitee, %origin, "invited from another server");
+    Ok(Json(json!({"event": signed})))
+}
+
 /// Every event reachable through `auth_events` from `start`.
 async fn auth_chain(fed: &Federation, start: Vec<String>) -> Result<Vec<Pdu>, Error> {
     let mut seen: HashSet<String> = HashSet::new();
@@ -183,6 +259,74 @@ async fn auth_chain(fed: &Federation, start: Vec<String>) -> Result<Vec<Pdu>, Er
 }
 
 impl Federation {
+    /// Has the invitee's server countersign an invite; the event with both
+    /// signatures.
+    pub(crate) async fn send_invite(
+        &self,
+        version: &RoomVersionId,
+        event: &serde_json::Map<String, Value>,
+        invite_room_state: Vec<Value>,
+    ) -> Result<serde_json::Map<String, Value>, FedError> {
+        let invitee = event
+            .get("state_key")
+            .and_then(Value::as_str)
+            .and_then(|u| UserId::parse(u).ok())
+            .ok_or_else(|| FedError::Remote("invite without an invitee".into()))?;
+        let obj = pdu_object(&Value::Object(event.clone()))?;
+        let event_id = event_id_of(&obj, version)?;
+        let room = event
+            .get("room_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let path = format!(
+            "/_matrix/federation/v2/invite/{}/{}",
+            enc(room),
+            enc(event_id.as_str())
+        );
+        let body = json!({
+            "room_version": version,
+            "event": event,
+            "invite_room_state": invite_room_state,
+        });
+        let answer = self
+            .request(
+                invitee.server_name().as_str(),
+                http::Method::PUT,
+                &path,
+                Some(&body),
+            )
+            .await?;
+        // Only their signature is taken from the answer: the rest is ours.
+        let theirs = answer["event"]["signatures"][invitee.server_name().as_str()].clone();
+        if !theirs.is_object() {
+            return Err(FedError::Remote(format!(
+                "{} did not countersign the invite",
+                invitee.server_name()
+            )));
+        }
+        let mut signed = event.clone();
+        let signatures = signed.entry("signatures").or_insert_with(|| json!({}));
+        if let Some(map) = signatures.as_object_mut() {
+            map.insert(invitee.server_name().to_string(), theirs);
+        }
+        // Both signatures must verify before the invite is stored.
+        let version_rules = rules_of(version)?;
+        let check = pdu_object(&Value::Object(signed.clone()))?;
+        let mut keys = ruma::signatures::PublicKeyMap::new();
+        for server in [self.server_name().as_str(), invitee.server_name().as_str()] {
+            let set = self.server_keys_of(server, 0).await?;
+            keys.insert(server.to_owned(), set.verify_keys.clone());
+        }
+        let mut only_signatures = check.clone();
+        only_signatures.remove("unsigned");
+        let redacted =
+            ruma::canonical_json::redact(only_signatures, &version_rules.redaction, None)
+                .map_err(|e| FedError::Remote(e.to_string()))?;
+        ruma::signatures::verify_json(&keys, &redacted)
+            .map_err(|e| FedError::Unauthorized(format!("countersigned invite: {e}")))?;
+        Ok(signed)
+    }
+
     /// Joins a local user to a room this server is not in yet, through the
     /// first of `servers` that accepts.
     pub(crate) async fn join_remote(

@@ -173,6 +173,16 @@ impl hearth_core::Remote for RemoteQueries {
         }
     }
 
+    async fn invite(
+        &self,
+        version: &ruma::RoomVersionId,
+        event: &Map<String, Value>,
+        invite_room_state: Vec<Value>,
+    ) -> Result<Map<String, Value>> {
+        let fed = self.fed()?;
+        Ok(fed.send_invite(version, event, invite_room_state).await?)
+    }
+
     fn send_edu(&self, destinations: &[String], edu: Value) {
         if let Ok(fed) = self.fed() {
             fed.queue_edu(destinations, edu);

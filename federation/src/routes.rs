@@ -49,6 +49,10 @@ pub fn router(fed: Arc<Federation>) -> Router {
             get(queries::event),
         )
         .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            put(membership::invite),
+        )
+        .route(
             "/_matrix/federation/v1/publicRooms",
             get(queries::public_rooms_get).post(queries::public_rooms_post),
         )

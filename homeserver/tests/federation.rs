@@ -1237,3 +1237,64 @@ async fn several_users_of_one_server_join_a_remote_room_at_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_user_invited_from_another_server_sees_the_invite_and_joins() {
+    let world = World::start().await;
+    let [a, _, c, _] = &world.servers[..] else {
+        unreachable!()
+    };
+    // An invite-only room: c.test's user can only join once invited.
+    let room = a
+        .user
+        .create_room(json!({"preset": "private_chat", "name": "by invitation"}))
+        .await;
+    let (s, body) = c
+        .user
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via=a.test", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 403, "joined an invite-only room uninvited: {body}");
+
+    let (s, body) = a
+        .user
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": c.user_id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = c.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200, "{body}");
+    let invite = &body["rooms"]["invite"][&room]["invite_state"]["events"];
+    let events = invite
+        .as_array()
+        .unwrap_or_else(|| panic!("no invite: {body}"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "by invitation"),
+        "{invite}"
+    );
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == c.user_id.as_str()
+            && e["content"]["membership"] == "invite"),
+        "{invite}"
+    );
+
+    // Accepting: a join by room id, through the inviter's server.
+    let (s, body) = c
+        .user
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    a.user.send_text(&room, "welcome", "welcome, c").await;
+    let seen = wait_for_messages(&[a, c], &room, 1).await;
+    assert_eq!(seen[0], seen[1]);
+}

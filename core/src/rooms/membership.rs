@@ -71,6 +71,14 @@ impl Hearth {
         if let Some(server) = room_id.server_name() {
             via.push(server.to_string());
         }
+        if known {
+            // Invited from another server: the inviter's server is in.
+            for p in self.room_state(&room_id).await? {
+                if p.kind.to_string() == "m.room.member" {
+                    via.push(p.sender.server_name().to_string());
+                }
+            }
+        }
         via.retain(|s| s != self.config.server_name.as_str());
         let mut seen = std::collections::HashSet::new();
         via.retain(|s| seen.insert(s.clone()));

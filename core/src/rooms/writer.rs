@@ -482,7 +482,7 @@ impl Hearth {
                 obj["redacts"] = json!(r);
             }
         }
-        let pdu = self.sign_pdu(obj, &rules)?;
+        let mut pdu = self.sign_pdu(obj, &rules)?;
         let event_id = pdu.event_id.clone();
 
         ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, sk| {
@@ -492,6 +492,22 @@ impl Hearth {
             debug!(room = %room_id, sender = %new.sender, kind = %new.kind, "event rejected by auth rules: {e}");
             Error::Forbidden(format!("Event not allowed: {e}"))
         })?;
+
+        // An invite of another server's user needs that server's signature
+        // first (and lets it tell its user).
+        if pdu.membership() == Some("invite")
+            && let Some(target) = pdu.state_key.as_deref()
+            && !self.is_local(target)
+        {
+            let remote = self.remote.get().ok_or_else(|| {
+                Error::Forbidden("this server does not federate: cannot invite remote users".into())
+            })?;
+            let stripped = invite_room_state(cache, &pdu);
+            let signed = remote
+                .invite(&cache.version, &pdu.as_sent(), stripped)
+                .await?;
+            pdu = Pdu::from_json(event_id.clone(), signed)?;
+        }
 
         let txn = new
             .txn
@@ -673,6 +689,36 @@ impl Hearth {
             .await
             .pop()
             .unwrap_or(Ok(false))
+    }
+
+    /// An invite of one of our users to a room on another server, signed by
+    /// both servers: stored (with the room, if new here) so the user's sync
+    /// shows it. Its auth events live on the other server, so it is taken
+    /// on the two signatures alone. Returns whether it was new.
+    pub async fn accept_remote_invite(
+        &self,
+        pdu: Pdu,
+        version: &RoomVersionId,
+        creator: &str,
+    ) -> Result<bool> {
+        let room_id = pdu.room_id.clone();
+        if self.store.room_version(room_id.as_str()).await?.is_none() {
+            self.store
+                .create_room(room_id.as_str(), version.as_str(), creator)
+                .await?;
+        }
+        let handle = self.rooms.handle(room_id.as_str());
+        let mut guard = handle.lock().await;
+        let cache = self.writable(&mut guard, room_id.as_str()).await?;
+        if cache.submitted.contains(&pdu.event_id)
+            || self.store.get_event(pdu.event_id.as_str()).await?.is_some()
+        {
+            return Ok(false);
+        }
+        let rules = rules_for(&cache.version)?;
+        let staged = self.stage_built(guard, pdu, None, vec![], &rules).await?;
+        self.finish_staged(&room_id, staged).await?;
+        Ok(true)
     }
 
     /// Several events from other servers, appended in the order given and
@@ -890,6 +936,26 @@ pub(crate) fn room_owner(cache: &RoomCache) -> Option<String> {
         .state
         .get(&("m.room.create".to_owned(), String::new()))
         .map(|c| c.sender.server_name().to_string())
+}
+
+/// What an invitee sees of a room before joining: a few state events,
+/// stripped, and the inviter's membership.
+pub(crate) fn invite_room_state(cache: &RoomCache, invite: &Pdu) -> Vec<Value> {
+    let sender = invite.sender.to_string();
+    [
+        ("m.room.create", ""),
+        ("m.room.join_rules", ""),
+        ("m.room.name", ""),
+        ("m.room.avatar", ""),
+        ("m.room.canonical_alias", ""),
+        ("m.room.encryption", ""),
+        ("m.room.topic", ""),
+        ("m.room.member", sender.as_str()),
+    ]
+    .iter()
+    .filter_map(|(t, sk)| cache.state.get(&((*t).to_owned(), (*sk).to_owned())))
+    .map(|p| p.to_stripped())
+    .collect()
 }
 
 /// The servers of the room's joined members.
