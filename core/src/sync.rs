@@ -460,18 +460,10 @@ impl Hearth {
 
     async fn invite_state(&self, room_id: &RoomId, m: &MembershipRecord) -> Result<Vec<Value>> {
         let mut out = vec![];
-        for (kind, sk) in [
-            ("m.room.create", ""),
-            ("m.room.join_rules", ""),
-            ("m.room.name", ""),
-            ("m.room.avatar", ""),
-            ("m.room.canonical_alias", ""),
-            ("m.room.encryption", ""),
-            ("m.room.topic", ""),
-        ] {
+        for kind in crate::rooms::INVITE_STATE_TYPES {
             if let Some(e) = self
                 .store
-                .state_event_at(room_id.as_str(), kind, sk, m.stream_ordering)
+                .state_event_at(room_id.as_str(), kind, "", m.stream_ordering)
                 .await?
             {
                 out.push(e.pdu.to_stripped());

@@ -33,6 +33,17 @@ pub use visibility::HistoryVisibility;
 
 use crate::{Error, Result, pdu::Pdu};
 
+/// The room state (state key "") an invitee is shown before joining.
+pub(crate) const INVITE_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
 /// How long a room writer's lease lasts without renewal (renewed every third
 /// of it): how long a room waits for a writer process that died.
 pub(crate) const LEASE_TTL_MS: i64 = 6_000;

@@ -710,15 +710,20 @@ impl Hearth {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
         let cache = self.writable(&mut guard, room_id.as_str()).await?;
-        if cache.submitted.contains(&pdu.event_id)
-            || self.store.get_event(pdu.event_id.as_str()).await?.is_some()
-        {
+        if self.already_have(cache, &pdu.event_id).await? {
             return Ok(false);
         }
         let rules = rules_for(&cache.version)?;
         let staged = self.stage_built(guard, pdu, None, vec![], &rules).await?;
         self.finish_staged(&room_id, staged).await?;
         Ok(true)
+    }
+
+    /// Whether an event another server hands over is here already: durable,
+    /// or submitted by this room view and on its way.
+    async fn already_have(&self, cache: &RoomCache, event_id: &OwnedEventId) -> Result<bool> {
+        Ok(cache.submitted.contains(event_id)
+            || self.store.get_event(event_id.as_str()).await?.is_some())
     }
 
     /// Several events from other servers, appended in the order given and
@@ -745,9 +750,7 @@ impl Hearth {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
         let cache = self.writable(&mut guard, room_id.as_str()).await?;
-        if cache.submitted.contains(&pdu.event_id)
-            || self.store.get_event(pdu.event_id.as_str()).await?.is_some()
-        {
+        if self.already_have(cache, &pdu.event_id).await? {
             return Ok(None);
         }
         let rules = rules_for(&cache.version)?;
@@ -942,20 +945,13 @@ pub(crate) fn room_owner(cache: &RoomCache) -> Option<String> {
 /// stripped, and the inviter's membership.
 pub(crate) fn invite_room_state(cache: &RoomCache, invite: &Pdu) -> Vec<Value> {
     let sender = invite.sender.to_string();
-    [
-        ("m.room.create", ""),
-        ("m.room.join_rules", ""),
-        ("m.room.name", ""),
-        ("m.room.avatar", ""),
-        ("m.room.canonical_alias", ""),
-        ("m.room.encryption", ""),
-        ("m.room.topic", ""),
-        ("m.room.member", sender.as_str()),
-    ]
-    .iter()
-    .filter_map(|(t, sk)| cache.state.get(&((*t).to_owned(), (*sk).to_owned())))
-    .map(|p| p.to_stripped())
-    .collect()
+    super::INVITE_STATE_TYPES
+        .iter()
+        .map(|t| (*t, ""))
+        .chain([("m.room.member", sender.as_str())])
+        .filter_map(|(t, sk)| cache.state.get(&(t.to_owned(), sk.to_owned())))
+        .map(|p| p.to_stripped())
+        .collect()
 }
 
 /// The servers of the room's joined members.
