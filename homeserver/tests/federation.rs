@@ -906,6 +906,51 @@ impl EvilServer {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Eve's join or leave through `to`, as a server does it: `make_join`
+    /// (or `make_leave`), sign the template, `send_join` (`send_leave`).
+    /// Returns the signed event, its id and the answer to the send.
+    async fn membership(
+        &self,
+        world: &World,
+        to: &Fed,
+        room: &str,
+        membership: &str,
+    ) -> (CanonicalJsonObject, String, Value) {
+        let eve = "@eve:evil.test";
+        let versions = if membership == "join" { "?ver=12" } else { "" };
+        let (s, made) = self
+            .request(
+                world,
+                to,
+                "GET",
+                &format!(
+                    "/_matrix/federation/v1/make_{membership}/{}/{}{versions}",
+                    enc(room),
+                    enc(eve)
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "make_{membership}: {made}");
+        let mut event = object(&made["event"]);
+        let id = EvilServer::sign_event(&mut event, "evil.test", &self.key);
+        let (s, answer) = self
+            .request(
+                world,
+                to,
+                "PUT",
+                &format!(
+                    "/_matrix/federation/v2/send_{membership}/{}/{}",
+                    enc(room),
+                    enc(&id)
+                ),
+                Some(CanonicalJsonValue::Object(event.clone()).into()),
+            )
+            .await;
+        assert_eq!(s, 200, "send_{membership}: {answer}");
+        (event, id, answer)
+    }
+
     /// Hashes and signs an event as `signer` would, with `key`; its id.
     fn sign_event(obj: &mut CanonicalJsonObject, signer: &str, key: &Ed25519KeyPair) -> String {
         let rules = ruma::RoomVersionId::V12.rules().expect("rules");
@@ -934,36 +979,7 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
         .await;
 
     // evil.test joins @eve:evil.test as any server would.
-    let (s, made) = evil
-        .request(
-            &world,
-            a,
-            "GET",
-            &format!(
-                "/_matrix/federation/v1/make_join/{}/{}?ver=12",
-                enc(&room),
-                enc("@eve:evil.test")
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200, "{made}");
-    let mut join = object(&made["event"]);
-    let join_id = EvilServer::sign_event(&mut join, "evil.test", &evil.key);
-    let (s, joined) = evil
-        .request(
-            &world,
-            a,
-            "PUT",
-            &format!(
-                "/_matrix/federation/v2/send_join/{}/{}",
-                enc(&room),
-                enc(&join_id)
-            ),
-            Some(CanonicalJsonValue::Object(join.clone()).into()),
-        )
-        .await;
-    assert_eq!(s, 200, "{joined}");
+    let (join, join_id, joined) = evil.membership(&world, a, &room, "join").await;
     let power = joined["state"]
         .as_array()
         .expect("state")
@@ -1091,36 +1107,7 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
     );
 
     // Eve leaves the way she joined: make_leave, then send_leave.
-    let (s, made) = evil
-        .request(
-            &world,
-            a,
-            "GET",
-            &format!(
-                "/_matrix/federation/v1/make_leave/{}/{}",
-                enc(&room),
-                enc("@eve:evil.test")
-            ),
-            None,
-        )
-        .await;
-    assert_eq!(s, 200, "{made}");
-    let mut leave = object(&made["event"]);
-    let leave_id = EvilServer::sign_event(&mut leave, "evil.test", &evil.key);
-    let (s, left) = evil
-        .request(
-            &world,
-            a,
-            "PUT",
-            &format!(
-                "/_matrix/federation/v2/send_leave/{}/{}",
-                enc(&room),
-                enc(&leave_id)
-            ),
-            Some(CanonicalJsonValue::Object(leave).into()),
-        )
-        .await;
-    assert_eq!(s, 200, "{left}");
+    evil.membership(&world, a, &room, "leave").await;
     let (s, members) = a
         .user
         .get(&format!(
