@@ -50,6 +50,9 @@ impl ServerKeySet {
 #[derive(Default)]
 pub struct KeyRing {
     cache: Mutex<HashMap<String, Arc<ServerKeySet>>>,
+    /// This server's own keys, parsed once: they do not change while it
+    /// runs, and events it signed come back in every relay.
+    own: std::sync::OnceLock<Arc<ServerKeySet>>,
 }
 
 impl KeyRing {
@@ -65,6 +68,18 @@ impl KeyRing {
 }
 
 impl Federation {
+    fn own_key_set(&self) -> Result<Arc<ServerKeySet>, FedError> {
+        if let Some(k) = self.keyring.own.get() {
+            return Ok(k.clone());
+        }
+        let keys = Arc::new(parse_key_response(
+            self.server_name().as_str(),
+            self.own_keys(),
+            None,
+        )?);
+        Ok(self.keyring.own.get_or_init(|| keys).clone())
+    }
+
     /// A server's keys, valid at least until `min_valid_until` when they can
     /// be had; an older copy when neither the server nor a notary answers.
     pub(crate) async fn server_keys_of(
@@ -73,7 +88,7 @@ impl Federation {
         min_valid_until: u64,
     ) -> Result<Arc<ServerKeySet>, FedError> {
         if server == self.server_name().as_str() {
-            return parse_key_response(server, self.own_keys(), None).map(Arc::new);
+            return self.own_key_set();
         }
         let cached = self.keyring.cached(server);
         if let Some(k) = &cached

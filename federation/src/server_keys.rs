@@ -61,12 +61,14 @@ impl Federation {
         if ServerName::parse(server).is_err() {
             return None;
         }
+        if server == self.server_name().as_str() {
+            // Freshly signed, with a validity counted from now.
+            return Some(CanonicalJsonValue::Object(self.own_keys()).into());
+        }
         match self.server_keys_of(server, min_valid_until).await {
             Ok(keys) => {
                 let mut obj = keys.raw.clone();
-                if server != self.server_name().as_str() {
-                    self.sign(&mut obj);
-                }
+                self.sign(&mut obj);
                 Some(CanonicalJsonValue::Object(obj).into())
             }
             Err(e) => {
