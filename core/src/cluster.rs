@@ -194,6 +194,20 @@ impl Hearth {
         self.presence_changed(user, changed);
     }
 
+    /// A user of `origin` (another server) whose presence it announced.
+    pub fn set_remote_presence(
+        &self,
+        user: &str,
+        presence: &str,
+        status_msg: Option<String>,
+        last_active_ago: u64,
+    ) {
+        let changed = self
+            .presence
+            .set_remote(user, presence, status_msg, last_active_ago);
+        self.presence_changed(user, changed);
+    }
+
     /// Tells the other processes of a change (and keeps the user's state in
     /// Redis, re-written now and then while unchanged, so their heartbeats
     /// keep the key alive), and wakes syncs when others would see a change.
@@ -222,6 +236,12 @@ impl Hearth {
         }
         if changed {
             self.notifier.wake_all_local();
+            if let Some(remote) = self.remote.get()
+                && self.is_local(user)
+                && let Some(state) = self.presence.get(user)
+            {
+                remote.share_presence(user, crate::ephemeral::presence_content(&state));
+            }
         }
     }
 

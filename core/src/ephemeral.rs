@@ -168,6 +168,10 @@ pub struct PresenceState {
     /// When this state last changed here, in the sync stream's terms.
     #[serde(skip)]
     pub serial: u64,
+    /// A user of another server: their server ages them, not our clocks;
+    /// `heartbeat_ms` is when it last told us.
+    #[serde(default)]
+    pub remote: bool,
 }
 
 impl PresenceState {
@@ -178,6 +182,7 @@ impl PresenceState {
             last_active_ms: now,
             heartbeat_ms: 0,
             serial: 0,
+            remote: false,
         }
     }
 
@@ -186,6 +191,12 @@ impl PresenceState {
         self.presence == other.presence && self.status_msg == other.status_msg
     }
 }
+
+/// A remote user's presence lasts this long unless their server repeats it
+/// (servers repeat it every 25 minutes, see `REMOTE_PRESENCE_REPEAT`).
+pub const REMOTE_PRESENCE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How often our online users' presence is repeated to other servers.
+pub const REMOTE_PRESENCE_REPEAT: Duration = Duration::from_secs(25 * 60);
 
 /// When presence changes by itself.
 #[derive(Clone, Copy, Debug)]
@@ -317,6 +328,15 @@ impl Presence {
     /// What a state turns into with time alone.
     fn aged<'a>(&self, s: &'a PresenceState, now: u64) -> &'a str {
         let since = |t: u64| Duration::from_millis(now.saturating_sub(t));
+        if s.remote {
+            // Their server re-announces users who stay online; one that went
+            // quiet for this long is gone.
+            return if since(s.heartbeat_ms) > REMOTE_PRESENCE_TIMEOUT {
+                "offline"
+            } else {
+                &s.presence
+            };
+        }
         if s.presence != "offline" && since(s.heartbeat_ms) > self.times.offline_after {
             "offline"
         } else if s.presence == "online" && since(s.last_active_ms) > self.times.idle_after {
@@ -385,6 +405,7 @@ impl Presence {
         let changed = !entry.looks_like(&theirs);
         entry.presence = theirs.presence;
         entry.status_msg = theirs.status_msg;
+        entry.remote = theirs.remote;
         entry.last_active_ms = entry.last_active_ms.max(theirs.last_active_ms);
         entry.heartbeat_ms = entry.heartbeat_ms.max(theirs.heartbeat_ms);
         if changed {
@@ -392,6 +413,24 @@ impl Presence {
             g.serial = mirrored;
         }
         changed
+    }
+
+    /// A user's presence as their own server (another one) announced it.
+    /// Returns whether others would see a difference.
+    pub fn set_remote(
+        &self,
+        user: &str,
+        presence: &str,
+        status_msg: Option<String>,
+        last_active_ago: u64,
+    ) -> bool {
+        self.update(user, |s, now| {
+            s.remote = true;
+            s.presence = presence.to_owned();
+            s.status_msg = status_msg;
+            s.last_active_ms = now.saturating_sub(last_active_ago);
+            s.heartbeat_ms = now;
+        })
     }
 
     /// Takes only the newer timestamps another process recorded (its
@@ -451,7 +490,40 @@ mod tests {
             last_active_ms,
             heartbeat_ms,
             serial: 0,
+            remote: false,
         }
+    }
+
+    #[test]
+    fn a_remote_user_keeps_their_servers_word_until_it_goes_quiet() {
+        let p = Presence::default();
+        let now = now_ms();
+        let ttl = PresenceTimes::default().offline_after.as_millis() as u64;
+        assert!(p.set_remote("@r:y", "online", Some("on a train".into()), 0));
+        // Long idle and past our own heartbeat TTL: still their server's word.
+        let mut quiet = state("online", now - 10 * ttl, now - 2 * ttl);
+        quiet.remote = true;
+        p.apply("@s:y", quiet, 0);
+        assert!(p.due().is_empty(), "our clocks do not age remote users");
+        assert_eq!(p.get("@s:y").map(|s| s.presence).as_deref(), Some("online"));
+        // Not heard of for longer than servers wait between repeats: gone.
+        let mut gone = state(
+            "online",
+            now,
+            now - REMOTE_PRESENCE_TIMEOUT.as_millis() as u64 - 1,
+        );
+        gone.remote = true;
+        p.apply("@q:y", gone, 0);
+        assert_eq!(p.due(), vec!["@q:y".to_owned()]);
+        assert!(p.age("@q:y"));
+        assert_eq!(
+            p.get("@q:y").map(|s| s.presence).as_deref(),
+            Some("offline")
+        );
+        assert_eq!(
+            p.get("@r:y").and_then(|s| s.status_msg).as_deref(),
+            Some("on a train")
+        );
     }
 
     #[test]

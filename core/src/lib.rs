@@ -84,6 +84,24 @@ pub trait Remote: Send + Sync {
         user: &ruma::UserId,
         servers: &[String],
     ) -> Result<()>;
+    /// Knocks on a room this server is not in, through one of `servers`;
+    /// the knock is stored here with the room state the server returned.
+    async fn knock_remote(
+        &self,
+        room_id: &ruma::RoomId,
+        user: &ruma::UserId,
+        servers: &[String],
+        reason: Option<&str>,
+    ) -> Result<()>;
+    /// Declines an invite or withdraws a knock of a room this server is not
+    /// in (`make_leave`/`send_leave` through one of `servers`).
+    async fn leave_remote(
+        &self,
+        room_id: &ruma::RoomId,
+        user: &ruma::UserId,
+        servers: &[String],
+        reason: Option<&str>,
+    ) -> Result<()>;
     /// Asks the invitee's server to countersign an invite (`/invite` v2);
     /// returns the event with both signatures.
     async fn invite(
@@ -97,6 +115,9 @@ pub trait Remote: Send + Sync {
     /// An ephemeral event (typing, a receipt) for these servers, sent with
     /// the next transaction to each; not kept across a restart.
     fn send_edu(&self, destinations: &[String], edu: serde_json::Value);
+    /// A local user's presence changed (`content` as in `m.presence`): tell
+    /// the servers of everyone who shares a room with them.
+    fn share_presence(&self, user: &str, content: serde_json::Value);
 }
 
 /// Hands a send to the process holding the room's writer lease.

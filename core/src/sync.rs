@@ -161,6 +161,7 @@ impl Hearth {
         let mut has_data = false;
         let mut join = Map::new();
         let mut invite = Map::new();
+        let mut knock = Map::new();
         let mut leave = Map::new();
 
         let memberships = self.store.memberships_of_user(user.as_str()).await?;
@@ -307,6 +308,13 @@ impl Hearth {
                         json!({"invite_state": {"events": self.invite_state(&room_id, m).await?}}),
                     );
                 }
+                "knock" if membership_is_new => {
+                    has_data |= since.is_some();
+                    knock.insert(
+                        m.room_id.clone(),
+                        json!({"knock_state": {"events": self.invite_state(&room_id, m).await?}}),
+                    );
+                }
                 "leave" | "ban"
                     if (since.is_some() && membership_is_new)
                         || (since.is_none() && f.include_leave) =>
@@ -351,7 +359,7 @@ impl Hearth {
         has_data |= since.is_some() && !presence.is_empty();
 
         let mut body = empty_response(&upto);
-        body["rooms"] = json!({"join": join, "invite": invite, "leave": leave, "knock": {}});
+        body["rooms"] = json!({"join": join, "invite": invite, "leave": leave, "knock": knock});
         body["account_data"] = json!({"events": global_data});
         body["presence"] = json!({"events": presence});
         Ok((body, has_data))
@@ -458,6 +466,7 @@ impl Hearth {
         ))
     }
 
+    /// What an invitee or a knocker is shown of the room.
     async fn invite_state(&self, room_id: &RoomId, m: &MembershipRecord) -> Result<Vec<Value>> {
         let mut out = vec![];
         for kind in crate::rooms::INVITE_STATE_TYPES {
@@ -489,7 +498,10 @@ impl Hearth {
                 .pdu
                 .json
                 .get("unsigned")
-                .and_then(|u| u.get("invite_room_state"))
+                .and_then(|u| {
+                    u.get("invite_room_state")
+                        .or_else(|| u.get("knock_room_state"))
+                })
                 .and_then(Value::as_array)
             {
                 for e in stripped {

@@ -8,9 +8,11 @@ mod client;
 pub mod discovery;
 pub mod dns;
 mod error;
+mod history;
 mod keyring;
 mod membership;
 mod pdu;
+mod presence;
 mod queries;
 mod routes;
 mod server_keys;
@@ -90,6 +92,7 @@ impl Federation {
             let fed = fed.clone();
             async move { fed.resume_queues().await }
         });
+        tokio::spawn(fed.clone().repeat_presence());
         Ok(fed)
     }
 

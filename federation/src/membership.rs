@@ -30,13 +30,7 @@ pub(crate) async fn make_join(
 ) -> Result<Json<Value>, ApiError> {
     let (template, version) = template(&fed, &origin, &room_id, &user_id, "join").await?;
     // The versions the joining server supports (none named: only "1").
-    let supported: Vec<String> = query
-        .unwrap_or_default()
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-        .filter(|(k, _)| *k == "ver")
-        .map(|(_, v)| v.to_owned())
-        .collect();
+    let supported = crate::history::query_values(query.as_deref(), "ver");
     if !supported.iter().any(|v| v == version.as_str()) {
         return Err(ApiError::new(
             http::StatusCode::BAD_REQUEST,
@@ -45,6 +39,46 @@ pub(crate) async fn make_join(
         ));
     }
     Ok(Json(json!({"event": template, "room_version": version})))
+}
+
+/// `GET /make_knock/{roomId}/{userId}?ver=…`: a knock template, for a room
+/// whose version has knocking and a server that supports that version.
+pub(crate) async fn make_knock(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let room = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
+    let version = fed.hearth.room_version_of(&room).await?;
+    let supported = crate::history::query_values(query.as_deref(), "ver");
+    let knocking = rules_of(&version).is_ok_and(|r| r.authorization.knocking);
+    if !knocking || !supported.iter().any(|v| v == version.as_str()) {
+        return Err(ApiError::new(
+            http::StatusCode::BAD_REQUEST,
+            "M_INCOMPATIBLE_ROOM_VERSION",
+            format!("the room is version {version}: no knocking there, or not for {origin}"),
+        ));
+    }
+    let (template, version) = template(&fed, &origin, &room_id, &user_id, "knock").await?;
+    Ok(Json(json!({"event": template, "room_version": version})))
+}
+
+/// `PUT /send_knock/{roomId}/{eventId}`: stores the knock and answers with
+/// what the knocker may see of the room.
+pub(crate) async fn send_knock(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let pdu = membership_event(&fed, &origin, &room_id, &event_id, &body, "knock").await?;
+    let room = pdu.room_id.clone();
+    let user = pdu.sender.to_string();
+    fed.hearth.accept_remote_event(pdu, true).await?;
+    let state = fed.hearth.stripped_room_state(&room).await?;
+    tracing::info!(room = %room, %user, %origin, "remote user knocked");
+    Ok(Json(json!({"knock_room_state": state})))
 }
 
 pub(crate) async fn make_leave(
@@ -232,14 +266,14 @@ pub(crate) async fn invite(
     let invite = Pdu::from_json(pdu.event_id.clone(), stored)
         .map_err(|e| Error::bad_json(format!("invite: {e}")))?;
     fed.hearth
-        .accept_remote_invite(invite, &version, &creator)
+        .accept_remote_membership(invite, &version, &creator)
         .await?;
     tracing::info!(room = %room, %invitee, %origin, "invited from another server");
     Ok(Json(json!({"event": signed})))
 }
 
 /// Every event reachable through `auth_events` from `start`.
-async fn auth_chain(fed: &Federation, start: Vec<String>) -> Result<Vec<Pdu>, Error> {
+pub(crate) async fn auth_chain(fed: &Federation, start: Vec<String>) -> Result<Vec<Pdu>, Error> {
     let mut seen: HashSet<String> = HashSet::new();
     let mut todo = start;
     let mut out = vec![];
@@ -259,6 +293,196 @@ async fn auth_chain(fed: &Federation, start: Vec<String>) -> Result<Vec<Pdu>, Er
 }
 
 impl Federation {
+    /// Asks `server` for a membership event template (`make_join`,
+    /// `make_leave`, `make_knock`), fills in our user's content and signs
+    /// it. Returns the event, its id and the room's version.
+    async fn make_membership(
+        &self,
+        server: &str,
+        room: &RoomId,
+        user: &UserId,
+        membership: &str,
+        content: Value,
+    ) -> Result<(Value, ruma::OwnedEventId, RoomVersionId), FedError> {
+        let versions: Vec<String> = CoreConfig::supported_room_versions()
+            .iter()
+            .map(|v| format!("ver={v}"))
+            .collect();
+        let path = format!(
+            "/_matrix/federation/v1/make_{membership}/{}/{}?{}",
+            enc(room.as_str()),
+            enc(user.as_str()),
+            versions.join("&")
+        );
+        let made = self.request(server, http::Method::GET, &path, None).await?;
+        let version = made["room_version"]
+            .as_str()
+            .and_then(|v| RoomVersionId::try_from(v).ok())
+            .filter(|v| CoreConfig::supported_room_versions().contains(v))
+            .ok_or_else(|| {
+                FedError::Remote(format!("make_{membership}: unsupported room version"))
+            })?;
+        let rules = rules_of(&version)?;
+        let mut event = pdu_object(&made["event"])?;
+        for field in ["signatures", "hashes"] {
+            event.remove(field);
+        }
+        let expect =
+            |field: &str, want: &str| event.get(field).and_then(|v| v.as_str()) == Some(want);
+        if !(expect("type", "m.room.member")
+            && expect("sender", user.as_str())
+            && expect("state_key", user.as_str())
+            && expect("room_id", room.as_str()))
+        {
+            return Err(FedError::Remote(format!(
+                "make_{membership} answered with another event"
+            )));
+        }
+        event.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer((now_ms() as i64).try_into().unwrap_or_default()),
+        );
+        let content: CanonicalJsonValue = serde_json::from_value(content)
+            .map_err(|e| FedError::Remote(format!("membership content: {e}")))?;
+        event.insert("content".into(), content);
+        hash_and_sign_event(
+            self.server_name().as_str(),
+            &self.hearth.keys.key_pair,
+            &mut event,
+            &rules.redaction,
+        )
+        .map_err(|e| FedError::Remote(format!("signing the {membership}: {e}")))?;
+        let event_id = event_id_of(&event, &version)?;
+        Ok((CanonicalJsonValue::Object(event).into(), event_id, version))
+    }
+
+    /// `make_leave`/`send_leave` for a room this server is not in (an
+    /// invite declined, a knock withdrawn); the leave is stored here.
+    pub(crate) async fn leave_remote(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        servers: &[String],
+        reason: Option<&str>,
+    ) -> Result<(), FedError> {
+        let content = self.hearth.member_content(user, "leave", reason).await?;
+        let mut last = FedError::Remote("no server to leave through".into());
+        for server in servers {
+            let attempt = async {
+                let (signed, event_id, version) = self
+                    .make_membership(server, room, user, "leave", content.clone())
+                    .await?;
+                let path = format!(
+                    "/_matrix/federation/v2/send_leave/{}/{}",
+                    enc(room.as_str()),
+                    enc(event_id.as_str())
+                );
+                self.request(server, http::Method::PUT, &path, Some(&signed))
+                    .await?;
+                self.store_own_membership(signed, event_id, &version, None)
+                    .await
+            };
+            match attempt.await {
+                Ok(()) => {
+                    tracing::info!(room = %room, %user, %server, "left a room on another server");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::info!(%server, room = %room, error = %e, "leave through this server failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// `make_knock`/`send_knock` through the first of `servers` that
+    /// accepts; the knock is stored with the room state the server gave.
+    pub(crate) async fn knock_remote(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        servers: &[String],
+        reason: Option<&str>,
+    ) -> Result<(), FedError> {
+        let content = self.hearth.member_content(user, "knock", reason).await?;
+        let mut last = FedError::Remote("no server to knock through".into());
+        for server in servers {
+            let attempt = async {
+                let (signed, event_id, version) = self
+                    .make_membership(server, room, user, "knock", content.clone())
+                    .await?;
+                let path = format!(
+                    "/_matrix/federation/v1/send_knock/{}/{}",
+                    enc(room.as_str()),
+                    enc(event_id.as_str())
+                );
+                let answer = self
+                    .request(server, http::Method::PUT, &path, Some(&signed))
+                    .await?;
+                let state = answer["knock_room_state"].clone();
+                let state = if state.is_array() { state } else { json!([]) };
+                self.store_own_membership(
+                    signed,
+                    event_id,
+                    &version,
+                    Some(("knock_room_state", state)),
+                )
+                .await
+            };
+            match attempt.await {
+                Ok(()) => {
+                    tracing::info!(room = %room, %user, %server, "knocked on a room on another server");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::info!(%server, room = %room, error = %e, "knock through this server failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Stores our user's own membership event of a room this server is not
+    /// in, with what the other server showed of the room in `unsigned`.
+    async fn store_own_membership(
+        &self,
+        signed: Value,
+        event_id: ruma::OwnedEventId,
+        version: &RoomVersionId,
+        shown: Option<(&str, Value)>,
+    ) -> Result<(), FedError> {
+        let Value::Object(mut map) = signed else {
+            return Err(FedError::Remote("membership event is not an object".into()));
+        };
+        let mut creator = map
+            .get("sender")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if let Some((key, state)) = shown {
+            if let Some(c) = state
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["type"] == "m.room.create")
+                .and_then(|e| e["sender"].as_str())
+            {
+                creator = c.to_owned();
+            }
+            let mut unsigned = serde_json::Map::new();
+            unsigned.insert(key.to_owned(), state);
+            map.insert("unsigned".into(), Value::Object(unsigned));
+        }
+        let pdu = Pdu::from_json(event_id, map)
+            .map_err(|e| FedError::Remote(format!("own membership event: {e}")))?;
+        self.hearth
+            .accept_remote_membership(pdu, version, &creator)
+            .await?;
+        Ok(())
+    }
+
     /// Has the invitee's server countersign an invite; the event with both
     /// signatures.
     pub(crate) async fn send_invite(
@@ -351,64 +575,10 @@ impl Federation {
     async fn join_via(&self, server: &str, room: &RoomId, user: &UserId) -> Result<(), FedError> {
         let lock = self.join_lock(room.as_str());
         let _joining = lock.lock().await;
-        let versions: Vec<String> = CoreConfig::supported_room_versions()
-            .iter()
-            .map(|v| format!("ver={v}"))
-            .collect();
-        let path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?{}",
-            enc(room.as_str()),
-            enc(user.as_str()),
-            versions.join("&")
-        );
-        let made = self.request(server, http::Method::GET, &path, None).await?;
-        let version = made["room_version"]
-            .as_str()
-            .and_then(|v| RoomVersionId::try_from(v).ok())
-            .filter(|v| CoreConfig::supported_room_versions().contains(v))
-            .ok_or_else(|| FedError::Remote("make_join: unsupported room version".into()))?;
-        let rules = rules_of(&version)?;
-        let mut event = pdu_object(&made["event"])?;
-        for field in ["signatures", "hashes"] {
-            event.remove(field);
-        }
-        let expect =
-            |field: &str, want: &str| event.get(field).and_then(|v| v.as_str()) == Some(want);
-        if !(expect("type", "m.room.member")
-            && expect("sender", user.as_str())
-            && expect("state_key", user.as_str()))
-        {
-            return Err(FedError::Remote(
-                "make_join answered with another event".into(),
-            ));
-        }
-        event.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer((now_ms() as i64).try_into().unwrap_or_default()),
-        );
-        let mut content = ruma::CanonicalJsonObject::new();
-        content.insert(
-            "membership".into(),
-            CanonicalJsonValue::String("join".into()),
-        );
-        if let Ok(Some(u)) = self.hearth.store.get_user(user.as_str()).await {
-            if let Some(n) = u.displayname {
-                content.insert("displayname".into(), CanonicalJsonValue::String(n));
-            }
-            if let Some(a) = u.avatar_url {
-                content.insert("avatar_url".into(), CanonicalJsonValue::String(a));
-            }
-        }
-        event.insert("content".into(), CanonicalJsonValue::Object(content));
-        hash_and_sign_event(
-            self.server_name().as_str(),
-            &self.hearth.keys.key_pair,
-            &mut event,
-            &rules.redaction,
-        )
-        .map_err(|e| FedError::Remote(format!("signing the join: {e}")))?;
-        let event_id = event_id_of(&event, &version)?;
-        let signed: Value = CanonicalJsonValue::Object(event).into();
+        let content = self.hearth.member_content(user, "join", None).await?;
+        let (signed, event_id, version) = self
+            .make_membership(server, room, user, "join", content)
+            .await?;
         let path = format!(
             "/_matrix/federation/v2/send_join/{}/{}",
             enc(room.as_str()),

@@ -91,16 +91,7 @@ pub(crate) async fn event(
         .get_event(&event_id)
         .await?
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    let room = ev.pdu.room_id.clone();
-    let servers = fed.hearth.room_servers(&room).await?;
-    let world_readable = fed
-        .hearth
-        .room_state_event(&room, "m.room.history_visibility", "")
-        .await?
-        .is_some_and(|p| p.content_value()["history_visibility"] == "world_readable");
-    if !world_readable && !servers.iter().any(|s| s == origin.as_str()) {
-        return Err(Error::Forbidden(format!("{origin} is not in the event's room")).into());
-    }
+    crate::history::require_reader(&fed, &ev.pdu.room_id, &origin).await?;
     Ok(Json(json!({
         "origin": fed.server_name(),
         "origin_server_ts": hearth_core::ids::now_ms(),
@@ -167,6 +158,28 @@ impl hearth_core::Remote for RemoteQueries {
         Ok(fed.join_remote(room, user, servers).await?)
     }
 
+    async fn knock_remote(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        servers: &[String],
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let fed = self.fed()?;
+        Ok(fed.knock_remote(room, user, servers, reason).await?)
+    }
+
+    async fn leave_remote(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        servers: &[String],
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let fed = self.fed()?;
+        Ok(fed.leave_remote(room, user, servers, reason).await?)
+    }
+
     fn wake(&self, destinations: &[String]) {
         if let Ok(fed) = self.fed() {
             fed.wake_destinations(destinations);
@@ -186,6 +199,12 @@ impl hearth_core::Remote for RemoteQueries {
     fn send_edu(&self, destinations: &[String], edu: Value) {
         if let Ok(fed) = self.fed() {
             fed.queue_edu(destinations, edu);
+        }
+    }
+
+    fn share_presence(&self, user: &str, content: Value) {
+        if let Ok(fed) = self.fed() {
+            fed.share_presence(user, content);
         }
     }
 

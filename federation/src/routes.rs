@@ -12,7 +12,7 @@ use axum::{
 use hearth_client_api::error::ApiError;
 use serde_json::{Value, json};
 
-use crate::{Federation, auth, membership, queries, server_keys, transactions};
+use crate::{Federation, auth, history, membership, queries, server_keys, transactions};
 
 pub fn router(fed: Arc<Federation>) -> Router {
     let signed = Router::new()
@@ -45,12 +45,36 @@ pub fn router(fed: Arc<Federation>) -> Router {
             put(membership::send_leave),
         )
         .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(membership::make_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            put(membership::send_knock),
+        )
+        .route(
             "/_matrix/federation/v1/event/{event_id}",
             get(queries::event),
         )
         .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             put(membership::invite),
+        )
+        .route(
+            "/_matrix/federation/v1/state/{room_id}",
+            get(history::state),
+        )
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(history::state_ids),
+        )
+        .route(
+            "/_matrix/federation/v1/backfill/{room_id}",
+            get(history::backfill),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(history::get_missing_events),
         )
         .route(
             "/_matrix/federation/v1/publicRooms",

@@ -416,7 +416,7 @@ impl Federation {
     }
 
     /// What other servers' EDUs say: typing and read receipts of their
-    /// users in rooms they share with us.
+    /// users in rooms they share with us, and their presence.
     async fn receive_edus(&self, origin: &str, edus: &[Value]) {
         for edu in edus {
             let content = &edu["content"];
@@ -456,6 +456,7 @@ impl Federation {
                         }
                     }
                 }
+                Some("m.presence") => self.receive_presence(origin, content),
                 other => tracing::debug!(%origin, edu = ?other, "EDU not handled"),
             }
         }

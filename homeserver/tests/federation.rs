@@ -906,6 +906,10 @@ impl EvilServer {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    async fn get(&self, world: &World, to: &Fed, path: &str) -> (u16, Value) {
+        self.request(world, to, "GET", path, None).await
+    }
+
     /// Eve's join or leave through `to`, as a server does it: `make_join`
     /// (or `make_leave`), sign the template, `send_join` (`send_leave`).
     /// Returns the signed event, its id and the answer to the send.
@@ -1284,4 +1288,392 @@ async fn a_user_invited_from_another_server_sees_the_invite_and_joins() {
     a.user.send_text(&room, "welcome", "welcome, c").await;
     let seen = wait_for_messages(&[a, c], &room, 1).await;
     assert_eq!(seen[0], seen[1]);
+}
+
+/// The event ids of a list of PDUs.
+fn ids_of(pdus: &Value) -> Vec<String> {
+    pdus.as_array()
+        .unwrap_or_else(|| panic!("not a list: {pdus}"))
+        .iter()
+        .map(|p| {
+            format!(
+                "${}",
+                ruma::signatures::reference_hash(
+                    &object(p),
+                    &ruma::RoomVersionId::V12.rules().expect("rules")
+                )
+                .expect("hash")
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_server_in_the_room_reads_its_state_and_history_as_its_users_may() {
+    let world = World::start().await;
+    let a = &world.servers[0];
+    let evil = EvilServer::start(&world).await;
+    // History visible to members only from when they joined: what came
+    // before eve's join reaches evil.test redacted.
+    let room = a
+        .user
+        .create_room(json!({
+            "preset": "public_chat",
+            "room_version": "12",
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                               "content": {"history_visibility": "joined"}}],
+        }))
+        .await;
+    let before = a
+        .user
+        .send_text(&room, "before", "said before eve came")
+        .await;
+    let (_, join_id, _) = evil.membership(&world, a, &room, "join").await;
+    let mut after = vec![];
+    for i in 0..4 {
+        after.push(
+            a.user
+                .send_text(&room, &format!("after{i}"), &format!("said to eve {i}"))
+                .await,
+        );
+    }
+
+    // The state before a message: the room's state with eve in it.
+    let (s, ids) = evil
+        .get(
+            &world,
+            a,
+            &format!(
+                "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                enc(&room),
+                enc(&after[0])
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{ids}");
+    let pdu_ids: Vec<&str> = ids["pdu_ids"]
+        .as_array()
+        .expect("pdu_ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(pdu_ids.contains(&join_id.as_str()), "{ids}");
+    assert!(!pdu_ids.contains(&after[0].as_str()), "{ids}");
+    assert!(!ids["auth_chain_ids"].as_array().expect("chain").is_empty());
+    let (s, state) = evil
+        .get(
+            &world,
+            a,
+            &format!(
+                "/_matrix/federation/v1/state/{}?event_id={}",
+                enc(&room),
+                enc(&after[0])
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{state}");
+    let mut full = ids_of(&state["pdus"]);
+    full.sort();
+    let mut listed: Vec<String> = pdu_ids.iter().map(|s| s.to_string()).collect();
+    listed.sort();
+    assert_eq!(full, listed, "/state and /state_ids name the same events");
+    assert!(
+        state["pdus"]
+            .as_array()
+            .expect("pdus")
+            .iter()
+            .any(|p| p["type"] == "m.room.create"),
+        "{state}"
+    );
+    let mut chain = ids_of(&state["auth_chain"]);
+    chain.sort();
+    let mut chain_ids: Vec<String> = ids["auth_chain_ids"]
+        .as_array()
+        .expect("chain")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    chain_ids.sort();
+    assert_eq!(chain, chain_ids);
+
+    // Backfill from the newest message: newest first, through the graph.
+    let (s, back) = evil
+        .get(
+            &world,
+            a,
+            &format!(
+                "/_matrix/federation/v1/backfill/{}?v={}&limit=7",
+                enc(&room),
+                enc(after.last().expect("sent"))
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{back}");
+    let got = ids_of(&back["pdus"]);
+    assert_eq!(got.len(), 7, "{back}");
+    let mut expected: Vec<String> = after.iter().rev().cloned().collect();
+    expected.push(join_id.clone());
+    expected.push(before.clone());
+    assert_eq!(&got[..6], &expected[..], "{back}");
+    let pdus = back["pdus"].as_array().expect("pdus");
+    assert_eq!(pdus[0]["content"]["body"], "said to eve 3");
+    // Eve could not see what was said before she joined.
+    assert_eq!(pdus[5]["type"], "m.room.message");
+    assert_eq!(pdus[5]["content"], json!({}), "{}", pdus[5]);
+
+    // What lies between eve's join and the newest message, oldest first.
+    let (s, missing) = evil
+        .request(
+            &world,
+            a,
+            "POST",
+            &format!("/_matrix/federation/v1/get_missing_events/{}", enc(&room)),
+            Some(json!({
+                "earliest_events": [join_id],
+                "latest_events": [after.last()],
+                "limit": 10,
+            })),
+        )
+        .await;
+    assert_eq!(s, 200, "{missing}");
+    assert_eq!(ids_of(&missing["events"]), after[..3].to_vec(), "{missing}");
+
+    // Bad requests, and an event of no room the asker may read.
+    let (s, body) = evil
+        .get(
+            &world,
+            a,
+            &format!("/_matrix/federation/v1/state_ids/{}", enc(&room)),
+        )
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_MISSING_PARAM"))
+    );
+    let (s, _) = evil
+        .get(
+            &world,
+            a,
+            &format!(
+                "/_matrix/federation/v1/state_ids/{}?event_id=%24nope",
+                enc(&room)
+            ),
+        )
+        .await;
+    assert_eq!(s, 404);
+    let other = a
+        .user
+        .create_room(json!({"preset": "private_chat", "room_version": "12"}))
+        .await;
+    let secret = a.user.send_text(&other, "s", "not for eve").await;
+    for path in [
+        format!(
+            "/_matrix/federation/v1/state_ids/{}?event_id={}",
+            enc(&other),
+            enc(&secret)
+        ),
+        format!(
+            "/_matrix/federation/v1/backfill/{}?v={}&limit=5",
+            enc(&other),
+            enc(&secret)
+        ),
+    ] {
+        let (s, body) = evil.get(&world, a, &path).await;
+        assert_eq!(
+            (s, body["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{path}: {body}"
+        );
+    }
+}
+
+/// `who`'s membership in `room` as `viewer`'s server has it.
+async fn membership_seen(viewer: &Fed, room: &str, who: &Fed) -> Value {
+    let (s, body) = viewer
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(room),
+            enc(&who.user_id)
+        ))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn knocks_declined_invites_and_presence_cross_servers() {
+    let world = World::start().await;
+    let [a, b, c, _] = &world.servers[..] else {
+        unreachable!()
+    };
+    let knock_room = |name: &'static str| {
+        a.user.create_room(json!({
+            "preset": "private_chat",
+            "name": name,
+            "room_version": "12",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                               "content": {"join_rule": "knock"}}],
+        }))
+    };
+    let room = knock_room("knock knock").await;
+
+    // c.test's user knocks through a.test, and sees the knock in sync.
+    let (s, body) = c
+        .user
+        .post(
+            &format!("/_matrix/client/v3/knock/{}?via=a.test", enc(&room)),
+            json!({"reason": "let me in"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    let (s, sync) = c.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200, "{sync}");
+    let shown = sync["rooms"]["knock"][&room]["knock_state"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no knock in sync: {sync}"))
+        .clone();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "knock knock"),
+        "{shown:?}"
+    );
+    assert!(
+        shown.iter().any(|e| e["type"] == "m.room.member"
+            && e["state_key"] == c.user_id.as_str()
+            && e["content"]["membership"] == "knock"),
+        "{shown:?}"
+    );
+    let seen = membership_seen(a, &room, c).await;
+    assert_eq!(
+        (seen["membership"].as_str(), seen["reason"].as_str()),
+        (Some("knock"), Some("let me in")),
+        "{seen}"
+    );
+    // Knocking again while knocking is allowed; joining uninvited is not.
+    let (s, body) = c
+        .user
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via=a.test", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 403, "joined a knock room uninvited: {body}");
+
+    // a.test's user lets them in: an invite, then a join.
+    let (s, body) = a
+        .user
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": c.user_id}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = c
+        .user
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    a.user.send_text(&room, "in", "come in").await;
+    let seen = wait_for_messages(&[a, c], &room, 1).await;
+    assert_eq!(seen[0], seen[1]);
+
+    // b.test's user declines an invite, and withdraws a knock: both reach
+    // a.test, the room's server, though b.test is not in the rooms.
+    let room2 = a
+        .user
+        .create_room(json!({"preset": "private_chat", "invite": [b.user_id]}))
+        .await;
+    let (s, sync) = b.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200);
+    assert!(sync["rooms"]["invite"][&room2].is_object(), "{sync}");
+    let (s, body) = b
+        .user
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room2)),
+            json!({"reason": "no thanks"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let seen = membership_seen(a, &room2, b).await;
+    assert_eq!(seen["membership"], "leave", "{seen}");
+    assert_eq!(seen["reason"], "no thanks", "{seen}");
+    let room3 = knock_room("another door").await;
+    let (s, body) = b
+        .user
+        .post(
+            &format!("/_matrix/client/v3/knock/{}?via=a.test", enc(&room3)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(membership_seen(a, &room3, b).await["membership"], "knock");
+    let (s, body) = b
+        .user
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room3)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(membership_seen(a, &room3, b).await["membership"], "leave");
+    let (s, sync) = b.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200);
+    assert!(sync["rooms"]["knock"][&room3].is_null(), "{sync}");
+
+    // Presence: c.test's user sets a status; a.test's user, who shares the
+    // room, hears of it.
+    let (s, body) = c
+        .user
+        .put(
+            &format!("/_matrix/client/v3/presence/{}/status", enc(&c.user_id)),
+            json!({"presence": "online", "status_msg": "on a train"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, body) = a
+            .user
+            .get(&format!(
+                "/_matrix/client/v3/presence/{}/status",
+                enc(&c.user_id)
+            ))
+            .await;
+        assert_eq!(s, 200, "{body}");
+        if body["status_msg"] == "on a train" {
+            assert_eq!(body["presence"], "online", "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c's presence never reached a.test: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, sync) = a.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200);
+    let events = sync["presence"]["events"].as_array().expect("presence");
+    assert!(
+        events.iter().any(
+            |e| e["sender"] == c.user_id.as_str() && e["content"]["status_msg"] == "on a train"
+        ),
+        "{sync}"
+    );
+    // b.test shares no room with c and hears nothing of them.
+    let (s, sync) = b.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200);
+    assert!(
+        !sync["presence"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["sender"] == c.user_id.as_str()),
+        "{sync}"
+    );
 }

@@ -25,6 +25,7 @@ pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
         .route("/createRoom", post(create_room))
         .route("/join/{room}", post(join_by_id_or_alias))
+        .route("/knock/{room}", post(knock))
         .route("/rooms/{room_id}/join", post(join))
         .route("/rooms/{room_id}/leave", post(leave))
         .route("/rooms/{room_id}/invite", post(invite))
@@ -133,6 +134,24 @@ async fn join_by_id_or_alias(
 ) -> JsonResult {
     let room_id = h
         .join_anywhere(
+            &room,
+            &s.user_id,
+            b.reason.as_deref(),
+            via_servers(query.as_deref()),
+        )
+        .await?;
+    Ok(Json(json!({"room_id": room_id})))
+}
+
+async fn knock(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(room): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    JsonBody(b): JsonBody<ReasonBody>,
+) -> JsonResult {
+    let room_id = h
+        .knock_anywhere(
             &room,
             &s.user_id,
             b.reason.as_deref(),

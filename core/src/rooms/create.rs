@@ -213,7 +213,7 @@ impl Hearth {
         reason: Option<&str>,
     ) -> Result<Value> {
         let mut c = json!({"membership": membership});
-        if (membership == "join" || membership == "invite")
+        if matches!(membership, "join" | "invite" | "knock")
             && let Some(u) = self.store.get_user(user.as_str()).await?
         {
             if let Some(d) = u.displayname {

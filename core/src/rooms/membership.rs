@@ -6,6 +6,13 @@ use serde_json::Value;
 use super::NewEvent;
 use crate::{Error, Hearth, Result};
 
+/// Where a local user's membership change is made (`membership_route`).
+enum Route {
+    Here(OwnedRoomId),
+    /// Through one of these servers, over federation.
+    Through(OwnedRoomId, Vec<String>),
+}
+
 impl Hearth {
     /// Resolves `!room:server` or `#alias:server` to a room id this server knows.
     pub async fn resolve_room(&self, id_or_alias: &str) -> Result<OwnedRoomId> {
@@ -36,8 +43,74 @@ impl Hearth {
         id_or_alias: &str,
         user: &UserId,
         reason: Option<&str>,
-        mut via: Vec<String>,
+        via: Vec<String>,
     ) -> Result<OwnedRoomId> {
+        match self.membership_route(id_or_alias, via).await? {
+            Route::Here(room_id) => {
+                self.join_room(&room_id, user, reason).await?;
+                Ok(room_id)
+            }
+            Route::Through(room_id, servers) => {
+                self.remote_for(&servers)?
+                    .join_remote(&room_id, user, &servers)
+                    .await?;
+                Ok(room_id)
+            }
+        }
+    }
+
+    /// A client's knock (`POST /knock/{roomIdOrAlias}`): asks to be let
+    /// into a room whose join rule is `knock`, here or over federation.
+    pub async fn knock_anywhere(
+        &self,
+        id_or_alias: &str,
+        user: &UserId,
+        reason: Option<&str>,
+        via: Vec<String>,
+    ) -> Result<OwnedRoomId> {
+        match self.membership_route(id_or_alias, via).await? {
+            Route::Here(room_id) => {
+                match self
+                    .store
+                    .membership(room_id.as_str(), user.as_str())
+                    .await?
+                {
+                    Some(m) if m.membership == "join" => {
+                        return Err(Error::forbidden("You are already in this room"));
+                    }
+                    Some(m) if m.membership == "ban" => {
+                        return Err(Error::forbidden("You are banned from this room"));
+                    }
+                    _ => {}
+                }
+                let content = self.member_content(user, "knock", reason).await?;
+                self.send_event(
+                    &room_id,
+                    NewEvent::state(user.to_owned(), "m.room.member", user.as_str(), content),
+                )
+                .await?;
+                Ok(room_id)
+            }
+            Route::Through(room_id, servers) => {
+                self.remote_for(&servers)?
+                    .knock_remote(&room_id, user, &servers, reason)
+                    .await?;
+                Ok(room_id)
+            }
+        }
+    }
+
+    fn remote_for(&self, servers: &[String]) -> Result<&std::sync::Arc<dyn crate::Remote>> {
+        match self.remote.get() {
+            Some(remote) if !servers.is_empty() => Ok(remote),
+            _ => Err(Error::not_found("Unknown room")),
+        }
+    }
+
+    /// Where a local user's membership change in a room is made: here, when
+    /// this server orders the room or has members in it (it holds the whole
+    /// state), else through the other servers that may be in it.
+    async fn membership_route(&self, id_or_alias: &str, mut via: Vec<String>) -> Result<Route> {
         let room_id = if id_or_alias.starts_with('#') {
             let alias = RoomAliasId::parse(id_or_alias)
                 .map_err(|_| Error::invalid_param("Invalid room alias"))?;
@@ -64,35 +137,54 @@ impl Hearth {
             RoomId::parse(id_or_alias).map_err(|_| Error::invalid_param("Invalid room id"))?
         };
         let known = self.store.room_version(room_id.as_str()).await?.is_some();
-        if known && self.has_local_member(&room_id).await? {
-            self.join_room(&room_id, user, reason).await?;
-            return Ok(room_id);
+        if known && self.holds_room(&room_id).await? {
+            return Ok(Route::Here(room_id));
+        }
+        if known {
+            via.extend(self.servers_heard_from(&room_id).await?);
         }
         if let Some(server) = room_id.server_name() {
             via.push(server.to_string());
         }
-        if known {
-            // Invited from another server: the inviter's server is in.
-            for p in self.room_state(&room_id).await? {
-                if p.kind.to_string() == "m.room.member" {
-                    via.push(p.sender.server_name().to_string());
-                }
-            }
-        }
         via.retain(|s| s != self.config.server_name.as_str());
         let mut seen = std::collections::HashSet::new();
         via.retain(|s| seen.insert(s.clone()));
-        match self.remote.get() {
-            Some(remote) if !via.is_empty() => {
-                remote.join_remote(&room_id, user, &via).await?;
-                Ok(room_id)
-            }
-            _ if known => {
-                self.join_room(&room_id, user, reason).await?;
-                Ok(room_id)
-            }
-            _ => Err(Error::not_found("Unknown room")),
+        if via.is_empty() && known {
+            return Ok(Route::Here(room_id));
         }
+        Ok(Route::Through(room_id, via))
+    }
+
+    /// Whether this server has the room's whole state: it orders the room,
+    /// or one of its users is joined.
+    async fn holds_room(&self, room_id: &RoomId) -> Result<bool> {
+        let ours = self.config.server_name.as_str();
+        Ok(self.room_owner_of(room_id).await?.as_deref() == Some(ours)
+            || self.has_local_member(room_id).await?)
+    }
+
+    /// For a room known only by an invite or a knock: the servers that
+    /// told us of it (the inviter's, and the senders of the room state the
+    /// invite or knock carried).
+    async fn servers_heard_from(&self, room_id: &RoomId) -> Result<Vec<String>> {
+        let mut out = vec![];
+        for p in self.room_state(room_id).await? {
+            out.push(p.sender.server_name().to_string());
+            let stripped = p.json.get("unsigned").and_then(|u| {
+                u.get("invite_room_state")
+                    .or_else(|| u.get("knock_room_state"))
+            });
+            for e in stripped.and_then(Value::as_array).into_iter().flatten() {
+                if let Some(server) = e["sender"]
+                    .as_str()
+                    .and_then(|s| UserId::parse(s).ok())
+                    .map(|u| u.server_name().to_string())
+                {
+                    out.push(server);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Whether any user of this server is joined to the room.
@@ -170,13 +262,24 @@ impl Hearth {
             .await?
         {
             Some(m) if m.membership == "leave" => Ok(()),
-            Some(m)
-                if m.membership == "join"
-                    || m.membership == "invite"
-                    || m.membership == "knock" =>
-            {
+            Some(m) if m.membership == "join" => {
                 self.set_membership(room_id, user, user, "leave", reason)
                     .await
+            }
+            // Declining an invite or withdrawing a knock of a room this
+            // server is not in goes through a server that is.
+            Some(m) if m.membership == "invite" || m.membership == "knock" => {
+                match self.membership_route(room_id.as_str(), vec![]).await? {
+                    Route::Here(_) => {
+                        self.set_membership(room_id, user, user, "leave", reason)
+                            .await
+                    }
+                    Route::Through(_, servers) => {
+                        self.remote_for(&servers)?
+                            .leave_remote(room_id, user, &servers, reason)
+                            .await
+                    }
+                }
             }
             Some(_) => Err(Error::forbidden("You are banned from this room")),
             None => {

@@ -217,6 +217,19 @@ impl Hearth {
             .await
     }
 
+    /// The room as someone outside it is shown it (a knock's answer): its
+    /// create event, join rules, name, avatar, alias, encryption, topic.
+    pub async fn stripped_room_state(&self, room_id: &RoomId) -> Result<Vec<Value>> {
+        self.with_view(room_id.as_str(), |c| {
+            super::INVITE_STATE_TYPES
+                .iter()
+                .filter_map(|t| c.state.get(&((*t).to_owned(), String::new())))
+                .map(|p| p.to_stripped())
+                .collect()
+        })
+        .await
+    }
+
     pub async fn room_state_event(
         &self,
         room_id: &RoomId,
@@ -691,11 +704,13 @@ impl Hearth {
             .unwrap_or(Ok(false))
     }
 
-    /// An invite of one of our users to a room on another server, signed by
-    /// both servers: stored (with the room, if new here) so the user's sync
-    /// shows it. Its auth events live on the other server, so it is taken
-    /// on the two signatures alone. Returns whether it was new.
-    pub async fn accept_remote_invite(
+    /// A membership event of one of our users in a room this server is not
+    /// in: an invite signed by both servers, or our user's own knock or
+    /// leave that a resident server accepted. Stored (with the room, if new
+    /// here) so the user's sync shows it. Its auth events live on the other
+    /// server, so it is taken on the signatures alone. Returns whether it
+    /// was new.
+    pub async fn accept_remote_membership(
         &self,
         pdu: Pdu,
         version: &RoomVersionId,
