@@ -74,11 +74,17 @@ async fn state_before(
         .ok_or_else(|| Error::MissingParam("event_id is required".into()))?;
     require_reader(fed, &room, origin).await?;
     let ev = event_in_room(fed, &room, &event_id).await?;
-    let ids = fed
-        .hearth
-        .store
-        .state_at(room.as_str(), ev.stream_ordering - 1)
-        .await?;
+    // Built on one event: the state after it. Built on several (joining
+    // branches of the graph): the state this server settled on for them,
+    // which is the state just before the event here.
+    let at = match ev.pdu.prev_events.as_slice() {
+        [parent] => match fed.hearth.store.get_event(parent.as_str()).await? {
+            Some(p) => p.stream_ordering,
+            None => ev.stream_ordering - 1,
+        },
+        _ => ev.stream_ordering - 1,
+    };
+    let ids = fed.hearth.store.state_at(room.as_str(), at).await?;
     let ids: Vec<String> = ids.into_values().collect();
     let state: Vec<Pdu> = fed
         .hearth

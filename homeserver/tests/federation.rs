@@ -1461,6 +1461,53 @@ async fn a_server_in_the_room_reads_its_state_and_history_as_its_users_may() {
         )
         .await;
     assert_eq!(s, 404);
+    // Room versions the asking server lacks, or nobody has.
+    let (s, body) = evil
+        .get(
+            &world,
+            a,
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=1&ver=2",
+                enc(&room),
+                enc("@eve2:evil.test")
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_INCOMPATIBLE_ROOM_VERSION")),
+        "{body}"
+    );
+    let (s, body) = evil
+        .get(
+            &world,
+            a,
+            &format!(
+                "/_matrix/federation/v1/make_knock/{}/{}?ver=12",
+                enc(&room),
+                enc("@eve2:evil.test")
+            ),
+        )
+        .await;
+    assert_eq!(s, 403, "knocking on a public room: {body}");
+    let (s, body) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            &format!(
+                "/_matrix/federation/v2/invite/{}/{}",
+                enc(&room),
+                enc("$whatever")
+            ),
+            Some(json!({"room_version": "999", "event": {}, "invite_room_state": []})),
+        )
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_INCOMPATIBLE_ROOM_VERSION")),
+        "{body}"
+    );
     let other = a
         .user
         .create_room(json!({"preset": "private_chat", "room_version": "12"}))
@@ -1676,4 +1723,190 @@ async fn knocks_declined_invites_and_presence_cross_servers() {
             .any(|e| e["sender"] == c.user_id.as_str()),
         "{sync}"
     );
+}
+
+/// The room's name as `who`'s server has it.
+async fn room_name(who: &Fed, room: &str) -> Value {
+    let (s, body) = who
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+            enc(room)
+        ))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    body["name"].clone()
+}
+
+#[tokio::test]
+async fn a_fork_in_the_event_graph_settles_by_state_resolution_on_every_server() {
+    let world = World::start().await;
+    let [a, b, _, _] = &world.servers[..] else {
+        unreachable!()
+    };
+    let evil = EvilServer::start(&world).await;
+    let room = a
+        .user
+        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+        .await;
+    join(b, &room, "a.test").await;
+    let (_, eve_join, _) = evil.membership(&world, a, &room, "join").await;
+    // Eve may rename the room.
+    let (s, mut power) = a
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(s, 200, "{power}");
+    power["users"]["@eve:evil.test"] = json!(50);
+    power["events"]["m.room.name"] = json!(50);
+    let (s, body) = a
+        .user
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+                enc(&room)
+            ),
+            power,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let power_id = body["event_id"].as_str().expect("event_id").to_owned();
+    let base = a.user.send_text(&room, "base", "before the fork").await;
+    let pdu = |id: String| {
+        let evil = &evil;
+        let world = &world;
+        async move {
+            let (s, body) = evil
+                .get(
+                    world,
+                    a,
+                    &format!("/_matrix/federation/v1/event/{}", enc(&id)),
+                )
+                .await;
+            assert_eq!(s, 200, "{body}");
+            body["pdus"][0].clone()
+        }
+    };
+    let base_depth = pdu(base.clone()).await["depth"].as_u64().expect("depth");
+
+    // a.test renames the room; eve renames it "at the same time", on top of
+    // the event before a.test's rename.
+    let (s, body) = a
+        .user
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            json!({"name": "from a"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let renamed = pdu(body["event_id"].as_str().expect("event_id").to_owned()).await;
+    let renamed_ts = renamed["origin_server_ts"].as_u64().expect("ts");
+    let eve_rename = |name: &str, ts: u64| {
+        let mut e = object(&json!({
+            "room_id": room,
+            "sender": "@eve:evil.test",
+            "type": "m.room.name",
+            "state_key": "",
+            "content": {"name": name},
+            "prev_events": [base],
+            "auth_events": [power_id, eve_join],
+            "depth": base_depth + 1,
+            "origin_server_ts": ts,
+        }));
+        let id = EvilServer::sign_event(&mut e, "evil.test", &evil.key);
+        (id, Value::from(CanonicalJsonValue::Object(e)))
+    };
+    let send = |txn: &'static str, id: String, event: Value| {
+        let evil = &evil;
+        let world = &world;
+        async move {
+            let (s, answer) = evil
+                .request(
+                    world,
+                    a,
+                    "PUT",
+                    &format!("/_matrix/federation/v1/send/{txn}"),
+                    Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": [event]})),
+                )
+                .await;
+            assert_eq!(s, 200, "{answer}");
+            assert_eq!(answer["pdus"][&id], json!({}), "{answer}");
+        }
+    };
+    // Sent earlier than a.test's rename: resolution orders it first, so
+    // a.test's rename stays (appending in arrival order would lose it).
+    let (early, event) = eve_rename("from eve, earlier", renamed_ts - 60_000);
+    send("fork1", early.clone(), event).await;
+    assert_eq!(room_name(a, &room).await, "from a");
+
+    // a.test's next event joins the branches: both tips are its parents.
+    let joined = a.user.send_text(&room, "after", "after the fork").await;
+    let parents = pdu(joined.clone()).await["prev_events"].clone();
+    let parents: Vec<&str> = parents
+        .as_array()
+        .expect("prev_events")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(parents.len(), 2, "{parents:?}");
+    assert!(parents.contains(&early.as_str()), "{parents:?}");
+
+    // Sent later than a.test's rename: resolution lets it win.
+    let (late, event) = eve_rename("from eve, later", renamed_ts + 60_000);
+    send("fork2", late.clone(), event).await;
+    assert_eq!(room_name(a, &room).await, "from eve, later");
+
+    // b.test applies the owner's sequence and settles the same way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, page) = b
+            .user
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(&room)
+            ))
+            .await;
+        assert_eq!(s, 200);
+        if page["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .any(|e| e["event_id"] == late.as_str())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b.test never got {late}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(room_name(b, &room).await, "from eve, later");
+
+    // The state before a.test's joining event, as a server asks for it:
+    // a.test's rename, not eve's earlier one.
+    let (s, ids) = evil
+        .get(
+            &world,
+            a,
+            &format!(
+                "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                enc(&room),
+                enc(&joined)
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{ids}");
+    let state: Vec<&str> = ids["pdu_ids"]
+        .as_array()
+        .expect("pdu_ids")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let renamed_id = ids_of(&json!([renamed]))[0].clone();
+    assert!(state.contains(&renamed_id.as_str()), "{ids}");
+    assert!(!state.contains(&early.as_str()), "{ids}");
 }

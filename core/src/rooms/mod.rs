@@ -9,6 +9,7 @@
 //! it down with it, and those are rebuilt (`EventToPersist::generation`).
 
 mod create;
+mod forks;
 mod membership;
 mod recent;
 mod visibility;
@@ -89,8 +90,15 @@ impl NewEvent {
 /// of the database by the events submitted and not yet durable.
 pub(crate) struct RoomCache {
     pub version: RoomVersionId,
-    pub latest: Option<(OwnedEventId, u64)>,
+    /// The room's forward extremities (events no other event names as a
+    /// parent yet), with their depths: the next event's `prev_events`.
+    pub extremities: Vec<(OwnedEventId, u64)>,
+    /// This server's newest event sent to the room's owner and not relayed
+    /// back yet: our next event builds on it too.
+    pub pending_own: Option<(OwnedEventId, u64)>,
     pub state: HashMap<(String, String), Arc<Pdu>>,
+    /// Moves whenever `state` changes (see `submitted`).
+    pub state_serial: u64,
     /// Names this view to the store (`EventToPersist::generation`).
     pub generation: u64,
     /// Client transactions this view submitted, newest last.
@@ -100,7 +108,8 @@ pub(crate) struct RoomCache {
     /// Events this view submitted lately, newest last: an event another
     /// server hands over twice (its relay racing a join) is taken once,
     /// even before the first copy is durable.
-    pub submitted: VecDeque<OwnedEventId>,
+    /// Each with `state_serial` once it was applied.
+    pub submitted: VecDeque<(OwnedEventId, u64)>,
 }
 
 /// Event ids remembered per room view.
@@ -111,7 +120,11 @@ impl RoomCache {
         if self.submitted.len() >= SUBMITTED_IDS {
             self.submitted.pop_front();
         }
-        self.submitted.push_back(id.clone());
+        self.submitted.push_back((id.clone(), self.state_serial));
+    }
+
+    pub fn submitted_contains(&self, id: &OwnedEventId) -> bool {
+        self.submitted.iter().any(|(s, _)| s == id)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::{
     Error, Hearth, Result,
     ids::now_ms,
     pdu::{Pdu, StoredEvent},
-    store::{EventToPersist, Fence, Lease},
+    store::{EventToPersist, Fence, Lease, StateChange},
 };
 
 const MAX_PDU_SIZE: usize = 65536;
@@ -37,14 +37,23 @@ impl Hearth {
             .await?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
         let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
-        let newest = self.store.latest_event(room_id).await?;
+        let newest = self
+            .store
+            .room_events(
+                room_id,
+                i64::MAX,
+                None,
+                crate::store::Direction::Backward,
+                super::forks::EXTREMITY_WINDOW,
+            )
+            .await?;
         let writer = fence.is_some() || self.config.cluster.is_none();
         if writer {
             self.rooms
                 .recent
-                .start(room_id, newest.as_ref().map_or(0, |e| e.stream_ordering));
+                .start(room_id, newest.first().map_or(0, |e| e.stream_ordering));
         }
-        let latest = newest.map(|e| (e.pdu.event_id.clone(), e.pdu.depth));
+        let extremities = super::forks::extremities_of(&newest);
         let mut state = HashMap::new();
         for ev in self.store.current_state(room_id).await? {
             let key = (
@@ -55,7 +64,9 @@ impl Hearth {
         }
         Ok(RoomCache {
             version,
-            latest,
+            extremities,
+            pending_own: None,
+            state_serial: 0,
             state,
             generation: self.rooms.next_generation(),
             sent: VecDeque::new(),
@@ -156,9 +167,9 @@ impl Hearth {
         user: &ruma::UserId,
         membership: &str,
     ) -> Result<(Value, RoomVersionId)> {
-        let (version, state, latest) = self
+        let (version, state, prev) = self
             .with_view(room_id.as_str(), |c| {
-                (c.version.clone(), c.state.clone(), c.latest.clone())
+                (c.version.clone(), c.state.clone(), c.next_prev_events())
             })
             .await?;
         let rules = rules_for(&version)?;
@@ -180,10 +191,7 @@ impl Hearth {
             .collect();
         auth_events.sort();
         auth_events.dedup();
-        let (prev_events, depth) = match &latest {
-            Some((id, depth)) => (vec![id.to_string()], depth + 1),
-            None => return Err(Error::not_found("Unknown room")),
-        };
+        let (prev_events, depth) = prev.ok_or_else(|| Error::not_found("Unknown room"))?;
         let template = json!({
             "auth_events": auth_events,
             "content": content,
@@ -338,6 +346,7 @@ impl Hearth {
                 generation,
                 fence: fence.clone(),
                 relay: vec![],
+                state: StateChange::of(&pdu).into_iter().collect(),
             })
             .await?;
         self.rooms.recent.start(room_id.as_str(), ordering);
@@ -348,7 +357,9 @@ impl Hearth {
         );
         *guard = Some(RoomCache {
             version: version.clone(),
-            latest: Some((pdu.event_id.clone(), 1)),
+            extremities: vec![(pdu.event_id.clone(), 1)],
+            pending_own: None,
+            state_serial: 0,
             state,
             generation,
             sent: VecDeque::new(),
@@ -470,10 +481,7 @@ impl Hearth {
         auth_events.sort();
         auth_events.dedup();
 
-        let (prev_events, depth) = match &cache.latest {
-            Some((id, depth)) => (vec![id.to_string()], depth + 1),
-            None => (vec![], 1),
-        };
+        let (prev_events, depth) = cache.next_prev_events().unwrap_or((vec![], 1));
         let mut obj = json!({
             "auth_events": auth_events,
             "content": new.content,
@@ -546,7 +554,7 @@ impl Hearth {
             }
             queued?;
             // Our next event builds on this one.
-            cache.latest = Some((event_id.clone(), pdu.depth));
+            cache.pending_own = Some((event_id.clone(), pdu.depth));
             drop(guard);
             if let Some(remote) = self.remote.get() {
                 remote.wake(std::slice::from_ref(&owner));
@@ -570,7 +578,9 @@ impl Hearth {
         relay: Vec<String>,
         rules: &RoomVersionRules,
     ) -> Result<OwnedEventId> {
-        let staged = self.stage_built(guard, pdu, txn, relay, rules).await?;
+        let staged = self
+            .stage_built(guard, pdu, txn, relay, rules, None)
+            .await?;
         self.finish_staged(room_id, staged).await
     }
 
@@ -583,10 +593,29 @@ impl Hearth {
         txn: Option<(ruma::OwnedUserId, String, String)>,
         relay: Vec<String>,
         rules: &RoomVersionRules,
+        resolved: Option<super::forks::RoomState>,
     ) -> Result<Staged> {
         let cache = guard
             .as_mut()
             .ok_or_else(|| Error::internal("room cache missing"))?;
+        // What the event changes: itself, or after a fork whatever state
+        // resolution settled on.
+        let changes: Vec<(StateChange, Arc<Pdu>)> = match &resolved {
+            None => StateChange::of(&pdu)
+                .map(|c| (c, Arc::new(pdu.clone())))
+                .into_iter()
+                .collect(),
+            Some(state) => state
+                .iter()
+                .filter(|(key, p)| {
+                    cache
+                        .state
+                        .get(*key)
+                        .is_none_or(|old| old.event_id != p.event_id)
+                })
+                .filter_map(|(_, p)| StateChange::of(p).map(|c| (c, p.clone())))
+                .collect(),
+        };
         let event_id = pdu.event_id.clone();
         let kind = pdu.kind.to_string();
         let mut map = pdu.json.clone();
@@ -614,6 +643,7 @@ impl Hearth {
                 generation,
                 fence: cache.fence.clone(),
                 relay: relay.clone(),
+                state: changes.iter().map(|(c, _)| c.clone()).collect(),
             })
             .await?;
         // From here the room's view includes the event; should the store
@@ -621,19 +651,24 @@ impl Hearth {
         let durable = txn
             .as_ref()
             .map(|(user, device, txn_id)| cache.remember_txn(user, device, txn_id, &event_id));
-        cache.latest = Some((event_id.clone(), pdu.depth));
-        cache.note_submitted(&event_id);
+        cache.advance(&pdu);
         // Who must hear of it: the room's members before and after this event
         // (a kicked or leaving user sees their own leave).
         let mut audience = room_audience(cache);
-        if let Some(sk) = &pdu.state_key {
-            cache
-                .state
-                .insert((kind.clone(), sk.clone()), Arc::new(pdu.clone()));
-            if kind == "m.room.member" {
-                audience.push(sk.clone());
+        for (change, p) in changes {
+            if change.membership.is_some() {
+                audience.push(change.state_key.clone());
             }
+            // The event as stored (with its `unsigned`) when it is the one.
+            let p = if p.event_id == event_id {
+                Arc::new(pdu.clone())
+            } else {
+                p
+            };
+            cache.state.insert((change.kind, change.state_key), p);
+            cache.state_serial += 1;
         }
+        cache.note_submitted(&event_id);
         drop(guard);
         Ok(Staged {
             committed,
@@ -729,7 +764,9 @@ impl Hearth {
             return Ok(false);
         }
         let rules = rules_for(&cache.version)?;
-        let staged = self.stage_built(guard, pdu, None, vec![], &rules).await?;
+        let staged = self
+            .stage_built(guard, pdu, None, vec![], &rules, None)
+            .await?;
         self.finish_staged(&room_id, staged).await?;
         Ok(true)
     }
@@ -737,7 +774,7 @@ impl Hearth {
     /// Whether an event another server hands over is here already: durable,
     /// or submitted by this room view and on its way.
     async fn already_have(&self, cache: &RoomCache, event_id: &OwnedEventId) -> Result<bool> {
-        Ok(cache.submitted.contains(event_id)
+        Ok(cache.submitted_contains(event_id)
             || self.store.get_event(event_id.as_str()).await?.is_some())
     }
 
@@ -837,12 +874,13 @@ impl Hearth {
             )
             .map_err(|e| Error::Forbidden(format!("Event not allowed by current state: {e}")))?;
         }
+        let resolved = self.resolve_fork(cache, &pdu, &rules).await?;
         let ours = self.config.server_name.as_str();
         let relay = match room_owner(cache) {
             Some(owner) if owner == ours => remote_servers(cache, &pdu, ours),
             _ => vec![],
         };
-        self.stage_built(guard, pdu, None, relay, &rules)
+        self.stage_built(guard, pdu, None, relay, &rules, resolved)
             .await
             .map(Some)
     }

@@ -97,6 +97,35 @@ pub struct EventToPersist {
     /// Other servers to send the event to (federation), queued in the same
     /// transaction as the event.
     pub relay: Vec<String>,
+    /// The state keys the event changes: the event itself when it is a state
+    /// event; after a fork, whatever state resolution settled on.
+    pub state: Vec<StateChange>,
+}
+
+/// One state key set at an event's position in the room's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateChange {
+    pub kind: String,
+    pub state_key: String,
+    pub event_id: String,
+    /// For `m.room.member`: the membership `event_id` gives.
+    pub membership: Option<String>,
+}
+
+impl StateChange {
+    /// What a state event sets by itself (`None` for other events).
+    pub fn of(pdu: &Pdu) -> Option<Self> {
+        let state_key = pdu.state_key.clone()?;
+        let kind = pdu.kind.to_string();
+        let membership =
+            (kind == "m.room.member").then(|| pdu.membership().unwrap_or("leave").to_owned());
+        Some(Self {
+            kind,
+            state_key,
+            event_id: pdu.event_id.to_string(),
+            membership,
+        })
+    }
 }
 
 /// A PDU waiting in the outgoing federation queue.

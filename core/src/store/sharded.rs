@@ -223,27 +223,35 @@ impl RoomStore for ShardedStore {
 
     async fn submit_event(&self, ev: EventToPersist) -> Result<PendingCommit> {
         let shard = self.shard(ev.pdu.room_id.as_str()).await?;
-        // The index row a member event changes, written to main once the
+        // The index rows member state changes, written to main once the
         // event is durable on its shard (the upsert keeps the newest).
-        let index = (ev.pdu.kind.to_string() == "m.room.member")
-            .then(|| {
-                ev.pdu.state_key.as_ref().map(|user| MembershipRecord {
+        let index: Vec<MembershipRecord> = ev
+            .state
+            .iter()
+            .filter_map(|c| {
+                c.membership.as_ref().map(|m| MembershipRecord {
                     room_id: ev.pdu.room_id.to_string(),
-                    user_id: user.clone(),
-                    membership: ev.pdu.membership().unwrap_or("leave").to_owned(),
-                    event_id: ev.pdu.event_id.to_string(),
+                    user_id: c.state_key.clone(),
+                    membership: m.clone(),
+                    event_id: c.event_id.clone(),
                     stream_ordering: 0,
                     forgotten: false,
                 })
             })
-            .flatten();
+            .collect();
         let committed = shard.submit_event(ev).await?;
         let main = self.main.clone();
         Ok(Box::pin(async move {
             let ordering = committed.await?;
-            if let Some(mut record) = index {
-                record.stream_ordering = ordering;
-                main.index_memberships(&[record]).await?;
+            if !index.is_empty() {
+                let index: Vec<MembershipRecord> = index
+                    .into_iter()
+                    .map(|r| MembershipRecord {
+                        stream_ordering: ordering,
+                        ..r
+                    })
+                    .collect();
+                main.index_memberships(&index).await?;
             }
             Ok(ordering)
         }))

@@ -232,14 +232,14 @@ macro_rules! impl_commit_events {
                     .execute(&mut *conn)
                     .await?;
             }
-            if let Some(state_key) = &pdu.state_key {
+            for change in &ev.state {
                 sqlx::query(
                     "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(pdu.room_id.as_str())
-                .bind(&kind)
-                .bind(state_key)
-                .bind(pdu.event_id.as_str())
+                .bind(&change.kind)
+                .bind(&change.state_key)
+                .bind(&change.event_id)
                 .bind(ordering)
                 .execute(&mut *conn)
                 .await?;
@@ -249,14 +249,13 @@ macro_rules! impl_commit_events {
                        event_id = excluded.event_id, stream_ordering = excluded.stream_ordering",
                 )
                 .bind(pdu.room_id.as_str())
-                .bind(&kind)
-                .bind(state_key)
-                .bind(pdu.event_id.as_str())
+                .bind(&change.kind)
+                .bind(&change.state_key)
+                .bind(&change.event_id)
                 .bind(ordering)
                 .execute(&mut *conn)
                 .await?;
-                if kind == "m.room.member" {
-                    let membership = pdu.membership().unwrap_or("leave");
+                if let Some(membership) = &change.membership {
                     sqlx::query(
                         "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
                          VALUES ($1, $2, $3, $4, $5, 0)
@@ -264,9 +263,9 @@ macro_rules! impl_commit_events {
                            event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
                     )
                     .bind(pdu.room_id.as_str())
-                    .bind(state_key)
+                    .bind(&change.state_key)
                     .bind(membership)
-                    .bind(pdu.event_id.as_str())
+                    .bind(&change.event_id)
                     .bind(ordering)
                     .execute(&mut *conn)
                     .await?;

@@ -163,11 +163,9 @@ impl Committer {
     fn committed(&self, ev: &EventToPersist, position: i64) {
         self.positions
             .record_event(ev.pdu.room_id.as_str(), position);
-        // A member event changed the index row of the user it is about.
-        if ev.pdu.kind.to_string() == "m.room.member"
-            && let Some(user) = &ev.pdu.state_key
-        {
-            self.memberships.forget(user.as_str());
+        // Member state changed the index rows of the users it is about.
+        for change in ev.state.iter().filter(|c| c.membership.is_some()) {
+            self.memberships.forget(change.state_key.as_str());
         }
         if let Some(hook) = self.hook.get() {
             hook(ev, position);
