@@ -2,6 +2,7 @@
 # Runs a local Synapse (the reference homeserver) as a process on loopback, for
 # checking our conformance suite and client tests against it, and for benches.
 #
+#   scripts/synapse.sh install        install it into .venv-synapse (once)
 #   scripts/synapse.sh start [PORT]   install (once) into .venv-synapse, start, wait until ready
 #   scripts/synapse.sh stop           stop it and remove its data
 #   scripts/synapse.sh url            print its base URL
@@ -116,8 +117,9 @@ stop() {
 }
 
 case "${1:-}" in
+  install) install ;;
   start) start ;;
   stop) stop ;;
   url) echo "http://127.0.0.1:$port" ;;
-  *) echo "usage: $0 start|stop|url [PORT]" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|url [PORT]" >&2; exit 2 ;;
 esac

@@ -5,6 +5,7 @@
 # and as two processes on those shards sharing Redis behind an alternating
 # front (Postgres and Redis are started if they are down).
 # Installs what it needs; safe to run again.
+# Federation is tested between Hearth processes and with one Synapse.
 #   HEARTH_TEST_SYNAPSE=1  also runs the conformance suite against Synapse.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -166,6 +167,10 @@ for mode in sqlite postgres sharded cluster; do
 
   stop_server
 done
+
+step "federation with Synapse (one Hearth, one Synapse, IP-literal names, a test CA)"
+bash scripts/synapse.sh install
+"$root/.venv-synapse/bin/python" tests/federation/synapse_interop.py "$root/target/debug/homeserver"
 
 if [ "${HEARTH_TEST_SYNAPSE:-0}" = 1 ]; then
   step "conformance suite against Synapse"

@@ -162,6 +162,17 @@ impl Pdu {
         })
     }
 
+    /// A state event as others see it before joining: type, state key,
+    /// content and sender, from a PDU or an already stripped event.
+    pub fn strip_json(event: &Value) -> Value {
+        json!({
+            "type": event.get("type"),
+            "state_key": event.get("state_key"),
+            "content": event.get("content"),
+            "sender": event.get("sender"),
+        })
+    }
+
     pub fn room(&self) -> &RoomId {
         &self.room_id
     }

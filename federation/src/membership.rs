@@ -76,7 +76,7 @@ pub(crate) async fn send_knock(
     let room = pdu.room_id.clone();
     let user = pdu.sender.to_string();
     fed.hearth.accept_remote_event(pdu, true).await?;
-    let state = fed.hearth.stripped_room_state(&room).await?;
+    let state = fed.hearth.room_state_shown(&room).await?;
     tracing::info!(room = %room, %user, %origin, "remote user knocked");
     Ok(Json(json!({"knock_room_state": state})))
 }
@@ -170,22 +170,37 @@ pub(crate) async fn send_join(
     let user = pdu.sender.to_string();
     fed.hearth.accept_remote_event(pdu, true).await?;
 
-    // The state the joining server needs: the room's state without the join
-    // itself, and every event their auth chains reach.
-    let state: Vec<Arc<Pdu>> = fed
+    // The state the joining server needs: the room's state before the join
+    // (with the membership the join replaced: an invite, a knock), and
+    // every event their auth chains reach.
+    let mut state: Vec<Arc<Pdu>> = fed
         .hearth
         .room_state(&room)
         .await?
         .into_iter()
         .filter(|p| p.event_id != join_id)
         .collect();
-    let mut wanted: Vec<String> = state
-        .iter()
-        .flat_map(|p| p.auth_events.iter().map(ToString::to_string))
-        .collect();
+    let mut wanted: Vec<String> = vec![];
     if let Some(join) = fed.hearth.store.get_event(join_id.as_str()).await? {
         wanted.extend(join.pdu.auth_events.iter().map(ToString::to_string));
+        let replaced = join
+            .pdu
+            .json
+            .get("unsigned")
+            .and_then(|u| u.get("replaces_state"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let Some(replaced) = replaced
+            && let Some(before) = fed.hearth.store.get_event(&replaced).await?
+        {
+            state.push(Arc::new(before.pdu));
+        }
     }
+    wanted.extend(
+        state
+            .iter()
+            .flat_map(|p| p.auth_events.iter().map(ToString::to_string)),
+    );
     let auth_chain = auth_chain(&fed, wanted).await?;
     tracing::info!(room = %room, %user, %origin, "remote user joined through this server");
     Ok(Json(json!({
@@ -252,10 +267,14 @@ pub(crate) async fn invite(
     let Value::Object(mut stored) = signed.clone() else {
         return Err(Error::internal("invite is not an object").into());
     };
+    // Full PDUs (spec v1.16) or, from older servers, stripped events: kept
+    // stripped, as the invitee's client is shown them.
     let stripped: Vec<Value> = body["invite_room_state"]
         .as_array()
-        .cloned()
-        .unwrap_or_default();
+        .into_iter()
+        .flatten()
+        .map(Pdu::strip_json)
+        .collect();
     let creator = stripped
         .iter()
         .find(|e| e["type"] == "m.room.create")
@@ -420,8 +439,13 @@ impl Federation {
                 let answer = self
                     .request(server, http::Method::PUT, &path, Some(&signed))
                     .await?;
-                let state = answer["knock_room_state"].clone();
-                let state = if state.is_array() { state } else { json!([]) };
+                let state: Vec<Value> = answer["knock_room_state"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(Pdu::strip_json)
+                    .collect();
+                let state = Value::Array(state);
                 self.store_own_membership(
                     signed,
                     event_id,

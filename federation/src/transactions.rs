@@ -241,8 +241,12 @@ impl Federation {
                 // The owner relays in its order, which we keep: checked
                 // against the event's own auth events.
                 Some(o) if o == origin => Some((pdu, false)),
+                // A room without an owner (created by another kind of
+                // homeserver): plain Matrix, every server sends its own
+                // events to all, appended as they come.
+                None => Some((pdu, false)),
                 // Anyone else's copy: the owner's relay brings it in order.
-                _ => {
+                Some(_) => {
                     tracing::debug!(event = %pdu.event_id, %origin, "not from the room's owner; waiting for its relay");
                     None
                 }

@@ -62,6 +62,9 @@ impl Hearth {
             .ok_or_else(|| Error::UnsupportedRoomVersion(version.to_string()))?;
         let mut create_content = req.creation_content.clone().unwrap_or_default();
         create_content.insert("room_version".into(), json!(version.as_str()));
+        // Declares the room ordered by its creator's server (our protocol);
+        // part of the signed create event, so every server reads the same.
+        create_content.insert(super::ORDERING_KEY.into(), json!(super::ORDERING_OWNER));
         let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
         // Trusted private chats make invitees co-owners: from v12 that is done
         // by naming them creators (they then hold unlimited power).

@@ -111,39 +111,7 @@ impl Hearth {
         if !cache.is_fork(pdu) {
             return Ok(None);
         }
-        if pdu.state_key.is_none() && cache.state_unchanged_since(&pdu.prev_events) {
-            return Ok(None);
-        }
         let room = pdu.room_id.as_str();
-        let ids: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
-        let parents = self.store.get_events(&ids).await?;
-        if parents.len() < ids.len() {
-            if pdu.prev_events.iter().any(|p| cache.submitted_contains(p)) {
-                // A parent is on its way to the database: resolve once it is
-                // there (the sender retries).
-                return Err(Error::Unavailable(format!(
-                    "the parents of {} are still being stored",
-                    pdu.event_id
-                )));
-            }
-            // Parents never seen here: only the known ones count.
-            debug!(event = %pdu.event_id, "fork with unknown parents");
-        }
-        if parents.is_empty() {
-            return Ok(None);
-        }
-        let mut events = EventPool::from_state(&cache.state);
-        let mut forks: Vec<state_res::StateMap<OwnedEventId>> = vec![];
-        for parent in &parents {
-            let ids = self.store.state_at(room, parent.stream_ordering).await?;
-            forks.push(to_state_map(ids)?);
-        }
-        let mut before = if forks.len() == 1 {
-            forks.pop().unwrap_or_default()
-        } else {
-            events.load_for(self, &forks).await?;
-            events.resolve(rules, &forks)?
-        };
         let current: state_res::StateMap<OwnedEventId> = cache
             .state
             .iter()
@@ -154,6 +122,53 @@ impl Hearth {
                 )
             })
             .collect();
+        // The state after each parent: the current state for one appended
+        // through this view with no state change since (even if not durable
+        // yet), else what the database holds at its position. Parents never
+        // seen here (a DAG server's events we lack) do not count.
+        let mut forks: Vec<state_res::StateMap<OwnedEventId>> = vec![];
+        let mut stored: Vec<String> = vec![];
+        for parent in &pdu.prev_events {
+            if cache.state_unchanged_since(std::slice::from_ref(parent)) {
+                forks.push(current.clone());
+            } else {
+                stored.push(parent.to_string());
+            }
+        }
+        if !stored.is_empty() {
+            let found = self.store.get_events(&stored).await?;
+            for id in &stored {
+                if found.iter().any(|e| e.pdu.event_id.as_str() == id) {
+                    continue;
+                }
+                let in_flight = OwnedEventId::try_from(id.as_str())
+                    .is_ok_and(|id| cache.submitted_contains(&id));
+                if in_flight {
+                    // On its way to the database: resolved once it is there
+                    // (the sender retries).
+                    return Err(Error::Unavailable(format!(
+                        "the parents of {} are still being stored",
+                        pdu.event_id
+                    )));
+                }
+                debug!(event = %pdu.event_id, parent = %id, "fork with a parent unknown here");
+            }
+            for parent in &found {
+                let ids = self.store.state_at(room, parent.stream_ordering).await?;
+                forks.push(to_state_map(ids)?);
+            }
+        }
+        if forks.is_empty() {
+            return Ok(None);
+        }
+        forks.dedup();
+        let mut events = EventPool::from_state(&cache.state);
+        let mut before = if forks.len() == 1 {
+            forks.pop().unwrap_or_default()
+        } else {
+            events.load_for(self, &forks).await?;
+            events.resolve(rules, &forks)?
+        };
         if pdu.state_key.is_none() && before == current {
             return Ok(None);
         }

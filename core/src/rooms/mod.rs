@@ -86,6 +86,13 @@ impl NewEvent {
     }
 }
 
+/// A create event's content key by which a room declares that its creator's
+/// server orders it (spec/federation.md, "Ordering"). Rooms without it
+/// (created by other homeservers) follow plain Matrix: every server
+/// appends events as they reach it and sends its own to all.
+pub const ORDERING_KEY: &str = "io.hearth.ordering";
+pub const ORDERING_OWNER: &str = "owner";
+
 /// What the writer keeps in memory for a room it has loaded. It runs ahead
 /// of the database by the events submitted and not yet durable.
 pub(crate) struct RoomCache {

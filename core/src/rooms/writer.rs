@@ -225,14 +225,15 @@ impl Hearth {
             .await
     }
 
-    /// The room as someone outside it is shown it (a knock's answer): its
-    /// create event, join rules, name, avatar, alias, encryption, topic.
-    pub async fn stripped_room_state(&self, room_id: &RoomId) -> Result<Vec<Value>> {
+    /// The room as another server's knocking user is shown it (a knock's
+    /// answer): its create event, join rules, name, avatar, alias,
+    /// encryption, topic, as full PDUs (clients get them stripped).
+    pub async fn room_state_shown(&self, room_id: &RoomId) -> Result<Vec<Value>> {
         self.with_view(room_id.as_str(), |c| {
             super::INVITE_STATE_TYPES
                 .iter()
                 .filter_map(|t| c.state.get(&((*t).to_owned(), String::new())))
-                .map(|p| p.to_stripped())
+                .map(|p| Value::Object(p.as_sent()))
                 .collect()
         })
         .await
@@ -523,10 +524,8 @@ impl Hearth {
             let remote = self.remote.get().ok_or_else(|| {
                 Error::Forbidden("this server does not federate: cannot invite remote users".into())
             })?;
-            let stripped = invite_room_state(cache, &pdu);
-            let signed = remote
-                .invite(&cache.version, &pdu.as_sent(), stripped)
-                .await?;
+            let shown = invite_room_state(cache, &pdu);
+            let signed = remote.invite(&cache.version, &pdu.as_sent(), shown).await?;
             pdu = Pdu::from_json(event_id.clone(), signed)?;
         }
 
@@ -878,6 +877,9 @@ impl Hearth {
         let ours = self.config.server_name.as_str();
         let relay = match room_owner(cache) {
             Some(owner) if owner == ours => remote_servers(cache, &pdu, ours),
+            // A room without an owner: a membership event another server's
+            // user made through us (`send_join`, …) is ours to pass on.
+            None if against_current => remote_servers(cache, &pdu, ours),
             _ => vec![],
         };
         self.stage_built(guard, pdu, None, relay, &rules, resolved)
@@ -986,16 +988,20 @@ struct Staged {
     rules: RoomVersionRules,
 }
 
-/// The server that orders a room: its creator's (spec/federation.md).
+/// The server that orders a room: its creator's (spec/federation.md), for a
+/// room that declares the ordering in its create event; `None` for other
+/// rooms (no owner: plain Matrix).
 pub(crate) fn room_owner(cache: &RoomCache) -> Option<String> {
     cache
         .state
         .get(&("m.room.create".to_owned(), String::new()))
+        .filter(|c| c.content_value()[super::ORDERING_KEY] == super::ORDERING_OWNER)
         .map(|c| c.sender.server_name().to_string())
 }
 
-/// What an invitee sees of a room before joining: a few state events,
-/// stripped, and the inviter's membership.
+/// What an invitee's server is shown of a room (`invite_room_state`): a few
+/// state events, the create event among them, and the inviter's membership,
+/// as full PDUs (spec v1.16) that it may check; clients get them stripped.
 pub(crate) fn invite_room_state(cache: &RoomCache, invite: &Pdu) -> Vec<Value> {
     let sender = invite.sender.to_string();
     super::INVITE_STATE_TYPES
@@ -1003,7 +1009,7 @@ pub(crate) fn invite_room_state(cache: &RoomCache, invite: &Pdu) -> Vec<Value> {
         .map(|t| (*t, ""))
         .chain([("m.room.member", sender.as_str())])
         .filter_map(|(t, sk)| cache.state.get(&(t.to_owned(), sk.to_owned())))
-        .map(|p| p.to_stripped())
+        .map(|p| Value::Object(p.as_sent()))
         .collect()
 }
 
