@@ -62,6 +62,8 @@ fn known_errcode(code: &str) -> &'static str {
         "M_UNKNOWN_TOKEN",
         "M_UNSUPPORTED_ROOM_VERSION",
         "M_INVALID_ROOM_STATE",
+        "M_EXCLUSIVE",
+        "M_UNKNOWN_DEVICE",
     ];
     KNOWN
         .iter()
@@ -81,6 +83,7 @@ fn core_parts(e: &Error) -> (StatusCode, &'static str) {
         Error::UserInUse => (S::BAD_REQUEST, "M_USER_IN_USE"),
         Error::InvalidUsername(_) => (S::BAD_REQUEST, "M_INVALID_USERNAME"),
         Error::Exclusive(_) => (S::BAD_REQUEST, "M_EXCLUSIVE"),
+        Error::UnknownDevice(_) => (S::BAD_REQUEST, "M_UNKNOWN_DEVICE"),
         Error::UnknownToken { .. } => (S::UNAUTHORIZED, "M_UNKNOWN_TOKEN"),
         Error::LimitExceeded { .. } => (S::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED"),
         Error::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),

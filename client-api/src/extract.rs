@@ -30,6 +30,24 @@ pub fn access_token(parts: &Parts) -> Option<String> {
     })
 }
 
+/// The requester a token names: a user's session, or an application
+/// service acting as `?user_id=` (with `?device_id=`).
+async fn session_for(hearth: &Hearth, parts: &Parts, token: &str) -> Result<Session, ApiError> {
+    if let Some(service) = hearth.appservices.by_as_token(token) {
+        let params = parts.uri.query().map(url_params).unwrap_or_default();
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        return Ok(hearth
+            .authenticate_appservice(service, param("user_id"), param("device_id"))
+            .await?);
+    }
+    Ok(hearth.authenticate(token).await?)
+}
+
 fn url_params(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter_map(|kv| {
@@ -55,8 +73,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let hearth = Arc::<Hearth>::from_ref(state);
         let token = access_token(parts).ok_or_else(ApiError::missing_token)?;
-        let session = hearth.authenticate(&token).await?;
-        Ok(Auth(session))
+        Ok(Auth(session_for(&hearth, parts, &token).await?))
     }
 }
 
@@ -74,7 +91,7 @@ where
         match access_token(parts) {
             None => Ok(MaybeAuth(None)),
             Some(t) => Ok(MaybeAuth(Some(
-                Arc::<Hearth>::from_ref(state).authenticate(&t).await?,
+                session_for(&Arc::<Hearth>::from_ref(state), parts, &t).await?,
             ))),
         }
     }

@@ -63,6 +63,12 @@ async fn deadline(request: Request, next: Next) -> Response {
 }
 
 pub fn router(hearth: Arc<Hearth>) -> Router {
+    router_with(hearth, Router::new())
+}
+
+/// The client API with `extra` routes served beside it (the application
+/// service endpoints), under the same limits, CORS and fallback.
+pub fn router_with(hearth: Arc<Hearth>, extra: Router<Arc<Hearth>>) -> Router {
     if let Some(cluster) = &hearth.config.cluster {
         match forward::HttpForwarder::new(&cluster.secret) {
             Ok(f) => {
@@ -89,6 +95,7 @@ pub fn router(hearth: Arc<Hearth>) -> Router {
         .nest("/_matrix/client/v3", client_routes())
         .nest("/_matrix/client/r0", client_routes())
         .merge(routes::media::routes().layer(DefaultBodyLimit::max(media_limit)))
+        .merge(extra)
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))

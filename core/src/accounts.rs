@@ -17,6 +17,9 @@ pub struct Session {
     pub user_id: OwnedUserId,
     pub device_id: String,
     pub token_hash: String,
+    /// Set when an application service makes the request (its `as_token`),
+    /// acting as `user_id`.
+    pub appservice: Option<std::sync::Arc<crate::appservice::AppService>>,
 }
 
 /// Argon2 takes ~19 MiB per hash by design; bounding how many run at once
@@ -105,6 +108,58 @@ impl Hearth {
         Ok(id)
     }
 
+    /// `check_username_available` for an ordinary user's registration: also
+    /// refuses names an application service holds exclusively.
+    pub async fn check_username_claimable(&self, local: &str) -> Result<OwnedUserId> {
+        let id = self.check_username_available(local).await?;
+        self.check_user_not_exclusive(&id)?;
+        Ok(id)
+    }
+
+    /// An application service acting through its `as_token`: as its own
+    /// user, or as `user` (`?user_id=`) when its namespaces cover that user
+    /// and the user is registered; with `device` (`?device_id=`) when that is
+    /// one of the user's devices.
+    pub async fn authenticate_appservice(
+        &self,
+        service: &std::sync::Arc<crate::appservice::AppService>,
+        user: Option<&str>,
+        device: Option<&str>,
+    ) -> Result<Session> {
+        let user_id = match user {
+            Some(u) => OwnedUserId::try_from(u)
+                .map_err(|_| Error::invalid_param(format!("Invalid user_id {u}")))?,
+            None => service.sender.clone(),
+        };
+        if !service.may_act_as(&user_id) {
+            return Err(Error::forbidden(format!(
+                "Application service cannot masquerade as this user ({user_id})"
+            )));
+        }
+        if self.store.get_user(user_id.as_str()).await?.is_none() {
+            return Err(Error::forbidden(format!(
+                "Application service has not registered this user ({user_id})"
+            )));
+        }
+        let device_id = match device {
+            Some(d) => {
+                if self.store.get_device(user_id.as_str(), d).await?.is_none() {
+                    return Err(Error::UnknownDevice(format!(
+                        "{d} is not a device of {user_id}"
+                    )));
+                }
+                d.to_owned()
+            }
+            None => String::new(),
+        };
+        Ok(Session {
+            user_id,
+            device_id,
+            token_hash: crate::ids::hash_token(&service.as_token),
+            appservice: Some(service.clone()),
+        })
+    }
+
     /// Creates an account; the operator CLI and /register both come here.
     pub async fn create_account(
         &self,
@@ -184,6 +239,7 @@ impl Hearth {
                 user_id: OwnedUserId::try_from(user).map_err(Error::internal)?,
                 device_id: device,
                 token_hash,
+                appservice: None,
             }),
             None => Err(Error::UnknownToken { soft_logout: false }),
         }

@@ -24,6 +24,8 @@ pub struct CoreConfig {
     pub cluster: Option<ClusterConfig>,
     /// When presence turns unavailable and offline by itself.
     pub presence: crate::ephemeral::PresenceTimes,
+    /// Application services, from their registration files.
+    pub appservices: Vec<crate::appservice::AppService>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +83,7 @@ impl CoreConfig {
             redis: None,
             cluster: None,
             presence: Default::default(),
+            appservices: vec![],
         }
     }
 

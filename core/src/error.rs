@@ -21,6 +21,8 @@ pub enum Error {
     InvalidUsername(String),
     #[error("{0}")]
     Exclusive(String),
+    #[error("{0}")]
+    UnknownDevice(String),
     #[error("Invalid access token")]
     UnknownToken { soft_logout: bool },
     #[error("Too many requests")]

@@ -3,6 +3,7 @@
 //! [`Hearth`] and its errors into Matrix errors.
 
 pub mod accounts;
+pub mod appservice;
 pub mod bus;
 mod cluster;
 pub mod config;
@@ -63,6 +64,8 @@ pub struct Hearth {
     pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     /// Asks other servers (federation), when this server federates.
     pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
+    /// Registered application services (bridges).
+    pub appservices: appservice::AppServices,
 }
 
 /// Queries answered by other servers (the federation crate implements it).
@@ -142,6 +145,7 @@ impl Hearth {
             None => None,
         };
         let presence_times = config.presence;
+        let config_appservices = config.appservices.clone();
         let hearth = Arc::new(Self {
             config,
             store,
@@ -159,6 +163,7 @@ impl Hearth {
             writer_id: Arc::from(ids::random_string(16)),
             forwarder: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
+            appservices: appservice::AppServices::new(config_appservices),
         });
         if hearth.config.cluster.is_some() {
             hearth.spawn_lease_renewal();
@@ -177,6 +182,7 @@ impl Hearth {
             });
         }));
         hearth.spawn_sweepers();
+        hearth.ensure_appservice_users().await?;
         Ok(hearth)
     }
 

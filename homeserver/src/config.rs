@@ -35,6 +35,16 @@ pub struct FileConfig {
     pub presence: PresenceSection,
     #[serde(default)]
     pub federation: FederationSection,
+    #[serde(default)]
+    pub appservices: AppServicesSection,
+}
+
+/// Application services (bridges): their registration files (YAML, as
+/// Synapse reads them), checked at start-up.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AppServicesSection {
+    pub registrations: Option<Vec<PathBuf>>,
 }
 
 /// Talking to other servers (spec/federation.md). Without `listen` this
@@ -198,6 +208,9 @@ pub struct Overrides {
     /// Largest media upload in bytes.
     #[arg(long, env = "HEARTH_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<u64>,
+    /// Comma-separated application service registration files (YAML).
+    #[arg(long, env = "HEARTH_APPSERVICE_REGISTRATIONS", value_delimiter = ',')]
+    pub appservice_registrations: Option<Vec<PathBuf>>,
 }
 
 pub struct Config {
@@ -353,6 +366,12 @@ pub fn load(o: &Overrides) -> Result<Config> {
         register_per_second: r.register_per_second.unwrap_or(d.register_per_second),
         register_burst: r.register_burst.unwrap_or(d.register_burst),
     };
+    let registrations = o
+        .appservice_registrations
+        .clone()
+        .or(file.appservices.registrations)
+        .unwrap_or_default();
+    core.appservices = hearth_appservices::load_registrations(&registrations, &core.server_name)?;
     let federation = federation_config(o, file.federation)?;
     Ok(Config {
         core,

@@ -102,7 +102,7 @@ async fn main() -> Result<()> {
                 data_dir = %cfg.core.data_dir.display(),
                 "Hearth is ready"
             );
-            let app = hearth_client_api::router(hearth.clone());
+            let app = hearth_client_api::router_with(hearth.clone(), hearth_appservices::router());
             let federation = match cfg.federation.clone() {
                 Some(fc) => {
                     let fed = hearth_federation::Federation::new(hearth.clone(), fc)

@@ -64,14 +64,22 @@ struct RegisterBody {
     #[serde(default)]
     inhibit_login: bool,
     auth: Option<Value>,
+    /// `m.login.application_service`: an application service registering
+    /// one of its users.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 async fn register(
     State(h): State<Arc<Hearth>>,
     Query(q): Query<RegisterQuery>,
     ClientIp(ip): ClientIp,
+    parts: axum::http::request::Parts,
     JsonBody(body): JsonBody<RegisterBody>,
 ) -> JsonResult {
+    if body.kind.as_deref() == Some("m.login.application_service") {
+        return register_appservice_user(&h, &parts, body).await;
+    }
     if q.kind.as_deref() == Some("guest") {
         return Err(ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
@@ -84,7 +92,7 @@ async fn register(
     }
     // Refuse a bad or taken name before the client walks through UIA.
     if let Some(u) = &body.username {
-        h.check_username_available(&u.to_lowercase()).await?;
+        h.check_username_claimable(&u.to_lowercase()).await?;
     }
     let flows: Vec<Vec<&str>> = if h.config.registration_tokens.is_empty() {
         vec![vec!["m.login.dummy"]]
@@ -127,19 +135,136 @@ async fn register(
     })))
 }
 
+/// An application service registers a user of its namespaces: no UIA, no
+/// password; its `as_token` authenticates it.
+async fn register_appservice_user(
+    h: &Hearth,
+    parts: &axum::http::request::Parts,
+    body: RegisterBody,
+) -> JsonResult {
+    let service = appservice_of(h, parts)?;
+    let local = body
+        .username
+        .as_deref()
+        .ok_or_else(|| Error::MissingParam("Missing username".into()))?
+        .to_lowercase();
+    if !hearth_core::accounts::valid_localpart(&local) {
+        return Err(Error::InvalidUsername(
+            "User ID can only contain characters a-z, 0-9, or '=_-./+'".into(),
+        )
+        .into());
+    }
+    let user = h.user_id_for(&local)?;
+    if !service.may_act_as(&user) {
+        return Err(Error::Exclusive(format!(
+            "{user} is outside application service {}'s namespaces",
+            service.id
+        ))
+        .into());
+    }
+    if h.store.get_user(user.as_str()).await?.is_some() {
+        return Err(Error::UserInUse.into());
+    }
+    let user = h.create_account(&local, None, false).await?;
+    tracing::info!(user = %user, appservice = %service.id, "registered by an application service");
+    if body.inhibit_login {
+        return Ok(Json(json!({"user_id": user})));
+    }
+    let (token, device) = h
+        .issue_token(
+            &user,
+            body.device_id.as_deref(),
+            body.initial_device_display_name.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({
+        "user_id": user,
+        "access_token": token,
+        "device_id": device,
+        "home_server": h.config.server_name,
+    })))
+}
+
+/// The application service whose `as_token` authenticates the request;
+/// 401 without a token or with another one.
+fn appservice_of(
+    h: &Hearth,
+    parts: &axum::http::request::Parts,
+) -> ApiResult<Arc<hearth_core::appservice::AppService>> {
+    let token = crate::extract::access_token(parts).ok_or_else(ApiError::missing_token)?;
+    h.appservices
+        .by_as_token(&token)
+        .cloned()
+        .ok_or_else(|| Error::UnknownToken { soft_logout: false }.into())
+}
+
 #[derive(Deserialize)]
 struct AvailableQuery {
     username: String,
 }
 
 async fn available(State(h): State<Arc<Hearth>>, Query(q): Query<AvailableQuery>) -> JsonResult {
-    h.check_username_available(&q.username.to_lowercase())
+    h.check_username_claimable(&q.username.to_lowercase())
         .await?;
     Ok(Json(json!({"available": true})))
 }
 
 async fn login_flows() -> Json<Value> {
-    Json(json!({"flows": [{"type": "m.login.password"}]}))
+    Json(json!({"flows": [{"type": "m.login.password"}, {"type": "m.login.application_service"}]}))
+}
+
+/// The login identifier's user (`identifier.user`, or the older `user`).
+fn login_user(body: &LoginBody) -> ApiResult<String> {
+    match &body.identifier {
+        Some(id) => {
+            if id.get("type").and_then(Value::as_str) != Some("m.id.user") {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "M_UNKNOWN",
+                    "Only m.id.user identifiers are supported",
+                ));
+            }
+            id.get("user").and_then(Value::as_str).map(str::to_owned)
+        }
+        None => body.user.clone(),
+    }
+    .ok_or_else(|| Error::MissingParam("Missing user identifier".into()).into())
+}
+
+/// An application service logs in as one of its users (a device of theirs
+/// it then manages).
+async fn login_appservice_user(
+    h: &Hearth,
+    parts: &axum::http::request::Parts,
+    body: LoginBody,
+) -> JsonResult {
+    let service = appservice_of(h, parts)?;
+    let user = login_user(&body)?;
+    let user_id = h.parse_local_user(&user)?;
+    if !service.may_act_as(&user_id) {
+        return Err(Error::Exclusive(format!(
+            "{user_id} is outside application service {}'s namespaces",
+            service.id
+        ))
+        .into());
+    }
+    match h.store.get_user(user_id.as_str()).await? {
+        Some(u) if !u.deactivated => {}
+        _ => return Err(Error::forbidden(format!("{user_id} is not registered")).into()),
+    }
+    let (token, device) = h
+        .issue_token(
+            &user_id,
+            body.device_id.as_deref(),
+            body.initial_device_display_name.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({
+        "user_id": user_id,
+        "access_token": token,
+        "device_id": device,
+        "home_server": h.config.server_name,
+    })))
 }
 
 #[derive(Deserialize)]
@@ -154,7 +279,14 @@ struct LoginBody {
     initial_device_display_name: Option<String>,
 }
 
-async fn login(State(h): State<Arc<Hearth>>, JsonBody(body): JsonBody<LoginBody>) -> JsonResult {
+async fn login(
+    State(h): State<Arc<Hearth>>,
+    parts: axum::http::request::Parts,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> JsonResult {
+    if body.kind == "m.login.application_service" {
+        return login_appservice_user(&h, &parts, body).await;
+    }
     if body.kind != "m.login.password" {
         return Err(ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
@@ -162,20 +294,7 @@ async fn login(State(h): State<Arc<Hearth>>, JsonBody(body): JsonBody<LoginBody>
             format!("Unknown login type {}", body.kind),
         ));
     }
-    let user = match &body.identifier {
-        Some(id) => {
-            if id.get("type").and_then(Value::as_str) != Some("m.id.user") {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "M_UNKNOWN",
-                    "Only m.id.user identifiers are supported",
-                ));
-            }
-            id.get("user").and_then(Value::as_str).map(str::to_owned)
-        }
-        None => body.user.clone(),
-    }
-    .ok_or_else(|| Error::MissingParam("Missing user identifier".into()))?;
+    let user = login_user(&body)?;
     let password = body
         .password
         .as_deref()
@@ -211,9 +330,12 @@ async fn logout_all(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
 }
 
 async fn whoami(Auth(s): Auth) -> JsonResult {
-    Ok(Json(
-        json!({"user_id": s.user_id, "device_id": s.device_id, "is_guest": false}),
-    ))
+    let mut body = json!({"user_id": s.user_id, "is_guest": false});
+    // An application service acting without a device has none to report.
+    if !s.device_id.is_empty() {
+        body["device_id"] = json!(s.device_id);
+    }
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]

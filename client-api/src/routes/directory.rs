@@ -89,6 +89,7 @@ async fn put_alias(
     JsonBody(b): JsonBody<AliasBody>,
 ) -> JsonResult {
     let alias = parse_local_alias(&h, &alias)?;
+    h.check_alias_claim(alias.as_str(), s.appservice.as_deref())?;
     let room = parse_room_id(&b.room_id)?;
     if h.store.room_version(room.as_str()).await?.is_none() {
         return Err(Error::not_found("Unknown room").into());

@@ -67,7 +67,9 @@ pub(crate) async fn send_message(
     {
         return Ok(existing);
     }
-    h.rate_limit(Action::Message, s.user_id.as_str())?;
+    if s.appservice.as_ref().is_none_or(|a| a.rate_limited) {
+        h.rate_limit(Action::Message, s.user_id.as_str())?;
+    }
     let mut ev = NewEvent::message(s.user_id.clone(), kind, Value::Object(content));
     ev.txn = Some((s.device_id.clone(), txn_id.to_owned()));
     let event_id = h.send_event(&room_id, ev).await?;

@@ -98,6 +98,10 @@ async fn create_room(
         .iter()
         .map(|u| parse_user_id(u))
         .collect::<ApiResult<Vec<_>>>()?;
+    if let Some(local) = &b.room_alias_name {
+        let alias = format!("#{local}:{}", h.config.server_name);
+        h.check_alias_claim(&alias, s.appservice.as_deref())?;
+    }
     let req = CreateRoom {
         preset: b.preset,
         visibility_public,

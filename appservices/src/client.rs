@@ -1,0 +1,108 @@
+//! Calls Hearth makes to application services, authenticated with their
+//! `hs_token` (`Authorization: Bearer`, as spec v1.4 asks).
+
+use std::time::{Duration, Instant};
+
+use hearth_core::appservice::AppService;
+use serde_json::{Value, json};
+
+/// How long a service may take to answer before it counts as down.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct AsClient {
+    http: reqwest::Client,
+}
+
+impl Default for AsClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AsClient {
+    /// One client (one connection pool) for the process.
+    pub fn shared() -> &'static AsClient {
+        static CLIENT: std::sync::OnceLock<AsClient> = std::sync::OnceLock::new();
+        CLIENT.get_or_init(AsClient::new)
+    }
+
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Self { http }
+    }
+
+    /// `POST /_matrix/app/v1/ping`; returns how long the round trip took.
+    pub async fn ping(
+        &self,
+        service: &AppService,
+        transaction_id: Option<&str>,
+    ) -> Result<Duration, PingError> {
+        let url = service.url.as_deref().ok_or(PingError::UrlNotSet)?;
+        let mut body = json!({});
+        if let Some(t) = transaction_id {
+            body["transaction_id"] = json!(t);
+        }
+        let started = Instant::now();
+        let answer = self
+            .http
+            .post(format!("{url}/_matrix/app/v1/ping"))
+            .bearer_auth(&service.hs_token)
+            .json(&body)
+            .send()
+            .await;
+        let elapsed = started.elapsed();
+        let resp = answer.map_err(|e| {
+            tracing::info!(appservice = %service.id, error = %e, "ping: no answer");
+            if e.is_timeout() {
+                PingError::Timeout
+            } else {
+                PingError::Connection(e.to_string())
+            }
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            tracing::info!(appservice = %service.id, %status, "ping: refused");
+            return Err(PingError::BadStatus {
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Ok(elapsed)
+    }
+}
+
+/// Why a ping failed, as the spec's errcodes tell it.
+#[derive(Debug, thiserror::Error)]
+pub enum PingError {
+    #[error("the application service has no url configured")]
+    UrlNotSet,
+    #[error("the application service did not answer in time")]
+    Timeout,
+    #[error("cannot reach the application service: {0}")]
+    Connection(String),
+    #[error("the application service answered {status}")]
+    BadStatus { status: u16, body: String },
+}
+
+impl PingError {
+    /// (HTTP status, errcode, extra fields of the error body).
+    pub fn parts(&self) -> (u16, &'static str, Option<Value>) {
+        match self {
+            PingError::UrlNotSet => (400, "M_URL_NOT_SET", None),
+            PingError::Timeout => (504, "M_CONNECTION_TIMEOUT", None),
+            PingError::Connection(_) => (502, "M_CONNECTION_FAILED", None),
+            PingError::BadStatus { status, body } => (
+                502,
+                "M_BAD_STATUS",
+                Some(json!({"status": status, "body": body})),
+            ),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Client-API endpoints only application services use.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use hearth_client_api::{
+    error::ApiError,
+    extract::{Auth, JsonBody},
+};
+use hearth_core::Hearth;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::AsClient;
+
+pub fn router() -> Router<Arc<Hearth>> {
+    Router::new().route(
+        "/_matrix/client/v1/appservice/{appservice_id}/ping",
+        post(ping),
+    )
+}
+
+#[derive(Deserialize)]
+struct PingBody {
+    transaction_id: Option<String>,
+}
+
+/// `POST /_matrix/client/v1/appservice/{id}/ping`: the service asks Hearth
+/// to ping it back, proving both directions work.
+async fn ping(
+    State(_h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody<PingBody>,
+) -> Result<Response, ApiError> {
+    let service = match &s.appservice {
+        Some(service) if service.id == id => service.clone(),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "M_FORBIDDEN",
+                format!("this token is not application service {id}'s"),
+            ));
+        }
+    };
+    match AsClient::shared()
+        .ping(&service, b.transaction_id.as_deref())
+        .await
+    {
+        Ok(took) => Ok(Json(json!({"duration_ms": took.as_millis() as u64})).into_response()),
+        Err(e) => {
+            let (status, errcode, extra) = e.parts();
+            let mut body = json!({"errcode": errcode, "error": e.to_string()});
+            if let Some(serde_json::Value::Object(extra)) = extra {
+                for (k, v) in extra {
+                    body[k] = v;
+                }
+            }
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            Ok((status, Json(body)).into_response())
+        }
+    }
+}

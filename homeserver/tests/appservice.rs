@@ -1,0 +1,336 @@
+//! Application services against a real Hearth process: registration files,
+//! exclusive namespaces, masquerading, the service's own registrations and
+//! logins, and pings both ways. The service is played by the test.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{Json, Router, extract::State, http::HeaderMap, routing::post};
+use common::{Client, TestServer, enc, temp_dir};
+use serde_json::{Value, json};
+
+const AS_TOKEN: &str = "as-secret-token-for-tests";
+const HS_TOKEN: &str = "hs-secret-token-for-tests";
+
+/// What the service heard: (Authorization header, body) of each ping.
+type Heard = Arc<Mutex<Vec<(String, Value)>>>;
+
+async fn start_service() -> (SocketAddr, Heard) {
+    let heard: Heard = Arc::default();
+    let app = Router::new()
+        .route(
+            "/_matrix/app/v1/ping",
+            post(
+                |State(heard): State<Heard>, headers: HeaderMap, Json(body): Json<Value>| async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    heard.lock().expect("lock").push((auth, body));
+                    Json(json!({}))
+                },
+            ),
+        )
+        .with_state(heard.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, heard)
+}
+
+fn registration(url: &str) -> String {
+    format!(
+        r##"id: bridge
+url: "{url}"
+as_token: {AS_TOKEN}
+hs_token: {HS_TOKEN}
+sender_localpart: bridgebot
+rate_limited: false
+namespaces:
+  users:
+    - exclusive: true
+      regex: "@_bridge_.*"
+  aliases:
+    - exclusive: true
+      regex: "#_bridge_.*"
+  rooms: []
+"##
+    )
+}
+
+fn as_client(server: &TestServer) -> Client {
+    Client {
+        token: Some(AS_TOKEN.into()),
+        ..server.client()
+    }
+}
+
+#[tokio::test]
+async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
+    let (service_addr, heard) = start_service().await;
+    let dir = temp_dir("as");
+    let file = dir.join("bridge.yaml");
+    std::fs::write(&file, registration(&format!("http://{service_addr}"))).expect("write");
+    let file = file.display().to_string();
+    let hs = TestServer::start(&["--appservice-registrations", &file]).await;
+    let service = as_client(&hs);
+
+    // The service's own user exists, and its token acts as it.
+    let (s, me) = service.get("/_matrix/client/v3/account/whoami").await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(me["user_id"], "@bridgebot:localhost");
+    assert!(me.get("device_id").is_none(), "{me}");
+
+    // It registers a user of its namespace without UIA…
+    let register = |client: Client, username: &str| {
+        let username = username.to_owned();
+        async move {
+            client
+                .post(
+                    "/_matrix/client/v3/register",
+                    json!({"type": "m.login.application_service", "username": username}),
+                )
+                .await
+        }
+    };
+    let (s, alice) = register(service.clone(), "_bridge_alice").await;
+    assert_eq!(s, 200, "{alice}");
+    assert_eq!(alice["user_id"], "@_bridge_alice:localhost");
+    assert!(alice["access_token"].is_string());
+    // …but none outside it, and nobody else may use the type.
+    let (s, body) = register(service.clone(), "carol").await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_EXCLUSIVE")),
+        "{body}"
+    );
+    let anonymous = hs.client();
+    let (s, body) = register(anonymous.clone(), "_bridge_x").await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (401, Some("M_MISSING_TOKEN")),
+        "{body}"
+    );
+    let wrong = Client {
+        token: Some(HS_TOKEN.into()),
+        ..hs.client()
+    };
+    let (s, body) = register(wrong.clone(), "_bridge_x").await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (401, Some("M_UNKNOWN_TOKEN")),
+        "{body}"
+    );
+
+    // Ordinary users cannot take names or aliases the service holds.
+    let (s, body) = anonymous
+        .get("/_matrix/client/v3/register/available?username=_bridge_bob")
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_EXCLUSIVE")),
+        "{body}"
+    );
+    let (s, body) = anonymous
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"username": "_bridge_bob", "password": "a-long-password", "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_EXCLUSIVE")),
+        "{body}"
+    );
+    let bob = hs.register("bob", "bob-password-long").await;
+    let (s, body) = bob
+        .post(
+            "/_matrix/client/v3/createRoom",
+            json!({"room_alias_name": "_bridge_room"}),
+        )
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_EXCLUSIVE")),
+        "{body}"
+    );
+
+    // Masquerading: the service acts as its registered user…
+    let alice_id = enc("@_bridge_alice:localhost");
+    let (s, me) = service
+        .get(&format!(
+            "/_matrix/client/v3/account/whoami?user_id={alice_id}"
+        ))
+        .await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(me["user_id"], "@_bridge_alice:localhost");
+    // …creates a portal room with an alias of its namespace, as alice…
+    let (s, room) = service
+        .post(
+            &format!("/_matrix/client/v3/createRoom?user_id={alice_id}"),
+            json!({"preset": "public_chat", "room_alias_name": "_bridge_portal"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{room}");
+    let room = room["room_id"].as_str().expect("room_id").to_owned();
+    let (s, sent) = service
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1?user_id={alice_id}",
+                enc(&room)
+            ),
+            json!({"msgtype": "m.text", "body": "hello from the other network"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{sent}");
+    // …and bob, joining by that alias, reads alice's message.
+    let (s, body) = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}",
+                enc("#_bridge_portal:localhost")
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, page) = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(s, 200, "{page}");
+    assert!(
+        page["chunk"].as_array().expect("chunk").iter().any(|e| {
+            e["sender"] == "@_bridge_alice:localhost"
+                && e["content"]["body"] == "hello from the other network"
+        }),
+        "{page}"
+    );
+    // Not as users outside its namespace, nor unregistered ones.
+    for user in ["@bob:localhost", "@_bridge_nobody:localhost"] {
+        let (s, body) = service
+            .get(&format!(
+                "/_matrix/client/v3/account/whoami?user_id={}",
+                enc(user)
+            ))
+            .await;
+        assert_eq!(
+            (s, body["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{user}: {body}"
+        );
+    }
+
+    // A login for its user gives a device the service may then act with.
+    let (s, login) = service
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.application_service",
+                   "identifier": {"type": "m.id.user", "user": "_bridge_alice"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{login}");
+    let device = login["device_id"].as_str().expect("device_id").to_owned();
+    let (s, me) = service
+        .get(&format!(
+            "/_matrix/client/v3/account/whoami?user_id={alice_id}&device_id={device}"
+        ))
+        .await;
+    assert_eq!(
+        (s, me["device_id"].as_str()),
+        (200, Some(device.as_str())),
+        "{me}"
+    );
+    let (s, body) = service
+        .get(&format!(
+            "/_matrix/client/v3/account/whoami?user_id={alice_id}&device_id=NOTHERS"
+        ))
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_UNKNOWN_DEVICE")),
+        "{body}"
+    );
+    let (s, body) = service
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.application_service",
+                   "identifier": {"type": "m.id.user", "user": "bob"}}),
+        )
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_EXCLUSIVE")),
+        "{body}"
+    );
+
+    // Ping: Hearth calls the service with its hs_token.
+    let (s, pong) = service
+        .post(
+            "/_matrix/client/v1/appservice/bridge/ping",
+            json!({"transaction_id": "ping-1"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{pong}");
+    assert!(pong["duration_ms"].is_u64(), "{pong}");
+    let pings = heard.lock().expect("lock").clone();
+    assert_eq!(
+        pings,
+        vec![(
+            format!("Bearer {HS_TOKEN}"),
+            json!({"transaction_id": "ping-1"})
+        )]
+    );
+    for (client, id) in [(&bob, "bridge"), (&service, "other")] {
+        let (s, body) = client
+            .post(
+                &format!("/_matrix/client/v1/appservice/{id}/ping"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(
+            (s, body["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{body}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_bad_registration_stops_start_up_naming_the_file_and_field() {
+    let dir = temp_dir("as-bad");
+    let file = dir.join("broken.yaml");
+    std::fs::write(
+        &file,
+        registration("http://127.0.0.1:1").replace("\"@_bridge_.*\"", "\"@_bridge_(\""),
+    )
+    .expect("write");
+    let out = std::process::Command::new(common::binary())
+        .args([
+            "--data-dir",
+            &dir.join("data").display().to_string(),
+            "--listen",
+            &common::free_addr(),
+            "--appservice-registrations",
+            &file.display().to_string(),
+        ])
+        .output()
+        .expect("run homeserver");
+    assert!(!out.status.success(), "started with a broken registration");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("broken.yaml") && stderr.contains("namespaces.users[0].regex"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
