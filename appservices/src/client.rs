@@ -106,3 +106,51 @@ impl PingError {
         }
     }
 }
+
+impl AsClient {
+    /// `PUT /_matrix/app/v1/transactions/{txnId}`: Ok once the service
+    /// answered 2xx.
+    pub async fn put_transaction(
+        &self,
+        service: &AppService,
+        txn_id: &str,
+        body: &Value,
+    ) -> Result<(), String> {
+        let url = service
+            .url
+            .as_deref()
+            .ok_or_else(|| "no url configured".to_owned())?;
+        let resp = self
+            .http
+            .put(format!(
+                "{url}/_matrix/app/v1/transactions/{}",
+                encode(txn_id)
+            ))
+            .bearer_auth(&service.hs_token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("answered {}", resp.status()))
+        }
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._~".contains(c) {
+                c.to_string()
+            } else {
+                let mut buf = [0u8; 4];
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect()
+            }
+        })
+        .collect()
+}

@@ -6,7 +6,9 @@
 mod client;
 pub mod registration;
 mod routes;
+mod transactions;
 
 pub use client::AsClient;
 pub use registration::{RegistrationError, load_registrations};
 pub use routes::router;
+pub use transactions::start_senders;

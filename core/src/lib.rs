@@ -66,6 +66,8 @@ pub struct Hearth {
     pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
     /// Registered application services (bridges).
     pub appservices: appservice::AppServices,
+    /// Woken when events were queued for application services.
+    pub appservice_queued: tokio::sync::Notify,
 }
 
 /// Queries answered by other servers (the federation crate implements it).
@@ -164,6 +166,7 @@ impl Hearth {
             forwarder: std::sync::OnceLock::new(),
             remote: std::sync::OnceLock::new(),
             appservices: appservice::AppServices::new(config_appservices),
+            appservice_queued: tokio::sync::Notify::new(),
         });
         if hearth.config.cluster.is_some() {
             hearth.spawn_lease_renewal();

@@ -282,7 +282,12 @@ impl Federation {
     /// restart, what was not delivered goes out again).
     pub(crate) async fn resume_queues(self: &Arc<Self>) {
         match self.hearth.store.federation_destinations().await {
-            Ok(dests) => self.wake_destinations(&dests),
+            Ok(mut dests) => {
+                // Rows for application services share the queue (their
+                // destinations start with '!'); their senders are elsewhere.
+                dests.retain(|d| !d.starts_with('!'));
+                self.wake_destinations(&dests)
+            }
             Err(e) => tracing::warn!(error = %e, "cannot read the federation queue"),
         }
     }

@@ -102,6 +102,7 @@ async fn main() -> Result<()> {
                 data_dir = %cfg.core.data_dir.display(),
                 "Hearth is ready"
             );
+            hearth_appservices::start_senders(hearth.clone());
             let app = hearth_client_api::router_with(hearth.clone(), hearth_appservices::router());
             let federation = match cfg.federation.clone() {
                 Some(fc) => {

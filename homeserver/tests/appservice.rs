@@ -19,30 +19,94 @@ const HS_TOKEN: &str = "hs-secret-token-for-tests";
 /// What the service heard: (Authorization header, body) of each ping.
 type Heard = Arc<Mutex<Vec<(String, Value)>>>;
 
-async fn start_service() -> (SocketAddr, Heard) {
-    let heard: Heard = Arc::default();
+/// The service's side of transactions: each (txn id, Authorization, body)
+/// it took, and whether it is "down" (answering 503).
+#[derive(Clone, Default)]
+struct Service {
+    pings: Heard,
+    transactions: Arc<Mutex<Vec<(String, String, Value)>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Service {
+    /// Event bodies (`content.body`) of the transactions taken, in order,
+    /// each transaction id once.
+    fn bodies(&self) -> Vec<String> {
+        let txns = self.transactions.lock().expect("lock");
+        let mut seen = std::collections::HashSet::new();
+        txns.iter()
+            .filter(|(id, _, _)| seen.insert(id.clone()))
+            .flat_map(|(_, _, body)| body["events"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    async fn wait_for(&self, wanted: &[&str]) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let bodies = self.bodies();
+            if wanted.iter().all(|w| bodies.iter().any(|b| b == w)) {
+                return bodies;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the service got {bodies:?}, not all of {wanted:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn start_service() -> (SocketAddr, Service) {
+    let service = Service::default();
     let app = Router::new()
         .route(
             "/_matrix/app/v1/ping",
             post(
-                |State(heard): State<Heard>, headers: HeaderMap, Json(body): Json<Value>| async move {
-                    let auth = headers
-                        .get("authorization")
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    heard.lock().expect("lock").push((auth, body));
+                |State(s): State<Service>, headers: HeaderMap, Json(body): Json<Value>| async move {
+                    s.pings
+                        .lock()
+                        .expect("lock")
+                        .push((auth_of(&headers), body));
                     Json(json!({}))
                 },
             ),
         )
-        .with_state(heard.clone());
+        .route(
+            "/_matrix/app/v1/transactions/{txn}",
+            axum::routing::put(
+                |State(s): State<Service>,
+                 axum::extract::Path(txn): axum::extract::Path<String>,
+                 headers: HeaderMap,
+                 Json(body): Json<Value>| async move {
+                    if s.down.load(std::sync::atomic::Ordering::SeqCst) {
+                        s.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({})));
+                    }
+                    s.transactions
+                        .lock()
+                        .expect("lock")
+                        .push((txn, auth_of(&headers), body));
+                    (axum::http::StatusCode::OK, Json(json!({})))
+                },
+            ),
+        )
+        .with_state(service.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (addr, heard)
+    (addr, service)
+}
+
+fn auth_of(headers: &HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn registration(url: &str) -> String {
@@ -75,6 +139,7 @@ fn as_client(server: &TestServer) -> Client {
 #[tokio::test]
 async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
     let (service_addr, heard) = start_service().await;
+    let heard = heard.pings.clone();
     let dir = temp_dir("as");
     let file = dir.join("bridge.yaml");
     std::fs::write(&file, registration(&format!("http://{service_addr}"))).expect("write");
@@ -332,5 +397,108 @@ async fn a_bad_registration_stops_start_up_naming_the_file_and_field() {
         stderr.contains("broken.yaml") && stderr.contains("namespaces.users[0].regex"),
         "{stderr}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn events_reach_the_service_in_order_and_wait_for_it_while_it_is_down() {
+    let (service_addr, service) = start_service().await;
+    let dir = temp_dir("as-txn");
+    let file = dir.join("bridge.yaml");
+    std::fs::write(&file, registration(&format!("http://{service_addr}"))).expect("write");
+    let file = file.display().to_string();
+    let hs = TestServer::start(&["--appservice-registrations", &file]).await;
+    let bridge = as_client(&hs);
+    let (s, body) = bridge
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"type": "m.login.application_service", "username": "_bridge_alice"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let alice_id = enc("@_bridge_alice:localhost");
+    let bob = hs.register("bob", "bob-password-long").await;
+
+    // A room bob shares with the bridge's puppet: the service hears all of it.
+    let room = bob
+        .create_room(json!({"preset": "public_chat", "invite": ["@_bridge_alice:localhost"]}))
+        .await;
+    let (s, body) = bridge
+        .post(
+            &format!("/_matrix/client/v3/join/{}?user_id={alice_id}", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    bob.send_text(&room, "b1", "bob: hello puppet").await;
+    let (s, body) = bridge
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/p1?user_id={alice_id}",
+                enc(&room)
+            ),
+            json!({"msgtype": "m.text", "body": "alice: hello bob"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    // A room without any of the bridge's users: none of it.
+    let private = bob.create_room(json!({"preset": "private_chat"})).await;
+    bob.send_text(&private, "x1", "bob: to nobody").await;
+    let got = service
+        .wait_for(&["bob: hello puppet", "alice: hello bob"])
+        .await;
+    assert_eq!(got, vec!["bob: hello puppet", "alice: hello bob"]);
+    {
+        let txns = service.transactions.lock().expect("lock");
+        assert!(
+            txns.iter()
+                .all(|(_, auth, _)| *auth == format!("Bearer {HS_TOKEN}"))
+        );
+        let events: Vec<&Value> = txns
+            .iter()
+            .flat_map(|(_, _, b)| b["events"].as_array().expect("events").iter())
+            .collect();
+        assert!(
+            events.iter().any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == "@_bridge_alice:localhost"
+                && e["content"]["membership"] == "invite"),
+            "the invite of its user reaches the service: {events:?}"
+        );
+        assert!(events.iter().all(|e| e["room_id"] != private.as_str()));
+        assert!(events.iter().all(|e| e["event_id"].is_string()));
+    }
+
+    // The service goes down: sending goes on, and what it missed arrives in
+    // order once it is back, each transaction taken once.
+    service
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let missed: Vec<String> = (0..5)
+        .map(|i| format!("bob: while you were away {i}"))
+        .collect();
+    for (i, text) in missed.iter().enumerate() {
+        bob.send_text(&room, &format!("away{i}"), text).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while service.refused.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "Hearth never retried");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    service
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let wanted: Vec<&str> = missed.iter().map(String::as_str).collect();
+    let got = service.wait_for(&wanted).await;
+    let tail: Vec<&str> = got.iter().skip(2).map(String::as_str).collect();
+    assert_eq!(tail, wanted, "{got:?}");
+    // A transaction sent again (after a failure) kept its id and body.
+    let txns = service.transactions.lock().expect("lock").clone();
+    for (id, _, body) in &txns {
+        for (other, _, again) in &txns {
+            if id == other {
+                assert_eq!(body, again, "transaction {id} changed between attempts");
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -348,6 +348,7 @@ impl Hearth {
                 fence: fence.clone(),
                 relay: vec![],
                 state: StateChange::of(&pdu).into_iter().collect(),
+                appservices: self.appservice_audience(&state_of_create(&pdu), &pdu),
             })
             .await?;
         self.rooms.recent.start(room_id.as_str(), ordering);
@@ -643,6 +644,7 @@ impl Hearth {
                 fence: cache.fence.clone(),
                 relay: relay.clone(),
                 state: changes.iter().map(|(c, _)| c.clone()).collect(),
+                appservices: self.appservice_audience(&cache.state, &pdu),
             })
             .await?;
         // From here the room's view includes the event; should the store
@@ -721,6 +723,9 @@ impl Hearth {
             && let Some(remote) = self.remote.get()
         {
             remote.wake(&relay);
+        }
+        if !self.appservices.all().is_empty() {
+            self.appservice_queued.notify_waiters();
         }
         Ok(event_id)
     }
@@ -986,6 +991,16 @@ struct Staged {
     pdu: Pdu,
     relay: Vec<String>,
     rules: RoomVersionRules,
+}
+
+/// A room's state when it holds only its create event.
+fn state_of_create(create: &Pdu) -> HashMap<(String, String), Arc<Pdu>> {
+    let mut state = HashMap::new();
+    state.insert(
+        ("m.room.create".to_owned(), String::new()),
+        Arc::new(create.clone()),
+    );
+    state
 }
 
 /// The server that orders a room: its creator's (spec/federation.md), for a

@@ -100,6 +100,16 @@ pub struct EventToPersist {
     /// The state keys the event changes: the event itself when it is a state
     /// event; after a fork, whatever state resolution settled on.
     pub state: Vec<StateChange>,
+    /// Application services to push the event to, queued (by event id) in
+    /// the same transaction: the outgoing queue's destination
+    /// `appservice_destination(id)`.
+    pub appservices: Vec<String>,
+}
+
+/// The outgoing queue's destination for an application service (its rows
+/// hold event ids). Server names cannot start with '!'.
+pub fn appservice_destination(id: &str) -> String {
+    format!("!as/{id}")
 }
 
 /// One state key set at an event's position in the room's stream.

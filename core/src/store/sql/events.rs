@@ -232,6 +232,13 @@ macro_rules! impl_commit_events {
                     .execute(&mut *conn)
                     .await?;
             }
+            for service in &ev.appservices {
+                sqlx::query("INSERT INTO federation_queue (destination, pdu) VALUES ($1, $2)")
+                    .bind(crate::store::appservice_destination(service))
+                    .bind(pdu.event_id.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
             for change in &ev.state {
                 sqlx::query(
                     "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)",

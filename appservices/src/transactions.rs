@@ -1,0 +1,136 @@
+//! Pushing events to application services: each service's queue (rows of
+//! the outgoing queue under `appservice_destination(id)`, written with the
+//! event) is sent oldest first as transactions, one at a time, retried with
+//! the same id and body until the service takes it. A service that is down
+//! delays nothing but its own queue.
+
+use std::{sync::Arc, time::Duration};
+
+use hearth_core::{Hearth, appservice::AppService, store::appservice_destination};
+use serde_json::{Value, json};
+
+use crate::AsClient;
+
+/// Events per transaction.
+const BATCH: usize = 100;
+/// Retry delays while a service fails: from this, doubling…
+const BACKOFF_START: Duration = Duration::from_millis(200);
+/// …up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A look at the queue even without a wake-up (one lost to a race, or
+/// events another process queued).
+const POLL: Duration = Duration::from_secs(2);
+
+/// Starts a sender for every service with a url.
+pub fn start_senders(hearth: Arc<Hearth>) {
+    for service in hearth.appservices.all() {
+        if service.url.is_some() {
+            tokio::spawn(send_loop(hearth.clone(), service.clone()));
+        }
+    }
+}
+
+struct Transaction {
+    id: String,
+    body: Value,
+    /// The last queue row of each source (shard) it carries.
+    ack: Vec<(usize, i64)>,
+}
+
+async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
+    let destination = appservice_destination(&service.id);
+    let client = AsClient::shared();
+    let mut pending: Option<Transaction> = None;
+    let mut failures: u32 = 0;
+    loop {
+        // Registered before the queue is read, so a wake-up in between
+        // is not lost.
+        let woken = hearth.appservice_queued.notified();
+        let txn = match pending.take() {
+            Some(t) => t,
+            None => match next_transaction(&hearth, &destination).await {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = woken => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(appservice = %service.id, error = %e, "cannot read the queue");
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            },
+        };
+        match client.put_transaction(&service, &txn.id, &txn.body).await {
+            Ok(()) => {
+                if let Err(e) = hearth.store.federation_ack(&destination, &txn.ack).await {
+                    tracing::warn!(appservice = %service.id, error = %e, "cannot acknowledge a transaction");
+                }
+                if failures > 0 {
+                    tracing::info!(appservice = %service.id, "application service reachable again");
+                }
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(appservice = %service.id, error = %e, "application service unreachable; retrying with backoff");
+                }
+                let delay = BACKOFF_START
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(BACKOFF_MAX);
+                pending = Some(txn);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The oldest queued events as a transaction. Its id names the queue rows it
+/// carries, so a transaction sent again after a restart keeps its id.
+async fn next_transaction(
+    hearth: &Hearth,
+    destination: &str,
+) -> hearth_core::Result<Option<Transaction>> {
+    let rows = hearth.store.federation_batch(destination, BATCH).await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let ids: Vec<String> = rows.iter().map(|r| r.pdu.clone()).collect();
+    let found = hearth.store.get_events(&ids).await?;
+    let events: Vec<Value> = ids
+        .iter()
+        .filter_map(|id| found.iter().find(|e| e.pdu.event_id.as_str() == id))
+        .map(|e| e.to_client(None))
+        .collect();
+    let mut ack: Vec<(usize, i64)> = vec![];
+    let mut first: Vec<(usize, i64)> = vec![];
+    for r in &rows {
+        match ack.iter_mut().find(|(s, _)| *s == r.source) {
+            Some(a) => a.1 = a.1.max(r.id),
+            None => {
+                ack.push((r.source, r.id));
+                first.push((r.source, r.id));
+            }
+        }
+    }
+    let id = ack
+        .iter()
+        .map(|(source, last)| {
+            let from = first
+                .iter()
+                .find(|(s, _)| s == source)
+                .map_or(*last, |f| f.1);
+            format!("{source}.{from}-{last}")
+        })
+        .collect::<Vec<_>>()
+        .join("_");
+    Ok(Some(Transaction {
+        id,
+        body: json!({"events": events}),
+        ack,
+    }))
+}
