@@ -168,6 +168,9 @@ for mode in sqlite postgres sharded cluster; do
   stop_server
 done
 
+step "a mautrix-python bridge against Hearth (application services)"
+HEARTH_BIN="$root/target/debug/homeserver" "$root/.venv-clients/bin/pytest" -q tests/appservice
+
 step "federation with Synapse (one Hearth, one Synapse, IP-literal names, a test CA)"
 bash scripts/synapse.sh install
 "$root/.venv-synapse/bin/python" tests/federation/synapse_interop.py "$root/target/debug/homeserver"

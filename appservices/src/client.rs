@@ -154,3 +154,42 @@ fn encode(s: &str) -> String {
         })
         .collect()
 }
+
+impl AsClient {
+    /// A query (`GET /_matrix/app/v1/users/…`, `/rooms/…`): true when the
+    /// service answered 2xx (it created the user or alias).
+    async fn query(&self, service: &AppService, path: &str) -> bool {
+        let Some(url) = service.url.as_deref() else {
+            return false;
+        };
+        match self
+            .http
+            .get(format!("{url}{path}"))
+            .bearer_auth(&service.hs_token)
+            .send()
+            .await
+        {
+            Ok(r) => r.status().is_success(),
+            Err(e) => {
+                tracing::info!(appservice = %service.id, error = %e, "query: no answer");
+                false
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl hearth_core::appservice::AppServiceQueries for AsClient {
+    async fn query_alias(&self, service: &AppService, alias: &str) -> bool {
+        self.query(service, &format!("/_matrix/app/v1/rooms/{}", encode(alias)))
+            .await
+    }
+
+    async fn query_user(&self, service: &AppService, user: &hearth_core::ruma::UserId) -> bool {
+        self.query(
+            service,
+            &format!("/_matrix/app/v1/users/{}", encode(user.as_str())),
+        )
+        .await
+    }
+}

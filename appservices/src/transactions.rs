@@ -21,8 +21,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// events another process queued).
 const POLL: Duration = Duration::from_secs(2);
 
-/// Starts a sender for every service with a url.
+/// Starts a sender for every service with a url, and lets core ask the
+/// services about users and aliases.
 pub fn start_senders(hearth: Arc<Hearth>) {
+    let _ = hearth
+        .appservice_link
+        .set(Arc::new(AsClient::shared().clone()));
     for service in hearth.appservices.all() {
         if service.url.is_some() {
             tokio::spawn(send_loop(hearth.clone(), service.clone()));

@@ -78,6 +78,16 @@ impl AppService {
     }
 }
 
+/// Questions Hearth asks application services (the `appservices` crate
+/// answers over HTTP).
+#[async_trait::async_trait]
+pub trait AppServiceQueries: Send + Sync {
+    /// `GET /_matrix/app/v1/rooms/{alias}`: whether the service created it.
+    async fn query_alias(&self, service: &AppService, alias: &str) -> bool;
+    /// `GET /_matrix/app/v1/users/{userId}`: whether the service created it.
+    async fn query_user(&self, service: &AppService, user: &UserId) -> bool;
+}
+
 /// The registered services, looked up by token or by namespace.
 #[derive(Debug, Clone, Default)]
 pub struct AppServices {
@@ -173,6 +183,50 @@ impl Hearth {
             })
             .map(|s| s.id.clone())
             .collect()
+    }
+
+    /// A local alias's room: stored, or, when an application service's
+    /// namespace covers the alias, whatever it creates when asked (spec:
+    /// services are consulted before "not found").
+    pub async fn resolve_local_alias(&self, alias: &str) -> Result<Option<(String, String)>> {
+        if let Some(found) = self.store.resolve_alias(alias).await? {
+            return Ok(Some(found));
+        }
+        let Some(link) = self.appservice_link.get() else {
+            return Ok(None);
+        };
+        for service in self
+            .appservices
+            .all()
+            .iter()
+            .filter(|s| s.covers_alias(alias))
+        {
+            // Looked up again whatever the answer: a service that created
+            // the alias but answered oddly still gets its room found.
+            let _created = link.query_alias(service, alias).await;
+            if let Some(found) = self.store.resolve_alias(alias).await? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a local user exists, asking the application services whose
+    /// namespaces cover it first when it does not.
+    pub async fn local_user_exists(&self, user: &UserId) -> Result<bool> {
+        if self.store.get_user(user.as_str()).await?.is_some() {
+            return Ok(true);
+        }
+        let Some(link) = self.appservice_link.get() else {
+            return Ok(false);
+        };
+        for service in self.appservices.all().iter().filter(|s| s.may_act_as(user)) {
+            let _created = link.query_user(service, user).await;
+            if self.store.get_user(user.as_str()).await?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Refuses an ordinary user's claim on a user id an application service

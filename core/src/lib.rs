@@ -68,6 +68,8 @@ pub struct Hearth {
     pub appservices: appservice::AppServices,
     /// Woken when events were queued for application services.
     pub appservice_queued: tokio::sync::Notify,
+    /// Asks application services (alias and user queries).
+    pub appservice_link: std::sync::OnceLock<Arc<dyn appservice::AppServiceQueries>>,
 }
 
 /// Queries answered by other servers (the federation crate implements it).
@@ -167,6 +169,7 @@ impl Hearth {
             remote: std::sync::OnceLock::new(),
             appservices: appservice::AppServices::new(config_appservices),
             appservice_queued: tokio::sync::Notify::new(),
+            appservice_link: std::sync::OnceLock::new(),
         });
         if hearth.config.cluster.is_some() {
             hearth.spawn_lease_renewal();

@@ -69,8 +69,7 @@ pub(crate) async fn directory(
     }
     let (room_id, _) = fed
         .hearth
-        .store
-        .resolve_alias(alias.as_str())
+        .resolve_local_alias(alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     Ok(Json(

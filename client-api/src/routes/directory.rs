@@ -68,8 +68,7 @@ async fn get_alias(State(h): State<Arc<Hearth>>, Path(alias): Path<String>) -> J
         return Ok(Json(v));
     }
     let (room_id, _) = h
-        .store
-        .resolve_alias(alias.as_str())
+        .resolve_local_alias(alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     Ok(Json(

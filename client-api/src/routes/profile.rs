@@ -42,6 +42,9 @@ async fn profile(
         let text = |k: &str| v[k].as_str().map(str::to_owned);
         return Ok((text("displayname"), text("avatar_url")));
     }
+    if !h.local_user_exists(&user).await? {
+        return Err(Error::not_found("Profile not found").into());
+    }
     match h.store.get_user(user.as_str()).await? {
         Some(u) if !u.deactivated => Ok((u.displayname, u.avatar_url)),
         _ => Err(Error::not_found("Profile not found").into()),
