@@ -46,31 +46,40 @@ async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
     let client = AsClient::shared();
     let mut pending: Option<Transaction> = None;
     let mut failures: u32 = 0;
+    // Names transactions that carry only ephemeral events.
+    let mut ephemeral_only = EphemeralIds {
+        started_ms: hearth_core::ids::now_ms(),
+        next: 0,
+    };
     loop {
         // Registered before the queue is read, so a wake-up in between
         // is not lost.
         let woken = hearth.appservice_queued.notified();
         let txn = match pending.take() {
             Some(t) => t,
-            None => match next_transaction(&hearth, &destination).await {
-                Ok(Some(t)) => t,
-                Ok(None) => {
-                    tokio::select! {
-                        _ = woken => {}
-                        _ = tokio::time::sleep(POLL) => {}
+            None => {
+                match next_transaction(&hearth, &service, &destination, &mut ephemeral_only).await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => {
+                        tokio::select! {
+                            _ = woken => {}
+                            _ = tokio::time::sleep(POLL) => {}
+                        }
+                        continue;
                     }
-                    continue;
+                    Err(e) => {
+                        tracing::warn!(appservice = %service.id, error = %e, "cannot read the queue");
+                        tokio::time::sleep(POLL).await;
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(appservice = %service.id, error = %e, "cannot read the queue");
-                    tokio::time::sleep(POLL).await;
-                    continue;
-                }
-            },
+            }
         };
         match client.put_transaction(&service, &txn.id, &txn.body).await {
             Ok(()) => {
-                if let Err(e) = hearth.store.federation_ack(&destination, &txn.ack).await {
+                if !txn.ack.is_empty()
+                    && let Err(e) = hearth.store.federation_ack(&destination, &txn.ack).await
+                {
                     tracing::warn!(appservice = %service.id, error = %e, "cannot acknowledge a transaction");
                 }
                 if failures > 0 {
@@ -93,15 +102,37 @@ async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
     }
 }
 
-/// The oldest queued events as a transaction. Its id names the queue rows it
-/// carries, so a transaction sent again after a restart keeps its id.
+struct EphemeralIds {
+    started_ms: u64,
+    next: u64,
+}
+
+/// The oldest queued events, with the ephemeral events waiting (typing,
+/// receipts; for services that asked), as a transaction. Its id names the
+/// queue rows it carries, so a transaction sent again after a restart keeps
+/// its id.
 async fn next_transaction(
     hearth: &Hearth,
+    service: &AppService,
     destination: &str,
+    ephemeral_ids: &mut EphemeralIds,
 ) -> hearth_core::Result<Option<Transaction>> {
     let rows = hearth.store.federation_batch(destination, BATCH).await?;
+    let ephemeral = if service.receive_ephemeral {
+        hearth.appservice_ephemeral.take(&service.id, BATCH)
+    } else {
+        vec![]
+    };
     if rows.is_empty() {
-        return Ok(None);
+        if ephemeral.is_empty() {
+            return Ok(None);
+        }
+        ephemeral_ids.next += 1;
+        return Ok(Some(Transaction {
+            id: format!("e{}.{}", ephemeral_ids.started_ms, ephemeral_ids.next),
+            body: json!({"events": [], "ephemeral": ephemeral}),
+            ack: vec![],
+        }));
     }
     let ids: Vec<String> = rows.iter().map(|r| r.pdu.clone()).collect();
     let found = hearth.store.get_events(&ids).await?;
@@ -134,7 +165,11 @@ async fn next_transaction(
         .join("_");
     Ok(Some(Transaction {
         id,
-        body: json!({"events": events}),
+        body: if ephemeral.is_empty() {
+            json!({"events": events})
+        } else {
+            json!({"events": events, "ephemeral": ephemeral})
+        },
         ack,
     }))
 }

@@ -130,7 +130,83 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Ephemeral events kept per service until its next transaction.
+const MAX_EPHEMERAL: usize = 1000;
+
+/// Ephemeral events (typing, receipts) waiting for each service's next
+/// transaction; in memory only, like typing itself.
+#[derive(Default)]
+pub struct EphemeralQueues(
+    std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::VecDeque<serde_json::Value>>,
+    >,
+);
+
+impl EphemeralQueues {
+    fn push(&self, service: &str, event: serde_json::Value) {
+        if let Ok(mut q) = self.0.lock() {
+            let queue = q.entry(service.to_owned()).or_default();
+            if queue.len() >= MAX_EPHEMERAL {
+                queue.pop_front();
+            }
+            queue.push_back(event);
+        }
+    }
+
+    /// Takes up to `max` of a service's waiting events, oldest first.
+    pub fn take(&self, service: &str, max: usize) -> Vec<serde_json::Value> {
+        let Ok(mut q) = self.0.lock() else {
+            return vec![];
+        };
+        let Some(queue) = q.get_mut(service) else {
+            return vec![];
+        };
+        let n = queue.len().min(max);
+        queue.drain(..n).collect()
+    }
+}
+
 impl Hearth {
+    /// Queues an ephemeral event of `room` for the services that asked for
+    /// them (`receive_ephemeral`) and want the room.
+    pub(crate) async fn appservice_ephemeral(&self, room: &ruma::RoomId, event: serde_json::Value) {
+        if !self.appservices.all().iter().any(|s| s.receive_ephemeral) {
+            return;
+        }
+        let state = match self.room_state(room).await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let state: std::collections::HashMap<(String, String), Arc<crate::pdu::Pdu>> = state
+            .into_iter()
+            .filter_map(|p| {
+                p.state_key
+                    .clone()
+                    .map(|k| ((p.kind.to_string(), k), p.clone()))
+            })
+            .collect();
+        let Some(create) = state
+            .get(&("m.room.create".to_owned(), String::new()))
+            .cloned()
+        else {
+            return;
+        };
+        let mut pushed = false;
+        for id in self.appservice_audience(&state, &create) {
+            if self
+                .appservices
+                .by_id(&id)
+                .is_some_and(|s| s.receive_ephemeral)
+            {
+                self.appservice_ephemeral.push(&id, event.clone());
+                pushed = true;
+            }
+        }
+        if pushed {
+            self.appservice_queued.notify_waiters();
+        }
+    }
+
     /// The application services that want `pdu` (spec: an event is pushed to
     /// a service when its sender, the user a member event is about, the
     /// room, an alias the room publishes or any member of the room is in

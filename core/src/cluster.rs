@@ -128,6 +128,17 @@ impl Hearth {
                 store_typing(bus.clone(), room.as_str(), users);
             }
             self.notify_room(room).await;
+            let users: Vec<String> = self
+                .typing
+                .snapshot(room.as_str())
+                .into_iter()
+                .map(|(u, _)| u)
+                .collect();
+            self.appservice_ephemeral(
+                room,
+                serde_json::json!({"type": "m.typing", "room_id": room, "content": {"user_ids": users}}),
+            )
+            .await;
             // Our users' typing reaches the room's other servers.
             if self.is_local(user) {
                 self.share_with_servers(
@@ -150,6 +161,16 @@ impl Hearth {
             user.to_owned(),
             serde_json::json!({"event_ids": [event_id], "data": {"ts": ts}}),
         );
+        let mut by_event = serde_json::Map::new();
+        by_event.insert(
+            event_id.to_owned(),
+            serde_json::json!({"m.read": {user: {"ts": ts}}}),
+        );
+        self.appservice_ephemeral(
+            room,
+            serde_json::json!({"type": "m.receipt", "room_id": room, "content": by_event}),
+        )
+        .await;
         let mut by_room = serde_json::Map::new();
         by_room.insert(room.to_string(), serde_json::json!({"m.read": by_user}));
         self.share_with_servers(

@@ -68,6 +68,8 @@ pub struct Hearth {
     pub appservices: appservice::AppServices,
     /// Woken when events were queued for application services.
     pub appservice_queued: tokio::sync::Notify,
+    /// Typing and receipts waiting for application services.
+    pub appservice_ephemeral: appservice::EphemeralQueues,
     /// Asks application services (alias and user queries).
     pub appservice_link: std::sync::OnceLock<Arc<dyn appservice::AppServiceQueries>>,
 }
@@ -170,6 +172,7 @@ impl Hearth {
             appservices: appservice::AppServices::new(config_appservices),
             appservice_queued: tokio::sync::Notify::new(),
             appservice_link: std::sync::OnceLock::new(),
+            appservice_ephemeral: Default::default(),
         });
         if hearth.config.cluster.is_some() {
             hearth.spawn_lease_renewal();

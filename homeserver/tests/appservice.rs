@@ -117,6 +117,7 @@ as_token: {AS_TOKEN}
 hs_token: {HS_TOKEN}
 sender_localpart: bridgebot
 rate_limited: false
+receive_ephemeral: true
 namespaces:
   users:
     - exclusive: true
@@ -491,6 +492,59 @@ async fn events_reach_the_service_in_order_and_wait_for_it_while_it_is_down() {
     let got = service.wait_for(&wanted).await;
     let tail: Vec<&str> = got.iter().skip(2).map(String::as_str).collect();
     assert_eq!(tail, wanted, "{got:?}");
+    // Typing and read receipts in the room reach the service too.
+    let (s, body) = bob
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc("@bob:localhost")
+            ),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let last = bob.send_text(&room, "r1", "bob: read this").await;
+    let (s, body) = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&last)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ephemeral: Vec<Value> = service
+            .transactions
+            .lock()
+            .expect("lock")
+            .iter()
+            .flat_map(|(_, _, b)| b["ephemeral"].as_array().cloned().unwrap_or_default())
+            .collect();
+        let typing = ephemeral.iter().any(|e| {
+            e["type"] == "m.typing"
+                && e["room_id"] == room.as_str()
+                && e["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|u| u == "@bob:localhost"))
+        });
+        let receipt = ephemeral.iter().any(|e| {
+            e["type"] == "m.receipt" && e["content"][&last]["m.read"]["@bob:localhost"].is_object()
+        });
+        if typing && receipt {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ephemeral events the service got: {ephemeral:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // A transaction sent again (after a failure) kept its id and body.
     let txns = service.transactions.lock().expect("lock").clone();
     for (id, _, body) in &txns {
