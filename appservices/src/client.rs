@@ -193,3 +193,30 @@ impl hearth_core::appservice::AppServiceQueries for AsClient {
         .await
     }
 }
+
+impl AsClient {
+    /// A GET whose JSON answer is passed on (third-party lookups); `None`
+    /// when the service fails or answers otherwise than 2xx with JSON.
+    pub async fn get_json(&self, service: &AppService, path_and_query: &str) -> Option<Value> {
+        let url = service.url.as_deref()?;
+        let resp = self
+            .http
+            .get(format!("{url}{path_and_query}"))
+            .bearer_auth(&service.hs_token)
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::info!(appservice = %service.id, error = %e, "third-party lookup: no answer");
+            })
+            .ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+pub(crate) fn enc(s: &str) -> String {
+    encode(s)
+}

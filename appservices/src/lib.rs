@@ -6,6 +6,7 @@
 mod client;
 pub mod registration;
 mod routes;
+mod thirdparty;
 mod transactions;
 
 pub use client::AsClient;

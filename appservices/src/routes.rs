@@ -20,10 +20,12 @@ use serde_json::json;
 use crate::AsClient;
 
 pub fn router() -> Router<Arc<Hearth>> {
-    Router::new().route(
-        "/_matrix/client/v1/appservice/{appservice_id}/ping",
-        post(ping),
-    )
+    Router::new()
+        .route(
+            "/_matrix/client/v1/appservice/{appservice_id}/ping",
+            post(ping),
+        )
+        .merge(crate::thirdparty::routes())
 }
 
 #[derive(Deserialize)]

@@ -92,6 +92,36 @@ async fn start_service() -> (SocketAddr, Service) {
                 },
             ),
         )
+        .route(
+            "/_matrix/app/v1/thirdparty/protocol/{protocol}",
+            axum::routing::get(
+                |headers: HeaderMap, axum::extract::Path(p): axum::extract::Path<String>| async move {
+                    if auth_of(&headers) != format!("Bearer {HS_TOKEN}") || p != "chat" {
+                        return (axum::http::StatusCode::NOT_FOUND, Json(json!({})));
+                    }
+                    (
+                        axum::http::StatusCode::OK,
+                        Json(json!({
+                            "user_fields": ["nick"], "location_fields": ["channel"], "icon": "",
+                            "field_types": {}, "instances": [{"desc": "Chat network", "fields": {}, "network_id": "chat"}]
+                        })),
+                    )
+                },
+            ),
+        )
+        .route(
+            "/_matrix/app/v1/thirdparty/user/{protocol}",
+            axum::routing::get(
+                |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                    let nick = q.unwrap_or_default().replace("nick=", "");
+                    Json(json!([{
+                        "userid": format!("@_bridge_{nick}:localhost"),
+                        "protocol": "chat",
+                        "fields": {"nick": nick}
+                    }]))
+                },
+            ),
+        )
         .with_state(service.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -118,6 +148,7 @@ hs_token: {HS_TOKEN}
 sender_localpart: bridgebot
 rate_limited: false
 receive_ephemeral: true
+protocols: ["chat"]
 namespaces:
   users:
     - exclusive: true
@@ -369,6 +400,26 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
             "{body}"
         );
     }
+
+    // Third-party lookups go to the bridge serving the protocol.
+    let (s, protocols) = bob.get("/_matrix/client/v3/thirdparty/protocols").await;
+    assert_eq!(s, 200, "{protocols}");
+    assert_eq!(
+        protocols["chat"]["user_fields"],
+        json!(["nick"]),
+        "{protocols}"
+    );
+    let (s, users) = bob
+        .get("/_matrix/client/v3/thirdparty/user/chat?nick=dave")
+        .await;
+    assert_eq!(s, 200, "{users}");
+    assert_eq!(users[0]["userid"], "@_bridge_dave:localhost", "{users}");
+    let (s, body) = bob.get("/_matrix/client/v3/thirdparty/protocol/fax").await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "{body}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
