@@ -48,6 +48,29 @@ async fn session_for(hearth: &Hearth, parts: &Parts, token: &str) -> Result<Sess
     Ok(hearth.authenticate(token).await?)
 }
 
+/// `?ts=` on a send: the event's `origin_server_ts`, for application
+/// services only (others' is ignored, as Synapse does); a value that is not
+/// a valid timestamp is 400.
+pub fn massaged_ts(session: &Session, query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = query
+        .map(url_params)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|(k, _)| k == "ts")
+        .map(|(_, v)| v)
+    else {
+        return Ok(None);
+    };
+    if session.appservice.is_none() {
+        return Ok(None);
+    }
+    // origin_server_ts is a canonical-JSON integer: at most 2^53 - 1.
+    match raw.parse::<u64>() {
+        Ok(ts) if ts < (1 << 53) => Ok(Some(ts)),
+        _ => Err(hearth_core::Error::invalid_param(format!("Invalid ts {raw}")).into()),
+    }
+}
+
 fn url_params(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter_map(|kv| {

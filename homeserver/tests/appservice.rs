@@ -312,6 +312,66 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
         }),
         "{page}"
     );
+    // Timestamp massaging: the service may date its events (?ts=); a
+    // user's ts is ignored, a malformed one is 400.
+    let (s, sent) = service
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t2?user_id={alice_id}&ts=1500000000000",
+                enc(&room)
+            ),
+            json!({"msgtype": "m.text", "body": "said in 2017"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{sent}");
+    let (s, ev) = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(&room),
+            enc(sent["event_id"].as_str().expect("event_id"))
+        ))
+        .await;
+    assert_eq!(
+        (s, ev["origin_server_ts"].as_u64()),
+        (200, Some(1_500_000_000_000)),
+        "{ev}"
+    );
+    let sent = bob
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t3?ts=1500000000000",
+                enc(&room)
+            ),
+            json!({"msgtype": "m.text", "body": "bob cannot"}),
+        )
+        .await
+        .1;
+    let (_, ev) = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(&room),
+            enc(sent["event_id"].as_str().expect("event_id"))
+        ))
+        .await;
+    assert!(
+        ev["origin_server_ts"].as_u64().expect("ts") > 1_600_000_000_000,
+        "{ev}"
+    );
+    let (s, body) = service
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/t4?user_id={alice_id}&ts=soon",
+                enc(&room)
+            ),
+            json!({"msgtype": "m.text", "body": "bad ts"}),
+        )
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
+
     // Not as users outside its namespace, nor unregistered ones.
     for user in ["@bob:localhost", "@_bridge_nobody:localhost"] {
         let (s, body) = service

@@ -40,9 +40,11 @@ async fn send(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Path((room_id, kind, txn_id)): Path<(String, String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
-    let event_id = send_message(&h, &s, &room_id, &kind, &txn_id, content).await?;
+    let ts = crate::extract::massaged_ts(&s, query.as_deref())?;
+    let event_id = send_message(&h, &s, &room_id, &kind, &txn_id, content, ts).await?;
     Ok(Json(json!({"event_id": event_id})))
 }
 
@@ -55,6 +57,7 @@ pub(crate) async fn send_message(
     kind: &str,
     txn_id: &str,
     content: Map<String, Value>,
+    ts: Option<u64>,
 ) -> ApiResult<String> {
     let room_id = parse_room_id(room_id)?;
     // A retry must not count against the rate limit. Without limits the
@@ -72,6 +75,7 @@ pub(crate) async fn send_message(
     }
     let mut ev = NewEvent::message(s.user_id.clone(), kind, Value::Object(content));
     ev.txn = Some((s.device_id.clone(), txn_id.to_owned()));
+    ev.ts = ts;
     let event_id = h.send_event(&room_id, ev).await?;
     h.presence_active(s.user_id.as_str());
     Ok(event_id.to_string())

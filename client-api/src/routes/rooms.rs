@@ -461,17 +461,15 @@ async fn send_state(
     kind: &str,
     sk: &str,
     content: Map<String, Value>,
+    query: Option<&str>,
 ) -> JsonResult {
     let room_id = parse_room_id(room)?;
     if kind == "m.room.member" {
         parse_user_id(sk)?;
     }
-    let event_id = h
-        .send_event(
-            &room_id,
-            NewEvent::state(s.0.user_id.clone(), kind, sk, Value::Object(content)),
-        )
-        .await?;
+    let mut ev = NewEvent::state(s.0.user_id.clone(), kind, sk, Value::Object(content));
+    ev.ts = crate::extract::massaged_ts(&s.0, query)?;
+    let event_id = h.send_event(&room_id, ev).await?;
     Ok(Json(json!({"event_id": event_id})))
 }
 
@@ -479,18 +477,20 @@ async fn put_state(
     State(h): State<Arc<Hearth>>,
     a: Auth,
     Path((room_id, kind, sk)): Path<(String, String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
-    send_state(&h, &a, &room_id, &kind, &sk, content).await
+    send_state(&h, &a, &room_id, &kind, &sk, content, query.as_deref()).await
 }
 
 async fn put_state_empty_key(
     State(h): State<Arc<Hearth>>,
     a: Auth,
     Path((room_id, kind)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
-    send_state(&h, &a, &room_id, &kind, "", content).await
+    send_state(&h, &a, &room_id, &kind, "", content, query.as_deref()).await
 }
 
 #[derive(Deserialize)]

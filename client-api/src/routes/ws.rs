@@ -269,7 +269,7 @@ async fn handle_frame(h: &Hearth, s: &Session, raw: &str) -> Value {
             txn_id,
             content,
             ..
-        } => send_message(h, s, &room_id, &event_type, &txn_id, content)
+        } => send_message(h, s, &room_id, &event_type, &txn_id, content, None)
             .await
             .map(|event_id| json!({"event_id": event_id})),
         ClientFrame::Typing {

@@ -60,6 +60,10 @@ pub struct NewEvent {
     pub redacts: Option<OwnedEventId>,
     /// (device_id, txn_id): a retry with the same pair returns the first event id.
     pub txn: Option<(String, String)>,
+    /// `origin_server_ts` an application service chose (`?ts=`); now when
+    /// `None`.
+    #[serde(default)]
+    pub ts: Option<u64>,
 }
 
 impl NewEvent {
@@ -71,6 +75,7 @@ impl NewEvent {
             state_key: None,
             redacts: None,
             txn: None,
+            ts: None,
         }
     }
 
@@ -82,6 +87,7 @@ impl NewEvent {
             state_key: Some(state_key.to_owned()),
             redacts: None,
             txn: None,
+            ts: None,
         }
     }
 }

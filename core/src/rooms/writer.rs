@@ -488,7 +488,7 @@ impl Hearth {
             "auth_events": auth_events,
             "content": new.content,
             "depth": depth,
-            "origin_server_ts": now_ms(),
+            "origin_server_ts": new.ts.unwrap_or_else(now_ms),
             "prev_events": prev_events,
             "room_id": room_id,
             "sender": new.sender,
