@@ -133,18 +133,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Ephemeral events kept per service until its next transaction.
 const MAX_EPHEMERAL: usize = 1000;
 
-/// Ephemeral events (typing, receipts) waiting for each service's next
-/// transaction; in memory only, like typing itself.
+/// Ephemeral events (typing, receipts, presence) waiting for each service's
+/// next transaction; in memory only, like typing itself.
 #[derive(Default)]
-pub struct EphemeralQueues(
-    std::sync::Mutex<
+pub struct EphemeralQueues {
+    queues: std::sync::Mutex<
         std::collections::HashMap<String, std::collections::VecDeque<serde_json::Value>>,
     >,
-);
+    /// Users whose presence changed since the last look
+    /// (`presence_to_appservices`).
+    presence: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
 
 impl EphemeralQueues {
     fn push(&self, service: &str, event: serde_json::Value) {
-        if let Ok(mut q) = self.0.lock() {
+        if let Ok(mut q) = self.queues.lock() {
             let queue = q.entry(service.to_owned()).or_default();
             if queue.len() >= MAX_EPHEMERAL {
                 queue.pop_front();
@@ -155,7 +158,7 @@ impl EphemeralQueues {
 
     /// Takes up to `max` of a service's waiting events, oldest first.
     pub fn take(&self, service: &str, max: usize) -> Vec<serde_json::Value> {
-        let Ok(mut q) = self.0.lock() else {
+        let Ok(mut q) = self.queues.lock() else {
             return vec![];
         };
         let Some(queue) = q.get_mut(service) else {
@@ -163,6 +166,19 @@ impl EphemeralQueues {
         };
         let n = queue.len().min(max);
         queue.drain(..n).collect()
+    }
+
+    pub(crate) fn presence_changed(&self, user: &str) {
+        if let Ok(mut users) = self.presence.lock() {
+            users.insert(user.to_owned());
+        }
+    }
+
+    fn take_presence(&self) -> Vec<String> {
+        self.presence
+            .lock()
+            .map(|mut u| std::mem::take(&mut *u).into_iter().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -200,6 +216,53 @@ impl Hearth {
             {
                 self.appservice_ephemeral.push(&id, event.clone());
                 pushed = true;
+            }
+        }
+        if pushed {
+            self.appservice_queued.notify_waiters();
+        }
+    }
+
+    /// Presence changes for the services that asked for ephemeral events:
+    /// each user's presence goes to the services with a user sharing a room
+    /// with them. Run by the sweeper (presence changes come from sync code).
+    pub(crate) async fn presence_to_appservices(&self) {
+        let users = self.appservice_ephemeral.take_presence();
+        let services: Vec<&Arc<AppService>> = self
+            .appservices
+            .all()
+            .iter()
+            .filter(|s| s.receive_ephemeral && s.url.is_some())
+            .collect();
+        if users.is_empty() || services.is_empty() {
+            return;
+        }
+        let mut pushed = false;
+        for user in users {
+            let Some(state) = self.presence.get(&user) else {
+                continue;
+            };
+            let sharing = match self.store.users_sharing_rooms(&user).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "presence for application services");
+                    continue;
+                }
+            };
+            let event = serde_json::json!({
+                "type": "m.presence",
+                "sender": user,
+                "content": crate::ephemeral::presence_content(&state),
+            });
+            for s in &services {
+                let shares = sharing
+                    .iter()
+                    .filter_map(|u| UserId::parse(u.as_str()).ok())
+                    .any(|u| s.may_act_as(&u));
+                if shares {
+                    self.appservice_ephemeral.push(&s.id, event.clone());
+                    pushed = true;
+                }
             }
         }
         if pushed {

@@ -257,6 +257,9 @@ impl Hearth {
         }
         if changed {
             self.notifier.wake_all_local();
+            if self.appservices.all().iter().any(|s| s.receive_ephemeral) {
+                self.appservice_ephemeral.presence_changed(user);
+            }
             if let Some(remote) = self.remote.get()
                 && self.is_local(user)
                 && let Some(state) = self.presence.get(user)

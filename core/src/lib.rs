@@ -212,6 +212,7 @@ impl Hearth {
                 if ticks.is_multiple_of(2) {
                     h.age_presence().await;
                 }
+                h.presence_to_appservices().await;
             }
         });
     }

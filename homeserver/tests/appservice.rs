@@ -603,7 +603,8 @@ async fn events_reach_the_service_in_order_and_wait_for_it_while_it_is_down() {
     let got = service.wait_for(&wanted).await;
     let tail: Vec<&str> = got.iter().skip(2).map(String::as_str).collect();
     assert_eq!(tail, wanted, "{got:?}");
-    // Typing and read receipts in the room reach the service too.
+    // Typing, read receipts and presence of the room's users reach the
+    // service too.
     let (s, body) = bob
         .put(
             &format!(
@@ -627,6 +628,16 @@ async fn events_reach_the_service_in_order_and_wait_for_it_while_it_is_down() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
+    let (s, body) = bob
+        .put(
+            &format!(
+                "/_matrix/client/v3/presence/{}/status",
+                enc("@bob:localhost")
+            ),
+            json!({"presence": "online", "status_msg": "bridging"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let ephemeral: Vec<Value> = service
@@ -646,7 +657,12 @@ async fn events_reach_the_service_in_order_and_wait_for_it_while_it_is_down() {
         let receipt = ephemeral.iter().any(|e| {
             e["type"] == "m.receipt" && e["content"][&last]["m.read"]["@bob:localhost"].is_object()
         });
-        if typing && receipt {
+        let presence = ephemeral.iter().any(|e| {
+            e["type"] == "m.presence"
+                && e["sender"] == "@bob:localhost"
+                && e["content"]["status_msg"] == "bridging"
+        });
+        if typing && receipt && presence {
             break;
         }
         assert!(
