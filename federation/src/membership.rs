@@ -375,6 +375,34 @@ impl Federation {
         Ok((CanonicalJsonValue::Object(event).into(), event_id, version))
     }
 
+    /// Tries `attempt` through each of `servers` in turn until one succeeds;
+    /// else the last failure. `what` names the step in logs.
+    async fn through_first<F, Fut>(
+        room: &RoomId,
+        servers: &[String],
+        what: &str,
+        attempt: F,
+    ) -> Result<(), FedError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), FedError>>,
+    {
+        let mut last = FedError::Remote(format!("no server to {what} through"));
+        for server in servers {
+            match attempt(server.clone()).await {
+                Ok(()) => {
+                    tracing::info!(room = %room, %server, "{what} through another server");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::info!(%server, room = %room, error = %e, "{what} through this server failed");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// `make_leave`/`send_leave` for a room this server is not in (an
     /// invite declined, a knock withdrawn); the leave is stored here.
     pub(crate) async fn leave_remote(
@@ -385,34 +413,24 @@ impl Federation {
         reason: Option<&str>,
     ) -> Result<(), FedError> {
         let content = self.hearth.member_content(user, "leave", reason).await?;
-        let mut last = FedError::Remote("no server to leave through".into());
-        for server in servers {
-            let attempt = async {
+        Self::through_first(room, servers, "leave", |server| {
+            let content = content.clone();
+            async move {
                 let (signed, event_id, version) = self
-                    .make_membership(server, room, user, "leave", content.clone())
+                    .make_membership(&server, room, user, "leave", content)
                     .await?;
                 let path = format!(
                     "/_matrix/federation/v2/send_leave/{}/{}",
                     enc(room.as_str()),
                     enc(event_id.as_str())
                 );
-                self.request(server, http::Method::PUT, &path, Some(&signed))
+                self.request(&server, http::Method::PUT, &path, Some(&signed))
                     .await?;
                 self.store_own_membership(signed, event_id, &version, None)
                     .await
-            };
-            match attempt.await {
-                Ok(()) => {
-                    tracing::info!(room = %room, %user, %server, "left a room on another server");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::info!(%server, room = %room, error = %e, "leave through this server failed");
-                    last = e;
-                }
             }
-        }
-        Err(last)
+        })
+        .await
     }
 
     /// `make_knock`/`send_knock` through the first of `servers` that
@@ -425,11 +443,11 @@ impl Federation {
         reason: Option<&str>,
     ) -> Result<(), FedError> {
         let content = self.hearth.member_content(user, "knock", reason).await?;
-        let mut last = FedError::Remote("no server to knock through".into());
-        for server in servers {
-            let attempt = async {
+        Self::through_first(room, servers, "knock", |server| {
+            let content = content.clone();
+            async move {
                 let (signed, event_id, version) = self
-                    .make_membership(server, room, user, "knock", content.clone())
+                    .make_membership(&server, room, user, "knock", content)
                     .await?;
                 let path = format!(
                     "/_matrix/federation/v1/send_knock/{}/{}",
@@ -437,7 +455,7 @@ impl Federation {
                     enc(event_id.as_str())
                 );
                 let answer = self
-                    .request(server, http::Method::PUT, &path, Some(&signed))
+                    .request(&server, http::Method::PUT, &path, Some(&signed))
                     .await?;
                 let state: Vec<Value> = answer["knock_room_state"]
                     .as_array()
@@ -445,27 +463,16 @@ impl Federation {
                     .flatten()
                     .map(Pdu::strip_json)
                     .collect();
-                let state = Value::Array(state);
                 self.store_own_membership(
                     signed,
                     event_id,
                     &version,
-                    Some(("knock_room_state", state)),
+                    Some(("knock_room_state", Value::Array(state))),
                 )
                 .await
-            };
-            match attempt.await {
-                Ok(()) => {
-                    tracing::info!(room = %room, %user, %server, "knocked on a room on another server");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::info!(%server, room = %room, error = %e, "knock through this server failed");
-                    last = e;
-                }
             }
-        }
-        Err(last)
+        })
+        .await
     }
 
     /// Stores our user's own membership event of a room this server is not
@@ -583,17 +590,10 @@ impl Federation {
         user: &UserId,
         servers: &[String],
     ) -> Result<(), FedError> {
-        let mut last = FedError::Remote("no server to join through".into());
-        for server in servers {
-            match self.join_via(server, room, user).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::info!(%server, room = %room, error = %e, "join through this server failed");
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+        Self::through_first(room, servers, "join", |server| async move {
+            self.join_via(&server, room, user).await
+        })
+        .await
     }
 
     async fn join_via(&self, server: &str, room: &RoomId, user: &UserId) -> Result<(), FedError> {

@@ -120,19 +120,13 @@ async fn register(
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user})));
     }
-    let (token, device) = h
-        .issue_token(
-            &user,
-            body.device_id.as_deref(),
-            body.initial_device_display_name.as_deref(),
-        )
-        .await?;
-    Ok(Json(json!({
-        "user_id": user,
-        "access_token": token,
-        "device_id": device,
-        "home_server": h.config.server_name,
-    })))
+    logged_in(
+        &h,
+        &user,
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )
+    .await
 }
 
 /// An application service registers a user of its namespaces: no UIA, no
@@ -170,13 +164,24 @@ async fn register_appservice_user(
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user})));
     }
-    let (token, device) = h
-        .issue_token(
-            &user,
-            body.device_id.as_deref(),
-            body.initial_device_display_name.as_deref(),
-        )
-        .await?;
+    logged_in(
+        h,
+        &user,
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )
+    .await
+}
+
+/// A new device and access token for `user`: the answer to a registration
+/// or login.
+async fn logged_in(
+    h: &Hearth,
+    user: &hearth_core::ruma::UserId,
+    device_id: Option<&str>,
+    display_name: Option<&str>,
+) -> JsonResult {
+    let (token, device) = h.issue_token(user, device_id, display_name).await?;
     Ok(Json(json!({
         "user_id": user,
         "access_token": token,
@@ -252,19 +257,13 @@ async fn login_appservice_user(
         Some(u) if !u.deactivated => {}
         _ => return Err(Error::forbidden(format!("{user_id} is not registered")).into()),
     }
-    let (token, device) = h
-        .issue_token(
-            &user_id,
-            body.device_id.as_deref(),
-            body.initial_device_display_name.as_deref(),
-        )
-        .await?;
-    Ok(Json(json!({
-        "user_id": user_id,
-        "access_token": token,
-        "device_id": device,
-        "home_server": h.config.server_name,
-    })))
+    logged_in(
+        h,
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -304,19 +303,13 @@ async fn login(
         .parse_local_user(&user)
         .map_err(|_| Error::forbidden("Invalid username or password"))?;
     h.check_password(&user_id, password).await?;
-    let (token, device) = h
-        .issue_token(
-            &user_id,
-            body.device_id.as_deref(),
-            body.initial_device_display_name.as_deref(),
-        )
-        .await?;
-    Ok(Json(json!({
-        "user_id": user_id,
-        "access_token": token,
-        "device_id": device,
-        "home_server": h.config.server_name,
-    })))
+    logged_in(
+        &h,
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )
+    .await
 }
 
 async fn logout(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
