@@ -6,7 +6,7 @@ pub mod extract;
 mod forward;
 mod routes;
 
-pub use routes::directory::public_rooms_for_server;
+pub use routes::{directory::public_rooms_for_server, ws::wait_for_sockets};
 
 use std::{sync::Arc, time::Duration};
 

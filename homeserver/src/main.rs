@@ -131,6 +131,9 @@ async fn main() -> Result<()> {
                 }
             })
             .await?;
+            // Upgraded sockets outlive the server's graceful shutdown: give
+            // them a moment to tell their clients when to come back.
+            hearth_client_api::wait_for_sockets(std::time::Duration::from_secs(3)).await;
             if let Some(f) = federation {
                 match f.await {
                     Ok(Err(e)) => tracing::error!(error = %e, "federation listener failed"),

@@ -118,6 +118,37 @@ fn error_frame(id: Option<Value>, errcode: &str, error: &str) -> Value {
     json!({"type": "error", "id": id, "errcode": errcode, "error": error})
 }
 
+/// Open sockets: the server waits for them to say goodbye before it exits
+/// (an upgraded connection is not something axum's graceful shutdown waits
+/// for).
+static OPEN_SOCKETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct OpenSocket;
+
+impl OpenSocket {
+    fn new() -> Self {
+        OPEN_SOCKETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenSocket
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        OPEN_SOCKETS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits (at most `limit`) until every WebSocket has been told to reconnect
+/// and closed; called once the server stops taking requests.
+pub async fn wait_for_sockets(limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while OPEN_SOCKETS.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn serve(
     h: Arc<Hearth>,
     s: Session,
@@ -125,6 +156,7 @@ async fn serve(
     presence: String,
     socket: WebSocket,
 ) {
+    let _open = OpenSocket::new();
     // An open socket is the client's heartbeat, renewed at every ping.
     h.presence_sync(s.user_id.as_str(), &presence);
     let (mut sink, mut stream) = socket.split();
@@ -215,14 +247,16 @@ async fn serve(
                 }
             }
             _ = shutdown.changed() => {
-                // Spread reconnects so a restart is not met by a thundering herd.
-                let after_ms = rand::thread_rng().gen_range(1000..5000);
-                let _ = tx.send(text(&json!({"type": "reconnect", "after_ms": after_ms}))).await;
-                let _ = tx.send(close(1012, "server restarting")).await;
+                say_reconnect(&tx).await;
                 break;
             }
         }
         if pusher.0.is_finished() {
+            if *h.shutdown.borrow() {
+                // The pusher stopped because the server is draining: the
+                // client still needs to hear when to come back.
+                say_reconnect(&tx).await;
+            }
             break;
         }
     }
@@ -230,6 +264,16 @@ async fn serve(
     drop(tx);
     let _ = writer.await;
     tracing::debug!(user = %s.user_id, "websocket sync closed");
+}
+
+/// Draining: tells the client when to reconnect, then closes.
+async fn say_reconnect(tx: &mpsc::Sender<Message>) {
+    // Spread reconnects so a restart is not met by a thundering herd.
+    let after_ms = rand::thread_rng().gen_range(1000..5000);
+    let _ = tx
+        .send(text(&json!({"type": "reconnect", "after_ms": after_ms})))
+        .await;
+    let _ = tx.send(close(1012, "server restarting")).await;
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
