@@ -64,12 +64,18 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 fn rand_suffix() -> String {
-    use std::time::SystemTime;
+    use std::{
+        sync::atomic::{AtomicU64, Ordering},
+        time::SystemTime,
+    };
+    // Tests run in parallel threads: two may read the same clock tick, so a
+    // per-process counter keeps their directories apart.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{n:x}")
+    format!("{n:x}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 pub fn binary() -> &'static str {
