@@ -375,6 +375,32 @@ impl Federation {
         Ok((CanonicalJsonValue::Object(event).into(), event_id, version))
     }
 
+    /// The whole handshake through `server`: `make_membership`, then
+    /// `send_join`/`send_leave` (v2) or `send_knock` (v1) with the signed
+    /// event. Returns the event, its id, the room's version and the answer.
+    async fn exchange_membership(
+        &self,
+        server: &str,
+        room: &RoomId,
+        user: &UserId,
+        membership: &str,
+        content: Value,
+    ) -> Result<(Value, ruma::OwnedEventId, RoomVersionId, Value), FedError> {
+        let (signed, event_id, version) = self
+            .make_membership(server, room, user, membership, content)
+            .await?;
+        let api = if membership == "knock" { "v1" } else { "v2" };
+        let path = format!(
+            "/_matrix/federation/{api}/send_{membership}/{}/{}",
+            enc(room.as_str()),
+            enc(event_id.as_str())
+        );
+        let answer = self
+            .request(server, http::Method::PUT, &path, Some(&signed))
+            .await?;
+        Ok((signed, event_id, version, answer))
+    }
+
     /// Tries `attempt` through each of `servers` in turn until one succeeds;
     /// else the last failure. `what` names the step in logs.
     async fn through_first<F, Fut>(
@@ -416,15 +442,8 @@ impl Federation {
         Self::through_first(room, servers, "leave", |server| {
             let content = content.clone();
             async move {
-                let (signed, event_id, version) = self
-                    .make_membership(&server, room, user, "leave", content)
-                    .await?;
-                let path = format!(
-                    "/_matrix/federation/v2/send_leave/{}/{}",
-                    enc(room.as_str()),
-                    enc(event_id.as_str())
-                );
-                self.request(&server, http::Method::PUT, &path, Some(&signed))
+                let (signed, event_id, version, _) = self
+                    .exchange_membership(&server, room, user, "leave", content)
                     .await?;
                 self.store_own_membership(signed, event_id, &version, None)
                     .await
@@ -446,16 +465,8 @@ impl Federation {
         Self::through_first(room, servers, "knock", |server| {
             let content = content.clone();
             async move {
-                let (signed, event_id, version) = self
-                    .make_membership(&server, room, user, "knock", content)
-                    .await?;
-                let path = format!(
-                    "/_matrix/federation/v1/send_knock/{}/{}",
-                    enc(room.as_str()),
-                    enc(event_id.as_str())
-                );
-                let answer = self
-                    .request(&server, http::Method::PUT, &path, Some(&signed))
+                let (signed, event_id, version, answer) = self
+                    .exchange_membership(&server, room, user, "knock", content)
                     .await?;
                 let state: Vec<Value> = answer["knock_room_state"]
                     .as_array()
@@ -600,16 +611,8 @@ impl Federation {
         let lock = self.join_lock(room.as_str());
         let _joining = lock.lock().await;
         let content = self.hearth.member_content(user, "join", None).await?;
-        let (signed, event_id, version) = self
-            .make_membership(server, room, user, "join", content)
-            .await?;
-        let path = format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            enc(room.as_str()),
-            enc(event_id.as_str())
-        );
-        let joined = self
-            .request(server, http::Method::PUT, &path, Some(&signed))
+        let (signed, event_id, version, joined) = self
+            .exchange_membership(server, room, user, "join", content)
             .await?;
 
         // The room as the resident server has it: checked event by event,
