@@ -63,6 +63,7 @@ bash tests/clients/setup.sh
 hs_pids=()
 data=""
 db_names=()
+db_urls=()
 stop_server() {
   for pid in "${hs_pids[@]}"; do
     kill "$pid" 2>/dev/null || true
@@ -72,7 +73,7 @@ stop_server() {
   for db in "${db_names[@]}"; do
     psql "$pg_base/postgres" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   done
-  hs_pids=() data="" db_names=()
+  hs_pids=() data="" db_names=() db_urls=()
 }
 # Creates a database, remembered for cleanup; its url is left in $db_url.
 new_db() {
@@ -80,6 +81,7 @@ new_db() {
   psql "$pg_base/postgres" -qc "CREATE DATABASE $name" >/dev/null
   db_names+=("$name")
   db_url="$pg_base/$name"
+  db_urls+=("$db_url")
 }
 trap stop_server EXIT
 
@@ -159,8 +161,10 @@ for mode in sqlite postgres sharded cluster; do
     exit 1
   fi
 
-  step "matrix-nio client test against Hearth, $mode"
-  HEARTH_URL="$url" "$root/.venv-clients/bin/pytest" -q tests/clients
+  step "matrix-nio client tests against Hearth, $mode (end-to-end encryption included)"
+  # The E2EE test reads what the server stored, to prove it holds no plaintext.
+  HEARTH_URL="$url" HEARTH_DATA_DIR="$data" HEARTH_DB_URLS="${db_urls[*]}" \
+    "$root/.venv-clients/bin/pytest" -q tests/clients
 
   step "bench smoke against Hearth, $mode (correctness only)"
   "$root/target/debug/bench" --hs "hearth=$bench_url" --smoke --scenarios unloaded,pairs,group8,room256,idle,idle_ws

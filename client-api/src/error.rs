@@ -64,6 +64,7 @@ fn known_errcode(code: &str) -> &'static str {
         "M_INVALID_ROOM_STATE",
         "M_EXCLUSIVE",
         "M_UNKNOWN_DEVICE",
+        "M_WRONG_ROOM_KEYS_VERSION",
     ];
     KNOWN
         .iter()
@@ -106,6 +107,7 @@ fn core_parts(e: &Error) -> (StatusCode, &'static str) {
             known_errcode(errcode),
         ),
         Error::Unknown(_) => (S::BAD_REQUEST, "M_UNKNOWN"),
+        Error::WrongRoomKeysVersion { .. } => (S::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION"),
         Error::Internal(_)
         | Error::DuplicateTransaction { .. }
         | Error::Superseded
@@ -154,6 +156,9 @@ impl IntoResponse for ApiError {
                 }
                 if let Error::LimitExceeded { retry_after_ms } = e {
                     body["retry_after_ms"] = json!(retry_after_ms);
+                }
+                if let Error::WrongRoomKeysVersion { current } = &e {
+                    body["current_version"] = json!(current);
                 }
                 if let Error::UnknownToken { soft_logout } = e {
                     body["soft_logout"] = json!(soft_logout);

@@ -42,6 +42,7 @@ fn client_routes() -> Router<Arc<Hearth>> {
         .merge(routes::ephemeral::routes())
         .merge(routes::account_data::routes())
         .merge(routes::directory::routes())
+        .merge(routes::keys::routes())
         .layer(axum::middleware::from_fn(deadline))
         // Sync bounds itself: its wait is part of the request.
         .merge(routes::sync::routes())

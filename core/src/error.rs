@@ -47,6 +47,9 @@ pub enum Error {
     Unknown(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// Key backup writes go to the newest version only.
+    #[error("Wrong backup version: the current one is {current}")]
+    WrongRoomKeysVersion { current: String },
     /// The (user, device, txn id) already named a committed event; the store
     /// refused the new one and the caller answers with the first.
     #[error("transaction already sent as {event_id}")]

@@ -7,6 +7,7 @@ pub mod appservice;
 pub mod bus;
 mod cluster;
 pub mod config;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
 pub mod filter;
@@ -51,6 +52,8 @@ pub struct Hearth {
     pub uia: UiaSessions,
     pub ratelimiter: RateLimiter,
     pub unread: UnreadCache,
+    /// End-to-end encryption bookkeeping between syncs.
+    pub e2ee: e2ee::E2eeState,
     /// Flips to true when the server starts draining: long-polls answer at
     /// once and WebSockets are told to reconnect elsewhere.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -127,6 +130,14 @@ pub trait Remote: Send + Sync {
     /// A local user's presence changed (`content` as in `m.presence`): tell
     /// the servers of everyone who shares a room with them.
     fn share_presence(&self, user: &str, content: serde_json::Value);
+    /// A local user's devices or keys changed: send these EDUs
+    /// (`m.device_list_update`, `m.signing_key_update`) to the servers of
+    /// everyone who shares a room with them.
+    fn share_device_updates(&self, user: &str, edus: Vec<serde_json::Value>);
+    /// `/user/keys/query` on `server` (`body`: `{device_keys}`).
+    async fn query_keys(&self, server: &str, body: serde_json::Value) -> Result<serde_json::Value>;
+    /// `/user/keys/claim` on `server` (`body`: `{one_time_keys}`).
+    async fn claim_keys(&self, server: &str, body: serde_json::Value) -> Result<serde_json::Value>;
 }
 
 /// Hands a send to the process holding the room's writer lease.
@@ -163,6 +174,7 @@ impl Hearth {
             uia: UiaSessions::default(),
             ratelimiter: RateLimiter::default(),
             unread: UnreadCache::default(),
+            e2ee: e2ee::E2eeState::default(),
             shutdown: tokio::sync::watch::channel(false).0,
             bus: bus.as_ref().map(|(b, _)| b.clone()),
             heads: Default::default(),

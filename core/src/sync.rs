@@ -155,6 +155,7 @@ impl Hearth {
         if since == Some(&upto) && !req.full_state {
             // Nothing moved in any stream: the common case for a long-poll
             // that just re-armed after its last answer.
+            self.ack_to_device(user, device, upto.misc).await?;
             return Ok((empty_response(&upto), false));
         }
         let misc_moved = since.is_none_or(|s| s.misc != upto.misc);
@@ -163,6 +164,11 @@ impl Hearth {
         let mut invite = Map::new();
         let mut knock = Map::new();
         let mut leave = Map::new();
+        // Membership changes seen in this answer, for `device_lists`: users
+        // who joined a room with us (their devices are news to us) and users
+        // who left one (maybe the last room we shared).
+        let mut members_joined: BTreeSet<String> = BTreeSet::new();
+        let mut members_left: BTreeSet<String> = BTreeSet::new();
 
         let memberships = self.store.memberships_of_user(user.as_str()).await?;
         let joined: Vec<String> = memberships
@@ -288,6 +294,24 @@ impl Hearth {
                     let members_changed = initial
                         || has_member_event(&timeline["events"])
                         || state.iter().any(is_member_event);
+                    if since.is_some() {
+                        if membership_is_new {
+                            for member in self.store.room_members(&m.room_id, None).await? {
+                                if member.membership == "join" {
+                                    members_joined.insert(member.user_id);
+                                }
+                            }
+                        }
+                        collect_member_changes(
+                            timeline["events"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .chain(&state),
+                            &mut members_joined,
+                            &mut members_left,
+                        );
+                    }
                     room.insert("timeline".into(), timeline);
                     room.insert("state".into(), json!({"events": state}));
                     room.insert("ephemeral".into(), json!({"events": ephemeral}));
@@ -320,6 +344,13 @@ impl Hearth {
                         || (since.is_none() && f.include_leave) =>
                 {
                     has_data |= since.is_some();
+                    if since.is_some() {
+                        for member in self.store.room_members(&m.room_id, None).await? {
+                            if member.membership == "join" {
+                                members_left.insert(member.user_id);
+                            }
+                        }
+                    }
                     let (timeline, state) = self
                         .room_timeline_and_state(
                             &room_id,
@@ -358,7 +389,38 @@ impl Hearth {
         };
         has_data |= since.is_some() && !presence.is_empty();
 
-        let mut body = empty_response(&upto);
+        let devices = self
+            .device_sync(user, device, since.map(|s| s.misc), upto.misc, misc_moved)
+            .await?;
+        let mut changed = devices.changed;
+        changed.extend(members_joined.into_iter().filter(|u| u != user.as_str()));
+        let mut left = BTreeSet::new();
+        members_left.retain(|u| u != user.as_str() && !changed.contains(u));
+        if !members_left.is_empty() {
+            let sharing: BTreeSet<String> = self
+                .store
+                .users_sharing_rooms(user.as_str())
+                .await?
+                .into_iter()
+                .collect();
+            left = members_left
+                .into_iter()
+                .filter(|u| !sharing.contains(u))
+                .collect();
+        }
+        has_data |= since.is_some()
+            && (!devices.to_device.is_empty() || !changed.is_empty() || !left.is_empty());
+        // A to-device backlog larger than one answer: the token stops where
+        // this answer's messages end.
+        let mut next = upto.clone();
+        if let Some(misc) = devices.misc_upto {
+            next.misc = misc;
+        }
+        let mut body = empty_response(&next);
+        body["to_device"] = json!({"events": devices.to_device});
+        body["device_lists"] = json!({"changed": changed, "left": left});
+        body["device_one_time_keys_count"] = devices.one_time_key_counts;
+        body["device_unused_fallback_key_types"] = json!(devices.unused_fallback);
         body["rooms"] = json!({"join": join, "invite": invite, "leave": leave, "knock": knock});
         body["account_data"] = json!({"events": global_data});
         body["presence"] = json!({"events": presence});
@@ -556,6 +618,31 @@ fn empty_response(upto: &SyncToken) -> Value {
         "device_one_time_keys_count": {},
         "device_unused_fallback_key_types": [],
     })
+}
+
+/// Sorts the membership events among `events` into users who joined and
+/// users who left or were banned.
+fn collect_member_changes<'a>(
+    events: impl Iterator<Item = &'a Value>,
+    joined: &mut BTreeSet<String>,
+    left: &mut BTreeSet<String>,
+) {
+    for ev in events.filter(|e| is_member_event(e)) {
+        let Some(who) = ev.get("state_key").and_then(Value::as_str) else {
+            continue;
+        };
+        match ev["content"]["membership"].as_str() {
+            Some("join") => {
+                left.remove(who);
+                joined.insert(who.to_owned());
+            }
+            Some("leave" | "ban") => {
+                joined.remove(who);
+                left.insert(who.to_owned());
+            }
+            _ => {}
+        }
+    }
 }
 
 fn is_member_event(ev: &Value) -> bool {

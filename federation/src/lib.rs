@@ -7,6 +7,7 @@ mod auth;
 mod client;
 pub mod discovery;
 pub mod dns;
+mod e2ee;
 mod error;
 mod history;
 mod keyring;

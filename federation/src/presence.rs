@@ -36,7 +36,10 @@ impl Federation {
     }
 
     /// Other servers with users in a room `user` is in.
-    async fn servers_sharing_with(&self, user: &str) -> hearth_core::Result<Vec<String>> {
+    pub(crate) async fn servers_sharing_with(
+        &self,
+        user: &str,
+    ) -> hearth_core::Result<Vec<String>> {
         let ours = self.server_name().as_str();
         let servers: BTreeSet<String> = self
             .hearth

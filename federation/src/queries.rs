@@ -207,6 +207,36 @@ impl hearth_core::Remote for RemoteQueries {
         }
     }
 
+    fn share_device_updates(&self, user: &str, edus: Vec<Value>) {
+        if let Ok(fed) = self.fed() {
+            fed.share_device_updates(user, edus);
+        }
+    }
+
+    async fn query_keys(&self, server: &str, body: Value) -> Result<Value> {
+        let fed = self.fed()?;
+        Ok(fed
+            .request(
+                server,
+                http::Method::POST,
+                "/_matrix/federation/v1/user/keys/query",
+                Some(&body),
+            )
+            .await?)
+    }
+
+    async fn claim_keys(&self, server: &str, body: Value) -> Result<Value> {
+        let fed = self.fed()?;
+        Ok(fed
+            .request(
+                server,
+                http::Method::POST,
+                "/_matrix/federation/v1/user/keys/claim",
+                Some(&body),
+            )
+            .await?)
+    }
+
     async fn query_directory(&self, alias: &RoomAliasId) -> Result<Value> {
         let path = format!(
             "/_matrix/federation/v1/query/directory?room_alias={}",

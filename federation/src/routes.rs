@@ -12,7 +12,7 @@ use axum::{
 use hearth_client_api::error::ApiError;
 use serde_json::{Value, json};
 
-use crate::{Federation, auth, history, membership, queries, server_keys, transactions};
+use crate::{Federation, auth, e2ee, history, membership, queries, server_keys, transactions};
 
 pub fn router(fed: Arc<Federation>) -> Router {
     let signed = Router::new()
@@ -79,6 +79,12 @@ pub fn router(fed: Arc<Federation>) -> Router {
         .route(
             "/_matrix/federation/v1/publicRooms",
             get(queries::public_rooms_get).post(queries::public_rooms_post),
+        )
+        .route("/_matrix/federation/v1/user/keys/query", post(e2ee::query))
+        .route("/_matrix/federation/v1/user/keys/claim", post(e2ee::claim))
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(e2ee::devices),
         )
         .route_layer(from_fn_with_state(fed.clone(), auth::require_signature));
     Router::new()

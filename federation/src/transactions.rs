@@ -466,6 +466,9 @@ impl Federation {
                     }
                 }
                 Some("m.presence") => self.receive_presence(origin, content),
+                Some(
+                    kind @ ("m.direct_to_device" | "m.device_list_update" | "m.signing_key_update"),
+                ) => self.receive_e2ee_edu(origin, kind, content).await,
                 other => tracing::debug!(%origin, edu = ?other, "EDU not handled"),
             }
         }

@@ -1910,3 +1910,148 @@ async fn a_fork_in_the_event_graph_settles_by_state_resolution_on_every_server()
     assert!(state.contains(&renamed_id.as_str()), "{ids}");
     assert!(!state.contains(&early.as_str()), "{ids}");
 }
+
+/// The (user, device) a client's token belongs to.
+async fn whoami(c: &Client) -> (String, String) {
+    let (s, b) = c.get("/_matrix/client/v3/account/whoami").await;
+    assert_eq!(s, 200, "{b}");
+    (
+        b["user_id"].as_str().unwrap_or_default().to_owned(),
+        b["device_id"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Uploads identity keys (the curve25519 key named `curve`) and one
+/// one-time key for a client's device.
+async fn upload_device_keys(c: &Client, curve: &str) {
+    let (user, device) = whoami(c).await;
+    let (s, b) = c
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({
+                "device_keys": {
+                    "user_id": user, "device_id": device,
+                    "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+                    "keys": {format!("curve25519:{device}"): curve, format!("ed25519:{device}"): "ed"},
+                    "signatures": {},
+                },
+                "one_time_keys": {format!("signed_curve25519:{curve}"): {"key": format!("otk-{curve}")}},
+            }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// Syncs `c` from `since` until `found` holds for an answer (at most 20 s).
+async fn sync_until(c: &Client, since: &str, found: impl Fn(&Value) -> bool) -> Value {
+    let mut since = since.to_owned();
+    for _ in 0..40 {
+        let (s, b) = c
+            .get(&format!(
+                "/_matrix/client/v3/sync?timeout=500&since={}",
+                enc(&since)
+            ))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        if found(&b) {
+            return b;
+        }
+        since = b["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+    panic!("sync never showed what was expected");
+}
+
+#[tokio::test]
+async fn keys_and_to_device_messages_cross_servers() {
+    let world = World::start().await;
+    let [a, _, c, _] = &world.servers[..] else {
+        unreachable!()
+    };
+    let (a_user, a_device) = whoami(&a.user).await;
+    let (c_user, c_device) = whoami(&c.user).await;
+    upload_device_keys(&a.user, "a1").await;
+    upload_device_keys(&c.user, "c1").await;
+    let room = a
+        .user
+        .create_room(json!({"preset": "public_chat", "name": "keys"}))
+        .await;
+    join(c, &room, "a.test").await;
+
+    // c.test's client reads a.test's user's keys through a.test, and claims
+    // a one-time key there; a.test's user's key can be claimed only once.
+    let (s, q) = c
+        .user
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({"device_keys": {a_user.clone(): []}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{q}");
+    assert_eq!(
+        q["device_keys"][&a_user][&a_device]["keys"][format!("curve25519:{a_device}")],
+        "a1",
+        "{q}"
+    );
+    assert_eq!(q["failures"], json!({}), "{q}");
+    let claim = json!({"one_time_keys": {a_user.clone(): {a_device.clone(): "signed_curve25519"}}});
+    let (s, k) = c
+        .user
+        .post("/_matrix/client/v3/keys/claim", claim.clone())
+        .await;
+    assert_eq!(s, 200, "{k}");
+    assert_eq!(
+        k["one_time_keys"][&a_user][&a_device]["signed_curve25519:a1"]["key"], "otk-a1",
+        "{k}"
+    );
+    let (_, k) = c.user.post("/_matrix/client/v3/keys/claim", claim).await;
+    assert_eq!(k["one_time_keys"], json!({}), "claimed twice: {k}");
+
+    // A to-device message from a.test reaches c.test's device once.
+    let (s, b) = c.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200, "{b}");
+    let since = b["next_batch"].as_str().unwrap_or_default().to_owned();
+    let message =
+        json!({"messages": {c_user.clone(): {c_device.clone(): {"ciphertext": "opaque"}}}});
+    for _ in 0..2 {
+        let (s, b) = a
+            .user
+            .put(
+                "/_matrix/client/v3/sendToDevice/m.room.encrypted/t1",
+                message.clone(),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let got = sync_until(&c.user, &since, |b| {
+        b["to_device"]["events"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    let events = &got["to_device"]["events"];
+    assert_eq!(events.as_array().map(Vec::len), Some(1), "{got}");
+    assert_eq!(events[0]["sender"], a_user.as_str());
+    assert_eq!(events[0]["content"]["ciphertext"], "opaque");
+
+    // New keys on a.test reach c.test as a device-list update.
+    let since = got["next_batch"].as_str().unwrap_or_default().to_owned();
+    upload_device_keys(&a.user, "a2").await;
+    sync_until(&c.user, &since, |b| {
+        b["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|u| u == a_user.as_str()))
+    })
+    .await;
+    let (_, q) = c
+        .user
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({"device_keys": {a_user.clone(): []}}),
+        )
+        .await;
+    assert_eq!(
+        q["device_keys"][&a_user][&a_device]["keys"][format!("curve25519:{a_device}")],
+        "a2",
+        "{q}"
+    );
+}

@@ -312,13 +312,18 @@ async fn login(
     .await
 }
 
+/// Logging out ends the device: its token, keys and to-device inbox go.
 async fn logout(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
     h.store.delete_token(&s.token_hash).await?;
+    if !s.device_id.is_empty() {
+        h.delete_devices(&s.user_id, Some(&[s.device_id.clone()]))
+            .await?;
+    }
     Ok(Json(json!({})))
 }
 
 async fn logout_all(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    h.store.delete_devices(s.user_id.as_str(), None).await?;
+    h.delete_devices(&s.user_id, None).await?;
     Ok(Json(json!({})))
 }
 

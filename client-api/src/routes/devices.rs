@@ -96,9 +96,7 @@ async fn delete_one(
         return Err(Error::not_found("Unknown device").into());
     }
     reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
-    h.store
-        .delete_devices(s.user_id.as_str(), Some(&[device_id]))
-        .await?;
+    h.delete_devices(&s.user_id, Some(&[device_id])).await?;
     Ok(Json(json!({})))
 }
 
@@ -114,8 +112,6 @@ async fn delete_many(
     JsonBody(body): JsonBody<DeleteManyBody>,
 ) -> JsonResult {
     reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
-    h.store
-        .delete_devices(s.user_id.as_str(), Some(&body.devices))
-        .await?;
+    h.delete_devices(&s.user_id, Some(&body.devices)).await?;
     Ok(Json(json!({})))
 }

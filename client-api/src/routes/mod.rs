@@ -5,6 +5,7 @@ pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
 pub mod internal;
+pub mod keys;
 pub mod media;
 pub mod messages;
 pub mod profile;

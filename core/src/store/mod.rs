@@ -416,6 +416,154 @@ pub struct StoredServerKey {
     pub expired_ts: Option<i64>,
 }
 
+/// A key-backup version (`/room_keys/version`).
+#[derive(Debug, Clone)]
+pub struct BackupVersion {
+    pub version: i64,
+    pub algorithm: String,
+    pub auth_data: Value,
+    /// Bumped whenever the keys in the version change.
+    pub etag: i64,
+}
+
+/// One session key in a backup: (room, session, the `KeyBackupData`).
+pub type BackupKey = (String, String, Value);
+
+/// End-to-end encryption: public keys, to-device inboxes and key backups, all
+/// in the main database. Positions drawn here are on the misc stream (shared
+/// with account data), so one sync token covers them.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// Stores a device's identity keys. Unless they are unchanged, records a
+    /// device-list change for the user and returns its position.
+    async fn put_device_keys(&self, user: &str, device: &str, keys: &Value) -> Result<Option<i64>>;
+    /// The identity keys of the user's devices: (device, keys).
+    async fn device_keys(&self, user: &str) -> Result<Vec<(String, Value)>>;
+    /// Adds one-time keys `(algorithm, key_id, key)`. A key id already held
+    /// with different content fails with `InvalidParam` and adds nothing.
+    async fn add_one_time_keys(
+        &self,
+        user: &str,
+        device: &str,
+        keys: &[(String, String, Value)],
+    ) -> Result<()>;
+    /// Sets the device's fallback key for an algorithm (unused again when it
+    /// is a new key).
+    async fn put_fallback_key(
+        &self,
+        user: &str,
+        device: &str,
+        algorithm: &str,
+        key_id: &str,
+        key: &Value,
+    ) -> Result<()>;
+    /// Unclaimed one-time keys per algorithm, and the algorithms whose
+    /// fallback key is unused.
+    async fn key_counts(
+        &self,
+        user: &str,
+        device: &str,
+    ) -> Result<(Vec<(String, i64)>, Vec<String>)>;
+    /// Hands out one one-time key of the algorithm (deleted as it is handed
+    /// out, so no two claims get the same key), or the fallback key when none
+    /// is left: `("algorithm:key_id", key)`.
+    async fn claim_key(
+        &self,
+        user: &str,
+        device: &str,
+        algorithm: &str,
+    ) -> Result<Option<(String, Value)>>;
+    /// Replaces cross-signing keys `(key type, key)` and records a
+    /// device-list change for the user.
+    async fn put_cross_signing_keys(&self, user: &str, keys: &[(String, Value)]) -> Result<i64>;
+    /// The user's cross-signing keys: (key type, key).
+    async fn cross_signing_keys(&self, user: &str) -> Result<Vec<(String, Value)>>;
+    /// Adds signatures to the stored key of `user`: a device (`key` is a
+    /// device id) or a cross-signing key (`key` is its public key), `by`
+    /// signer → key id → signature. Records a device-list change.
+    async fn add_key_signatures(
+        &self,
+        user: &str,
+        key: &str,
+        signatures: &serde_json::Map<String, Value>,
+    ) -> Result<bool>;
+    /// Stores `signer`'s signatures (key id → signature) of another user's
+    /// master key; only the signer is shown them.
+    async fn add_user_signatures(
+        &self,
+        signer: &str,
+        target: &str,
+        target_key: &str,
+        signatures: &[(String, String)],
+    ) -> Result<i64>;
+    /// `signer`'s signatures of `target`'s keys: (target key, key id,
+    /// signature).
+    async fn user_signatures(
+        &self,
+        signer: &str,
+        target: &str,
+    ) -> Result<Vec<(String, String, String)>>;
+    /// Records that the users' devices or keys changed; the position.
+    async fn device_lists_changed(&self, users: &[String]) -> Result<i64>;
+    /// Users whose devices changed with `after < position <= upto`.
+    async fn device_list_changes(&self, after: i64, upto: i64) -> Result<Vec<String>>;
+    /// The newest device-list position of a user (federation's stream_id).
+    async fn device_list_position(&self, user: &str) -> Result<i64>;
+    /// Forgets the keys, one-time keys and inbox of deleted devices and
+    /// records a device-list change.
+    async fn delete_device_keys(&self, user: &str, devices: &[String]) -> Result<i64>;
+    /// Queues to-device messages `(user, device, message)`; with a
+    /// transaction id `(sender, sender device, txn)`, a repeat queues nothing
+    /// and returns `None`.
+    async fn queue_to_device(
+        &self,
+        txn: Option<(&str, &str, &str)>,
+        messages: &[(String, String, Value)],
+    ) -> Result<Option<i64>>;
+    /// A device's messages with `after < position <= upto`, oldest first.
+    async fn to_device_messages(
+        &self,
+        user: &str,
+        device: &str,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Value)>>;
+    /// Drops a device's messages up to `upto` (it has synced past them).
+    async fn delete_to_device(&self, user: &str, device: &str, upto: i64) -> Result<()>;
+
+    async fn create_backup(&self, user: &str, algorithm: &str, auth_data: &Value) -> Result<i64>;
+    /// A backup version, or the newest when `version` is `None`; deleted
+    /// versions are not found.
+    async fn backup_version(
+        &self,
+        user: &str,
+        version: Option<i64>,
+    ) -> Result<Option<BackupVersion>>;
+    async fn update_backup(&self, user: &str, version: i64, auth_data: &Value) -> Result<bool>;
+    async fn delete_backup(&self, user: &str, version: i64) -> Result<bool>;
+    /// Writes session keys into a version and bumps its etag.
+    async fn put_backup_keys(&self, user: &str, version: i64, keys: &[BackupKey]) -> Result<()>;
+    /// Keys of a version, optionally of one room or one session.
+    async fn backup_keys(
+        &self,
+        user: &str,
+        version: i64,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<Vec<BackupKey>>;
+    /// Deletes keys of a version (all, a room's or a session) and bumps its
+    /// etag.
+    async fn delete_backup_keys(
+        &self,
+        user: &str,
+        version: i64,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<()>;
+    async fn backup_key_count(&self, user: &str, version: i64) -> Result<i64>;
+}
+
 /// Everything a homeserver needs from storage.
-pub trait Store: AccountStore + RoomStore + DataStore {}
-impl<T: AccountStore + RoomStore + DataStore> Store for T {}
+pub trait Store: AccountStore + RoomStore + DataStore + KeyStore {}
+impl<T: AccountStore + RoomStore + DataStore + KeyStore> Store for T {}

@@ -19,9 +19,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{
-    AccountDataRecord, AccountStore, CommitHook, DataStore, DeviceRecord, Direction,
-    EventToPersist, Lease, MediaRecord, MembershipRecord, PendingCommit, QueuedPdu, ReceiptRecord,
-    RoomStore, StoredServerKey, UserRecord, postgres::PgStore,
+    AccountDataRecord, AccountStore, BackupKey, BackupVersion, CommitHook, DataStore, DeviceRecord,
+    Direction, EventToPersist, KeyStore, Lease, MediaRecord, MembershipRecord, PendingCommit,
+    QueuedPdu, ReceiptRecord, RoomStore, StoredServerKey, UserRecord, postgres::PgStore,
 };
 use crate::{
     Error, Result,
@@ -588,5 +588,158 @@ impl DataStore for ShardedStore {
     }
     async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()> {
         self.main.add_server_key(key_id, pkcs8).await
+    }
+}
+
+#[async_trait]
+impl KeyStore for ShardedStore {
+    async fn put_device_keys(&self, user: &str, device: &str, keys: &Value) -> Result<Option<i64>> {
+        self.main.put_device_keys(user, device, keys).await
+    }
+    async fn device_keys(&self, user: &str) -> Result<Vec<(String, Value)>> {
+        self.main.device_keys(user).await
+    }
+    async fn add_one_time_keys(
+        &self,
+        user: &str,
+        device: &str,
+        keys: &[(String, String, Value)],
+    ) -> Result<()> {
+        self.main.add_one_time_keys(user, device, keys).await
+    }
+    async fn put_fallback_key(
+        &self,
+        user: &str,
+        device: &str,
+        algorithm: &str,
+        key_id: &str,
+        key: &Value,
+    ) -> Result<()> {
+        self.main
+            .put_fallback_key(user, device, algorithm, key_id, key)
+            .await
+    }
+    async fn key_counts(
+        &self,
+        user: &str,
+        device: &str,
+    ) -> Result<(Vec<(String, i64)>, Vec<String>)> {
+        self.main.key_counts(user, device).await
+    }
+    async fn claim_key(
+        &self,
+        user: &str,
+        device: &str,
+        algorithm: &str,
+    ) -> Result<Option<(String, Value)>> {
+        self.main.claim_key(user, device, algorithm).await
+    }
+    async fn put_cross_signing_keys(&self, user: &str, keys: &[(String, Value)]) -> Result<i64> {
+        self.main.put_cross_signing_keys(user, keys).await
+    }
+    async fn cross_signing_keys(&self, user: &str) -> Result<Vec<(String, Value)>> {
+        self.main.cross_signing_keys(user).await
+    }
+    async fn add_key_signatures(
+        &self,
+        user: &str,
+        key: &str,
+        signatures: &serde_json::Map<String, Value>,
+    ) -> Result<bool> {
+        self.main.add_key_signatures(user, key, signatures).await
+    }
+    async fn add_user_signatures(
+        &self,
+        signer: &str,
+        target: &str,
+        target_key: &str,
+        signatures: &[(String, String)],
+    ) -> Result<i64> {
+        self.main
+            .add_user_signatures(signer, target, target_key, signatures)
+            .await
+    }
+    async fn user_signatures(
+        &self,
+        signer: &str,
+        target: &str,
+    ) -> Result<Vec<(String, String, String)>> {
+        self.main.user_signatures(signer, target).await
+    }
+    async fn device_lists_changed(&self, users: &[String]) -> Result<i64> {
+        self.main.device_lists_changed(users).await
+    }
+    async fn device_list_changes(&self, after: i64, upto: i64) -> Result<Vec<String>> {
+        self.main.device_list_changes(after, upto).await
+    }
+    async fn device_list_position(&self, user: &str) -> Result<i64> {
+        self.main.device_list_position(user).await
+    }
+    async fn delete_device_keys(&self, user: &str, devices: &[String]) -> Result<i64> {
+        self.main.delete_device_keys(user, devices).await
+    }
+    async fn queue_to_device(
+        &self,
+        txn: Option<(&str, &str, &str)>,
+        messages: &[(String, String, Value)],
+    ) -> Result<Option<i64>> {
+        self.main.queue_to_device(txn, messages).await
+    }
+    async fn to_device_messages(
+        &self,
+        user: &str,
+        device: &str,
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Value)>> {
+        self.main
+            .to_device_messages(user, device, after, upto, limit)
+            .await
+    }
+    async fn delete_to_device(&self, user: &str, device: &str, upto: i64) -> Result<()> {
+        self.main.delete_to_device(user, device, upto).await
+    }
+    async fn create_backup(&self, user: &str, algorithm: &str, auth_data: &Value) -> Result<i64> {
+        self.main.create_backup(user, algorithm, auth_data).await
+    }
+    async fn backup_version(
+        &self,
+        user: &str,
+        version: Option<i64>,
+    ) -> Result<Option<BackupVersion>> {
+        self.main.backup_version(user, version).await
+    }
+    async fn update_backup(&self, user: &str, version: i64, auth_data: &Value) -> Result<bool> {
+        self.main.update_backup(user, version, auth_data).await
+    }
+    async fn delete_backup(&self, user: &str, version: i64) -> Result<bool> {
+        self.main.delete_backup(user, version).await
+    }
+    async fn put_backup_keys(&self, user: &str, version: i64, keys: &[BackupKey]) -> Result<()> {
+        self.main.put_backup_keys(user, version, keys).await
+    }
+    async fn backup_keys(
+        &self,
+        user: &str,
+        version: i64,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<Vec<BackupKey>> {
+        self.main.backup_keys(user, version, room, session).await
+    }
+    async fn delete_backup_keys(
+        &self,
+        user: &str,
+        version: i64,
+        room: Option<&str>,
+        session: Option<&str>,
+    ) -> Result<()> {
+        self.main
+            .delete_backup_keys(user, version, room, session)
+            .await
+    }
+    async fn backup_key_count(&self, user: &str, version: i64) -> Result<i64> {
+        self.main.backup_key_count(user, version).await
     }
 }

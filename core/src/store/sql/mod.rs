@@ -24,6 +24,9 @@ macro_rules! sql_backend {
         mod data {
             crate::store::sql::data::impl_data_store!($db, $next_stream_id, $stream_lock);
         }
+        mod keys {
+            crate::store::sql::keys::impl_key_store!($db);
+        }
         mod leases {
             crate::store::sql::leases::impl_room_leases!($db, $now_ms, $row_lock);
         }
@@ -41,6 +44,7 @@ pub(crate) mod accounts;
 pub(crate) mod data;
 pub(crate) mod events;
 pub(crate) mod group_commit;
+pub(crate) mod keys;
 pub(crate) mod leases;
 pub(crate) mod positions;
 pub(crate) mod read_cache;

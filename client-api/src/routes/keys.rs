@@ -1,0 +1,309 @@
+//! End-to-end encryption endpoints: `/keys/*`, `/sendToDevice` and the key
+//! backup under `/room_keys` (the logic is in `hearth_core::e2ee`).
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    routing::{get, post, put},
+};
+use hearth_core::{Error, Hearth, e2ee::backup::BackupScope, sync::SyncToken};
+use serde_json::{Value, json};
+
+use super::{JsonResult, account::reauthenticate};
+use crate::extract::{Auth, JsonBody};
+
+pub fn routes() -> Router<Arc<Hearth>> {
+    Router::new()
+        .route("/keys/upload", post(upload))
+        .route("/keys/query", post(query))
+        .route("/keys/claim", post(claim))
+        .route("/keys/changes", get(changes))
+        .route("/keys/device_signing/upload", post(device_signing))
+        .route("/keys/signatures/upload", post(signatures))
+        .route("/sendToDevice/{kind}/{txn}", put(send_to_device))
+        .route(
+            "/room_keys/version",
+            post(create_backup).get(current_backup),
+        )
+        .route(
+            "/room_keys/version/{version}",
+            get(get_backup).put(update_backup).delete(delete_backup),
+        )
+        .route(
+            "/room_keys/keys",
+            get(get_keys).put(put_keys).delete(delete_keys),
+        )
+        .route(
+            "/room_keys/keys/{room}",
+            get(get_room_keys)
+                .put(put_room_keys)
+                .delete(delete_room_keys),
+        )
+        .route(
+            "/room_keys/keys/{room}/{session}",
+            get(get_session_key)
+                .put(put_session_key)
+                .delete(delete_session_key),
+        )
+}
+
+async fn upload(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    Ok(Json(h.upload_keys(&s.user_id, &s.device_id, &body).await?))
+}
+
+async fn query(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    Ok(Json(h.query_keys(&s.user_id, &body).await?))
+}
+
+async fn claim(
+    State(h): State<Arc<Hearth>>,
+    Auth(_): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    Ok(Json(h.claim_keys(&body).await?))
+}
+
+/// `from` and `to` are sync tokens; the device-list positions are their misc
+/// positions.
+async fn changes(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Query(q): Query<HashMap<String, String>>,
+) -> JsonResult {
+    let token = |name: &str| -> Result<SyncToken, Error> {
+        q.get(name)
+            .ok_or_else(|| Error::MissingParam(format!("{name} is required")))?
+            .parse()
+    };
+    let (from, to) = (token("from")?, token("to")?);
+    let changed = h.key_changes(&s.user_id, from.misc, to.misc).await?;
+    Ok(Json(json!({"changed": changed, "left": []})))
+}
+
+/// Replacing existing cross-signing keys needs the password again; the first
+/// upload does not (spec v1.11, MSC3967): a new account has nothing to lose.
+async fn device_signing(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    let has_master = h
+        .store
+        .cross_signing_keys(s.user_id.as_str())
+        .await?
+        .iter()
+        .any(|(k, _)| k == "master");
+    if has_master {
+        reauthenticate(&h, body.get("auth"), &s.user_id).await?;
+    }
+    h.upload_cross_signing_keys(&s.user_id, &body).await?;
+    Ok(Json(json!({})))
+}
+
+async fn signatures(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    Ok(Json(h.upload_signatures(&s.user_id, &body).await?))
+}
+
+async fn send_to_device(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((kind, txn)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    let messages = body
+        .get("messages")
+        .ok_or_else(|| Error::MissingParam("messages is required".into()))?;
+    h.send_to_device(&s.user_id, &s.device_id, &kind, &txn, messages)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+async fn create_backup(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    Ok(Json(h.create_backup_version(&s.user_id, &body).await?))
+}
+
+async fn current_backup(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+    Ok(Json(h.backup_info(&s.user_id, None).await?))
+}
+
+async fn get_backup(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(version): Path<String>,
+) -> JsonResult {
+    Ok(Json(h.backup_info(&s.user_id, Some(&version)).await?))
+}
+
+async fn update_backup(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(version): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    h.update_backup_version(&s.user_id, &version, &body).await?;
+    Ok(Json(json!({})))
+}
+
+async fn delete_backup(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(version): Path<String>,
+) -> JsonResult {
+    h.delete_backup_version(&s.user_id, &version).await?;
+    Ok(Json(json!({})))
+}
+
+fn version_of(q: &HashMap<String, String>) -> Result<&str, Error> {
+    q.get("version")
+        .map(String::as_str)
+        .ok_or_else(|| Error::MissingParam("version is required".into()))
+}
+
+const ALL: BackupScope<'static> = BackupScope {
+    room: None,
+    session: None,
+};
+
+fn room_scope(room: &str) -> BackupScope<'_> {
+    BackupScope {
+        room: Some(room),
+        session: None,
+    }
+}
+
+fn session_scope<'a>(room: &'a str, session: &'a str) -> BackupScope<'a> {
+    BackupScope {
+        room: Some(room),
+        session: Some(session),
+    }
+}
+
+async fn get_keys(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Query(q): Query<HashMap<String, String>>,
+) -> JsonResult {
+    Ok(Json(
+        h.get_backup_keys(&s.user_id, version_of(&q)?, ALL).await?,
+    ))
+}
+
+async fn put_keys(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Query(q): Query<HashMap<String, String>>,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    Ok(Json(
+        h.put_backup_keys(&s.user_id, version_of(&q)?, ALL, &body)
+            .await?,
+    ))
+}
+
+async fn delete_keys(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Query(q): Query<HashMap<String, String>>,
+) -> JsonResult {
+    Ok(Json(
+        h.delete_backup_keys(&s.user_id, version_of(&q)?, ALL)
+            .await?,
+    ))
+}
+
+async fn get_room_keys(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(room): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> JsonResult {
+    Ok(Json(
+        h.get_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
+            .await?,
+    ))
+}
+
+async fn put_room_keys(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(room): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    Ok(Json(
+        h.put_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room), &body)
+            .await?,
+    ))
+}
+
+async fn delete_room_keys(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path(room): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> JsonResult {
+    Ok(Json(
+        h.delete_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
+            .await?,
+    ))
+}
+
+async fn get_session_key(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((room, session)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> JsonResult {
+    Ok(Json(
+        h.get_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
+            .await?,
+    ))
+}
+
+async fn put_session_key(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((room, session)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    JsonBody(body): JsonBody<Value>,
+) -> JsonResult {
+    Ok(Json(
+        h.put_backup_keys(
+            &s.user_id,
+            version_of(&q)?,
+            session_scope(&room, &session),
+            &body,
+        )
+        .await?,
+    ))
+}
+
+async fn delete_session_key(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((room, session)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> JsonResult {
+    Ok(Json(
+        h.delete_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
+            .await?,
+    ))
+}

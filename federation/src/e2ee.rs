@@ -1,0 +1,135 @@
+//! End-to-end encryption over federation: other servers query and claim our
+//! users' keys and list their devices; we tell them when our users' devices
+//! change (`m.device_list_update`, `m.signing_key_update`) and carry
+//! to-device messages (`m.direct_to_device`, sent from core).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Extension, Json,
+    extract::{Path, State},
+};
+use hearth_client_api::error::ApiError;
+use hearth_core::Error;
+use ruma::{OwnedUserId, UserId};
+use serde_json::{Value, json};
+
+use crate::{Federation, auth::Origin};
+
+/// A map of users from another server's request, keeping only ours.
+fn our_users<T: serde::de::DeserializeOwned>(
+    fed: &Federation,
+    v: &Value,
+    field: &str,
+) -> Result<BTreeMap<OwnedUserId, T>, ApiError> {
+    let all: BTreeMap<OwnedUserId, T> = serde_json::from_value(v[field].clone())
+        .map_err(|e| Error::bad_json(format!("{field}: {e}")))?;
+    Ok(all
+        .into_iter()
+        .filter(|(u, _)| u.server_name() == fed.server_name())
+        .collect())
+}
+
+/// `POST /_matrix/federation/v1/user/keys/query`
+pub(crate) async fn query(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let wanted = our_users::<Vec<String>>(&fed, &body, "device_keys")?;
+    tracing::debug!(%origin, users = wanted.len(), "key query");
+    Ok(Json(fed.hearth.local_keys(None, &wanted).await?))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/claim`
+pub(crate) async fn claim(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let wanted = our_users::<BTreeMap<String, String>>(&fed, &body, "one_time_keys")?;
+    tracing::debug!(%origin, users = wanted.len(), "key claim");
+    let keys = fed.hearth.claim_local_keys(&wanted).await?;
+    Ok(Json(json!({"one_time_keys": keys})))
+}
+
+/// `GET /_matrix/federation/v1/user/devices/{userId}`
+pub(crate) async fn devices(
+    State(fed): State<Arc<Federation>>,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = UserId::parse(user.as_str()).map_err(|_| Error::invalid_param("Invalid user id"))?;
+    if user.server_name() != fed.server_name() {
+        return Err(Error::invalid_param("The user is not on this server").into());
+    }
+    let h = &fed.hearth;
+    let names: BTreeMap<String, Option<String>> = h
+        .store
+        .list_devices(user.as_str())
+        .await?
+        .into_iter()
+        .map(|d| (d.device_id, d.display_name))
+        .collect();
+    let devices: Vec<Value> = h
+        .store
+        .device_keys(user.as_str())
+        .await?
+        .into_iter()
+        .filter(|(d, _)| names.contains_key(d))
+        .map(|(device, keys)| {
+            let mut d = json!({"device_id": device, "keys": keys});
+            if let Some(Some(name)) = names.get(&device) {
+                d["device_display_name"] = json!(name);
+            }
+            d
+        })
+        .collect();
+    let mut out = json!({
+        "user_id": user,
+        "stream_id": h.store.device_list_position(user.as_str()).await?,
+        "devices": devices,
+    });
+    for (kind, key) in h.store.cross_signing_keys(user.as_str()).await? {
+        match kind.as_str() {
+            "master" => out["master_key"] = key,
+            "self_signing" => out["self_signing_key"] = key,
+            _ => {}
+        }
+    }
+    Ok(Json(out))
+}
+
+impl Federation {
+    /// Sends device-list EDUs about a local user to every server sharing a
+    /// room with them.
+    pub(crate) fn share_device_updates(self: &Arc<Self>, user: &str, edus: Vec<Value>) {
+        let fed = self.clone();
+        let user = user.to_owned();
+        tokio::spawn(async move {
+            let servers = match fed.servers_sharing_with(&user).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "device list update not sent");
+                    return;
+                }
+            };
+            if servers.is_empty() {
+                return;
+            }
+            for edu in edus {
+                fed.queue_edu(&servers, edu);
+            }
+        });
+    }
+
+    /// The end-to-end EDUs of a transaction from `origin`.
+    pub(crate) async fn receive_e2ee_edu(&self, origin: &str, kind: &str, content: &Value) {
+        let result = match kind {
+            "m.direct_to_device" => self.hearth.receive_to_device(origin, content).await,
+            _ => self.hearth.receive_device_update(origin, content).await,
+        };
+        if let Err(e) = result {
+            tracing::info!(%origin, edu = kind, error = %e, "EDU refused");
+        }
+    }
+}
