@@ -140,6 +140,7 @@ class User:
         check(status == 200, f"register on {base}: {status} {answer}")
         self.token = answer["access_token"]
         self.user_id = answer["user_id"]
+        self.device_id = answer["device_id"]
 
     def call(self, method, path, body=None, auth=True):
         data = None if body is None else json.dumps(body).encode()
@@ -226,6 +227,56 @@ def talk(room, a, b, tag):
     print(f"ok  {tag}: 6 messages seen on both servers")
 
 
+def upload_keys(u, curve):
+    """Identity keys for the user's device (the curve25519 key named
+    `curve`) and one one-time key."""
+    u.ok("POST", "/_matrix/client/v3/keys/upload", {
+        "device_keys": {
+            "user_id": u.user_id, "device_id": u.device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {f"curve25519:{u.device_id}": curve, f"ed25519:{u.device_id}": "ed-" + curve},
+            "signatures": {},
+        },
+        "one_time_keys": {f"signed_curve25519:{curve}": {"key": "otk-" + curve}},
+    })
+
+
+def e2ee(syn, hea, tag):
+    """Keys, one-time key claims, to-device messages and device-list updates
+    across the two servers (the users share a room)."""
+    for u in (syn, hea):
+        upload_keys(u, f"{u.server}-{tag}-1")
+    for a, b in ((syn, hea), (hea, syn)):
+        curve = f"{b.server}-{tag}-1"
+        got = a.ok("POST", "/_matrix/client/v3/keys/query", {"device_keys": {b.user_id: []}})
+        keys = got.get("device_keys", {}).get(b.user_id, {}).get(b.device_id, {}).get("keys", {})
+        check(keys.get(f"curve25519:{b.device_id}") == curve, f"{a.server} sees {b.user_id}'s keys as {got}")
+        claim = {"one_time_keys": {b.user_id: {b.device_id: "signed_curve25519"}}}
+        got = a.ok("POST", "/_matrix/client/v3/keys/claim", claim)
+        otk = got.get("one_time_keys", {}).get(b.user_id, {}).get(b.device_id, {})
+        check(otk.get(f"signed_curve25519:{curve}", {}).get("key") == "otk-" + curve,
+              f"{a.server} claimed {got}")
+        marker = f"to-device from {a.server} {tag}"
+        a.ok("PUT", f"/_matrix/client/v3/sendToDevice/m.test/{uuid.uuid4().hex}",
+             {"messages": {b.user_id: {b.device_id: {"marker": marker}}}})
+        b.wait_sync(marker, lambda sync: any(
+            e.get("content", {}).get("marker") == marker and e.get("sender") == a.user_id
+            for e in sync.get("to_device", {}).get("events", [])))
+    print("ok  device keys queried, one-time keys claimed and to-device messages sent both ways")
+    for a, b in ((syn, hea), (hea, syn)):
+        curve = f"{a.server}-{tag}-2"
+        upload_keys(a, curve)
+        deadline = time.time() + DEADLINE
+        while True:
+            got = b.ok("POST", "/_matrix/client/v3/keys/query", {"device_keys": {a.user_id: []}})
+            keys = got.get("device_keys", {}).get(a.user_id, {}).get(a.device_id, {}).get("keys", {})
+            if keys.get(f"curve25519:{a.device_id}") == curve:
+                break
+            check(time.time() < deadline, f"{b.server} still sees {a.user_id}'s old keys: {got}")
+            time.sleep(0.3)
+    print("ok  new device keys reached the other server both ways")
+
+
 def scenarios(syn, hea):
     tag = uuid.uuid4().hex[:6]
     # Profiles across servers.
@@ -274,6 +325,7 @@ def scenarios(syn, hea):
             check(time.time() < deadline, f"{b.user_id} sees {a.user_id}'s presence as {seen}")
             time.sleep(0.3)
     print("ok  typing, read receipts and presence crossed both ways")
+    e2ee(syn, hea, tag)
 
     # A Synapse room, joined from Hearth by alias.
     room = syn.ok("POST", "/_matrix/client/v3/createRoom",
