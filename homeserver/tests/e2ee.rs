@@ -66,7 +66,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key() {
             json!({
                 "device_keys": device_keys(&alice_id, &device, "c1"),
                 "one_time_keys": otks,
-                "fallback_keys": {"signed_curve25519:FB": {"key": "fallback", "fallback": true}},
+                "fallback_keys": {"signed_curve25519:FB": {"key": "fallback", "fallback": true, "signatures": {}}},
             }),
         )
         .await;
@@ -80,7 +80,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key() {
             "/_matrix/client/v3/keys/upload",
             json!({
                 "device_keys": device_keys("@mallory:localhost", &device, "evil"),
-                "one_time_keys": {"signed_curve25519:EXTRA": {"key": "x"}},
+                "one_time_keys": {"signed_curve25519:EXTRA": {"key": "x", "signatures": {}}},
             }),
         )
         .await;
@@ -97,7 +97,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key() {
     let (s, b) = alice
         .post(
             "/_matrix/client/v3/keys/upload",
-            json!({"one_time_keys": {"no-colon": {"key": "x"}}}),
+            json!({"one_time_keys": {"no-colon": {"key": "x", "signatures": {}}}}),
         )
         .await;
     assert_eq!(s, 400, "{b}");
@@ -152,7 +152,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key() {
     let (s, _) = alice
         .post(
             "/_matrix/client/v3/keys/upload",
-            json!({"fallback_keys": {"signed_curve25519:FB2": {"key": "fallback2", "fallback": true}}}),
+            json!({"fallback_keys": {"signed_curve25519:FB2": {"key": "fallback2", "fallback": true, "signatures": {}}}}),
         )
         .await;
     assert_eq!(s, 200);

@@ -1935,7 +1935,7 @@ async fn upload_device_keys(c: &Client, curve: &str) {
                     "keys": {format!("curve25519:{device}"): curve, format!("ed25519:{device}"): "ed"},
                     "signatures": {},
                 },
-                "one_time_keys": {format!("signed_curve25519:{curve}"): {"key": format!("otk-{curve}")}},
+                "one_time_keys": {format!("signed_curve25519:{curve}"): {"key": format!("otk-{curve}"), "signatures": {}}},
             }),
         )
         .await;

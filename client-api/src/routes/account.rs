@@ -316,7 +316,7 @@ async fn login(
 async fn logout(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
     h.store.delete_token(&s.token_hash).await?;
     if !s.device_id.is_empty() {
-        h.delete_devices(&s.user_id, Some(&[s.device_id.clone()]))
+        h.delete_devices(&s.user_id, Some(std::slice::from_ref(&s.device_id)))
             .await?;
     }
     Ok(Json(json!({})))

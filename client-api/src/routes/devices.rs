@@ -74,6 +74,8 @@ async fn rename(
     {
         return Err(Error::not_found("Unknown device").into());
     }
+    // The name is part of what others see of the device (`/keys/query`).
+    h.device_renamed(&s.user_id, &device_id).await?;
     Ok(Json(json!({})))
 }
 

@@ -6,6 +6,7 @@ mod bad_input;
 mod devices;
 mod directory;
 mod discovery;
+mod e2ee;
 mod ephemeral;
 mod media;
 mod membership;
@@ -28,6 +29,7 @@ pub fn all() -> Vec<crate::Case> {
         account_data::cases(),
         media::cases(),
         directory::cases(),
+        e2ee::cases(),
         bad_input::cases(),
     ]
     .into_iter()

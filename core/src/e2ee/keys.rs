@@ -26,10 +26,9 @@ fn split_key_id(id: &str) -> Result<(&str, &str)> {
 }
 
 /// Keys to claim or query, grouped by the server of their user.
-fn by_server<T: Clone>(map: &BTreeMap<OwnedUserId, T>) -> BTreeMap<String, Map<String, Value>>
-where
-    T: serde::Serialize,
-{
+fn by_server<T: serde::Serialize>(
+    map: &BTreeMap<OwnedUserId, T>,
+) -> BTreeMap<String, Map<String, Value>> {
     let mut out: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user, v) in map {
         out.entry(user.server_name().to_string())
@@ -97,7 +96,8 @@ impl Hearth {
                 .put_fallback_key(user.as_str(), device, algorithm, key_id, key)
                 .await?;
         }
-        let (counts, _) = self.store.key_counts(user.as_str(), device).await?;
+        self.forget_key_counts(user.as_str(), device);
+        let (counts, _) = self.key_counts(user.as_str(), device).await?;
         Ok(json!({"one_time_key_counts": counts_object(&counts)}))
     }
 
@@ -190,10 +190,10 @@ impl Hearth {
                 }
                 let public = key_public(&key);
                 for (target_key, key_id, sig) in &user_sigs {
-                    if Some(target_key.as_str()) == public.as_deref() {
-                        if let Some(r) = requester {
-                            key["signatures"][r.as_str()][key_id] = json!(sig);
-                        }
+                    if Some(target_key.as_str()) == public.as_deref()
+                        && let Some(r) = requester
+                    {
+                        key["signatures"][r.as_str()][key_id] = json!(sig);
                     }
                 }
                 cross
@@ -260,11 +260,12 @@ impl Hearth {
             }
             let mut mine = Map::new();
             for (device, algorithm) in devices {
-                if let Some((id, key)) = self
+                let claimed = self
                     .store
                     .claim_key(user.as_str(), device, algorithm)
-                    .await?
-                {
+                    .await?;
+                self.forget_key_counts(user.as_str(), device);
+                if let Some((id, key)) = claimed {
                     mine.insert(device.clone(), json!({ id: key }));
                 }
             }
@@ -513,12 +514,16 @@ fn merge_remote_keys(out: &mut Value, answer: &Value, server: &str) {
     }
 }
 
+/// A one-time or fallback key: a bare key string, or a `KeyObject` with
+/// its `key` and `signatures`.
 fn check_key_value(key: &Value, id: &str) -> Result<()> {
-    if key.is_string() || key.is_object() {
+    let object_ok = key.get("key").is_some_and(Value::is_string)
+        && key.get("signatures").is_some_and(Value::is_object);
+    if key.is_string() || object_ok {
         Ok(())
     } else {
         Err(Error::bad_json(format!(
-            "Key {id} must be a string or an object"
+            "Key {id} must be a string or an object with key and signatures"
         )))
     }
 }

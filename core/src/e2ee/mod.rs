@@ -14,4 +14,49 @@ pub struct E2eeState {
     /// (user, device) → the newest to-device position handed to the device
     /// and not yet known deleted (`i64::MAX`: nothing pending).
     pub(crate) delivered: Mutex<HashMap<(String, String), i64>>,
+    /// (user, device) → its one-time key counts and unused fallback key
+    /// algorithms, as every sync reports them. Only uploads and claims change
+    /// them, and with one process both pass through here; with several, a
+    /// claim may happen elsewhere, so the cache is not used.
+    counts: Mutex<HashMap<(String, String), KeyCounts>>,
+}
+
+/// One-time key counts per algorithm, and algorithms with an unused fallback
+/// key.
+pub type KeyCounts = (Vec<(String, i64)>, Vec<String>);
+
+/// Devices whose counts are cached before the cache starts over.
+const MAX_CACHED_COUNTS: usize = 100_000;
+
+impl crate::Hearth {
+    /// A device's key counts, from the cache when it can be trusted.
+    pub(crate) async fn key_counts(&self, user: &str, device: &str) -> crate::Result<KeyCounts> {
+        let key = (user.to_owned(), device.to_owned());
+        let cacheable = self.bus.is_none();
+        if cacheable
+            && let Some(c) = self
+                .e2ee
+                .counts
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&key).cloned())
+        {
+            return Ok(c);
+        }
+        let counts = self.store.key_counts(user, device).await?;
+        if cacheable && let Ok(mut m) = self.e2ee.counts.lock() {
+            if m.len() >= MAX_CACHED_COUNTS {
+                m.clear();
+            }
+            m.insert(key, counts.clone());
+        }
+        Ok(counts)
+    }
+
+    /// The device's keys were uploaded or claimed: count again next time.
+    pub(crate) fn forget_key_counts(&self, user: &str, device: &str) {
+        if let Ok(mut m) = self.e2ee.counts.lock() {
+            m.remove(&(user.to_owned(), device.to_owned()));
+        }
+    }
 }

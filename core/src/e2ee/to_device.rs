@@ -198,6 +198,13 @@ impl Hearth {
         Ok(())
     }
 
+    /// A device's display name changed: those who track the user see it in
+    /// their next key query.
+    pub async fn device_renamed(&self, user: &UserId, device: &str) -> Result<()> {
+        self.store.device_lists_changed(&[user.to_string()]).await?;
+        self.device_list_changed(user, Some(device), false).await
+    }
+
     /// `m.device_list_update` for one device: its keys, or `deleted`.
     async fn device_list_edu(&self, user: &UserId, device: &str) -> Result<Value> {
         let stream_id = self.store.device_list_position(user.as_str()).await?;
@@ -267,6 +274,9 @@ impl Hearth {
             return Ok(());
         }
         self.store.delete_device_keys(user.as_str(), &ids).await?;
+        for device in &ids {
+            self.forget_key_counts(user.as_str(), device);
+        }
         let sharing = self.store.users_sharing_rooms(user.as_str()).await?;
         self.notifier
             .notify_users(sharing.iter().map(String::as_str).chain([user.as_str()]));
@@ -321,7 +331,7 @@ impl Hearth {
                 .into_iter()
                 .collect();
         }
-        let (counts, fallback) = self.store.key_counts(user.as_str(), device).await?;
+        let (counts, fallback) = self.key_counts(user.as_str(), device).await?;
         out.one_time_key_counts = super::keys::counts_object(&counts);
         out.unused_fallback = fallback;
         Ok(out)
