@@ -11,6 +11,8 @@ pub struct Client {
     pub token: String,
     /// The server part of the user's id: where rooms it creates live.
     pub server_name: String,
+    pub user_id: String,
+    pub device_id: String,
 }
 
 /// Percent-encodes one path segment (room ids carry '!' and ':').
@@ -57,6 +59,8 @@ impl Client {
             http: http.clone(),
             token: v["access_token"].as_str().context("no token")?.to_owned(),
             server_name,
+            user_id: user_id.to_owned(),
+            device_id: v["device_id"].as_str().unwrap_or_default().to_owned(),
         })
     }
 
@@ -117,6 +121,24 @@ impl Client {
             )
             .await?;
         Ok(v["event_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Sends one to-device message of type `m.bench` to a user's device.
+    pub async fn send_to_device(
+        &self,
+        user: &str,
+        device: &str,
+        txn: &str,
+        content: &Value,
+    ) -> Result<()> {
+        let body = json!({"messages": {user: {device: content}}});
+        self.call(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/sendToDevice/m.bench/{}", enc(txn)),
+            Some(&body),
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Result<Value> {

@@ -28,6 +28,8 @@ pub struct Scenario {
     idle: Option<usize>,
     /// Idle connections are WebSockets (Hearth's sync socket) instead of long-polls.
     websocket: bool,
+    /// Messages go device to device (`/sendToDevice`) instead of into rooms.
+    to_device: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -82,6 +84,7 @@ impl Scenario {
             pace,
             idle: None,
             websocket: false,
+            to_device: false,
         };
         Ok(match name {
             "unloaded" => s(1, 2, 1, Some(Duration::from_millis(50))),
@@ -89,6 +92,10 @@ impl Scenario {
             "group8" => s(2, 8, 8, None),
             "rooms5" => s(4, 5, 5, None),
             "room256" => s(1, if smoke { 16 } else { 256 }, 4, None),
+            "to_device" => Scenario {
+                to_device: true,
+                ..s(0, 2, 1, Some(Duration::from_millis(50)))
+            },
             "idle" => Scenario {
                 idle: Some(if smoke { 50 } else { idle }),
                 ..s(0, 0, 0, None)
@@ -106,6 +113,7 @@ impl Scenario {
         match self.idle {
             Some(n) if self.websocket => self.run_idle_ws(server, n).await,
             Some(n) => self.run_idle(server, n).await,
+            None if self.to_device => self.run_to_device(server).await,
             None => self.run_rooms(server).await,
         }
     }
@@ -192,6 +200,90 @@ impl Scenario {
         drop(sockets);
         drop(probe);
         Ok(o)
+    }
+
+    /// One device sends to-device messages to another at the scenario's pace
+    /// while the receiver long-polls; latency is send → seen in `to_device`.
+    async fn run_to_device(&self, server: &Server) -> Result<Outcome> {
+        let http = http_client();
+        let run = random_suffix();
+        let sender = Client::register(&server.url, &http, &format!("tds{run}")).await?;
+        let receiver = Client::register(&server.url, &http, &format!("tdr{run}")).await?;
+        let first = receiver.sync(None, 0).await?;
+        let mut since = first["next_batch"].as_str().unwrap_or_default().to_owned();
+        let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<(u64, Duration)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (receiver, sent_at, seen, stop, run) = (
+                receiver.clone(),
+                sent_at.clone(),
+                seen.clone(),
+                stop.clone(),
+                run.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(body) = receiver.sync(Some(&since), 2_000).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let now = Instant::now();
+                    since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+                    for ev in body["to_device"]["events"].as_array().into_iter().flatten() {
+                        let b = &ev["content"]["bench"];
+                        let Some(n) = b["n"].as_u64().filter(|_| b["run"] == run.as_str()) else {
+                            continue;
+                        };
+                        let t0 = sent_at.lock().ok().and_then(|m| m.get(&n).copied());
+                        if let (Some(t0), Ok(mut s)) = (t0, seen.lock()) {
+                            s.push((n, now - t0));
+                        }
+                    }
+                }
+            })
+        };
+        let start = Instant::now();
+        let (mut n, mut acks) = (0u64, vec![]);
+        while start.elapsed() < self.duration {
+            let content = json!({"bench": {"run": run, "n": n}, "ciphertext": "x".repeat(400)});
+            let t0 = Instant::now();
+            if let Ok(mut m) = sent_at.lock() {
+                m.insert(n, t0);
+            }
+            let txn = format!("{run}-{n}");
+            if sender
+                .send_to_device(&receiver.user_id, &receiver.device_id, &txn, &content)
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            acks.push(t0.elapsed());
+            n += 1;
+            if let Some(p) = self.pace {
+                tokio::time::sleep(p).await;
+            }
+        }
+        let elapsed = start.elapsed();
+        let catch_up = Instant::now() + Duration::from_secs(20);
+        while seen.lock().map_or(0, |s| s.len() as u64) < n && Instant::now() < catch_up {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.abort();
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let unique: HashSet<u64> = seen.iter().map(|(n, _)| *n).collect();
+        Ok(Outcome {
+            ack: percentiles(acks),
+            deliver: percentiles(seen.iter().map(|(_, d)| *d).collect()),
+            sends_per_sec: n as f64 / elapsed.as_secs_f64(),
+            delivered: seen.len() as u64,
+            lost: n - (0..n).filter(|i| unique.contains(i)).count() as u64,
+            duplicated: (seen.len() - unique.len()) as u64,
+            out_of_order: seen.windows(2).filter(|w| w[1].0 < w[0].0).count() as u64,
+            ..Default::default()
+        })
     }
 
     async fn run_rooms(&self, server: &Server) -> Result<Outcome> {
