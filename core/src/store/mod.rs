@@ -14,6 +14,8 @@ use crate::{
     pdu::{Pdu, StateMap, StoredEvent},
 };
 
+pub use sql::push::{NewNotification, NotificationRecord, PushStore, PusherRecord};
+
 #[derive(Debug, Clone)]
 pub struct UserRecord {
     pub user_id: String,
@@ -417,5 +419,5 @@ pub struct StoredServerKey {
 }
 
 /// Everything a homeserver needs from storage.
-pub trait Store: AccountStore + RoomStore + DataStore {}
-impl<T: AccountStore + RoomStore + DataStore> Store for T {}
+pub trait Store: AccountStore + RoomStore + DataStore + PushStore {}
+impl<T: AccountStore + RoomStore + DataStore + PushStore> Store for T {}

@@ -33,6 +33,9 @@ macro_rules! sql_backend {
         mod rooms {
             crate::store::sql::rooms::impl_room_store!($db, $join_rule);
         }
+        mod push {
+            crate::store::sql::push::impl_push_store!($db);
+        }
     };
 }
 pub(crate) use sql_backend;
@@ -43,6 +46,7 @@ pub(crate) mod events;
 pub(crate) mod group_commit;
 pub(crate) mod leases;
 pub(crate) mod positions;
+pub(crate) mod push;
 pub(crate) mod read_cache;
 pub(crate) mod rooms;
 
