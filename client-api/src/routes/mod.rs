@@ -8,6 +8,7 @@ pub mod internal;
 pub mod media;
 pub mod messages;
 pub mod profile;
+pub mod push;
 pub mod rooms;
 pub mod sync;
 pub mod ws;
