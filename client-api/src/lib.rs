@@ -4,8 +4,10 @@
 pub mod error;
 pub mod extract;
 mod forward;
+mod push_gateway;
 mod routes;
 
+pub use push_gateway::start_push;
 pub use routes::{directory::public_rooms_for_server, ws::wait_for_sockets};
 
 use std::{sync::Arc, time::Duration};
@@ -43,6 +45,7 @@ fn client_routes() -> Router<Arc<Hearth>> {
         .merge(routes::account_data::routes())
         .merge(routes::directory::routes())
         .merge(routes::keys::routes())
+        .merge(routes::push::routes())
         .layer(axum::middleware::from_fn(deadline))
         // Sync bounds itself: its wait is part of the request.
         .merge(routes::sync::routes())

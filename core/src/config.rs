@@ -26,6 +26,8 @@ pub struct CoreConfig {
     pub presence: crate::ephemeral::PresenceTimes,
     /// Application services, from their registration files.
     pub appservices: Vec<crate::appservice::AppService>,
+    /// Pushes to users' push gateways (spec/push.md).
+    pub push: crate::push::PushConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +86,7 @@ impl CoreConfig {
             cluster: None,
             presence: Default::default(),
             appservices: vec![],
+            push: Default::default(),
         }
     }
 

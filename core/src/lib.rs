@@ -16,6 +16,7 @@ pub mod keys;
 pub mod media;
 pub mod notifier;
 pub mod pdu;
+pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod store;
@@ -54,6 +55,8 @@ pub struct Hearth {
     pub unread: UnreadCache,
     /// End-to-end encryption bookkeeping between syncs.
     pub e2ee: e2ee::E2eeState,
+    /// Push rules, notifications and pushes to gateways (spec/push.md).
+    pub push: push::Push,
     /// Flips to true when the server starts draining: long-polls answer at
     /// once and WebSockets are told to reconnect elsewhere.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -163,6 +166,10 @@ impl Hearth {
         };
         let presence_times = config.presence;
         let config_appservices = config.appservices.clone();
+        let push = push::Push::new(
+            config.push,
+            config.cluster.is_some() || config.redis.is_some(),
+        );
         let hearth = Arc::new(Self {
             config,
             store,
@@ -175,6 +182,7 @@ impl Hearth {
             ratelimiter: RateLimiter::default(),
             unread: UnreadCache::default(),
             e2ee: e2ee::E2eeState::default(),
+            push,
             shutdown: tokio::sync::watch::channel(false).0,
             bus: bus.as_ref().map(|(b, _)| b.clone()),
             heads: Default::default(),
@@ -192,16 +200,22 @@ impl Hearth {
         if let Some((bus, outbox)) = bus {
             hearth.join_cluster(bus, outbox);
         }
-        // The writer's ring of recent events hears of each event in commit
-        // order, from the store itself.
+        // The writer's ring of recent events and the push worker hear of
+        // each event in commit order, from the store itself.
         let recent = hearth.rooms.recent.clone();
+        let weak = Arc::downgrade(&hearth);
         hearth.store.on_commit(Arc::new(move |ev, ordering| {
-            recent.push(crate::pdu::StoredEvent {
+            let event = Arc::new(crate::pdu::StoredEvent {
                 pdu: ev.pdu.clone(),
                 stream_ordering: ordering,
                 txn: ev.txn.as_ref().map(|(_, d, t)| (d.clone(), t.clone())),
             });
+            if let Some(h) = weak.upgrade() {
+                h.push.committed(&event);
+            }
+            recent.push(event);
         }));
+        hearth.spawn_push_worker();
         hearth.spawn_sweepers();
         hearth.ensure_appservice_users().await?;
         Ok(hearth)

@@ -11,11 +11,11 @@ use std::{
 };
 
 use ruma::{RoomId, UserId};
-use serde_json::Value;
 
 use crate::{
     Hearth, Result,
     pdu::StoredEvent,
+    push::RoomCtx,
     store::{Direction, MembershipRecord},
 };
 
@@ -41,28 +41,13 @@ struct Tally {
 #[derive(Default)]
 pub struct UnreadCache {
     tallies: Mutex<HashMap<(String, String), Tally>>,
-    /// Display names, for highlight matching; forgotten when one changes.
-    names: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl UnreadCache {
-    /// Call after a user's display name changed.
-    pub fn forget_name(&self, user: &str) {
-        if let Ok(mut names) = self.names.lock() {
-            names.remove(user);
-        }
-    }
-
-    fn name(&self, user: &str) -> Option<Option<String>> {
-        self.names.lock().ok()?.get(user).cloned()
-    }
-
-    fn put_name(&self, user: &str, name: Option<String>) {
-        if let Ok(mut names) = self.names.lock() {
-            if names.len() >= MAX_TALLIES {
-                names.clear();
-            }
-            names.insert(user.to_owned(), name);
+    /// Call after a user's push rules changed: their counts start over.
+    pub fn forget_user(&self, user: &str) {
+        if let Ok(mut map) = self.tallies.lock() {
+            map.retain(|(_, u), _| u != user);
         }
     }
 
@@ -82,10 +67,9 @@ impl UnreadCache {
 }
 
 impl Hearth {
-    /// Messages from others after the user's read receipt (or their join,
-    /// before any receipt) up to stream position `upto`; highlights are those
-    /// that mention the user (m.mentions, or their id or display name in the
-    /// body).
+    /// Events after the user's read receipt (or their join, before any
+    /// receipt) up to stream position `upto` that the user's push rules
+    /// notify, and those of them the rules highlight.
     ///
     /// `upto` is a position in the room's shard stream. `receipts` is the
     /// caller's position before this sync and whether the user's own receipts
@@ -135,11 +119,10 @@ impl Hearth {
         if let Some((_, events)) = held
             && tally.scanned_to < upto
         {
-            let mut displayname = None;
+            let mut ctx = None;
             let from = tally.scanned_to;
             for e in events.iter().filter(|e| e.stream_ordering > from) {
-                self.tally_event(&mut tally, e, user, &mut displayname)
-                    .await?;
+                self.tally_event(&mut tally, e, user, &mut ctx).await?;
             }
             tally.scanned_to = upto;
         } else if tally.scanned_to < upto {
@@ -157,10 +140,9 @@ impl Hearth {
                 Some(last) if events.len() as i64 == SCAN_BATCH => last.stream_ordering,
                 _ => upto,
             };
-            let mut displayname = None;
+            let mut ctx = None;
             for e in &events {
-                self.tally_event(&mut tally, e, user, &mut displayname)
-                    .await?;
+                self.tally_event(&mut tally, e, user, &mut ctx).await?;
             }
         }
         if cached != Some(tally) {
@@ -171,81 +153,39 @@ impl Hearth {
 }
 
 impl Hearth {
-    /// Counts one event into a tally. The display name is looked up once per
-    /// batch, and only if some event notifies.
+    /// Counts one event into a tally by the user's push rules. The room's
+    /// context is fetched once per batch, and only if someone else sent
+    /// something.
     async fn tally_event(
         &self,
         tally: &mut Tally,
         e: &StoredEvent,
         user: &UserId,
-        displayname: &mut Option<Option<String>>,
+        ctx: &mut Option<Option<Arc<RoomCtx>>>,
     ) -> Result<()> {
-        if e.pdu.sender == user || !notifies(&e.pdu.kind.to_string()) {
+        if e.pdu.sender == user {
             return Ok(());
         }
-        tally.notifications += 1;
-        if displayname.is_none() {
-            *displayname = Some(self.displayname_for_highlights(user).await?);
+        if ctx.is_none() {
+            *ctx = Some(self.room_push_ctx(&e.pdu.room_id).await?);
         }
-        let name = displayname.as_ref().and_then(Option::as_deref);
-        if mentions(&e.pdu.content_value(), user, name) {
-            tally.highlights += 1;
+        let Some(Some(room)) = ctx.as_ref() else {
+            return Ok(());
+        };
+        let eval = self.evaluate_push(e, user, room).await?;
+        if eval.notifies() {
+            tally.notifications += 1;
+            if eval.highlights() {
+                tally.highlights += 1;
+            }
         }
         Ok(())
     }
-
-    async fn displayname_for_highlights(&self, user: &UserId) -> Result<Option<String>> {
-        if let Some(name) = self.unread.name(user.as_str()) {
-            return Ok(name);
-        }
-        let name = self
-            .store
-            .get_user(user.as_str())
-            .await?
-            .and_then(|u| u.displayname);
-        self.unread.put_name(user.as_str(), name.clone());
-        Ok(name)
-    }
-}
-
-fn notifies(kind: &str) -> bool {
-    matches!(kind, "m.room.message" | "m.room.encrypted" | "m.sticker")
-}
-
-fn mentions(content: &Value, user: &UserId, displayname: Option<&str>) -> bool {
-    let listed = content
-        .get("m.mentions")
-        .and_then(|m| m.get("user_ids"))
-        .and_then(Value::as_array)
-        .is_some_and(|ids| ids.iter().any(|i| i.as_str() == Some(user.as_str())));
-    let body = content
-        .get("body")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_lowercase();
-    listed
-        || body.contains(&user.as_str().to_lowercase())
-        || displayname.is_some_and(|d| !d.is_empty() && body.contains(&d.to_lowercase()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn mentions_by_list_id_or_name() {
-        let u = ruma::user_id!("@alice:hs");
-        assert!(mentions(
-            &json!({"m.mentions": {"user_ids": ["@alice:hs"]}}),
-            u,
-            None
-        ));
-        assert!(mentions(&json!({"body": "hi @ALICE:hs"}), u, None));
-        assert!(mentions(&json!({"body": "hey Ally!"}), u, Some("ally")));
-        assert!(!mentions(&json!({"body": "hello"}), u, Some("ally")));
-        assert!(!mentions(&json!({"body": "hello"}), u, Some("")));
-    }
 
     #[test]
     fn cache_forgets_everything_when_full() {

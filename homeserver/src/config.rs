@@ -37,6 +37,22 @@ pub struct FileConfig {
     pub federation: FederationSection,
     #[serde(default)]
     pub appservices: AppServicesSection,
+    #[serde(default)]
+    pub push: PushSection,
+}
+
+/// Pushes to users' push gateways (spec/push.md).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PushSection {
+    /// How long a user's first pending notification waits for more before
+    /// one push carries the newest (milliseconds, default 1000).
+    pub coalesce_ms: Option<u64>,
+    /// First retry delay while a gateway fails (milliseconds, default 500;
+    /// doubles up to `backoff_max_ms`).
+    pub backoff_start_ms: Option<u64>,
+    /// Longest retry delay (milliseconds, default 300000).
+    pub backoff_max_ms: Option<u64>,
 }
 
 /// Application services (bridges): their registration files (YAML, as
@@ -211,6 +227,16 @@ pub struct Overrides {
     /// Comma-separated application service registration files (YAML).
     #[arg(long, env = "HEARTH_APPSERVICE_REGISTRATIONS", value_delimiter = ',')]
     pub appservice_registrations: Option<Vec<PathBuf>>,
+    /// Milliseconds a user's first pending notification waits for more
+    /// before one push carries the newest.
+    #[arg(long, env = "HEARTH_PUSH_COALESCE_MS")]
+    pub push_coalesce_ms: Option<u64>,
+    /// Milliseconds before the first retry of a failing push gateway.
+    #[arg(long, env = "HEARTH_PUSH_BACKOFF_START_MS")]
+    pub push_backoff_start_ms: Option<u64>,
+    /// Longest wait, in milliseconds, between retries of a failing gateway.
+    #[arg(long, env = "HEARTH_PUSH_BACKOFF_MAX_MS")]
+    pub push_backoff_max_ms: Option<u64>,
 }
 
 pub struct Config {
@@ -372,6 +398,7 @@ pub fn load(o: &Overrides) -> Result<Config> {
         .or(file.appservices.registrations)
         .unwrap_or_default();
     core.appservices = hearth_appservices::load_registrations(&registrations, &core.server_name)?;
+    core.push = push_config(o, &file.push)?;
     let federation = federation_config(o, file.federation)?;
     Ok(Config {
         core,
@@ -380,6 +407,25 @@ pub fn load(o: &Overrides) -> Result<Config> {
         database_shards,
         federation,
     })
+}
+
+fn push_config(o: &Overrides, p: &PushSection) -> Result<hearth_core::push::PushConfig> {
+    let d = hearth_core::push::PushConfig::default();
+    let ms = |v: Option<u64>, default: std::time::Duration| {
+        v.map_or(default, std::time::Duration::from_millis)
+    };
+    let cfg = hearth_core::push::PushConfig {
+        coalesce: ms(o.push_coalesce_ms.or(p.coalesce_ms), d.coalesce),
+        backoff_start: ms(
+            o.push_backoff_start_ms.or(p.backoff_start_ms),
+            d.backoff_start,
+        ),
+        backoff_max: ms(o.push_backoff_max_ms.or(p.backoff_max_ms), d.backoff_max),
+    };
+    if cfg.backoff_start.is_zero() || cfg.backoff_max < cfg.backoff_start {
+        bail!("push backoff_start_ms must be positive and at most backoff_max_ms");
+    }
+    Ok(cfg)
 }
 
 fn federation_config(o: &Overrides, f: FederationSection) -> Result<Option<FederationConfig>> {

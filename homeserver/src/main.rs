@@ -103,6 +103,7 @@ async fn main() -> Result<()> {
                 "Hearth is ready"
             );
             hearth_appservices::start_senders(hearth.clone());
+            hearth_client_api::start_push(&hearth);
             let app = hearth_client_api::router_with(hearth.clone(), hearth_appservices::router());
             let federation = match cfg.federation.clone() {
                 Some(fc) => {

@@ -40,10 +40,19 @@ fn ensure_self(s: &Session, user_id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Types the server manages itself must go through their own endpoints.
+/// Types the server manages itself must go through their own endpoints
+/// (the spec's answer is 405 with `M_BAD_JSON`).
 fn settable(kind: &str) -> ApiResult<()> {
     if kind == "m.fully_read" || kind == "m.push_rules" {
-        return Err(Error::bad_json(format!("Cannot set {kind} through this API")).into());
+        tracing::info!(
+            kind,
+            "refused a client write of server-managed account data"
+        );
+        return Err(crate::error::ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "M_BAD_JSON",
+            format!("Cannot set {kind} through this API"),
+        ));
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod media;
 pub mod messages;
 pub mod profile;
+pub mod push;
 pub mod rooms;
 pub mod sync;
 pub mod ws;

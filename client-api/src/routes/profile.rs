@@ -136,7 +136,6 @@ async fn set_displayname(
     h.store
         .set_displayname(s.user_id.as_str(), name.as_deref())
         .await?;
-    h.unread.forget_name(s.user_id.as_str());
     update_memberships(&h, &s.user_id).await?;
     Ok(Json(json!({})))
 }

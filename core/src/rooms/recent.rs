@@ -59,7 +59,7 @@ impl RecentEvents {
     /// Appends a just-committed event. Only the room's writer calls this,
     /// holding the room, so events arrive in order; anything else drops the
     /// ring rather than let it hold a gap.
-    pub(crate) fn push(&self, event: StoredEvent) {
+    pub(crate) fn push(&self, event: Arc<StoredEvent>) {
         let Ok(mut rooms) = self.rooms.lock() else {
             return;
         };
@@ -76,7 +76,7 @@ impl RecentEvents {
         {
             ring.from = old.stream_ordering;
         }
-        ring.events.push_back(Arc::new(event));
+        ring.events.push_back(event);
     }
 
     /// Replaces a held event's body (after a redaction).
@@ -131,7 +131,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn event(room: &str, n: i64) -> StoredEvent {
+    fn event(room: &str, n: i64) -> Arc<StoredEvent> {
         let json = json!({
             "type": "m.room.message", "room_id": room, "sender": "@a:hs",
             "content": {"body": n.to_string()}, "origin_server_ts": 1, "depth": n,
@@ -141,11 +141,11 @@ mod tests {
             unreachable!()
         };
         let id = ruma::OwnedEventId::try_from(format!("$e{n}")).unwrap();
-        StoredEvent {
+        Arc::new(StoredEvent {
             pdu: Pdu::from_json(id, map).unwrap(),
             stream_ordering: n,
             txn: None,
-        }
+        })
     }
 
     #[test]

@@ -128,7 +128,11 @@ impl Hearth {
 
     /// A view of the room for reading: the writer's cache when this process
     /// writes the room, else (another process writes it) a fresh read.
-    async fn with_view<T>(&self, room_id: &str, read: impl FnOnce(&RoomCache) -> T) -> Result<T> {
+    pub(crate) async fn with_view<T>(
+        &self,
+        room_id: &str,
+        read: impl FnOnce(&RoomCache) -> T,
+    ) -> Result<T> {
         let handle = self.rooms.handle(room_id);
         let mut guard = handle.lock().await;
         match self.writable(&mut guard, room_id).await {

@@ -14,6 +14,8 @@ use crate::{
     pdu::{Pdu, StateMap, StoredEvent},
 };
 
+pub use sql::push::{NewNotification, NotificationRecord, PushStore, PusherRecord};
+
 #[derive(Debug, Clone)]
 pub struct UserRecord {
     pub user_id: String,
@@ -565,5 +567,5 @@ pub trait KeyStore: Send + Sync {
 }
 
 /// Everything a homeserver needs from storage.
-pub trait Store: AccountStore + RoomStore + DataStore + KeyStore {}
-impl<T: AccountStore + RoomStore + DataStore + KeyStore> Store for T {}
+pub trait Store: AccountStore + RoomStore + DataStore + KeyStore + PushStore {}
+impl<T: AccountStore + RoomStore + DataStore + KeyStore + PushStore> Store for T {}

@@ -743,3 +743,59 @@ impl KeyStore for ShardedStore {
         self.main.backup_key_count(user, version).await
     }
 }
+
+/// Push tables live in the main database.
+#[async_trait]
+impl super::PushStore for ShardedStore {
+    async fn set_pusher(&self, p: &super::PusherRecord, append: bool) -> Result<()> {
+        self.main.set_pusher(p, append).await
+    }
+    async fn delete_pusher(&self, user: &str, app_id: &str, pushkey: &str) -> Result<bool> {
+        self.main.delete_pusher(user, app_id, pushkey).await
+    }
+    async fn pushers(&self, user_id: &str) -> Result<Vec<super::PusherRecord>> {
+        self.main.pushers(user_id).await
+    }
+    async fn users_with_pending_pushes(&self) -> Result<Vec<String>> {
+        self.main.users_with_pending_pushes().await
+    }
+    async fn pusher_delivered(
+        &self,
+        user: &str,
+        app_id: &str,
+        pushkey: &str,
+        upto: i64,
+    ) -> Result<()> {
+        self.main
+            .pusher_delivered(user, app_id, pushkey, upto)
+            .await
+    }
+    async fn add_notifications(&self, rows: &[super::NewNotification]) -> Result<()> {
+        self.main.add_notifications(rows).await
+    }
+    async fn notifications_after(
+        &self,
+        user: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<super::NotificationRecord>> {
+        self.main.notifications_after(user, after, limit).await
+    }
+    async fn notifications_before(
+        &self,
+        user: &str,
+        before: Option<i64>,
+        limit: i64,
+        only_highlight: bool,
+    ) -> Result<Vec<super::NotificationRecord>> {
+        self.main
+            .notifications_before(user, before, limit, only_highlight)
+            .await
+    }
+    async fn notification_rooms(&self, user: &str) -> Result<Vec<String>> {
+        self.main.notification_rooms(user).await
+    }
+    async fn count_notifications_after(&self, user: &str, room: &str, after: i64) -> Result<i64> {
+        self.main.count_notifications_after(user, room, after).await
+    }
+}

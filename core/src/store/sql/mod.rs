@@ -36,6 +36,9 @@ macro_rules! sql_backend {
         mod rooms {
             crate::store::sql::rooms::impl_room_store!($db, $join_rule);
         }
+        mod push {
+            crate::store::sql::push::impl_push_store!($db);
+        }
     };
 }
 pub(crate) use sql_backend;
@@ -47,6 +50,7 @@ pub(crate) mod group_commit;
 pub(crate) mod keys;
 pub(crate) mod leases;
 pub(crate) mod positions;
+pub(crate) mod push;
 pub(crate) mod read_cache;
 pub(crate) mod rooms;
 

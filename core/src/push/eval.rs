@@ -1,0 +1,217 @@
+//! Push rule evaluation: which actions a user's rules give an event.
+//!
+//! A room's context (member count, power levels, members' display names,
+//! its local joined members and name) is read once from the room's view and
+//! cached until a state event that changes it commits. An event is flattened
+//! once for all the members evaluating it.
+
+use std::{collections::HashMap, sync::Arc};
+
+use ruma::{
+    OwnedUserId, RoomId, UInt, UserId,
+    events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsSource},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    serde::Raw,
+};
+use serde_json::Value;
+
+use crate::{Hearth, Result, pdu::StoredEvent, rooms::RoomCache};
+
+/// State event types whose change invalidates a room's context.
+pub(crate) fn changes_room_ctx(kind: &str) -> bool {
+    matches!(
+        kind,
+        "m.room.member" | "m.room.power_levels" | "m.room.create" | "m.room.name"
+    )
+}
+
+/// What evaluation needs of a room, shared by its members.
+pub(crate) struct RoomCtx {
+    /// With a placeholder user: each evaluation sets its own.
+    base: PushConditionRoomCtx,
+    /// Joined members' display names in the room.
+    names: HashMap<OwnedUserId, String>,
+    /// This server's joined members.
+    pub(crate) local_joined: Vec<OwnedUserId>,
+    pub(crate) room_name: Option<String>,
+}
+
+impl RoomCtx {
+    pub(crate) fn display_name(&self, user: &UserId) -> Option<&str> {
+        self.names.get(user).map(String::as_str)
+    }
+
+    fn for_user(&self, user: &UserId) -> PushConditionRoomCtx {
+        let mut ctx = self.base.clone();
+        ctx.user_id = user.to_owned();
+        ctx.user_display_name = self.names.get(user).cloned().unwrap_or_default();
+        ctx
+    }
+}
+
+/// What one event is to one user.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    pub actions: Vec<Action>,
+}
+
+impl Evaluation {
+    pub fn notifies(&self) -> bool {
+        self.actions.iter().any(Action::should_notify)
+    }
+
+    pub fn highlights(&self) -> bool {
+        self.notifies() && self.actions.iter().any(Action::is_highlight)
+    }
+}
+
+fn build_ctx(c: &RoomCache, room_id: &RoomId, server: &str) -> Option<RoomCtx> {
+    let mut names = HashMap::new();
+    let mut local_joined = vec![];
+    for ((kind, key), pdu) in &c.state {
+        if kind != "m.room.member" || pdu.membership() != Some("join") {
+            continue;
+        }
+        let Ok(user) = OwnedUserId::try_from(key.as_str()) else {
+            continue;
+        };
+        if user.server_name() == server {
+            local_joined.push(user.clone());
+        }
+        if let Some(name) = pdu
+            .json
+            .get("content")
+            .and_then(|c| c.get("displayname"))
+            .and_then(Value::as_str)
+        {
+            names.insert(user, name.to_owned());
+        }
+    }
+    let member_count = UInt::try_from(
+        c.state
+            .iter()
+            .filter(|((kind, _), p)| kind == "m.room.member" && p.membership() == Some("join"))
+            .count() as u64,
+    )
+    .unwrap_or(UInt::MAX);
+    let room_name = c
+        .state
+        .get(&("m.room.name".to_owned(), String::new()))
+        .and_then(|p| {
+            p.json
+                .get("content")?
+                .get("name")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .filter(|n| !n.is_empty());
+    let placeholder = local_joined
+        .first()
+        .cloned()
+        .or_else(|| ruma::UserId::parse(format!("@_:{server}")).ok())?;
+    let mut base =
+        PushConditionRoomCtx::new(room_id.to_owned(), member_count, placeholder, String::new());
+    base.power_levels = power_levels(c);
+    Some(RoomCtx {
+        base,
+        names,
+        local_joined,
+        room_name,
+    })
+}
+
+/// The power levels rules that `sender_notification_permission` reads,
+/// honouring v12's privileged creators.
+fn power_levels(c: &RoomCache) -> Option<PushConditionPowerLevelsCtx> {
+    let rules = c.version.rules()?;
+    let create = c.state.get(&("m.room.create".to_owned(), String::new()));
+    let mut creators: Vec<OwnedUserId> = create.map(|p| p.sender.clone()).into_iter().collect();
+    if let Some(extra) = create.and_then(|p| {
+        p.json
+            .get("content")?
+            .get("additional_creators")?
+            .as_array()
+            .cloned()
+    }) {
+        creators.extend(
+            extra
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(|u| OwnedUserId::try_from(u).ok()),
+        );
+    }
+    let source = match c
+        .state
+        .get(&("m.room.power_levels".to_owned(), String::new()))
+    {
+        Some(p) => match serde_json::from_str(p.content.get()) {
+            Ok(content) => RoomPowerLevelsSource::Original(content),
+            Err(e) => {
+                tracing::warn!(room = %p.room_id, error = %e, "unreadable power levels; push rules use the defaults");
+                RoomPowerLevelsSource::None
+            }
+        },
+        None => RoomPowerLevelsSource::None,
+    };
+    Some(RoomPowerLevels::new(source, &rules.authorization, creators).into())
+}
+
+impl Hearth {
+    /// The room's evaluation context, from the cache or the room's view.
+    pub(crate) async fn room_push_ctx(&self, room_id: &RoomId) -> Result<Option<Arc<RoomCtx>>> {
+        if let Some(ctx) = self.push.rooms.get(room_id.as_str()) {
+            return Ok(Some(ctx));
+        }
+        let server = self.config.server_name.to_string();
+        let ctx = self
+            .with_view(room_id.as_str(), |c| build_ctx(c, room_id, &server))
+            .await?;
+        let Some(ctx) = ctx.map(Arc::new) else {
+            return Ok(None);
+        };
+        self.push
+            .rooms
+            .put(room_id.as_str().to_owned(), ctx.clone());
+        Ok(Some(ctx))
+    }
+
+    /// The event as rules read it, flattened once for every reader.
+    fn flattened(&self, event: &StoredEvent) -> Result<Arc<FlattenedJson>> {
+        if let Some(f) = self.push.flattened.get(&event.pdu.event_id) {
+            return Ok(f);
+        }
+        let mut json = event.pdu.json.clone();
+        json.insert("event_id".into(), event.pdu.event_id.as_str().into());
+        json.insert("room_id".into(), event.pdu.room_id.as_str().into());
+        let raw = Raw::new(&json)?;
+        let flat = Arc::new(FlattenedJson::from_raw(&raw));
+        self.push
+            .flattened
+            .put(event.pdu.event_id.clone(), flat.clone());
+        Ok(flat)
+    }
+
+    /// The actions the user's push rules give the event (none for the
+    /// user's own events).
+    pub(crate) async fn evaluate_push(
+        &self,
+        event: &StoredEvent,
+        user: &UserId,
+        room: &RoomCtx,
+    ) -> Result<Evaluation> {
+        if event.pdu.sender == user {
+            return Ok(Evaluation::default());
+        }
+        let rules = self.push_rules(user).await?;
+        let flat = self.flattened(event)?;
+        let ctx = room.for_user(user);
+        for rule in rules.iter() {
+            if rule.applies(&flat, &ctx).await {
+                return Ok(Evaluation {
+                    actions: rule.actions().to_vec(),
+                });
+            }
+        }
+        Ok(Evaluation::default())
+    }
+}

@@ -1,0 +1,164 @@
+//! Push (spec/push.md): users' push rules (`rules.rs`), their evaluation
+//! against events with a cached per-room context (`eval.rs`), the worker that
+//! records the notifications committed events raise (`worker.rs`), and the
+//! per-user sender that coalesces, retries and posts them to push gateways
+//! through the [`PushGateway`] trait (`sender.rs`; the HTTP client lives in
+//! the client-api crate). Pushers are checked in `pushers.rs`.
+
+mod eval;
+mod notifications;
+pub mod pushers;
+mod rules;
+mod sender;
+mod worker;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+pub use eval::Evaluation;
+pub(crate) use eval::RoomCtx;
+pub use rules::{PUSH_RULES_TYPE, RuleError, RulePath, rule_json};
+pub use sender::{GatewayError, PushGateway};
+
+use crate::pdu::StoredEvent;
+
+/// Timings of pushes to gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushConfig {
+    /// How long a user's first pending notification waits for more before
+    /// one push carries the newest (and the up-to-date count).
+    pub coalesce: Duration,
+    /// The first retry delay while a gateway fails; doubles each time…
+    pub backoff_start: Duration,
+    /// …up to this.
+    pub backoff_max: Duration,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            coalesce: Duration::from_secs(1),
+            backoff_start: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Entries kept per cache before it starts over.
+const MAX_CACHED: usize = 100_000;
+/// Flattened events kept: the recent ones members are still reading.
+const MAX_FLATTENED: usize = 4096;
+/// With several processes, another one may change what a cache holds
+/// (rules, room state, pushers): entries are trusted this long.
+const SHARED_TTL: Duration = Duration::from_secs(5);
+
+/// A small map whose entries can expire (when other processes write the
+/// same data) and which starts over when full.
+pub(crate) struct Cache<K, V> {
+    map: Mutex<HashMap<K, (V, Instant)>>,
+    ttl: Option<Duration>,
+    capacity: usize,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
+    fn new(ttl: Option<Duration>, capacity: usize) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            ttl,
+            capacity,
+        }
+    }
+
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        let map = self.map.lock().ok()?;
+        let (v, at) = map.get(key)?;
+        match self.ttl {
+            Some(ttl) if at.elapsed() > ttl => None,
+            _ => Some(v.clone()),
+        }
+    }
+
+    pub(crate) fn put(&self, key: K, value: V) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= self.capacity {
+                map.clear();
+            }
+            map.insert(key, (value, Instant::now()));
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.clear();
+        }
+    }
+
+    pub(crate) fn forget<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        if let Ok(mut map) = self.map.lock() {
+            map.remove(key);
+        }
+    }
+}
+
+/// Push state shared by the handlers, the worker and the senders.
+pub struct Push {
+    /// Each user's parsed rules; replaced when they change.
+    rulesets: Cache<String, Arc<ruma::push::Ruleset>>,
+    /// What rule evaluation needs of a room; dropped when its state changes.
+    rooms: Cache<String, Arc<eval::RoomCtx>>,
+    /// Events as rules read them, for the many members reading one event.
+    flattened: Cache<ruma::OwnedEventId, Arc<ruma::push::FlattenedJson>>,
+    /// Whether a user has pushers (most do not: no push work for them).
+    has_pushers: Cache<String, bool>,
+    /// Committed events, from the store's commit hook to the worker.
+    events: tokio::sync::mpsc::UnboundedSender<Arc<StoredEvent>>,
+    inbox: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<StoredEvent>>>>,
+    /// Users with a push round under way, and whether more came meanwhile.
+    scheduled: Mutex<HashMap<String, bool>>,
+    gateway: OnceLock<Arc<dyn PushGateway>>,
+    config: PushConfig,
+}
+
+impl Push {
+    /// `shared`: other processes write the same databases.
+    pub fn new(config: PushConfig, shared: bool) -> Self {
+        let ttl = shared.then_some(SHARED_TTL);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            rulesets: Cache::new(ttl, MAX_CACHED),
+            rooms: Cache::new(ttl, MAX_CACHED),
+            flattened: Cache::new(None, MAX_FLATTENED),
+            has_pushers: Cache::new(ttl, MAX_CACHED),
+            events: tx,
+            inbox: Mutex::new(Some(rx)),
+            scheduled: Mutex::new(HashMap::new()),
+            gateway: OnceLock::new(),
+            config,
+        }
+    }
+
+    /// Called by the store's commit hook with every committed event: cheap,
+    /// the work happens on the worker.
+    pub(crate) fn committed(&self, event: &Arc<StoredEvent>) {
+        if event.pdu.is_state() && eval::changes_room_ctx(event.pdu.kind.to_string().as_str()) {
+            self.rooms.forget(event.pdu.room_id.as_str());
+        }
+        let _ = self.events.send(event.clone());
+    }
+
+    /// A user's pushers changed.
+    pub fn forget_pushers(&self, user: &str) {
+        self.has_pushers.forget(user);
+    }
+}

@@ -1,0 +1,275 @@
+//! `/pushers` and `/pushers/set`: a pusher request is checked in full before
+//! anything is stored, so a bad request changes nothing.
+
+use serde_json::{Map, Value, json};
+
+use crate::{Error, Hearth, Result, store::PusherRecord};
+
+/// The path every push gateway serves (push gateway API).
+const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+
+/// What a valid `/pushers/set` body asks for.
+#[derive(Debug, PartialEq)]
+pub enum PusherChange {
+    Set { pusher: PusherRecord, append: bool },
+    Delete { app_id: String, pushkey: String },
+}
+
+fn string_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Error::invalid_param(format!("'{name}' must be a string"))),
+    }
+}
+
+/// Checks a `/pushers/set` body for `user`; `now_ms` dates the pushkey.
+pub fn parse_pusher_request(
+    user: &str,
+    body: &Map<String, Value>,
+    now_ms: i64,
+) -> Result<PusherChange> {
+    let mut missing = vec![];
+    if !body.contains_key("kind") {
+        missing.push("kind");
+    }
+    let app_id = string_field(body, "app_id")?;
+    let pushkey = string_field(body, "pushkey")?;
+    if app_id.is_none() {
+        missing.push("app_id");
+    }
+    if pushkey.is_none() {
+        missing.push("pushkey");
+    }
+    let kind = string_field(body, "kind")?;
+    let (app_display_name, device_display_name, lang) = (
+        string_field(body, "app_display_name")?,
+        string_field(body, "device_display_name")?,
+        string_field(body, "lang")?,
+    );
+    let data = body.get("data").filter(|d| !d.is_null());
+    if kind.is_some() {
+        for (name, v) in [
+            ("app_display_name", app_display_name.is_none()),
+            ("device_display_name", device_display_name.is_none()),
+            ("lang", lang.is_none()),
+            ("data", data.is_none()),
+        ] {
+            if v {
+                missing.push(name);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::MissingParam(format!(
+            "Missing parameters: {}",
+            missing.join(", ")
+        )));
+    }
+    let (Some(app_id), Some(pushkey)) = (app_id, pushkey) else {
+        return Err(Error::MissingParam(
+            "Missing parameters: app_id, pushkey".into(),
+        ));
+    };
+    if app_id.is_empty() || app_id.chars().count() > 64 {
+        return Err(Error::invalid_param("'app_id' must be 1 to 64 characters"));
+    }
+    if pushkey.is_empty() || pushkey.len() > 512 {
+        return Err(Error::invalid_param("'pushkey' must be 1 to 512 bytes"));
+    }
+    let Some(kind) = kind else {
+        return Ok(PusherChange::Delete { app_id, pushkey });
+    };
+    if kind != "http" {
+        return Err(Error::invalid_param(format!(
+            "Unsupported pusher kind {kind:?}: only \"http\" is supported"
+        )));
+    }
+    let Some(Value::Object(data)) = data else {
+        return Err(Error::invalid_param("'data' must be an object"));
+    };
+    check_http_data(data)?;
+    let profile_tag = string_field(body, "profile_tag")?;
+    let append = match body.get("append") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::invalid_param("'append' must be a boolean")),
+    };
+    Ok(PusherChange::Set {
+        pusher: PusherRecord {
+            user_id: user.to_owned(),
+            app_id,
+            pushkey,
+            kind,
+            app_display_name: app_display_name.unwrap_or_default(),
+            device_display_name: device_display_name.unwrap_or_default(),
+            profile_tag,
+            lang: lang.unwrap_or_default(),
+            data: Value::Object(data.clone()),
+            pushkey_ts: now_ms,
+            last_notification: 0,
+        },
+        append,
+    })
+}
+
+/// An http pusher's `data`: a gateway url, and a format we can send.
+fn check_http_data(data: &Map<String, Value>) -> Result<()> {
+    let url = match data.get("url") {
+        None | Some(Value::Null) => {
+            return Err(Error::MissingParam(
+                "'data.url' is required for an http pusher".into(),
+            ));
+        }
+        Some(Value::String(u)) => u,
+        Some(_) => return Err(Error::invalid_param("'data.url' must be a string")),
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let valid = rest.is_some_and(|r| {
+        let (host, path) = r.split_at(r.find('/').unwrap_or(r.len()));
+        !host.is_empty()
+            && !host.contains(char::is_whitespace)
+            && path.ends_with(NOTIFY_PATH)
+            && !path.contains(['?', '#'])
+    });
+    if !valid {
+        return Err(Error::invalid_param(format!(
+            "'data.url' must be an http(s) URL with the path {NOTIFY_PATH}"
+        )));
+    }
+    match data.get("format") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(f)) if f == "event_id_only" => Ok(()),
+        Some(_) => Err(Error::invalid_param(
+            "'data.format' must be \"event_id_only\" when given",
+        )),
+    }
+}
+
+/// A pusher as `GET /pushers` lists it.
+fn pusher_json(p: &PusherRecord) -> Value {
+    let mut v = json!({
+        "app_display_name": p.app_display_name,
+        "app_id": p.app_id,
+        "data": p.data,
+        "device_display_name": p.device_display_name,
+        "kind": p.kind,
+        "lang": p.lang,
+        "pushkey": p.pushkey,
+    });
+    if let (Some(tag), Some(obj)) = (&p.profile_tag, v.as_object_mut()) {
+        obj.insert("profile_tag".into(), tag.clone().into());
+    }
+    v
+}
+
+impl Hearth {
+    /// `POST /pushers/set`.
+    pub async fn set_pusher(&self, user: &str, body: &Map<String, Value>) -> Result<()> {
+        let change = parse_pusher_request(user, body, crate::ids::now_ms() as i64)
+            .inspect_err(|e| tracing::info!(%user, error = %e, "pusher request refused"))?;
+        match change {
+            PusherChange::Set { pusher, append } => {
+                self.store.set_pusher(&pusher, append).await?;
+                // Other users may have lost a pusher with this key too.
+                if !append {
+                    self.push.has_pushers.clear();
+                }
+            }
+            PusherChange::Delete { app_id, pushkey } => {
+                self.store.delete_pusher(user, &app_id, &pushkey).await?;
+            }
+        }
+        self.push.forget_pushers(user);
+        Ok(())
+    }
+
+    /// `GET /pushers`.
+    pub async fn pushers_json(&self, user: &str) -> Result<Value> {
+        let pushers = self.store.pushers(user).await?;
+        Ok(json!({ "pushers": pushers.iter().map(pusher_json).collect::<Vec<_>>() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        }
+    }
+
+    fn good() -> Value {
+        json!({
+            "kind": "http", "app_id": "org.example.app", "pushkey": "key",
+            "app_display_name": "App", "device_display_name": "Phone", "lang": "en",
+            "data": {"url": "https://push.example.org/_matrix/push/v1/notify", "format": "event_id_only"}
+        })
+    }
+
+    #[test]
+    fn accepts_a_valid_http_pusher() {
+        let change = parse_pusher_request("@a:hs", &body(good()), 5);
+        assert!(matches!(
+            change,
+            Ok(PusherChange::Set { append: false, .. })
+        ));
+    }
+
+    #[test]
+    fn null_kind_deletes() {
+        let change = parse_pusher_request(
+            "@a:hs",
+            &body(json!({"kind": null, "app_id": "a", "pushkey": "k"})),
+            0,
+        );
+        assert_eq!(
+            change.ok(),
+            Some(PusherChange::Delete {
+                app_id: "a".into(),
+                pushkey: "k".into()
+            })
+        );
+    }
+
+    #[test]
+    fn refuses_bad_bodies() {
+        let mut missing_url = good();
+        missing_url["data"] = json!({});
+        assert!(matches!(
+            parse_pusher_request("@a:hs", &body(missing_url), 0),
+            Err(Error::MissingParam(_))
+        ));
+        let mut bad_path = good();
+        bad_path["data"]["url"] = json!("https://push.example.org/notify");
+        assert!(matches!(
+            parse_pusher_request("@a:hs", &body(bad_path), 0),
+            Err(Error::InvalidParam(_))
+        ));
+        let mut bad_kind = good();
+        bad_kind["kind"] = json!("carrier-pigeon");
+        assert!(matches!(
+            parse_pusher_request("@a:hs", &body(bad_kind), 0),
+            Err(Error::InvalidParam(_))
+        ));
+        let mut no_lang = good();
+        if let Some(o) = no_lang.as_object_mut() {
+            o.remove("lang");
+        }
+        assert!(matches!(
+            parse_pusher_request("@a:hs", &body(no_lang), 0),
+            Err(Error::MissingParam(_))
+        ));
+        let mut bad_format = good();
+        bad_format["data"]["format"] = json!("full");
+        assert!(matches!(
+            parse_pusher_request("@a:hs", &body(bad_format), 0),
+            Err(Error::InvalidParam(_))
+        ));
+    }
+}

@@ -1,0 +1,299 @@
+//! A user's push rules: the spec's server-default rule set until the user
+//! changes something, then the whole set as the user's global account data
+//! `m.push_rules` (`{"global": ruleset}`, as Synapse stores it, so clients
+//! see it in sync's `account_data`). Parsed sets are cached per user and
+//! replaced on each change.
+
+use std::sync::Arc;
+
+use ruma::{
+    OwnedRoomId, OwnedUserId, UserId,
+    push::{
+        Action, AnyPushRuleRef, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule,
+        NewPushRule, NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+    },
+};
+use serde_json::{Map, Value, json};
+
+use crate::{Error, Hearth, Result};
+
+/// The account data type holding a user's rules.
+pub const PUSH_RULES_TYPE: &str = "m.push_rules";
+
+/// Why a rule request cannot be served; each maps to one Matrix error.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("Unknown push rule scope {0:?}: only \"global\" exists")]
+    Scope(String),
+    #[error("Unknown push rule kind {0:?}")]
+    Kind(String),
+    #[error("Push rule not found")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Server-default rules cannot be deleted")]
+    ServerDefault,
+    #[error("The rule named by 'before' or 'after' does not exist")]
+    RelativeNotFound,
+}
+
+impl From<RuleError> for Error {
+    fn from(e: RuleError) -> Self {
+        match e {
+            RuleError::NotFound | RuleError::RelativeNotFound => Error::not_found(e.to_string()),
+            RuleError::Scope(_)
+            | RuleError::Kind(_)
+            | RuleError::Invalid(_)
+            | RuleError::ServerDefault => Error::invalid_param(e.to_string()),
+        }
+    }
+}
+
+/// Where a rule sits: `/pushrules/{scope}/{kind}/{rule_id}`.
+pub struct RulePath<'a> {
+    pub scope: &'a str,
+    pub kind: &'a str,
+    pub rule_id: &'a str,
+}
+
+impl RulePath<'_> {
+    fn kind(&self) -> std::result::Result<RuleKind, RuleError> {
+        if self.scope != "global" {
+            return Err(RuleError::Scope(self.scope.to_owned()));
+        }
+        match self.kind {
+            "override" => Ok(RuleKind::Override),
+            "underride" => Ok(RuleKind::Underride),
+            "sender" => Ok(RuleKind::Sender),
+            "room" => Ok(RuleKind::Room),
+            "content" => Ok(RuleKind::Content),
+            other => Err(RuleError::Kind(other.to_owned())),
+        }
+    }
+}
+
+/// A rule as clients see it (`PushRule` in the spec).
+pub fn rule_json(rule: AnyPushRuleRef<'_>) -> Value {
+    let v = match rule {
+        AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) => serde_json::to_value(r),
+        AnyPushRuleRef::Content(r) => serde_json::to_value(r),
+        AnyPushRuleRef::Room(r) => serde_json::to_value(r),
+        AnyPushRuleRef::Sender(r) => serde_json::to_value(r),
+        _ => Ok(Value::Null),
+    };
+    v.unwrap_or(Value::Null)
+}
+
+fn parse_actions(v: Option<&Value>) -> std::result::Result<Vec<Action>, RuleError> {
+    let v = v.ok_or_else(|| RuleError::Invalid("'actions' is required".into()))?;
+    if !v.is_array() {
+        return Err(RuleError::Invalid("'actions' must be an array".into()));
+    }
+    serde_json::from_value(v.clone())
+        .map_err(|e| RuleError::Invalid(format!("invalid 'actions': {e}")))
+}
+
+/// The rule a PUT body describes for its kind.
+fn new_rule(
+    kind: &RuleKind,
+    rule_id: &str,
+    body: &Map<String, Value>,
+) -> std::result::Result<NewPushRule, RuleError> {
+    let actions = parse_actions(body.get("actions"))?;
+    let conditions = || -> std::result::Result<Vec<PushCondition>, RuleError> {
+        match body.get("conditions") {
+            None => Ok(vec![]),
+            Some(c) if c.is_array() => serde_json::from_value(c.clone())
+                .map_err(|e| RuleError::Invalid(format!("invalid 'conditions': {e}"))),
+            Some(_) => Err(RuleError::Invalid("'conditions' must be an array".into())),
+        }
+    };
+    Ok(match kind {
+        RuleKind::Override => NewPushRule::Override(NewConditionalPushRule::new(
+            rule_id.to_owned(),
+            conditions()?,
+            actions,
+        )),
+        RuleKind::Underride => NewPushRule::Underride(NewConditionalPushRule::new(
+            rule_id.to_owned(),
+            conditions()?,
+            actions,
+        )),
+        RuleKind::Content => {
+            let pattern = body
+                .get("pattern")
+                .and_then(Value::as_str)
+                .ok_or_else(|| RuleError::Invalid("content rules need a 'pattern'".into()))?;
+            NewPushRule::Content(NewPatternedPushRule::new(
+                rule_id.to_owned(),
+                pattern.to_owned(),
+                actions,
+            ))
+        }
+        RuleKind::Room => {
+            let room = OwnedRoomId::try_from(rule_id)
+                .map_err(|_| RuleError::Invalid("a room rule's id must be a room id".into()))?;
+            NewPushRule::Room(NewSimplePushRule::new(room, actions))
+        }
+        RuleKind::Sender => {
+            let user = OwnedUserId::try_from(rule_id)
+                .map_err(|_| RuleError::Invalid("a sender rule's id must be a user id".into()))?;
+            NewPushRule::Sender(NewSimplePushRule::new(user, actions))
+        }
+        other => return Err(RuleError::Kind(other.to_string())),
+    })
+}
+
+impl Hearth {
+    /// The user's push rules (the server defaults until they change any).
+    pub async fn push_rules(&self, user: &UserId) -> Result<Arc<Ruleset>> {
+        if let Some(r) = self.push.rulesets.get(user.as_str()) {
+            return Ok(r);
+        }
+        let stored = self
+            .store
+            .get_account_data(user.as_str(), "", PUSH_RULES_TYPE)
+            .await?;
+        let rules = match stored.and_then(|v| v.get("global").cloned()) {
+            Some(global) => match serde_json::from_value::<Ruleset>(global) {
+                // Server-default rules added since the user's set was stored
+                // join it (with the user's enabled/actions kept for the rest).
+                Ok(mut r) => {
+                    r.update_with_server_default(Ruleset::server_default(user));
+                    r
+                }
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "stored push rules unreadable; using the defaults");
+                    Ruleset::server_default(user)
+                }
+            },
+            None => Ruleset::server_default(user),
+        };
+        let rules = Arc::new(rules);
+        self.push
+            .rulesets
+            .put(user.as_str().to_owned(), rules.clone());
+        Ok(rules)
+    }
+
+    /// Applies a change to the user's rules and stores the result.
+    async fn change_push_rules(
+        &self,
+        user: &UserId,
+        change: impl FnOnce(&mut Ruleset) -> std::result::Result<(), RuleError>,
+    ) -> Result<()> {
+        let mut rules = (*self.push_rules(user).await?).clone();
+        change(&mut rules)?;
+        let content = json!({ "global": rules });
+        self.store
+            .put_account_data(user.as_str(), "", PUSH_RULES_TYPE, &content)
+            .await?;
+        self.push
+            .rulesets
+            .put(user.as_str().to_owned(), Arc::new(rules));
+        // Counts in sync follow the new rules from the next tally on.
+        self.unread.forget_user(user.as_str());
+        self.notifier.notify_users([user.as_str()]);
+        Ok(())
+    }
+
+    /// `GET /pushrules/global/{kind}/{ruleId}`.
+    pub async fn push_rule(&self, user: &UserId, at: &RulePath<'_>) -> Result<Value> {
+        let kind = at.kind()?;
+        let rules = self.push_rules(user).await?;
+        let rule = rules.get(kind, at.rule_id).ok_or(RuleError::NotFound)?;
+        Ok(rule_json(rule))
+    }
+
+    /// `PUT /pushrules/global/{kind}/{ruleId}` (`before`/`after` place it).
+    pub async fn put_push_rule(
+        &self,
+        user: &UserId,
+        at: &RulePath<'_>,
+        body: &Map<String, Value>,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<()> {
+        let kind = at.kind()?;
+        let rule = new_rule(&kind, at.rule_id, body)?;
+        self.change_push_rules(user, |rules| {
+            rules.insert(rule, after, before).map_err(|e| match e {
+                InsertPushRuleError::ServerDefaultRuleId => {
+                    RuleError::Invalid("rule ids starting with '.' are the server's".into())
+                }
+                InsertPushRuleError::InvalidRuleId => {
+                    RuleError::Invalid("rule ids cannot contain '/' or '\\'".into())
+                }
+                InsertPushRuleError::RelativeToServerDefaultRule => RuleError::Invalid(
+                    "a rule cannot be placed relative to a server-default rule".into(),
+                ),
+                InsertPushRuleError::UnknownRuleId => RuleError::RelativeNotFound,
+                other => RuleError::Invalid(other.to_string()),
+            })
+        })
+        .await
+    }
+
+    /// `DELETE /pushrules/global/{kind}/{ruleId}`.
+    pub async fn delete_push_rule(&self, user: &UserId, at: &RulePath<'_>) -> Result<()> {
+        let kind = at.kind()?;
+        self.change_push_rules(user, |rules| {
+            rules.remove(kind, at.rule_id).map_err(|e| match e {
+                RemovePushRuleError::ServerDefault => RuleError::ServerDefault,
+                _ => RuleError::NotFound,
+            })
+        })
+        .await
+    }
+
+    /// `GET …/enabled`.
+    pub async fn push_rule_enabled(&self, user: &UserId, at: &RulePath<'_>) -> Result<bool> {
+        let kind = at.kind()?;
+        let rules = self.push_rules(user).await?;
+        Ok(rules
+            .get(kind, at.rule_id)
+            .ok_or(RuleError::NotFound)?
+            .enabled())
+    }
+
+    /// `PUT …/enabled`.
+    pub async fn set_push_rule_enabled(
+        &self,
+        user: &UserId,
+        at: &RulePath<'_>,
+        enabled: bool,
+    ) -> Result<()> {
+        let kind = at.kind()?;
+        self.change_push_rules(user, |rules| {
+            rules
+                .set_enabled(kind, at.rule_id, enabled)
+                .map_err(|_| RuleError::NotFound)
+        })
+        .await
+    }
+
+    /// `GET …/actions`.
+    pub async fn push_rule_actions(&self, user: &UserId, at: &RulePath<'_>) -> Result<Value> {
+        let kind = at.kind()?;
+        let rules = self.push_rules(user).await?;
+        let rule = rules.get(kind, at.rule_id).ok_or(RuleError::NotFound)?;
+        Ok(serde_json::to_value(rule.actions())?)
+    }
+
+    /// `PUT …/actions` with the body's `actions`.
+    pub async fn set_push_rule_actions(
+        &self,
+        user: &UserId,
+        at: &RulePath<'_>,
+        actions: Option<&Value>,
+    ) -> Result<()> {
+        let kind = at.kind()?;
+        let actions = parse_actions(actions)?;
+        self.change_push_rules(user, |rules| {
+            rules
+                .set_actions(kind, at.rule_id, actions)
+                .map_err(|_| RuleError::NotFound)
+        })
+        .await
+    }
+}

@@ -1,0 +1,96 @@
+//! The push worker: hears every event this process commits (from the
+//! store's commit hook, in commit order), evaluates it against the push rules
+//! of the room's local joined members (and of a local invitee), records a
+//! notification row for each member it notifies, and wakes the senders of
+//! those who have pushers.
+//!
+//! Crash window: an event committed but not yet recorded here when the
+//! process dies raises no notification (it still counts in sync, which
+//! evaluates rules itself). See spec/push.md.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use ruma::{OwnedUserId, UserId};
+
+use crate::{Hearth, Result, pdu::StoredEvent, store::NewNotification};
+
+/// Events taken from the channel per round (their rows go in one transaction).
+const BATCH: usize = 256;
+
+impl Hearth {
+    /// Starts the worker (once; later calls do nothing).
+    pub(crate) fn spawn_push_worker(self: &Arc<Self>) {
+        let Some(mut inbox) = self.push.inbox.lock().ok().and_then(|mut i| i.take()) else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while inbox.recv_many(&mut batch, BATCH).await > 0 {
+                let Some(h) = weak.upgrade() else { break };
+                h.record_notifications(&batch).await;
+                batch.clear();
+            }
+        });
+    }
+
+    async fn record_notifications(self: &Arc<Self>, events: &[Arc<StoredEvent>]) {
+        let mut rows = vec![];
+        for e in events {
+            match self.notifications_for(e).await {
+                Ok(r) => rows.extend(r),
+                Err(err) => tracing::warn!(
+                    event = %e.pdu.event_id, error = %err,
+                    "cannot evaluate push rules for an event; it raises no notification"
+                ),
+            }
+        }
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.add_notifications(&rows).await {
+            tracing::error!(error = %e, count = rows.len(), "cannot record notifications; they will not be pushed");
+            return;
+        }
+        let users: BTreeSet<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
+        for user in users {
+            self.schedule_push(user).await;
+        }
+    }
+
+    /// The notifications one event raises for local users.
+    async fn notifications_for(&self, e: &StoredEvent) -> Result<Vec<NewNotification>> {
+        let pdu = &e.pdu;
+        let Some(room) = self.room_push_ctx(&pdu.room_id).await? else {
+            return Ok(vec![]);
+        };
+        let server = self.config.server_name.as_str();
+        // An invitee is not joined yet, and `.m.rule.invite_for_me` is theirs.
+        let invitee: Option<OwnedUserId> = (pdu.kind.to_string() == "m.room.member"
+            && pdu.membership() == Some("invite"))
+        .then_some(pdu.state_key.as_deref())
+        .flatten()
+        .and_then(|k| UserId::parse(k).ok())
+        .filter(|u| u.server_name() == server && !room.local_joined.contains(u));
+        let mut rows = vec![];
+        for user in room.local_joined.iter().chain(invitee.iter()) {
+            if *user == pdu.sender {
+                continue;
+            }
+            let eval = self.evaluate_push(e, user, &room).await?;
+            if !eval.notifies() {
+                continue;
+            }
+            rows.push(NewNotification {
+                user_id: user.to_string(),
+                room_id: pdu.room_id.to_string(),
+                event_id: pdu.event_id.to_string(),
+                stream_ordering: e.stream_ordering,
+                highlight: eval.highlights(),
+                actions: serde_json::to_value(&eval.actions)?,
+                ts: i64::from(pdu.origin_server_ts.get()),
+            });
+        }
+        Ok(rows)
+    }
+}

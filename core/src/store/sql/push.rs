@@ -1,0 +1,336 @@
+//! Push storage (spec/push.md): pushers and the notifications push rules
+//! raised. Both live in the main database (the sharded store routes here).
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::Result;
+
+/// A pusher as `/pushers/set` stored it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PusherRecord {
+    pub user_id: String,
+    pub app_id: String,
+    pub pushkey: String,
+    pub kind: String,
+    pub app_display_name: String,
+    pub device_display_name: String,
+    pub profile_tag: Option<String>,
+    pub lang: String,
+    /// The `data` object as given (with `url`).
+    pub data: Value,
+    /// When the pushkey was last set (unix ms).
+    pub pushkey_ts: i64,
+    /// The newest notification id this pusher has dealt with.
+    pub last_notification: i64,
+}
+
+/// A notification to record: an event that notified a user.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub user_id: String,
+    pub room_id: String,
+    pub event_id: String,
+    pub stream_ordering: i64,
+    pub actions: Value,
+    pub highlight: bool,
+    pub ts: i64,
+}
+
+/// A recorded notification.
+#[derive(Debug, Clone)]
+pub struct NotificationRecord {
+    pub id: i64,
+    pub room_id: String,
+    pub event_id: String,
+    pub stream_ordering: i64,
+    pub actions: Value,
+    pub highlight: bool,
+    pub ts: i64,
+}
+
+#[async_trait]
+pub trait PushStore: Send + Sync {
+    /// Adds or replaces the user's pusher (app_id, pushkey). Unless
+    /// `append`, other users' pushers with the same app_id and pushkey go.
+    /// A new pusher starts after the user's newest notification.
+    async fn set_pusher(&self, p: &PusherRecord, append: bool) -> Result<()>;
+    /// Whether there was such a pusher.
+    async fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<bool>;
+    async fn pushers(&self, user_id: &str) -> Result<Vec<PusherRecord>>;
+    /// Users with a pusher behind their newest notification (work left
+    /// over from before a restart).
+    async fn users_with_pending_pushes(&self) -> Result<Vec<String>>;
+    /// Moves a pusher's `last_notification` forward (never back).
+    async fn pusher_delivered(
+        &self,
+        user_id: &str,
+        app_id: &str,
+        pushkey: &str,
+        upto: i64,
+    ) -> Result<()>;
+    /// Records notifications (an event already recorded for a user is
+    /// skipped), in one transaction.
+    async fn add_notifications(&self, rows: &[NewNotification]) -> Result<()>;
+    /// The user's notifications with `id > after`, newest first.
+    async fn notifications_after(
+        &self,
+        user_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>>;
+    /// The user's notifications with `id < before` (all when `None`), newest
+    /// first, only highlights when `only_highlight`.
+    async fn notifications_before(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: i64,
+        only_highlight: bool,
+    ) -> Result<Vec<NotificationRecord>>;
+    /// The rooms where the user has notifications.
+    async fn notification_rooms(&self, user_id: &str) -> Result<Vec<String>>;
+    /// How many of the user's notifications in a room come after a position
+    /// of the room's stream.
+    async fn count_notifications_after(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        after: i64,
+    ) -> Result<i64>;
+}
+
+/// Expands to the implementation for `SqlStore<$db>`; invoke it inside a
+/// module of its own (it brings its own imports).
+macro_rules! impl_push_store {
+    ($db:ty) => {
+        use async_trait::async_trait;
+        use sqlx::Row;
+
+        use crate::{
+            Result,
+            store::{NewNotification, NotificationRecord, PushStore, PusherRecord},
+        };
+
+        const PUSHER_COLUMNS: &str = "user_id, app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data, pushkey_ts, last_notification";
+        const NOTIFICATION_COLUMNS: &str =
+            "id, room_id, event_id, stream_ordering, actions, highlight, ts";
+
+        fn pusher_from_row(r: &<$db as sqlx::Database>::Row) -> Result<PusherRecord> {
+            let data: String = r.try_get("data")?;
+            Ok(PusherRecord {
+                user_id: r.try_get("user_id")?,
+                app_id: r.try_get("app_id")?,
+                pushkey: r.try_get("pushkey")?,
+                kind: r.try_get("kind")?,
+                app_display_name: r.try_get("app_display_name")?,
+                device_display_name: r.try_get("device_display_name")?,
+                profile_tag: r.try_get("profile_tag")?,
+                lang: r.try_get("lang")?,
+                data: serde_json::from_str(&data)?,
+                pushkey_ts: r.try_get("pushkey_ts")?,
+                last_notification: r.try_get("last_notification")?,
+            })
+        }
+
+        fn notification_from_row(r: &<$db as sqlx::Database>::Row) -> Result<NotificationRecord> {
+            let actions: String = r.try_get("actions")?;
+            Ok(NotificationRecord {
+                id: r.try_get("id")?,
+                room_id: r.try_get("room_id")?,
+                event_id: r.try_get("event_id")?,
+                stream_ordering: r.try_get("stream_ordering")?,
+                actions: serde_json::from_str(&actions)?,
+                highlight: r.try_get::<i64, _>("highlight")? != 0,
+                ts: r.try_get("ts")?,
+            })
+        }
+
+        #[async_trait]
+        impl PushStore for crate::store::sql::SqlStore<$db> {
+            async fn set_pusher(&self, p: &PusherRecord, append: bool) -> Result<()> {
+                let mut tx = self.writer.begin().await?;
+                if !append {
+                    sqlx::query(
+                        "DELETE FROM pushers WHERE app_id = $1 AND pushkey = $2 AND user_id <> $3",
+                    )
+                    .bind(&p.app_id)
+                    .bind(&p.pushkey)
+                    .bind(&p.user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name, device_display_name,
+                       profile_tag, lang, data, pushkey_ts, last_notification)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                       COALESCE((SELECT MAX(id) FROM push_notifications WHERE user_id = $1), 0))
+                     ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET
+                       kind = excluded.kind, app_display_name = excluded.app_display_name,
+                       device_display_name = excluded.device_display_name,
+                       profile_tag = excluded.profile_tag, lang = excluded.lang,
+                       data = excluded.data, pushkey_ts = excluded.pushkey_ts",
+                )
+                .bind(&p.user_id)
+                .bind(&p.app_id)
+                .bind(&p.pushkey)
+                .bind(&p.kind)
+                .bind(&p.app_display_name)
+                .bind(&p.device_display_name)
+                .bind(&p.profile_tag)
+                .bind(&p.lang)
+                .bind(p.data.to_string())
+                .bind(p.pushkey_ts)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn delete_pusher(
+                &self,
+                user_id: &str,
+                app_id: &str,
+                pushkey: &str,
+            ) -> Result<bool> {
+                let res = sqlx::query(
+                    "DELETE FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3",
+                )
+                .bind(user_id)
+                .bind(app_id)
+                .bind(pushkey)
+                .execute(&self.writer)
+                .await?;
+                Ok(res.rows_affected() > 0)
+            }
+
+            async fn pushers(&self, user_id: &str) -> Result<Vec<PusherRecord>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id = $1 ORDER BY app_id, pushkey"
+                ))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(pusher_from_row).collect()
+            }
+
+            async fn users_with_pending_pushes(&self) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT DISTINCT p.user_id FROM pushers p WHERE EXISTS
+                       (SELECT 1 FROM push_notifications n WHERE n.user_id = p.user_id AND n.id > p.last_notification)",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn pusher_delivered(
+                &self,
+                user_id: &str,
+                app_id: &str,
+                pushkey: &str,
+                upto: i64,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE pushers SET last_notification = $4
+                     WHERE user_id = $1 AND app_id = $2 AND pushkey = $3 AND last_notification < $4",
+                )
+                .bind(user_id)
+                .bind(app_id)
+                .bind(pushkey)
+                .bind(upto)
+                .execute(&self.writer)
+                .await?;
+                Ok(())
+            }
+
+            async fn add_notifications(&self, rows: &[NewNotification]) -> Result<()> {
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.writer.begin().await?;
+                for n in rows {
+                    sqlx::query(
+                        "INSERT INTO push_notifications (user_id, room_id, event_id, stream_ordering, actions, highlight, ts)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, event_id) DO NOTHING",
+                    )
+                    .bind(&n.user_id)
+                    .bind(&n.room_id)
+                    .bind(&n.event_id)
+                    .bind(n.stream_ordering)
+                    .bind(n.actions.to_string())
+                    .bind(i64::from(n.highlight))
+                    .bind(n.ts)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn notifications_after(
+                &self,
+                user_id: &str,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<NotificationRecord>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM push_notifications
+                     WHERE user_id = $1 AND id > $2 ORDER BY id DESC LIMIT $3"
+                ))
+                .bind(user_id)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(notification_from_row).collect()
+            }
+
+            async fn notifications_before(
+                &self,
+                user_id: &str,
+                before: Option<i64>,
+                limit: i64,
+                only_highlight: bool,
+            ) -> Result<Vec<NotificationRecord>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {NOTIFICATION_COLUMNS} FROM push_notifications
+                     WHERE user_id = $1 AND id < $2 AND highlight >= $3 ORDER BY id DESC LIMIT $4"
+                ))
+                .bind(user_id)
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(i64::from(only_highlight))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(notification_from_row).collect()
+            }
+
+            async fn notification_rooms(&self, user_id: &str) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT DISTINCT room_id FROM push_notifications WHERE user_id = $1",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn count_notifications_after(
+                &self,
+                user_id: &str,
+                room_id: &str,
+                after: i64,
+            ) -> Result<i64> {
+                Ok(sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM push_notifications
+                     WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3",
+                )
+                .bind(user_id)
+                .bind(room_id)
+                .bind(after)
+                .fetch_one(&self.pool)
+                .await?)
+            }
+        }
+    };
+}
+pub(crate) use impl_push_store;
