@@ -373,11 +373,18 @@ impl Hearth {
             }
         }
 
-        let global_data: Vec<Value> = account_data
+        let mut global_data: Vec<Value> = account_data
             .iter()
             .filter(|a| a.room_id.is_empty() && f.account_data.allows_type(&a.data_type))
             .map(|a| json!({"type": a.data_type, "content": a.content}))
             .collect();
+        // Clients read their push rules from the first sync; a user who never
+        // changed them has the server's defaults, which are stored nowhere.
+        let has_rules = global_data.iter().any(|e| e["type"] == "m.push_rules");
+        if since.is_none() && !has_rules && f.account_data.allows_type("m.push_rules") {
+            let rules = self.push_rules(user).await?;
+            global_data.push(json!({"type": "m.push_rules", "content": {"global": &*rules}}));
+        }
         has_data |= since.is_some() && !global_data.is_empty();
 
         let presence_moved = since.is_none_or(|s| s.presence != upto.presence);

@@ -778,3 +778,50 @@ async fn bad_pusher_requests_are_refused_and_change_nothing() {
     let (_, b) = carol.get("/_matrix/client/v3/pushers").await;
     assert_eq!(b["pushers"], json!([]), "{b}");
 }
+
+#[tokio::test]
+async fn logging_out_a_device_drops_its_pushers_and_first_syncs_carry_the_rules() {
+    let (url, _gw) = Gateway::start().await;
+    let server = start_server().await;
+    let bob = server.register("bob", "password-b").await;
+    // A second device of bob's (a phone) sets its own pusher.
+    let (s, login) = server
+        .client()
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
+                   "password": "password-b"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{login}");
+    let mut phone = server.client();
+    phone.token = login["access_token"].as_str().map(str::to_owned);
+    set_pusher(&bob, &url, "desk-key", None).await;
+    set_pusher(&phone, &url, "phone-key", None).await;
+
+    // The first sync shows the default rules, as clients expect.
+    let first = sync(&phone, None, 0).await;
+    let rules = first["account_data"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["type"] == "m.push_rules")
+        .unwrap_or_else(|| panic!("no m.push_rules in {first}"));
+    assert!(
+        rules["content"]["global"]["override"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|r| r["rule_id"] == ".m.rule.master")),
+        "{rules}"
+    );
+
+    let (s, _) = phone.post("/_matrix/client/v3/logout", json!({})).await;
+    assert_eq!(s, 200);
+    let (_, b) = bob.get("/_matrix/client/v3/pushers").await;
+    let keys: Vec<&str> = b["pushers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["pushkey"].as_str())
+        .collect();
+    assert_eq!(keys, ["desk-key"], "{b}");
+}

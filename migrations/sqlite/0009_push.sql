@@ -5,6 +5,9 @@
 -- it was read): a restart resumes after it.
 CREATE TABLE pushers (
     user_id             TEXT NOT NULL,
+    -- The device that set the pusher: deleting the device (logout included)
+    -- deletes its pushers.
+    device_id           TEXT NOT NULL DEFAULT '',
     app_id              TEXT NOT NULL,
     pushkey             TEXT NOT NULL,
     kind                TEXT NOT NULL,

@@ -157,7 +157,8 @@ async fn set_pusher(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
-    h.set_pusher(s.user_id.as_str(), &body).await?;
+    h.set_pusher(s.user_id.as_str(), &s.device_id, &body)
+        .await?;
     Ok(Json(json!({})))
 }
 

@@ -274,6 +274,11 @@ impl Hearth {
             return Ok(());
         }
         self.store.delete_device_keys(user.as_str(), &ids).await?;
+        // A logged-out phone stops getting pushes.
+        self.store
+            .delete_device_pushers(user.as_str(), &ids)
+            .await?;
+        self.push.forget_pushers(user.as_str());
         for device in &ids {
             self.forget_key_counts(user.as_str(), device);
         }

@@ -98,6 +98,7 @@ pub fn parse_pusher_request(
     Ok(PusherChange::Set {
         pusher: PusherRecord {
             user_id: user.to_owned(),
+            device_id: String::new(),
             app_id,
             pushkey,
             kind,
@@ -166,12 +167,18 @@ fn pusher_json(p: &PusherRecord) -> Value {
 }
 
 impl Hearth {
-    /// `POST /pushers/set`.
-    pub async fn set_pusher(&self, user: &str, body: &Map<String, Value>) -> Result<()> {
+    /// `POST /pushers/set` from `device`, which owns the pusher from then on.
+    pub async fn set_pusher(
+        &self,
+        user: &str,
+        device: &str,
+        body: &Map<String, Value>,
+    ) -> Result<()> {
         let change = parse_pusher_request(user, body, crate::ids::now_ms() as i64)
             .inspect_err(|e| tracing::info!(%user, error = %e, "pusher request refused"))?;
         match change {
-            PusherChange::Set { pusher, append } => {
+            PusherChange::Set { mut pusher, append } => {
+                pusher.device_id = device.to_owned();
                 self.store.set_pusher(&pusher, append).await?;
                 // Other users may have lost a pusher with this key too.
                 if !append {

@@ -750,6 +750,9 @@ impl super::PushStore for ShardedStore {
     async fn set_pusher(&self, p: &super::PusherRecord, append: bool) -> Result<()> {
         self.main.set_pusher(p, append).await
     }
+    async fn delete_device_pushers(&self, user: &str, devices: &[String]) -> Result<()> {
+        self.main.delete_device_pushers(user, devices).await
+    }
     async fn delete_pusher(&self, user: &str, app_id: &str, pushkey: &str) -> Result<bool> {
         self.main.delete_pusher(user, app_id, pushkey).await
     }

@@ -10,6 +10,8 @@ use crate::Result;
 #[derive(Debug, Clone, PartialEq)]
 pub struct PusherRecord {
     pub user_id: String,
+    /// The device that set it ("" when it had none).
+    pub device_id: String,
     pub app_id: String,
     pub pushkey: String,
     pub kind: String,
@@ -57,6 +59,8 @@ pub trait PushStore: Send + Sync {
     async fn set_pusher(&self, p: &PusherRecord, append: bool) -> Result<()>;
     /// Whether there was such a pusher.
     async fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<bool>;
+    /// Deletes the pushers the user's `devices` set.
+    async fn delete_device_pushers(&self, user_id: &str, devices: &[String]) -> Result<()>;
     async fn pushers(&self, user_id: &str) -> Result<Vec<PusherRecord>>;
     /// Users with a pusher behind their newest notification (work left
     /// over from before a restart).
@@ -112,7 +116,7 @@ macro_rules! impl_push_store {
             store::{NewNotification, NotificationRecord, PushStore, PusherRecord},
         };
 
-        const PUSHER_COLUMNS: &str = "user_id, app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data, pushkey_ts, last_notification";
+        const PUSHER_COLUMNS: &str = "user_id, device_id, app_id, pushkey, kind, app_display_name, device_display_name, profile_tag, lang, data, pushkey_ts, last_notification";
         const NOTIFICATION_COLUMNS: &str =
             "id, room_id, event_id, stream_ordering, actions, highlight, ts";
 
@@ -120,6 +124,7 @@ macro_rules! impl_push_store {
             let data: String = r.try_get("data")?;
             Ok(PusherRecord {
                 user_id: r.try_get("user_id")?,
+                device_id: r.try_get("device_id")?,
                 app_id: r.try_get("app_id")?,
                 pushkey: r.try_get("pushkey")?,
                 kind: r.try_get("kind")?,
@@ -162,11 +167,11 @@ macro_rules! impl_push_store {
                 }
                 sqlx::query(
                     "INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name, device_display_name,
-                       profile_tag, lang, data, pushkey_ts, last_notification)
+                       profile_tag, lang, data, pushkey_ts, last_notification, device_id)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                       COALESCE((SELECT MAX(id) FROM push_notifications WHERE user_id = $1), 0))
+                       COALESCE((SELECT MAX(id) FROM push_notifications WHERE user_id = $1), 0), $11)
                      ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET
-                       kind = excluded.kind, app_display_name = excluded.app_display_name,
+                       device_id = excluded.device_id, kind = excluded.kind, app_display_name = excluded.app_display_name,
                        device_display_name = excluded.device_display_name,
                        profile_tag = excluded.profile_tag, lang = excluded.lang,
                        data = excluded.data, pushkey_ts = excluded.pushkey_ts",
@@ -181,9 +186,21 @@ macro_rules! impl_push_store {
                 .bind(&p.lang)
                 .bind(p.data.to_string())
                 .bind(p.pushkey_ts)
+                .bind(&p.device_id)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
+                Ok(())
+            }
+
+            async fn delete_device_pushers(&self, user_id: &str, devices: &[String]) -> Result<()> {
+                for device in devices {
+                    sqlx::query("DELETE FROM pushers WHERE user_id = $1 AND device_id = $2")
+                        .bind(user_id)
+                        .bind(device)
+                        .execute(&self.writer)
+                        .await?;
+                }
                 Ok(())
             }
 
