@@ -11,8 +11,14 @@ const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 /// What a valid `/pushers/set` body asks for.
 #[derive(Debug, PartialEq)]
 pub enum PusherChange {
-    Set { pusher: PusherRecord, append: bool },
-    Delete { app_id: String, pushkey: String },
+    Set {
+        pusher: Box<PusherRecord>,
+        append: bool,
+    },
+    Delete {
+        app_id: String,
+        pushkey: String,
+    },
 }
 
 fn string_field(body: &Map<String, Value>, name: &str) -> Result<Option<String>> {
@@ -96,7 +102,7 @@ pub fn parse_pusher_request(
         Some(_) => return Err(Error::invalid_param("'append' must be a boolean")),
     };
     Ok(PusherChange::Set {
-        pusher: PusherRecord {
+        pusher: Box::new(PusherRecord {
             user_id: user.to_owned(),
             device_id: String::new(),
             app_id,
@@ -109,7 +115,7 @@ pub fn parse_pusher_request(
             data: Value::Object(data.clone()),
             pushkey_ts: now_ms,
             last_notification: 0,
-        },
+        }),
         append,
     })
 }
