@@ -11,6 +11,9 @@
 #   BENCH_FEDERATION=1  also measures two federating Hearth servers (SQLite,
 #                    TLS from a throwaway CA): each room's creator is on one,
 #                    the other members alternate, so deliveries cross servers.
+#   BENCH_BASELINE=<homeserver binary>  also measures that build (say, the
+#                    last landed commit's) on SQLite, as "hearth-baseline":
+#                    a before/after ratio from one run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -96,8 +99,19 @@ if [ "${BENCH_FEDERATION:-0}" = 1 ]; then
   done
   extra_hs+=(--hs "hearth-federated=${furls[0]}+${furls[1]},pid=${fpids[0]}")
 fi
+if [ -n "${BENCH_BASELINE:-}" ]; then
+  bport=18309
+  "$BENCH_BASELINE" --listen "127.0.0.1:$bport" --data-dir "$data/baseline" --rate-limits false \
+    >"$data/server-baseline.log" 2>&1 &
+  bpid=$!
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$bport/_matrix/client/versions" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  extra_hs+=(--hs "hearth-baseline=http://127.0.0.1:$bport,pid=$bpid")
+fi
 cleanup() {
-  kill "$hpid" ${ppid:-} ${cpids[@]:-} ${fpids[@]:-} 2>/dev/null || true
+  kill "$hpid" ${ppid:-} ${cpids[@]:-} ${fpids[@]:-} ${bpid:-} 2>/dev/null || true
   SYNAPSE_DB=postgres bash "$root/scripts/synapse.sh" stop "$sport" || true
   sleep 0.5
   for db in "${dbs[@]}"; do

@@ -825,3 +825,36 @@ async fn logging_out_a_device_drops_its_pushers_and_first_syncs_carry_the_rules(
         .collect();
     assert_eq!(keys, ["desk-key"], "{b}");
 }
+
+#[tokio::test]
+async fn without_pushers_notifications_keep_the_mentions() {
+    let server = start_server().await;
+    let alice = server.register("alice", "password-a").await;
+    let carol = server.register("carol", "password-c").await;
+    let carol_id = user_id(&carol).await;
+    let room = room_with(&alice, "Chat", &[&carol]).await;
+    alice.send_text(&room, "p1", "plain message").await;
+    let (s, b) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/m1", enc(&room)),
+            json!({"msgtype": "m.text", "body": "hey carol", "m.mentions": {"user_ids": [carol_id]}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let mention = b["event_id"].clone();
+    // Both notify (sync counts them); only the mention is kept as a row.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, b) = carol.get("/_matrix/client/v3/notifications").await;
+        assert_eq!(s, 200, "{b}");
+        let list = b["notifications"].as_array().cloned().unwrap_or_default();
+        if !list.is_empty() {
+            assert_eq!(list.len(), 1, "{b}");
+            assert_eq!(list[0]["event"]["event_id"], mention, "{b}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no notification: {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counts(&carol, &room).await, (2, 1));
+}

@@ -202,16 +202,47 @@ impl Hearth {
         if event.pdu.sender == user {
             return Ok(Evaluation::default());
         }
-        let rules = self.push_rules(user).await?;
+        let (rules, default) = self.push_rules_of(user).await?;
+        // Under the default rules an event means the same to every member it
+        // does not single out: one evaluation serves a whole room.
+        let generic = default && !singles_out(event, user);
+        if generic && let Some(e) = self.push.generic.get(&event.pdu.event_id) {
+            return Ok((*e).clone());
+        }
         let flat = self.flattened(event)?;
         let ctx = room.for_user(user);
+        let mut result = Evaluation::default();
         for rule in rules.iter() {
             if rule.applies(&flat, &ctx).await {
-                return Ok(Evaluation {
-                    actions: rule.actions().to_vec(),
-                });
+                result.actions = rule.actions().to_vec();
+                break;
             }
         }
-        Ok(Evaluation::default())
+        if generic {
+            self.push
+                .generic
+                .put(event.pdu.event_id.clone(), Arc::new(result.clone()));
+        }
+        Ok(result)
     }
+}
+
+/// Whether the server-default rules can treat `user` differently from the
+/// room's other members for this event: only the rules about the user's own
+/// membership (`.m.rule.invite_for_me`) and mentions of the user
+/// (`.m.rule.is_user_mention`) name the user. (ruma's defaults follow the
+/// current spec, which dropped the legacy display-name and user-name rules:
+/// they read no display name.)
+fn singles_out(event: &StoredEvent, user: &UserId) -> bool {
+    if event.pdu.state_key.as_deref() == Some(user.as_str()) {
+        return true;
+    }
+    event
+        .pdu
+        .json
+        .get("content")
+        .and_then(|c| c.get("m.mentions"))
+        .and_then(|m| m.get("user_ids"))
+        .and_then(Value::as_array)
+        .is_some_and(|ids| ids.iter().any(|i| i.as_str() == Some(user.as_str())))
 }

@@ -113,8 +113,12 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
 
 /// Push state shared by the handlers, the worker and the senders.
 pub struct Push {
-    /// Each user's parsed rules; replaced when they change.
-    rulesets: Cache<String, Arc<ruma::push::Ruleset>>,
+    /// Each user's parsed rules, and whether they are the untouched server
+    /// defaults.
+    rulesets: Cache<String, (Arc<ruma::push::Ruleset>, bool)>,
+    /// An event's actions under the default rules for a user it does not
+    /// single out: the same for most members, so evaluated once.
+    generic: Cache<ruma::OwnedEventId, Arc<eval::Evaluation>>,
     /// What rule evaluation needs of a room; dropped when its state changes.
     rooms: Cache<String, Arc<eval::RoomCtx>>,
     /// Events as rules read them, for the many members reading one event.
@@ -139,6 +143,7 @@ impl Push {
             rulesets: Cache::new(ttl, MAX_CACHED),
             rooms: Cache::new(ttl, MAX_CACHED),
             flattened: Cache::new(None, MAX_FLATTENED),
+            generic: Cache::new(None, MAX_FLATTENED),
             has_pushers: Cache::new(ttl, MAX_CACHED),
             events: tx,
             inbox: Mutex::new(Some(rx)),

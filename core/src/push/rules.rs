@@ -147,6 +147,12 @@ fn new_rule(
 impl Hearth {
     /// The user's push rules (the server defaults until they change any).
     pub async fn push_rules(&self, user: &UserId) -> Result<Arc<Ruleset>> {
+        Ok(self.push_rules_of(user).await?.0)
+    }
+
+    /// The user's push rules, and whether they are the server defaults
+    /// (never changed).
+    pub(crate) async fn push_rules_of(&self, user: &UserId) -> Result<(Arc<Ruleset>, bool)> {
         if let Some(r) = self.push.rulesets.get(user.as_str()) {
             return Ok(r);
         }
@@ -154,6 +160,7 @@ impl Hearth {
             .store
             .get_account_data(user.as_str(), "", PUSH_RULES_TYPE)
             .await?;
+        let default = stored.is_none();
         let rules = match stored.and_then(|v| v.get("global").cloned()) {
             Some(global) => match serde_json::from_value::<Ruleset>(global) {
                 // Server-default rules added since the user's set was stored
@@ -172,8 +179,8 @@ impl Hearth {
         let rules = Arc::new(rules);
         self.push
             .rulesets
-            .put(user.as_str().to_owned(), rules.clone());
-        Ok(rules)
+            .put(user.as_str().to_owned(), (rules.clone(), default));
+        Ok((rules, default))
     }
 
     /// Applies a change to the user's rules and stores the result.
@@ -190,7 +197,7 @@ impl Hearth {
             .await?;
         self.push
             .rulesets
-            .put(user.as_str().to_owned(), Arc::new(rules));
+            .put(user.as_str().to_owned(), (Arc::new(rules), false));
         // Counts in sync follow the new rules from the next tally on.
         self.unread.forget_user(user.as_str());
         self.notifier.notify_users([user.as_str()]);

@@ -77,18 +77,12 @@ impl Hearth {
     /// The user got a notification: start a round unless one is under way
     /// (which then runs once more).
     pub(crate) async fn schedule_push(self: &Arc<Self>, user: &str) {
-        let has = match self.push.has_pushers.get(user) {
-            Some(has) => has,
-            None => match self.store.pushers(user).await {
-                Ok(p) => {
-                    self.push.has_pushers.put(user.to_owned(), !p.is_empty());
-                    !p.is_empty()
-                }
-                Err(e) => {
-                    tracing::warn!(%user, error = %e, "cannot read pushers; the push waits for the next notification");
-                    return;
-                }
-            },
+        let has = match self.has_pushers(user).await {
+            Ok(has) => has,
+            Err(e) => {
+                tracing::warn!(%user, error = %e, "cannot read pushers; the push waits for the next notification");
+                return;
+            }
         };
         if !has || self.push.gateway.get().is_none() {
             return;
@@ -103,6 +97,16 @@ impl Hearth {
                 tokio::spawn(self.clone().push_rounds(user.to_owned()));
             }
         }
+    }
+
+    /// Whether the user has pushers (cached: most users have none).
+    pub(crate) async fn has_pushers(&self, user: &str) -> Result<bool> {
+        if let Some(has) = self.push.has_pushers.get(user) {
+            return Ok(has);
+        }
+        let has = !self.store.pushers(user).await?.is_empty();
+        self.push.has_pushers.put(user.to_owned(), has);
+        Ok(has)
     }
 
     async fn push_rounds(self: Arc<Self>, user: String) {

@@ -111,6 +111,10 @@ macro_rules! impl_push_store {
         use async_trait::async_trait;
         use sqlx::Row;
 
+        /// Notification rows per INSERT (7 parameters each: well under
+        /// SQLite's and Postgres's parameter limits).
+        const INSERT_CHUNK: usize = 500;
+
         use crate::{
             Result,
             store::{NewNotification, NotificationRecord, PushStore, PusherRecord},
@@ -264,21 +268,25 @@ macro_rules! impl_push_store {
                 if rows.is_empty() {
                     return Ok(());
                 }
+                // Many rows per statement: a busy room raises one row per
+                // member per message, and one statement per row cost more than
+                // the commits of the messages themselves.
                 let mut tx = self.writer.begin().await?;
-                for n in rows {
-                    sqlx::query(
-                        "INSERT INTO push_notifications (user_id, room_id, event_id, stream_ordering, actions, highlight, ts)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (user_id, event_id) DO NOTHING",
-                    )
-                    .bind(&n.user_id)
-                    .bind(&n.room_id)
-                    .bind(&n.event_id)
-                    .bind(n.stream_ordering)
-                    .bind(n.actions.to_string())
-                    .bind(i64::from(n.highlight))
-                    .bind(n.ts)
-                    .execute(&mut *tx)
-                    .await?;
+                for chunk in rows.chunks(INSERT_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO push_notifications (user_id, room_id, event_id, stream_ordering, actions, highlight, ts) ",
+                    );
+                    q.push_values(chunk, |mut b, n| {
+                        b.push_bind(&n.user_id)
+                            .push_bind(&n.room_id)
+                            .push_bind(&n.event_id)
+                            .push_bind(n.stream_ordering)
+                            .push_bind(n.actions.to_string())
+                            .push_bind(i64::from(n.highlight))
+                            .push_bind(n.ts);
+                    });
+                    q.push(" ON CONFLICT (user_id, event_id) DO NOTHING");
+                    q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())
