@@ -134,6 +134,18 @@ async fn set_pusher(c: &Client, url: &str, pushkey: &str, format: Option<&str>) 
     assert_eq!(s, 200, "pushers/set: {b}");
 }
 
+/// The pushkeys of the user's pushers, as `GET /pushers` lists them.
+async fn pushkeys(c: &Client) -> Vec<String> {
+    let (s, b) = c.get("/_matrix/client/v3/pushers").await;
+    assert_eq!(s, 200, "{b}");
+    b["pushers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["pushkey"].as_str().map(str::to_owned))
+        .collect()
+}
+
 async fn user_id(c: &Client) -> String {
     let (s, b) = c.get("/_matrix/client/v3/account/whoami").await;
     assert_eq!(s, 200, "whoami: {b}");
@@ -450,18 +462,11 @@ async fn a_rejected_pushkey_loses_its_pusher() {
     gw.wait_for("good-key", |n| n["event_id"] == ev).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (s, b) = bob.get("/_matrix/client/v3/pushers").await;
-        assert_eq!(s, 200);
-        let keys: Vec<&str> = b["pushers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["pushkey"].as_str())
-            .collect();
+        let keys = pushkeys(&bob).await;
         if keys == ["good-key"] {
             break;
         }
-        assert!(Instant::now() < deadline, "pushers: {b}");
+        assert!(Instant::now() < deadline, "pushers: {keys:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -816,14 +821,7 @@ async fn logging_out_a_device_drops_its_pushers_and_first_syncs_carry_the_rules(
 
     let (s, _) = phone.post("/_matrix/client/v3/logout", json!({})).await;
     assert_eq!(s, 200);
-    let (_, b) = bob.get("/_matrix/client/v3/pushers").await;
-    let keys: Vec<&str> = b["pushers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p["pushkey"].as_str())
-        .collect();
-    assert_eq!(keys, ["desk-key"], "{b}");
+    assert_eq!(pushkeys(&bob).await, ["desk-key"]);
 }
 
 #[tokio::test]
