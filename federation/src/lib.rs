@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod dns;
 mod e2ee;
 mod error;
+mod gaps;
 mod history;
 mod keyring;
 mod membership;

@@ -2,7 +2,7 @@
 //! durable outgoing queue per destination (spec/federation.md).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -12,7 +12,7 @@ use axum::{
     extract::{Path, State},
 };
 use hearth_client_api::error::ApiError;
-use hearth_core::{Error, ids::now_ms, pdu::Pdu};
+use hearth_core::{Error, ids::now_ms, rooms::Incoming};
 use rand::Rng;
 use ruma::{RoomId, RoomVersionId};
 use serde_json::{Map, Value, json};
@@ -81,27 +81,29 @@ pub(crate) async fn receive(
     if let Some(answer) = fed.transactions.answered(&key) {
         return Ok(Json(answer));
     }
-    // Checked one by one, then appended in the order given and waited for
-    // together: one group commit for the whole transaction.
+    // Checked one by one, then appended in the order given (each after
+    // what it builds on that we lack) and waited for together: one group
+    // commit for the whole transaction.
     let mut outcomes: Vec<(String, Result<(), FedError>)> = vec![];
-    let mut to_append = vec![];
-    let mut appended_at = vec![];
+    let mut checked = vec![];
     for json in &pdus {
-        let (id, checked) = fed.receive_pdu(origin.as_str(), json).await;
-        match checked {
-            Ok(Some(pdu)) => {
-                appended_at.push(outcomes.len());
-                to_append.push(pdu);
+        let (id, result) = fed.receive_pdu(origin.as_str(), json).await;
+        match result {
+            Ok(Some((pdu, version))) => {
+                checked.push((outcomes.len(), version, pdu));
                 outcomes.push((id, Ok(())));
             }
             Ok(None) => outcomes.push((id, Ok(()))),
             Err(e) => outcomes.push((id, Err(e))),
         }
     }
+    let (to_append, appended_at) = fed.with_ancestries(origin.as_str(), checked).await;
     let appended = fed.hearth.accept_remote_events(to_append).await;
     for (at, result) in appended_at.into_iter().zip(appended) {
-        if let Err(e) = result {
-            outcomes[at].1 = Err(e.into());
+        match (at, result) {
+            (Some(at), Err(e)) => outcomes[at].1 = Err(e.into()),
+            (None, Err(e)) => tracing::warn!(%origin, error = %e, "an event fetched to fill a gap was refused"),
+            _ => {}
         }
     }
     let mut results = Map::new();
@@ -194,7 +196,7 @@ impl Federation {
         &self,
         origin: &str,
         json: &Value,
-    ) -> (String, Result<Option<(Pdu, bool)>, FedError>) {
+    ) -> (String, Result<Option<(Incoming, RoomVersionId)>, FedError>) {
         let room = json["room_id"].as_str().and_then(|r| RoomId::parse(r).ok());
         let Some(room) = room else {
             return (
@@ -234,26 +236,66 @@ impl Federation {
         let outcome = async {
             let owner = self.hearth.room_owner_of(&room).await?;
             let ours = self.server_name().as_str();
-            Ok(match owner.as_deref() {
+            let incoming = match owner.as_deref() {
                 // We order this room: submitted events are checked against
                 // current state, appended, and relayed to every server.
-                Some(o) if o == ours => Some((pdu, true)),
+                Some(o) if o == ours => Some(Incoming::new(pdu, true)),
                 // The owner relays in its order, which we keep: checked
                 // against the event's own auth events.
-                Some(o) if o == origin => Some((pdu, false)),
+                Some(o) if o == origin => Some(Incoming::new(pdu, false)),
                 // A room without an owner (created by another kind of
                 // homeserver): plain Matrix, every server sends its own
                 // events to all, appended as they come.
-                None => Some((pdu, false)),
+                None => Some(Incoming::new(pdu, false)),
                 // Anyone else's copy: the owner's relay brings it in order.
                 Some(_) => {
                     tracing::debug!(event = %pdu.event_id, %origin, "not from the room's owner; waiting for its relay");
                     None
                 }
-            })
+            };
+            Ok(incoming.map(|i| (i, version)))
         }
         .await;
         (id, outcome)
+    }
+
+    /// The checked events of a transaction, parents first, each preceded
+    /// by what it builds on that we lack; with, for each, the index of its
+    /// outcome (`None` for events fetched to fill a gap).
+    async fn with_ancestries(
+        &self,
+        origin: &str,
+        checked: Vec<(usize, RoomVersionId, Incoming)>,
+    ) -> (Vec<Incoming>, Vec<Option<usize>>) {
+        let at: HashMap<ruma::OwnedEventId, (usize, RoomVersionId)> = checked
+            .iter()
+            .map(|(i, v, e)| (e.pdu.event_id.clone(), (*i, v.clone())))
+            .collect();
+        let batch: HashSet<ruma::OwnedEventId> = at.keys().cloned().collect();
+        let ordered = crate::gaps::parents_first(checked.into_iter().map(|(_, _, e)| e).collect());
+        let mut out = vec![];
+        let mut outcome_of = vec![];
+        for incoming in ordered {
+            let Some((index, version)) = at.get(&incoming.pdu.event_id).cloned() else {
+                continue;
+            };
+            let id = incoming.pdu.event_id.clone();
+            let events = match self
+                .with_ancestry(origin, &version, incoming.clone(), &batch)
+                .await
+            {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(%origin, event = %id, error = %e, "cannot look for the parents of an event");
+                    vec![incoming]
+                }
+            };
+            for e in events {
+                outcome_of.push((e.pdu.event_id == id).then_some(index));
+                out.push(e);
+            }
+        }
+        (out, outcome_of)
     }
 
     /// Makes sure a sender runs for each destination and tells it to look

@@ -102,16 +102,18 @@ impl Hearth {
     /// The room's state after `pdu`, when it needs resolving: `pdu` forks
     /// the graph, and it is a state event or the state changed since its
     /// parents. `None` when the state is the current one plus `pdu`.
+    /// `reported`: the state before `pdu` as its sender reported it, for an
+    /// event whose parents this server could not get.
     pub(crate) async fn resolve_fork(
         &self,
         cache: &RoomCache,
         pdu: &Pdu,
         rules: &RoomVersionRules,
+        reported: Option<&[OwnedEventId]>,
     ) -> Result<Option<RoomState>> {
         if !cache.is_fork(pdu) {
             return Ok(None);
         }
-        let room = pdu.room_id.as_str();
         let current: state_res::StateMap<OwnedEventId> = cache
             .state
             .iter()
@@ -122,42 +124,10 @@ impl Hearth {
                 )
             })
             .collect();
-        // The state after each parent: the current state for one appended
-        // through this view with no state change since (even if not durable
-        // yet), else what the database holds at its position. Parents never
-        // seen here (a DAG server's events we lack) do not count.
-        let mut forks: Vec<state_res::StateMap<OwnedEventId>> = vec![];
-        let mut stored: Vec<String> = vec![];
-        for parent in &pdu.prev_events {
-            if cache.state_unchanged_since(std::slice::from_ref(parent)) {
-                forks.push(current.clone());
-            } else {
-                stored.push(parent.to_string());
-            }
-        }
-        if !stored.is_empty() {
-            let found = self.store.get_events(&stored).await?;
-            for id in &stored {
-                if found.iter().any(|e| e.pdu.event_id.as_str() == id) {
-                    continue;
-                }
-                let in_flight = OwnedEventId::try_from(id.as_str())
-                    .is_ok_and(|id| cache.submitted_contains(&id));
-                if in_flight {
-                    // On its way to the database: resolved once it is there
-                    // (the sender retries).
-                    return Err(Error::Unavailable(format!(
-                        "the parents of {} are still being stored",
-                        pdu.event_id
-                    )));
-                }
-                debug!(event = %pdu.event_id, parent = %id, "fork with a parent unknown here");
-            }
-            for parent in &found {
-                let ids = self.store.state_at(room, parent.stream_ordering).await?;
-                forks.push(to_state_map(ids)?);
-            }
-        }
+        let mut forks = match reported {
+            Some(ids) => vec![self.reported_state(ids).await?],
+            None => self.parent_states(cache, pdu, &current).await?,
+        };
         if forks.is_empty() {
             return Ok(None);
         }
@@ -189,8 +159,82 @@ impl Hearth {
                 .ok_or_else(|| Error::internal(format!("resolved state names unknown {id}")))?;
             state.insert((t.to_string(), k), p);
         }
-        info!(room, event = %pdu.event_id, "fork in the event graph: state resolved");
+        info!(room = %pdu.room_id, event = %pdu.event_id, "fork in the event graph: state resolved");
         Ok(Some(state))
+    }
+
+    /// The state after each of `pdu`'s parents: the current state for one
+    /// appended through this view with no state change since (even if not
+    /// durable yet), else what the database holds at its position. Parents
+    /// never seen here (a DAG server's events we lack) do not count.
+    async fn parent_states(
+        &self,
+        cache: &RoomCache,
+        pdu: &Pdu,
+        current: &state_res::StateMap<OwnedEventId>,
+    ) -> Result<Vec<state_res::StateMap<OwnedEventId>>> {
+        let room = pdu.room_id.as_str();
+        let mut forks: Vec<state_res::StateMap<OwnedEventId>> = vec![];
+        let mut stored: Vec<String> = vec![];
+        for parent in &pdu.prev_events {
+            if cache.state_unchanged_since(std::slice::from_ref(parent)) {
+                forks.push(current.clone());
+            } else {
+                stored.push(parent.to_string());
+            }
+        }
+        if stored.is_empty() {
+            return Ok(forks);
+        }
+        let found = self.store.get_events(&stored).await?;
+        for id in &stored {
+            if found.iter().any(|e| e.pdu.event_id.as_str() == id) {
+                continue;
+            }
+            let in_flight =
+                OwnedEventId::try_from(id.as_str()).is_ok_and(|id| cache.submitted_contains(&id));
+            if in_flight {
+                // On its way to the database: resolved once it is there
+                // (the sender retries).
+                return Err(Error::Unavailable(format!(
+                    "the parents of {} are still being stored",
+                    pdu.event_id
+                )));
+            }
+            debug!(event = %pdu.event_id, parent = %id, "fork with a parent unknown here");
+        }
+        for parent in &found {
+            let ids = self.store.state_at(room, parent.stream_ordering).await?;
+            forks.push(to_state_map(ids)?);
+        }
+        Ok(forks)
+    }
+
+    /// A state another server reported (event ids), keyed by type and state
+    /// key; events not stored here are left out.
+    async fn reported_state(
+        &self,
+        ids: &[OwnedEventId],
+    ) -> Result<state_res::StateMap<OwnedEventId>> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let found = self.store.get_events(&ids).await?;
+        if found.len() < ids.len() {
+            debug!(
+                reported = ids.len(),
+                found = found.len(),
+                "a reported state names events not stored here"
+            );
+        }
+        Ok(found
+            .into_iter()
+            .filter_map(|e| {
+                let key = (
+                    StateEventType::from(e.pdu.kind.to_string()),
+                    e.pdu.state_key.clone()?,
+                );
+                Some((key, e.pdu.event_id))
+            })
+            .collect())
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod create;
 mod forks;
+mod gaps;
 mod membership;
 mod recent;
 mod visibility;
@@ -29,6 +30,7 @@ use ruma::{OwnedEventId, OwnedUserId, RoomVersionId};
 use serde_json::Value;
 
 pub use create::CreateRoom;
+pub use gaps::Incoming;
 pub use recent::RecentEvents;
 pub use visibility::HistoryVisibility;
 

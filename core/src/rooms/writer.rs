@@ -741,7 +741,7 @@ impl Hearth {
     /// relays the event to every other server in the room. Returns whether
     /// it was new.
     pub async fn accept_remote_event(&self, pdu: Pdu, against_current: bool) -> Result<bool> {
-        self.accept_remote_events(vec![(pdu, against_current)])
+        self.accept_remote_events(vec![super::Incoming::new(pdu, against_current)])
             .await
             .pop()
             .unwrap_or(Ok(false))
@@ -788,11 +788,11 @@ impl Hearth {
 
     /// Several events from other servers, appended in the order given and
     /// waited for together (one group commit instead of one each).
-    pub async fn accept_remote_events(&self, events: Vec<(Pdu, bool)>) -> Vec<Result<bool>> {
+    pub async fn accept_remote_events(&self, events: Vec<super::Incoming>) -> Vec<Result<bool>> {
         let mut staged = Vec::with_capacity(events.len());
-        for (pdu, against_current) in events {
-            let room_id = pdu.room_id.clone();
-            staged.push((room_id, self.stage_remote_event(pdu, against_current).await));
+        for incoming in events {
+            let room_id = incoming.pdu.room_id.clone();
+            staged.push((room_id, self.stage_remote_event(incoming).await));
         }
         futures::future::join_all(staged.into_iter().map(|(room_id, s)| async move {
             match s? {
@@ -805,7 +805,12 @@ impl Hearth {
 
     /// The checks and staging of `accept_remote_event`; `None` when the
     /// event is here already.
-    async fn stage_remote_event(&self, pdu: Pdu, against_current: bool) -> Result<Option<Staged>> {
+    async fn stage_remote_event(&self, incoming: super::Incoming) -> Result<Option<Staged>> {
+        let super::Incoming {
+            pdu,
+            against_current,
+            state_before,
+        } = incoming;
         let room_id = pdu.room_id.clone();
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
@@ -882,7 +887,9 @@ impl Hearth {
             )
             .map_err(|e| Error::Forbidden(format!("Event not allowed by current state: {e}")))?;
         }
-        let resolved = self.resolve_fork(cache, &pdu, &rules).await?;
+        let resolved = self
+            .resolve_fork(cache, &pdu, &rules, state_before.as_deref())
+            .await?;
         let ours = self.config.server_name.as_str();
         let relay = match room_owner(cache) {
             Some(owner) if owner == ours => remote_servers(cache, &pdu, ours),
