@@ -103,14 +103,26 @@ def start_synapse(d, fed_port, client_port):
     cfg["rc_login"] = {"address": big, "account": big, "failed_attempts": big}
     cfg["rc_joins"] = {"local": big, "remote": big}
     cfg["rc_invites"] = {"per_room": big, "per_user": big, "per_issuer": big}
+    # Retry an unreachable server after a second, not Synapse's 10 minutes,
+    # so the catch-up after an outage happens within the test.
+    cfg["federation"] = {"destination_min_retry_interval": "1s",
+                         "destination_retry_multiplier": 2,
+                         "destination_max_retry_interval": "5s"}
     yaml.safe_dump(cfg, open(f"{sd}/homeserver.yaml", "w"))
+    proc, url, log = launch_synapse(d, client_port)
+    return proc, url, name, log
+
+
+def launch_synapse(d, client_port):
+    """Starts the Synapse configured in `d` (again, after a stop)."""
+    sd = f"{d}/synapse"
     log = f"{sd}/stdout.log"
     proc = subprocess.Popen([sys.executable, "-m", "synapse.app.homeserver",
                              "--config-path", f"{sd}/homeserver.yaml"], cwd=sd,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{client_port}"
     wait_up(url, proc, log)
-    return proc, url, name, log
+    return proc, url, log
 
 
 def start_hearth(binary, d, fed_port, client_port):
@@ -122,10 +134,19 @@ def start_hearth(binary, d, fed_port, client_port):
                              "--federation-tls-cert", f"{d}/{HEARTH_IP}.pem",
                              "--federation-tls-key", f"{d}/{HEARTH_IP}.key",
                              "--federation-ca-files", f"{d}/ca.pem"],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                            stdout=open(log, "a"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{client_port}"
     wait_up(url, proc, log)
     return proc, url, name, log
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class User:
@@ -364,36 +385,88 @@ def scenarios(syn, hea):
         talk(room, inviter, invitee, label)
 
 
+def catch_up(syn, hea, servers):
+    """Hearth is down while Synapse's user sends three messages in a room of
+    each server; Synapse restarts before Hearth returns, so it remembers only
+    that Hearth is behind and sends the newest event of each room. Hearth
+    must fetch the two before it (/get_missing_events) and show all three,
+    in Synapse's order."""
+    tag = uuid.uuid4().hex[:6]
+    rooms = {}
+    for owner, joiner, label in ((hea, syn, "hearth"), (syn, hea, "synapse")):
+        room = owner.ok("POST", "/_matrix/client/v3/createRoom",
+                        {"preset": "public_chat", "room_alias_name": f"gap{label}{tag}"})["room_id"]
+        joiner.ok("POST", f"/_matrix/client/v3/join/{q(f'#gap{label}{tag}:{owner.server}')}", {})
+        before = f"before the outage ({label} room)"
+        syn.send(room, before)
+        hea.wait_messages(room, [before])
+        rooms[label] = room
+    servers.stop_hearth()
+    sent = {label: [f"while Hearth was away {i} ({label} room)" for i in range(3)] for label in rooms}
+    for label, room in rooms.items():
+        for text in sent[label]:
+            syn.send(room, text)
+    servers.restart_synapse()
+    servers.start_hearth()
+    for label, room in rooms.items():
+        seen = hea.wait_messages(room, sent[label])
+        check([t for t in seen if t in sent[label]] == sent[label],
+              f"Hearth shows the {label} room's messages as {seen}, not in Synapse's order")
+    print("ok  messages sent while Hearth was down reached it after Synapse restarted, in order")
+
+
+class Servers:
+    """The two servers as processes, each restartable with its data kept."""
+
+    def __init__(self, binary, d):
+        self.binary, self.d = binary, d
+        self.syn_ports = (free_port(SYNAPSE_IP), free_port("127.0.0.1"))
+        self.hea_ports = (free_port(HEARTH_IP), free_port("127.0.0.1"))
+        self.syn_proc = self.hea_proc = None
+
+    def start(self):
+        self.syn_proc, self.syn_url, self.syn_name, self.syn_log = start_synapse(self.d, *self.syn_ports)
+        self.start_hearth()
+
+    def start_hearth(self):
+        self.hea_proc, self.hea_url, self.hea_name, self.hea_log = start_hearth(
+            self.binary, self.d, *self.hea_ports)
+
+    def stop_hearth(self):
+        stop(self.hea_proc)
+
+    def restart_synapse(self):
+        stop(self.syn_proc)
+        self.syn_proc, _, _ = launch_synapse(self.d, self.syn_ports[1])
+
+    def stop_all(self):
+        for p in (self.syn_proc, self.hea_proc):
+            if p is not None and p.poll() is None:
+                stop(p)
+
+
 def main():
     binary = os.path.abspath(sys.argv[1])
     d = tempfile.mkdtemp(prefix="hearth-interop-")
-    procs = []
+    servers = None
     try:
         make_certs(d)
-        syn_proc, syn_url, syn_name, syn_log = start_synapse(
-            d, free_port(SYNAPSE_IP), free_port("127.0.0.1"))
-        procs.append(syn_proc)
-        hea_proc, hea_url, hea_name, hea_log = start_hearth(
-            binary, d, free_port(HEARTH_IP), free_port("127.0.0.1"))
-        procs.append(hea_proc)
+        servers = Servers(binary, d)
+        servers.start()
         tag = uuid.uuid4().hex[:6]
-        syn = User(syn_url, f"sam{tag}", syn_name)
-        hea = User(hea_url, f"hilde{tag}", hea_name)
+        syn = User(servers.syn_url, f"sam{tag}", servers.syn_name)
+        hea = User(servers.hea_url, f"hilde{tag}", servers.hea_name)
         try:
             scenarios(syn, hea)
+            catch_up(syn, hea, servers)
         except Exception:
-            for log in (hea_log, syn_log):
+            for log in (servers.hea_log, servers.syn_log):
                 sys.stderr.write(f"--- {log}\n" + open(log).read()[-6000:] + "\n")
             raise
         print("Hearth and Synapse federate: all checks passed")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if servers is not None:
+            servers.stop_all()
         if os.environ.get("HEARTH_INTEROP_KEEP"):
             print(f"logs kept in {d}")
         else:
