@@ -125,6 +125,16 @@ pub trait Remote: Send + Sync {
         event: &serde_json::Map<String, serde_json::Value>,
         invite_room_state: Vec<serde_json::Value>,
     ) -> Result<serde_json::Map<String, serde_json::Value>>;
+    /// History of a room older than `from` (`/backfill` on the first of
+    /// `servers` that answers): up to `limit` events, checked like any
+    /// received PDU, with the auth events they name that this server lacks.
+    async fn backfill(
+        &self,
+        room_id: &ruma::RoomId,
+        servers: &[String],
+        from: &[ruma::OwnedEventId],
+        limit: usize,
+    ) -> Result<rooms::Backfilled>;
     /// Events were queued for these servers: send them.
     fn wake(&self, destinations: &[String]);
     /// An ephemeral event (typing, a receipt) for these servers, sent with

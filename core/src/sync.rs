@@ -90,7 +90,8 @@ pub fn parse_pagination_token(s: &str, shard: usize) -> Result<i64> {
 }
 
 pub fn pagination_token(boundary: i64) -> String {
-    format!("t{}", boundary.max(0))
+    // Negative positions are backfilled history (rooms/history.rs).
+    format!("t{boundary}")
 }
 
 pub struct SyncRequest {
@@ -744,6 +745,8 @@ mod tests {
         assert_eq!(parse_pagination_token("s23_0_0_0", 0).ok(), Some(23));
         assert_eq!(parse_pagination_token("s23.8_0_0_0", 1).ok(), Some(8));
         assert!(parse_pagination_token("tx", 0).is_err());
-        assert_eq!(pagination_token(-1), "t0");
+        // Backfilled history has negative positions, both ways.
+        assert_eq!(pagination_token(-1), "t-1");
+        assert_eq!(parse_pagination_token("t-7", 0).ok(), Some(-7));
     }
 }

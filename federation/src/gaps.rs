@@ -28,7 +28,7 @@ const MISSING_PER_REQUEST: usize = 100;
 /// whose parents could not be had.
 const MAX_STATE_EVENTS: usize = 5_000;
 /// `/event` requests under way at once while fetching such a state.
-const EVENT_FETCHES_AT_ONCE: usize = 8;
+pub(crate) const EVENT_FETCHES_AT_ONCE: usize = 8;
 /// Events whose parents stay unknown that get a state fetched (each such
 /// event costs a `/state_ids` and its `/event`s).
 const MAX_STATE_FETCHES: usize = 3;
@@ -122,7 +122,10 @@ impl Federation {
             let Some(event) = gap.iter_mut().find(|e| e.pdu.event_id == *hole) else {
                 continue;
             };
-            match self.reported_state(origin, version, &room, hole, &have).await {
+            match self
+                .reported_state(origin, version, &room, hole, &have)
+                .await
+            {
                 Ok((ids, events)) => {
                     tracing::warn!(room = %room, event = %hole, %origin, fetched = events.len(),
                         "parents still unknown: taking the state before the event as its server reports it (history has a gap here)");
@@ -281,7 +284,7 @@ impl Federation {
     }
 
     /// One event of `room` from `origin` (`/event/{eventId}`), checked.
-    async fn fetch_event(
+    pub(crate) async fn fetch_event(
         &self,
         origin: &str,
         version: &RoomVersionId,

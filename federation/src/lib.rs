@@ -4,6 +4,7 @@
 //! client that reaches them. Served over TLS on its own listener.
 
 mod auth;
+mod backfill;
 mod client;
 pub mod discovery;
 pub mod dns;

@@ -652,9 +652,9 @@ impl Federation {
         }
         let mut ordered: Vec<Pdu> = events.into_values().collect();
         ordered.sort_by_key(|p| (p.depth, p.origin_server_ts));
-        for pdu in ordered {
+        for pdu in &ordered {
             let id = pdu.event_id.clone();
-            if let Err(e) = self.hearth.accept_remote_event(pdu, false).await {
+            if let Err(e) = self.hearth.accept_remote_event(pdu.clone(), false).await {
                 tracing::warn!(event = %id, error = %e, "a state event of the joined room was refused");
             }
         }
@@ -663,7 +663,13 @@ impl Federation {
         };
         let join = Pdu::from_json(event_id, map)
             .map_err(|e| FedError::Remote(format!("own join: {e}")))?;
-        self.hearth.accept_remote_event(join, true).await?;
+        self.hearth.accept_remote_event(join.clone(), true).await?;
+        // The room's messages before the join stay on the servers that were
+        // there: where they continue is kept for a client paging back.
+        ordered.push(join);
+        if let Err(e) = self.hearth.start_frontier(room, &ordered).await {
+            tracing::warn!(room = %room, error = %e, "cannot record where the room's history continues");
+        }
         tracing::info!(room = %room, %user, %server, "joined a room on another server");
         Ok(())
     }

@@ -195,6 +195,17 @@ impl hearth_core::Remote for RemoteQueries {
         Ok(fed.send_invite(version, event, invite_room_state).await?)
     }
 
+    async fn backfill(
+        &self,
+        room: &RoomId,
+        servers: &[String],
+        from: &[ruma::OwnedEventId],
+        limit: usize,
+    ) -> Result<hearth_core::rooms::Backfilled> {
+        let fed = self.fed()?;
+        Ok(fed.backfill_from(room, servers, from, limit).await?)
+    }
+
     fn send_edu(&self, destinations: &[String], edu: Value) {
         if let Ok(fed) = self.fed() {
             fed.queue_edu(destinations, edu);

@@ -385,6 +385,29 @@ def scenarios(syn, hea):
         talk(room, inviter, invitee, label)
 
 
+def history(syn, hea):
+    """A Synapse room with messages before Hearth's user joins: paging back
+    on Hearth, a few events a page, reaches them (/backfill), in order."""
+    tag = uuid.uuid4().hex[:6]
+    room = syn.ok("POST", "/_matrix/client/v3/createRoom",
+                  {"preset": "public_chat", "room_alias_name": f"old{tag}"})["room_id"]
+    sent = [f"said before Hilde came {i}" for i in range(7)]
+    for text in sent:
+        syn.send(room, text)
+    hea.ok("POST", f"/_matrix/client/v3/join/{q(f'#old{tag}:{syn.server}')}", {})
+    seen, token, pages = [], None, 0
+    while pages < 50:
+        path = f"/_matrix/client/v3/rooms/{q(room)}/messages?dir=b&limit=3"
+        page = hea.ok("GET", path + (f"&from={q(token)}" if token else ""))
+        seen += [e["content"].get("body") for e in page["chunk"] if e["type"] == "m.room.message"]
+        pages += 1
+        token = page.get("end")
+        if token is None:
+            break
+    check(list(reversed(seen)) == sent, f"paging back on Hearth shows {seen}, not {sent} newest first")
+    print(f"ok  history from before the join paged in from Synapse ({pages} pages)")
+
+
 def catch_up(syn, hea, servers):
     """Hearth is down while Synapse's user sends three messages in a room of
     each server; Synapse restarts before Hearth returns, so it remembers only
@@ -458,6 +481,7 @@ def main():
         hea = User(servers.hea_url, f"hilde{tag}", servers.hea_name)
         try:
             scenarios(syn, hea)
+            history(syn, hea)
             catch_up(syn, hea, servers)
         except Exception:
             for log in (servers.hea_log, servers.syn_log):

@@ -349,7 +349,8 @@ async fn messages(
         Some(t) => parse_pagination_token(t, shard)?,
         None => match dir {
             Direction::Backward => newest,
-            Direction::Forward => 0,
+            // Backfilled history sits below zero.
+            Direction::Forward => i64::MIN,
         },
     };
     let to =
@@ -361,10 +362,7 @@ async fn messages(
         Direction::Forward => (from, Some(to.unwrap_or(i64::MAX).min(ceiling))),
     };
     // Over-fetch so that filtered-out events don't end pagination early.
-    let events = h
-        .store
-        .room_events(room_id.as_str(), from, to, dir, limit)
-        .await?;
+    let events = h.timeline_page(&room_id, from, to, dir, limit).await?;
     let end = match (dir, events.last()) {
         (Direction::Backward, Some(e)) => Some(e.stream_ordering - 1),
         (Direction::Forward, Some(e)) => Some(e.stream_ordering),

@@ -11,6 +11,7 @@
 mod create;
 mod forks;
 mod gaps;
+mod history;
 mod membership;
 mod recent;
 mod visibility;
@@ -31,6 +32,7 @@ use serde_json::Value;
 
 pub use create::CreateRoom;
 pub use gaps::Incoming;
+pub use history::Backfilled;
 pub use recent::RecentEvents;
 pub use visibility::HistoryVisibility;
 

@@ -37,11 +37,19 @@ impl Hearth {
         at: i64,
         current_membership: Option<&str>,
     ) -> Result<bool> {
-        let hv = self
+        let mut hv = self
             .store
             .state_event_at(room_id.as_str(), "m.room.history_visibility", "", at)
-            .await?
-            .map(|e| e.pdu.content_value());
+            .await?;
+        if hv.is_none() && at < 0 {
+            // Backfilled history that does not reach back to the setting
+            // yet: the room's current one.
+            hv = self
+                .store
+                .state_event_at(room_id.as_str(), "m.room.history_visibility", "", i64::MAX)
+                .await?;
+        }
+        let hv = hv.map(|e| e.pdu.content_value());
         let hv = HistoryVisibility::parse(hv.as_ref());
         if hv == HistoryVisibility::WorldReadable {
             return Ok(true);

@@ -858,22 +858,7 @@ impl Hearth {
                 pdu.event_id, pdu.kind, pdu.sender, self.config.server_name
             )));
         }
-        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
-            auth.get(id.as_str())
-        })
-        .map_err(|e| Error::Forbidden(format!("Event not allowed: {e}")))?;
-        let by_key: HashMap<(String, String), &Pdu> = auth
-            .values()
-            .filter_map(|p| {
-                p.state_key
-                    .as_ref()
-                    .map(|sk| ((p.kind.to_string(), sk.clone()), p))
-            })
-            .collect();
-        ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, sk| {
-            by_key.get(&(t.to_string(), sk.to_owned())).copied()
-        })
-        .map_err(|e| Error::Forbidden(format!("Event not allowed by its auth events: {e}")))?;
+        check_auth_events(&rules, &pdu, &auth)?;
         if against_current {
             ruma::state_res::check_state_dependent_auth_rules(
                 &rules.authorization,
@@ -1040,6 +1025,31 @@ pub(crate) fn invite_room_state(cache: &RoomCache, invite: &Pdu) -> Vec<Value> {
 }
 
 /// The servers of the room's joined members.
+/// The room's rules applied to `pdu` with its auth events (by id, every one
+/// of `pdu.auth_events` among them).
+pub(crate) fn check_auth_events(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    auth: &HashMap<String, Pdu>,
+) -> Result<()> {
+    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| {
+        auth.get(id.as_str())
+    })
+    .map_err(|e| Error::Forbidden(format!("Event not allowed: {e}")))?;
+    let by_key: HashMap<(String, String), &Pdu> = auth
+        .values()
+        .filter_map(|p| {
+            p.state_key
+                .as_ref()
+                .map(|sk| ((p.kind.to_string(), sk.clone()), p))
+        })
+        .collect();
+    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |t, sk| {
+        by_key.get(&(t.to_string(), sk.to_owned())).copied()
+    })
+    .map_err(|e| Error::Forbidden(format!("Event not allowed by its auth events: {e}")))
+}
+
 fn joined_servers(cache: &RoomCache) -> std::collections::BTreeSet<String> {
     cache
         .state

@@ -303,6 +303,21 @@ pub trait RoomStore: Send + Sync {
         dir: Direction,
         limit: i64,
     ) -> Result<Vec<StoredEvent>>;
+    /// Where history older than the room's oldest events here continues:
+    /// (event id, depth) of the parents those events name that were never
+    /// had (spec/federation.md, "Filling gaps").
+    async fn backfill_frontier(&self, room_id: &str) -> Result<Vec<(String, i64)>>;
+    /// Stores history fetched from other servers (`events`, newest first)
+    /// below every position held, so no sync shows it as new, with their
+    /// state rows (for history visibility at them; current state is not
+    /// touched), and replaces the room's frontier with `frontier`. Events
+    /// held already are skipped.
+    async fn store_history(
+        &self,
+        room_id: &str,
+        events: &[crate::pdu::Pdu],
+        frontier: &[(String, i64)],
+    ) -> Result<()>;
     /// The rooms that have events with `after < ordering <= upto` (positions
     /// per shard, by shard index), each with the newest such ordering.
     async fn rooms_with_events(

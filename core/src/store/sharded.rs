@@ -360,6 +360,20 @@ impl RoomStore for ShardedStore {
         }
         Ok(out)
     }
+    async fn backfill_frontier(&self, room_id: &str) -> Result<Vec<(String, i64)>> {
+        self.shard(room_id).await?.backfill_frontier(room_id).await
+    }
+    async fn store_history(
+        &self,
+        room_id: &str,
+        events: &[crate::pdu::Pdu],
+        frontier: &[(String, i64)],
+    ) -> Result<()> {
+        self.shard(room_id)
+            .await?
+            .store_history(room_id, events, frontier)
+            .await
+    }
     async fn room_events(
         &self,
         room_id: &str,

@@ -4,7 +4,6 @@
 /// Expands to `CommitEvents` for `$db`; invoke it inside a module of its own.
 macro_rules! impl_commit_events {
     ($db:ty, $stream_lock:expr) => {
-        use serde_json::Value;
         use sqlx::Connection;
 
         use crate::{
@@ -192,12 +191,7 @@ macro_rules! impl_commit_events {
             let pdu = &ev.pdu;
             let json = serde_json::to_string(&pdu.json)?;
             let kind = pdu.kind.to_string();
-            let relates_to = pdu
-                .json
-                .get("content")
-                .and_then(|c| c.get("m.relates_to"))
-                .and_then(|r| r.get("event_id"))
-                .and_then(Value::as_str);
+            let relates_to = crate::store::sql::relates_to(pdu);
             // The transaction id first: a client retry is refused here, before
             // anything else is written, and answered with the first event's id.
             if let Some((user, device, txn_id)) = &ev.txn {

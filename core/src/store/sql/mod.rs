@@ -112,6 +112,16 @@ pub(crate) fn own(positions: &[i64]) -> i64 {
     positions.first().copied().unwrap_or(0)
 }
 
+/// The event an event relates to (`content.m.relates_to.event_id`), kept
+/// in its own column for relation lookups.
+pub(crate) fn relates_to(pdu: &crate::pdu::Pdu) -> Option<&str> {
+    pdu.json
+        .get("content")
+        .and_then(|c| c.get("m.relates_to"))
+        .and_then(|r| r.get("event_id"))
+        .and_then(serde_json::Value::as_str)
+}
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

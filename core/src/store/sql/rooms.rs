@@ -343,6 +343,82 @@ macro_rules! impl_room_store {
                 rows.iter().map(event_from_row).collect()
             }
 
+            async fn backfill_frontier(&self, room_id: &str) -> Result<Vec<(String, i64)>> {
+                let rows = sqlx::query("SELECT event_id, depth FROM backfill_frontier WHERE room_id = $1")
+                    .bind(room_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect()
+            }
+
+            async fn store_history(
+                &self,
+                room_id: &str,
+                events: &[crate::pdu::Pdu],
+                frontier: &[(String, i64)],
+            ) -> Result<()> {
+                let mut tx = self.writer.begin().await?;
+                // Below every position of this database, newest first: the
+                // stream only grows upwards, so history never looks new.
+                let lowest: Option<i64> = sqlx::query_scalar("SELECT min(stream_ordering) FROM events")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let mut next = lowest.unwrap_or(0).min(0) - 1;
+                for pdu in events {
+                    let stored = sqlx::query(
+                        "INSERT INTO events (stream_ordering, event_id, room_id, sender, event_type, state_key, depth,
+                                             origin_server_ts, json, relates_to)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING",
+                    )
+                    .bind(next)
+                    .bind(pdu.event_id.as_str())
+                    .bind(room_id)
+                    .bind(pdu.sender.as_str())
+                    .bind(pdu.kind.to_string())
+                    .bind(pdu.state_key.as_deref())
+                    .bind(pdu.depth as i64)
+                    .bind(i64::from(pdu.origin_server_ts.get()))
+                    .bind(serde_json::to_string(&pdu.json)?)
+                    .bind(crate::store::sql::relates_to(pdu))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if stored == 0 {
+                        continue;
+                    }
+                    if let Some(state_key) = &pdu.state_key {
+                        sqlx::query(
+                            "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering)
+                             VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(room_id)
+                        .bind(pdu.kind.to_string())
+                        .bind(state_key)
+                        .bind(pdu.event_id.as_str())
+                        .bind(next)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    next -= 1;
+                }
+                sqlx::query("DELETE FROM backfill_frontier WHERE room_id = $1")
+                    .bind(room_id)
+                    .execute(&mut *tx)
+                    .await?;
+                for (event_id, depth) in frontier {
+                    sqlx::query("INSERT INTO backfill_frontier (room_id, event_id, depth) VALUES ($1, $2, $3)")
+                        .bind(room_id)
+                        .bind(event_id)
+                        .bind(depth)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn room_events(
                 &self,
                 room_id: &str,
@@ -362,7 +438,8 @@ macro_rules! impl_room_store {
                     ),
                 };
                 let other = to.unwrap_or(match dir {
-                    Direction::Backward => 0,
+                    // Backfilled history sits below zero.
+                    Direction::Backward => i64::MIN,
                     Direction::Forward => i64::MAX,
                 });
                 let rows = sqlx::query(&sql)
