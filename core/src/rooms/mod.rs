@@ -13,6 +13,7 @@ mod forks;
 mod gaps;
 mod membership;
 mod recent;
+mod redactions;
 mod visibility;
 mod writer;
 
