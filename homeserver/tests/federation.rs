@@ -851,6 +851,8 @@ async fn sends_queue_while_a_server_is_down_and_arrive_in_order_when_it_returns(
 struct EvilServer {
     key: Ed25519KeyPair,
     handle: axum_server::Handle<SocketAddr>,
+    /// The transactions other servers sent it, as received.
+    received: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl EvilServer {
@@ -868,6 +870,8 @@ impl EvilServer {
             ruma::signatures::sign_json("evil.test", &key, &mut keys).expect("sign keys");
             Value::from(CanonicalJsonValue::Object(keys))
         };
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&received);
         let app = axum::Router::new()
             .route(
                 "/_matrix/key/v2/server",
@@ -876,10 +880,17 @@ impl EvilServer {
                     async move { axum::Json(published) }
                 }),
             )
-            // What a.test relays to it is taken and ignored.
+            // What a.test sends it is taken and only recorded.
             .route(
                 "/_matrix/federation/v1/send/{txn}",
-                axum::routing::put(|| async { axum::Json(json!({"pdus": {}})) }),
+                axum::routing::put(move |body: axum::body::Bytes| {
+                    let sink = sink.clone();
+                    async move {
+                        let txn = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        sink.lock().expect("lock").push(txn);
+                        axum::Json(json!({"pdus": {}}))
+                    }
+                }),
             );
         let (cert, key_file) = world.ca.issue("evil", &["evil.test"]);
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key_file)
@@ -889,7 +900,36 @@ impl EvilServer {
         let server = axum_server::bind_rustls(world.evil, tls).handle(handle.clone());
         tokio::spawn(server.serve(app.into_make_service()));
         handle.listening().await.expect("evil.test listening");
-        EvilServer { key, handle }
+        EvilServer {
+            key,
+            handle,
+            received,
+        }
+    }
+
+    /// The EDUs of one type it received so far, oldest first.
+    fn edus(&self, edu_type: &str) -> Vec<Value> {
+        let txns = self.received.lock().expect("lock");
+        txns.iter()
+            .flat_map(|t| t["edus"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["edu_type"] == edu_type)
+            .collect()
+    }
+
+    /// Waits until an EDU of the type satisfies `found`; returns it.
+    async fn wait_for_edu(&self, edu_type: &str, found: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(e) = self.edus(edu_type).into_iter().find(|e| found(e)) {
+                return e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such {edu_type} EDU came; got {:?}",
+                self.edus(edu_type)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// An event of eve's in `room` built on `prev` (at `depth`), signed
@@ -2237,4 +2277,121 @@ async fn a_remote_redaction_applies_only_where_its_sender_may_redact() {
         content_of(&a.user, &room, &alices).await["body"],
         "alice's words"
     );
+}
+
+#[tokio::test]
+async fn every_public_read_receipt_reaches_the_rooms_other_servers() {
+    let world = World::start_one().await;
+    let a = &world.servers[0];
+    let evil = EvilServer::start(&world).await;
+    let room = a
+        .user
+        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+        .await;
+    evil.membership(&world, a, &room, "join").await;
+    let first = a.user.send_text(&room, "m1", "one").await;
+    let second = a.user.send_text(&room, "m2", "two").await;
+    let third = a.user.send_text(&room, "m3", "three").await;
+    let fourth = a.user.send_text(&room, "m4", "four").await;
+    let user = a.user_id.clone();
+    // alice's m.read receipt data for `event` in an m.receipt EDU, if any.
+    let read_of = |edu: &Value, event: &str| -> Option<Value> {
+        let r = &edu["content"][&room]["m.read"][&user];
+        r["event_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|i| i == event))
+            .then(|| r["data"].clone())
+    };
+
+    // /read_markers, as Element and nio send it.
+    let (s, body) = a
+        .user
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room)),
+            json!({"m.fully_read": first, "m.read": first}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let edu = evil
+        .wait_for_edu("m.receipt", |e| read_of(e, &first).is_some())
+        .await;
+    assert!(
+        read_of(&edu, &first).is_some_and(|d| d["ts"].is_u64()),
+        "{edu}"
+    );
+
+    // A threaded receipt (nio's default) keeps its thread.
+    let (s, body) = a
+        .user
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&second)
+            ),
+            json!({"thread_id": "main"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let edu = evil
+        .wait_for_edu("m.receipt", |e| read_of(e, &second).is_some())
+        .await;
+    assert_eq!(read_of(&edu, &second).expect("data")["thread_id"], "main");
+
+    // A private receipt stays here; a public one after it does not.
+    for (kind, event) in [("m.read.private", &third), ("m.read", &fourth)] {
+        let (s, body) = a
+            .user
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/{kind}/{}",
+                    enc(&room),
+                    enc(event)
+                ),
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    evil.wait_for_edu("m.receipt", |e| read_of(e, &fourth).is_some())
+        .await;
+    for edu in evil.edus("m.receipt") {
+        assert!(
+            read_of(&edu, &third).is_none(),
+            "private receipt sent: {edu}"
+        );
+        assert!(
+            edu["content"][&room].get("m.read.private").is_none(),
+            "private receipt sent: {edu}"
+        );
+    }
+
+    // Eve's threaded receipt, coming in, keeps its thread too.
+    let receipt = json!({"edu_type": "m.receipt", "content": {&room: {"m.read": {
+        "@eve:evil.test": {"event_ids": [first], "data": {"ts": now_ms(), "thread_id": "main"}}
+    }}}});
+    let (s, answer) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/rcpt1",
+            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": [], "edus": [receipt]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    let (s, synced) = a.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200, "{synced}");
+    let receipts: Vec<Value> = synced["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let eves = receipts
+        .iter()
+        .find_map(|e| {
+            let r = &e["content"][&first]["m.read"]["@eve:evil.test"];
+            r.is_object().then(|| r.clone())
+        })
+        .unwrap_or_else(|| panic!("no receipt of eve's: {receipts:?}"));
+    assert_eq!(eves["thread_id"], "main", "{eves}");
 }
