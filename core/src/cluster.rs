@@ -154,34 +154,8 @@ impl Hearth {
         changed
     }
 
-    /// A local user's public read receipt, for the room's other servers.
-    pub async fn share_receipt(&self, room: &ruma::RoomId, user: &str, event_id: &str, ts: u64) {
-        let mut by_user = serde_json::Map::new();
-        by_user.insert(
-            user.to_owned(),
-            serde_json::json!({"event_ids": [event_id], "data": {"ts": ts}}),
-        );
-        let mut by_event = serde_json::Map::new();
-        by_event.insert(
-            event_id.to_owned(),
-            serde_json::json!({"m.read": {user: {"ts": ts}}}),
-        );
-        self.appservice_ephemeral(
-            room,
-            serde_json::json!({"type": "m.receipt", "room_id": room, "content": by_event}),
-        )
-        .await;
-        let mut by_room = serde_json::Map::new();
-        by_room.insert(room.to_string(), serde_json::json!({"m.read": by_user}));
-        self.share_with_servers(
-            room,
-            serde_json::json!({"edu_type": "m.receipt", "content": by_room}),
-        )
-        .await;
-    }
-
     /// Sends an EDU to every other server with members in the room.
-    async fn share_with_servers(&self, room: &ruma::RoomId, edu: serde_json::Value) {
+    pub(crate) async fn share_with_servers(&self, room: &ruma::RoomId, edu: serde_json::Value) {
         let Some(remote) = self.remote.get() else {
             return;
         };

@@ -18,6 +18,7 @@ pub mod notifier;
 pub mod pdu;
 pub mod push;
 pub mod ratelimit;
+pub mod receipts;
 pub mod rooms;
 pub mod store;
 pub mod sync;

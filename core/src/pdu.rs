@@ -69,6 +69,7 @@ impl Pdu {
             }
             None => return Err(serde::de::Error::missing_field("room_id")),
         };
+        let is_redaction = f.kind == ruma::events::TimelineEventType::RoomRedaction;
         Ok(Pdu {
             event_id,
             room_id,
@@ -78,13 +79,18 @@ impl Pdu {
             content: f.content,
             prev_events: f.prev_events,
             auth_events: f.auth_events,
-            // v11 moved `redacts` into content; accept both.
-            redacts: f.redacts.or_else(|| {
-                json.get("content")
-                    .and_then(|c| c.get("redacts"))
-                    .and_then(|r| r.as_str())
-                    .and_then(|r| OwnedEventId::try_from(r).ok())
-            }),
+            // v11 moved `redacts` into content; accept both. Only a
+            // redaction redacts: another type's `redacts` key is just data.
+            redacts: is_redaction
+                .then(|| {
+                    f.redacts.or_else(|| {
+                        json.get("content")
+                            .and_then(|c| c.get("redacts"))
+                            .and_then(|r| r.as_str())
+                            .and_then(|r| OwnedEventId::try_from(r).ok())
+                    })
+                })
+                .flatten(),
             depth: f.depth,
             origin_server_ts: f.origin_server_ts,
             json,

@@ -540,7 +540,8 @@ impl Federation {
             room_id: room.to_string(),
             receipt_type: "m.read".into(),
             user_id: user.to_owned(),
-            thread_id: String::new(),
+            // A threaded receipt stays one (spec: `data.thread_id`).
+            thread_id: data["thread_id"].as_str().unwrap_or_default().to_owned(),
             event_id: event_id.to_owned(),
             ts: data["ts"].as_i64().unwrap_or_else(|| now_ms() as i64),
             stream_id: 0,

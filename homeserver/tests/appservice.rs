@@ -683,3 +683,86 @@ async fn events_reach_the_service_in_order_and_wait_for_it_while_it_is_down() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_service_acting_for_a_user_redacts_only_what_that_user_may() {
+    let (service_addr, _service) = start_service().await;
+    let dir = temp_dir("as-redact");
+    let file = dir.join("bridge.yaml");
+    std::fs::write(&file, registration(&format!("http://{service_addr}"))).expect("write");
+    let file = file.display().to_string();
+    let hs = TestServer::start(&["--appservice-registrations", &file]).await;
+    let bridge = as_client(&hs);
+    let (s, body) = bridge
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"type": "m.login.application_service", "username": "_bridge_alice"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let alice_id = enc("@_bridge_alice:localhost");
+    let bob = hs.register("bob", "bob-password-long").await;
+    let room = bob
+        .create_room(json!({"preset": "public_chat", "invite": ["@_bridge_alice:localhost"]}))
+        .await;
+    let (s, body) = bridge
+        .post(
+            &format!("/_matrix/client/v3/join/{}?user_id={alice_id}", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let bobs = bob.send_text(&room, "b1", "bob's words").await;
+    let (s, body) = bridge
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/p1?user_id={alice_id}",
+                enc(&room)
+            ),
+            json!({"msgtype": "m.text", "body": "alice's words"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let alices = body["event_id"].as_str().expect("event_id").to_owned();
+    let redact = |target: String, txn: &'static str| {
+        let bridge = bridge.clone();
+        let room = room.clone();
+        let alice_id = alice_id.clone();
+        async move {
+            bridge
+                .put(
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/send/m.room.redaction/{txn}?user_id={alice_id}",
+                        enc(&room)
+                    ),
+                    json!({"redacts": target}),
+                )
+                .await
+        }
+    };
+    let content_of = |id: String| {
+        let bob = bob.clone();
+        let room = room.clone();
+        async move {
+            let (s, ev) = bob
+                .get(&format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(&id)
+                ))
+                .await;
+            assert_eq!(s, 200, "{ev}");
+            ev["content"].clone()
+        }
+    };
+
+    // The puppet (power 0) may not redact bob's event, masquerading or not.
+    let (s, body) = redact(bobs.clone(), "r1").await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    assert_eq!(content_of(bobs).await["body"], "bob's words");
+    // Its own event it may.
+    let (s, body) = redact(alices.clone(), "r2").await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(content_of(alices).await, json!({}));
+}

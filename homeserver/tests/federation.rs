@@ -291,6 +291,31 @@ impl World {
     }
 }
 
+impl World {
+    /// Only `a.test`, with the `evil.test` a test plays: for tests of one
+    /// server's dealings with another.
+    async fn start_one() -> World {
+        let [ip_a, _, _, _, ip_e] = loopback_block();
+        let dns = TestDns::start(&[("a.test", ip_a), ("evil.test", ip_e)], &[]).await;
+        let ca = TestCa::new();
+        let a = start_fed(
+            "a.test",
+            SocketAddr::new(ip_a.into(), 8448),
+            ca.issue("a", &["a.test"]),
+            &ca.ca_file(),
+            dns.addr,
+            &[],
+        )
+        .await;
+        World {
+            servers: vec![a],
+            ca,
+            _dns: dns,
+            evil: SocketAddr::new(ip_e.into(), 8448),
+        }
+    }
+}
+
 /// An HTTPS client that reaches `server`'s federation listener directly,
 /// trusting the test CA only, by the server's own name.
 fn direct(ca: &TestCa, server: &Fed) -> (reqwest::Client, String) {
@@ -826,6 +851,8 @@ async fn sends_queue_while_a_server_is_down_and_arrive_in_order_when_it_returns(
 struct EvilServer {
     key: Ed25519KeyPair,
     handle: axum_server::Handle<SocketAddr>,
+    /// The transactions other servers sent it, as received.
+    received: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl EvilServer {
@@ -843,6 +870,8 @@ impl EvilServer {
             ruma::signatures::sign_json("evil.test", &key, &mut keys).expect("sign keys");
             Value::from(CanonicalJsonValue::Object(keys))
         };
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&received);
         let app = axum::Router::new()
             .route(
                 "/_matrix/key/v2/server",
@@ -851,10 +880,17 @@ impl EvilServer {
                     async move { axum::Json(published) }
                 }),
             )
-            // What a.test relays to it is taken and ignored.
+            // What a.test sends it is taken and only recorded.
             .route(
                 "/_matrix/federation/v1/send/{txn}",
-                axum::routing::put(|| async { axum::Json(json!({"pdus": {}})) }),
+                axum::routing::put(move |body: axum::body::Bytes| {
+                    let sink = sink.clone();
+                    async move {
+                        let txn = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        sink.lock().expect("lock").push(txn);
+                        axum::Json(json!({"pdus": {}}))
+                    }
+                }),
             );
         let (cert, key_file) = world.ca.issue("evil", &["evil.test"]);
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key_file)
@@ -864,7 +900,85 @@ impl EvilServer {
         let server = axum_server::bind_rustls(world.evil, tls).handle(handle.clone());
         tokio::spawn(server.serve(app.into_make_service()));
         handle.listening().await.expect("evil.test listening");
-        EvilServer { key, handle }
+        EvilServer {
+            key,
+            handle,
+            received,
+        }
+    }
+
+    /// The EDUs of one type it received so far, oldest first.
+    fn edus(&self, edu_type: &str) -> Vec<Value> {
+        let txns = self.received.lock().expect("lock");
+        txns.iter()
+            .flat_map(|t| t["edus"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["edu_type"] == edu_type)
+            .collect()
+    }
+
+    /// Waits until an EDU of the type satisfies `found`; returns it.
+    async fn wait_for_edu(&self, edu_type: &str, found: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(e) = self.edus(edu_type).into_iter().find(|e| found(e)) {
+                return e;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no such {edu_type} EDU came; got {:?}",
+                self.edus(edu_type)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An event of eve's in `room` built on `prev` (at `depth`), signed
+    /// by evil.test; the event and its id.
+    fn eve_event(
+        &self,
+        room: &str,
+        kind: &str,
+        content: Value,
+        (prev, depth): (&str, i64),
+        auth: &[&str],
+    ) -> (CanonicalJsonObject, String) {
+        let mut event = object(&json!({
+            "room_id": room,
+            "sender": "@eve:evil.test",
+            "type": kind,
+            "content": content,
+            "prev_events": [prev],
+            "auth_events": auth,
+            "depth": depth,
+            "origin_server_ts": now_ms(),
+        }));
+        let id = EvilServer::sign_event(&mut event, "evil.test", &self.key);
+        (event, id)
+    }
+
+    /// PDUs in a transaction to `to`; each must be taken.
+    async fn send_pdus(&self, world: &World, to: &Fed, txn: &str, pdus: &[&CanonicalJsonObject]) {
+        let pdus: Vec<Value> = pdus
+            .iter()
+            .map(|o| CanonicalJsonValue::Object((*o).clone()).into())
+            .collect();
+        let ids: Vec<String> = pdus
+            .iter()
+            .map(|p| {
+                let rules = ruma::RoomVersionId::V12.rules().expect("rules");
+                format!(
+                    "${}",
+                    ruma::signatures::reference_hash(&object(p), &rules).expect("hash")
+                )
+            })
+            .collect();
+        let body = json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": pdus});
+        let path = format!("/_matrix/federation/v1/send/{txn}");
+        let (s, answer) = self.request(world, to, "PUT", &path, Some(body)).await;
+        assert_eq!(s, 200, "{answer}");
+        for id in ids {
+            assert_eq!(answer["pdus"][&id], json!({}), "{id} refused: {answer}");
+        }
     }
 
     /// A request to `to` signed by evil.test; (status, body).
@@ -972,6 +1086,24 @@ impl Drop for EvilServer {
     }
 }
 
+/// The id of a (v12) state event of a `send_join` answer's state.
+fn state_event_id(joined: &Value, kind: &str) -> String {
+    joined["state"]
+        .as_array()
+        .expect("state")
+        .iter()
+        .find(|e| e["type"] == kind)
+        .and_then(|e| {
+            ruma::signatures::reference_hash(
+                &object(e),
+                &ruma::RoomVersionId::V12.rules().expect("rules"),
+            )
+            .ok()
+        })
+        .map(|h| format!("${h}"))
+        .unwrap_or_else(|| panic!("no {kind} in the state"))
+}
+
 #[tokio::test]
 async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted() {
     let world = World::start().await;
@@ -984,20 +1116,7 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
 
     // evil.test joins @eve:evil.test as any server would.
     let (join, join_id, joined) = evil.membership(&world, a, &room, "join").await;
-    let power = joined["state"]
-        .as_array()
-        .expect("state")
-        .iter()
-        .find(|e| e["type"] == "m.room.power_levels")
-        .and_then(|e| {
-            ruma::signatures::reference_hash(
-                &object(e),
-                &ruma::RoomVersionId::V12.rules().expect("rules"),
-            )
-            .ok()
-        })
-        .map(|h| format!("${h}"))
-        .expect("power levels in the state");
+    let power = state_event_id(&joined, "m.room.power_levels");
     let depth = join["depth"].as_integer().map(i64::from).expect("depth") + 1;
     let message = |sender: &str, body: &str| {
         object(&json!({
@@ -2054,4 +2173,225 @@ async fn keys_and_to_device_messages_cross_servers() {
         "a2",
         "{q}"
     );
+}
+
+/// An event's content as `c` reads it.
+async fn content_of(c: &Client, room: &str, id: &str) -> Value {
+    let (s, ev) = c
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(room),
+            enc(id)
+        ))
+        .await;
+    assert_eq!(s, 200, "{ev}");
+    ev["content"].clone()
+}
+
+/// An event's depth as a server in the room reads it.
+async fn depth_of(world: &World, evil: &EvilServer, room_server: &Fed, id: &str) -> i64 {
+    let (s, got) = evil
+        .get(
+            world,
+            room_server,
+            &format!("/_matrix/federation/v1/event/{}", enc(id)),
+        )
+        .await;
+    assert_eq!(s, 200, "{got}");
+    got["pdus"][0]["depth"].as_i64().expect("depth")
+}
+
+#[tokio::test]
+async fn a_remote_redaction_applies_only_where_its_sender_may_redact() {
+    let world = World::start_one().await;
+    let a = &world.servers[0];
+    let evil = EvilServer::start(&world).await;
+    let room = a
+        .user
+        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+        .await;
+    let (_, join_id, joined) = evil.membership(&world, a, &room, "join").await;
+    let power = state_event_id(&joined, "m.room.power_levels");
+    let auth = [power.as_str(), join_id.as_str()];
+    let alices = a.user.send_text(&room, "a1", "alice's words").await;
+    let depth = depth_of(&world, &evil, a, &alices).await;
+
+    // Eve (power 0, another server) redacts alice's event: the redaction is
+    // taken and stored, alice's event stays as it was.
+    let (r1, r1_id) = evil.eve_event(
+        &room,
+        "m.room.redaction",
+        json!({"redacts": alices}),
+        (&alices, depth + 1),
+        &auth,
+    );
+    evil.send_pdus(&world, a, "r1", &[&r1]).await;
+    assert_eq!(
+        content_of(&a.user, &room, &r1_id).await["redacts"],
+        alices.as_str()
+    );
+    assert_eq!(
+        content_of(&a.user, &room, &alices).await["body"],
+        "alice's words"
+    );
+
+    // Eve's own event she may redact.
+    let (e1, e1_id) = evil.eve_event(
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.text", "body": "eve's words"}),
+        (&r1_id, depth + 2),
+        &auth,
+    );
+    let (r2, r2_id) = evil.eve_event(
+        &room,
+        "m.room.redaction",
+        json!({"redacts": e1_id}),
+        (&e1_id, depth + 3),
+        &auth,
+    );
+    evil.send_pdus(&world, a, "e1", &[&e1, &r2]).await;
+    assert_eq!(content_of(&a.user, &room, &e1_id).await, json!({}));
+
+    // A redaction that comes before its target is kept, and applied when
+    // the target arrives.
+    let (e2, e2_id) = evil.eve_event(
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.text", "body": "eve's later words"}),
+        (&r2_id, depth + 4),
+        &auth,
+    );
+    let (r3, _) = evil.eve_event(
+        &room,
+        "m.room.redaction",
+        json!({"redacts": e2_id}),
+        (&r2_id, depth + 4),
+        &auth,
+    );
+    evil.send_pdus(&world, a, "r3", &[&r3]).await;
+    evil.send_pdus(&world, a, "e2", &[&e2]).await;
+    assert_eq!(content_of(&a.user, &room, &e2_id).await, json!({}));
+    // And alice's event is still whole.
+    assert_eq!(
+        content_of(&a.user, &room, &alices).await["body"],
+        "alice's words"
+    );
+}
+
+#[tokio::test]
+async fn every_public_read_receipt_reaches_the_rooms_other_servers() {
+    let world = World::start_one().await;
+    let a = &world.servers[0];
+    let evil = EvilServer::start(&world).await;
+    let room = a
+        .user
+        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+        .await;
+    evil.membership(&world, a, &room, "join").await;
+    let first = a.user.send_text(&room, "m1", "one").await;
+    let second = a.user.send_text(&room, "m2", "two").await;
+    let third = a.user.send_text(&room, "m3", "three").await;
+    let fourth = a.user.send_text(&room, "m4", "four").await;
+    let user = a.user_id.clone();
+    // alice's m.read receipt data for `event` in an m.receipt EDU, if any.
+    let read_of = |edu: &Value, event: &str| -> Option<Value> {
+        let r = &edu["content"][&room]["m.read"][&user];
+        r["event_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|i| i == event))
+            .then(|| r["data"].clone())
+    };
+
+    // /read_markers, as Element and nio send it.
+    let (s, body) = a
+        .user
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room)),
+            json!({"m.fully_read": first, "m.read": first}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let edu = evil
+        .wait_for_edu("m.receipt", |e| read_of(e, &first).is_some())
+        .await;
+    assert!(
+        read_of(&edu, &first).is_some_and(|d| d["ts"].is_u64()),
+        "{edu}"
+    );
+
+    // A threaded receipt (nio's default) keeps its thread.
+    let (s, body) = a
+        .user
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&second)
+            ),
+            json!({"thread_id": "main"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let edu = evil
+        .wait_for_edu("m.receipt", |e| read_of(e, &second).is_some())
+        .await;
+    assert_eq!(read_of(&edu, &second).expect("data")["thread_id"], "main");
+
+    // A private receipt stays here; a public one after it does not.
+    for (kind, event) in [("m.read.private", &third), ("m.read", &fourth)] {
+        let (s, body) = a
+            .user
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/{kind}/{}",
+                    enc(&room),
+                    enc(event)
+                ),
+                json!({}),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    evil.wait_for_edu("m.receipt", |e| read_of(e, &fourth).is_some())
+        .await;
+    for edu in evil.edus("m.receipt") {
+        assert!(
+            read_of(&edu, &third).is_none(),
+            "private receipt sent: {edu}"
+        );
+        assert!(
+            edu["content"][&room].get("m.read.private").is_none(),
+            "private receipt sent: {edu}"
+        );
+    }
+
+    // Eve's threaded receipt, coming in, keeps its thread too.
+    let receipt = json!({"edu_type": "m.receipt", "content": {&room: {"m.read": {
+        "@eve:evil.test": {"event_ids": [first], "data": {"ts": now_ms(), "thread_id": "main"}}
+    }}}});
+    let (s, answer) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/rcpt1",
+            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": [], "edus": [receipt]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    let (s, synced) = a.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200, "{synced}");
+    let receipts: Vec<Value> = synced["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let eves = receipts
+        .iter()
+        .find_map(|e| {
+            let r = &e["content"][&first]["m.read"]["@eve:evil.test"];
+            r.is_object().then(|| r.clone())
+        })
+        .unwrap_or_else(|| panic!("no receipt of eve's: {receipts:?}"));
+    assert_eq!(eves["thread_id"], "main", "{eves}");
 }

@@ -264,3 +264,57 @@ async fn shutdown_tells_sockets_to_reconnect() {
     let after = f["after_ms"].as_u64().expect("after_ms");
     assert!((1000..5000).contains(&after));
 }
+
+#[tokio::test]
+async fn a_redaction_over_the_socket_follows_the_redaction_rule() {
+    let hs = TestServer::start(&[]).await;
+    let alice = hs.register("alice", "pw").await;
+    let bob = hs.register("bob", "pw").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let (s, _) = bob
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let alices = alice.send_text(&room, "a1", "alice's words").await;
+    let bobs = bob.send_text(&room, "b1", "bob's words").await;
+    let content_of = |id: String| {
+        let alice = alice.clone();
+        let room = room.clone();
+        async move {
+            let (s, ev) = alice
+                .get(&format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(&id)
+                ))
+                .await;
+            assert_eq!(s, 200, "{ev}");
+            ev["content"].clone()
+        }
+    };
+
+    let mut ws = connect(&hs, &bob, None).await;
+    next_frame(&mut ws).await;
+    // Bob (power 0) redacting alice's event: refused, and it stays.
+    let send = json!({"type": "send", "id": "r1", "room_id": room, "event_type": "m.room.redaction",
+                      "txn_id": "ws-r1", "content": {"redacts": alices}});
+    ws.send(Message::Text(send.to_string().into()))
+        .await
+        .expect("send");
+    let (f, _) = until(&mut ws, |f| f["type"] == "error" || f["type"] == "ack").await;
+    assert_eq!(f["type"], "error", "{f}");
+    assert_eq!(f["errcode"], "M_FORBIDDEN", "{f}");
+    assert_eq!(content_of(alices.clone()).await["body"], "alice's words");
+    // His own event: acked and redacted.
+    let send = json!({"type": "send", "id": "r2", "room_id": room, "event_type": "m.room.redaction",
+                      "txn_id": "ws-r2", "content": {"redacts": bobs}});
+    ws.send(Message::Text(send.to_string().into()))
+        .await
+        .expect("send");
+    let (f, _) = until(&mut ws, |f| f["type"] == "error" || f["type"] == "ack").await;
+    assert_eq!(f["type"], "ack", "{f}");
+    assert_eq!(content_of(bobs).await, json!({}));
+}

@@ -8,8 +8,7 @@ use axum::{
     routing::{get, post, put},
 };
 use hearth_core::{
-    Error, Hearth, accounts::Session, ephemeral::presence_content, ids::now_ms, ruma::RoomId,
-    store::ReceiptRecord,
+    Error, Hearth, accounts::Session, ephemeral::presence_content, receipts::ReceiptUpdate,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -71,50 +70,6 @@ pub(crate) async fn set_typing(
     Ok(())
 }
 
-/// Records a receipt (or the fully-read marker) after checking the event is in the room.
-async fn record(
-    h: &Hearth,
-    s: &Session,
-    room: &RoomId,
-    kind: &str,
-    event_id: &str,
-    thread_id: Option<&str>,
-) -> ApiResult<()> {
-    let ev = h
-        .store
-        .get_event(event_id)
-        .await?
-        .filter(|e| e.pdu.room_id == room)
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    match kind {
-        "m.fully_read" => {
-            h.store
-                .put_account_data(
-                    s.user_id.as_str(),
-                    room.as_str(),
-                    "m.fully_read",
-                    &json!({"event_id": ev.pdu.event_id}),
-                )
-                .await?;
-        }
-        "m.read" | "m.read.private" => {
-            h.store
-                .put_receipt(&ReceiptRecord {
-                    room_id: room.to_string(),
-                    receipt_type: kind.to_owned(),
-                    user_id: s.user_id.to_string(),
-                    thread_id: thread_id.unwrap_or_default().to_owned(),
-                    event_id: ev.pdu.event_id.to_string(),
-                    ts: now_ms() as i64,
-                    stream_id: 0,
-                })
-                .await?;
-        }
-        other => return Err(Error::invalid_param(format!("Unknown receipt type {other}")).into()),
-    }
-    Ok(())
-}
-
 async fn receipt(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
@@ -140,21 +95,12 @@ pub(crate) async fn post_receipt(
     thread_id: Option<&str>,
 ) -> ApiResult<()> {
     let room = parse_room_id(room_id)?;
-    if !matches!(kind, "m.read" | "m.read.private" | "m.fully_read") {
-        return Err(Error::invalid_param(format!("Unknown receipt type {kind}")).into());
-    }
-    if kind == "m.fully_read" && thread_id.is_some() {
-        return Err(Error::invalid_param("m.fully_read cannot be threaded").into());
-    }
-    h.require_joined(&room, &s.user_id).await?;
-    record(h, s, &room, kind, event_id, thread_id).await?;
-    // Receipts reach the room; the fully-read marker only its owner.
-    h.notify_room(&room).await;
-    if kind == "m.read" && thread_id.is_none() {
-        h.share_receipt(&room, s.user_id.as_str(), event_id, now_ms())
-            .await;
-    }
-    h.presence_active(s.user_id.as_str());
+    let update = ReceiptUpdate {
+        kind,
+        event_id,
+        thread_id,
+    };
+    h.set_receipt(&room, &s.user_id, update).await?;
     Ok(())
 }
 
@@ -165,15 +111,19 @@ async fn read_markers(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
     let room = parse_room_id(&room_id)?;
-    h.require_joined(&room, &s.user_id).await?;
+    let mut updates = vec![];
     for kind in ["m.fully_read", "m.read", "m.read.private"] {
         match body.get(kind) {
             None | Some(Value::Null) => {}
-            Some(Value::String(id)) => record(&h, &s, &room, kind, id, None).await?,
+            Some(Value::String(id)) => updates.push(ReceiptUpdate {
+                kind,
+                event_id: id,
+                thread_id: None,
+            }),
             Some(_) => return Err(Error::bad_json(format!("{kind} must be an event id")).into()),
         }
     }
-    h.notify_room(&room).await;
+    h.set_receipts(&room, &s.user_id, &updates).await?;
     Ok(Json(json!({})))
 }
 

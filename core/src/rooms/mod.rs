@@ -14,6 +14,7 @@ mod gaps;
 mod history;
 mod membership;
 mod recent;
+mod redactions;
 mod visibility;
 mod writer;
 

@@ -15,7 +15,7 @@ use super::{LEASE_TTL_MS, NewEvent, RoomCache};
 use crate::{
     Error, Hearth, Result,
     ids::now_ms,
-    pdu::{Pdu, StoredEvent},
+    pdu::Pdu,
     store::{EventToPersist, Fence, Lease, StateChange},
 };
 
@@ -501,7 +501,8 @@ impl Hearth {
         if let Some(sk) = &new.state_key {
             obj["state_key"] = json!(sk);
         }
-        if let Some(r) = &new.redacts {
+        let redacts = super::redactions::target_of(new)?;
+        if let Some(r) = &redacts {
             // v11+ carries `redacts` in content; older versions at the top level.
             if rules.redaction.content_field_redacts {
                 obj["content"]["redacts"] = json!(r);
@@ -519,6 +520,11 @@ impl Hearth {
             debug!(room = %room_id, sender = %new.sender, kind = %new.kind, "event rejected by auth rules: {e}");
             Error::Forbidden(format!("Event not allowed: {e}"))
         })?;
+        if let Some(target) = &redacts {
+            let any = super::redactions::may_redact_any(&cache.state, &rules, &new.sender);
+            self.check_local_redaction(room_id, &new.sender, target, any)
+                .await?;
+        }
 
         // An invite of another server's user needs that server's signature
         // first (and lets it tell its user).
@@ -674,8 +680,11 @@ impl Hearth {
             cache.state_serial += 1;
         }
         cache.note_submitted(&event_id);
+        let redactor_power = pdu.redacts.is_some()
+            && super::redactions::may_redact_any(&cache.state, rules, &pdu.sender);
         drop(guard);
         Ok(Staged {
+            redactor_power,
             committed,
             durable,
             generation,
@@ -697,6 +706,7 @@ impl Hearth {
             pdu,
             relay,
             rules,
+            redactor_power,
         } = staged;
         let event_id = pdu.event_id.clone();
         let rules = &rules;
@@ -717,9 +727,17 @@ impl Hearth {
         }
 
         if let Some(target) = &pdu.redacts
-            && let Err(e) = self.apply_redaction(&pdu, target, rules).await
+            && let Err(e) = self
+                .apply_redaction(&pdu, target, rules, redactor_power)
+                .await
         {
             warn!(event = %event_id, target = %target, "could not apply redaction: {e}");
+        }
+        // Another server's event may have been redacted before it got here.
+        if !self.is_local(pdu.sender.as_str())
+            && let Err(e) = self.apply_earlier_redactions(&pdu, rules).await
+        {
+            warn!(event = %event_id, "could not apply earlier redactions: {e}");
         }
         self.notifier
             .notify_users(audience.iter().map(String::as_str));
@@ -887,46 +905,6 @@ impl Hearth {
             .await
             .map(Some)
     }
-
-    async fn apply_redaction(
-        &self,
-        redaction: &Pdu,
-        target: &OwnedEventId,
-        rules: &RoomVersionRules,
-    ) -> Result<()> {
-        let Some(ev) = self.store.get_event(target.as_str()).await? else {
-            return Ok(());
-        };
-        if ev.pdu.room_id != redaction.room_id {
-            return Ok(());
-        }
-        let obj: CanonicalJsonObject =
-            serde_json::from_value(Value::Object(ev.pdu.json.clone())).map_err(Error::internal)?;
-        let because = StoredEvent {
-            pdu: redaction.clone(),
-            stream_ordering: 0,
-            txn: None,
-        }
-        .to_client(None);
-        let because: CanonicalJsonObject =
-            serde_json::from_value(because).map_err(Error::internal)?;
-        let redacted = ruma::canonical_json::redact(
-            obj,
-            &rules.redaction,
-            Some(ruma::canonical_json::RedactedBecause::from_json(because)),
-        )
-        .map_err(Error::internal)?;
-        let redacted = serde_json::to_value(&redacted)?;
-        self.store
-            .store_redacted(target.as_str(), &redacted, redaction.event_id.as_str())
-            .await?;
-        if let Value::Object(map) = redacted {
-            self.rooms
-                .recent
-                .replace(Pdu::from_json(target.clone(), map)?);
-        }
-        Ok(())
-    }
 }
 
 impl Hearth {
@@ -987,6 +965,8 @@ struct Staged {
     pdu: Pdu,
     relay: Vec<String>,
     rules: RoomVersionRules,
+    /// For a redaction: whether its sender held the redact power.
+    redactor_power: bool,
 }
 
 /// A room's state when it holds only its create event.
@@ -1099,28 +1079,10 @@ impl Hearth {
 
     /// A user's power level in a room, honouring v12's privileged creators.
     pub async fn power_of(&self, room_id: &RoomId, user: &ruma::UserId) -> Result<i64> {
-        let create = self.room_state_event(room_id, "m.room.create", "").await?;
         let rules = rules_for(&self.room_version_of(room_id).await?)?;
-        if let Some(c) = &create
-            && rules.authorization.explicitly_privilege_room_creators
-        {
-            let additional = c.content_value().get("additional_creators").cloned();
-            let is_additional = additional
-                .as_ref()
-                .and_then(Value::as_array)
-                .is_some_and(|a| a.iter().any(|u| u.as_str() == Some(user.as_str())));
-            if c.sender == user || is_additional {
-                return Ok(i64::MAX);
-            }
-        }
-        let pl = self
-            .room_state_event(room_id, "m.room.power_levels", "")
-            .await?
-            .map(|p| p.content_value());
-        Ok(super::user_power(
-            pl.as_ref(),
-            create.as_ref().map(|c| c.sender.as_str()),
-            user.as_str(),
-        ))
+        self.with_view(room_id.as_str(), |c| {
+            super::redactions::power_in(&c.state, &rules, user)
+        })
+        .await
     }
 }

@@ -277,6 +277,9 @@ pub trait RoomStore: Send + Sync {
         redacted_json: &Value,
         redacted_by: &str,
     ) -> Result<()>;
+    /// The redactions stored in the room that name `event_id` (one that came
+    /// before its target is applied when the target arrives).
+    async fn redactions_of(&self, room_id: &str, event_id: &str) -> Result<Vec<StoredEvent>>;
     /// The room's newest event (for prev_events and depth).
     async fn latest_event(&self, room_id: &str) -> Result<Option<StoredEvent>>;
     async fn current_state(&self, room_id: &str) -> Result<Vec<StoredEvent>>;

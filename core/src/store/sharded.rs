@@ -323,6 +323,12 @@ impl RoomStore for ShardedStore {
             .store_redacted(event_id, json, by)
             .await
     }
+    async fn redactions_of(&self, room_id: &str, event_id: &str) -> Result<Vec<StoredEvent>> {
+        self.shard(room_id)
+            .await?
+            .redactions_of(room_id, event_id)
+            .await
+    }
     async fn latest_event(&self, room_id: &str) -> Result<Option<StoredEvent>> {
         self.shard(room_id).await?.latest_event(room_id).await
     }

@@ -78,8 +78,14 @@ fn rand_suffix() -> String {
     format!("{n:x}_{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
+/// The binary under test: this build's, or `HEARTH_TEST_BINARY` (a test
+/// run against an older build shows the test failing before a fix).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_homeserver")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("HEARTH_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_homeserver").to_owned())
+    })
 }
 
 impl TestServer {

@@ -199,8 +199,8 @@ macro_rules! impl_commit_events {
             }
             let ordering: i64 = sqlx::query_scalar(
                 "INSERT INTO events (event_id, room_id, sender, event_type, state_key, depth, origin_server_ts,
-                                     json, txn_device, txn_id, relates_to)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING stream_ordering",
+                                     json, txn_device, txn_id, relates_to, redacts)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING stream_ordering",
             )
             .bind(pdu.event_id.as_str())
             .bind(pdu.room_id.as_str())
@@ -213,6 +213,7 @@ macro_rules! impl_commit_events {
             .bind(ev.txn.as_ref().map(|t| t.1.as_str()))
             .bind(ev.txn.as_ref().map(|t| t.2.as_str()))
             .bind(relates_to)
+            .bind(pdu.redacts.as_ref().map(|r| r.as_str()))
             .fetch_one(&mut *conn)
             .await?;
             let relayed = match ev.relay.is_empty() {

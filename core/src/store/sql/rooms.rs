@@ -242,6 +242,18 @@ macro_rules! impl_room_store {
                 Ok(())
             }
 
+            async fn redactions_of(&self, room_id: &str, event_id: &str) -> Result<Vec<StoredEvent>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events e WHERE e.redacts = $1 AND e.room_id = $2
+                     ORDER BY e.stream_ordering"
+                ))
+                .bind(event_id)
+                .bind(room_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(event_from_row).collect()
+            }
+
             async fn latest_event(&self, room_id: &str) -> Result<Option<StoredEvent>> {
                 let row = sqlx::query(&format!(
                     "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 ORDER BY e.stream_ordering DESC LIMIT 1"
