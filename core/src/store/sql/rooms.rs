@@ -381,8 +381,8 @@ macro_rules! impl_room_store {
                 for pdu in events {
                     let stored = sqlx::query(
                         "INSERT INTO events (stream_ordering, event_id, room_id, sender, event_type, state_key, depth,
-                                             origin_server_ts, json, relates_to)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING",
+                                             origin_server_ts, json, relates_to, redacts)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (event_id) DO NOTHING",
                     )
                     .bind(next)
                     .bind(pdu.event_id.as_str())
@@ -394,6 +394,7 @@ macro_rules! impl_room_store {
                     .bind(i64::from(pdu.origin_server_ts.get()))
                     .bind(serde_json::to_string(&pdu.json)?)
                     .bind(crate::store::sql::relates_to(pdu))
+                    .bind(pdu.redacts.as_ref().map(|r| r.as_str()))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
