@@ -2,6 +2,7 @@
 //! operator's way to add accounts when registration is closed.
 
 mod config;
+mod lock;
 
 /// mimalloc hands freed memory back to the OS, where glibc's per-thread arenas
 /// keep the peaks of bursty work (password hashing, big sync responses).
@@ -58,6 +59,11 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let cfg = config::load(&cli.overrides)?;
+    // Every command writes the database: serving, and the admin commands.
+    let _data_dir_lock = match &cfg.database_url {
+        None => Some(lock::acquire(&cfg.core.data_dir)?),
+        Some(_) => None,
+    };
     let backend = match &cfg.database_url {
         Some(url) if !cfg.database_shards.is_empty() => Backend::Sharded(Arc::new(
             ShardedStore::connect(url, &cfg.database_shards)
