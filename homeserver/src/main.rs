@@ -57,6 +57,7 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
         )
         .init();
+    raise_open_file_limit();
     let cli = Cli::parse();
     let cfg = config::load(&cli.overrides)?;
     // Every command writes the database: serving, and the admin commands.
@@ -176,6 +177,32 @@ impl Backend {
             Backend::Postgres(s) => s.close().await,
             Backend::Sharded(s) => s.close().await,
         }
+    }
+}
+
+/// Every connection, WebSocket and database file is a descriptor, and the soft
+/// limit a process inherits is often 1024 (or lower): with it, accepts fail
+/// with EMFILE at a few hundred clients. The soft limit may be raised to the
+/// hard one without privileges; raising the hard one is the operator's (see
+/// README, "Open files").
+fn raise_open_file_limit() {
+    let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() else {
+        tracing::warn!("cannot read the open-file limit");
+        return;
+    };
+    match rlimit::increase_nofile_limit(hard) {
+        Ok(now) => tracing::info!(
+            open_files = now,
+            was = soft,
+            hard_limit = hard,
+            "open-file limit"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            open_files = soft,
+            hard_limit = hard,
+            "cannot raise the open-file limit"
+        ),
     }
 }
 

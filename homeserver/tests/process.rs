@@ -113,3 +113,46 @@ async fn a_second_process_on_the_same_data_dir_is_refused() {
     assert!(up, "a server did not start after the first stopped");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The soft and hard open-file limits of process `pid`, from /proc.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let figures: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (figures[0], figures[1])
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    let (_, hard) = rlimit::Resource::NOFILE.get().expect("getrlimit");
+    assert!(
+        hard > 256,
+        "this machine's hard limit ({hard}) is too low to test"
+    );
+    let dir = temp_dir("nofile");
+    let addr = free_addr();
+    let mut cmd = Command::new(binary());
+    cmd.args(["--data-dir", &dir.display().to_string(), "--listen", &addr])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    // Started the way a default service manager starts it: a low soft limit
+    // under a higher hard one.
+    // SAFETY: setrlimit is async-signal-safe and touches no shared state.
+    unsafe {
+        cmd.pre_exec(move || rlimit::Resource::NOFILE.set(256, hard));
+    }
+    let mut child = cmd.spawn().expect("spawn homeserver");
+    let up = serves(&addr).await;
+    let limits = open_file_limits(child.id());
+    stop(&mut child);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(up, "the server did not start");
+    assert_eq!(limits, (hard, hard), "soft open-file limit not raised");
+}
