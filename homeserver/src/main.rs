@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use hearth_core::{
     Hearth,
@@ -103,9 +104,19 @@ async fn main() -> Result<()> {
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("binding {}", cfg.listen))?;
+            let local_addr = listener.local_addr()?;
+            let listener = listener
+                // Back-to-back small writes (a WebSocket sync frame, then the
+                // send's ack) would otherwise wait for the client's delayed
+                // ACK: ~40 ms each. Also serves the cluster's internal port.
+                .tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
             tracing::info!(
                 server_name = %cfg.core.server_name,
-                listen = %listener.local_addr()?,
+                listen = %local_addr,
                 data_dir = %cfg.core.data_dir.display(),
                 "Hearth is ready"
             );

@@ -156,3 +156,99 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
     assert!(up, "the server did not start");
     assert_eq!(limits, (hard, hard), "soft open-file limit not raised");
 }
+
+/// Whether the server's end of the TCP connection whose client end is `ours`
+/// has TCP_NODELAY, or `None` while the server has not accepted it. Each of
+/// the server's sockets is borrowed with `pidfd_getfd` (a duplicate
+/// descriptor of the same socket, so the same options).
+fn server_side_nodelay(pid: u32, ours: std::net::SocketAddr) -> Option<bool> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: a plain syscall; the descriptor it returns is ours alone.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh descriptor nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as libc::c_int) };
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"));
+        let target = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok());
+        let Some(target) = target.filter(|_| is_socket) else {
+            continue;
+        };
+        // SAFETY: as above.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+        if fd < 0 {
+            continue;
+        }
+        // SAFETY: as above. Other kinds of socket fail `peer_addr` below.
+        let socket = std::net::TcpStream::from(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) });
+        if socket.peer_addr().ok() == Some(ours) {
+            return socket.nodelay().ok();
+        }
+    }
+    None
+}
+
+/// Connects to `addr` and reads TCP_NODELAY on the connection the server
+/// accepted, waiting up to 5 seconds for the accept.
+async fn accepted_nodelay(pid: u32, addr: &str) -> bool {
+    let conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let ours = conn.local_addr().expect("local addr");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(nodelay) = server_side_nodelay(pid, ours) {
+            return nodelay;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server did not accept the connection to {addr}");
+}
+
+/// Small frames written back to back (a WebSocket sync frame, then the
+/// send's ack) must not wait for the client's delayed ACK (Nagle's
+/// algorithm): every listener's accepted sockets have TCP_NODELAY. The
+/// cluster's internal endpoints are served on the client listener.
+#[tokio::test]
+async fn accepted_connections_have_tcp_nodelay() {
+    let dir = temp_dir("nodelay");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["nodelay.test".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed");
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_file, cert.pem()).expect("write cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    let (addr, fed_addr) = (free_addr(), free_addr());
+    let data = dir.join("data");
+    let mut child = Command::new(binary())
+        .args(["--data-dir", &data.display().to_string(), "--listen", &addr])
+        .args(["--server-name", "nodelay.test"])
+        .args(["--federation-listen", &fed_addr])
+        .args(["--federation-tls-cert", &cert_file.display().to_string()])
+        .args(["--federation-tls-key", &key_file.display().to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn homeserver");
+    assert!(serves(&addr).await, "the server did not start");
+    let client = accepted_nodelay(child.id(), &addr).await;
+    let federation = accepted_nodelay(child.id(), &fed_addr).await;
+    stop(&mut child);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        client,
+        "the client listener's connection has no TCP_NODELAY"
+    );
+    assert!(
+        federation,
+        "the federation listener's connection has no TCP_NODELAY"
+    );
+}
