@@ -102,7 +102,9 @@ pub(crate) async fn receive(
     for (at, result) in appended_at.into_iter().zip(appended) {
         match (at, result) {
             (Some(at), Err(e)) => outcomes[at].1 = Err(e.into()),
-            (None, Err(e)) => tracing::warn!(%origin, error = %e, "an event fetched to fill a gap was refused"),
+            (None, Err(e)) => {
+                tracing::warn!(%origin, error = %e, "an event fetched to fill a gap was refused")
+            }
             _ => {}
         }
     }
