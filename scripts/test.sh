@@ -167,7 +167,7 @@ for mode in sqlite postgres sharded cluster; do
     "$root/.venv-clients/bin/pytest" -q tests/clients
 
   step "bench smoke against Hearth, $mode (correctness only)"
-  "$root/target/debug/bench" --hs "hearth=$bench_url" --smoke --scenarios unloaded,pairs,group8,room256,idle,idle_ws
+  "$root/target/debug/bench" --hs "hearth=$bench_url" --smoke --scenarios unloaded,pairs,group8,room256,ws_sends,idle,idle_ws
 
   stop_server
 done

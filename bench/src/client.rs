@@ -1,5 +1,10 @@
 //! Just enough of the client API to drive load: register, rooms, send, sync.
 
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
 use anyhow::{Context, Result, anyhow, ensure};
 use rand::{Rng, distributions::Alphanumeric};
 use serde_json::{Value, json};
@@ -150,5 +155,129 @@ impl Client {
             path.push_str(&format!("&since={}", enc(s)));
         }
         self.call(reqwest::Method::GET, &path, None).await
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Hearth's WebSocket sync (spec/websocket-sync.md), as the `ws_sends`
+/// scenario drives it: `send` frames out, `ack`/`error`/`sync` frames in.
+pub struct WsSync {
+    socket: Socket,
+}
+
+impl WsSync {
+    /// Opens the socket from `since`; `None` when the server has none.
+    pub async fn connect(user: &Client, since: &str) -> Option<WsSync> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!(
+            "{}/_matrix/client/unstable/org.hearth.ws/sync?since={}",
+            user.base.replacen("http", "ws", 1),
+            enc(since)
+        );
+        let mut req = url.into_client_request().ok()?;
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", user.token).parse().ok()?,
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(req).await.ok()?;
+        Some(WsSync { socket })
+    }
+
+    pub async fn send_event(
+        &mut self,
+        id: u64,
+        room: &str,
+        txn: &str,
+        content: &Value,
+    ) -> Result<()> {
+        use futures::SinkExt;
+        let frame = json!({"type": "send", "id": id, "room_id": room,
+                           "event_type": "m.room.message", "txn_id": txn, "content": content});
+        self.socket
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                frame.to_string(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads frames until the answer to frame `id`: true for its `ack`, false
+    /// for an `error`. Events of run `run` in `sync` frames on the way are
+    /// recorded in `seen` with their latency since `sent_at`.
+    pub async fn await_answer(
+        &mut self,
+        id: u64,
+        run: &str,
+        sent_at: &HashMap<u64, Instant>,
+        seen: &mut Vec<(u64, Duration)>,
+    ) -> Result<bool> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.frame())
+                .await
+                .context("no answer to a send within 30 s")??;
+            match frame["type"].as_str() {
+                Some("ack") if frame["id"] == id => return Ok(true),
+                Some("error") if frame["id"] == id => return Ok(false),
+                Some("sync") => record(&frame["body"], run, sent_at, seen),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads frames for up to a second, recording events as `await_answer`.
+    pub async fn next_sync(
+        &mut self,
+        run: &str,
+        sent_at: &HashMap<u64, Instant>,
+        seen: &mut Vec<(u64, Duration)>,
+    ) -> Result<()> {
+        if let Ok(frame) = tokio::time::timeout(Duration::from_secs(1), self.frame()).await {
+            let frame = frame?;
+            if frame["type"] == "sync" {
+                record(&frame["body"], run, sent_at, seen);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next text frame as JSON (pings are answered by tungstenite).
+    async fn frame(&mut self) -> Result<Value> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match self.socket.next().await.context("socket closed")?? {
+                Message::Text(t) => return Ok(serde_json::from_str(&t)?),
+                Message::Close(c) => return Err(anyhow!("socket closed: {c:?}")),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Records the bench events of `run` in a sync body.
+fn record(
+    body: &Value,
+    run: &str,
+    sent_at: &HashMap<u64, Instant>,
+    seen: &mut Vec<(u64, Duration)>,
+) {
+    let now = Instant::now();
+    let Some(joined) = body["rooms"]["join"].as_object() else {
+        return;
+    };
+    for room in joined.values() {
+        for ev in room["timeline"]["events"].as_array().into_iter().flatten() {
+            let b = &ev["content"]["bench"];
+            if b["run"] != run {
+                continue;
+            }
+            if let Some(n) = b["n"].as_u64()
+                && let Some(t0) = sent_at.get(&n)
+            {
+                seen.push((n, now - *t0));
+            }
+        }
     }
 }

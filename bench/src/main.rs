@@ -24,7 +24,8 @@ struct Args {
     /// then span them). Give several; ratios are against the first.
     #[arg(long = "hs", required = true)]
     servers: Vec<String>,
-    /// Scenarios to run (comma separated): unloaded, pairs, group8, rooms5, room256, idle, idle_ws.
+    /// Scenarios to run (comma separated): unloaded, pairs, group8, rooms5, room256, to_device,
+    /// ws_sends, idle, idle_ws.
     #[arg(long, default_value = "unloaded,pairs,group8,rooms5")]
     scenarios: String,
     /// How long each loaded scenario sends, in seconds.

@@ -30,6 +30,9 @@ pub struct Scenario {
     websocket: bool,
     /// Messages go device to device (`/sendToDevice`) instead of into rooms.
     to_device: bool,
+    /// One member sends over its WebSocket sync, each send as soon as the
+    /// previous one is acked.
+    ws_sends: bool,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -85,6 +88,7 @@ impl Scenario {
             idle: None,
             websocket: false,
             to_device: false,
+            ws_sends: false,
         };
         Ok(match name {
             "unloaded" => s(1, 2, 1, Some(Duration::from_millis(50))),
@@ -95,6 +99,10 @@ impl Scenario {
             "to_device" => Scenario {
                 to_device: true,
                 ..s(0, 2, 1, Some(Duration::from_millis(50)))
+            },
+            "ws_sends" => Scenario {
+                ws_sends: true,
+                ..s(1, 1, 1, None)
             },
             "idle" => Scenario {
                 idle: Some(if smoke { 50 } else { idle }),
@@ -114,6 +122,7 @@ impl Scenario {
             Some(n) if self.websocket => self.run_idle_ws(server, n).await,
             Some(n) => self.run_idle(server, n).await,
             None if self.to_device => self.run_to_device(server).await,
+            None if self.ws_sends => self.run_ws_sends(server).await,
             None => self.run_rooms(server).await,
         }
     }
@@ -200,6 +209,59 @@ impl Scenario {
         drop(sockets);
         drop(probe);
         Ok(o)
+    }
+
+    /// Back-to-back sends over Hearth's WebSocket sync: each `send` frame
+    /// goes as soon as the previous one's `ack` arrives; "ack" is send →
+    /// ack, "deliver" send → the event in a `sync` frame on the same socket.
+    /// The server writes the sync frame and the ack back to back, so this is
+    /// what Nagle's algorithm with the client's delayed ACK slows down. A
+    /// server without the sync socket reports nothing (shown as "-").
+    async fn run_ws_sends(&self, server: &Server) -> Result<Outcome> {
+        use crate::client::WsSync;
+        let http = http_client();
+        let run = random_suffix();
+        let user = Client::register(&server.url, &http, &format!("wss{run}")).await?;
+        let room = user.create_room().await?;
+        let first = user.sync(None, 0).await?;
+        let since = first["next_batch"].as_str().unwrap_or_default();
+        let Some(mut ws) = WsSync::connect(&user, since).await else {
+            return Ok(Outcome::default());
+        };
+        let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+        let mut seen: Vec<(u64, Duration)> = vec![];
+        let (mut acks, mut n) = (vec![], 0u64);
+        let start = Instant::now();
+        while start.elapsed() < self.duration {
+            let content = json!({"msgtype": "m.text", "body": format!("ws {n}"),
+                                 "bench": {"run": run, "n": n}});
+            let t0 = Instant::now();
+            sent_at.entry(n).or_insert(t0);
+            ws.send_event(n, &room, &format!("{run}-{n}"), &content)
+                .await?;
+            // A failed send is retried with the same txn id.
+            if ws.await_answer(n, &run, &sent_at, &mut seen).await? {
+                acks.push(t0.elapsed());
+                n += 1;
+            }
+        }
+        let elapsed = start.elapsed();
+        let catch_up = Instant::now() + Duration::from_secs(10);
+        while (seen.len() as u64) < n && Instant::now() < catch_up {
+            ws.next_sync(&run, &sent_at, &mut seen).await?;
+        }
+        let unique: HashSet<u64> = seen.iter().map(|(n, _)| *n).collect();
+        Ok(Outcome {
+            ack: percentiles(acks),
+            deliver: percentiles(seen.iter().map(|(_, d)| *d).collect()),
+            sends_per_sec: n as f64 / elapsed.as_secs_f64(),
+            deliveries_per_sec: seen.len() as f64 / start.elapsed().as_secs_f64(),
+            delivered: seen.len() as u64,
+            lost: n - (0..n).filter(|i| unique.contains(i)).count() as u64,
+            duplicated: (seen.len() - unique.len()) as u64,
+            out_of_order: seen.windows(2).filter(|w| w[1].0 < w[0].0).count() as u64,
+            ..Default::default()
+        })
     }
 
     /// One device sends to-device messages to another at the scenario's pace

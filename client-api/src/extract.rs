@@ -3,12 +3,17 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{FromRef, FromRequest, FromRequestParts, Request},
+    extract::{FromRef, FromRequest, FromRequestParts, OriginalUri, Request},
     http::{StatusCode, request::Parts},
 };
 use bytes::Bytes;
-use hearth_core::{Hearth, accounts::Session};
+use hearth_core::{
+    Hearth,
+    accounts::Session,
+    uia::{UiaRequest, unversioned_path},
+};
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -151,33 +156,94 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req, state).await?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "M_NOT_JSON",
-                format!("Content not JSON: {e}"),
-            )
-        })?;
-        if !value.is_object() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "M_NOT_JSON",
-                "Content must be a JSON object",
-            ));
-        }
-        serde_json::from_value(value).map(JsonBody).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "M_BAD_JSON",
-                format!("Invalid request body: {e}"),
-            )
+        let value = json_object(req, state).await?;
+        typed(value).map(JsonBody)
+    }
+}
+
+/// The body as a JSON object; an empty body is `{}`.
+async fn json_object<S: Send + Sync>(req: Request, state: &S) -> Result<Value, ApiError> {
+    let bytes = read_body(req, state).await?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &bytes
+    };
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_NOT_JSON",
+            format!("Content not JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_NOT_JSON",
+            "Content must be a JSON object",
+        ));
+    }
+    Ok(value)
+}
+
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+            format!("Invalid request body: {e}"),
+        )
+    })
+}
+
+/// The body of an endpoint behind user-interactive auth: the typed body, its
+/// `auth` object, and the operation a UIA session is bound to (method, path
+/// without the version prefix, the body without `auth`).
+pub struct UiaJson<T> {
+    pub body: T,
+    pub auth: Option<Value>,
+    pub request: UiaRequest,
+}
+
+impl<S, T> FromRequest<S> for UiaJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = req.into_parts();
+        let mut request = uia_request(&parts);
+        let value = json_object(Request::from_parts(parts, body), state).await?;
+        let typed_body = typed(value.clone())?;
+        let mut rest = value;
+        let auth = rest
+            .as_object_mut()
+            .and_then(|o| o.remove("auth"))
+            .filter(|a| !a.is_null());
+        request.body = Some(rest);
+        Ok(UiaJson {
+            body: typed_body,
+            auth,
+            request,
         })
+    }
+}
+
+/// The operation of a request, with its body left unbound (see
+/// [`UiaRequest::body`]).
+pub fn uia_request(parts: &Parts) -> UiaRequest {
+    // Nested routers see the path without their prefix; the original has it.
+    let path = parts
+        .extensions
+        .get::<OriginalUri>()
+        .map_or_else(|| parts.uri.path(), |u| u.0.path());
+    UiaRequest {
+        method: parts.method.to_string(),
+        path: unversioned_path(path).to_owned(),
+        body: None,
+        user: None,
     }
 }
 

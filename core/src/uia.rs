@@ -1,4 +1,8 @@
 //! User-interactive authentication: sessions that remember completed stages.
+//!
+//! A session is bound to the request that started it: completing the stages
+//! authorizes that request and no other, so a password given to delete one
+//! device cannot be replayed to delete another.
 
 use std::{
     collections::HashMap,
@@ -6,16 +10,75 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ruma::UserId;
+use ruma::{CanonicalJsonValue, OwnedUserId, UserId};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::{Error, Hearth, Result, ids::random_string};
 
 const SESSION_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// The wording Synapse uses for the same refusal, so clients see one message.
+const OPERATION_CHANGED: &str =
+    "Requested operation has changed during the UI authentication session";
+
+/// The request a UIA step comes with; a session only completes the request it
+/// was started for.
+#[derive(Debug, Clone, Default)]
+pub struct UiaRequest {
+    pub method: String,
+    /// The path without `/_matrix/client/<version>`: a client may start on
+    /// `r0` and finish on `v3`.
+    pub path: String,
+    /// The request body without `auth`; `None` leaves the body unbound
+    /// (registration, whose clients ask for the flows with an empty body and
+    /// send the username with the stages).
+    pub body: Option<Value>,
+    /// The authenticated requester, if any.
+    pub user: Option<OwnedUserId>,
+}
+
+impl UiaRequest {
+    /// A digest of the operation: what a session remembers instead of the
+    /// body itself, which may hold a new password.
+    fn binding(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for part in [
+            self.method.as_str(),
+            self.path.as_str(),
+            self.user.as_ref().map_or("", |u| u.as_str()),
+        ] {
+            h.update(part.len().to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        if let Some(body) = &self.body {
+            // Canonical JSON, so key order or spacing is not a change.
+            let text = CanonicalJsonValue::try_from(body.clone())
+                .map(|c| c.to_string())
+                .unwrap_or_else(|_| body.to_string());
+            h.update(text.as_bytes());
+        }
+        h.finalize().into()
+    }
+}
+
+/// Strips `/_matrix/client/<version>` from a request path.
+pub fn unversioned_path(path: &str) -> &str {
+    path.strip_prefix("/_matrix/client/")
+        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or(path)
+}
+
+struct Session {
+    /// Last step; a session expires 15 minutes after it.
+    touched: Instant,
+    completed: Vec<String>,
+    binding: [u8; 32],
+}
+
 #[derive(Default)]
 pub struct UiaSessions {
-    sessions: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    sessions: Mutex<HashMap<String, Session>>,
 }
 
 /// The 401 body a client needs to continue.
@@ -35,15 +98,25 @@ pub enum UiaOutcome {
 }
 
 impl UiaSessions {
-    fn completed(&self, session: &str) -> Option<Vec<String>> {
+    /// The stages `session` has completed, and the operation it is bound to.
+    fn get(&self, session: &str) -> Option<(Vec<String>, [u8; 32])> {
         let mut g = self.sessions.lock().ok()?;
-        g.retain(|_, (t, _)| t.elapsed() < SESSION_TTL);
-        g.get(session).map(|(_, c)| c.clone())
+        g.retain(|_, s| s.touched.elapsed() < SESSION_TTL);
+        g.get(session).map(|s| (s.completed.clone(), s.binding))
     }
 
-    fn set(&self, session: &str, completed: Vec<String>) {
+    /// Records the completed stages. Callers have checked that an existing
+    /// session is bound to `binding`.
+    fn set(&self, session: &str, completed: Vec<String>, binding: [u8; 32]) {
         if let Ok(mut g) = self.sessions.lock() {
-            g.insert(session.to_owned(), (Instant::now(), completed));
+            g.insert(
+                session.to_owned(),
+                Session {
+                    touched: Instant::now(),
+                    completed,
+                    binding,
+                },
+            );
         }
     }
 
@@ -55,12 +128,15 @@ impl UiaSessions {
 }
 
 impl Hearth {
-    /// Runs one UIA step. `password_user` is whose password `m.login.password` checks.
+    /// Runs one UIA step of `request`. `password_user` is whose password
+    /// `m.login.password` checks. A session started by another request is
+    /// refused with 403 M_FORBIDDEN.
     pub async fn uia(
         &self,
         auth: Option<&Value>,
         flows: &[Vec<&str>],
         password_user: Option<&UserId>,
+        request: &UiaRequest,
     ) -> Result<UiaOutcome> {
         let flows_owned: Vec<Vec<String>> = flows
             .iter()
@@ -76,28 +152,75 @@ impl Hearth {
                     error,
                 })
             };
+        let binding = request.binding();
         let Some(auth) = auth else {
             let session = random_string(24);
-            self.uia.set(&session, vec![]);
+            self.uia.set(&session, vec![], binding);
             return Ok(challenge(session, vec![], None));
         };
         let session = auth
             .get("session")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let mut completed = match &session {
-            Some(s) => self.uia.completed(s).unwrap_or_default(),
+        let mut completed = match session.as_deref().and_then(|s| self.uia.get(s)) {
+            Some((_, bound)) if bound != binding => {
+                tracing::warn!(
+                    method = %request.method,
+                    path = %request.path,
+                    "UIA session used for another operation than the one it was started for"
+                );
+                return Err(Error::forbidden(OPERATION_CHANGED));
+            }
+            Some((completed, _)) => completed,
             None => vec![],
         };
         let session = session.unwrap_or_else(|| random_string(24));
         let Some(stage) = auth.get("type").and_then(Value::as_str) else {
-            self.uia.set(&session, completed.clone());
+            self.uia.set(&session, completed.clone(), binding);
             return Ok(challenge(session, completed, None));
         };
         if !flows.iter().any(|f| f.contains(&stage)) {
             return Err(Error::invalid_param(format!("Unknown auth stage {stage}")));
         }
-        let stage_result: Result<()> = match stage {
+        match self.check_stage(stage, auth, password_user).await? {
+            Ok(()) => {
+                if !completed.iter().any(|c| c == stage) {
+                    completed.push(stage.to_owned());
+                }
+            }
+            Err(e) => {
+                self.uia.set(&session, completed.clone(), binding);
+                let code = match e {
+                    Error::Forbidden(_) | Error::UserDeactivated(_) => "M_FORBIDDEN",
+                    _ => "M_UNKNOWN",
+                };
+                return Ok(challenge(
+                    session,
+                    completed,
+                    Some((code.into(), e.to_string())),
+                ));
+            }
+        }
+        if flows
+            .iter()
+            .any(|f| f.iter().all(|s| completed.iter().any(|c| c == s)))
+        {
+            self.uia.remove(&session);
+            return Ok(UiaOutcome::Done);
+        }
+        self.uia.set(&session, completed.clone(), binding);
+        Ok(challenge(session, completed, None))
+    }
+
+    /// Checks one stage's credentials. The outer error ends the request; the
+    /// inner one is a failed attempt the client may retry in the session.
+    async fn check_stage(
+        &self,
+        stage: &str,
+        auth: &Value,
+        password_user: Option<&UserId>,
+    ) -> Result<Result<()>> {
+        Ok(match stage {
             "m.login.dummy" => Ok(()),
             "m.login.registration_token" => {
                 let token = auth
@@ -137,34 +260,6 @@ impl Hearth {
             other => Err(Error::invalid_param(format!(
                 "Unsupported auth stage {other}"
             ))),
-        };
-        match stage_result {
-            Ok(()) => {
-                if !completed.iter().any(|c| c == stage) {
-                    completed.push(stage.to_owned());
-                }
-            }
-            Err(e) => {
-                self.uia.set(&session, completed.clone());
-                let code = match e {
-                    Error::Forbidden(_) | Error::UserDeactivated(_) => "M_FORBIDDEN",
-                    _ => "M_UNKNOWN",
-                };
-                return Ok(challenge(
-                    session,
-                    completed,
-                    Some((code.into(), e.to_string())),
-                ));
-            }
-        }
-        if flows
-            .iter()
-            .any(|f| f.iter().all(|s| completed.iter().any(|c| c == s)))
-        {
-            self.uia.remove(&session);
-            return Ok(UiaOutcome::Done);
-        }
-        self.uia.set(&session, completed.clone());
-        Ok(challenge(session, completed, None))
+        })
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use axum_server::{Handle, tls_rustls::RustlsConfig};
+use axum_server::{Handle, accept::NoDelayAcceptor, tls_rustls::RustlsConfig};
 
 use crate::{FedError, Federation, routes::router};
 
@@ -36,8 +36,11 @@ pub async fn bind(
     listener
         .set_nonblocking(true)
         .map_err(|e| FedError::Config(e.to_string()))?;
+    // TCP_NODELAY on every accepted socket (before the TLS handshake): small
+    // responses written back to back must not wait for the peer's delayed ACK.
     let server = axum_server::from_tcp_rustls(listener, tls)
-        .map_err(|e| FedError::Config(format!("federation listener {listen}: {e}")))?;
+        .map_err(|e| FedError::Config(format!("federation listener {listen}: {e}")))?
+        .map(|tls| tls.acceptor(NoDelayAcceptor::new()));
     let handle = Handle::new();
     tokio::spawn({
         let handle = handle.clone();

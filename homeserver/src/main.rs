@@ -2,6 +2,7 @@
 //! operator's way to add accounts when registration is closed.
 
 mod config;
+mod lock;
 
 /// mimalloc hands freed memory back to the OS, where glibc's per-thread arenas
 /// keep the peaks of bursty work (password hashing, big sync responses).
@@ -11,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use hearth_core::{
     Hearth,
@@ -56,8 +58,14 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
         )
         .init();
+    raise_open_file_limit();
     let cli = Cli::parse();
     let cfg = config::load(&cli.overrides)?;
+    // Every command writes the database: serving, and the admin commands.
+    let _data_dir_lock = match &cfg.database_url {
+        None => Some(lock::acquire(&cfg.core.data_dir)?),
+        Some(_) => None,
+    };
     let backend = match &cfg.database_url {
         Some(url) if !cfg.database_shards.is_empty() => Backend::Sharded(Arc::new(
             ShardedStore::connect(url, &cfg.database_shards)
@@ -96,9 +104,19 @@ async fn main() -> Result<()> {
             let listener = tokio::net::TcpListener::bind(cfg.listen)
                 .await
                 .with_context(|| format!("binding {}", cfg.listen))?;
+            let local_addr = listener.local_addr()?;
+            let listener = listener
+                // Back-to-back small writes (a WebSocket sync frame, then the
+                // send's ack) would otherwise wait for the client's delayed
+                // ACK: ~40 ms each. Also serves the cluster's internal port.
+                .tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
             tracing::info!(
                 server_name = %cfg.core.server_name,
-                listen = %listener.local_addr()?,
+                listen = %local_addr,
                 data_dir = %cfg.core.data_dir.display(),
                 "Hearth is ready"
             );
@@ -170,6 +188,32 @@ impl Backend {
             Backend::Postgres(s) => s.close().await,
             Backend::Sharded(s) => s.close().await,
         }
+    }
+}
+
+/// Every connection, WebSocket and database file is a descriptor, and the soft
+/// limit a process inherits is often 1024 (or lower): with it, accepts fail
+/// with EMFILE at a few hundred clients. The soft limit may be raised to the
+/// hard one without privileges; raising the hard one is the operator's (see
+/// README, "Open files").
+fn raise_open_file_limit() {
+    let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() else {
+        tracing::warn!("cannot read the open-file limit");
+        return;
+    };
+    match rlimit::increase_nofile_limit(hard) {
+        Ok(now) => tracing::info!(
+            open_files = now,
+            was = soft,
+            hard_limit = hard,
+            "open-file limit"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            open_files = soft,
+            hard_limit = hard,
+            "cannot raise the open-file limit"
+        ),
     }
 }
 

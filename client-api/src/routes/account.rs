@@ -7,14 +7,18 @@ use axum::{
     extract::{Query, State},
     routing::{get, post},
 };
-use hearth_core::{Error, Hearth, ratelimit::Action, uia::UiaOutcome};
+use hearth_core::{
+    Error, Hearth,
+    ratelimit::Action,
+    uia::{UiaOutcome, UiaRequest},
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::JsonResult;
 use crate::{
     error::{ApiError, ApiResult},
-    extract::{Auth, ClientIp, JsonBody},
+    extract::{Auth, ClientIp, JsonBody, UiaJson, uia_request},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -34,20 +38,33 @@ pub(crate) async fn run_uia(
     auth: Option<&Value>,
     flows: &[Vec<&str>],
     password_user: Option<&hearth_core::ruma::UserId>,
+    request: &UiaRequest,
 ) -> ApiResult<()> {
-    match h.uia(auth, flows, password_user).await? {
+    match h.uia(auth, flows, password_user, request).await? {
         UiaOutcome::Done => Ok(()),
         UiaOutcome::Challenge(c) => Err(ApiError::Uia(Box::new(c))),
     }
 }
 
-/// Sensitive account actions ask for the password again (UIA `m.login.password`).
-pub(crate) async fn reauthenticate(
+/// Sensitive account actions ask for the password again (UIA
+/// `m.login.password`), in a session bound to this request and `user`.
+pub(crate) async fn reauthenticate<T>(
     h: &Hearth,
-    auth: Option<&Value>,
+    uia: &UiaJson<T>,
     user: &hearth_core::ruma::UserId,
 ) -> ApiResult<()> {
-    run_uia(h, auth, &[vec!["m.login.password"]], Some(user)).await
+    let request = UiaRequest {
+        user: Some(user.to_owned()),
+        ..uia.request.clone()
+    };
+    run_uia(
+        h,
+        uia.auth.as_ref(),
+        &[vec!["m.login.password"]],
+        Some(user),
+        &request,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -99,7 +116,9 @@ async fn register(
     } else {
         vec![vec!["m.login.registration_token"]]
     };
-    run_uia(&h, body.auth.as_ref(), &flows, None).await?;
+    // Bound to the endpoint, not the body: clients ask for the flows with an
+    // empty body and send the username and password with the stages.
+    run_uia(&h, body.auth.as_ref(), &flows, None, &uia_request(&parts)).await?;
     h.rate_limit(
         Action::Register,
         &ip.map(|i| i.to_string()).unwrap_or_default(),
@@ -341,7 +360,6 @@ struct PasswordBody {
     new_password: Option<String>,
     #[serde(default = "yes")]
     logout_devices: bool,
-    auth: Option<Value>,
 }
 
 fn yes() -> bool {
@@ -351,9 +369,10 @@ fn yes() -> bool {
 async fn change_password(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    JsonBody(body): JsonBody<PasswordBody>,
+    uia: UiaJson<PasswordBody>,
 ) -> JsonResult {
-    reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
+    reauthenticate(&h, &uia, &s.user_id).await?;
+    let body = uia.body;
     let new = body
         .new_password
         .as_deref()
@@ -363,17 +382,12 @@ async fn change_password(
     Ok(Json(json!({})))
 }
 
-#[derive(Deserialize)]
-struct DeactivateBody {
-    auth: Option<Value>,
-}
-
 async fn deactivate(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    JsonBody(body): JsonBody<DeactivateBody>,
+    uia: UiaJson<Value>,
 ) -> JsonResult {
-    reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
+    reauthenticate(&h, &uia, &s.user_id).await?;
     h.deactivate_account(&s.user_id).await?;
     tracing::info!(user = %s.user_id, "deactivated");
     Ok(Json(json!({"id_server_unbind_result": "no-support"})))

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{JsonResult, account::reauthenticate};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{Auth, JsonBody, UiaJson};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -79,16 +79,11 @@ async fn rename(
     Ok(Json(json!({})))
 }
 
-#[derive(Deserialize)]
-struct DeleteBody {
-    auth: Option<Value>,
-}
-
 async fn delete_one(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Path(device_id): Path<String>,
-    JsonBody(body): JsonBody<DeleteBody>,
+    uia: UiaJson<Value>,
 ) -> JsonResult {
     if h.store
         .get_device(s.user_id.as_str(), &device_id)
@@ -97,7 +92,7 @@ async fn delete_one(
     {
         return Err(Error::not_found("Unknown device").into());
     }
-    reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
+    reauthenticate(&h, &uia, &s.user_id).await?;
     h.delete_devices(&s.user_id, Some(&[device_id])).await?;
     Ok(Json(json!({})))
 }
@@ -105,15 +100,15 @@ async fn delete_one(
 #[derive(Deserialize)]
 struct DeleteManyBody {
     devices: Vec<String>,
-    auth: Option<Value>,
 }
 
 async fn delete_many(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    JsonBody(body): JsonBody<DeleteManyBody>,
+    uia: UiaJson<DeleteManyBody>,
 ) -> JsonResult {
-    reauthenticate(&h, body.auth.as_ref(), &s.user_id).await?;
-    h.delete_devices(&s.user_id, Some(&body.devices)).await?;
+    reauthenticate(&h, &uia, &s.user_id).await?;
+    h.delete_devices(&s.user_id, Some(&uia.body.devices))
+        .await?;
     Ok(Json(json!({})))
 }

@@ -12,7 +12,7 @@ use hearth_core::{Error, Hearth, e2ee::backup::BackupScope, sync::SyncToken};
 use serde_json::{Value, json};
 
 use super::{JsonResult, account::reauthenticate};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{Auth, JsonBody, UiaJson};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -95,7 +95,7 @@ async fn changes(
 async fn device_signing(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    JsonBody(body): JsonBody<Value>,
+    uia: UiaJson<Value>,
 ) -> JsonResult {
     let has_master = h
         .store
@@ -104,9 +104,9 @@ async fn device_signing(
         .iter()
         .any(|(k, _)| k == "master");
     if has_master {
-        reauthenticate(&h, body.get("auth"), &s.user_id).await?;
+        reauthenticate(&h, &uia, &s.user_id).await?;
     }
-    h.upload_cross_signing_keys(&s.user_id, &body).await?;
+    h.upload_cross_signing_keys(&s.user_id, &uia.body).await?;
     Ok(Json(json!({})))
 }
 
