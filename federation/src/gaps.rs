@@ -122,7 +122,10 @@ impl Federation {
             let Some(event) = gap.iter_mut().find(|e| e.pdu.event_id == *hole) else {
                 continue;
             };
-            match self.reported_state(origin, version, &room, hole, &have).await {
+            match self
+                .reported_state(origin, version, &room, hole, &have)
+                .await
+            {
                 Ok((ids, events)) => {
                     tracing::warn!(room = %room, event = %hole, %origin, fetched = events.len(),
                         "parents still unknown: taking the state before the event as its server reports it (history has a gap here)");

@@ -826,6 +826,8 @@ async fn sends_queue_while_a_server_is_down_and_arrive_in_order_when_it_returns(
 struct EvilServer {
     key: Ed25519KeyPair,
     handle: axum_server::Handle<SocketAddr>,
+    /// The transactions a.test sent it, in order.
+    received: Arc<std::sync::Mutex<Vec<Value>>>,
 }
 
 impl EvilServer {
@@ -843,6 +845,7 @@ impl EvilServer {
             ruma::signatures::sign_json("evil.test", &key, &mut keys).expect("sign keys");
             Value::from(CanonicalJsonValue::Object(keys))
         };
+        let received = Arc::new(std::sync::Mutex::new(vec![]));
         let app = axum::Router::new()
             .route(
                 "/_matrix/key/v2/server",
@@ -851,10 +854,20 @@ impl EvilServer {
                     async move { axum::Json(published) }
                 }),
             )
-            // What a.test relays to it is taken and ignored.
+            // What a.test relays to it is taken, kept for the test and
+            // otherwise ignored.
             .route(
                 "/_matrix/federation/v1/send/{txn}",
-                axum::routing::put(|| async { axum::Json(json!({"pdus": {}})) }),
+                axum::routing::put({
+                    let received = received.clone();
+                    move |axum::Json(txn): axum::Json<Value>| {
+                        let received = received.clone();
+                        async move {
+                            received.lock().expect("received").push(txn);
+                            axum::Json(json!({"pdus": {}}))
+                        }
+                    }
+                }),
             );
         let (cert, key_file) = world.ca.issue("evil", &["evil.test"]);
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key_file)
@@ -864,7 +877,37 @@ impl EvilServer {
         let server = axum_server::bind_rustls(world.evil, tls).handle(handle.clone());
         tokio::spawn(server.serve(app.into_make_service()));
         handle.listening().await.expect("evil.test listening");
-        EvilServer { key, handle }
+        EvilServer {
+            key,
+            handle,
+            received,
+        }
+    }
+
+    /// Every PDU and EDU a.test has sent it so far.
+    fn received(&self) -> (Vec<Value>, Vec<Value>) {
+        let txns = self.received.lock().expect("received").clone();
+        let all = |field: &str| {
+            txns.iter()
+                .flat_map(|t| t[field].as_array().cloned().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        (all("pdus"), all("edus"))
+    }
+
+    /// Waits until a.test has sent it the event `id`.
+    async fn wait_for_pdu(&self, id: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ids_of(&Value::Array(self.received().0))
+            .iter()
+            .any(|p| p == id)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never reached evil.test"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A request to `to` signed by evil.test; (status, body).
@@ -2053,5 +2096,259 @@ async fn keys_and_to_device_messages_cross_servers() {
         q["device_keys"][&a_user][&a_device]["keys"][format!("curve25519:{a_device}")],
         "a2",
         "{q}"
+    );
+}
+
+/// What `c` sees of a room's ephemeral events now: who is typing, and the
+/// users with a read receipt on each event.
+async fn ephemeral(c: &Client, room: &str) -> (Vec<String>, Value) {
+    let (s, body) = c.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(s, 200, "{body}");
+    let events = body["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let typing = events
+        .iter()
+        .filter(|e| e["type"] == "m.typing")
+        .flat_map(|e| {
+            e["content"]["user_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect();
+    let mut receipts = serde_json::Map::new();
+    for e in events.iter().filter(|e| e["type"] == "m.receipt") {
+        for (event, kinds) in e["content"].as_object().into_iter().flatten() {
+            receipts.insert(event.clone(), kinds["m.read"].clone());
+        }
+    }
+    (typing, Value::Object(receipts))
+}
+
+/// An `m.typing` and an `m.receipt` EDU of eve's, as evil.test sends them.
+fn eve_edus(room: &str, typing: bool, read: &str) -> Value {
+    json!([
+        {"edu_type": "m.typing",
+         "content": {"room_id": room, "user_id": "@eve:evil.test", "typing": typing}},
+        {"edu_type": "m.receipt",
+         "content": {room: {"m.read": {"@eve:evil.test":
+             {"event_ids": [read], "data": {"ts": now_ms()}}}}}},
+    ])
+}
+
+#[tokio::test]
+async fn a_server_the_room_acl_denies_is_refused_and_sent_nothing() {
+    let world = World::start().await;
+    let a = &world.servers[0];
+    let evil = EvilServer::start(&world).await;
+    let room = a
+        .user
+        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+        .await;
+    let (join, join_id, joined) = evil.membership(&world, a, &room, "join").await;
+    let first = a.user.send_text(&room, "m1", "before the ACL").await;
+    evil.wait_for_pdu(&first).await;
+
+    // Before the ACL evil.test's EDUs count: eve types and reads.
+    let (s, body) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/e1",
+            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(),
+                        "pdus": [], "edus": eve_edus(&room, true, &first)})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (typing, receipts) = ephemeral(&a.user, &room).await;
+    assert!(typing.iter().any(|u| u == "@eve:evil.test"), "{typing:?}");
+    assert!(
+        receipts[&first].get("@eve:evil.test").is_some(),
+        "{receipts}"
+    );
+    let stop = json!([{"edu_type": "m.typing",
+        "content": {"room_id": room, "user_id": "@eve:evil.test", "typing": false}}]);
+    let (s, body) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/e2",
+            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(),
+                        "pdus": [], "edus": stop})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+
+    // The room now denies evil.test (eve is still joined).
+    let (s, body) = a
+        .user
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
+                enc(&room)
+            ),
+            json!({"allow": ["*"], "deny": ["evil.*"], "allow_ip_literals": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let acl_id = body["event_id"].as_str().expect("event_id").to_owned();
+
+    // Every room-scoped request of evil.test: 403 M_FORBIDDEN.
+    let r = enc(&room);
+    let eve = enc("@eve:evil.test");
+    let first_enc = enc(&first);
+    let refused: Vec<(&str, String, Option<Value>)> = vec![
+        (
+            "GET",
+            format!("/_matrix/federation/v1/make_join/{r}/{eve}?ver=12"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/make_leave/{r}/{eve}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/make_knock/{r}/{eve}?ver=12"),
+            None,
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/send_join/{r}/{first_enc}"),
+            Some(json!({})),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/send_leave/{r}/{first_enc}"),
+            Some(json!({})),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v1/send_knock/{r}/{first_enc}"),
+            Some(json!({})),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/invite/{r}/{first_enc}"),
+            Some(json!({})),
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/state/{r}?event_id={first_enc}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/state_ids/{r}?event_id={first_enc}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/backfill/{r}?v={first_enc}&limit=5"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/event/{first_enc}"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/_matrix/federation/v1/get_missing_events/{r}"),
+            Some(json!({"earliest_events": [], "latest_events": [first], "limit": 5})),
+        ),
+    ];
+    for (method, path, body) in refused {
+        let (s, answer) = evil.request(&world, a, method, &path, body).await;
+        assert_eq!(
+            (s, answer["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{method} {path}: {answer}"
+        );
+    }
+
+    // Its PDU is refused (the transaction itself answered), its EDUs dropped.
+    let power = joined["state"]
+        .as_array()
+        .expect("state")
+        .iter()
+        .find(|e| e["type"] == "m.room.power_levels")
+        .map(|e| ids_of(&json!([e]))[0].clone())
+        .expect("power levels in the state");
+    let mut message = object(&json!({
+        "room_id": room,
+        "sender": "@eve:evil.test",
+        "type": "m.room.message",
+        "content": {"msgtype": "m.text", "body": "eve despite the ACL"},
+        "prev_events": [join_id],
+        "auth_events": [power, join_id],
+        "depth": join["depth"].as_integer().map(i64::from).expect("depth") + 1,
+        "origin_server_ts": now_ms(),
+    }));
+    let message_id = EvilServer::sign_event(&mut message, "evil.test", &evil.key);
+    let (s, answer) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/e3",
+            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(),
+                        "pdus": [CanonicalJsonValue::Object(message)],
+                        "edus": eve_edus(&room, true, &acl_id)})),
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(answer["pdus"][&message_id]["error"].is_string(), "{answer}");
+    let (s, page) = a
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(s, 200, "{page}");
+    assert!(
+        page["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .all(|e| e["event_id"] != message_id.as_str()),
+        "stored: {page}"
+    );
+    let (typing, receipts) = ephemeral(&a.user, &room).await;
+    assert!(typing.iter().all(|u| u != "@eve:evil.test"), "{typing:?}");
+    assert!(receipts.get(&acl_id).is_none(), "{receipts}");
+
+    // And a.test sends it nothing more of the room: the ACL event itself
+    // was the last (it was addressed before it took effect).
+    evil.wait_for_pdu(&acl_id).await;
+    let after = a.user.send_text(&room, "m2", "after the ACL").await;
+    let (s, body) = a
+        .user
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&a.user_id)
+            ),
+            json!({"typing": true, "timeout": 20000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (pdus, edus) = evil.received();
+    assert!(
+        !ids_of(&Value::Array(pdus)).contains(&after),
+        "{after} sent to a denied server"
+    );
+    assert!(
+        edus.iter().all(|e| e["edu_type"] != "m.typing"),
+        "typing sent to a denied server: {edus:?}"
     );
 }

@@ -1040,7 +1040,7 @@ pub(crate) fn invite_room_state(cache: &RoomCache, invite: &Pdu) -> Vec<Value> {
 }
 
 /// The servers of the room's joined members.
-fn joined_servers(cache: &RoomCache) -> std::collections::BTreeSet<String> {
+pub(super) fn joined_servers(cache: &RoomCache) -> std::collections::BTreeSet<String> {
     cache
         .state
         .iter()
@@ -1062,7 +1062,9 @@ fn remote_servers(cache: &RoomCache, pdu: &Pdu, ours: &str) -> Vec<String> {
     }
     servers.insert(pdu.sender.server_name().to_string());
     servers.remove(ours);
-    servers.into_iter().collect()
+    // Deliberately stricter than the spec, which still sends to denied
+    // servers with members in the room (spec/federation.md).
+    super::acl::allowed_destinations(cache, servers.into_iter().collect())
 }
 
 fn room_audience(cache: &RoomCache) -> Vec<String> {
