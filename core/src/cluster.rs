@@ -154,12 +154,13 @@ impl Hearth {
         changed
     }
 
-    /// Sends an EDU to every other server with members in the room.
+    /// Sends an EDU to every other server with members in the room that
+    /// the room's ACL does not deny.
     pub(crate) async fn share_with_servers(&self, room: &ruma::RoomId, edu: serde_json::Value) {
         let Some(remote) = self.remote.get() else {
             return;
         };
-        match self.room_servers(room).await {
+        match self.room_destinations(room).await {
             Ok(servers) if !servers.is_empty() => remote.send_edu(&servers, edu),
             Ok(_) => {}
             Err(e) => warn!(room = %room, "cannot tell the room's servers: {e}"),

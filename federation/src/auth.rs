@@ -61,8 +61,9 @@ async fn verify(fed: &Federation, request: Request) -> Result<Request, ApiError>
             "a request claiming to come from this server".into(),
         ));
     }
+    // A key id we do not hold yet (a rotation) has the keys fetched again.
     let keys = fed
-        .server_keys_of(xm.origin.as_str(), now_ms())
+        .server_keys_with(xm.origin.as_str(), &[xm.key.as_str()], now_ms())
         .await
         .map_err(|e| unauthorized(format!("no keys for {}: {e}", xm.origin)))?;
     let mut map = PublicKeyMap::new();

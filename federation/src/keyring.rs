@@ -1,10 +1,14 @@
 //! Other servers' signing keys: fetched from the server itself, else from
 //! trusted notaries; verified (self-signed, and notary-signed when relayed);
-//! cached until they expire.
+//! cached until they expire, or until something signed by a key id the
+//! cache lacks asks for them again. Fetches of one server are coalesced and
+//! at most one per `REFETCH_INTERVAL`, so neither the notary nor signed
+//! requests can be used to hammer a server.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use hearth_core::ids::now_ms;
@@ -19,6 +23,10 @@ use crate::{FedError, Federation};
 
 /// A key response is trusted for a week at most, whatever it claims.
 const MAX_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
+/// The least time between two fetches of one server's keys.
+const REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+/// Servers whose last fetch time is kept before the stale ones are dropped.
+const MAX_FETCH_RECORDS: usize = 10_000;
 
 /// One server's keys as it published them.
 #[derive(Debug)]
@@ -35,6 +43,16 @@ pub struct ServerKeySet {
 }
 
 impl ServerKeySet {
+    /// Whether this copy holds every key of `key_ids` (current or old) and
+    /// is valid until `min_valid_until`.
+    fn satisfies(&self, key_ids: &[&str], min_valid_until: u64) -> bool {
+        self.valid_until_ts >= min_valid_until
+            && key_ids.iter().all(|id| {
+                self.verify_keys.contains_key(*id)
+                    || self.old_verify_keys.iter().any(|(old, _, _)| old == id)
+            })
+    }
+
     /// The keys that may have signed an event sent at `ts`.
     pub fn keys_for_event(&self, ts: u64) -> PublicKeySet {
         let mut set = self.verify_keys.clone();
@@ -47,17 +65,54 @@ impl ServerKeySet {
     }
 }
 
+/// How a key lookup may go about fetching.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// From the server, else from the notaries; waits for a fetch of the
+    /// same server under way.
+    Full,
+    /// A notary's own keys, needed while another server's keys are being
+    /// fetched: from the notary itself only, and never waiting for another
+    /// fetch (two fetches each waiting for the other's notary would hang).
+    NotaryOwn,
+}
+
+/// When a server's keys were last fetched (or tried), behind the lock a
+/// fetch of them holds.
+type FetchGate = Arc<tokio::sync::Mutex<Option<Instant>>>;
+
 #[derive(Default)]
 pub struct KeyRing {
     cache: Mutex<HashMap<String, Arc<ServerKeySet>>>,
     /// This server's own keys, parsed once: they do not change while it
     /// runs, and events it signed come back in every relay.
     own: std::sync::OnceLock<Arc<ServerKeySet>>,
+    /// Per server: one fetch at a time, and when the last one was.
+    fetches: Mutex<HashMap<String, FetchGate>>,
 }
 
 impl KeyRing {
     fn cached(&self, server: &str) -> Option<Arc<ServerKeySet>> {
         self.cache.lock().ok()?.get(server).cloned()
+    }
+
+    fn gate(&self, server: &str) -> FetchGate {
+        let mut fetches = match self.fetches.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if fetches.len() >= MAX_FETCH_RECORDS {
+            // Dropped: gates nobody holds whose interval is over.
+            fetches.retain(|_, g| {
+                let recent = match g.try_lock() {
+                    Ok(at) => (*at).is_some_and(|t| t.elapsed() < REFETCH_INTERVAL),
+                    // A fetch under way.
+                    Err(_) => true,
+                };
+                recent || Arc::strong_count(g) > 1
+            });
+        }
+        fetches.entry(server.to_owned()).or_default().clone()
     }
 
     fn remember(&self, server: &str, keys: Arc<ServerKeySet>) {
@@ -87,25 +142,58 @@ impl Federation {
         server: &str,
         min_valid_until: u64,
     ) -> Result<Arc<ServerKeySet>, FedError> {
+        self.server_keys_with(server, &[], min_valid_until).await
+    }
+
+    /// `server_keys_of`, also holding each of `key_ids` when the server
+    /// has published it: a cached copy without one of them is fetched
+    /// again (at most once per `REFETCH_INTERVAL`).
+    pub(crate) async fn server_keys_with(
+        &self,
+        server: &str,
+        key_ids: &[&str],
+        min_valid_until: u64,
+    ) -> Result<Arc<ServerKeySet>, FedError> {
+        self.keys_with(server, key_ids, min_valid_until, Lookup::Full)
+            .await
+    }
+
+    async fn keys_with(
+        &self,
+        server: &str,
+        key_ids: &[&str],
+        min_valid_until: u64,
+        how: Lookup,
+    ) -> Result<Arc<ServerKeySet>, FedError> {
         if server == self.server_name().as_str() {
             return self.own_key_set();
         }
+        if let Some(k) = self.keyring.cached(server)
+            && k.satisfies(key_ids, min_valid_until)
+        {
+            return Ok(k);
+        }
+        let gate = self.keyring.gate(server);
+        let last = match how {
+            Lookup::Full => Some(gate.lock().await),
+            Lookup::NotaryOwn => gate.try_lock().ok(),
+        };
+        // Another caller may have fetched them while this one waited.
         let cached = self.keyring.cached(server);
         if let Some(k) = &cached
-            && k.valid_until_ts >= min_valid_until
+            && k.satisfies(key_ids, min_valid_until)
         {
             return Ok(k.clone());
         }
-        let fetched = match self.fetch_keys_directly(server).await {
-            Ok(k) => Ok(k),
-            Err(direct) => {
-                tracing::info!(%server, error = %direct, "keys not fetched directly; asking notaries");
-                self.fetch_keys_from_notaries(server)
-                    .await
-                    .map_err(|_| direct)
+        let mut last = match last {
+            Some(l) if (*l).is_none_or(|at| at.elapsed() >= REFETCH_INTERVAL) => l,
+            _ => {
+                tracing::debug!(%server, "keys being fetched or fetched moments ago; not asking again yet");
+                return cached.ok_or_else(|| FedError::NoKeys(server.to_owned()));
             }
         };
-        match fetched {
+        *last = Some(Instant::now());
+        match self.fetch_keys(server, how).await {
             Ok(k) => {
                 let k = Arc::new(k);
                 self.keyring.remember(server, k.clone());
@@ -113,11 +201,26 @@ impl Federation {
             }
             Err(e) => match cached {
                 Some(stale) => {
-                    tracing::warn!(%server, error = %e, "using cached keys past their validity");
+                    tracing::warn!(%server, error = %e, "no fresh keys; using the cached ones");
                     Ok(stale)
                 }
                 None => Err(e),
             },
+        }
+    }
+
+    /// A fresh copy of `server`'s keys: from the server, else (for a full
+    /// lookup) from the notaries.
+    async fn fetch_keys(&self, server: &str, how: Lookup) -> Result<ServerKeySet, FedError> {
+        match self.fetch_keys_directly(server).await {
+            Ok(k) => Ok(k),
+            Err(direct) if how == Lookup::Full => {
+                tracing::info!(%server, error = %direct, "keys not fetched directly; asking notaries");
+                self.fetch_keys_from_notaries(server)
+                    .await
+                    .map_err(|_| direct)
+            }
+            Err(direct) => Err(direct),
         }
     }
 
@@ -135,7 +238,8 @@ impl Federation {
                 continue;
             }
             let attempt = async {
-                let notary_keys = Box::pin(self.server_keys_of(notary, now_ms())).await?;
+                let notary_keys =
+                    Box::pin(self.keys_with(notary, &[], now_ms(), Lookup::NotaryOwn)).await?;
                 let body = json!({"server_keys": {server: {}}});
                 let v = self
                     .request_unsigned(

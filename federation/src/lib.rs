@@ -3,6 +3,7 @@
 //! X-Matrix request signatures, discovery of other servers, and the signed
 //! client that reaches them. Served over TLS on its own listener.
 
+mod acl;
 mod auth;
 mod backfill;
 mod client;

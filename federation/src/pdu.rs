@@ -73,7 +73,18 @@ impl Federation {
             .map_err(|e| FedError::Remote(format!("{event_id}: {e}")))?;
         let mut keys = PublicKeyMap::new();
         for server in servers {
-            let set = self.server_keys_of(server.as_str(), 0).await?;
+            // The key ids it signed with: one we lack has its keys fetched
+            // again.
+            let key_ids: Vec<&str> = match obj.get("signatures") {
+                Some(CanonicalJsonValue::Object(sigs)) => match sigs.get(server.as_str()) {
+                    Some(CanonicalJsonValue::Object(by_key)) => {
+                        by_key.keys().map(String::as_str).collect()
+                    }
+                    _ => vec![],
+                },
+                _ => vec![],
+            };
+            let set = self.server_keys_with(server.as_str(), &key_ids, 0).await?;
             keys.insert(server.to_string(), set.keys_for_event(sent_at));
         }
         let obj = match verify_event(&keys, &obj, &rules)

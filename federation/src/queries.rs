@@ -90,6 +90,9 @@ pub(crate) async fn event(
         .get_event(&event_id)
         .await?
         .ok_or_else(|| Error::not_found("Event not found"))?;
+    fed.hearth
+        .check_server_acl(&ev.pdu.room_id, &origin)
+        .await?;
     crate::history::require_reader(&fed, &ev.pdu.room_id, &origin).await?;
     Ok(Json(json!({
         "origin": fed.server_name(),

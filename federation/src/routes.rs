@@ -12,7 +12,7 @@ use axum::{
 use hearth_client_api::error::ApiError;
 use serde_json::{Value, json};
 
-use crate::{Federation, auth, e2ee, history, membership, queries, server_keys, transactions};
+use crate::{Federation, acl, auth, e2ee, history, membership, queries, server_keys, transactions};
 
 pub fn router(fed: Arc<Federation>) -> Router {
     let signed = Router::new()
@@ -86,6 +86,8 @@ pub fn router(fed: Arc<Federation>) -> Router {
             "/_matrix/federation/v1/user/devices/{user_id}",
             get(e2ee::devices),
         )
+        // Layers run outside in: the signature first, then the room's ACL.
+        .route_layer(from_fn_with_state(fed.clone(), acl::require_room_access))
         .route_layer(from_fn_with_state(fed.clone(), auth::require_signature));
     Router::new()
         .route("/_matrix/federation/v1/version", get(version))

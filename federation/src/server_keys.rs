@@ -56,8 +56,15 @@ impl Federation {
         }
     }
 
-    /// `server`'s keys as a notary relays them (its response, our signature).
-    async fn notarised(&self, server: &str, min_valid_until: u64) -> Option<Value> {
+    /// `server`'s keys as a notary relays them (its response, our signature):
+    /// fetched again when the cached copy lacks one of `key_ids` or expires
+    /// before `min_valid_until`.
+    async fn notarised(
+        &self,
+        server: &str,
+        key_ids: &[&str],
+        min_valid_until: u64,
+    ) -> Option<Value> {
         if ServerName::parse(server).is_err() {
             return None;
         }
@@ -65,7 +72,10 @@ impl Federation {
             // Freshly signed, with a validity counted from now.
             return Some(CanonicalJsonValue::Object(self.own_keys()).into());
         }
-        match self.server_keys_of(server, min_valid_until).await {
+        match self
+            .server_keys_with(server, key_ids, min_valid_until)
+            .await
+        {
             Ok(keys) => {
                 let mut obj = keys.raw.clone();
                 self.sign(&mut obj);
@@ -102,7 +112,7 @@ pub(crate) async fn query_one(
     Query(q): Query<MinValid>,
 ) -> Json<Value> {
     let min = q.minimum_valid_until_ts.unwrap_or_else(now_ms);
-    let keys: Vec<Value> = fed.notarised(&server, min).await.into_iter().collect();
+    let keys: Vec<Value> = fed.notarised(&server, &[], min).await.into_iter().collect();
     Json(json!({"server_keys": keys}))
 }
 
@@ -134,7 +144,8 @@ pub(crate) async fn query_batch(
             .filter_map(|c| c.minimum_valid_until_ts)
             .max()
             .unwrap_or_else(now_ms);
-        out.extend(fed.notarised(&server, min).await);
+        let key_ids: Vec<&str> = keys.keys().map(String::as_str).collect();
+        out.extend(fed.notarised(&server, &key_ids, min).await);
     }
     Ok(Json(json!({"server_keys": out})))
 }

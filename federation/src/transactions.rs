@@ -224,15 +224,19 @@ impl Federation {
                 Err(FedError::Remote(format!("{room} is not known here"))),
             );
         };
+        let claimed_id = || {
+            pdu_object(json)
+                .and_then(|o| crate::pdu::event_id_of(&o, &version))
+                .map(|id| id.to_string())
+                .unwrap_or_else(|_| "unknown".into())
+        };
+        // The spec's per-PDU ACL: ignored, with the error in its result.
+        if let Err(e) = self.check_origin_acl(origin, &room).await {
+            return (claimed_id(), Err(e.into()));
+        }
         let pdu = match self.check_pdu(json, &version).await {
             Ok(pdu) => pdu,
-            Err(e) => {
-                let id = pdu_object(json)
-                    .and_then(|o| crate::pdu::event_id_of(&o, &version))
-                    .map(|id| id.to_string())
-                    .unwrap_or_else(|_| "unknown".into());
-                return (id, Err(e));
-            }
+            Err(e) => return (claimed_id(), Err(e)),
         };
         let id = pdu.event_id.to_string();
         let outcome = async {
@@ -483,7 +487,9 @@ impl Federation {
                     ) else {
                         continue;
                     };
-                    if !self.member_from(origin, &room, user).await {
+                    if !self.acl_allows(origin, &room).await
+                        || !self.member_from(origin, &room, user).await
+                    {
                         continue;
                     }
                     let typing = content["typing"].as_bool().unwrap_or(false);
@@ -495,6 +501,10 @@ impl Federation {
                         let Ok(room) = RoomId::parse(room) else {
                             continue;
                         };
+                        // All of a room's receipts go when the ACL denies.
+                        if !self.acl_allows(origin, &room).await {
+                            continue;
+                        }
                         for (user, receipt) in kinds["m.read"].as_object().into_iter().flatten() {
                             if !self.member_from(origin, &room, user).await {
                                 continue;
@@ -514,6 +524,25 @@ impl Federation {
                     kind @ ("m.direct_to_device" | "m.device_list_update" | "m.signing_key_update"),
                 ) => self.receive_e2ee_edu(origin, kind, content).await,
                 other => tracing::debug!(%origin, edu = ?other, "EDU not handled"),
+            }
+        }
+    }
+
+    /// Fails with `Forbidden` when the room's ACL denies `origin`.
+    async fn check_origin_acl(&self, origin: &str, room: &RoomId) -> Result<(), Error> {
+        let server = ruma::ServerName::parse(origin)
+            .map_err(|_| Error::Forbidden(format!("{origin} is not a server name")))?;
+        self.hearth.check_server_acl(room, &server).await
+    }
+
+    /// Whether a room-scoped EDU of `origin`'s is to be taken (the spec's
+    /// ACL rule for EDUs); a room that cannot be read says no.
+    async fn acl_allows(&self, origin: &str, room: &RoomId) -> bool {
+        match self.check_origin_acl(origin, room).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(%origin, room = %room, error = %e, "EDU dropped");
+                false
             }
         }
     }

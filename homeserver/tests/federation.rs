@@ -981,6 +981,32 @@ impl EvilServer {
         }
     }
 
+    /// Every PDU and EDU a.test has sent it so far.
+    fn received(&self) -> (Vec<Value>, Vec<Value>) {
+        let txns = self.received.lock().expect("received").clone();
+        let all = |field: &str| {
+            txns.iter()
+                .flat_map(|t| t[field].as_array().cloned().unwrap_or_default())
+                .collect::<Vec<_>>()
+        };
+        (all("pdus"), all("edus"))
+    }
+
+    /// Waits until a.test has sent it the event `id`.
+    async fn wait_for_pdu(&self, id: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ids_of(&Value::Array(self.received().0))
+            .iter()
+            .any(|p| p == id)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{id} never reached evil.test"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A request to `to` signed by evil.test; (status, body).
     async fn request(
         &self,
@@ -990,34 +1016,7 @@ impl EvilServer {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let (http, base) = direct(&world.ca, to);
-        let bytes = body
-            .as_ref()
-            .map(|b| serde_json::to_vec(b).expect("json"))
-            .unwrap_or_default();
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .body(bytes.clone())
-            .expect("request");
-        let auth = XMatrix::sign_http_request(
-            &req,
-            XMatrixSigningInput::new(
-                "evil.test".try_into().expect("origin"),
-                to.name.as_str().try_into().expect("destination"),
-                &self.key,
-            ),
-        )
-        .expect("sign");
-        let mut r = http
-            .request(method.parse().expect("method"), format!("{base}{path}"))
-            .header("Authorization", auth.to_string());
-        if body.is_some() {
-            r = r.header("Content-Type", "application/json").body(bytes);
-        }
-        let resp = r.send().await.expect("request to a.test");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        signed_request(&world.ca, to, ("evil.test", &self.key), method, path, body).await
     }
 
     async fn get(&self, world: &World, to: &Fed, path: &str) -> (u16, Value) {
@@ -2394,4 +2393,522 @@ async fn every_public_read_receipt_reaches_the_rooms_other_servers() {
         })
         .unwrap_or_else(|| panic!("no receipt of eve's: {receipts:?}"));
     assert_eq!(eves["thread_id"], "main", "{eves}");
+}
+
+/// What `c` sees of a room's ephemeral events now: who is typing, and the
+/// users with a read receipt on each event.
+async fn ephemeral(c: &Client, room: &str) -> (Vec<String>, Value) {
+    let (s, body) = c.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert_eq!(s, 200, "{body}");
+    let events = body["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let typing = events
+        .iter()
+        .filter(|e| e["type"] == "m.typing")
+        .flat_map(|e| {
+            e["content"]["user_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect();
+    let mut receipts = serde_json::Map::new();
+    for e in events.iter().filter(|e| e["type"] == "m.receipt") {
+        for (event, kinds) in e["content"].as_object().into_iter().flatten() {
+            receipts.insert(event.clone(), kinds["m.read"].clone());
+        }
+    }
+    (typing, Value::Object(receipts))
+}
+
+/// An `m.typing` and an `m.receipt` EDU of eve's, as evil.test sends them.
+fn eve_edus(room: &str, typing: bool, read: &str) -> Value {
+    json!([
+        {"edu_type": "m.typing",
+         "content": {"room_id": room, "user_id": "@eve:evil.test", "typing": typing}},
+        {"edu_type": "m.receipt",
+         "content": {room: {"m.read": {"@eve:evil.test":
+             {"event_ids": [read], "data": {"ts": now_ms()}}}}}},
+    ])
+}
+
+#[tokio::test]
+async fn a_server_the_room_acl_denies_is_refused_and_sent_nothing() {
+    let world = World::start().await;
+    let a = &world.servers[0];
+    let evil = EvilServer::start(&world).await;
+    let room = a
+        .user
+        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+        .await;
+    let (join, join_id, joined) = evil.membership(&world, a, &room, "join").await;
+    let first = a.user.send_text(&room, "m1", "before the ACL").await;
+    evil.wait_for_pdu(&first).await;
+
+    // Before the ACL evil.test's EDUs count: eve types and reads.
+    let (s, body) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/e1",
+            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(),
+                        "pdus": [], "edus": eve_edus(&room, true, &first)})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (typing, receipts) = ephemeral(&a.user, &room).await;
+    assert!(typing.iter().any(|u| u == "@eve:evil.test"), "{typing:?}");
+    assert!(
+        receipts[&first].get("@eve:evil.test").is_some(),
+        "{receipts}"
+    );
+    let stop = json!([{"edu_type": "m.typing",
+        "content": {"room_id": room, "user_id": "@eve:evil.test", "typing": false}}]);
+    let (s, body) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/e2",
+            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(),
+                        "pdus": [], "edus": stop})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+
+    // The room now denies evil.test (eve is still joined).
+    let (s, body) = a
+        .user
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.server_acl/",
+                enc(&room)
+            ),
+            json!({"allow": ["*"], "deny": ["evil.*"], "allow_ip_literals": false}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let acl_id = body["event_id"].as_str().expect("event_id").to_owned();
+
+    // Every room-scoped request of evil.test: 403 M_FORBIDDEN.
+    let r = enc(&room);
+    let eve = enc("@eve:evil.test");
+    let first_enc = enc(&first);
+    let refused: Vec<(&str, String, Option<Value>)> = vec![
+        (
+            "GET",
+            format!("/_matrix/federation/v1/make_join/{r}/{eve}?ver=12"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/make_leave/{r}/{eve}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/make_knock/{r}/{eve}?ver=12"),
+            None,
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/send_join/{r}/{first_enc}"),
+            Some(json!({})),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/send_leave/{r}/{first_enc}"),
+            Some(json!({})),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v1/send_knock/{r}/{first_enc}"),
+            Some(json!({})),
+        ),
+        (
+            "PUT",
+            format!("/_matrix/federation/v2/invite/{r}/{first_enc}"),
+            Some(json!({})),
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/state/{r}?event_id={first_enc}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/state_ids/{r}?event_id={first_enc}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/backfill/{r}?v={first_enc}&limit=5"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/event/{first_enc}"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/_matrix/federation/v1/get_missing_events/{r}"),
+            Some(json!({"earliest_events": [], "latest_events": [first], "limit": 5})),
+        ),
+    ];
+    for (method, path, body) in refused {
+        let (s, answer) = evil.request(&world, a, method, &path, body).await;
+        assert_eq!(
+            (s, answer["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{method} {path}: {answer}"
+        );
+    }
+
+    // Its PDU is refused (the transaction itself answered), its EDUs dropped.
+    let power = joined["state"]
+        .as_array()
+        .expect("state")
+        .iter()
+        .find(|e| e["type"] == "m.room.power_levels")
+        .map(|e| ids_of(&json!([e]))[0].clone())
+        .expect("power levels in the state");
+    let mut message = object(&json!({
+        "room_id": room,
+        "sender": "@eve:evil.test",
+        "type": "m.room.message",
+        "content": {"msgtype": "m.text", "body": "eve despite the ACL"},
+        "prev_events": [join_id],
+        "auth_events": [power, join_id],
+        "depth": join["depth"].as_integer().map(i64::from).expect("depth") + 1,
+        "origin_server_ts": now_ms(),
+    }));
+    let message_id = EvilServer::sign_event(&mut message, "evil.test", &evil.key);
+    let (s, answer) = evil
+        .request(
+            &world,
+            a,
+            "PUT",
+            "/_matrix/federation/v1/send/e3",
+            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(),
+                        "pdus": [CanonicalJsonValue::Object(message)],
+                        "edus": eve_edus(&room, true, &acl_id)})),
+        )
+        .await;
+    assert_eq!(s, 200, "{answer}");
+    assert!(answer["pdus"][&message_id]["error"].is_string(), "{answer}");
+    let (s, page) = a
+        .user
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(s, 200, "{page}");
+    assert!(
+        page["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .all(|e| e["event_id"] != message_id.as_str()),
+        "stored: {page}"
+    );
+    let (typing, receipts) = ephemeral(&a.user, &room).await;
+    assert!(typing.iter().all(|u| u != "@eve:evil.test"), "{typing:?}");
+    assert!(receipts.get(&acl_id).is_none(), "{receipts}");
+
+    // And a.test sends it nothing more of the room: the ACL event itself
+    // was the last (it was addressed before it took effect).
+    evil.wait_for_pdu(&acl_id).await;
+    let after = a.user.send_text(&room, "m2", "after the ACL").await;
+    let (s, body) = a
+        .user
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&a.user_id)
+            ),
+            json!({"typing": true, "timeout": 20000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (pdus, edus) = evil.received();
+    assert!(
+        !ids_of(&Value::Array(pdus)).contains(&after),
+        "{after} sent to a denied server"
+    );
+    assert!(
+        edus.iter().all(|e| e["edu_type"] != "m.typing"),
+        "typing sent to a denied server: {edus:?}"
+    );
+}
+
+/// A request to `to` signed as `origin` with `key`; (status, body).
+async fn signed_request(
+    ca: &TestCa,
+    to: &Fed,
+    (origin, key): (&str, &Ed25519KeyPair),
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let (http, base) = direct(ca, to);
+    let bytes = body
+        .as_ref()
+        .map(|b| serde_json::to_vec(b).expect("json"))
+        .unwrap_or_default();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .body(bytes.clone())
+        .expect("request");
+    let auth = XMatrix::sign_http_request(
+        &req,
+        XMatrixSigningInput::new(
+            origin.try_into().expect("origin"),
+            to.name.as_str().try_into().expect("destination"),
+            key,
+        ),
+    )
+    .expect("sign");
+    let mut r = http
+        .request(method.parse().expect("method"), format!("{base}{path}"))
+        .header("Authorization", auth.to_string());
+    if body.is_some() {
+        r = r.header("Content-Type", "application/json").body(bytes);
+    }
+    let resp = r.send().await.expect("signed request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The keys `keys.test` (played by the test) publishes now: its current
+/// key, the keys it had before, and how long the response is valid.
+struct Published {
+    key: Arc<Ed25519KeyPair>,
+    old: Vec<(String, String)>,
+    valid_until_ts: u64,
+}
+
+/// `keys.test`: publishes a signing key the test rotates at will, and
+/// counts how often it is asked for it.
+struct KeyOrigin {
+    published: Arc<std::sync::Mutex<Published>>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+    handle: axum_server::Handle<SocketAddr>,
+}
+
+fn new_key(id: &str) -> Arc<Ed25519KeyPair> {
+    Arc::new(Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), id.into()).expect("key"))
+}
+
+fn public_b64(key: &Ed25519KeyPair) -> String {
+    Base64::<ruma::serde::base64::Standard>::new(key.public_key().to_vec()).encode()
+}
+
+impl KeyOrigin {
+    async fn start(ca: &TestCa, at: SocketAddr, key: Arc<Ed25519KeyPair>, valid_for: u64) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let published = Arc::new(std::sync::Mutex::new(Published {
+            key,
+            old: vec![],
+            valid_until_ts: now_ms() + valid_for,
+        }));
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = axum::Router::new().route(
+            "/_matrix/key/v2/server",
+            axum::routing::get({
+                let (published, asked) = (published.clone(), asked.clone());
+                move || {
+                    asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let p = published.lock().expect("published");
+                    let old: serde_json::Map<String, Value> = p
+                        .old
+                        .iter()
+                        .map(|(id, k)| (id.clone(), json!({"key": k, "expired_ts": now_ms()})))
+                        .collect();
+                    let mut keys = object(&json!({
+                        "server_name": "keys.test",
+                        "valid_until_ts": p.valid_until_ts,
+                        "verify_keys": {format!("ed25519:{}", p.key.version()): {"key": public_b64(&p.key)}},
+                        "old_verify_keys": old,
+                    }));
+                    ruma::signatures::sign_json("keys.test", &*p.key, &mut keys).expect("sign");
+                    let body = Value::from(CanonicalJsonValue::Object(keys));
+                    async move { axum::Json(body) }
+                }
+            }),
+        );
+        let (cert, key_file) = ca.issue("keys", &["keys.test"]);
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key_file)
+            .await
+            .expect("keys tls");
+        let handle = axum_server::Handle::new();
+        let server = axum_server::bind_rustls(at, tls).handle(handle.clone());
+        tokio::spawn(server.serve(app.into_make_service()));
+        handle.listening().await.expect("keys.test listening");
+        KeyOrigin {
+            published,
+            asked,
+            handle,
+        }
+    }
+
+    /// Signs with `key` from now on; the previous key is published as old.
+    fn rotate(&self, key: Arc<Ed25519KeyPair>, valid_for: u64) {
+        let mut p = self.published.lock().expect("published");
+        let old_id = format!("ed25519:{}", p.key.version());
+        let old_key = public_b64(&p.key);
+        p.old.push((old_id, old_key));
+        p.key = key;
+        p.valid_until_ts = now_ms() + valid_for;
+    }
+
+    fn extend(&self, valid_for: u64) {
+        self.published.lock().expect("published").valid_until_ts = now_ms() + valid_for;
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for KeyOrigin {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
+/// What the notary `n` relays of keys.test for a POST query naming
+/// `key_ids`: (its verify key ids, its valid_until_ts).
+async fn notary_post(ca: &TestCa, n: &Fed, key_ids: &[&str]) -> (Vec<String>, u64) {
+    let criteria: serde_json::Map<String, Value> = key_ids
+        .iter()
+        .map(|id| (id.to_string(), json!({})))
+        .collect();
+    let (http, base) = direct(ca, n);
+    let resp = http
+        .post(format!("{base}/_matrix/key/v2/query"))
+        .json(&json!({"server_keys": {"keys.test": criteria}}))
+        .send()
+        .await
+        .expect("notary query");
+    assert_eq!(resp.status(), 200);
+    relayed(resp.json().await.expect("json"))
+}
+
+fn relayed(answer: Value) -> (Vec<String>, u64) {
+    let keys = &answer["server_keys"][0];
+    let ids = keys["verify_keys"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no keys relayed: {answer}"))
+        .keys()
+        .cloned()
+        .collect();
+    (
+        ids,
+        keys["valid_until_ts"].as_u64().expect("valid_until_ts"),
+    )
+}
+
+#[tokio::test]
+async fn the_notary_and_signed_requests_refetch_keys_they_lack_at_most_every_five_seconds() {
+    let [ip_n, ip_k, ..] = loopback_block();
+    let dns = TestDns::start(&[("keys.test", ip_k)], &[]).await;
+    let ca = TestCa::new();
+    let n = start_fed(
+        "n.test",
+        SocketAddr::new(ip_n.into(), free_port(ip_n)),
+        ca.issue("n", &["n.test"]),
+        &ca.ca_file(),
+        dns.addr,
+        &[],
+    )
+    .await;
+    let hour = 3_600_000;
+    let origin =
+        KeyOrigin::start(&ca, SocketAddr::new(ip_k.into(), 8448), new_key("k1"), hour).await;
+
+    // The first query fetches and caches k1.
+    let (ids, _) = notary_post(&ca, &n, &[]).await;
+    assert_eq!(ids, ["ed25519:k1"]);
+    assert_eq!(origin.asked(), 1);
+
+    // keys.test rotates to k2: asked for k2, the notary fetches again
+    // (once five seconds have passed since the last fetch).
+    origin.rotate(new_key("k2"), hour);
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    let (ids, _) = notary_post(&ca, &n, &["ed25519:k2"]).await;
+    assert_eq!(ids, ["ed25519:k2"], "the notary relayed its stale copy");
+    assert_eq!(origin.asked(), 2);
+    // A key id nobody published, asked for again and again: keys.test is
+    // not asked again within five seconds.
+    for _ in 0..3 {
+        let (ids, _) = notary_post(&ca, &n, &["ed25519:nope"]).await;
+        assert_eq!(ids, ["ed25519:k2"]);
+    }
+    assert_eq!(origin.asked(), 2, "keys.test asked again within 5 s");
+
+    // keys.test rotates to k3 and signs a request with it: n.test fetches
+    // its keys again and takes the request.
+    let k3 = new_key("k3");
+    origin.rotate(k3.clone(), hour);
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    let (s, body) = signed_request(
+        &ca,
+        &n,
+        ("keys.test", &k3),
+        "GET",
+        &format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            enc("@user:n.test")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "a request signed by the new key refused: {body}");
+    assert_eq!(origin.asked(), 3);
+
+    // Cached until an hour from now; a query wanting two hours has it
+    // fetched again, now valid for three.
+    origin.extend(3 * hour);
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    let (http, base) = direct(&ca, &n);
+    let wanted = now_ms() + 2 * hour;
+    let resp = http
+        .get(format!(
+            "{base}/_matrix/key/v2/query/keys.test?minimum_valid_until_ts={wanted}"
+        ))
+        .send()
+        .await
+        .expect("notary query");
+    assert_eq!(resp.status(), 200);
+    let (ids, valid_until) = relayed(resp.json().await.expect("json"));
+    assert_eq!(ids, ["ed25519:k3"]);
+    assert!(
+        valid_until >= wanted,
+        "stale validity {valid_until} < {wanted}"
+    );
+    assert_eq!(origin.asked(), 4);
+    // Wanting more than keys.test gives does not have it asked again and
+    // again: the freshest copy is relayed.
+    for _ in 0..3 {
+        let resp = http
+            .get(format!(
+                "{base}/_matrix/key/v2/query/keys.test?minimum_valid_until_ts={}",
+                now_ms() + 10 * hour
+            ))
+            .send()
+            .await
+            .expect("notary query");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(relayed(resp.json().await.expect("json")).0, ["ed25519:k3"]);
+    }
+    assert_eq!(origin.asked(), 4, "keys.test asked again within 5 s");
 }

@@ -8,6 +8,7 @@
 //! the same group commit; an event the store refuses takes the events built on
 //! it down with it, and those are rebuilt (`EventToPersist::generation`).
 
+pub mod acl;
 mod create;
 mod forks;
 mod gaps;

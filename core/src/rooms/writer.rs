@@ -1004,7 +1004,6 @@ pub(crate) fn invite_room_state(cache: &RoomCache, invite: &Pdu) -> Vec<Value> {
         .collect()
 }
 
-/// The servers of the room's joined members.
 /// The room's rules applied to `pdu` with its auth events (by id, every one
 /// of `pdu.auth_events` among them).
 pub(crate) fn check_auth_events(
@@ -1030,7 +1029,8 @@ pub(crate) fn check_auth_events(
     .map_err(|e| Error::Forbidden(format!("Event not allowed by its auth events: {e}")))
 }
 
-fn joined_servers(cache: &RoomCache) -> std::collections::BTreeSet<String> {
+/// The servers of the room's joined members.
+pub(super) fn joined_servers(cache: &RoomCache) -> std::collections::BTreeSet<String> {
     cache
         .state
         .iter()
@@ -1052,7 +1052,9 @@ fn remote_servers(cache: &RoomCache, pdu: &Pdu, ours: &str) -> Vec<String> {
     }
     servers.insert(pdu.sender.server_name().to_string());
     servers.remove(ours);
-    servers.into_iter().collect()
+    // Deliberately stricter than the spec, which still sends to denied
+    // servers with members in the room (spec/federation.md).
+    super::acl::allowed_destinations(cache, servers.into_iter().collect())
 }
 
 fn room_audience(cache: &RoomCache) -> Vec<String> {
