@@ -77,7 +77,8 @@ impl Hearth {
         if frontier.is_empty() {
             return Ok(0);
         }
-        let servers = self.room_servers(room).await?;
+        // Not a server the room's ACL shuts out.
+        let servers = self.room_destinations(room).await?;
         if servers.is_empty() {
             return Ok(0);
         }
