@@ -148,7 +148,7 @@ wait_up() {
     sleep 0.1
   done
   echo "$1 did not come up" >&2
-  tail -30 "$data"/*.log >&2 || true
+  tail -n 30 "$data"/*.log >&2 || true
   exit 1
 }
 
@@ -157,7 +157,7 @@ for mode in sqlite postgres sharded cluster; do
 
   step "conformance suite against Hearth, $mode ($url)"
   if ! "$root/target/debug/conformance" --hs "$url"; then
-    tail -50 "$data"/*.log >&2
+    tail -n 50 "$data"/*.log >&2
     exit 1
   fi
 

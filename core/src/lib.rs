@@ -38,7 +38,6 @@ use crate::{
     ratelimit::{Action, RateLimiter},
     rooms::Rooms,
     store::Store,
-    uia::UiaSessions,
     unread::UnreadCache,
 };
 
@@ -51,7 +50,6 @@ pub struct Hearth {
     pub typing: Typing,
     pub presence: Presence,
     pub rooms: Rooms,
-    pub uia: UiaSessions,
     pub ratelimiter: RateLimiter,
     pub unread: UnreadCache,
     /// End-to-end encryption bookkeeping between syncs.
@@ -189,7 +187,6 @@ impl Hearth {
             typing: Typing::default(),
             presence: Presence::new(presence_times),
             rooms: Rooms::default(),
-            uia: UiaSessions::default(),
             ratelimiter: RateLimiter::default(),
             unread: UnreadCache::default(),
             e2ee: e2ee::E2eeState::default(),

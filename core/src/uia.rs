@@ -4,19 +4,14 @@
 //! authorizes that request and no other, so a password given to delete one
 //! device cannot be replayed to delete another.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
-
 use ruma::{CanonicalJsonValue, OwnedUserId, UserId};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Hearth, Result, ids::random_string};
 
-const SESSION_TTL: Duration = Duration::from_secs(15 * 60);
+/// A session expires 15 minutes after its last step.
+const SESSION_TTL_MS: i64 = 15 * 60 * 1000;
 
 /// The wording Synapse uses for the same refusal, so clients see one message.
 const OPERATION_CHANGED: &str =
@@ -41,7 +36,7 @@ pub struct UiaRequest {
 impl UiaRequest {
     /// A digest of the operation: what a session remembers instead of the
     /// body itself, which may hold a new password.
-    fn binding(&self) -> [u8; 32] {
+    fn binding(&self) -> String {
         let mut h = Sha256::new();
         for part in [
             self.method.as_str(),
@@ -58,7 +53,7 @@ impl UiaRequest {
                 .unwrap_or_else(|_| body.to_string());
             h.update(text.as_bytes());
         }
-        h.finalize().into()
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -67,18 +62,6 @@ pub fn unversioned_path(path: &str) -> &str {
     path.strip_prefix("/_matrix/client/")
         .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
         .unwrap_or(path)
-}
-
-struct Session {
-    /// Last step; a session expires 15 minutes after it.
-    touched: Instant,
-    completed: Vec<String>,
-    binding: [u8; 32],
-}
-
-#[derive(Default)]
-pub struct UiaSessions {
-    sessions: Mutex<HashMap<String, Session>>,
 }
 
 /// The 401 body a client needs to continue.
@@ -97,34 +80,31 @@ pub enum UiaOutcome {
     Challenge(UiaChallenge),
 }
 
-impl UiaSessions {
-    /// The stages `session` has completed, and the operation it is bound to.
-    fn get(&self, session: &str) -> Option<(Vec<String>, [u8; 32])> {
-        let mut g = self.sessions.lock().ok()?;
-        g.retain(|_, s| s.touched.elapsed() < SESSION_TTL);
-        g.get(session).map(|s| (s.completed.clone(), s.binding))
+impl Hearth {
+    /// The operation `session` is bound to and the stages it completed;
+    /// `None` for an unknown or expired session.
+    async fn uia_session(&self, session: &str) -> Result<Option<(String, Vec<String>)>> {
+        self.store
+            .uia_session(session, now_ms() - SESSION_TTL_MS)
+            .await
     }
 
-    /// Records the completed stages. Callers have checked that an existing
-    /// session is bound to `binding`.
-    fn set(&self, session: &str, completed: Vec<String>, binding: [u8; 32]) {
-        if let Ok(mut g) = self.sessions.lock() {
-            g.insert(
-                session.to_owned(),
-                Session {
-                    touched: Instant::now(),
-                    completed,
-                    binding,
-                },
-            );
-        }
+    /// Records the completed stages (the session is touched). Callers have
+    /// checked that an existing session is bound to `binding`.
+    async fn save_uia_session(
+        &self,
+        session: &str,
+        completed: &[String],
+        binding: &str,
+    ) -> Result<()> {
+        self.store
+            .put_uia_session(session, binding, completed, now_ms() - SESSION_TTL_MS)
+            .await
     }
+}
 
-    fn remove(&self, session: &str) {
-        if let Ok(mut g) = self.sessions.lock() {
-            g.remove(session);
-        }
-    }
+fn now_ms() -> i64 {
+    crate::ids::now_ms() as i64
 }
 
 impl Hearth {
@@ -155,15 +135,19 @@ impl Hearth {
         let binding = request.binding();
         let Some(auth) = auth else {
             let session = random_string(24);
-            self.uia.set(&session, vec![], binding);
+            self.save_uia_session(&session, &[], &binding).await?;
             return Ok(challenge(session, vec![], None));
         };
         let session = auth
             .get("session")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let mut completed = match session.as_deref().and_then(|s| self.uia.get(s)) {
-            Some((_, bound)) if bound != binding => {
+        let known = match session.as_deref() {
+            Some(s) => self.uia_session(s).await?,
+            None => None,
+        };
+        let mut completed = match known {
+            Some((bound, _)) if bound != binding => {
                 tracing::warn!(
                     method = %request.method,
                     path = %request.path,
@@ -171,12 +155,13 @@ impl Hearth {
                 );
                 return Err(Error::forbidden(OPERATION_CHANGED));
             }
-            Some((completed, _)) => completed,
+            Some((_, completed)) => completed,
             None => vec![],
         };
         let session = session.unwrap_or_else(|| random_string(24));
         let Some(stage) = auth.get("type").and_then(Value::as_str) else {
-            self.uia.set(&session, completed.clone(), binding);
+            self.save_uia_session(&session, &completed, &binding)
+                .await?;
             return Ok(challenge(session, completed, None));
         };
         if !flows.iter().any(|f| f.contains(&stage)) {
@@ -189,7 +174,8 @@ impl Hearth {
                 }
             }
             Err(e) => {
-                self.uia.set(&session, completed.clone(), binding);
+                self.save_uia_session(&session, &completed, &binding)
+                    .await?;
                 let code = match e {
                     Error::Forbidden(_) | Error::UserDeactivated(_) => "M_FORBIDDEN",
                     _ => "M_UNKNOWN",
@@ -205,10 +191,11 @@ impl Hearth {
             .iter()
             .any(|f| f.iter().all(|s| completed.iter().any(|c| c == s)))
         {
-            self.uia.remove(&session);
+            self.store.delete_uia_session(&session).await?;
             return Ok(UiaOutcome::Done);
         }
-        self.uia.set(&session, completed.clone(), binding);
+        self.save_uia_session(&session, &completed, &binding)
+            .await?;
         Ok(challenge(session, completed, None))
     }
 

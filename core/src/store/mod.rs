@@ -223,6 +223,23 @@ pub trait AccountStore: Send + Sync {
     ) -> Result<()>;
 
     async fn save_filter(&self, user_id: &str, filter: &Value) -> Result<String>;
+    /// A UIA session touched at or after `since_ms`: its binding and the
+    /// stages it completed.
+    async fn uia_session(
+        &self,
+        session: &str,
+        since_ms: i64,
+    ) -> Result<Option<(String, Vec<String>)>>;
+    /// Creates or updates a UIA session (touched now); sessions not touched
+    /// since `expire_before_ms` are dropped.
+    async fn put_uia_session(
+        &self,
+        session: &str,
+        binding: &str,
+        completed: &[String],
+        expire_before_ms: i64,
+    ) -> Result<()>;
+    async fn delete_uia_session(&self, session: &str) -> Result<()>;
     async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>>;
 }
 

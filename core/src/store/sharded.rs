@@ -190,6 +190,27 @@ impl AccountStore for ShardedStore {
     async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>> {
         self.main.get_filter(user_id, filter_id).await
     }
+    async fn uia_session(
+        &self,
+        session: &str,
+        since_ms: i64,
+    ) -> Result<Option<(String, Vec<String>)>> {
+        self.main.uia_session(session, since_ms).await
+    }
+    async fn put_uia_session(
+        &self,
+        session: &str,
+        binding: &str,
+        completed: &[String],
+        expire_before_ms: i64,
+    ) -> Result<()> {
+        self.main
+            .put_uia_session(session, binding, completed, expire_before_ms)
+            .await
+    }
+    async fn delete_uia_session(&self, session: &str) -> Result<()> {
+        self.main.delete_uia_session(session).await
+    }
 }
 
 #[async_trait]

@@ -331,6 +331,57 @@ macro_rules! impl_account_store {
                 Ok(id.to_string())
             }
 
+            async fn uia_session(
+                &self,
+                session: &str,
+                since_ms: i64,
+            ) -> Result<Option<(String, Vec<String>)>> {
+                let row: Option<(String, String)> = sqlx::query_as(
+                    "SELECT binding, completed FROM uia_sessions WHERE session_id = $1 AND touched_ts >= $2",
+                )
+                .bind(session)
+                .bind(since_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|(binding, completed)| Ok((binding, serde_json::from_str(&completed)?)))
+                    .transpose()
+            }
+
+            async fn put_uia_session(
+                &self,
+                session: &str,
+                binding: &str,
+                completed: &[String],
+                expire_before_ms: i64,
+            ) -> Result<()> {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("DELETE FROM uia_sessions WHERE touched_ts < $1")
+                    .bind(expire_before_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO uia_sessions (session_id, binding, completed, touched_ts) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (session_id) DO UPDATE SET binding = excluded.binding,
+                       completed = excluded.completed, touched_ts = excluded.touched_ts",
+                )
+                .bind(session)
+                .bind(binding)
+                .bind(serde_json::to_string(completed)?)
+                .bind(crate::store::sql::now_ms())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn delete_uia_session(&self, session: &str) -> Result<()> {
+                sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1")
+                    .bind(session)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+
             async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>> {
                 let Ok(id) = filter_id.parse::<i64>() else {
                     return Ok(None);
