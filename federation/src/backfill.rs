@@ -2,11 +2,10 @@
 //! holds (`/backfill`), for core's `Hearth::backfill` (spec/federation.md,
 //! "Filling gaps").
 
-use futures::{StreamExt, TryStreamExt};
 use hearth_core::{pdu::Pdu, rooms::Backfilled};
 use ruma::{OwnedEventId, RoomId, RoomVersionId};
 
-use crate::{FedError, Federation, enc, gaps::EVENT_FETCHES_AT_ONCE};
+use crate::{FedError, Federation, enc};
 
 /// Servers tried, in turn, before giving up for this page.
 const SERVERS_TRIED: usize = 3;
@@ -87,10 +86,6 @@ impl Federation {
         wanted.dedup();
         let mut lacking = self.hearth.unknown_events(room, &wanted).await?;
         lacking.truncate(MAX_AUTH_FETCHES);
-        futures::stream::iter(lacking)
-            .map(|id| self.fetch_event(server, version, room, id))
-            .buffer_unordered(EVENT_FETCHES_AT_ONCE)
-            .try_collect()
-            .await
+        self.fetch_events(server, version, room, lacking).await
     }
 }

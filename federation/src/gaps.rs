@@ -28,7 +28,7 @@ const MISSING_PER_REQUEST: usize = 100;
 /// whose parents could not be had.
 const MAX_STATE_EVENTS: usize = 5_000;
 /// `/event` requests under way at once while fetching such a state.
-pub(crate) const EVENT_FETCHES_AT_ONCE: usize = 8;
+const EVENT_FETCHES_AT_ONCE: usize = 8;
 /// Events whose parents stay unknown that get a state fetched (each such
 /// event costs a `/state_ids` and its `/event`s).
 const MAX_STATE_FETCHES: usize = 3;
@@ -275,16 +275,28 @@ impl Federation {
                 lacking.len()
             )));
         }
-        let events: Vec<Pdu> = futures::stream::iter(lacking)
-            .map(|id| self.fetch_event(origin, version, room, id))
-            .buffer_unordered(EVENT_FETCHES_AT_ONCE)
-            .try_collect()
-            .await?;
+        let events = self.fetch_events(origin, version, room, lacking).await?;
         Ok((state, events))
     }
 
+    /// Events of `room` from `origin` (`/event/{eventId}` each, a few at
+    /// once), checked; fails if any cannot be had.
+    pub(crate) async fn fetch_events(
+        &self,
+        origin: &str,
+        version: &RoomVersionId,
+        room: &RoomId,
+        ids: Vec<OwnedEventId>,
+    ) -> Result<Vec<Pdu>, FedError> {
+        futures::stream::iter(ids)
+            .map(|id| self.fetch_event(origin, version, room, id))
+            .buffer_unordered(EVENT_FETCHES_AT_ONCE)
+            .try_collect()
+            .await
+    }
+
     /// One event of `room` from `origin` (`/event/{eventId}`), checked.
-    pub(crate) async fn fetch_event(
+    async fn fetch_event(
         &self,
         origin: &str,
         version: &RoomVersionId,

@@ -3,13 +3,11 @@
 //! server are refused (server-server API, "Server Access Control Lists"),
 //! and nothing of the room is queued for it (spec/federation.md).
 
-use std::{collections::HashMap, sync::Arc};
-
 use ruma::{RoomId, ServerName, events::room::server_acl::RoomServerAclEventContent};
 use serde_json::Value;
 
-use super::RoomCache;
-use crate::{Error, Hearth, Result, pdu::Pdu};
+use super::{RoomCache, StateMap};
+use crate::{Error, Hearth, Result};
 
 /// The ACL an `m.room.server_acl` content states. A field of the wrong type
 /// counts as absent and takes its default (no `allow` list allows nobody),
@@ -33,7 +31,7 @@ pub fn acl_of(content: &Value) -> RoomServerAclEventContent {
 
 /// Whether a room's state lets `server` take part: a room without an ACL
 /// lets everyone; a name that is not a server name is never allowed.
-pub(crate) fn allows(state: &HashMap<(String, String), Arc<Pdu>>, server: &str) -> bool {
+pub(crate) fn allows(state: &StateMap, server: &str) -> bool {
     let Some(acl) = state.get(&("m.room.server_acl".to_owned(), String::new())) else {
         return true;
     };

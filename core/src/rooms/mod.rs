@@ -105,6 +105,9 @@ impl NewEvent {
 pub const ORDERING_KEY: &str = "io.hearth.ordering";
 pub const ORDERING_OWNER: &str = "owner";
 
+/// A room's current state by (type, state key).
+pub(crate) type StateMap = HashMap<(String, String), Arc<Pdu>>;
+
 /// What the writer keeps in memory for a room it has loaded. It runs ahead
 /// of the database by the events submitted and not yet durable.
 pub(crate) struct RoomCache {
@@ -115,7 +118,7 @@ pub(crate) struct RoomCache {
     /// This server's newest event sent to the room's owner and not relayed
     /// back yet: our next event builds on it too.
     pub pending_own: Option<(OwnedEventId, u64)>,
-    pub state: HashMap<(String, String), Arc<Pdu>>,
+    pub state: StateMap,
     /// Moves whenever `state` changes (see `submitted`).
     pub state_serial: u64,
     /// Names this view to the store (`EventToPersist::generation`).

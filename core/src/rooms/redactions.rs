@@ -5,22 +5,17 @@
 //! applied to its target if its sender holds the room's `redact` power or
 //! is on the same server as the target's sender.
 
-use std::{collections::HashMap, sync::Arc};
-
 use ruma::{
     CanonicalJsonObject, OwnedEventId, RoomId, UserId, room_version_rules::RoomVersionRules,
 };
 use serde_json::Value;
 use tracing::debug;
 
-use super::{NewEvent, required_power, user_power};
+use super::{NewEvent, StateMap, required_power, user_power};
 use crate::{
     Error, Hearth, Result,
     pdu::{Pdu, StoredEvent},
 };
-
-/// A room's current state by (type, state key).
-pub(crate) type StateMap = HashMap<(String, String), Arc<Pdu>>;
 
 /// The event a local redaction names. `/redact` sets it; a client's
 /// `/send/m.room.redaction` carries it in content (room v11 and later keep
