@@ -1,5 +1,5 @@
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::NewEvent;
 use crate::{Error, Hearth, Result, config::CoreConfig};
@@ -20,178 +20,66 @@ pub struct CreateRoom {
     pub creation_content: Option<serde_json::Map<String, Value>>,
 }
 
-impl Hearth {
-    pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
-        let version = match &req.room_version {
-            Some(v) => RoomVersionId::try_from(v.as_str())
-                .ok()
-                .filter(|v| CoreConfig::supported_room_versions().contains(v))
-                .ok_or_else(|| Error::UnsupportedRoomVersion(v.clone()))?,
-            None => self.config.default_room_version.clone(),
-        };
-        let preset = req.preset.clone().unwrap_or_else(|| {
-            if req.visibility_public {
-                "public_chat"
-            } else {
-                "private_chat"
-            }
-            .to_owned()
-        });
-        if !["public_chat", "private_chat", "trusted_private_chat"].contains(&preset.as_str()) {
-            return Err(Error::invalid_param(format!("Unknown preset {preset}")));
-        }
-        let alias = match &req.room_alias_name {
-            Some(local) => {
-                let alias = format!("#{local}:{}", self.config.server_name);
-                if local.is_empty()
-                    || local.contains(':')
-                    || ruma::RoomAliasId::parse(&alias).is_err()
-                {
-                    return Err(Error::invalid_param("Invalid room_alias_name"));
-                }
-                if self.store.resolve_alias(&alias).await?.is_some() {
-                    return Err(Error::RoomInUse);
-                }
-                Some(alias)
-            }
-            None => None,
-        };
+/// The presets of the spec's createRoom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preset {
+    Public,
+    Private,
+    TrustedPrivate,
+}
 
+impl Preset {
+    fn of(req: &CreateRoom) -> Result<Self> {
+        match req.preset.as_deref() {
+            None if req.visibility_public => Ok(Self::Public),
+            None => Ok(Self::Private),
+            Some("public_chat") => Ok(Self::Public),
+            Some("private_chat") => Ok(Self::Private),
+            Some("trusted_private_chat") => Ok(Self::TrustedPrivate),
+            Some(other) => Err(Error::invalid_param(format!("Unknown preset {other}"))),
+        }
+    }
+}
+
+impl Hearth {
+    /// createRoom: the create event, the creator's join, then the room's
+    /// initial state in the spec's order, the alias and directory entry,
+    /// and the invites.
+    pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
+        let version = self.room_version_for(req.room_version.as_deref())?;
+        let preset = Preset::of(&req)?;
+        let alias = self.free_alias(req.room_alias_name.as_deref()).await?;
         let rules = version
             .rules()
             .ok_or_else(|| Error::UnsupportedRoomVersion(version.to_string()))?;
-        let mut create_content = req.creation_content.clone().unwrap_or_default();
-        create_content.insert("room_version".into(), json!(version.as_str()));
-        // Declares the room ordered by its creator's server (our protocol);
-        // part of the signed create event, so every server reads the same.
-        create_content.insert(super::ORDERING_KEY.into(), json!(super::ORDERING_OWNER));
         let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
-        // Trusted private chats make invitees co-owners: from v12 that is done
-        // by naming them creators (they then hold unlimited power).
-        if privileged_creators && preset == "trusted_private_chat" && !req.invite.is_empty() {
-            let mut creators: Vec<String> = create_content
-                .get("additional_creators")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default();
-            creators.extend(req.invite.iter().map(|u| u.to_string()));
-            creators.sort();
-            creators.dedup();
-            create_content.insert("additional_creators".into(), json!(creators));
-        }
+        let mut content = create_content(&req, &version, preset, privileged_creators);
         if rules.authorization.use_room_create_sender {
-            create_content.remove("creator");
+            content.remove("creator");
         } else {
-            create_content.insert("creator".into(), json!(creator));
+            content.insert("creator".into(), json!(creator));
         }
         let room_id = self
-            .create_room_event(&version, creator, Value::Object(create_content))
+            .create_room_event(&version, creator, Value::Object(content))
             .await?;
-        let owner = creator.to_owned();
         let join = self.member_content(creator, "join", None).await?;
-        self.send_event(
-            &room_id,
-            NewEvent::state(owner.clone(), "m.room.member", creator.as_str(), join),
-        )
-        .await?;
-
-        // From v12 creators hold unlimited power and must not be listed in `users`.
-        let mut users = serde_json::Map::new();
-        if !privileged_creators {
-            users.insert(creator.to_string(), json!(100));
-        }
-        if preset == "trusted_private_chat" && !privileged_creators {
-            for u in &req.invite {
-                users.insert(u.to_string(), json!(100));
-            }
-        }
-        let mut pl = json!({
-            "users": users,
-            "users_default": 0,
-            "events": {
-                "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
-                "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
-                "m.room.server_acl": 100, "m.room.encryption": 100
-            },
-            "events_default": 0,
-            "state_default": 50,
-            "ban": 50, "kick": 50, "redact": 50, "invite": 0,
-            "historical": 100,
-            "notifications": {"room": 50}
-        });
-        if let Some(over) = &req.power_level_content_override {
-            for (k, v) in over {
-                pl[k] = v.clone();
-            }
-        }
-        self.send_event(
-            &room_id,
-            NewEvent::state(owner.clone(), "m.room.power_levels", "", pl),
-        )
-        .await?;
-
-        if let Some(alias) = &alias {
-            self.send_event(
-                &room_id,
-                NewEvent::state(
-                    owner.clone(),
-                    "m.room.canonical_alias",
-                    "",
-                    json!({"alias": alias}),
-                ),
-            )
-            .await?;
-        }
-        let join_rule = if preset == "public_chat" {
-            "public"
-        } else {
-            "invite"
-        };
-        let mut preset_state = vec![
-            ("m.room.join_rules", json!({"join_rule": join_rule})),
-            (
-                "m.room.history_visibility",
-                json!({"history_visibility": "shared"}),
-            ),
-        ];
-        if preset != "public_chat" {
-            preset_state.push(("m.room.guest_access", json!({"guest_access": "can_join"})));
-        }
-        for (kind, content) in preset_state {
-            let overridden = req
-                .initial_state
-                .iter()
-                .any(|(t, sk, _)| t == kind && sk.is_empty());
-            if !overridden {
-                self.send_event(&room_id, NewEvent::state(owner.clone(), kind, "", content))
-                    .await?;
-            }
-        }
-        for (kind, sk, content) in &req.initial_state {
-            self.send_event(
-                &room_id,
-                NewEvent::state(owner.clone(), kind, sk, content.clone()),
-            )
-            .await?;
-        }
-        if let Some(name) = &req.name {
-            self.send_event(
-                &room_id,
-                NewEvent::state(owner.clone(), "m.room.name", "", json!({"name": name})),
-            )
-            .await?;
-        }
-        if let Some(topic) = &req.topic {
-            self.send_event(
-                &room_id,
-                NewEvent::state(owner.clone(), "m.room.topic", "", json!({"topic": topic})),
-            )
-            .await?;
+        let owner = creator.to_owned();
+        let mut events = vec![NewEvent::state(
+            owner.clone(),
+            "m.room.member",
+            creator.as_str(),
+            join,
+        )];
+        let pl = power_levels(creator, &req, preset, privileged_creators);
+        events.push(NewEvent::state(
+            owner.clone(),
+            "m.room.power_levels",
+            "",
+            pl,
+        ));
+        events.extend(initial_state(&owner, &req, preset, alias.as_deref()));
+        for event in events {
+            self.send_event(&room_id, event).await?;
         }
         if let Some(alias) = &alias {
             self.store
@@ -206,6 +94,31 @@ impl Hearth {
                 .await?;
         }
         Ok(room_id)
+    }
+
+    fn room_version_for(&self, asked: Option<&str>) -> Result<RoomVersionId> {
+        match asked {
+            Some(v) => RoomVersionId::try_from(v)
+                .ok()
+                .filter(|v| CoreConfig::supported_room_versions().contains(v))
+                .ok_or_else(|| Error::UnsupportedRoomVersion(v.to_owned())),
+            None => Ok(self.config.default_room_version.clone()),
+        }
+    }
+
+    /// The full alias for `room_alias_name`, checked and not yet taken.
+    async fn free_alias(&self, local: Option<&str>) -> Result<Option<String>> {
+        let Some(local) = local else {
+            return Ok(None);
+        };
+        let alias = format!("#{local}:{}", self.config.server_name);
+        if local.is_empty() || local.contains(':') || ruma::RoomAliasId::parse(&alias).is_err() {
+            return Err(Error::invalid_param("Invalid room_alias_name"));
+        }
+        if self.store.resolve_alias(&alias).await?.is_some() {
+            return Err(Error::RoomInUse);
+        }
+        Ok(Some(alias))
     }
 
     /// m.room.member content carrying the user's profile, as other servers do.
@@ -266,4 +179,127 @@ impl Hearth {
         .await?;
         Ok(())
     }
+}
+
+/// The create event's content, without `creator` (which depends on the
+/// room version).
+fn create_content(
+    req: &CreateRoom,
+    version: &RoomVersionId,
+    preset: Preset,
+    privileged_creators: bool,
+) -> Map<String, Value> {
+    let mut content = req.creation_content.clone().unwrap_or_default();
+    content.insert("room_version".into(), json!(version.as_str()));
+    // Declares the room ordered by its creator's server (our protocol);
+    // part of the signed create event, so every server reads the same.
+    content.insert(super::ORDERING_KEY.into(), json!(super::ORDERING_OWNER));
+    // Trusted private chats make invitees co-owners: from v12 that is done
+    // by naming them creators (they then hold unlimited power).
+    if privileged_creators && preset == Preset::TrustedPrivate && !req.invite.is_empty() {
+        let mut creators: Vec<String> = content
+            .get("additional_creators")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        creators.extend(req.invite.iter().map(|u| u.to_string()));
+        creators.sort();
+        creators.dedup();
+        content.insert("additional_creators".into(), json!(creators));
+    }
+    content
+}
+
+/// The initial power levels, with the request's override on top.
+fn power_levels(
+    creator: &UserId,
+    req: &CreateRoom,
+    preset: Preset,
+    privileged_creators: bool,
+) -> Value {
+    // From v12 creators hold unlimited power and must not be listed in `users`.
+    let mut users = Map::new();
+    if !privileged_creators {
+        users.insert(creator.to_string(), json!(100));
+        if preset == Preset::TrustedPrivate {
+            for u in &req.invite {
+                users.insert(u.to_string(), json!(100));
+            }
+        }
+    }
+    let mut pl = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+            "m.room.server_acl": 100, "m.room.encryption": 100
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+        "historical": 100,
+        "notifications": {"room": 50}
+    });
+    if let Some(over) = &req.power_level_content_override {
+        for (k, v) in over {
+            pl[k] = v.clone();
+        }
+    }
+    pl
+}
+
+/// The state after the power levels, in the spec's order: the canonical
+/// alias, the preset's state (unless `initial_state` sets the same type),
+/// `initial_state`, the name, the topic.
+fn initial_state(
+    owner: &OwnedUserId,
+    req: &CreateRoom,
+    preset: Preset,
+    alias: Option<&str>,
+) -> Vec<NewEvent> {
+    let state =
+        |kind: &str, key: &str, content: Value| NewEvent::state(owner.clone(), kind, key, content);
+    let mut out = vec![];
+    if let Some(alias) = alias {
+        out.push(state("m.room.canonical_alias", "", json!({"alias": alias})));
+    }
+    let join_rule = match preset {
+        Preset::Public => "public",
+        _ => "invite",
+    };
+    let mut preset_state = vec![
+        ("m.room.join_rules", json!({"join_rule": join_rule})),
+        (
+            "m.room.history_visibility",
+            json!({"history_visibility": "shared"}),
+        ),
+    ];
+    if preset != Preset::Public {
+        preset_state.push(("m.room.guest_access", json!({"guest_access": "can_join"})));
+    }
+    for (kind, content) in preset_state {
+        let overridden = req
+            .initial_state
+            .iter()
+            .any(|(t, sk, _)| t == kind && sk.is_empty());
+        if !overridden {
+            out.push(state(kind, "", content));
+        }
+    }
+    for (kind, key, content) in &req.initial_state {
+        out.push(state(kind, key, content.clone()));
+    }
+    if let Some(name) = &req.name {
+        out.push(state("m.room.name", "", json!({"name": name})));
+    }
+    if let Some(topic) = &req.topic {
+        out.push(state("m.room.topic", "", json!({"topic": topic})));
+    }
+    out
 }

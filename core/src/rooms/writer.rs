@@ -468,7 +468,55 @@ impl Hearth {
             return sent.wait().await;
         }
         let rules = rules_for(&cache.version)?;
+        let redacts = super::redactions::target_of(new)?;
+        let pdu = self.build_local_event(cache, room_id, new, redacts.as_ref(), &rules)?;
+        ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, sk| {
+            cache.state.get(&(t.to_string(), sk.to_owned())).map(|p| p.as_ref())
+        })
+        .map_err(|e| {
+            debug!(room = %room_id, sender = %new.sender, kind = %new.kind, "event rejected by auth rules: {e}");
+            Error::Forbidden(format!("Event not allowed: {e}"))
+        })?;
+        if let Some(target) = &redacts {
+            let any = super::redactions::may_redact_any(&cache.state, &rules, &new.sender);
+            self.check_local_redaction(room_id, &new.sender, target, any)
+                .await?;
+        }
+        let pdu = self.countersigned_if_remote_invite(cache, pdu).await?;
+        let txn = new
+            .txn
+            .as_ref()
+            .map(|(d, t)| (new.sender.clone(), d.clone(), t.clone()));
+        let ours = self.config.server_name.as_str();
+        if let Some(owner) = room_owner(cache).filter(|o| o != ours) {
+            let event_id = pdu.event_id.clone();
+            if let Some(earlier) = self
+                .queue_for_owner(cache, room_id, &pdu, txn, &owner)
+                .await?
+            {
+                return Ok(earlier);
+            }
+            drop(guard);
+            if let Some(remote) = self.remote.get() {
+                remote.wake(std::slice::from_ref(&owner));
+            }
+            return Ok(event_id);
+        }
+        let relay = remote_servers(cache, &pdu, ours);
+        self.submit_built(guard, room_id, pdu, txn, relay, &rules)
+            .await
+    }
 
+    /// A local user's event, on top of the room's view: its auth events,
+    /// prev events and depth, hashed and signed.
+    fn build_local_event(
+        &self,
+        cache: &RoomCache,
+        room_id: &RoomId,
+        new: &NewEvent,
+        redacts: Option<&OwnedEventId>,
+        rules: &RoomVersionRules,
+    ) -> Result<Pdu> {
         let content_raw = serde_json::value::to_raw_value(&new.content)?;
         let kind = TimelineEventType::from(new.kind.as_str());
         let auth_types = ruma::state_res::auth_types_for_event(
@@ -501,8 +549,7 @@ impl Hearth {
         if let Some(sk) = &new.state_key {
             obj["state_key"] = json!(sk);
         }
-        let redacts = super::redactions::target_of(new)?;
-        if let Some(r) = &redacts {
+        if let Some(r) = redacts {
             // v11+ carries `redacts` in content; older versions at the top level.
             if rules.redaction.content_field_redacts {
                 obj["content"]["redacts"] = json!(r);
@@ -510,70 +557,56 @@ impl Hearth {
                 obj["redacts"] = json!(r);
             }
         }
-        let mut pdu = self.sign_pdu(obj, &rules)?;
-        let event_id = pdu.event_id.clone();
+        self.sign_pdu(obj, rules)
+    }
 
-        ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, sk| {
-            cache.state.get(&(t.to_string(), sk.to_owned())).map(|p| p.as_ref())
-        })
-        .map_err(|e| {
-            debug!(room = %room_id, sender = %new.sender, kind = %new.kind, "event rejected by auth rules: {e}");
-            Error::Forbidden(format!("Event not allowed: {e}"))
+    /// An invite of another server's user needs that server's signature
+    /// first (and lets it tell its user).
+    async fn countersigned_if_remote_invite(&self, cache: &RoomCache, pdu: Pdu) -> Result<Pdu> {
+        let remote_invitee = pdu.membership() == Some("invite")
+            && pdu.state_key.as_deref().is_some_and(|t| !self.is_local(t));
+        if !remote_invitee {
+            return Ok(pdu);
+        }
+        let remote = self.remote.get().ok_or_else(|| {
+            Error::Forbidden("this server does not federate: cannot invite remote users".into())
         })?;
-        if let Some(target) = &redacts {
-            let any = super::redactions::may_redact_any(&cache.state, &rules, &new.sender);
-            self.check_local_redaction(room_id, &new.sender, target, any)
-                .await?;
-        }
+        let shown = invite_room_state(cache, &pdu);
+        let signed = remote.invite(&cache.version, &pdu.as_sent(), shown).await?;
+        Ok(Pdu::from_json(pdu.event_id.clone(), signed)?)
+    }
 
-        // An invite of another server's user needs that server's signature
-        // first (and lets it tell its user).
-        if pdu.membership() == Some("invite")
-            && let Some(target) = pdu.state_key.as_deref()
-            && !self.is_local(target)
-        {
-            let remote = self.remote.get().ok_or_else(|| {
-                Error::Forbidden("this server does not federate: cannot invite remote users".into())
-            })?;
-            let shown = invite_room_state(cache, &pdu);
-            let signed = remote.invite(&cache.version, &pdu.as_sent(), shown).await?;
-            pdu = Pdu::from_json(event_id.clone(), signed)?;
+    /// Another server orders this room: the event goes to it, and appears
+    /// here when it relays the event back in its order. Returns the event
+    /// of an earlier attempt of the same transaction, if there was one.
+    async fn queue_for_owner(
+        &self,
+        cache: &mut RoomCache,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        txn: Option<(ruma::OwnedUserId, String, String)>,
+        owner: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        let json = serde_json::to_string(&pdu.as_sent())?;
+        let queued = self
+            .store
+            .queue_outgoing(
+                room_id.as_str(),
+                txn.map(|(u, d, t)| (u.to_string(), d, t)),
+                pdu.event_id.as_str(),
+                &[owner.to_owned()],
+                &json,
+            )
+            .await;
+        if let Err(Error::DuplicateTransaction { event_id }) = queued {
+            return OwnedEventId::try_from(event_id)
+                .map(Some)
+                .map_err(Error::internal);
         }
-
-        let txn = new
-            .txn
-            .as_ref()
-            .map(|(d, t)| (new.sender.clone(), d.clone(), t.clone()));
-        let ours = self.config.server_name.as_str();
-        if let Some(owner) = room_owner(cache).filter(|o| o != ours) {
-            // Another server orders this room: the event goes to it, and
-            // appears here when it relays the event back in its order.
-            let json = serde_json::to_string(&pdu.as_sent())?;
-            let queued = self
-                .store
-                .queue_outgoing(
-                    room_id.as_str(),
-                    txn.map(|(u, d, t)| (u.to_string(), d, t)),
-                    event_id.as_str(),
-                    std::slice::from_ref(&owner),
-                    &json,
-                )
-                .await;
-            if let Err(Error::DuplicateTransaction { event_id }) = queued {
-                return OwnedEventId::try_from(event_id).map_err(Error::internal);
-            }
-            queued?;
-            // Our next event builds on this one.
-            cache.pending_own = Some((event_id.clone(), pdu.depth));
-            drop(guard);
-            if let Some(remote) = self.remote.get() {
-                remote.wake(std::slice::from_ref(&owner));
-            }
-            return Ok(event_id);
-        }
-        let relay = remote_servers(cache, &pdu, ours);
-        self.submit_built(guard, room_id, pdu, txn, relay, &rules)
-            .await
+        queued?;
+        // Our next event builds on this one.
+        cache.pending_own = Some((pdu.event_id.clone(), pdu.depth));
+        Ok(None)
     }
 
     /// Takes an authorized event into the room's view, submits it to the
@@ -608,40 +641,9 @@ impl Hearth {
         let cache = guard
             .as_mut()
             .ok_or_else(|| Error::internal("room cache missing"))?;
-        // What the event changes: itself, or after a fork whatever state
-        // resolution settled on.
-        let changes: Vec<(StateChange, Arc<Pdu>)> = match &resolved {
-            None => StateChange::of(&pdu)
-                .map(|c| (c, Arc::new(pdu.clone())))
-                .into_iter()
-                .collect(),
-            Some(state) => state
-                .iter()
-                .filter(|(key, p)| {
-                    cache
-                        .state
-                        .get(*key)
-                        .is_none_or(|old| old.event_id != p.event_id)
-                })
-                .filter_map(|(_, p)| StateChange::of(p).map(|c| (c, p.clone())))
-                .collect(),
-        };
+        let changes = state_changes(cache, &pdu, resolved.as_ref());
         let event_id = pdu.event_id.clone();
-        let kind = pdu.kind.to_string();
-        let mut map = pdu.json.clone();
-        if let Some(sk) = &pdu.state_key
-            && let Some(prev) = cache.state.get(&(kind.clone(), sk.clone()))
-        {
-            map.insert(
-                "unsigned".into(),
-                json!({
-                    "prev_content": prev.content_value(),
-                    "prev_sender": prev.sender,
-                    "replaces_state": prev.event_id,
-                }),
-            );
-        }
-        let pdu = Pdu { json: map, ..pdu };
+        let pdu = with_replaced_state(cache, pdu);
         let generation = cache.generation;
         let committed = self
             .store
@@ -662,24 +664,7 @@ impl Hearth {
         let durable = txn
             .as_ref()
             .map(|(user, device, txn_id)| cache.remember_txn(user, device, txn_id, &event_id));
-        cache.advance(&pdu);
-        // Who must hear of it: the room's members before and after this event
-        // (a kicked or leaving user sees their own leave).
-        let mut audience = room_audience(cache);
-        for (change, p) in changes {
-            if change.membership.is_some() {
-                audience.push(change.state_key.clone());
-            }
-            // The event as stored (with its `unsigned`) when it is the one.
-            let p = if p.event_id == event_id {
-                Arc::new(pdu.clone())
-            } else {
-                p
-            };
-            cache.state.insert((change.kind, change.state_key), p);
-            cache.state_serial += 1;
-        }
-        cache.note_submitted(&event_id);
+        let audience = apply_to_view(cache, &pdu, changes);
         let redactor_power = pdu.redacts.is_some()
             && super::redactions::may_redact_any(&cache.state, rules, &pdu.sender);
         drop(guard);
@@ -821,22 +806,8 @@ impl Hearth {
         .await
     }
 
-    /// The checks and staging of `accept_remote_event`; `None` when the
-    /// event is here already.
-    async fn stage_remote_event(&self, incoming: super::Incoming) -> Result<Option<Staged>> {
-        let super::Incoming {
-            pdu,
-            against_current,
-            state_before,
-        } = incoming;
-        let room_id = pdu.room_id.clone();
-        let handle = self.rooms.handle(room_id.as_str());
-        let mut guard = handle.lock().await;
-        let cache = self.writable(&mut guard, room_id.as_str()).await?;
-        if self.already_have(cache, &pdu.event_id).await? {
-            return Ok(None);
-        }
-        let rules = rules_for(&cache.version)?;
+    /// The auth events a remote event names, all of them or an error.
+    async fn auth_events_of(&self, cache: &RoomCache, pdu: &Pdu) -> Result<HashMap<String, Pdu>> {
         // Auth events are usually current state, which the view holds (even
         // before it is durable); the rest are read from the database.
         let mut auth: HashMap<String, Pdu> = cache
@@ -876,6 +847,26 @@ impl Hearth {
                 pdu.event_id, pdu.kind, pdu.sender, self.config.server_name
             )));
         }
+        Ok(auth)
+    }
+
+    /// The checks and staging of `accept_remote_event`; `None` when the
+    /// event is here already.
+    async fn stage_remote_event(&self, incoming: super::Incoming) -> Result<Option<Staged>> {
+        let super::Incoming {
+            pdu,
+            against_current,
+            state_before,
+        } = incoming;
+        let room_id = pdu.room_id.clone();
+        let handle = self.rooms.handle(room_id.as_str());
+        let mut guard = handle.lock().await;
+        let cache = self.writable(&mut guard, room_id.as_str()).await?;
+        if self.already_have(cache, &pdu.event_id).await? {
+            return Ok(None);
+        }
+        let rules = rules_for(&cache.version)?;
+        let auth = self.auth_events_of(cache, &pdu).await?;
         check_auth_events(&rules, &pdu, &auth)?;
         if against_current {
             ruma::state_res::check_state_dependent_auth_rules(
@@ -977,6 +968,78 @@ fn state_of_create(create: &Pdu) -> HashMap<(String, String), Arc<Pdu>> {
         Arc::new(create.clone()),
     );
     state
+}
+
+/// What an event changes in the room's state: itself, or after a fork
+/// whatever state resolution settled on.
+fn state_changes(
+    cache: &RoomCache,
+    pdu: &Pdu,
+    resolved: Option<&super::forks::RoomState>,
+) -> Vec<(StateChange, Arc<Pdu>)> {
+    match resolved {
+        None => StateChange::of(pdu)
+            .map(|c| (c, Arc::new(pdu.clone())))
+            .into_iter()
+            .collect(),
+        Some(state) => state
+            .iter()
+            .filter(|(key, p)| {
+                cache
+                    .state
+                    .get(*key)
+                    .is_none_or(|old| old.event_id != p.event_id)
+            })
+            .filter_map(|(_, p)| StateChange::of(p).map(|c| (c, p.clone())))
+            .collect(),
+    }
+}
+
+/// A state event carries what it replaces in `unsigned`, as clients expect.
+fn with_replaced_state(cache: &RoomCache, pdu: Pdu) -> Pdu {
+    let Some(sk) = &pdu.state_key else {
+        return pdu;
+    };
+    let Some(prev) = cache.state.get(&(pdu.kind.to_string(), sk.clone())) else {
+        return pdu;
+    };
+    let mut json = pdu.json.clone();
+    json.insert(
+        "unsigned".into(),
+        json!({
+            "prev_content": prev.content_value(),
+            "prev_sender": prev.sender,
+            "replaces_state": prev.event_id,
+        }),
+    );
+    Pdu { json, ..pdu }
+}
+
+/// Moves the room's view past a submitted event and its state changes;
+/// returns who must hear of it: the room's members before and after the
+/// event (a kicked or leaving user sees their own leave).
+fn apply_to_view(
+    cache: &mut RoomCache,
+    pdu: &Pdu,
+    changes: Vec<(StateChange, Arc<Pdu>)>,
+) -> Vec<String> {
+    cache.advance(pdu);
+    let mut audience = room_audience(cache);
+    for (change, p) in changes {
+        if change.membership.is_some() {
+            audience.push(change.state_key.clone());
+        }
+        // The event as stored (with its `unsigned`) when it is the one.
+        let p = if p.event_id == pdu.event_id {
+            Arc::new(pdu.clone())
+        } else {
+            p
+        };
+        cache.state.insert((change.kind, change.state_key), p);
+        cache.state_serial += 1;
+    }
+    cache.note_submitted(&pdu.event_id);
+    audience
 }
 
 /// The server that orders a room: its creator's (spec/federation.md), for a

@@ -1,0 +1,414 @@
+//! The rooms part of a sync pass: each room the user is in, invited to,
+//! knocking on or has left, with its timeline, state and the rest.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use ruma::{RoomId, UserId};
+use serde_json::{Value, json};
+
+use super::{
+    DEFAULT_TIMELINE_LIMIT, collect_member_changes, has_member_event, is_member_event,
+    own_receipt_in, pagination_token, pass::Pass, receipt_event,
+};
+use crate::{
+    Error, Hearth, Result,
+    pdu::StoredEvent,
+    store::{Direction, MembershipRecord},
+};
+
+/// Positions in the stream of a room's shard: the request's (none for an
+/// initial sync) and the current one.
+#[derive(Clone, Copy)]
+struct Window {
+    since: Option<i64>,
+    upto: i64,
+}
+
+/// Which events a room's timeline covers.
+#[derive(Clone, Copy)]
+struct Range {
+    since: Option<i64>,
+    upto: i64,
+    /// The room is new to the client: its newest events and full state.
+    initial: bool,
+}
+
+impl Hearth {
+    /// Adds one of the user's rooms to the pass, in the section its
+    /// membership puts it.
+    pub(super) async fn sync_room(&self, pass: &mut Pass<'_>, m: &MembershipRecord) -> Result<()> {
+        let room_id = RoomId::parse(&m.room_id).map_err(Error::internal)?;
+        let shard = self.store.shard_of(&m.room_id).await?;
+        let w = Window {
+            since: pass.since().map(|s| s.shard(shard)),
+            upto: pass.upto.shard(shard),
+        };
+        let is_new = w.since.is_none_or(|s| m.stream_ordering > s);
+        let incremental = pass.incremental();
+        match m.membership.as_str() {
+            "join" => self.joined_room(pass, m, &room_id, w, is_new).await?,
+            "invite" if is_new => {
+                pass.has_data |= incremental;
+                let events = self.invite_state(&room_id, m).await?;
+                let room = json!({"invite_state": {"events": events}});
+                pass.invite.insert(m.room_id.clone(), room);
+            }
+            "knock" if is_new => {
+                pass.has_data |= incremental;
+                let events = self.invite_state(&room_id, m).await?;
+                let room = json!({"knock_state": {"events": events}});
+                pass.knock.insert(m.room_id.clone(), room);
+            }
+            "leave" | "ban"
+                if (incremental && is_new) || (!incremental && pass.filter().include_leave) =>
+            {
+                self.left_room(pass, m, &room_id, w).await?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn joined_room(
+        &self,
+        pass: &mut Pass<'_>,
+        m: &MembershipRecord,
+        room_id: &RoomId,
+        w: Window,
+        is_new: bool,
+    ) -> Result<()> {
+        let initial = !pass.incremental() || is_new || pass.req.full_state;
+        let newest = pass.changed_rooms.get(&m.room_id).copied();
+        // The room's new events, from the writer's memory when it holds them
+        // all (the usual case for a woken long-poll).
+        let known = match (w.since, newest) {
+            (Some(s), Some(n)) if !initial => self.rooms.recent.range(&m.room_id, s, w.upto, n),
+            (Some(_), None) if !initial => Some(vec![]),
+            _ => None,
+        };
+        let (timeline, state) = if initial || newest.is_some() {
+            let range = Range {
+                since: w.since,
+                upto: w.upto,
+                initial,
+            };
+            self.room_timeline_and_state(pass, room_id, m, range, known.as_deref())
+                .await?
+        } else {
+            let empty =
+                json!({"events": [], "limited": false, "prev_batch": pagination_token(w.upto)});
+            (empty, vec![])
+        };
+        let ephemeral = self.room_ephemeral(pass, &m.room_id);
+        let room_data = room_account_data(pass, &m.room_id);
+        let timeline_nonempty = timeline["events"].as_array().is_some_and(|a| !a.is_empty());
+        let interesting = initial
+            || timeline_nonempty
+            || !state.is_empty()
+            || !ephemeral.is_empty()
+            || !room_data.is_empty();
+        if !interesting {
+            return Ok(());
+        }
+        pass.has_data |= pass.incremental();
+        let receipts = w
+            .since
+            .map(|s| (s, own_receipt_in(&pass.receipts, &m.room_id, pass.user)));
+        let (notif, highlight) = self
+            .unread_counts(
+                room_id,
+                pass.user,
+                m,
+                w.upto,
+                receipts,
+                w.since.zip(known.as_deref()),
+            )
+            .await?;
+        // Like Synapse, the summary is sent when it may have changed: first
+        // sight of the room or a membership change.
+        let members_changed =
+            initial || has_member_event(&timeline["events"]) || state.iter().any(is_member_event);
+        if pass.incremental() {
+            self.note_member_changes(pass, m, is_new, &timeline, &state)
+                .await?;
+        }
+        let mut room = json!({
+            "timeline": timeline,
+            "state": {"events": state},
+            "ephemeral": {"events": ephemeral},
+            "account_data": {"events": room_data},
+            "unread_notifications": {"notification_count": notif, "highlight_count": highlight},
+        });
+        if members_changed {
+            room["summary"] = self.room_summary(room_id, pass.user).await?;
+        }
+        pass.join.insert(m.room_id.clone(), room);
+        Ok(())
+    }
+
+    /// Typing and receipts of a joined room, as the filter allows.
+    fn room_ephemeral(&self, pass: &Pass<'_>, room: &str) -> Vec<Value> {
+        let f = &pass.filter().ephemeral;
+        let mut out = vec![];
+        if f.excludes_all() {
+            return out;
+        }
+        if let Some(t) = self.typing.event_for(room, pass.since().map(|s| s.typing))
+            && f.allows_type("m.typing")
+        {
+            out.push(t);
+        }
+        if let Some(r) = receipt_event(room, pass.user.as_str(), &pass.receipts)
+            && f.allows_type("m.receipt")
+        {
+            out.push(r);
+        }
+        out
+    }
+
+    /// Records whose devices the user may now see or no longer share: a room
+    /// joined since the last sync brings all its members; otherwise the
+    /// membership events the answer carries.
+    async fn note_member_changes(
+        &self,
+        pass: &mut Pass<'_>,
+        m: &MembershipRecord,
+        is_new: bool,
+        timeline: &Value,
+        state: &[Value],
+    ) -> Result<()> {
+        if is_new {
+            for member in self.store.room_members(&m.room_id, None).await? {
+                if member.membership == "join" {
+                    pass.members_joined.insert(member.user_id);
+                }
+            }
+        }
+        let events = timeline["events"].as_array().into_iter().flatten();
+        collect_member_changes(
+            events.chain(state),
+            &mut pass.members_joined,
+            &mut pass.members_left,
+        );
+        Ok(())
+    }
+
+    /// A room the user left or was banned from: its timeline up to that
+    /// moment.
+    async fn left_room(
+        &self,
+        pass: &mut Pass<'_>,
+        m: &MembershipRecord,
+        room_id: &RoomId,
+        w: Window,
+    ) -> Result<()> {
+        pass.has_data |= pass.incremental();
+        if pass.incremental() {
+            for member in self.store.room_members(&m.room_id, None).await? {
+                if member.membership == "join" {
+                    pass.members_left.insert(member.user_id);
+                }
+            }
+        }
+        let range = Range {
+            since: w.since,
+            upto: m.stream_ordering,
+            initial: true,
+        };
+        let (timeline, state) = self
+            .room_timeline_and_state(pass, room_id, m, range, None)
+            .await?;
+        let room = json!({"timeline": timeline, "state": {"events": state}});
+        pass.leave.insert(m.room_id.clone(), room);
+        Ok(())
+    }
+
+    /// Timeline (the newest `limit` events up to `range.upto`, after
+    /// `range.since` unless initial) and the state to send with it.
+    async fn room_timeline_and_state(
+        &self,
+        pass: &Pass<'_>,
+        room_id: &RoomId,
+        membership: &MembershipRecord,
+        range: Range,
+        known: Option<&[Arc<StoredEvent>]>,
+    ) -> Result<(Value, Vec<Value>)> {
+        let (events, limited) = self.timeline_events(pass, room_id, range, known).await?;
+        let events = self
+            .filter_visible_as(room_id, pass.user, Some(membership), events)
+            .await?;
+        let start = events
+            .first()
+            .map(|e| e.stream_ordering - 1)
+            .unwrap_or(range.upto);
+        let state_events: Vec<StoredEvent> = if range.initial {
+            let map = self.store.state_at(room_id.as_str(), start).await?;
+            let ids: Vec<String> = map.into_values().collect();
+            self.store.get_events(&ids).await?
+        } else if limited {
+            self.store
+                .state_changes(room_id.as_str(), range.since.unwrap_or(0), start)
+                .await?
+        } else {
+            vec![]
+        };
+        let state = visible_state(pass, &events, &state_events);
+        let f = &pass.filter().timeline;
+        let viewer = Some((pass.user, pass.device));
+        let timeline: Vec<Value> = events
+            .iter()
+            .filter(|e| {
+                let content = e.pdu.json.get("content");
+                f.allows(
+                    e.pdu.kind.to_string().as_str(),
+                    e.pdu.sender.as_str(),
+                    content,
+                )
+            })
+            .map(|e| e.to_client(viewer))
+            .collect();
+        let prev_batch = pagination_token(start);
+        Ok((
+            json!({"events": timeline, "limited": limited, "prev_batch": prev_batch}),
+            state,
+        ))
+    }
+
+    /// The newest events of the range, oldest first, and whether older ones
+    /// were left out; from `known` (the writer's memory) when given.
+    async fn timeline_events(
+        &self,
+        pass: &Pass<'_>,
+        room_id: &RoomId,
+        range: Range,
+        known: Option<&[Arc<StoredEvent>]>,
+    ) -> Result<(Vec<StoredEvent>, bool)> {
+        let limit = pass
+            .filter()
+            .timeline
+            .limit
+            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+            .clamp(1, 1000);
+        if let Some(all) = known.filter(|_| !range.initial) {
+            let skip = all.len().saturating_sub(limit);
+            let newest = all[skip..].iter().map(|e| (**e).clone()).collect();
+            return Ok((newest, skip > 0));
+        }
+        let lower = if range.initial { None } else { range.since };
+        let mut events = self
+            .store
+            .room_events(
+                room_id.as_str(),
+                range.upto,
+                lower,
+                Direction::Backward,
+                (limit + 1) as i64,
+            )
+            .await?;
+        let limited = events.len() > limit;
+        events.truncate(limit);
+        events.reverse();
+        Ok((events, limited))
+    }
+
+    /// What an invitee or a knocker is shown of the room.
+    async fn invite_state(&self, room_id: &RoomId, m: &MembershipRecord) -> Result<Vec<Value>> {
+        let mut out = vec![];
+        for kind in crate::rooms::INVITE_STATE_TYPES {
+            if let Some(e) = self
+                .store
+                .state_event_at(room_id.as_str(), kind, "", m.stream_ordering)
+                .await?
+            {
+                out.push(e.pdu.to_stripped());
+            }
+        }
+        if let Some(ev) = self.store.get_event(&m.event_id).await? {
+            if let Some(inviter) = self
+                .store
+                .state_event_at(
+                    room_id.as_str(),
+                    "m.room.member",
+                    ev.pdu.sender.as_str(),
+                    m.stream_ordering,
+                )
+                .await?
+                && inviter.pdu.sender != ev.pdu.state_key.clone().unwrap_or_default()
+            {
+                out.push(inviter.pdu.to_stripped());
+            }
+            // An invite from another server carries what its server showed
+            // of the room (this server knows nothing else of it yet).
+            if let Some(stripped) = ev
+                .pdu
+                .json
+                .get("unsigned")
+                .and_then(|u| {
+                    u.get("invite_room_state")
+                        .or_else(|| u.get("knock_room_state"))
+                })
+                .and_then(Value::as_array)
+            {
+                for e in stripped {
+                    let known = out
+                        .iter()
+                        .any(|o| o["type"] == e["type"] && o["state_key"] == e["state_key"]);
+                    if !known {
+                        out.push(e.clone());
+                    }
+                }
+            }
+            out.push(ev.to_client(None));
+        }
+        Ok(out)
+    }
+
+    async fn room_summary(&self, room_id: &RoomId, user: &UserId) -> Result<Value> {
+        let members = self.store.room_members(room_id.as_str(), None).await?;
+        let joined = members.iter().filter(|m| m.membership == "join").count();
+        let invited = members.iter().filter(|m| m.membership == "invite").count();
+        let heroes: Vec<&str> = members
+            .iter()
+            .filter(|m| {
+                (m.membership == "join" || m.membership == "invite") && m.user_id != user.as_str()
+            })
+            .map(|m| m.user_id.as_str())
+            .take(5)
+            .collect();
+        Ok(
+            json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}),
+        )
+    }
+}
+
+/// The room's account data the filter allows.
+fn room_account_data(pass: &Pass<'_>, room: &str) -> Vec<Value> {
+    let f = &pass.filter().room_account_data;
+    pass.account_data
+        .iter()
+        .filter(|a| a.room_id == room && f.allows_type(&a.data_type))
+        .map(|a| json!({"type": a.data_type, "content": a.content}))
+        .collect()
+}
+
+/// The state events the filter allows; with lazy-loading, only the members
+/// who sent something in the timeline and the user.
+fn visible_state(pass: &Pass<'_>, timeline: &[StoredEvent], state: &[StoredEvent]) -> Vec<Value> {
+    let f = &pass.filter().state;
+    let user = pass.user.as_str();
+    let senders: BTreeSet<&str> = timeline.iter().map(|e| e.pdu.sender.as_str()).collect();
+    let viewer: Option<(&UserId, &str)> = Some((pass.user, pass.device));
+    state
+        .iter()
+        .filter(|e| f.allows(e.pdu.kind.to_string().as_str(), e.pdu.sender.as_str(), None))
+        .filter(|e| {
+            !f.lazy_load_members
+                || e.pdu.kind.to_string() != "m.room.member"
+                || e.pdu
+                    .state_key
+                    .as_deref()
+                    .is_some_and(|k| k == user || senders.contains(k))
+        })
+        .map(|e| e.to_client(viewer))
+        .collect()
+}
