@@ -76,6 +76,8 @@ fn rss_kb(pid: u32) -> Option<u64> {
 /// Everything receivers saw: per (receiver, room), the (sender, seq) in arrival order.
 type Seen = Arc<Mutex<HashMap<(usize, usize), Vec<(usize, u64)>>>>;
 type SentAt = Arc<Mutex<HashMap<(usize, usize, u64), Instant>>>;
+/// What a sender reports: its room, its index, how many it sent, the acks' latencies.
+type SenderResult = (usize, usize, u64, Vec<Duration>);
 
 impl Scenario {
     pub fn named(name: &str, duration: Duration, idle: usize, smoke: bool) -> Result<Self> {
@@ -272,39 +274,18 @@ impl Scenario {
         let sender = Client::register(&server.url, &http, &format!("tds{run}")).await?;
         let receiver = Client::register(&server.url, &http, &format!("tdr{run}")).await?;
         let first = receiver.sync(None, 0).await?;
-        let mut since = first["next_batch"].as_str().unwrap_or_default().to_owned();
+        let since = first["next_batch"].as_str().unwrap_or_default().to_owned();
         let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
         let seen: Arc<Mutex<Vec<(u64, Duration)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let reader = {
-            let (receiver, sent_at, seen, stop, run) = (
-                receiver.clone(),
-                sent_at.clone(),
-                seen.clone(),
-                stop.clone(),
-                run.clone(),
-            );
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(body) = receiver.sync(Some(&since), 2_000).await else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    };
-                    let now = Instant::now();
-                    since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
-                    for ev in body["to_device"]["events"].as_array().into_iter().flatten() {
-                        let b = &ev["content"]["bench"];
-                        let Some(n) = b["n"].as_u64().filter(|_| b["run"] == run.as_str()) else {
-                            continue;
-                        };
-                        let t0 = sent_at.lock().ok().and_then(|m| m.get(&n).copied());
-                        if let (Some(t0), Ok(mut s)) = (t0, seen.lock()) {
-                            s.push((n, now - t0));
-                        }
-                    }
-                }
-            })
-        };
+        let reader = tokio::spawn(receive_to_device(
+            receiver.clone(),
+            since,
+            run.clone(),
+            sent_at.clone(),
+            seen.clone(),
+            stop.clone(),
+        ));
         let start = Instant::now();
         let (mut n, mut acks) = (0u64, vec![]);
         while start.elapsed() < self.duration {
@@ -349,8 +330,69 @@ impl Scenario {
     }
 
     async fn run_rooms(&self, server: &Server) -> Result<Outcome> {
-        let http = http_client();
         let run = random_suffix();
+        let (users, rooms) = self.setup_rooms(server, &run).await?;
+        let shared = Shared {
+            run,
+            seen: Arc::default(),
+            sent_at: Arc::default(),
+            deliver_lat: Arc::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            room_index: Arc::new(
+                rooms
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(i, r)| (r, i))
+                    .collect(),
+            ),
+        };
+        let receivers = self.spawn_receivers(&users, &shared).await?;
+        let peak = Arc::new(Mutex::new(None::<u64>));
+        let sampler = server
+            .pid
+            .map(|pid| spawn_rss_sampler(pid, peak.clone(), shared.stop.clone()));
+
+        let start = Instant::now();
+        let senders = self.spawn_senders(&users, &rooms, &shared, start + self.duration);
+        let mut ack_lat = vec![];
+        let mut sent_counts: HashMap<(usize, usize), u64> = HashMap::new();
+        for t in senders {
+            let (r, s, n, acks) = t.await?;
+            sent_counts.insert((r, s), n);
+            ack_lat.extend(acks);
+        }
+        let elapsed = start.elapsed();
+        let total_sent: u64 = sent_counts.values().sum();
+        self.wait_for_delivery(users.len(), &shared.seen, &sent_counts)
+            .await;
+        let delivery_window = start.elapsed();
+        shared.stop.store(true, Ordering::Relaxed);
+        for t in receivers.into_iter().chain(sampler) {
+            t.abort();
+        }
+        let deliver = shared
+            .deliver_lat
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
+        let mut o = Outcome {
+            ack: percentiles(ack_lat),
+            deliver: percentiles(deliver),
+            sends_per_sec: total_sent as f64 / elapsed.as_secs_f64(),
+            peak_rss_kb: peak.lock().ok().and_then(|p| *p),
+            ..Default::default()
+        };
+        let seen = shared.seen.lock().map(|m| m.clone()).unwrap_or_default();
+        self.check_deliveries(&seen, &sent_counts, &mut o);
+        o.deliveries_per_sec = o.delivered as f64 / delivery_window.as_secs_f64();
+        Ok(o)
+    }
+
+    /// Registers every member (spread over the server's processes) and puts
+    /// them in their rooms.
+    async fn setup_rooms(&self, server: &Server, run: &str) -> Result<(Vec<Client>, Vec<String>)> {
+        let http = http_client();
         let users: Vec<Client> = futures::stream::iter(0..self.rooms * self.members)
             .map(|i| {
                 let http = http.clone();
@@ -373,98 +415,47 @@ impl Scenario {
                 .await?;
             rooms.push(room);
         }
+        Ok((users, rooms))
+    }
 
-        let seen: Seen = Arc::default();
-        let sent_at: SentAt = Arc::default();
-        let deliver_lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let room_index: Arc<HashMap<String, usize>> = Arc::new(
-            rooms
-                .iter()
-                .cloned()
-                .enumerate()
-                .map(|(i, r)| (r, i))
-                .collect(),
-        );
-
-        // Receivers: every member long-polls from its current position.
+    /// Receivers: every member long-polls from its current position and
+    /// records the bench messages it sees.
+    async fn spawn_receivers(
+        &self,
+        users: &[Client],
+        shared: &Shared,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
         let mut receivers = vec![];
         for (idx, user) in users.iter().enumerate() {
             let first = user.sync(None, 0).await?;
-            let mut since = first["next_batch"].as_str().unwrap_or_default().to_owned();
-            let (user, seen, sent_at, lat, stop, rooms_ix, run) = (
-                user.clone(),
-                seen.clone(),
-                sent_at.clone(),
-                deliver_lat.clone(),
-                stop.clone(),
-                room_index.clone(),
-                run.clone(),
-            );
-            let members = self.members;
+            let since = first["next_batch"].as_str().unwrap_or_default().to_owned();
+            let (user, shared, members) = (user.clone(), shared.clone(), self.members);
             receivers.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(body) = user.sync(Some(&since), 2_000).await else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    };
-                    let now = Instant::now();
-                    since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
-                    let Some(joined) = body["rooms"]["join"].as_object() else {
-                        continue;
-                    };
-                    for (room_id, room) in joined {
-                        let Some(&r) = rooms_ix.get(room_id) else {
-                            continue;
-                        };
-                        for ev in room["timeline"]["events"].as_array().into_iter().flatten() {
-                            let b = &ev["content"]["bench"];
-                            if b["run"] != run.as_str() {
-                                continue;
-                            }
-                            let (Some(s), Some(n)) = (b["s"].as_u64(), b["n"].as_u64()) else {
-                                continue;
-                            };
-                            let s = s as usize;
-                            if let Ok(mut seen) = seen.lock() {
-                                seen.entry((idx, r)).or_default().push((s, n));
-                            }
-                            // Latency counts deliveries to members other than the sender.
-                            if s != idx % members
-                                && let Some(t0) =
-                                    sent_at.lock().ok().and_then(|m| m.get(&(r, s, n)).copied())
-                                && let Ok(mut l) = lat.lock()
-                            {
-                                l.push(now - t0);
-                            }
-                        }
-                    }
-                }
+                receive(user, since, idx, members, shared).await
             }));
         }
+        Ok(receivers)
+    }
 
-        let peak = Arc::new(Mutex::new(None::<u64>));
-        let sampler = server.pid.map(|pid| {
-            let (peak, stop) = (peak.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    if let (Some(kb), Ok(mut p)) = (rss_kb(pid), peak.lock()) {
-                        *p = Some(p.map_or(kb, |m: u64| m.max(kb)));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-        });
-
-        // Senders.
-        let start = Instant::now();
-        let deadline = start + self.duration;
+    /// Senders: the first `senders` members of each room send until
+    /// `deadline`; each task returns (room, sender, count, ack latencies).
+    fn spawn_senders(
+        &self,
+        users: &[Client],
+        rooms: &[String],
+        shared: &Shared,
+        deadline: Instant,
+    ) -> Vec<tokio::task::JoinHandle<SenderResult>> {
         let mut senders = vec![];
         for (r, room) in rooms.iter().enumerate() {
             for s in 0..self.senders {
                 let user = users[r * self.members + s].clone();
-                let (room, sent_at, run, pace) =
-                    (room.clone(), sent_at.clone(), run.clone(), self.pace);
+                let (room, sent_at, run, pace) = (
+                    room.clone(),
+                    shared.sent_at.clone(),
+                    shared.run.clone(),
+                    self.pace,
+                );
                 senders.push(tokio::spawn(async move {
                     let mut acks = vec![];
                     let mut n = 0u64;
@@ -493,17 +484,16 @@ impl Scenario {
                 }));
             }
         }
-        let mut ack_lat = vec![];
-        let mut sent_counts: HashMap<(usize, usize), u64> = HashMap::new();
-        for t in senders {
-            let (r, s, n, acks) = t.await?;
-            sent_counts.insert((r, s), n);
-            ack_lat.extend(acks);
-        }
-        let elapsed = start.elapsed();
-        let total_sent: u64 = sent_counts.values().sum();
+        senders
+    }
 
-        // Wait for every member to have everything its room sent.
+    /// Waits (up to 20 s) for every member to have everything its room sent.
+    async fn wait_for_delivery(
+        &self,
+        users: usize,
+        seen: &Seen,
+        sent_counts: &HashMap<(usize, usize), u64>,
+    ) {
         let expected_per_room: Vec<u64> = (0..self.rooms)
             .map(|r| {
                 (0..self.senders)
@@ -514,7 +504,7 @@ impl Scenario {
         let catch_up = Instant::now() + Duration::from_secs(20);
         loop {
             let done = seen.lock().map(|m| {
-                (0..users.len()).all(|i| {
+                (0..users).all(|i| {
                     let r = i / self.members.max(1);
                     m.get(&(i, r)).map_or(0, |v| v.len() as u64) >= expected_per_room[r]
                 })
@@ -524,23 +514,16 @@ impl Scenario {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let delivery_window = start.elapsed();
-        stop.store(true, Ordering::Relaxed);
-        for t in receivers {
-            t.abort();
-        }
-        if let Some(t) = sampler {
-            t.abort();
-        }
+    }
 
-        let mut o = Outcome {
-            ack: percentiles(ack_lat),
-            deliver: percentiles(deliver_lat.lock().map(|v| v.clone()).unwrap_or_default()),
-            sends_per_sec: total_sent as f64 / elapsed.as_secs_f64(),
-            peak_rss_kb: peak.lock().ok().and_then(|p| *p),
-            ..Default::default()
-        };
-        let seen = seen.lock().map(|m| m.clone()).unwrap_or_default();
+    /// Counts what was delivered, lost, duplicated and seen out of order
+    /// (per sender, and between members of one room).
+    fn check_deliveries(
+        &self,
+        seen: &HashMap<(usize, usize), Vec<(usize, u64)>>,
+        sent_counts: &HashMap<(usize, usize), u64>,
+        o: &mut Outcome,
+    ) {
         let empty = vec![];
         for r in 0..self.rooms {
             let mut reference: Option<&Vec<(usize, u64)>> = None;
@@ -570,7 +553,106 @@ impl Scenario {
                 }
             }
         }
-        o.deliveries_per_sec = o.delivered as f64 / delivery_window.as_secs_f64();
-        Ok(o)
+    }
+}
+
+/// What the senders and receivers of a rooms scenario share.
+#[derive(Clone)]
+struct Shared {
+    run: String,
+    seen: Seen,
+    sent_at: SentAt,
+    deliver_lat: Arc<Mutex<Vec<Duration>>>,
+    stop: Arc<AtomicBool>,
+    room_index: Arc<HashMap<String, usize>>,
+}
+
+/// One member's long-poll loop (member `idx`, `members` to a room).
+async fn receive(user: Client, mut since: String, idx: usize, members: usize, shared: Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Ok(body) = user.sync(Some(&since), 2_000).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let now = Instant::now();
+        since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+        let Some(joined) = body["rooms"]["join"].as_object() else {
+            continue;
+        };
+        for (room_id, room) in joined {
+            let Some(&r) = shared.room_index.get(room_id) else {
+                continue;
+            };
+            for ev in room["timeline"]["events"].as_array().into_iter().flatten() {
+                let b = &ev["content"]["bench"];
+                if b["run"] != shared.run.as_str() {
+                    continue;
+                }
+                let (Some(s), Some(n)) = (b["s"].as_u64(), b["n"].as_u64()) else {
+                    continue;
+                };
+                let s = s as usize;
+                if let Ok(mut seen) = shared.seen.lock() {
+                    seen.entry((idx, r)).or_default().push((s, n));
+                }
+                // Latency counts deliveries to members other than the sender.
+                if s != idx % members
+                    && let Some(t0) = shared
+                        .sent_at
+                        .lock()
+                        .ok()
+                        .and_then(|m| m.get(&(r, s, n)).copied())
+                    && let Ok(mut l) = shared.deliver_lat.lock()
+                {
+                    l.push(now - t0);
+                }
+            }
+        }
+    }
+}
+
+/// Samples the server's resident memory every 100 ms, keeping the peak.
+fn spawn_rss_sampler(
+    pid: u32,
+    peak: Arc<Mutex<Option<u64>>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            if let (Some(kb), Ok(mut p)) = (rss_kb(pid), peak.lock()) {
+                *p = Some(p.map_or(kb, |m: u64| m.max(kb)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// The to-device receiver's long-poll loop: records when each bench message
+/// of this run arrives.
+async fn receive_to_device(
+    receiver: Client,
+    mut since: String,
+    run: String,
+    sent_at: Arc<Mutex<HashMap<u64, Instant>>>,
+    seen: Arc<Mutex<Vec<(u64, Duration)>>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(body) = receiver.sync(Some(&since), 2_000).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let now = Instant::now();
+        since = body["next_batch"].as_str().unwrap_or(&since).to_owned();
+        for ev in body["to_device"]["events"].as_array().into_iter().flatten() {
+            let b = &ev["content"]["bench"];
+            let Some(n) = b["n"].as_u64().filter(|_| b["run"] == run.as_str()) else {
+                continue;
+            };
+            let t0 = sent_at.lock().ok().and_then(|m| m.get(&n).copied());
+            if let (Some(t0), Ok(mut s)) = (t0, seen.lock()) {
+                s.push((n, now - t0));
+            }
+        }
     }
 }

@@ -216,6 +216,18 @@ macro_rules! impl_commit_events {
             .bind(pdu.redacts.as_ref().map(|r| r.as_str()))
             .fetch_one(&mut *conn)
             .await?;
+            queue_for_destinations(&mut *conn, ev).await?;
+            for change in &ev.state {
+                record_state_change(&mut *conn, pdu.room_id.as_str(), change, ordering).await?;
+            }
+            Ok(ordering)
+        }
+
+
+        /// Queues the event for the servers it is relayed to and the
+        /// application services interested in it, in the same transaction.
+        async fn queue_for_destinations(conn: &mut <$db as sqlx::Database>::Connection, ev: &EventToPersist) -> Result<()> {
+            let pdu = &ev.pdu;
             let relayed = match ev.relay.is_empty() {
                 true => String::new(),
                 false => serde_json::to_string(&pdu.as_sent())?,
@@ -234,46 +246,55 @@ macro_rules! impl_commit_events {
                     .execute(&mut *conn)
                     .await?;
             }
-            for change in &ev.state {
+            Ok(())
+        }
+
+        /// One state change of an event at `ordering`: the state history, the
+        /// current state and, for a member event, the membership index.
+        async fn record_state_change(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            room_id: &str,
+            change: &crate::store::StateChange,
+            ordering: i64,
+        ) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(room_id)
+            .bind(&change.kind)
+            .bind(&change.state_key)
+            .bind(&change.event_id)
+            .bind(ordering)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "INSERT INTO current_state (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
+                   event_id = excluded.event_id, stream_ordering = excluded.stream_ordering",
+            )
+            .bind(room_id)
+            .bind(&change.kind)
+            .bind(&change.state_key)
+            .bind(&change.event_id)
+            .bind(ordering)
+            .execute(&mut *conn)
+            .await?;
+            if let Some(membership) = &change.membership {
                 sqlx::query(
-                    "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
+                     VALUES ($1, $2, $3, $4, $5, 0)
+                     ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
+                       event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
                 )
-                .bind(pdu.room_id.as_str())
-                .bind(&change.kind)
+                .bind(room_id)
                 .bind(&change.state_key)
+                .bind(membership)
                 .bind(&change.event_id)
                 .bind(ordering)
                 .execute(&mut *conn)
                 .await?;
-                sqlx::query(
-                    "INSERT INTO current_state (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
-                       event_id = excluded.event_id, stream_ordering = excluded.stream_ordering",
-                )
-                .bind(pdu.room_id.as_str())
-                .bind(&change.kind)
-                .bind(&change.state_key)
-                .bind(&change.event_id)
-                .bind(ordering)
-                .execute(&mut *conn)
-                .await?;
-                if let Some(membership) = &change.membership {
-                    sqlx::query(
-                        "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
-                         VALUES ($1, $2, $3, $4, $5, 0)
-                         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,
-                           event_id = excluded.event_id, stream_ordering = excluded.stream_ordering, forgotten = 0",
-                    )
-                    .bind(pdu.room_id.as_str())
-                    .bind(&change.state_key)
-                    .bind(membership)
-                    .bind(&change.event_id)
-                    .bind(ordering)
-                    .execute(&mut *conn)
-                    .await?;
-                }
             }
-            Ok(ordering)
+            Ok(())
         }
 
     };
