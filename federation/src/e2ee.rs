@@ -9,8 +9,8 @@ use axum::{
     Extension, Json,
     extract::{Path, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::Error;
+use hearth_http_common::error::ApiError;
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
 

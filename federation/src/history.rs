@@ -12,13 +12,13 @@ use axum::{
     Extension, Json,
     extract::{Path, RawQuery, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::{
     Error,
     ids::now_ms,
     pdu::{Pdu, StoredEvent},
     rooms::HistoryVisibility,
 };
+use hearth_http_common::error::ApiError;
 use ruma::{CanonicalJsonObject, RoomId, ServerName};
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -10,8 +10,8 @@ use axum::{
     Extension, Json,
     extract::{Path, RawQuery, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::{CoreConfig, Error, ids::now_ms, pdu::Pdu};
+use hearth_http_common::error::ApiError;
 use ruma::{CanonicalJsonValue, RoomId, RoomVersionId, UserId, signatures::hash_and_sign_event};
 use serde_json::{Value, json};
 

@@ -7,8 +7,8 @@ use axum::{
     Extension, Json,
     extract::{Query, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::{Error, Result};
+use hearth_http_common::error::ApiError;
 use ruma::{RoomAliasId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -111,7 +111,11 @@ pub(crate) async fn public_rooms_get(
     State(fed): State<Arc<Federation>>,
     Query(q): Query<PublicRoomsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    hearth_client_api::public_rooms_for_server(&fed.hearth, q.limit, q.since, None).await
+    let page = fed
+        .hearth
+        .public_rooms(q.limit, q.since.as_deref(), None)
+        .await?;
+    Ok(Json(page))
 }
 
 #[derive(Deserialize)]
@@ -125,7 +129,11 @@ pub(crate) async fn public_rooms_post(
     State(fed): State<Arc<Federation>>,
     Json(b): Json<PublicRoomsBody>,
 ) -> Result<Json<Value>, ApiError> {
-    hearth_client_api::public_rooms_for_server(&fed.hearth, b.limit, b.since, b.filter).await
+    let page = fed
+        .hearth
+        .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref())
+        .await?;
+    Ok(Json(page))
 }
 
 /// Lets the client API ask other servers (core's `Remote`).

@@ -9,7 +9,7 @@ use axum::{
     response::IntoResponse,
     routing::{get, post, put},
 };
-use hearth_client_api::error::ApiError;
+use hearth_http_common::error::ApiError;
 use serde_json::{Value, json};
 
 use crate::{Federation, acl, auth, e2ee, history, membership, queries, server_keys, transactions};

@@ -11,8 +11,8 @@ use axum::{
     Extension, Json,
     extract::{Path, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::{Error, ids::now_ms, rooms::Incoming};
+use hearth_http_common::error::ApiError;
 use rand::Rng;
 use ruma::{RoomId, RoomVersionId};
 use serde_json::{Map, Value, json};

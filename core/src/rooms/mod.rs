@@ -10,6 +10,7 @@
 
 pub mod acl;
 mod create;
+mod directory;
 mod forks;
 mod gaps;
 mod history;
