@@ -35,10 +35,11 @@ pub(crate) async fn profile(
         return Err(Error::invalid_param("field must be displayname or avatar_url").into());
     }
     tracing::debug!(%origin, %user, "profile query");
-    let u = match fed.hearth.store.get_user(user.as_str()).await? {
-        Some(u) if !u.deactivated => u,
-        _ => return Err(Error::not_found("Profile not found").into()),
-    };
+    let u = fed
+        .hearth
+        .active_user(user.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("Profile not found"))?;
     let mut body = Map::new();
     if field != Some("avatar_url")
         && let Some(n) = u.displayname
@@ -84,16 +85,10 @@ pub(crate) async fn event(
     Extension(Origin(origin)): Extension<Origin>,
     axum::extract::Path(event_id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let ev = fed
-        .hearth
-        .store
-        .get_event(&event_id)
-        .await?
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    fed.hearth
-        .check_server_acl(&ev.pdu.room_id, &origin)
-        .await?;
-    crate::history::require_reader(&fed, &ev.pdu.room_id, &origin).await?;
+    let h = &fed.hearth;
+    let ev = h.event_by_id(&event_id).await?;
+    h.check_server_acl(&ev.pdu.room_id, &origin).await?;
+    h.require_server_reader(&ev.pdu.room_id, &origin).await?;
     Ok(Json(json!({
         "origin": fed.server_name(),
         "origin_server_ts": hearth_core::ids::now_ms(),

@@ -11,6 +11,7 @@
 pub mod acl;
 mod create;
 mod directory;
+mod federated;
 mod forks;
 mod gaps;
 mod history;
