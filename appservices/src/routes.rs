@@ -9,11 +9,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use hearth_client_api::{
+use hearth_core::Hearth;
+use hearth_http_common::{
     error::ApiError,
     extract::{Auth, JsonBody},
 };
-use hearth_core::Hearth;
 use serde::Deserialize;
 use serde_json::json;
 

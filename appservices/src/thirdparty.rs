@@ -9,8 +9,8 @@ use axum::{
     extract::{Path, RawQuery, State},
     routing::get,
 };
-use hearth_client_api::{error::ApiError, extract::Auth};
 use hearth_core::{Error, Hearth, appservice::AppService};
+use hearth_http_common::{error::ApiError, extract::Auth};
 use serde_json::{Map, Value};
 
 use crate::{AsClient, client::enc};

@@ -1,14 +1,14 @@
 //! `/_matrix/client/*` and `/_matrix/media/*`: HTTP in, calls on
 //! [`hearth_core::Hearth`] out. Each `routes` module owns one area of the API.
 
-pub mod error;
+pub use hearth_http_common::error;
 pub mod extract;
 mod forward;
 mod push_gateway;
 mod routes;
 
 pub use push_gateway::start_push;
-pub use routes::{directory::public_rooms_for_server, ws::wait_for_sockets};
+pub use routes::ws::wait_for_sockets;
 
 use std::{sync::Arc, time::Duration};
 

@@ -95,6 +95,12 @@ impl Hearth {
         }
     }
 
+    /// A local account that exists and is not deactivated (`None`
+    /// otherwise): whom other servers may look up or invite.
+    pub async fn active_user(&self, user: &str) -> Result<Option<crate::store::UserRecord>> {
+        Ok(self.store.get_user(user).await?.filter(|u| !u.deactivated))
+    }
+
     pub async fn check_username_available(&self, local: &str) -> Result<OwnedUserId> {
         if !valid_localpart(local) {
             return Err(Error::InvalidUsername(

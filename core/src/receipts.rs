@@ -143,3 +143,39 @@ impl Hearth {
         .await;
     }
 }
+
+impl Hearth {
+    /// An `m.read` receipt another server sent for its user (already
+    /// checked to be joined): stored when the event is known here and in
+    /// the room, and the room woken; otherwise dropped. `data` may carry
+    /// `ts` and a `thread_id`.
+    pub async fn receive_remote_receipt(
+        &self,
+        room: &RoomId,
+        user: &str,
+        event_id: &str,
+        data: &Value,
+    ) {
+        let known = matches!(
+            self.store.get_event(event_id).await,
+            Ok(Some(e)) if e.pdu.room_id == room
+        );
+        if !known {
+            return;
+        }
+        let receipt = ReceiptRecord {
+            room_id: room.to_string(),
+            receipt_type: "m.read".into(),
+            user_id: user.to_owned(),
+            // A threaded receipt stays one (spec: `data.thread_id`).
+            thread_id: data["thread_id"].as_str().unwrap_or_default().to_owned(),
+            event_id: event_id.to_owned(),
+            ts: data["ts"].as_i64().unwrap_or_else(|| now_ms() as i64),
+            stream_id: 0,
+        };
+        match self.store.put_receipt(&receipt).await {
+            Ok(_) => self.notify_room(room).await,
+            Err(e) => tracing::warn!(room = %room, %user, error = %e, "cannot store a receipt"),
+        }
+    }
+}

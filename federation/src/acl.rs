@@ -11,8 +11,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::Error;
+use hearth_http_common::error::ApiError;
 use ruma::RoomId;
 
 use crate::{Federation, auth::Origin};

@@ -9,8 +9,8 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::{Error, ids::now_ms};
+use hearth_http_common::error::ApiError;
 use ruma::{OwnedServerName, api::federation::authentication::XMatrix, signatures::PublicKeyMap};
 
 use crate::{FedError, Federation};

@@ -9,8 +9,8 @@ use axum::{
     Extension, Json,
     extract::{Path, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::Error;
+use hearth_http_common::error::ApiError;
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Value, json};
 
@@ -62,41 +62,7 @@ pub(crate) async fn devices(
     if user.server_name() != fed.server_name() {
         return Err(Error::invalid_param("The user is not on this server").into());
     }
-    let h = &fed.hearth;
-    let names: BTreeMap<String, Option<String>> = h
-        .store
-        .list_devices(user.as_str())
-        .await?
-        .into_iter()
-        .map(|d| (d.device_id, d.display_name))
-        .collect();
-    let devices: Vec<Value> = h
-        .store
-        .device_keys(user.as_str())
-        .await?
-        .into_iter()
-        .filter(|(d, _)| names.contains_key(d))
-        .map(|(device, keys)| {
-            let mut d = json!({"device_id": device, "keys": keys});
-            if let Some(Some(name)) = names.get(&device) {
-                d["device_display_name"] = json!(name);
-            }
-            d
-        })
-        .collect();
-    let mut out = json!({
-        "user_id": user,
-        "stream_id": h.store.device_list_position(user.as_str()).await?,
-        "devices": devices,
-    });
-    for (kind, key) in h.store.cross_signing_keys(user.as_str()).await? {
-        match kind.as_str() {
-            "master" => out["master_key"] = key,
-            "self_signing" => out["self_signing_key"] = key,
-            _ => {}
-        }
-    }
-    Ok(Json(out))
+    Ok(Json(fed.hearth.device_list_for_server(&user).await?))
 }
 
 impl Federation {

@@ -1,8 +1,8 @@
 //! Federation failures, and how they reach a caller.
 
 use axum::http::StatusCode;
-use hearth_client_api::error::ApiError;
 use hearth_core::Error;
+use hearth_http_common::error::ApiError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FedError {

@@ -18,6 +18,7 @@ mod membership;
 mod pdu;
 mod presence;
 mod queries;
+mod query;
 mod routes;
 mod server_keys;
 pub mod tls;

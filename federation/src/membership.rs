@@ -1,17 +1,14 @@
 //! Joining rooms across servers: `make_join` / `send_join` (v2) answered
 //! for other servers' users, and asked of other servers for ours.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Extension, Json,
     extract::{Path, RawQuery, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::{CoreConfig, Error, ids::now_ms, pdu::Pdu};
+use hearth_http_common::error::ApiError;
 use ruma::{CanonicalJsonValue, RoomId, RoomVersionId, UserId, signatures::hash_and_sign_event};
 use serde_json::{Value, json};
 
@@ -20,6 +17,7 @@ use crate::{
     auth::Origin,
     enc,
     pdu::{event_id_of, pdu_object, rules_of},
+    query::query_values,
 };
 
 pub(crate) async fn make_join(
@@ -30,7 +28,7 @@ pub(crate) async fn make_join(
 ) -> Result<Json<Value>, ApiError> {
     let (template, version) = template(&fed, &origin, &room_id, &user_id, "join").await?;
     // The versions the joining server supports (none named: only "1").
-    let supported = crate::history::query_values(query.as_deref(), "ver");
+    let supported = query_values(query.as_deref(), "ver");
     if !supported.iter().any(|v| v == version.as_str()) {
         return Err(ApiError::new(
             http::StatusCode::BAD_REQUEST,
@@ -51,7 +49,7 @@ pub(crate) async fn make_knock(
 ) -> Result<Json<Value>, ApiError> {
     let room = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
     let version = fed.hearth.room_version_of(&room).await?;
-    let supported = crate::history::query_values(query.as_deref(), "ver");
+    let supported = query_values(query.as_deref(), "ver");
     let knocking = rules_of(&version).is_ok_and(|r| r.authorization.knocking);
     if !knocking || !supported.iter().any(|v| v == version.as_str()) {
         return Err(ApiError::new(
@@ -171,37 +169,8 @@ pub(crate) async fn send_join(
     fed.hearth.accept_remote_event(pdu, true).await?;
 
     // The state the joining server needs: the room's state before the join
-    // (with the membership the join replaced: an invite, a knock), and
-    // every event their auth chains reach.
-    let mut state: Vec<Arc<Pdu>> = fed
-        .hearth
-        .room_state(&room)
-        .await?
-        .into_iter()
-        .filter(|p| p.event_id != join_id)
-        .collect();
-    let mut wanted: Vec<String> = vec![];
-    if let Some(join) = fed.hearth.store.get_event(join_id.as_str()).await? {
-        wanted.extend(join.pdu.auth_events.iter().map(ToString::to_string));
-        let replaced = join
-            .pdu
-            .json
-            .get("unsigned")
-            .and_then(|u| u.get("replaces_state"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if let Some(replaced) = replaced
-            && let Some(before) = fed.hearth.store.get_event(&replaced).await?
-        {
-            state.push(Arc::new(before.pdu));
-        }
-    }
-    wanted.extend(
-        state
-            .iter()
-            .flat_map(|p| p.auth_events.iter().map(ToString::to_string)),
-    );
-    let auth_chain = auth_chain(&fed, wanted).await?;
+    // and every event its auth chains reach.
+    let (state, auth_chain) = fed.hearth.state_for_joiner(&room, &join_id).await?;
     tracing::info!(room = %room, %user, %origin, "remote user joined through this server");
     Ok(Json(json!({
         "origin": fed.server_name(),
@@ -250,9 +219,8 @@ pub(crate) async fn invite(
     if !fed.hearth.is_local(&invitee) {
         return Err(Error::invalid_param(format!("{invitee} is not a user of this server")).into());
     }
-    match fed.hearth.store.get_user(&invitee).await? {
-        Some(u) if !u.deactivated => {}
-        _ => return Err(Error::not_found(format!("{invitee} does not exist")).into()),
+    if fed.hearth.active_user(&invitee).await?.is_none() {
+        return Err(Error::not_found(format!("{invitee} does not exist")).into());
     }
     let rules = rules_of(&version)?;
     let mut event = pdu_object(&body["event"])?;
@@ -289,26 +257,6 @@ pub(crate) async fn invite(
         .await?;
     tracing::info!(room = %room, %invitee, %origin, "invited from another server");
     Ok(Json(json!({"event": signed})))
-}
-
-/// Every event reachable through `auth_events` from `start`.
-pub(crate) async fn auth_chain(fed: &Federation, start: Vec<String>) -> Result<Vec<Pdu>, Error> {
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut todo = start;
-    let mut out = vec![];
-    while !todo.is_empty() {
-        todo.retain(|id| seen.insert(id.clone()));
-        if todo.is_empty() {
-            break;
-        }
-        let found = fed.hearth.store.get_events(&todo).await?;
-        todo = found
-            .iter()
-            .flat_map(|e| e.pdu.auth_events.iter().map(ToString::to_string))
-            .collect();
-        out.extend(found.into_iter().map(|e| e.pdu));
-    }
-    Ok(out)
 }
 
 impl Federation {
@@ -638,18 +586,9 @@ impl Federation {
             ));
         }
         let creator = create.sender.to_string();
-        if self
-            .hearth
-            .store
-            .room_version(room.as_str())
-            .await?
-            .is_none()
-        {
-            self.hearth
-                .store
-                .create_room(room.as_str(), version.as_str(), &creator)
-                .await?;
-        }
+        self.hearth
+            .adopt_remote_room(room, &version, &creator)
+            .await?;
         let mut ordered: Vec<Pdu> = events.into_values().collect();
         ordered.sort_by_key(|p| (p.depth, p.origin_server_ts));
         for pdu in &ordered {

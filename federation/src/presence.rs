@@ -2,7 +2,7 @@
 //! to every server sharing a room with them and repeated while they stay
 //! online; other servers' announcements of their own users taken in.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use hearth_core::ephemeral::REMOTE_PRESENCE_REPEAT;
 use serde_json::{Value, json};
@@ -40,18 +40,7 @@ impl Federation {
         &self,
         user: &str,
     ) -> hearth_core::Result<Vec<String>> {
-        let ours = self.server_name().as_str();
-        let servers: BTreeSet<String> = self
-            .hearth
-            .store
-            .users_sharing_rooms(user)
-            .await?
-            .iter()
-            .filter_map(|u| ruma::UserId::parse(u.as_str()).ok())
-            .map(|u| u.server_name().to_string())
-            .filter(|s| s != ours)
-            .collect();
-        Ok(servers.into_iter().collect())
+        self.hearth.servers_sharing_rooms_with(user).await
     }
 
     /// Takes an `m.presence` EDU: each entry about a user of the sending

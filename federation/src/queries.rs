@@ -7,8 +7,8 @@ use axum::{
     Extension, Json,
     extract::{Query, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::{Error, Result};
+use hearth_http_common::error::ApiError;
 use ruma::{RoomAliasId, RoomId, UserId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -35,10 +35,11 @@ pub(crate) async fn profile(
         return Err(Error::invalid_param("field must be displayname or avatar_url").into());
     }
     tracing::debug!(%origin, %user, "profile query");
-    let u = match fed.hearth.store.get_user(user.as_str()).await? {
-        Some(u) if !u.deactivated => u,
-        _ => return Err(Error::not_found("Profile not found").into()),
-    };
+    let u = fed
+        .hearth
+        .active_user(user.as_str())
+        .await?
+        .ok_or_else(|| Error::not_found("Profile not found"))?;
     let mut body = Map::new();
     if field != Some("avatar_url")
         && let Some(n) = u.displayname
@@ -84,16 +85,10 @@ pub(crate) async fn event(
     Extension(Origin(origin)): Extension<Origin>,
     axum::extract::Path(event_id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let ev = fed
-        .hearth
-        .store
-        .get_event(&event_id)
-        .await?
-        .ok_or_else(|| Error::not_found("Event not found"))?;
-    fed.hearth
-        .check_server_acl(&ev.pdu.room_id, &origin)
-        .await?;
-    crate::history::require_reader(&fed, &ev.pdu.room_id, &origin).await?;
+    let h = &fed.hearth;
+    let ev = h.event_by_id(&event_id).await?;
+    h.check_server_acl(&ev.pdu.room_id, &origin).await?;
+    h.require_server_reader(&ev.pdu.room_id, &origin).await?;
     Ok(Json(json!({
         "origin": fed.server_name(),
         "origin_server_ts": hearth_core::ids::now_ms(),
@@ -111,7 +106,11 @@ pub(crate) async fn public_rooms_get(
     State(fed): State<Arc<Federation>>,
     Query(q): Query<PublicRoomsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    hearth_client_api::public_rooms_for_server(&fed.hearth, q.limit, q.since, None).await
+    let page = fed
+        .hearth
+        .public_rooms(q.limit, q.since.as_deref(), None)
+        .await?;
+    Ok(Json(page))
 }
 
 #[derive(Deserialize)]
@@ -125,7 +124,11 @@ pub(crate) async fn public_rooms_post(
     State(fed): State<Arc<Federation>>,
     Json(b): Json<PublicRoomsBody>,
 ) -> Result<Json<Value>, ApiError> {
-    hearth_client_api::public_rooms_for_server(&fed.hearth, b.limit, b.since, b.filter).await
+    let page = fed
+        .hearth
+        .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref())
+        .await?;
+    Ok(Json(page))
 }
 
 /// Lets the client API ask other servers (core's `Remote`).

@@ -9,83 +9,16 @@ use axum::{
     response::IntoResponse,
     routing::{get, post, put},
 };
-use hearth_client_api::error::ApiError;
+use hearth_http_common::error::ApiError;
 use serde_json::{Value, json};
 
 use crate::{Federation, acl, auth, e2ee, history, membership, queries, server_keys, transactions};
 
 pub fn router(fed: Arc<Federation>) -> Router {
     let signed = Router::new()
-        .route(
-            "/_matrix/federation/v1/query/profile",
-            get(queries::profile),
-        )
-        .route(
-            "/_matrix/federation/v1/query/directory",
-            get(queries::directory),
-        )
-        .route(
-            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
-            get(membership::make_join),
-        )
-        .route(
-            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
-            put(membership::send_join),
-        )
-        .route(
-            "/_matrix/federation/v1/send/{txn_id}",
-            put(transactions::receive),
-        )
-        .route(
-            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
-            get(membership::make_leave),
-        )
-        .route(
-            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
-            put(membership::send_leave),
-        )
-        .route(
-            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
-            get(membership::make_knock),
-        )
-        .route(
-            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
-            put(membership::send_knock),
-        )
-        .route(
-            "/_matrix/federation/v1/event/{event_id}",
-            get(queries::event),
-        )
-        .route(
-            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
-            put(membership::invite),
-        )
-        .route(
-            "/_matrix/federation/v1/state/{room_id}",
-            get(history::state),
-        )
-        .route(
-            "/_matrix/federation/v1/state_ids/{room_id}",
-            get(history::state_ids),
-        )
-        .route(
-            "/_matrix/federation/v1/backfill/{room_id}",
-            get(history::backfill),
-        )
-        .route(
-            "/_matrix/federation/v1/get_missing_events/{room_id}",
-            post(history::get_missing_events),
-        )
-        .route(
-            "/_matrix/federation/v1/publicRooms",
-            get(queries::public_rooms_get).post(queries::public_rooms_post),
-        )
-        .route("/_matrix/federation/v1/user/keys/query", post(e2ee::query))
-        .route("/_matrix/federation/v1/user/keys/claim", post(e2ee::claim))
-        .route(
-            "/_matrix/federation/v1/user/devices/{user_id}",
-            get(e2ee::devices),
-        )
+        .merge(membership_routes())
+        .merge(history_routes())
+        .merge(query_routes())
         // Layers run outside in: the signature first, then the room's ACL.
         .route_layer(from_fn_with_state(fed.clone(), acl::require_room_access))
         .route_layer(from_fn_with_state(fed.clone(), auth::require_signature));
@@ -106,6 +39,93 @@ pub fn router(fed: Arc<Federation>) -> Router {
         .fallback(unrecognized)
         .layer(DefaultBodyLimit::max(auth::MAX_REQUEST_BYTES))
         .with_state(fed)
+}
+
+/// Joining, leaving, knocking and invites, and the transactions that carry
+/// a room's events.
+fn membership_routes() -> Router<Arc<Federation>> {
+    Router::new()
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(membership::make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            put(membership::send_join),
+        )
+        .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(membership::make_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            put(membership::send_leave),
+        )
+        .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(membership::make_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            put(membership::send_knock),
+        )
+        .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            put(membership::invite),
+        )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(transactions::receive),
+        )
+}
+
+/// A room's past: its state at an event, backfill, missing events, one
+/// event.
+fn history_routes() -> Router<Arc<Federation>> {
+    Router::new()
+        .route(
+            "/_matrix/federation/v1/event/{event_id}",
+            get(queries::event),
+        )
+        .route(
+            "/_matrix/federation/v1/state/{room_id}",
+            get(history::state),
+        )
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(history::state_ids),
+        )
+        .route(
+            "/_matrix/federation/v1/backfill/{room_id}",
+            get(history::backfill),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(history::get_missing_events),
+        )
+}
+
+/// Profiles, aliases, the room directory and end-to-end keys.
+fn query_routes() -> Router<Arc<Federation>> {
+    Router::new()
+        .route(
+            "/_matrix/federation/v1/query/profile",
+            get(queries::profile),
+        )
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(queries::directory),
+        )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(queries::public_rooms_get).post(queries::public_rooms_post),
+        )
+        .route("/_matrix/federation/v1/user/keys/query", post(e2ee::query))
+        .route("/_matrix/federation/v1/user/keys/claim", post(e2ee::claim))
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(e2ee::devices),
+        )
 }
 
 async fn version() -> Json<Value> {

@@ -8,8 +8,8 @@ use axum::{
     Json,
     extract::{Path, Query, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::{Error, ids::now_ms};
+use hearth_http_common::error::ApiError;
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, ServerName, signatures::sign_json};
 use serde::Deserialize;
 use serde_json::{Value, json};

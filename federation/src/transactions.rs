@@ -11,8 +11,8 @@ use axum::{
     Extension, Json,
     extract::{Path, State},
 };
-use hearth_client_api::error::ApiError;
 use hearth_core::{Error, ids::now_ms, rooms::Incoming};
+use hearth_http_common::error::ApiError;
 use rand::Rng;
 use ruma::{RoomId, RoomVersionId};
 use serde_json::{Map, Value, json};
@@ -213,9 +213,8 @@ impl Federation {
                 Err(Error::Unavailable(format!("{room} is being joined")).into()),
             );
         }
-        let version = match self.hearth.store.room_version(room.as_str()).await {
-            Ok(Some(v)) => RoomVersionId::try_from(v.as_str()).ok(),
-            Ok(None) => None,
+        let version = match self.hearth.known_room_version(&room).await {
+            Ok(v) => v,
             Err(e) => return ("unknown".into(), Err(e.into())),
         };
         let Some(version) = version else {
@@ -513,7 +512,8 @@ impl Federation {
                                 let Some(event_id) = event_id.as_str() else {
                                     continue;
                                 };
-                                self.record_remote_receipt(&room, user, event_id, &receipt["data"])
+                                self.hearth
+                                    .receive_remote_receipt(&room, user, event_id, &receipt["data"])
                                     .await;
                             }
                         }
@@ -550,35 +550,7 @@ impl Federation {
     /// Whether `user` belongs to `origin` and is joined to the room here.
     async fn member_from(&self, origin: &str, room: &RoomId, user: &str) -> bool {
         let from_origin = ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == origin);
-        from_origin
-            && matches!(
-                self.hearth.store.membership(room.as_str(), user).await,
-                Ok(Some(m)) if m.membership == "join"
-            )
-    }
-
-    async fn record_remote_receipt(&self, room: &RoomId, user: &str, event_id: &str, data: &Value) {
-        let known = matches!(
-            self.hearth.store.get_event(event_id).await,
-            Ok(Some(e)) if e.pdu.room_id == room
-        );
-        if !known {
-            return;
-        }
-        let receipt = hearth_core::store::ReceiptRecord {
-            room_id: room.to_string(),
-            receipt_type: "m.read".into(),
-            user_id: user.to_owned(),
-            // A threaded receipt stays one (spec: `data.thread_id`).
-            thread_id: data["thread_id"].as_str().unwrap_or_default().to_owned(),
-            event_id: event_id.to_owned(),
-            ts: data["ts"].as_i64().unwrap_or_else(|| now_ms() as i64),
-            stream_id: 0,
-        };
-        match self.hearth.store.put_receipt(&receipt).await {
-            Ok(_) => self.hearth.notify_room(room).await,
-            Err(e) => tracing::warn!(room = %room, %user, error = %e, "cannot store a receipt"),
-        }
+        from_origin && self.hearth.is_joined(room, user).await
     }
 }
 

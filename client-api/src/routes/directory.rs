@@ -237,107 +237,16 @@ async fn public_rooms_post(
     public_rooms(&h, b).await
 }
 
-async fn room_entry(h: &Hearth, room_id: &str) -> ApiResult<Value> {
-    let room = parse_room_id(room_id)?;
-    let state = h.room_state(&room).await?;
-    let get = |kind: &str, field: &str| {
-        state
-            .iter()
-            .find(|p| p.kind.to_string() == kind && p.state_key.as_deref() == Some(""))
-            .and_then(|p| p.content_value().get(field).cloned())
-    };
-    let joined = h
-        .store
-        .room_members(room.as_str(), Some("join"))
-        .await?
-        .len();
-    let mut entry = json!({
-        "room_id": room,
-        "num_joined_members": joined,
-        "world_readable": get("m.room.history_visibility", "history_visibility") == Some(json!("world_readable")),
-        "guest_can_join": get("m.room.guest_access", "guest_access") == Some(json!("can_join")),
-        "join_rule": get("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
-    });
-    for (kind, field, key) in [
-        ("m.room.name", "name", "name"),
-        ("m.room.topic", "topic", "topic"),
-        ("m.room.canonical_alias", "alias", "canonical_alias"),
-        ("m.room.avatar", "url", "avatar_url"),
-        ("m.room.create", "type", "room_type"),
-    ] {
-        if let Some(v) = get(kind, field) {
-            entry[key] = v;
-        }
-    }
-    Ok(entry)
-}
-
-/// This server's published rooms for another server (`/publicRooms` over
-/// federation): `limit`, `since` and a search term as for clients.
-pub async fn public_rooms_for_server(
-    h: &Hearth,
-    limit: Option<usize>,
-    since: Option<String>,
-    filter: Option<Value>,
-) -> JsonResult {
-    public_rooms(
-        h,
-        PublicRoomsBody {
-            limit,
-            since,
-            server: None,
-            filter,
-        },
-    )
-    .await
-}
-
 async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> JsonResult {
     if let Some(server) = &b.server
         && server != h.config.server_name.as_str()
     {
         return Err(Error::not_found("Remote room directories are not available").into());
     }
-    let term = b
-        .filter
-        .as_ref()
-        .and_then(|f| f.get("generic_search_term"))
-        .and_then(Value::as_str)
-        .map(str::to_lowercase);
-    let mut entries = vec![];
-    for room_id in h.store.public_rooms().await? {
-        let entry = room_entry(h, &room_id).await?;
-        if let Some(t) = &term {
-            let matches = ["name", "topic", "canonical_alias"].iter().any(|k| {
-                entry[*k]
-                    .as_str()
-                    .is_some_and(|v| v.to_lowercase().contains(t.as_str()))
-            });
-            if !matches {
-                continue;
-            }
-        }
-        entries.push(entry);
-    }
-    entries.sort_by_key(|e| std::cmp::Reverse(e["num_joined_members"].as_u64().unwrap_or(0)));
-    let total = entries.len();
-    let offset: usize = match &b.since {
-        Some(s) => s
-            .strip_prefix('o')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::invalid_param("Invalid since token"))?,
-        None => 0,
-    };
-    let limit = b.limit.unwrap_or(100).clamp(1, 500);
-    let chunk: Vec<Value> = entries.into_iter().skip(offset).take(limit).collect();
-    let mut body = json!({"chunk": chunk, "total_room_count_estimate": total});
-    if offset + limit < total {
-        body["next_batch"] = json!(format!("o{}", offset + limit));
-    }
-    if offset > 0 {
-        body["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
-    }
-    Ok(Json(body))
+    let page = h
+        .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref())
+        .await?;
+    Ok(Json(page))
 }
 
 #[derive(Deserialize)]

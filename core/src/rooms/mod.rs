@@ -10,6 +10,8 @@
 
 pub mod acl;
 mod create;
+mod directory;
+mod federated;
 mod forks;
 mod gaps;
 mod history;
