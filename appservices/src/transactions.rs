@@ -29,7 +29,9 @@ pub fn start_senders(hearth: Arc<Hearth>) {
         .set(Arc::new(AsClient::shared().clone()));
     for service in hearth.appservices.all() {
         if service.url.is_some() {
-            tokio::spawn(send_loop(hearth.clone(), service.clone()));
+            hearth
+                .tasks
+                .spawn(send_loop(hearth.clone(), service.clone()));
         }
     }
 }
@@ -51,6 +53,7 @@ async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
         started_ms: hearth_core::ids::now_ms(),
         next: 0,
     };
+    let tasks = hearth.tasks.clone();
     loop {
         // Registered before the queue is read, so a wake-up in between
         // is not lost.
@@ -61,15 +64,22 @@ async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
                 match next_transaction(&hearth, &service, &destination, &mut ephemeral_only).await {
                     Ok(Some(t)) => t,
                     Ok(None) => {
-                        tokio::select! {
-                            _ = woken => {}
-                            _ = tokio::time::sleep(POLL) => {}
+                        let waited = tasks.until_stopped(async {
+                            tokio::select! {
+                                _ = woken => {}
+                                _ = tokio::time::sleep(POLL) => {}
+                            }
+                        });
+                        if waited.await.is_none() {
+                            return;
                         }
                         continue;
                     }
                     Err(e) => {
                         tracing::warn!(appservice = %service.id, error = %e, "cannot read the queue");
-                        tokio::time::sleep(POLL).await;
+                        if !tasks.sleep(POLL).await {
+                            return;
+                        }
                         continue;
                     }
                 }
@@ -96,7 +106,10 @@ async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
                     .saturating_mul(1 << (failures - 1).min(16))
                     .min(BACKOFF_MAX);
                 pending = Some(txn);
-                tokio::time::sleep(delay).await;
+                // What is not acknowledged stays queued for the next start.
+                if !tasks.sleep(delay).await {
+                    return;
+                }
             }
         }
     }

@@ -16,6 +16,8 @@ use std::{
 };
 
 use futures::StreamExt;
+
+use crate::tasks::Tasks;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 use tracing::{debug, info, warn};
@@ -96,14 +98,15 @@ impl Bus {
         Ok((bus, rx))
     }
 
-    /// Runs the publisher and the subscriber until the process exits.
+    /// Runs the publisher and the subscriber until shutdown.
     pub fn start(
         self: &Arc<Self>,
+        tasks: &Tasks,
         outbox: mpsc::Receiver<BusMessage>,
         listener: std::sync::Weak<dyn BusListener>,
     ) {
-        tokio::spawn(self.clone().publish_loop(outbox));
-        tokio::spawn(self.clone().subscribe_loop(listener));
+        tasks.spawn(self.clone().publish_loop(tasks.clone(), outbox));
+        tasks.spawn(self.clone().subscribe_loop(tasks.clone(), listener));
     }
 
     /// Whether Redis answered the last time it was asked.
@@ -199,9 +202,13 @@ impl Bus {
         *self.conn.lock().await = None;
     }
 
-    async fn publish_loop(self: Arc<Self>, mut outbox: mpsc::Receiver<BusMessage>) {
+    async fn publish_loop(self: Arc<Self>, tasks: Tasks, mut outbox: mpsc::Receiver<BusMessage>) {
         let mut batch = Vec::with_capacity(256);
-        while outbox.recv_many(&mut batch, 256).await > 0 {
+        while tasks
+            .until_stopped(outbox.recv_many(&mut batch, 256))
+            .await
+            .is_some_and(|n| n > 0)
+        {
             let mut pipe = redis::pipe();
             for msg in batch.drain(..) {
                 let envelope = Envelope {
@@ -224,7 +231,11 @@ impl Bus {
         }
     }
 
-    async fn subscribe_loop(self: Arc<Self>, listener: std::sync::Weak<dyn BusListener>) {
+    async fn subscribe_loop(
+        self: Arc<Self>,
+        tasks: Tasks,
+        listener: std::sync::Weak<dyn BusListener>,
+    ) {
         loop {
             let subscribed = async {
                 let mut pubsub = self.client.get_async_pubsub().await?;
@@ -234,7 +245,9 @@ impl Bus {
             let pubsub = match tokio::time::timeout(REDIS_TIMEOUT, subscribed).await {
                 Ok(Ok(p)) => p,
                 _ => {
-                    tokio::time::sleep(RECONNECT_EVERY).await;
+                    if !tasks.sleep(RECONNECT_EVERY).await {
+                        return;
+                    }
                     if listener.strong_count() == 0 {
                         return;
                     }
@@ -248,7 +261,7 @@ impl Bus {
             l.resumed().await;
             drop(l);
             let mut messages = pubsub.into_on_message().ready_chunks(256);
-            while let Some(chunk) = messages.next().await {
+            while let Some(Some(chunk)) = tasks.until_stopped(messages.next()).await {
                 let batch: Vec<BusMessage> = chunk
                     .iter()
                     .filter_map(|m| m.get_payload::<String>().ok())
@@ -261,9 +274,14 @@ impl Bus {
                     l.received(batch).await;
                 }
             }
+            if tasks.stopping() {
+                return;
+            }
             // The subscription ended: Redis went away.
             self.lost("subscription closed").await;
-            tokio::time::sleep(RECONNECT_EVERY).await;
+            if !tasks.sleep(RECONNECT_EVERY).await {
+                return;
+            }
         }
     }
 }

@@ -48,16 +48,19 @@ impl Hearth {
         self.store.share_with_other_processes();
         self.notifier.attach_bus(bus.clone());
         let listener: Arc<dyn BusListener> = self.clone();
-        bus.start(outbox, Arc::downgrade(&listener));
+        bus.start(&self.tasks, outbox, Arc::downgrade(&listener));
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
             loop {
                 let every = match weak.upgrade() {
                     Some(h) if h.bus.as_ref().is_some_and(|b| b.is_up()) => HEADS_EVERY_UP,
                     Some(_) => HEADS_EVERY_DOWN,
                     None => return,
                 };
-                tokio::time::sleep(every).await;
+                if !tasks.sleep(every).await {
+                    return;
+                }
                 let Some(h) = weak.upgrade() else { return };
                 h.refresh_heads_logged().await;
             }
@@ -125,7 +128,7 @@ impl Hearth {
                     users: users.clone(),
                     serial: self.typing.serial(),
                 });
-                store_typing(bus.clone(), room.as_str(), users);
+                store_typing(&self.tasks, bus.clone(), room.as_str(), users);
             }
             self.notify_room(room).await;
             let users: Vec<String> = self
@@ -223,7 +226,7 @@ impl Hearth {
                 let bus = bus.clone();
                 let key = presence_key(&bus, user);
                 let ttl = self.presence.times().offline_after.as_millis() as u64;
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let mut cmd = redis::cmd("SET");
                     cmd.arg(key).arg(json).arg("PX").arg(ttl.max(1));
                     bus.query::<()>(&cmd).await;
@@ -321,11 +324,11 @@ fn typing_key(bus: &Bus, room: &str) -> String {
 
 /// Keeps a room's typing users in Redis until the last one expires, for
 /// processes that join later or missed the announcement.
-fn store_typing(bus: Arc<Bus>, room: &str, users: Vec<(String, u64)>) {
+fn store_typing(tasks: &crate::tasks::Tasks, bus: Arc<Bus>, room: &str, users: Vec<(String, u64)>) {
     let key = typing_key(&bus, room);
     let until = users.iter().map(|(_, e)| *e).max().unwrap_or(0);
     let ttl = until.saturating_sub(crate::ids::now_ms());
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let cmd = match serde_json::to_string(&users) {
             Ok(json) if ttl > 0 => {
                 let mut cmd = redis::cmd("SET");

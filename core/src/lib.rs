@@ -22,6 +22,7 @@ pub mod receipts;
 pub mod rooms;
 pub mod store;
 pub mod sync;
+pub mod tasks;
 pub mod uia;
 pub mod unread;
 
@@ -59,6 +60,8 @@ pub struct Hearth {
     /// Flips to true when the server starts draining: long-polls answer at
     /// once and WebSockets are told to reconnect elsewhere.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Every long-lived background task, stopped and awaited at shutdown.
+    pub tasks: tasks::Tasks,
     /// The bus to the server's other processes, when Redis is configured.
     pub bus: Option<Arc<bus::Bus>>,
     /// Re-reads of the stream heads, shared by concurrent callers.
@@ -192,6 +195,7 @@ impl Hearth {
             e2ee: e2ee::E2eeState::default(),
             push,
             shutdown: tokio::sync::watch::channel(false).0,
+            tasks: tasks::Tasks::default(),
             bus: bus.as_ref().map(|(b, _)| b.clone()),
             heads: Default::default(),
             writer_id: Arc::from(ids::random_string(16)),
@@ -233,11 +237,14 @@ impl Hearth {
     /// reach syncing clients as changes.
     fn spawn_sweepers(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             let mut ticks: u64 = 0;
             loop {
-                tick.tick().await;
+                if tasks.until_stopped(tick.tick()).await.is_none() {
+                    break;
+                }
                 ticks += 1;
                 let Some(h) = weak.upgrade() else { break };
                 if h.typing.sweep() {

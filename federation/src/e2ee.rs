@@ -71,7 +71,7 @@ impl Federation {
     pub(crate) fn share_device_updates(self: &Arc<Self>, user: &str, edus: Vec<Value>) {
         let fed = self.clone();
         let user = user.to_owned();
-        tokio::spawn(async move {
+        self.hearth.tasks.spawn(async move {
             let servers = match fed.servers_sharing_with(&user).await {
                 Ok(s) => s,
                 Err(e) => {

@@ -93,11 +93,11 @@ impl Federation {
         let _ = hearth
             .remote
             .set(Arc::new(queries::RemoteQueries(Arc::downgrade(&fed))));
-        tokio::spawn({
+        hearth.tasks.spawn({
             let fed = fed.clone();
             async move { fed.resume_queues().await }
         });
-        tokio::spawn(fed.clone().repeat_presence());
+        hearth.tasks.spawn(fed.clone().repeat_presence());
         Ok(fed)
     }
 

@@ -15,7 +15,7 @@ impl Federation {
     pub(crate) fn share_presence(self: &Arc<Self>, user: &str, content: Value) {
         let fed = self.clone();
         let user = user.to_owned();
-        tokio::spawn(async move {
+        self.hearth.tasks.spawn(async move {
             let servers = match fed.servers_sharing_with(&user).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -68,8 +68,11 @@ impl Federation {
     pub(crate) async fn repeat_presence(self: Arc<Self>) {
         let mut every = tokio::time::interval(REMOTE_PRESENCE_REPEAT);
         every.tick().await;
+        let tasks = self.hearth.tasks.clone();
         loop {
-            every.tick().await;
+            if tasks.until_stopped(every.tick()).await.is_none() {
+                return;
+            }
             for (user, state) in self.hearth.presence.live() {
                 if !state.remote && self.hearth.is_local(&user) {
                     self.share_presence(&user, hearth_core::ephemeral::presence_content(&state));

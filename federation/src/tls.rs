@@ -42,7 +42,7 @@ pub async fn bind(
         .map_err(|e| FedError::Config(format!("federation listener {listen}: {e}")))?
         .map(|tls| tls.acceptor(NoDelayAcceptor::new()));
     let handle = Handle::new();
-    tokio::spawn({
+    fed.hearth.tasks.spawn({
         let handle = handle.clone();
         async move {
             shutdown.await;

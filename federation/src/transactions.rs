@@ -316,7 +316,8 @@ impl Federation {
                     None => {
                         let n = Arc::new(Notify::new());
                         senders.insert(d.clone(), n.clone());
-                        tokio::spawn(Arc::clone(self).send_loop(d.clone(), n.clone()));
+                        let send = Arc::clone(self).send_loop(d.clone(), n.clone());
+                        self.hearth.tasks.spawn(send);
                         n
                     }
                 }
@@ -342,6 +343,7 @@ impl Federation {
     /// Sends a destination its queue, oldest first, one transaction at a
     /// time; a failure is retried with jittered exponential backoff.
     async fn send_loop(self: Arc<Self>, destination: String, notify: Arc<Notify>) {
+        let tasks = self.hearth.tasks.clone();
         let mut failures: u32 = 0;
         // The transaction being delivered: retried as it is, same id and
         // body, until the destination takes it.
@@ -354,13 +356,18 @@ impl Federation {
                     Ok(None) => {
                         // Woken when something is queued; a periodic look
                         // covers a wake-up lost to a race.
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(30), notify.notified()).await;
+                        let woken =
+                            tokio::time::timeout(Duration::from_secs(30), notify.notified());
+                        if tasks.until_stopped(woken).await.is_none() {
+                            return;
+                        }
                         continue;
                     }
                     Err(e) => {
                         tracing::warn!(%destination, error = %e, "cannot read the federation queue");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if !tasks.sleep(Duration::from_secs(1)).await {
+                            return;
+                        }
                         continue;
                     }
                 },
@@ -412,7 +419,10 @@ impl Federation {
             } else {
                 tracing::debug!(%destination, failures, ?delay, "destination still unreachable");
             }
-            tokio::time::sleep(delay).await;
+            // What is not acknowledged stays queued for the next start.
+            if !tasks.sleep(delay).await {
+                return;
+            }
         }
     }
 

@@ -49,15 +49,14 @@ enum Command {
     RotateKey,
 }
 
+/// How long shutdown waits for the background tasks (senders, sweepers,
+/// the bus) once told to stop; they stop at their next wait, so this only
+/// bounds one in-flight request or write.
+const TASKS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            // ruma's auth checks log every event they allow at info.
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
-        )
-        .init();
+    init_tracing();
     raise_open_file_limit();
     let cli = Cli::parse();
     let cfg = config::load(&cli.overrides)?;
@@ -66,25 +65,8 @@ async fn main() -> Result<()> {
         None => Some(lock::acquire(&cfg.core.data_dir)?),
         Some(_) => None,
     };
-    let backend = match &cfg.database_url {
-        Some(url) if !cfg.database_shards.is_empty() => Backend::Sharded(Arc::new(
-            ShardedStore::connect(url, &cfg.database_shards)
-                .await
-                .context("connecting to the main database and its shards")?,
-        )),
-        Some(url) => Backend::Postgres(Arc::new(
-            PgStore::connect(url)
-                .await
-                .context("connecting to the Postgres database")?,
-        )),
-        None => Backend::Sqlite(Arc::new(
-            SqliteStore::open(&cfg.core.data_dir.join("hearth.db"))
-                .await
-                .context("opening the database")?,
-        )),
-    };
+    let backend = open_backend(&cfg).await?;
     let hearth = Hearth::new(cfg.core.clone(), backend.store()).await?;
-
     match cli.command.unwrap_or(Command::Serve) {
         Command::CreateUser {
             username,
@@ -100,71 +82,129 @@ async fn main() -> Result<()> {
             let key_id = hearth_core::keys::ServerKeys::add_key(backend.store().as_ref()).await?;
             println!("new signing key {key_id}; restart the server to sign with it");
         }
-        Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(cfg.listen)
-                .await
-                .with_context(|| format!("binding {}", cfg.listen))?;
-            let local_addr = listener.local_addr()?;
-            let listener = listener
-                // Back-to-back small writes (a WebSocket sync frame, then the
-                // send's ack) would otherwise wait for the client's delayed
-                // ACK: ~40 ms each. Also serves the cluster's internal port.
-                .tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
-            tracing::info!(
-                server_name = %cfg.core.server_name,
-                listen = %local_addr,
-                data_dir = %cfg.core.data_dir.display(),
-                "Hearth is ready"
-            );
-            hearth_appservices::start_senders(hearth.clone());
-            hearth_client_api::start_push(&hearth);
-            let app = hearth_client_api::router_with(hearth.clone(), hearth_appservices::router());
-            let federation = match cfg.federation.clone() {
-                Some(fc) => {
-                    let fed = hearth_federation::Federation::new(hearth.clone(), fc)
-                        .context("setting up federation")?;
-                    let mut stop = hearth.shutdown.subscribe();
-                    let serve = hearth_federation::tls::bind(fed, async move {
-                        let _ = stop.wait_for(|draining| *draining).await;
-                    })
-                    .await
-                    .context("starting the federation listener")?;
-                    Some(tokio::spawn(serve))
-                }
-                None => None,
-            };
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown({
-                let hearth = hearth.clone();
-                async move {
-                    shutdown_signal().await;
-                    tracing::info!("draining: answering long-polls, asking sockets to reconnect");
-                    hearth.shutdown.send_replace(true);
-                }
-            })
-            .await?;
-            // Upgraded sockets outlive the server's graceful shutdown: give
-            // them a moment to tell their clients when to come back.
-            hearth_client_api::wait_for_sockets(std::time::Duration::from_secs(3)).await;
-            if let Some(f) = federation {
-                match f.await {
-                    Ok(Err(e)) => tracing::error!(error = %e, "federation listener failed"),
-                    Err(e) => tracing::error!(error = %e, "federation listener panicked"),
-                    Ok(Ok(())) => {}
-                }
-            }
-            tracing::info!("shutting down");
-        }
+        Command::Serve => serve(&cfg, hearth).await?,
     }
     backend.close().await;
     Ok(())
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            // ruma's auth checks log every event they allow at info.
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
+        )
+        .init();
+}
+
+async fn open_backend(cfg: &config::Config) -> Result<Backend> {
+    Ok(match &cfg.database_url {
+        Some(url) if !cfg.database_shards.is_empty() => Backend::Sharded(Arc::new(
+            ShardedStore::connect(url, &cfg.database_shards)
+                .await
+                .context("connecting to the main database and its shards")?,
+        )),
+        Some(url) => Backend::Postgres(Arc::new(
+            PgStore::connect(url)
+                .await
+                .context("connecting to the Postgres database")?,
+        )),
+        None => Backend::Sqlite(Arc::new(
+            SqliteStore::open(&cfg.core.data_dir.join("hearth.db"))
+                .await
+                .context("opening the database")?,
+        )),
+    })
+}
+
+/// Serves until a signal, then drains: long-polls and sockets first, then
+/// the federation listener, then the background tasks.
+async fn serve(cfg: &config::Config, hearth: Arc<Hearth>) -> Result<()> {
+    let listener = bind(cfg.listen).await?;
+    tracing::info!(
+        server_name = %cfg.core.server_name,
+        listen = %listener.local_addr()?,
+        data_dir = %cfg.core.data_dir.display(),
+        "Hearth is ready"
+    );
+    hearth_appservices::start_senders(hearth.clone());
+    hearth_client_api::start_push(&hearth);
+    let app = hearth_client_api::router_with(hearth.clone(), hearth_appservices::router());
+    let federation = start_federation(cfg, &hearth).await?;
+    let listener = listener
+        // Back-to-back small writes (a WebSocket sync frame, then the
+        // send's ack) would otherwise wait for the client's delayed
+        // ACK: ~40 ms each. Also serves the cluster's internal port.
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown({
+        let hearth = hearth.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("draining: answering long-polls, asking sockets to reconnect");
+            hearth.shutdown.send_replace(true);
+        }
+    })
+    .await?;
+    shut_down(&hearth, federation).await;
+    Ok(())
+}
+
+async fn bind(listen: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))
+}
+
+type FederationListener = tokio::task::JoinHandle<Result<(), hearth_federation::FedError>>;
+
+/// Starts federation and its TLS listener, which stops when draining starts.
+async fn start_federation(
+    cfg: &config::Config,
+    hearth: &Arc<Hearth>,
+) -> Result<Option<FederationListener>> {
+    let Some(fc) = cfg.federation.clone() else {
+        return Ok(None);
+    };
+    let fed =
+        hearth_federation::Federation::new(hearth.clone(), fc).context("setting up federation")?;
+    let mut stop = hearth.shutdown.subscribe();
+    let serve = hearth_federation::tls::bind(fed, async move {
+        let _ = stop.wait_for(|draining| *draining).await;
+    })
+    .await
+    .context("starting the federation listener")?;
+    Ok(Some(tokio::spawn(serve)))
+}
+
+/// After the HTTP server has drained: sockets, the federation listener, then
+/// the background tasks, each given a bounded time.
+async fn shut_down(hearth: &Hearth, federation: Option<FederationListener>) {
+    // Upgraded sockets outlive the server's graceful shutdown: give
+    // them a moment to tell their clients when to come back.
+    hearth_client_api::wait_for_sockets(std::time::Duration::from_secs(3)).await;
+    if let Some(f) = federation {
+        match f.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "federation listener failed"),
+            Err(e) => tracing::error!(error = %e, "federation listener panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if !hearth.tasks.stop(TASKS_GRACE).await {
+        tracing::warn!(
+            still_running = hearth.tasks.running(),
+            "background tasks did not stop in time"
+        );
+    }
+    tracing::info!("shutting down");
 }
 
 enum Backend {

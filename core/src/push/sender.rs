@@ -60,7 +60,7 @@ impl Hearth {
             return;
         }
         let h = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             match h.store.users_with_pending_pushes().await {
                 Ok(users) => {
                     for user in users {
@@ -94,7 +94,7 @@ impl Hearth {
             Some(again) => *again = true,
             None => {
                 scheduled.insert(user.to_owned(), false);
-                tokio::spawn(self.clone().push_rounds(user.to_owned()));
+                self.tasks.spawn(self.clone().push_rounds(user.to_owned()));
             }
         }
     }
@@ -111,7 +111,11 @@ impl Hearth {
 
     async fn push_rounds(self: Arc<Self>, user: String) {
         loop {
-            tokio::time::sleep(self.push.config.coalesce).await;
+            // Stopping here leaves the push due in the store; the next start
+            // resumes it.
+            if !self.tasks.sleep(self.push.config.coalesce).await {
+                return;
+            }
             if let Ok(mut s) = self.push.scheduled.lock() {
                 s.insert(user.clone(), false);
             }
@@ -191,7 +195,9 @@ impl Hearth {
                     if failures == 1 {
                         tracing::warn!(user = %pusher.user_id, %url, error = %e, "push gateway unavailable; retrying with backoff");
                     }
-                    tokio::time::sleep(delay).await;
+                    if !self.tasks.sleep(delay).await {
+                        return;
+                    }
                     delay = delay.saturating_mul(2).min(cfg.backoff_max);
                     // A pusher removed meanwhile needs no more tries.
                     match self.store.pushers(&pusher.user_id).await {

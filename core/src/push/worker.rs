@@ -27,9 +27,14 @@ impl Hearth {
             return;
         };
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
-            while inbox.recv_many(&mut batch, BATCH).await > 0 {
+            while tasks
+                .until_stopped(inbox.recv_many(&mut batch, BATCH))
+                .await
+                .is_some_and(|n| n > 0)
+            {
                 // Gather for a moment: the rows share the database writer
                 // with the events themselves, and a commit per event or two
                 // halved the server's send throughput (bench group8).

@@ -915,9 +915,15 @@ impl Hearth {
     /// to the new holder.
     pub(crate) fn spawn_lease_renewal(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(LEASE_TTL_MS as u64 / 3)).await;
+                if !tasks
+                    .sleep(Duration::from_millis(LEASE_TTL_MS as u64 / 3))
+                    .await
+                {
+                    return;
+                }
                 let Some(h) = weak.upgrade() else { return };
                 let rooms = h.rooms.held();
                 if rooms.is_empty() {
