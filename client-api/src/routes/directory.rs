@@ -1,6 +1,6 @@
 //! Room aliases, the public room directory and the user directory.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -8,11 +8,7 @@ use axum::{
     http::StatusCode,
     routing::{get, post},
 };
-use hearth_core::{
-    Error, Hearth,
-    rooms::required_power,
-    ruma::{RoomAliasId, RoomId},
-};
+use hearth_core::{Error, Hearth, directory::PublicRoomsRequest, ruma::RoomAliasId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -38,15 +34,6 @@ pub fn routes() -> Router<Arc<Hearth>> {
             get(public_rooms_get).post(public_rooms_post),
         )
         .route("/user_directory/search", post(search_users))
-}
-
-fn parse_local_alias(h: &Hearth, alias: &str) -> ApiResult<hearth_core::ruma::OwnedRoomAliasId> {
-    let alias =
-        RoomAliasId::parse(alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
-    if alias.server_name() != h.config.server_name {
-        return Err(Error::invalid_param("Room alias is not on this server").into());
-    }
-    Ok(alias)
 }
 
 async fn get_alias(State(h): State<Arc<Hearth>>, Path(alias): Path<String>) -> JsonResult {
@@ -87,15 +74,7 @@ async fn put_alias(
     Path(alias): Path<String>,
     JsonBody(b): JsonBody<AliasBody>,
 ) -> JsonResult {
-    let alias = parse_local_alias(&h, &alias)?;
-    h.check_alias_claim(alias.as_str(), s.appservice.as_deref())?;
-    let room = parse_room_id(&b.room_id)?;
-    if h.store.room_version(room.as_str()).await?.is_none() {
-        return Err(Error::not_found("Unknown room").into());
-    }
-    h.require_joined(&room, &s.user_id).await?;
-    h.store
-        .create_alias(alias.as_str(), room.as_str(), s.user_id.as_str())
+    h.create_room_alias(&alias, &b.room_id, &s.user_id, s.appservice.as_deref())
         .await
         .map_err(|e| match e {
             Error::RoomInUse => ApiError::new(
@@ -108,41 +87,12 @@ async fn put_alias(
     Ok(Json(json!({})))
 }
 
-/// Whether the user is a room admin (may manage aliases and visibility).
-async fn is_room_admin(
-    h: &Hearth,
-    room: &RoomId,
-    user: &hearth_core::ruma::UserId,
-) -> ApiResult<bool> {
-    let pl = h
-        .room_state_event(room, "m.room.power_levels", "")
-        .await?
-        .map(|p| p.content_value());
-    let needed = pl
-        .as_ref()
-        .and_then(|p| p.get("events"))
-        .and_then(|e| e.get("m.room.canonical_alias"))
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| required_power(pl.as_ref(), "state_default", 50));
-    Ok(h.power_of(room, user).await? >= needed)
-}
-
 async fn delete_alias(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Path(alias): Path<String>,
 ) -> JsonResult {
-    let alias = parse_local_alias(&h, &alias)?;
-    let (room_id, creator) = h
-        .store
-        .resolve_alias(alias.as_str())
-        .await?
-        .ok_or_else(|| Error::not_found("Room alias not found"))?;
-    let room = parse_room_id(&room_id)?;
-    if creator != s.user_id.as_str() && !is_room_admin(&h, &room, &s.user_id).await? {
-        return Err(Error::forbidden("You may not delete this alias").into());
-    }
-    h.store.delete_alias(alias.as_str()).await?;
+    h.delete_room_alias(&alias, &s.user_id).await?;
     Ok(Json(json!({})))
 }
 
@@ -152,18 +102,14 @@ async fn room_aliases(
     Path(room_id): Path<String>,
 ) -> JsonResult {
     let room = parse_room_id(&room_id)?;
-    h.require_joined(&room, &s.user_id).await?;
     Ok(Json(
-        json!({"aliases": h.store.room_aliases(room.as_str()).await?}),
+        json!({"aliases": h.room_aliases(&room, &s.user_id).await?}),
     ))
 }
 
 async fn get_visibility(State(h): State<Arc<Hearth>>, Path(room_id): Path<String>) -> JsonResult {
     let room = parse_room_id(&room_id)?;
-    if h.store.room_version(room.as_str()).await?.is_none() {
-        return Err(Error::not_found("Unknown room").into());
-    }
-    let public = h.store.is_room_public(room.as_str()).await?;
+    let public = h.room_is_public(&room).await?;
     Ok(Json(
         json!({"visibility": if public { "public" } else { "private" }}),
     ))
@@ -181,19 +127,8 @@ async fn put_visibility(
     JsonBody(b): JsonBody<VisibilityBody>,
 ) -> JsonResult {
     let room = parse_room_id(&room_id)?;
-    if h.store.room_version(room.as_str()).await?.is_none() {
-        return Err(Error::not_found("Unknown room").into());
-    }
-    let public = match b.visibility.as_deref() {
-        Some("public") => true,
-        Some("private") | None => false,
-        Some(v) => return Err(Error::invalid_param(format!("Invalid visibility {v}")).into()),
-    };
-    h.require_joined(&room, &s.user_id).await?;
-    if !is_room_admin(&h, &room, &s.user_id).await? {
-        return Err(Error::forbidden("You may not change this room's visibility").into());
-    }
-    h.store.set_room_public(room.as_str(), public).await?;
+    h.set_room_visibility(&room, &s.user_id, b.visibility.as_deref())
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -237,41 +172,6 @@ async fn public_rooms_post(
     public_rooms(&h, b).await
 }
 
-async fn room_entry(h: &Hearth, room_id: &str) -> ApiResult<Value> {
-    let room = parse_room_id(room_id)?;
-    let state = h.room_state(&room).await?;
-    let get = |kind: &str, field: &str| {
-        state
-            .iter()
-            .find(|p| p.kind.to_string() == kind && p.state_key.as_deref() == Some(""))
-            .and_then(|p| p.content_value().get(field).cloned())
-    };
-    let joined = h
-        .store
-        .room_members(room.as_str(), Some("join"))
-        .await?
-        .len();
-    let mut entry = json!({
-        "room_id": room,
-        "num_joined_members": joined,
-        "world_readable": get("m.room.history_visibility", "history_visibility") == Some(json!("world_readable")),
-        "guest_can_join": get("m.room.guest_access", "guest_access") == Some(json!("can_join")),
-        "join_rule": get("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
-    });
-    for (kind, field, key) in [
-        ("m.room.name", "name", "name"),
-        ("m.room.topic", "topic", "topic"),
-        ("m.room.canonical_alias", "alias", "canonical_alias"),
-        ("m.room.avatar", "url", "avatar_url"),
-        ("m.room.create", "type", "room_type"),
-    ] {
-        if let Some(v) = get(kind, field) {
-            entry[key] = v;
-        }
-    }
-    Ok(entry)
-}
-
 /// This server's published rooms for another server (`/publicRooms` over
 /// federation): `limit`, `since` and a search term as for clients.
 pub async fn public_rooms_for_server(
@@ -293,51 +193,13 @@ pub async fn public_rooms_for_server(
 }
 
 async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> JsonResult {
-    if let Some(server) = &b.server
-        && server != h.config.server_name.as_str()
-    {
-        return Err(Error::not_found("Remote room directories are not available").into());
-    }
-    let term = b
-        .filter
-        .as_ref()
-        .and_then(|f| f.get("generic_search_term"))
-        .and_then(Value::as_str)
-        .map(str::to_lowercase);
-    let mut entries = vec![];
-    for room_id in h.store.public_rooms().await? {
-        let entry = room_entry(h, &room_id).await?;
-        if let Some(t) = &term {
-            let matches = ["name", "topic", "canonical_alias"].iter().any(|k| {
-                entry[*k]
-                    .as_str()
-                    .is_some_and(|v| v.to_lowercase().contains(t.as_str()))
-            });
-            if !matches {
-                continue;
-            }
-        }
-        entries.push(entry);
-    }
-    entries.sort_by_key(|e| std::cmp::Reverse(e["num_joined_members"].as_u64().unwrap_or(0)));
-    let total = entries.len();
-    let offset: usize = match &b.since {
-        Some(s) => s
-            .strip_prefix('o')
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| Error::invalid_param("Invalid since token"))?,
-        None => 0,
+    let req = PublicRoomsRequest {
+        limit: b.limit,
+        since: b.since,
+        server: b.server,
+        filter: b.filter,
     };
-    let limit = b.limit.unwrap_or(100).clamp(1, 500);
-    let chunk: Vec<Value> = entries.into_iter().skip(offset).take(limit).collect();
-    let mut body = json!({"chunk": chunk, "total_room_count_estimate": total});
-    if offset + limit < total {
-        body["next_batch"] = json!(format!("o{}", offset + limit));
-    }
-    if offset > 0 {
-        body["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
-    }
-    Ok(Json(body))
+    Ok(Json(h.public_rooms(req).await?))
 }
 
 #[derive(Deserialize)]
@@ -351,26 +213,8 @@ async fn search_users(
     Auth(s): Auth,
     JsonBody(b): JsonBody<SearchBody>,
 ) -> JsonResult {
-    let limit = b.limit.unwrap_or(10).clamp(1, 100);
-    let mut visible: BTreeSet<String> = h
-        .store
-        .users_sharing_rooms(s.user_id.as_str())
-        .await?
-        .into_iter()
-        .collect();
-    visible.extend(h.store.users_in_public_rooms().await?);
-    let candidates = h.store.search_users(b.search_term.trim(), 500).await?;
-    let mut results = vec![];
-    let mut limited = false;
-    for u in candidates
-        .into_iter()
-        .filter(|u| visible.contains(&u.user_id))
-    {
-        if results.len() == limit {
-            limited = true;
-            break;
-        }
-        results.push(json!({"user_id": u.user_id, "display_name": u.displayname, "avatar_url": u.avatar_url}));
-    }
-    Ok(Json(json!({"results": results, "limited": limited})))
+    Ok(Json(
+        h.search_user_directory(&s.user_id, &b.search_term, b.limit)
+            .await?,
+    ))
 }

@@ -13,6 +13,14 @@ enum Route {
     Through(OwnedRoomId, Vec<String>),
 }
 
+/// What a moderator does to another member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberAction {
+    Kick,
+    Ban,
+    Unban,
+}
+
 impl Hearth {
     /// Resolves `!room:server` or `#alias:server` to a room id this server knows.
     pub async fn resolve_room(&self, id_or_alias: &str) -> Result<OwnedRoomId> {
@@ -289,6 +297,102 @@ impl Hearth {
                 }
             }
         }
+    }
+
+    /// A client's invite: the sender must be joined, and the target neither
+    /// joined nor banned.
+    pub async fn invite_user(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.require_joined(room_id, sender).await?;
+        if let Some(m) = self
+            .store
+            .membership(room_id.as_str(), target.as_str())
+            .await?
+        {
+            match m.membership.as_str() {
+                "join" => {
+                    return Err(Error::forbidden(format!("{target} is already in the room")));
+                }
+                "ban" => {
+                    return Err(Error::forbidden(format!(
+                        "{target} is banned from the room"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        self.invite(room_id, sender, target, reason, false).await
+    }
+
+    /// A kick, ban or unban by `sender`: a kick needs the target in the room
+    /// (joined, invited or knocking), an unban a banned target; the room's
+    /// power levels are the writer's check.
+    pub async fn moderate_member(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        action: MemberAction,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let current = self
+            .store
+            .membership(room_id.as_str(), target.as_str())
+            .await?
+            .map(|m| m.membership);
+        match (action, current.as_deref()) {
+            (MemberAction::Kick, Some("join" | "invite" | "knock")) => {}
+            (MemberAction::Kick, _) => {
+                return Err(Error::forbidden(format!("{target} is not in the room")));
+            }
+            (MemberAction::Unban, Some("ban")) => {}
+            (MemberAction::Unban, _) => {
+                return Err(Error::forbidden(format!("{target} is not banned")));
+            }
+            (MemberAction::Ban, _) => {}
+        }
+        let new_membership = match action {
+            MemberAction::Ban => "ban",
+            MemberAction::Kick | MemberAction::Unban => "leave",
+        };
+        self.set_membership(room_id, sender, target, new_membership, reason)
+            .await
+    }
+
+    /// Forgets a room the user has left (400 while joined or invited).
+    pub async fn forget_room(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        match self
+            .store
+            .membership(room_id.as_str(), user.as_str())
+            .await?
+        {
+            Some(m) if m.membership == "join" || m.membership == "invite" => Err(Error::Unknown(
+                "You must leave the room before forgetting it".into(),
+            )),
+            Some(_) => {
+                self.store
+                    .forget_room(room_id.as_str(), user.as_str())
+                    .await
+            }
+            None => Err(Error::not_found("You have never been in this room")),
+        }
+    }
+
+    /// The rooms the user is joined to.
+    pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .memberships_of_user(user.as_str())
+            .await?
+            .into_iter()
+            .filter(|m| m.membership == "join")
+            .map(|m| m.room_id)
+            .collect())
     }
 
     /// Leaves every room and closes the account.

@@ -9,6 +9,7 @@
 //! it down with it, and those are rebuilt (`EventToPersist::generation`).
 
 pub mod acl;
+mod aliases;
 mod create;
 mod forks;
 mod gaps;
@@ -16,6 +17,8 @@ mod history;
 mod membership;
 mod recent;
 mod redactions;
+mod sending;
+mod timeline;
 mod visibility;
 mod writer;
 
@@ -32,10 +35,13 @@ use tokio::sync::watch;
 use ruma::{OwnedEventId, OwnedUserId, RoomVersionId};
 use serde_json::Value;
 
+pub(crate) use aliases::parse_room_id;
 pub use create::CreateRoom;
 pub use gaps::Incoming;
 pub use history::Backfilled;
+pub use membership::MemberAction;
 pub use recent::RecentEvents;
+pub use timeline::{EventContext, MessagesPage, MessagesRequest};
 pub use visibility::HistoryVisibility;
 
 use crate::{Error, Result, pdu::Pdu};
