@@ -1,9 +1,12 @@
 //! Display names and avatars: read here or from the user's server; a change
 //! is mirrored into the user's member event in every joined room.
 
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
 
-use crate::{Error, Hearth, Result, rooms::NewEvent};
+use crate::{
+    Error, Hearth, Result,
+    rooms::{NewEvent, membership_state},
+};
 
 /// A user's display name and avatar URL.
 #[derive(Debug, Default)]
@@ -64,7 +67,7 @@ impl Hearth {
     /// profile; a room that refuses it keeps the old one.
     async fn update_memberships(&self, user: &UserId) -> Result<()> {
         for m in self.store.memberships_of_user(user.as_str()).await? {
-            if m.membership != "join" {
+            if membership_state(&m) != MembershipState::Join {
                 continue;
             }
             let Ok(room) = RoomId::parse(&m.room_id) else {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{JsonResult, parse_room_id};
 use crate::{
-    error::{ApiError, ApiResult},
+    error::ApiError,
     extract::{Auth, JsonBody, MaybeAuth},
 };
 

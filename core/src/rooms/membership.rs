@@ -1,16 +1,22 @@
 //! Membership changes made on behalf of local users.
 
-use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
+use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
 use super::NewEvent;
-use crate::{Error, Hearth, Result};
+use crate::{Error, Hearth, Result, store::MembershipRecord};
 
 /// Where a local user's membership change is made (`membership_route`).
 enum Route {
     Here(OwnedRoomId),
     /// Through one of these servers, over federation.
     Through(OwnedRoomId, Vec<String>),
+}
+
+/// A stored membership as ruma's type, so rules match on it rather than on
+/// strings.
+pub(crate) fn membership_state(record: &MembershipRecord) -> MembershipState {
+    MembershipState::from(record.membership.as_str())
 }
 
 /// What a moderator does to another member.
@@ -314,11 +320,11 @@ impl Hearth {
             .membership(room_id.as_str(), target.as_str())
             .await?
         {
-            match m.membership.as_str() {
-                "join" => {
+            match membership_state(&m) {
+                MembershipState::Join => {
                     return Err(Error::forbidden(format!("{target} is already in the room")));
                 }
-                "ban" => {
+                MembershipState::Ban => {
                     return Err(Error::forbidden(format!(
                         "{target} is banned from the room"
                     )));
@@ -344,13 +350,16 @@ impl Hearth {
             .store
             .membership(room_id.as_str(), target.as_str())
             .await?
-            .map(|m| m.membership);
-        match (action, current.as_deref()) {
-            (MemberAction::Kick, Some("join" | "invite" | "knock")) => {}
+            .map(|m| membership_state(&m));
+        match (action, current) {
+            (
+                MemberAction::Kick,
+                Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock),
+            ) => {}
             (MemberAction::Kick, _) => {
                 return Err(Error::forbidden(format!("{target} is not in the room")));
             }
-            (MemberAction::Unban, Some("ban")) => {}
+            (MemberAction::Unban, Some(MembershipState::Ban)) => {}
             (MemberAction::Unban, _) => {
                 return Err(Error::forbidden(format!("{target} is not banned")));
             }
@@ -371,9 +380,16 @@ impl Hearth {
             .membership(room_id.as_str(), user.as_str())
             .await?
         {
-            Some(m) if m.membership == "join" || m.membership == "invite" => Err(Error::Unknown(
-                "You must leave the room before forgetting it".into(),
-            )),
+            Some(m)
+                if matches!(
+                    membership_state(&m),
+                    MembershipState::Join | MembershipState::Invite
+                ) =>
+            {
+                Err(Error::Unknown(
+                    "You must leave the room before forgetting it".into(),
+                ))
+            }
             Some(_) => {
                 self.store
                     .forget_room(room_id.as_str(), user.as_str())
@@ -390,7 +406,7 @@ impl Hearth {
             .memberships_of_user(user.as_str())
             .await?
             .into_iter()
-            .filter(|m| m.membership == "join")
+            .filter(|m| membership_state(m) == MembershipState::Join)
             .map(|m| m.room_id)
             .collect())
     }

@@ -40,6 +40,7 @@ pub use create::CreateRoom;
 pub use gaps::Incoming;
 pub use history::Backfilled;
 pub use membership::MemberAction;
+pub(crate) use membership::membership_state;
 pub use recent::RecentEvents;
 pub use timeline::{EventContext, MessagesPage, MessagesRequest};
 pub use visibility::HistoryVisibility;

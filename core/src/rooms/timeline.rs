@@ -1,9 +1,10 @@
 //! Timeline reads for clients: one event, an event's context, and pages of
 //! `/messages`, each narrowed to what the reader may see and their filter.
 
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
+use super::membership_state;
 use crate::{
     Error, Hearth, Result,
     filter::EventFilter,
@@ -207,8 +208,10 @@ impl Hearth {
         Ok(match membership {
             None if self.world_readable(room_id).await? => i64::MAX,
             None => return Err(Error::forbidden("You are not in this room")),
-            Some(m) if m.membership != "join" && m.membership != "invite" => m.stream_ordering,
-            Some(_) => i64::MAX,
+            Some(m) => match membership_state(&m) {
+                MembershipState::Join | MembershipState::Invite => i64::MAX,
+                _ => m.stream_ordering,
+            },
         })
     }
 

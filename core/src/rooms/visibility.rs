@@ -1,8 +1,9 @@
 //! History visibility: which past events a user may read.
 
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
+use super::membership_state;
 use crate::{
     Error, Hearth, Result,
     pdu::{Pdu, StoredEvent},
@@ -40,8 +41,15 @@ impl Hearth {
             .membership(room_id.as_str(), user.as_str())
             .await?;
         match membership {
-            Some(m) if m.membership == "join" => Ok(self.current_state_pdus(room_id).await?),
-            Some(m) if m.membership == "leave" || m.membership == "ban" => {
+            Some(m) if membership_state(&m) == MembershipState::Join => {
+                self.current_state_pdus(room_id).await
+            }
+            Some(m)
+                if matches!(
+                    membership_state(&m),
+                    MembershipState::Leave | MembershipState::Ban
+                ) =>
+            {
                 let ids: Vec<String> = self
                     .store
                     .state_at(room_id.as_str(), m.stream_ordering)
