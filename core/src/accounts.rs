@@ -8,6 +8,7 @@ use ruma::{OwnedUserId, UserId};
 
 use crate::{
     Error, Hearth, Result,
+    appservice::AppService,
     ids::{hash_token, new_access_token, new_device_id},
 };
 
@@ -262,6 +263,66 @@ impl Hearth {
         self.store.set_password_hash(user.as_str(), &hash).await?;
         if logout_devices {
             self.store.delete_other_tokens(user.as_str(), keep).await?;
+        }
+        Ok(())
+    }
+
+    /// An application service registers a user of its namespaces (no
+    /// password: its `as_token` stands for the user).
+    pub async fn register_appservice_user(
+        &self,
+        service: &AppService,
+        local: &str,
+    ) -> Result<OwnedUserId> {
+        if !valid_localpart(local) {
+            return Err(Error::InvalidUsername(
+                "User ID can only contain characters a-z, 0-9, or '=_-./+'".into(),
+            ));
+        }
+        let user = self.user_id_for(local)?;
+        self.check_appservice_covers(service, &user)?;
+        if self.store.get_user(user.as_str()).await?.is_some() {
+            return Err(Error::UserInUse);
+        }
+        let user = self.create_account(local, None, false).await?;
+        tracing::info!(user = %user, appservice = %service.id, "registered by an application service");
+        Ok(user)
+    }
+
+    /// The user an application service logs in as (`m.login.application_service`):
+    /// one of its namespaces, registered and not deactivated.
+    pub async fn appservice_login_user(
+        &self,
+        service: &AppService,
+        user: &str,
+    ) -> Result<OwnedUserId> {
+        let user_id = self.parse_local_user(user)?;
+        self.check_appservice_covers(service, &user_id)?;
+        match self.store.get_user(user_id.as_str()).await? {
+            Some(u) if !u.deactivated => Ok(user_id),
+            _ => Err(Error::forbidden(format!("{user_id} is not registered"))),
+        }
+    }
+
+    fn check_appservice_covers(&self, service: &AppService, user: &UserId) -> Result<()> {
+        if !service.may_act_as(user) {
+            return Err(Error::Exclusive(format!(
+                "{user} is outside application service {}'s namespaces",
+                service.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Logging out ends the device: its token, keys and to-device inbox go.
+    pub async fn logout(&self, session: &Session) -> Result<()> {
+        self.store.delete_token(&session.token_hash).await?;
+        if !session.device_id.is_empty() {
+            self.delete_devices(
+                &session.user_id,
+                Some(std::slice::from_ref(&session.device_id)),
+            )
+            .await?;
         }
         Ok(())
     }

@@ -479,6 +479,18 @@ fn presence_event(user: &str, s: &PresenceState) -> Value {
     json!({"type": "m.presence", "sender": user, "content": presence_content(s)})
 }
 
+impl crate::Hearth {
+    /// A user's presence as another user asks for it: an unknown local user
+    /// is 404; another server's user has what their server last told us, if
+    /// anything.
+    pub async fn user_presence(&self, user: &ruma::UserId) -> crate::Result<Option<PresenceState>> {
+        if self.is_local(user.as_str()) && self.store.get_user(user.as_str()).await?.is_none() {
+            return Err(crate::Error::not_found("Unknown user"));
+        }
+        Ok(self.presence_of(user.as_str()).await)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,6 +131,60 @@ impl SyncFilter {
     }
 }
 
+impl crate::Hearth {
+    /// Stores a client's filter after checking the shape of its top-level
+    /// fields; answers its id.
+    pub async fn save_filter(&self, user: &ruma::UserId, filter: &Value) -> crate::Result<String> {
+        for key in [
+            "event_fields",
+            "event_format",
+            "presence",
+            "account_data",
+            "room",
+        ] {
+            if let Some(v) = filter.get(key) {
+                let ok = match key {
+                    "event_fields" => v.is_array(),
+                    "event_format" => matches!(v.as_str(), Some("client" | "federation")),
+                    _ => v.is_object(),
+                };
+                if !ok {
+                    return Err(crate::Error::bad_json(format!(
+                        "Invalid filter field {key}"
+                    )));
+                }
+            }
+        }
+        self.store.save_filter(user.as_str(), filter).await
+    }
+
+    /// A filter the user stored, or 404.
+    pub async fn stored_filter(&self, user: &ruma::UserId, id: &str) -> crate::Result<Value> {
+        self.store
+            .get_filter(user.as_str(), id)
+            .await?
+            .ok_or_else(|| crate::Error::not_found("Unknown filter"))
+    }
+
+    /// The sync filter a request names: inline JSON, a stored filter's id,
+    /// or none.
+    pub async fn sync_filter(
+        &self,
+        user: &ruma::UserId,
+        filter: Option<&str>,
+    ) -> crate::Result<SyncFilter> {
+        Ok(match filter {
+            None => SyncFilter::default(),
+            Some(s) if s.trim_start().starts_with('{') => {
+                let v: Value = serde_json::from_str(s)
+                    .map_err(|_| crate::Error::invalid_param("filter is not valid JSON"))?;
+                SyncFilter::parse(&v)
+            }
+            Some(id) => SyncFilter::parse(&self.stored_filter(user, id).await?),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

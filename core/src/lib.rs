@@ -2,11 +2,14 @@
 //! presence. No HTTP here: the API crates translate requests into calls on
 //! [`Hearth`] and its errors into Matrix errors.
 
+pub mod account_data;
 pub mod accounts;
 pub mod appservice;
 pub mod bus;
 mod cluster;
 pub mod config;
+pub mod devices;
+pub mod directory;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
@@ -16,6 +19,7 @@ pub mod keys;
 pub mod media;
 pub mod notifier;
 pub mod pdu;
+pub mod profile;
 pub mod push;
 pub mod ratelimit;
 pub mod receipts;

@@ -103,6 +103,26 @@ impl Hearth {
     }
 }
 
+/// The answer that asks for (more) stages: the flows offered, the session
+/// and what it has completed, and why the last stage failed, if it did.
+fn challenge(
+    flows: &[Vec<&str>],
+    session: String,
+    completed: Vec<String>,
+    error: Option<(String, String)>,
+) -> UiaOutcome {
+    UiaOutcome::Challenge(UiaChallenge {
+        flows: flows
+            .iter()
+            .map(|f| f.iter().map(|s| s.to_string()).collect())
+            .collect(),
+        session,
+        completed,
+        params: serde_json::json!({}),
+        error,
+    })
+}
+
 fn now_ms() -> i64 {
     crate::ids::now_ms() as i64
 }
@@ -118,26 +138,57 @@ impl Hearth {
         password_user: Option<&UserId>,
         request: &UiaRequest,
     ) -> Result<UiaOutcome> {
-        let flows_owned: Vec<Vec<String>> = flows
-            .iter()
-            .map(|f| f.iter().map(|s| s.to_string()).collect())
-            .collect();
-        let challenge =
-            |session: String, completed: Vec<String>, error: Option<(String, String)>| {
-                UiaOutcome::Challenge(UiaChallenge {
-                    flows: flows_owned.clone(),
-                    session,
-                    completed,
-                    params: serde_json::json!({}),
-                    error,
-                })
-            };
         let binding = request.binding();
         let Some(auth) = auth else {
             let session = random_string(24);
             self.save_uia_session(&session, &[], &binding).await?;
-            return Ok(challenge(session, vec![], None));
+            return Ok(challenge(flows, session, vec![], None));
         };
+        let (session, mut completed) = self.continued_session(auth, request, &binding).await?;
+        let Some(stage) = auth.get("type").and_then(Value::as_str) else {
+            self.save_uia_session(&session, &completed, &binding)
+                .await?;
+            return Ok(challenge(flows, session, completed, None));
+        };
+        if !flows.iter().any(|f| f.contains(&stage)) {
+            return Err(Error::invalid_param(format!("Unknown auth stage {stage}")));
+        }
+        if let Err(e) = self.check_stage(stage, auth, password_user).await? {
+            // A failed stage answers the challenge again with the session
+            // kept, so the client may retry it.
+            self.save_uia_session(&session, &completed, &binding)
+                .await?;
+            let code = match e {
+                Error::Forbidden(_) | Error::UserDeactivated(_) => "M_FORBIDDEN",
+                _ => "M_UNKNOWN",
+            };
+            let error = Some((code.into(), e.to_string()));
+            return Ok(challenge(flows, session, completed, error));
+        }
+        if !completed.iter().any(|c| c == stage) {
+            completed.push(stage.to_owned());
+        }
+        if flows
+            .iter()
+            .any(|f| f.iter().all(|s| completed.iter().any(|c| c == s)))
+        {
+            self.store.delete_uia_session(&session).await?;
+            return Ok(UiaOutcome::Done);
+        }
+        self.save_uia_session(&session, &completed, &binding)
+            .await?;
+        Ok(challenge(flows, session, completed, None))
+    }
+
+    /// The session the client continues (a new one when it names none or
+    /// one this server does not know) and the stages it has completed; a
+    /// session started for another request is refused.
+    async fn continued_session(
+        &self,
+        auth: &Value,
+        request: &UiaRequest,
+        binding: &str,
+    ) -> Result<(String, Vec<String>)> {
         let session = auth
             .get("session")
             .and_then(Value::as_str)
@@ -146,7 +197,7 @@ impl Hearth {
             Some(s) => self.uia_session(s).await?,
             None => None,
         };
-        let mut completed = match known {
+        let completed = match known {
             Some((bound, _)) if bound != binding => {
                 tracing::warn!(
                     method = %request.method,
@@ -158,45 +209,7 @@ impl Hearth {
             Some((_, completed)) => completed,
             None => vec![],
         };
-        let session = session.unwrap_or_else(|| random_string(24));
-        let Some(stage) = auth.get("type").and_then(Value::as_str) else {
-            self.save_uia_session(&session, &completed, &binding)
-                .await?;
-            return Ok(challenge(session, completed, None));
-        };
-        if !flows.iter().any(|f| f.contains(&stage)) {
-            return Err(Error::invalid_param(format!("Unknown auth stage {stage}")));
-        }
-        match self.check_stage(stage, auth, password_user).await? {
-            Ok(()) => {
-                if !completed.iter().any(|c| c == stage) {
-                    completed.push(stage.to_owned());
-                }
-            }
-            Err(e) => {
-                self.save_uia_session(&session, &completed, &binding)
-                    .await?;
-                let code = match e {
-                    Error::Forbidden(_) | Error::UserDeactivated(_) => "M_FORBIDDEN",
-                    _ => "M_UNKNOWN",
-                };
-                return Ok(challenge(
-                    session,
-                    completed,
-                    Some((code.into(), e.to_string())),
-                ));
-            }
-        }
-        if flows
-            .iter()
-            .any(|f| f.iter().all(|s| completed.iter().any(|c| c == s)))
-        {
-            self.store.delete_uia_session(&session).await?;
-            return Ok(UiaOutcome::Done);
-        }
-        self.save_uia_session(&session, &completed, &binding)
-            .await?;
-        Ok(challenge(session, completed, None))
+        Ok((session.unwrap_or_else(|| random_string(24)), completed))
     }
 
     /// Checks one stage's credentials. The outer error ends the request; the

@@ -161,25 +161,7 @@ async fn register_appservice_user(
         .as_deref()
         .ok_or_else(|| Error::MissingParam("Missing username".into()))?
         .to_lowercase();
-    if !hearth_core::accounts::valid_localpart(&local) {
-        return Err(Error::InvalidUsername(
-            "User ID can only contain characters a-z, 0-9, or '=_-./+'".into(),
-        )
-        .into());
-    }
-    let user = h.user_id_for(&local)?;
-    if !service.may_act_as(&user) {
-        return Err(Error::Exclusive(format!(
-            "{user} is outside application service {}'s namespaces",
-            service.id
-        ))
-        .into());
-    }
-    if h.store.get_user(user.as_str()).await?.is_some() {
-        return Err(Error::UserInUse.into());
-    }
-    let user = h.create_account(&local, None, false).await?;
-    tracing::info!(user = %user, appservice = %service.id, "registered by an application service");
+    let user = h.register_appservice_user(&service, &local).await?;
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user})));
     }
@@ -264,18 +246,7 @@ async fn login_appservice_user(
 ) -> JsonResult {
     let service = appservice_of(h, parts)?;
     let user = login_user(&body)?;
-    let user_id = h.parse_local_user(&user)?;
-    if !service.may_act_as(&user_id) {
-        return Err(Error::Exclusive(format!(
-            "{user_id} is outside application service {}'s namespaces",
-            service.id
-        ))
-        .into());
-    }
-    match h.store.get_user(user_id.as_str()).await? {
-        Some(u) if !u.deactivated => {}
-        _ => return Err(Error::forbidden(format!("{user_id} is not registered")).into()),
-    }
+    let user_id = h.appservice_login_user(&service, &user).await?;
     logged_in(
         h,
         &user_id,
@@ -333,11 +304,7 @@ async fn login(
 
 /// Logging out ends the device: its token, keys and to-device inbox go.
 async fn logout(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    h.store.delete_token(&s.token_hash).await?;
-    if !s.device_id.is_empty() {
-        h.delete_devices(&s.user_id, Some(std::slice::from_ref(&s.device_id)))
-            .await?;
-    }
+    h.logout(&s).await?;
     Ok(Json(json!({})))
 }
 

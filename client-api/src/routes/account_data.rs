@@ -40,10 +40,10 @@ fn ensure_self(s: &Session, user_id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Types the server manages itself must go through their own endpoints
-/// (the spec's answer is 405 with `M_BAD_JSON`).
+/// Server-managed types go through their own endpoints (the spec's answer
+/// is 405 with `M_BAD_JSON`).
 fn settable(kind: &str) -> ApiResult<()> {
-    if kind == "m.fully_read" || kind == "m.push_rules" {
+    if hearth_core::account_data::server_managed(kind) {
         tracing::info!(
             kind,
             "refused a client write of server-managed account data"
@@ -63,12 +63,7 @@ async fn get_global(
     Path((user_id, kind)): Path<(String, String)>,
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
-    let v = h
-        .store
-        .get_account_data(s.user_id.as_str(), "", &kind)
-        .await?
-        .ok_or_else(|| Error::not_found("Account data not found"))?;
-    Ok(Json(v))
+    Ok(Json(h.account_data(&s.user_id, None, &kind).await?))
 }
 
 async fn put_global(
@@ -79,10 +74,7 @@ async fn put_global(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     settable(&kind)?;
-    h.store
-        .put_account_data(s.user_id.as_str(), "", &kind, &Value::Object(content))
-        .await?;
-    h.notifier.notify_users([s.user_id.as_str()]);
+    h.put_account_data(&s.user_id, None, &kind, content).await?;
     Ok(Json(json!({})))
 }
 
@@ -93,12 +85,7 @@ async fn get_room(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
-    let v = h
-        .store
-        .get_account_data(s.user_id.as_str(), room.as_str(), &kind)
-        .await?
-        .ok_or_else(|| Error::not_found("Account data not found"))?;
-    Ok(Json(v))
+    Ok(Json(h.account_data(&s.user_id, Some(&room), &kind).await?))
 }
 
 async fn put_room(
@@ -110,24 +97,9 @@ async fn put_room(
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
     settable(&kind)?;
-    h.store
-        .put_account_data(
-            s.user_id.as_str(),
-            room.as_str(),
-            &kind,
-            &Value::Object(content),
-        )
+    h.put_account_data(&s.user_id, Some(&room), &kind, content)
         .await?;
-    h.notifier.notify_users([s.user_id.as_str()]);
     Ok(Json(json!({})))
-}
-
-async fn tags_of(h: &Hearth, user: &str, room: &str) -> ApiResult<Map<String, Value>> {
-    let v = h.store.get_account_data(user, room, "m.tag").await?;
-    Ok(
-        v.and_then(|v| v.get("tags").and_then(Value::as_object).cloned())
-            .unwrap_or_default(),
-    )
 }
 
 async fn get_tags(
@@ -137,9 +109,7 @@ async fn get_tags(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
-    Ok(Json(
-        json!({"tags": tags_of(&h, s.user_id.as_str(), room.as_str()).await?}),
-    ))
+    Ok(Json(json!({"tags": h.room_tags(&s.user_id, &room).await?})))
 }
 
 async fn put_tag(
@@ -150,22 +120,7 @@ async fn put_tag(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
-    if let Some(order) = body.get("order")
-        && !order.is_number()
-    {
-        return Err(Error::bad_json("order must be a number").into());
-    }
-    let mut tags = tags_of(&h, s.user_id.as_str(), room.as_str()).await?;
-    tags.insert(tag, Value::Object(body));
-    h.store
-        .put_account_data(
-            s.user_id.as_str(),
-            room.as_str(),
-            "m.tag",
-            &json!({"tags": tags}),
-        )
-        .await?;
-    h.notifier.notify_users([s.user_id.as_str()]);
+    h.set_room_tag(&s.user_id, &room, tag, body).await?;
     Ok(Json(json!({})))
 }
 
@@ -176,17 +131,6 @@ async fn delete_tag(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
-    let mut tags = tags_of(&h, s.user_id.as_str(), room.as_str()).await?;
-    if tags.remove(&tag).is_some() {
-        h.store
-            .put_account_data(
-                s.user_id.as_str(),
-                room.as_str(),
-                "m.tag",
-                &json!({"tags": tags}),
-            )
-            .await?;
-        h.notifier.notify_users([s.user_id.as_str()]);
-    }
+    h.delete_room_tag(&s.user_id, &room, &tag).await?;
     Ok(Json(json!({})))
 }

@@ -7,7 +7,7 @@ use axum::{
     extract::{Path, State},
     routing::{get, post},
 };
-use hearth_core::{Error, Hearth, store::DeviceRecord};
+use hearth_core::{Hearth, store::DeviceRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ fn device_json(user: &str, d: &DeviceRecord) -> Value {
 }
 
 async fn list(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    let devices = h.store.list_devices(s.user_id.as_str()).await?;
+    let devices = h.devices(&s.user_id).await?;
     let list: Vec<Value> = devices
         .iter()
         .map(|d| device_json(s.user_id.as_str(), d))
@@ -48,11 +48,7 @@ async fn get_one(
     Auth(s): Auth,
     Path(device_id): Path<String>,
 ) -> JsonResult {
-    let d = h
-        .store
-        .get_device(s.user_id.as_str(), &device_id)
-        .await?
-        .ok_or_else(|| Error::not_found("Unknown device"))?;
+    let d = h.device(&s.user_id, &device_id).await?;
     Ok(Json(device_json(s.user_id.as_str(), &d)))
 }
 
@@ -67,15 +63,8 @@ async fn rename(
     Path(device_id): Path<String>,
     JsonBody(body): JsonBody<RenameBody>,
 ) -> JsonResult {
-    if !h
-        .store
-        .rename_device(s.user_id.as_str(), &device_id, body.display_name.as_deref())
-        .await?
-    {
-        return Err(Error::not_found("Unknown device").into());
-    }
-    // The name is part of what others see of the device (`/keys/query`).
-    h.device_renamed(&s.user_id, &device_id).await?;
+    h.rename_device(&s.user_id, &device_id, body.display_name.as_deref())
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -85,13 +74,8 @@ async fn delete_one(
     Path(device_id): Path<String>,
     uia: UiaJson<Value>,
 ) -> JsonResult {
-    if h.store
-        .get_device(s.user_id.as_str(), &device_id)
-        .await?
-        .is_none()
-    {
-        return Err(Error::not_found("Unknown device").into());
-    }
+    // An unknown device is 404 before any password is asked for.
+    h.device(&s.user_id, &device_id).await?;
     reauthenticate(&h, &uia, &s.user_id).await?;
     h.delete_devices(&s.user_id, Some(&[device_id])).await?;
     Ok(Json(json!({})))

@@ -1,6 +1,6 @@
 //! Room aliases, the public room directory and the user directory.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -8,17 +8,13 @@ use axum::{
     http::StatusCode,
     routing::{get, post},
 };
-use hearth_core::{
-    Error, Hearth,
-    rooms::required_power,
-    ruma::{RoomAliasId, RoomId},
-};
+use hearth_core::{Error, Hearth, ruma::RoomAliasId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{JsonResult, parse_room_id};
 use crate::{
-    error::{ApiError, ApiResult},
+    error::ApiError,
     extract::{Auth, JsonBody, MaybeAuth},
 };
 
@@ -38,15 +34,6 @@ pub fn routes() -> Router<Arc<Hearth>> {
             get(public_rooms_get).post(public_rooms_post),
         )
         .route("/user_directory/search", post(search_users))
-}
-
-fn parse_local_alias(h: &Hearth, alias: &str) -> ApiResult<hearth_core::ruma::OwnedRoomAliasId> {
-    let alias =
-        RoomAliasId::parse(alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
-    if alias.server_name() != h.config.server_name {
-        return Err(Error::invalid_param("Room alias is not on this server").into());
-    }
-    Ok(alias)
 }
 
 async fn get_alias(State(h): State<Arc<Hearth>>, Path(alias): Path<String>) -> JsonResult {
@@ -87,15 +74,7 @@ async fn put_alias(
     Path(alias): Path<String>,
     JsonBody(b): JsonBody<AliasBody>,
 ) -> JsonResult {
-    let alias = parse_local_alias(&h, &alias)?;
-    h.check_alias_claim(alias.as_str(), s.appservice.as_deref())?;
-    let room = parse_room_id(&b.room_id)?;
-    if h.store.room_version(room.as_str()).await?.is_none() {
-        return Err(Error::not_found("Unknown room").into());
-    }
-    h.require_joined(&room, &s.user_id).await?;
-    h.store
-        .create_alias(alias.as_str(), room.as_str(), s.user_id.as_str())
+    h.create_room_alias(&alias, &b.room_id, &s.user_id, s.appservice.as_deref())
         .await
         .map_err(|e| match e {
             Error::RoomInUse => ApiError::new(
@@ -108,41 +87,12 @@ async fn put_alias(
     Ok(Json(json!({})))
 }
 
-/// Whether the user is a room admin (may manage aliases and visibility).
-async fn is_room_admin(
-    h: &Hearth,
-    room: &RoomId,
-    user: &hearth_core::ruma::UserId,
-) -> ApiResult<bool> {
-    let pl = h
-        .room_state_event(room, "m.room.power_levels", "")
-        .await?
-        .map(|p| p.content_value());
-    let needed = pl
-        .as_ref()
-        .and_then(|p| p.get("events"))
-        .and_then(|e| e.get("m.room.canonical_alias"))
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| required_power(pl.as_ref(), "state_default", 50));
-    Ok(h.power_of(room, user).await? >= needed)
-}
-
 async fn delete_alias(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Path(alias): Path<String>,
 ) -> JsonResult {
-    let alias = parse_local_alias(&h, &alias)?;
-    let (room_id, creator) = h
-        .store
-        .resolve_alias(alias.as_str())
-        .await?
-        .ok_or_else(|| Error::not_found("Room alias not found"))?;
-    let room = parse_room_id(&room_id)?;
-    if creator != s.user_id.as_str() && !is_room_admin(&h, &room, &s.user_id).await? {
-        return Err(Error::forbidden("You may not delete this alias").into());
-    }
-    h.store.delete_alias(alias.as_str()).await?;
+    h.delete_room_alias(&alias, &s.user_id).await?;
     Ok(Json(json!({})))
 }
 
@@ -152,18 +102,14 @@ async fn room_aliases(
     Path(room_id): Path<String>,
 ) -> JsonResult {
     let room = parse_room_id(&room_id)?;
-    h.require_joined(&room, &s.user_id).await?;
     Ok(Json(
-        json!({"aliases": h.store.room_aliases(room.as_str()).await?}),
+        json!({"aliases": h.room_aliases(&room, &s.user_id).await?}),
     ))
 }
 
 async fn get_visibility(State(h): State<Arc<Hearth>>, Path(room_id): Path<String>) -> JsonResult {
     let room = parse_room_id(&room_id)?;
-    if h.store.room_version(room.as_str()).await?.is_none() {
-        return Err(Error::not_found("Unknown room").into());
-    }
-    let public = h.store.is_room_public(room.as_str()).await?;
+    let public = h.room_is_public(&room).await?;
     Ok(Json(
         json!({"visibility": if public { "public" } else { "private" }}),
     ))
@@ -181,19 +127,8 @@ async fn put_visibility(
     JsonBody(b): JsonBody<VisibilityBody>,
 ) -> JsonResult {
     let room = parse_room_id(&room_id)?;
-    if h.store.room_version(room.as_str()).await?.is_none() {
-        return Err(Error::not_found("Unknown room").into());
-    }
-    let public = match b.visibility.as_deref() {
-        Some("public") => true,
-        Some("private") | None => false,
-        Some(v) => return Err(Error::invalid_param(format!("Invalid visibility {v}")).into()),
-    };
-    h.require_joined(&room, &s.user_id).await?;
-    if !is_room_admin(&h, &room, &s.user_id).await? {
-        return Err(Error::forbidden("You may not change this room's visibility").into());
-    }
-    h.store.set_room_public(room.as_str(), public).await?;
+    h.set_room_visibility(&room, &s.user_id, b.visibility.as_deref())
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -260,26 +195,8 @@ async fn search_users(
     Auth(s): Auth,
     JsonBody(b): JsonBody<SearchBody>,
 ) -> JsonResult {
-    let limit = b.limit.unwrap_or(10).clamp(1, 100);
-    let mut visible: BTreeSet<String> = h
-        .store
-        .users_sharing_rooms(s.user_id.as_str())
-        .await?
-        .into_iter()
-        .collect();
-    visible.extend(h.store.users_in_public_rooms().await?);
-    let candidates = h.store.search_users(b.search_term.trim(), 500).await?;
-    let mut results = vec![];
-    let mut limited = false;
-    for u in candidates
-        .into_iter()
-        .filter(|u| visible.contains(&u.user_id))
-    {
-        if results.len() == limit {
-            limited = true;
-            break;
-        }
-        results.push(json!({"user_id": u.user_id, "display_name": u.displayname, "avatar_url": u.avatar_url}));
-    }
-    Ok(Json(json!({"results": results, "limited": limited})))
+    Ok(Json(
+        h.search_user_directory(&s.user_id, &b.search_term, b.limit)
+            .await?,
+    ))
 }

@@ -133,11 +133,7 @@ async fn get_presence(
     Path(user_id): Path<String>,
 ) -> JsonResult {
     let user = parse_user_id(&user_id)?;
-    // Another server's user: what their server last told us, if anything.
-    if h.is_local(user.as_str()) && h.store.get_user(user.as_str()).await?.is_none() {
-        return Err(Error::not_found("Unknown user").into());
-    }
-    match h.presence_of(user.as_str()).await {
+    match h.user_presence(&user).await? {
         Some(p) => Ok(Json(presence_content(&p))),
         None => Ok(Json(json!({"presence": "offline"}))),
     }

@@ -97,13 +97,7 @@ async fn device_signing(
     Auth(s): Auth,
     uia: UiaJson<Value>,
 ) -> JsonResult {
-    let has_master = h
-        .store
-        .cross_signing_keys(s.user_id.as_str())
-        .await?
-        .iter()
-        .any(|(k, _)| k == "master");
-    if has_master {
+    if h.has_master_cross_signing_key(&s.user_id).await? {
         reauthenticate(&h, &uia, &s.user_id).await?;
     }
     h.upload_cross_signing_keys(&s.user_id, &uia.body).await?;

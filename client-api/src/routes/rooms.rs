@@ -10,7 +10,7 @@ use axum::{
 use hearth_core::{
     Error, Hearth,
     pdu::Pdu,
-    rooms::{CreateRoom, NewEvent},
+    rooms::{CreateRoom, MemberAction, NewEvent},
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -222,23 +222,7 @@ async fn invite(
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
     let target = parse_user_id(&b.user_id)?;
-    h.require_joined(&room_id, &s.user_id).await?;
-    if let Some(m) = h
-        .store
-        .membership(room_id.as_str(), target.as_str())
-        .await?
-    {
-        match m.membership.as_str() {
-            "join" => {
-                return Err(Error::forbidden(format!("{target} is already in the room")).into());
-            }
-            "ban" => {
-                return Err(Error::forbidden(format!("{target} is banned from the room")).into());
-            }
-            _ => {}
-        }
-    }
-    h.invite(&room_id, &s.user_id, &target, b.reason.as_deref(), false)
+    h.invite_user(&room_id, &s.user_id, &target, b.reason.as_deref())
         .await?;
     Ok(Json(json!({})))
 }
@@ -248,31 +232,15 @@ async fn membership_change(
     sender: &Auth,
     room_id: &str,
     b: &TargetBody,
-    membership: &str,
+    action: MemberAction,
 ) -> JsonResult {
     let room_id = parse_room_id(room_id)?;
     let target = parse_user_id(&b.user_id)?;
-    let current = h
-        .store
-        .membership(room_id.as_str(), target.as_str())
-        .await?
-        .map(|m| m.membership);
-    match (membership, current.as_deref()) {
-        ("kick", Some("join" | "invite" | "knock")) => {}
-        ("kick", _) => return Err(Error::forbidden(format!("{target} is not in the room")).into()),
-        ("unban", Some("ban")) => {}
-        ("unban", _) => return Err(Error::forbidden(format!("{target} is not banned")).into()),
-        _ => {}
-    }
-    let new_membership = match membership {
-        "ban" => "ban",
-        _ => "leave",
-    };
-    h.set_membership(
+    h.moderate_member(
         &room_id,
         &sender.0.user_id,
         &target,
-        new_membership,
+        action,
         b.reason.as_deref(),
     )
     .await?;
@@ -285,7 +253,7 @@ async fn kick(
     Path(r): Path<String>,
     JsonBody(b): JsonBody<TargetBody>,
 ) -> JsonResult {
-    membership_change(&h, &a, &r, &b, "kick").await
+    membership_change(&h, &a, &r, &b, MemberAction::Kick).await
 }
 
 async fn ban(
@@ -294,7 +262,7 @@ async fn ban(
     Path(r): Path<String>,
     JsonBody(b): JsonBody<TargetBody>,
 ) -> JsonResult {
-    membership_change(&h, &a, &r, &b, "ban").await
+    membership_change(&h, &a, &r, &b, MemberAction::Ban).await
 }
 
 async fn unban(
@@ -303,7 +271,7 @@ async fn unban(
     Path(r): Path<String>,
     JsonBody(b): JsonBody<TargetBody>,
 ) -> JsonResult {
-    membership_change(&h, &a, &r, &b, "unban").await
+    membership_change(&h, &a, &r, &b, MemberAction::Unban).await
 }
 
 async fn forget(
@@ -312,93 +280,22 @@ async fn forget(
     Path(room_id): Path<String>,
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
-    match h
-        .store
-        .membership(room_id.as_str(), s.user_id.as_str())
-        .await?
-    {
-        Some(m) if m.membership == "join" || m.membership == "invite" => {
-            Err(crate::error::ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "M_UNKNOWN",
-                "You must leave the room before forgetting it",
-            ))
-        }
-        Some(_) => {
-            h.store
-                .forget_room(room_id.as_str(), s.user_id.as_str())
-                .await?;
-            Ok(Json(json!({})))
-        }
-        None => Err(Error::not_found("You have never been in this room").into()),
-    }
+    h.forget_room(&room_id, &s.user_id).await?;
+    Ok(Json(json!({})))
 }
 
 async fn joined_rooms(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    let rooms: Vec<String> = h
-        .store
-        .memberships_of_user(s.user_id.as_str())
-        .await?
-        .into_iter()
-        .filter(|m| m.membership == "join")
-        .map(|m| m.room_id)
-        .collect();
+    let rooms = h.joined_rooms(&s.user_id).await?;
     Ok(Json(json!({"joined_rooms": rooms})))
 }
 
-/// The state a user may read: current state while joined; the state when they
-/// left for former members; current state of world-readable rooms.
 async fn readable_state(
     h: &Hearth,
     room: &str,
     user: &hearth_core::ruma::UserId,
 ) -> ApiResult<Vec<Pdu>> {
     let room_id = parse_room_id(room)?;
-    let membership = h.store.membership(room_id.as_str(), user.as_str()).await?;
-    match membership {
-        Some(m) if m.membership == "join" => Ok(h
-            .room_state(&room_id)
-            .await?
-            .iter()
-            .map(|p| (**p).clone())
-            .collect()),
-        Some(m) if m.membership == "leave" || m.membership == "ban" => {
-            let ids: Vec<String> = h
-                .store
-                .state_at(room_id.as_str(), m.stream_ordering)
-                .await?
-                .into_values()
-                .collect();
-            Ok(h.store
-                .get_events(&ids)
-                .await?
-                .into_iter()
-                .map(|e| e.pdu)
-                .collect())
-        }
-        _ => {
-            let hv = h
-                .room_state_event(&room_id, "m.room.history_visibility", "")
-                .await?;
-            let world_readable = hv
-                .map(|e| {
-                    e.content_value()
-                        .get("history_visibility")
-                        .and_then(Value::as_str)
-                        == Some("world_readable")
-                })
-                .unwrap_or(false);
-            if world_readable {
-                Ok(h.room_state(&room_id)
-                    .await?
-                    .iter()
-                    .map(|p| (**p).clone())
-                    .collect())
-            } else {
-                Err(Error::forbidden("You are not in this room").into())
-            }
-        }
-    }
+    Ok(h.readable_state(&room_id, user).await?)
 }
 
 async fn all_state(

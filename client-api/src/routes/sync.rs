@@ -7,15 +7,12 @@ use axum::{
     extract::{Path, Query, State},
     routing::{get, post},
 };
-use hearth_core::{Error, Hearth, filter::SyncFilter, sync::SyncRequest};
+use hearth_core::{Error, Hearth, sync::SyncRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{JsonResult, parse_user_id};
-use crate::{
-    error::ApiResult,
-    extract::{Auth, JsonBody},
-};
+use crate::extract::{Auth, JsonBody};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -37,29 +34,6 @@ struct SyncQuery {
     timeout: Option<String>,
 }
 
-pub(crate) async fn resolve_filter(
-    h: &Hearth,
-    user: &str,
-    f: Option<&str>,
-) -> ApiResult<SyncFilter> {
-    Ok(match f {
-        None => SyncFilter::default(),
-        Some(s) if s.trim_start().starts_with('{') => {
-            let v: Value = serde_json::from_str(s)
-                .map_err(|_| Error::invalid_param("filter is not valid JSON"))?;
-            SyncFilter::parse(&v)
-        }
-        Some(id) => {
-            let v = h
-                .store
-                .get_filter(user, id)
-                .await?
-                .ok_or_else(|| Error::not_found("Unknown filter"))?;
-            SyncFilter::parse(&v)
-        }
-    })
-}
-
 async fn sync(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
@@ -71,7 +45,7 @@ async fn sync(
         .filter(|s| !s.is_empty())
         .map(str::parse)
         .transpose()?;
-    let filter = resolve_filter(&h, s.user_id.as_str(), q.filter.as_deref()).await?;
+    let filter = h.sync_filter(&s.user_id, q.filter.as_deref()).await?;
     let timeout = match &q.timeout {
         Some(t) => Duration::from_millis(
             t.parse()
@@ -112,25 +86,7 @@ async fn create_filter(
     if user != s.user_id {
         return Err(Error::forbidden("Cannot create filters for other users").into());
     }
-    for key in [
-        "event_fields",
-        "event_format",
-        "presence",
-        "account_data",
-        "room",
-    ] {
-        if let Some(v) = filter.get(key) {
-            let ok = match key {
-                "event_fields" => v.is_array(),
-                "event_format" => matches!(v.as_str(), Some("client" | "federation")),
-                _ => v.is_object(),
-            };
-            if !ok {
-                return Err(Error::bad_json(format!("Invalid filter field {key}")).into());
-            }
-        }
-    }
-    let id = h.store.save_filter(s.user_id.as_str(), &filter).await?;
+    let id = h.save_filter(&s.user_id, &filter).await?;
     Ok(Json(json!({"filter_id": id})))
 }
 
@@ -143,10 +99,5 @@ async fn get_filter(
     if user != s.user_id {
         return Err(Error::forbidden("Cannot read other users' filters").into());
     }
-    let f = h
-        .store
-        .get_filter(s.user_id.as_str(), &filter_id)
-        .await?
-        .ok_or_else(|| Error::not_found("Unknown filter"))?;
-    Ok(Json(f))
+    Ok(Json(h.stored_filter(&s.user_id, &filter_id).await?))
 }

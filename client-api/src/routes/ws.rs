@@ -13,7 +13,7 @@ use axum::{
     response::Response,
     routing::get,
 };
-use futures::{SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt, stream::SplitStream};
 use hearth_core::{Error, Hearth, accounts::Session, sync::SyncRequest};
 use rand::Rng;
 use serde::Deserialize;
@@ -23,7 +23,6 @@ use tokio::sync::mpsc;
 use super::{
     ephemeral::{post_receipt, set_own_presence, set_typing},
     messages::send_message,
-    sync::resolve_filter,
 };
 use crate::{error::ApiError, extract::Auth};
 
@@ -66,7 +65,7 @@ async fn upgrade(
         .filter(|t| !t.is_empty())
         .map(str::parse)
         .transpose()?;
-    let filter = resolve_filter(&h, s.user_id.as_str(), q.filter.as_deref()).await?;
+    let filter = h.sync_filter(&s.user_id, q.filter.as_deref()).await?;
     let presence = q.set_presence.unwrap_or_else(|| "online".into());
     if !matches!(presence.as_str(), "online" | "offline" | "unavailable") {
         return Err(Error::invalid_param("Invalid set_presence").into());
@@ -159,7 +158,7 @@ async fn serve(
     let _open = OpenSocket::new();
     // An open socket is the client's heartbeat, renewed at every ping.
     h.presence_sync(s.user_id.as_str(), &presence);
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(SEND_BUFFER_FRAMES);
     let mut shutdown = h.shutdown.subscribe();
     tracing::debug!(user = %s.user_id, device = %s.device_id, "websocket sync connected");
@@ -218,6 +217,25 @@ async fn serve(
     };
     let pusher = AbortOnDrop(pusher);
 
+    read_frames(&h, &s, &presence, stream, &tx, &pusher, &mut shutdown).await;
+    drop(pusher);
+    drop(tx);
+    let _ = writer.await;
+    tracing::debug!(user = %s.user_id, "websocket sync closed");
+}
+
+/// Answers the client's frames and keeps the connection alive (pings, the
+/// presence heartbeat) until the client goes, stops answering pings, the
+/// server starts draining or the pusher ends.
+async fn read_frames(
+    h: &Hearth,
+    s: &Session,
+    presence: &str,
+    mut stream: SplitStream<WebSocket>,
+    tx: &mpsc::Sender<Message>,
+    pusher: &AbortOnDrop,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut last_pong = tokio::time::Instant::now();
@@ -225,7 +243,7 @@ async fn serve(
         tokio::select! {
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(t))) => {
-                    let reply = handle_frame(&h, &s, t.as_str()).await;
+                    let reply = handle_frame(h, s, t.as_str()).await;
                     if tx.send(text(&reply)).await.is_err() {
                         break;
                     }
@@ -237,7 +255,7 @@ async fn serve(
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
             },
             _ = ping.tick() => {
-                h.presence_sync(s.user_id.as_str(), &presence);
+                h.presence_sync(s.user_id.as_str(), presence);
                 if last_pong.elapsed() > PONG_DEADLINE {
                     let _ = tx.send(close(1001, "no pong within deadline")).await;
                     break;
@@ -247,7 +265,7 @@ async fn serve(
                 }
             }
             _ = shutdown.changed() => {
-                say_reconnect(&tx).await;
+                say_reconnect(tx).await;
                 break;
             }
         }
@@ -255,15 +273,11 @@ async fn serve(
             if *h.shutdown.borrow() {
                 // The pusher stopped because the server is draining: the
                 // client still needs to hear when to come back.
-                say_reconnect(&tx).await;
+                say_reconnect(tx).await;
             }
             break;
         }
     }
-    drop(pusher);
-    drop(tx);
-    let _ = writer.await;
-    tracing::debug!(user = %s.user_id, "websocket sync closed");
 }
 
 /// Draining: tells the client when to reconnect, then closes.

@@ -276,6 +276,17 @@ impl Hearth {
         Ok(out)
     }
 
+    /// Whether the user has a master cross-signing key: replacing one needs
+    /// the password again, the first upload does not (spec v1.11, MSC3967).
+    pub async fn has_master_cross_signing_key(&self, user: &UserId) -> Result<bool> {
+        Ok(self
+            .store
+            .cross_signing_keys(user.as_str())
+            .await?
+            .iter()
+            .any(|(k, _)| k == "master"))
+    }
+
     /// `POST /keys/device_signing/upload`: new cross-signing keys. A key
     /// signed by the master key must be signed by the (new or current) one.
     pub async fn upload_cross_signing_keys(&self, user: &UserId, body: &Value) -> Result<()> {

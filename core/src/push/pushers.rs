@@ -35,6 +35,59 @@ pub fn parse_pusher_request(
     body: &Map<String, Value>,
     now_ms: i64,
 ) -> Result<PusherChange> {
+    let f = required_fields(body)?;
+    check_pusher_key(&f.app_id, &f.pushkey)?;
+    let Some(kind) = f.kind else {
+        return Ok(PusherChange::Delete {
+            app_id: f.app_id,
+            pushkey: f.pushkey,
+        });
+    };
+    if kind != "http" {
+        return Err(Error::invalid_param(format!(
+            "Unsupported pusher kind {kind:?}: only \"http\" is supported"
+        )));
+    }
+    let Some(Value::Object(data)) = f.data else {
+        return Err(Error::invalid_param("'data' must be an object"));
+    };
+    check_http_data(data)?;
+    let profile_tag = string_field(body, "profile_tag")?;
+    let append = append_field(body)?;
+    Ok(PusherChange::Set {
+        pusher: Box::new(PusherRecord {
+            user_id: user.to_owned(),
+            device_id: String::new(),
+            app_id: f.app_id,
+            pushkey: f.pushkey,
+            kind,
+            app_display_name: f.app_display_name.unwrap_or_default(),
+            device_display_name: f.device_display_name.unwrap_or_default(),
+            profile_tag,
+            lang: f.lang.unwrap_or_default(),
+            data: Value::Object(data.clone()),
+            pushkey_ts: now_ms,
+            last_notification: 0,
+        }),
+        append,
+    })
+}
+
+/// The fields a pusher request must carry: `app_id` and `pushkey` always;
+/// names, `lang` and `data` too when it sets a pusher (names a `kind`).
+struct PusherFields<'a> {
+    app_id: String,
+    pushkey: String,
+    kind: Option<String>,
+    app_display_name: Option<String>,
+    device_display_name: Option<String>,
+    lang: Option<String>,
+    data: Option<&'a Value>,
+}
+
+/// Reads the fields, refusing a mistyped one, then names every missing one
+/// in a single error.
+fn required_fields(body: &Map<String, Value>) -> Result<PusherFields<'_>> {
     let mut missing = vec![];
     if !body.contains_key("kind") {
         missing.push("kind");
@@ -77,47 +130,35 @@ pub fn parse_pusher_request(
             "Missing parameters: app_id, pushkey".into(),
         ));
     };
+    Ok(PusherFields {
+        app_id,
+        pushkey,
+        kind,
+        app_display_name,
+        device_display_name,
+        lang,
+        data,
+    })
+}
+
+/// The (app_id, pushkey) pair names the pusher: both bounded as the spec says.
+fn check_pusher_key(app_id: &str, pushkey: &str) -> Result<()> {
     if app_id.is_empty() || app_id.chars().count() > 64 {
         return Err(Error::invalid_param("'app_id' must be 1 to 64 characters"));
     }
     if pushkey.is_empty() || pushkey.len() > 512 {
         return Err(Error::invalid_param("'pushkey' must be 1 to 512 bytes"));
     }
-    let Some(kind) = kind else {
-        return Ok(PusherChange::Delete { app_id, pushkey });
-    };
-    if kind != "http" {
-        return Err(Error::invalid_param(format!(
-            "Unsupported pusher kind {kind:?}: only \"http\" is supported"
-        )));
+    Ok(())
+}
+
+/// `append`: keep other users' pushers with the same key (default false).
+fn append_field(body: &Map<String, Value>) -> Result<bool> {
+    match body.get("append") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(Error::invalid_param("'append' must be a boolean")),
     }
-    let Some(Value::Object(data)) = data else {
-        return Err(Error::invalid_param("'data' must be an object"));
-    };
-    check_http_data(data)?;
-    let profile_tag = string_field(body, "profile_tag")?;
-    let append = match body.get("append") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(Error::invalid_param("'append' must be a boolean")),
-    };
-    Ok(PusherChange::Set {
-        pusher: Box::new(PusherRecord {
-            user_id: user.to_owned(),
-            device_id: String::new(),
-            app_id,
-            pushkey,
-            kind,
-            app_display_name: app_display_name.unwrap_or_default(),
-            device_display_name: device_display_name.unwrap_or_default(),
-            profile_tag,
-            lang: lang.unwrap_or_default(),
-            data: Value::Object(data.clone()),
-            pushkey_ts: now_ms,
-            last_notification: 0,
-        }),
-        append,
-    })
 }
 
 /// An http pusher's `data`: a gateway url, and a format we can send.

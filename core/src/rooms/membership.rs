@@ -1,16 +1,30 @@
 //! Membership changes made on behalf of local users.
 
-use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
+use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
 use super::NewEvent;
-use crate::{Error, Hearth, Result};
+use crate::{Error, Hearth, Result, store::MembershipRecord};
 
 /// Where a local user's membership change is made (`membership_route`).
 enum Route {
     Here(OwnedRoomId),
     /// Through one of these servers, over federation.
     Through(OwnedRoomId, Vec<String>),
+}
+
+/// A stored membership as ruma's type, so rules match on it rather than on
+/// strings.
+pub(crate) fn membership_state(record: &MembershipRecord) -> MembershipState {
+    MembershipState::from(record.membership.as_str())
+}
+
+/// What a moderator does to another member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberAction {
+    Kick,
+    Ban,
+    Unban,
 }
 
 impl Hearth {
@@ -289,6 +303,112 @@ impl Hearth {
                 }
             }
         }
+    }
+
+    /// A client's invite: the sender must be joined, and the target neither
+    /// joined nor banned.
+    pub async fn invite_user(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.require_joined(room_id, sender).await?;
+        if let Some(m) = self
+            .store
+            .membership(room_id.as_str(), target.as_str())
+            .await?
+        {
+            match membership_state(&m) {
+                MembershipState::Join => {
+                    return Err(Error::forbidden(format!("{target} is already in the room")));
+                }
+                MembershipState::Ban => {
+                    return Err(Error::forbidden(format!(
+                        "{target} is banned from the room"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        self.invite(room_id, sender, target, reason, false).await
+    }
+
+    /// A kick, ban or unban by `sender`: a kick needs the target in the room
+    /// (joined, invited or knocking), an unban a banned target; the room's
+    /// power levels are the writer's check.
+    pub async fn moderate_member(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        action: MemberAction,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let current = self
+            .store
+            .membership(room_id.as_str(), target.as_str())
+            .await?
+            .map(|m| membership_state(&m));
+        match (action, current) {
+            (
+                MemberAction::Kick,
+                Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock),
+            ) => {}
+            (MemberAction::Kick, _) => {
+                return Err(Error::forbidden(format!("{target} is not in the room")));
+            }
+            (MemberAction::Unban, Some(MembershipState::Ban)) => {}
+            (MemberAction::Unban, _) => {
+                return Err(Error::forbidden(format!("{target} is not banned")));
+            }
+            (MemberAction::Ban, _) => {}
+        }
+        let new_membership = match action {
+            MemberAction::Ban => "ban",
+            MemberAction::Kick | MemberAction::Unban => "leave",
+        };
+        self.set_membership(room_id, sender, target, new_membership, reason)
+            .await
+    }
+
+    /// Forgets a room the user has left (400 while joined or invited).
+    pub async fn forget_room(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        match self
+            .store
+            .membership(room_id.as_str(), user.as_str())
+            .await?
+        {
+            Some(m)
+                if matches!(
+                    membership_state(&m),
+                    MembershipState::Join | MembershipState::Invite
+                ) =>
+            {
+                Err(Error::Unknown(
+                    "You must leave the room before forgetting it".into(),
+                ))
+            }
+            Some(_) => {
+                self.store
+                    .forget_room(room_id.as_str(), user.as_str())
+                    .await
+            }
+            None => Err(Error::not_found("You have never been in this room")),
+        }
+    }
+
+    /// The rooms the user is joined to.
+    pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .memberships_of_user(user.as_str())
+            .await?
+            .into_iter()
+            .filter(|m| membership_state(m) == MembershipState::Join)
+            .map(|m| m.room_id)
+            .collect())
     }
 
     /// Leaves every room and closes the account.

@@ -9,6 +9,7 @@
 //! it down with it, and those are rebuilt (`EventToPersist::generation`).
 
 pub mod acl;
+mod aliases;
 mod create;
 mod directory;
 mod federated;
@@ -18,6 +19,8 @@ mod history;
 mod membership;
 mod recent;
 mod redactions;
+mod sending;
+mod timeline;
 mod visibility;
 mod writer;
 
@@ -37,7 +40,10 @@ use serde_json::Value;
 pub use create::CreateRoom;
 pub use gaps::Incoming;
 pub use history::Backfilled;
+pub use membership::MemberAction;
+pub(crate) use membership::membership_state;
 pub use recent::RecentEvents;
+pub use timeline::{EventContext, MessagesPage, MessagesRequest};
 pub use visibility::HistoryVisibility;
 
 use crate::{Error, Result, pdu::Pdu};

@@ -1,9 +1,14 @@
 //! History visibility: which past events a user may read.
 
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
-use crate::{Hearth, Result, pdu::StoredEvent, store::MembershipRecord};
+use super::membership_state;
+use crate::{
+    Error, Hearth, Result,
+    pdu::{Pdu, StoredEvent},
+    store::MembershipRecord,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryVisibility {
@@ -28,6 +33,69 @@ impl HistoryVisibility {
 }
 
 impl Hearth {
+    /// The state a user may read: current state while joined; the state when
+    /// they left for former members; current state of world-readable rooms.
+    pub async fn readable_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Pdu>> {
+        let membership = self
+            .store
+            .membership(room_id.as_str(), user.as_str())
+            .await?;
+        match membership {
+            Some(m) if membership_state(&m) == MembershipState::Join => {
+                self.current_state_pdus(room_id).await
+            }
+            Some(m)
+                if matches!(
+                    membership_state(&m),
+                    MembershipState::Leave | MembershipState::Ban
+                ) =>
+            {
+                let ids: Vec<String> = self
+                    .store
+                    .state_at(room_id.as_str(), m.stream_ordering)
+                    .await?
+                    .into_values()
+                    .collect();
+                Ok(self
+                    .store
+                    .get_events(&ids)
+                    .await?
+                    .into_iter()
+                    .map(|e| e.pdu)
+                    .collect())
+            }
+            _ => {
+                if self.world_readable(room_id).await? {
+                    self.current_state_pdus(room_id).await
+                } else {
+                    Err(Error::forbidden("You are not in this room"))
+                }
+            }
+        }
+    }
+
+    async fn current_state_pdus(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
+        Ok(self
+            .room_state(room_id)
+            .await?
+            .iter()
+            .map(|p| (**p).clone())
+            .collect())
+    }
+
+    /// Whether the room's current history visibility is `world_readable`.
+    pub(crate) async fn world_readable(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self
+            .room_state_event(room_id, "m.room.history_visibility", "")
+            .await?
+            .is_some_and(|e| {
+                e.content_value()
+                    .get("history_visibility")
+                    .and_then(Value::as_str)
+                    == Some("world_readable")
+            }))
+    }
+
     /// Whether `user` may see an event of `room` at stream position `at`,
     /// given their current membership.
     pub async fn can_see_at(

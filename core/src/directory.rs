@@ -1,0 +1,79 @@
+//! The public room directory (which rooms are published, the listing with
+//! its search and paging) and the user directory search.
+
+use std::collections::BTreeSet;
+
+use ruma::{RoomId, UserId};
+use serde_json::{Value, json};
+
+use crate::{Error, Hearth, Result};
+
+impl Hearth {
+    /// Whether a known room is published in the directory.
+    pub async fn room_is_public(&self, room: &RoomId) -> Result<bool> {
+        self.require_known_room(room).await?;
+        self.store.is_room_public(room.as_str()).await
+    }
+
+    /// Publishes or unpublishes a room (`public` or `private`, absent meaning
+    /// private); a joined room admin may.
+    pub async fn set_room_visibility(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        visibility: Option<&str>,
+    ) -> Result<()> {
+        self.require_known_room(room).await?;
+        let public = match visibility {
+            Some("public") => true,
+            Some("private") | None => false,
+            Some(v) => return Err(Error::invalid_param(format!("Invalid visibility {v}"))),
+        };
+        self.require_joined(room, user).await?;
+        if !self.is_room_admin(room, user).await? {
+            return Err(Error::forbidden(
+                "You may not change this room's visibility",
+            ));
+        }
+        self.store.set_room_public(room.as_str(), public).await
+    }
+
+    async fn require_known_room(&self, room: &RoomId) -> Result<()> {
+        if self.store.room_version(room.as_str()).await?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        Ok(())
+    }
+
+    /// The user directory: users who share a room with `user` or sit in a
+    /// public room, matching `term`, at most `limit` of them.
+    pub async fn search_user_directory(
+        &self,
+        user: &UserId,
+        term: &str,
+        limit: Option<usize>,
+    ) -> Result<Value> {
+        let limit = limit.unwrap_or(10).clamp(1, 100);
+        let mut visible: BTreeSet<String> = self
+            .store
+            .users_sharing_rooms(user.as_str())
+            .await?
+            .into_iter()
+            .collect();
+        visible.extend(self.store.users_in_public_rooms().await?);
+        let candidates = self.store.search_users(term.trim(), 500).await?;
+        let mut results = vec![];
+        let mut limited = false;
+        for u in candidates
+            .into_iter()
+            .filter(|u| visible.contains(&u.user_id))
+        {
+            if results.len() == limit {
+                limited = true;
+                break;
+            }
+            results.push(json!({"user_id": u.user_id, "display_name": u.displayname, "avatar_url": u.avatar_url}));
+        }
+        Ok(json!({"results": results, "limited": limited}))
+    }
+}

@@ -1,0 +1,84 @@
+//! Local room aliases: who may create, list and delete them.
+
+use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId};
+use serde_json::Value;
+
+use super::required_power;
+use crate::{Error, Hearth, Result, appservice::AppService};
+
+/// A room id named by a client, refused as the client API refuses any.
+pub(crate) fn parse_room_id(s: &str) -> Result<OwnedRoomId> {
+    RoomId::parse(s).map_err(|_| Error::invalid_param(format!("Invalid room id {s:?}")))
+}
+
+impl Hearth {
+    /// An alias of this server; another server's alias cannot be managed here.
+    pub fn parse_local_alias(&self, alias: &str) -> Result<OwnedRoomAliasId> {
+        let alias =
+            RoomAliasId::parse(alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
+        if alias.server_name() != self.config.server_name {
+            return Err(Error::invalid_param("Room alias is not on this server"));
+        }
+        Ok(alias)
+    }
+
+    /// Points a new local alias at a room the user is joined to; an
+    /// application service may only claim aliases of its namespaces. An
+    /// alias already taken is `Error::RoomInUse`.
+    pub async fn create_room_alias(
+        &self,
+        alias: &str,
+        room_id: &str,
+        user: &UserId,
+        appservice: Option<&AppService>,
+    ) -> Result<()> {
+        let alias = self.parse_local_alias(alias)?;
+        self.check_alias_claim(alias.as_str(), appservice)?;
+        let room = parse_room_id(room_id)?;
+        if self.store.room_version(room.as_str()).await?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        self.require_joined(&room, user).await?;
+        self.store
+            .create_alias(alias.as_str(), room.as_str(), user.as_str())
+            .await
+    }
+
+    /// Deletes a local alias: its creator or a room admin may.
+    pub async fn delete_room_alias(&self, alias: &str, user: &UserId) -> Result<()> {
+        let alias = self.parse_local_alias(alias)?;
+        let (room_id, creator) = self
+            .store
+            .resolve_alias(alias.as_str())
+            .await?
+            .ok_or_else(|| Error::not_found("Room alias not found"))?;
+        let room = parse_room_id(&room_id)?;
+        if creator != user.as_str() && !self.is_room_admin(&room, user).await? {
+            return Err(Error::forbidden("You may not delete this alias"));
+        }
+        self.store.delete_alias(alias.as_str()).await?;
+        Ok(())
+    }
+
+    /// The local aliases of a room, for its joined members.
+    pub async fn room_aliases(&self, room: &RoomId, user: &UserId) -> Result<Vec<String>> {
+        self.require_joined(room, user).await?;
+        self.store.room_aliases(room.as_str()).await
+    }
+
+    /// Whether the user is a room admin (may manage aliases and visibility):
+    /// has the power to send `m.room.canonical_alias`.
+    pub(crate) async fn is_room_admin(&self, room: &RoomId, user: &UserId) -> Result<bool> {
+        let pl = self
+            .room_state_event(room, "m.room.power_levels", "")
+            .await?
+            .map(|p| p.content_value());
+        let needed = pl
+            .as_ref()
+            .and_then(|p| p.get("events"))
+            .and_then(|e| e.get("m.room.canonical_alias"))
+            .and_then(Value::as_i64)
+            .unwrap_or_else(|| required_power(pl.as_ref(), "state_default", 50));
+        Ok(self.power_of(room, user).await? >= needed)
+    }
+}
