@@ -18,6 +18,7 @@ pub mod ids;
 pub mod keys;
 pub mod media;
 pub mod notifier;
+pub mod outgoing;
 pub mod pdu;
 pub mod profile;
 pub mod push;
@@ -49,7 +50,9 @@ use crate::{
 /// The homeserver's services, shared by every request handler.
 pub struct Hearth {
     pub config: CoreConfig,
-    pub store: Arc<dyn Store>,
+    /// Only core reaches the store: every rule sits between a request and
+    /// its storage, whatever the entry point (ARCHITECTURE.md, invariants).
+    pub(crate) store: Arc<dyn Store>,
     pub keys: ServerKeys,
     pub notifier: Notifier,
     pub typing: Typing,
