@@ -36,3 +36,19 @@ impl Hearth {
         self.device_renamed(user, device_id).await
     }
 }
+
+impl Hearth {
+    /// Each of the user's devices with its display name.
+    pub(crate) async fn device_names(
+        &self,
+        user: &str,
+    ) -> Result<std::collections::BTreeMap<String, Option<String>>> {
+        Ok(self
+            .store
+            .list_devices(user)
+            .await?
+            .into_iter()
+            .map(|d| (d.device_id, d.display_name))
+            .collect())
+    }
+}

@@ -1,8 +1,6 @@
 //! A local user's device list as other servers fetch it
 //! (`/user/devices/{userId}` over federation).
 
-use std::collections::BTreeMap;
-
 use ruma::UserId;
 use serde_json::{Value, json};
 
@@ -13,13 +11,7 @@ impl Hearth {
     /// position they are as of (`stream_id`), and the user's master and
     /// self-signing keys. Devices without a device record are left out.
     pub async fn device_list_for_server(&self, user: &UserId) -> Result<Value> {
-        let names: BTreeMap<String, Option<String>> = self
-            .store
-            .list_devices(user.as_str())
-            .await?
-            .into_iter()
-            .map(|d| (d.device_id, d.display_name))
-            .collect();
+        let names = self.device_names(user.as_str()).await?;
         let devices: Vec<Value> = self
             .store
             .device_keys(user.as_str())

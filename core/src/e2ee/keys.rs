@@ -155,13 +155,7 @@ impl Hearth {
             if !self.is_local(user.as_str()) {
                 continue;
             }
-            let names: BTreeMap<String, Option<String>> = self
-                .store
-                .list_devices(user.as_str())
-                .await?
-                .into_iter()
-                .map(|d| (d.device_id, d.display_name))
-                .collect();
+            let names = self.device_names(user.as_str()).await?;
             let mut mine = Map::new();
             for (device, mut keys) in self.store.device_keys(user.as_str()).await? {
                 if !devices.is_empty() && !devices.contains(&device) {

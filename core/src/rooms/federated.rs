@@ -77,11 +77,8 @@ impl Hearth {
             },
             _ => ev.stream_ordering - 1,
         };
-        let ids = self.store.state_at(room.as_str(), at).await?;
-        let ids: Vec<String> = ids.into_values().collect();
         let state: Vec<Pdu> = self
-            .store
-            .get_events(&ids)
+            .state_events_at(room.as_str(), at)
             .await?
             .into_iter()
             .map(|e| e.pdu)

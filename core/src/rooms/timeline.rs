@@ -241,15 +241,8 @@ impl Hearth {
 
     /// The room's whole state at `at`, in client form.
     async fn client_state_at(&self, room_id: &RoomId, at: i64) -> Result<Vec<Value>> {
-        let ids: Vec<String> = self
-            .store
-            .state_at(room_id.as_str(), at)
-            .await?
-            .into_values()
-            .collect();
         Ok(self
-            .store
-            .get_events(&ids)
+            .state_events_at(room_id.as_str(), at)
             .await?
             .iter()
             .map(|e| e.to_client(None))

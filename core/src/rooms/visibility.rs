@@ -50,15 +50,8 @@ impl Hearth {
                     MembershipState::Leave | MembershipState::Ban
                 ) =>
             {
-                let ids: Vec<String> = self
-                    .store
-                    .state_at(room_id.as_str(), m.stream_ordering)
-                    .await?
-                    .into_values()
-                    .collect();
                 Ok(self
-                    .store
-                    .get_events(&ids)
+                    .state_events_at(room_id.as_str(), m.stream_ordering)
                     .await?
                     .into_iter()
                     .map(|e| e.pdu)
@@ -197,5 +190,22 @@ impl Hearth {
                 "User {user} is not in room {room_id}"
             ))),
         }
+    }
+}
+
+impl Hearth {
+    /// The room's whole state at stream position `at`, as stored events.
+    pub(crate) async fn state_events_at(
+        &self,
+        room_id: &str,
+        at: i64,
+    ) -> Result<Vec<crate::pdu::StoredEvent>> {
+        let ids: Vec<String> = self
+            .store
+            .state_at(room_id, at)
+            .await?
+            .into_values()
+            .collect();
+        self.store.get_events(&ids).await
     }
 }

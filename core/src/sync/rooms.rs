@@ -242,9 +242,7 @@ impl Hearth {
             .map(|e| e.stream_ordering - 1)
             .unwrap_or(range.upto);
         let state_events: Vec<StoredEvent> = if range.initial {
-            let map = self.store.state_at(room_id.as_str(), start).await?;
-            let ids: Vec<String> = map.into_values().collect();
-            self.store.get_events(&ids).await?
+            self.state_events_at(room_id.as_str(), start).await?
         } else if limited {
             self.store
                 .state_changes(room_id.as_str(), range.since.unwrap_or(0), start)
