@@ -38,13 +38,6 @@ impl Hearth {
         self.store.set_room_public(room.as_str(), public).await
     }
 
-    async fn require_known_room(&self, room: &RoomId) -> Result<()> {
-        if self.store.room_version(room.as_str()).await?.is_none() {
-            return Err(Error::not_found("Unknown room"));
-        }
-        Ok(())
-    }
-
     /// The user directory: users who share a room with `user` or sit in a
     /// public room, matching `term`, at most `limit` of them.
     pub async fn search_user_directory(

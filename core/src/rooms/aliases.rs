@@ -35,9 +35,7 @@ impl Hearth {
         let alias = self.parse_local_alias(alias)?;
         self.check_alias_claim(alias.as_str(), appservice)?;
         let room = parse_room_id(room_id)?;
-        if self.store.room_version(room.as_str()).await?.is_none() {
-            return Err(Error::not_found("Unknown room"));
-        }
+        self.require_known_room(&room).await?;
         self.require_joined(&room, user).await?;
         self.store
             .create_alias(alias.as_str(), room.as_str(), user.as_str())

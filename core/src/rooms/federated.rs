@@ -22,9 +22,7 @@ impl Hearth {
     /// Fails with 404 for an unknown room, 403 unless `server` has users in
     /// the room or its history is world-readable.
     pub async fn require_server_reader(&self, room: &RoomId, server: &ServerName) -> Result<()> {
-        if self.store.room_version(room.as_str()).await?.is_none() {
-            return Err(Error::not_found("Unknown room"));
-        }
+        self.require_known_room(room).await?;
         if self
             .room_servers(room)
             .await?

@@ -41,9 +41,7 @@ impl Hearth {
         } else {
             let room =
                 RoomId::parse(id_or_alias).map_err(|_| Error::invalid_param("Invalid room id"))?;
-            if self.store.room_version(room.as_str()).await?.is_none() {
-                return Err(Error::not_found("Unknown room"));
-            }
+            self.require_known_room(&room).await?;
             Ok(room)
         }
     }
@@ -219,9 +217,7 @@ impl Hearth {
         user: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
-        if self.store.room_version(room_id.as_str()).await?.is_none() {
-            return Err(Error::not_found("Unknown room"));
-        }
+        self.require_known_room(room_id).await?;
         let content = self.member_content(user, "join", reason).await?;
         if let Some(m) = self
             .store

@@ -179,6 +179,14 @@ impl Hearth {
 
 impl Hearth {
     /// Fails with M_FORBIDDEN unless the user is currently joined to the room.
+    /// Fails with 404 for a room this server does not know.
+    pub(crate) async fn require_known_room(&self, room: &RoomId) -> Result<()> {
+        if self.store.room_version(room.as_str()).await?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        Ok(())
+    }
+
     pub async fn require_joined(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         match self
             .store

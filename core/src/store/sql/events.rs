@@ -257,28 +257,22 @@ macro_rules! impl_commit_events {
             change: &crate::store::StateChange,
             ordering: i64,
         ) -> Result<()> {
-            sqlx::query(
+            // The state history row and the current state, with the same values.
+            for sql in [
                 "INSERT INTO state_events (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(room_id)
-            .bind(&change.kind)
-            .bind(&change.state_key)
-            .bind(&change.event_id)
-            .bind(ordering)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
                 "INSERT INTO current_state (room_id, event_type, state_key, event_id, stream_ordering) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET
                    event_id = excluded.event_id, stream_ordering = excluded.stream_ordering",
-            )
-            .bind(room_id)
-            .bind(&change.kind)
-            .bind(&change.state_key)
-            .bind(&change.event_id)
-            .bind(ordering)
-            .execute(&mut *conn)
-            .await?;
+            ] {
+                sqlx::query(sql)
+                    .bind(room_id)
+                    .bind(&change.kind)
+                    .bind(&change.state_key)
+                    .bind(&change.event_id)
+                    .bind(ordering)
+                    .execute(&mut *conn)
+                    .await?;
+            }
             if let Some(membership) = &change.membership {
                 sqlx::query(
                     "INSERT INTO memberships (room_id, user_id, membership, event_id, stream_ordering, forgotten)
