@@ -6,11 +6,12 @@ mod common;
 
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, Mutex},
 };
 
 use axum::{Json, Router, extract::State, http::HeaderMap, routing::post};
-use common::{Client, TestServer, enc, temp_dir};
+use common::{Client, TestServer, assert_error, enc, temp_dir};
 use serde_json::{Value, json};
 
 const AS_TOKEN: &str = "as-secret-token-for-tests";
@@ -168,15 +169,81 @@ fn as_client(server: &TestServer) -> Client {
     }
 }
 
-#[tokio::test]
-async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
-    let (service_addr, heard) = start_service().await;
-    let heard = heard.pings.clone();
-    let dir = temp_dir("as");
+/// The bridge's puppet user, percent-encoded for `?user_id=`.
+fn puppet() -> String {
+    enc("@_bridge_alice:localhost")
+}
+
+/// A service listening, and a server started with its registration (in the
+/// returned directory, which the test removes).
+async fn bridged_server(tag: &str) -> (PathBuf, Service, TestServer) {
+    let (service_addr, service) = start_service().await;
+    let dir = temp_dir(tag);
     let file = dir.join("bridge.yaml");
     std::fs::write(&file, registration(&format!("http://{service_addr}"))).expect("write");
     let file = file.display().to_string();
     let hs = TestServer::start(&["--appservice-registrations", &file]).await;
+    (dir, service, hs)
+}
+
+/// A bridged server where the service registered its puppet
+/// `@_bridge_alice`, and bob's public room that the puppet was invited to
+/// and joined (the service acting as it).
+struct PuppetRoom {
+    dir: PathBuf,
+    service: Service,
+    hs: TestServer,
+    bridge: Client,
+    bob: Client,
+    room: String,
+}
+
+async fn puppet_room(tag: &str) -> PuppetRoom {
+    let (dir, service, hs) = bridged_server(tag).await;
+    let bridge = as_client(&hs);
+    let (s, body) = bridge
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"type": "m.login.application_service", "username": "_bridge_alice"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let bob = hs.register("bob", "bob-password-long").await;
+    let room = bob
+        .create_room(json!({"preset": "public_chat", "invite": ["@_bridge_alice:localhost"]}))
+        .await;
+    let (s, body) = bridge
+        .join_with(&room, &format!("?user_id={}", puppet()))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    PuppetRoom {
+        dir,
+        service,
+        hs,
+        bridge,
+        bob,
+        room,
+    }
+}
+
+/// A message the service sends as its puppet.
+async fn send_as_puppet(bridge: &Client, room: &str, txn: &str, body: &str) -> (u16, Value) {
+    bridge
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}?user_id={}",
+                enc(room),
+                puppet()
+            ),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
+    let (dir, heard, hs) = bridged_server("as").await;
+    let heard = heard.pings.clone();
     let service = as_client(&hs);
 
     // The service's own user exists, and its token acts as it.
@@ -203,49 +270,29 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
     assert!(alice["access_token"].is_string());
     // …but none outside it, and nobody else may use the type.
     let (s, body) = register(service.clone(), "carol").await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (400, Some("M_EXCLUSIVE")),
-        "{body}"
-    );
+    assert_error(s, &body, 400, "M_EXCLUSIVE");
     let anonymous = hs.client();
     let (s, body) = register(anonymous.clone(), "_bridge_x").await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (401, Some("M_MISSING_TOKEN")),
-        "{body}"
-    );
+    assert_error(s, &body, 401, "M_MISSING_TOKEN");
     let wrong = Client {
         token: Some(HS_TOKEN.into()),
         ..hs.client()
     };
     let (s, body) = register(wrong.clone(), "_bridge_x").await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (401, Some("M_UNKNOWN_TOKEN")),
-        "{body}"
-    );
+    assert_error(s, &body, 401, "M_UNKNOWN_TOKEN");
 
     // Ordinary users cannot take names or aliases the service holds.
     let (s, body) = anonymous
         .get("/_matrix/client/v3/register/available?username=_bridge_bob")
         .await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (400, Some("M_EXCLUSIVE")),
-        "{body}"
-    );
+    assert_error(s, &body, 400, "M_EXCLUSIVE");
     let (s, body) = anonymous
         .post(
             "/_matrix/client/v3/register",
             json!({"username": "_bridge_bob", "password": "a-long-password", "auth": {"type": "m.login.dummy"}}),
         )
         .await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (400, Some("M_EXCLUSIVE")),
-        "{body}"
-    );
+    assert_error(s, &body, 400, "M_EXCLUSIVE");
     let bob = hs.register("bob", "bob-password-long").await;
     let (s, body) = bob
         .post(
@@ -253,14 +300,10 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
             json!({"room_alias_name": "_bridge_room"}),
         )
         .await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (400, Some("M_EXCLUSIVE")),
-        "{body}"
-    );
+    assert_error(s, &body, 400, "M_EXCLUSIVE");
 
     // Masquerading: the service acts as its registered user…
-    let alice_id = enc("@_bridge_alice:localhost");
+    let alice_id = puppet();
     let (s, me) = service
         .get(&format!(
             "/_matrix/client/v3/account/whoami?user_id={alice_id}"
@@ -366,11 +409,7 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
             json!({"msgtype": "m.text", "body": "bad ts"}),
         )
         .await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (400, Some("M_INVALID_PARAM")),
-        "{body}"
-    );
+    assert_error(s, &body, 400, "M_INVALID_PARAM");
 
     // Not as users outside its namespace, nor unregistered ones.
     for user in ["@bob:localhost", "@_bridge_nobody:localhost"] {
@@ -412,11 +451,7 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
             "/_matrix/client/v3/account/whoami?user_id={alice_id}&device_id=NOTHERS"
         ))
         .await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (400, Some("M_UNKNOWN_DEVICE")),
-        "{body}"
-    );
+    assert_error(s, &body, 400, "M_UNKNOWN_DEVICE");
     let (s, body) = service
         .post(
             "/_matrix/client/v3/login",
@@ -424,11 +459,7 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
                    "identifier": {"type": "m.id.user", "user": "bob"}}),
         )
         .await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (400, Some("M_EXCLUSIVE")),
-        "{body}"
-    );
+    assert_error(s, &body, 400, "M_EXCLUSIVE");
 
     // Ping: Hearth calls the service with its hs_token.
     let (s, pong) = service
@@ -454,11 +485,7 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
                 json!({}),
             )
             .await;
-        assert_eq!(
-            (s, body["errcode"].as_str()),
-            (403, Some("M_FORBIDDEN")),
-            "{body}"
-        );
+        assert_error(s, &body, 403, "M_FORBIDDEN");
     }
 
     // Third-party lookups go to the bridge serving the protocol.
@@ -475,11 +502,7 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
     assert_eq!(s, 200, "{users}");
     assert_eq!(users[0]["userid"], "@_bridge_dave:localhost", "{users}");
     let (s, body) = bob.get("/_matrix/client/v3/thirdparty/protocol/fax").await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (404, Some("M_NOT_FOUND")),
-        "{body}"
-    );
+    assert_error(s, &body, 404, "M_NOT_FOUND");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -514,44 +537,17 @@ async fn a_bad_registration_stops_start_up_naming_the_file_and_field() {
 
 #[tokio::test]
 async fn events_reach_the_service_in_order_and_wait_for_it_while_it_is_down() {
-    let (service_addr, service) = start_service().await;
-    let dir = temp_dir("as-txn");
-    let file = dir.join("bridge.yaml");
-    std::fs::write(&file, registration(&format!("http://{service_addr}"))).expect("write");
-    let file = file.display().to_string();
-    let hs = TestServer::start(&["--appservice-registrations", &file]).await;
-    let bridge = as_client(&hs);
-    let (s, body) = bridge
-        .post(
-            "/_matrix/client/v3/register",
-            json!({"type": "m.login.application_service", "username": "_bridge_alice"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
-    let alice_id = enc("@_bridge_alice:localhost");
-    let bob = hs.register("bob", "bob-password-long").await;
-
     // A room bob shares with the bridge's puppet: the service hears all of it.
-    let room = bob
-        .create_room(json!({"preset": "public_chat", "invite": ["@_bridge_alice:localhost"]}))
-        .await;
-    let (s, body) = bridge
-        .post(
-            &format!("/_matrix/client/v3/join/{}?user_id={alice_id}", enc(&room)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    let PuppetRoom {
+        dir,
+        service,
+        hs: _hs,
+        bridge,
+        bob,
+        room,
+    } = puppet_room("as-txn").await;
     bob.send_text(&room, "b1", "bob: hello puppet").await;
-    let (s, body) = bridge
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/p1?user_id={alice_id}",
-                enc(&room)
-            ),
-            json!({"msgtype": "m.text", "body": "alice: hello bob"}),
-        )
-        .await;
+    let (s, body) = send_as_puppet(&bridge, &room, "p1", "alice: hello bob").await;
     assert_eq!(s, 200, "{body}");
     // A room without any of the bridge's users: none of it.
     let private = bob.create_room(json!({"preset": "private_chat"})).await;
@@ -605,29 +601,9 @@ async fn events_reach_the_service_in_order_and_wait_for_it_while_it_is_down() {
     assert_eq!(tail, wanted, "{got:?}");
     // Typing, read receipts and presence of the room's users reach the
     // service too.
-    let (s, body) = bob
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/typing/{}",
-                enc(&room),
-                enc("@bob:localhost")
-            ),
-            json!({"typing": true, "timeout": 30000}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    bob.set_typing(&room, "@bob:localhost", true, 30000).await;
     let last = bob.send_text(&room, "r1", "bob: read this").await;
-    let (s, body) = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
-                enc(&room),
-                enc(&last)
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    bob.read_receipt(&room, &last, json!({})).await;
     let (s, body) = bob
         .put(
             &format!(
@@ -686,73 +662,32 @@ async fn events_reach_the_service_in_order_and_wait_for_it_while_it_is_down() {
 
 #[tokio::test]
 async fn a_service_acting_for_a_user_redacts_only_what_that_user_may() {
-    let (service_addr, _service) = start_service().await;
-    let dir = temp_dir("as-redact");
-    let file = dir.join("bridge.yaml");
-    std::fs::write(&file, registration(&format!("http://{service_addr}"))).expect("write");
-    let file = file.display().to_string();
-    let hs = TestServer::start(&["--appservice-registrations", &file]).await;
-    let bridge = as_client(&hs);
-    let (s, body) = bridge
-        .post(
-            "/_matrix/client/v3/register",
-            json!({"type": "m.login.application_service", "username": "_bridge_alice"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
-    let alice_id = enc("@_bridge_alice:localhost");
-    let bob = hs.register("bob", "bob-password-long").await;
-    let room = bob
-        .create_room(json!({"preset": "public_chat", "invite": ["@_bridge_alice:localhost"]}))
-        .await;
-    let (s, body) = bridge
-        .post(
-            &format!("/_matrix/client/v3/join/{}?user_id={alice_id}", enc(&room)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    let PuppetRoom {
+        dir,
+        hs: _hs,
+        bridge,
+        bob,
+        room,
+        ..
+    } = puppet_room("as-redact").await;
     let bobs = bob.send_text(&room, "b1", "bob's words").await;
-    let (s, body) = bridge
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/p1?user_id={alice_id}",
-                enc(&room)
-            ),
-            json!({"msgtype": "m.text", "body": "alice's words"}),
-        )
-        .await;
+    let (s, body) = send_as_puppet(&bridge, &room, "p1", "alice's words").await;
     assert_eq!(s, 200, "{body}");
     let alices = body["event_id"].as_str().expect("event_id").to_owned();
     let redact = |target: String, txn: &'static str| {
         let bridge = bridge.clone();
         let room = room.clone();
-        let alice_id = alice_id.clone();
         async move {
             bridge
                 .put(
                     &format!(
-                        "/_matrix/client/v3/rooms/{}/send/m.room.redaction/{txn}?user_id={alice_id}",
-                        enc(&room)
+                        "/_matrix/client/v3/rooms/{}/send/m.room.redaction/{txn}?user_id={}",
+                        enc(&room),
+                        puppet()
                     ),
                     json!({"redacts": target}),
                 )
                 .await
-        }
-    };
-    let content_of = |id: String| {
-        let bob = bob.clone();
-        let room = room.clone();
-        async move {
-            let (s, ev) = bob
-                .get(&format!(
-                    "/_matrix/client/v3/rooms/{}/event/{}",
-                    enc(&room),
-                    enc(&id)
-                ))
-                .await;
-            assert_eq!(s, 200, "{ev}");
-            ev["content"].clone()
         }
     };
 
@@ -760,9 +695,10 @@ async fn a_service_acting_for_a_user_redacts_only_what_that_user_may() {
     let (s, body) = redact(bobs.clone(), "r1").await;
     assert_eq!(s, 403, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
-    assert_eq!(content_of(bobs).await["body"], "bob's words");
+    assert_eq!(bob.content_of(&room, &bobs).await["body"], "bob's words");
     // Its own event it may.
     let (s, body) = redact(alices.clone(), "r2").await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(content_of(alices).await, json!({}));
+    assert_eq!(bob.content_of(&room, &alices).await, json!({}));
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, TestServer, create_database_on, drop_database_on, enc, stored_parents};
+use common::{
+    Client, TestServer, create_database_on, drop_database_on, enc, message_ids, stored_parents,
+};
 use serde_json::{Value, json};
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
@@ -132,20 +134,6 @@ fn typing_users(body: &Value, room: &str) -> Option<Vec<String>> {
         })
 }
 
-async fn set_typing(c: &Client, room: &str, user: &str, typing: bool) {
-    let (status, body) = c
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/typing/{}",
-                enc(room),
-                enc(user)
-            ),
-            json!({"typing": typing, "timeout": 30000}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 /// Two processes A and B of one server on `db`, started with `args`: alice
 /// registered on A, bob on B, both in a public room alice created. Without
 /// `[cluster]` leases (not configured here) one process must write the room,
@@ -171,13 +159,7 @@ impl TwoProcesses {
         let room = alice
             .create_room(json!({"preset": "public_chat", "name": room_name}))
             .await;
-        let (status, body) = bob_on_a
-            .post(
-                &format!("/_matrix/client/v3/join/{}", enc(&room)),
-                json!({}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        bob_on_a.join(&room).await;
         TwoProcesses {
             a,
             b,
@@ -225,7 +207,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
     );
 
     // Typing and presence set on A are seen on B.
-    set_typing(&alice, &room, alice_id, true).await;
+    alice.set_typing(&room, alice_id, true, 30000).await;
     sync_until(&bob_on_b, &mut since, Duration::from_secs(5), |b| {
         typing_users(b, &room).is_some_and(|u| u == [alice_id])
     })
@@ -260,7 +242,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
     })
     .await
     .expect("message sent on A reaches B with Redis down");
-    set_typing(&alice, &room, alice_id, false).await;
+    alice.set_typing(&room, alice_id, false, 30000).await;
     let (status, body) = alice.get("/_matrix/client/v3/sync").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -269,7 +251,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
         "typing off is seen on its own process: {body}"
     );
     let mut alice_since = body["next_batch"].as_str().expect("next_batch").to_owned();
-    set_typing(&alice, &room, alice_id, true).await;
+    alice.set_typing(&room, alice_id, true, 30000).await;
     sync_until(&alice, &mut alice_since, Duration::from_secs(5), |b| {
         typing_users(b, &room).is_some_and(|u| u == [alice_id])
     })
@@ -281,7 +263,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut typing = false;
     loop {
-        set_typing(&alice, &room, alice_id, typing).await;
+        alice.set_typing(&room, alice_id, typing, 30000).await;
         let want: Vec<String> = if typing {
             vec![alice_id.to_owned()]
         } else {
@@ -391,12 +373,7 @@ async fn any_process_accepts_sends_and_a_killed_writer_is_taken_over() {
     let room = alice
         .create_room(json!({"preset": "public_chat", "name": "writers"}))
         .await;
-    let (status, body) = bob
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(&room)),
-            json!({}),
-        )
-        .await;
+    let (status, body) = bob.join_with(&room, "").await;
     assert_eq!(status, 200, "join forwarded to the room's writer: {body}");
 
     // A forwarded send with a wrong secret is refused.
@@ -456,20 +433,7 @@ async fn any_process_accepts_sends_and_a_killed_writer_is_taken_over() {
 
     // Every acknowledged event is in the room once, in each sender's order,
     // and every event's parents are stored (one order, no fork).
-    let (status, page) = bob
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=1000",
-            enc(&room)
-        ))
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let timeline: Vec<String> = page["chunk"]
-        .as_array()
-        .expect("chunk")
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
-        .collect();
+    let timeline = message_ids(&bob.messages(&room, "dir=f&limit=1000").await);
     for series in &acked {
         let ids: Vec<&String> = series.iter().map(|(id, _)| id).collect();
         let positions: Vec<usize> = ids
@@ -608,7 +572,7 @@ async fn presence_lives_on_heartbeats_heard_by_any_process_and_typing_reaches_a_
 
     // Typing set on A while C is not running reaches C's syncs when it
     // starts: C reads it from Redis, not from an announcement it missed.
-    set_typing(&alice, &room, alice_id, true).await;
+    alice.set_typing(&room, alice_id, true, 30000).await;
     let c = TestServer::start_with_databases(&db.0, &[], &args).await;
     let bob_on_c = Client {
         base: c.url.clone(),

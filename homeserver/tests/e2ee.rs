@@ -7,21 +7,12 @@
 mod common;
 
 use base64::Engine;
-use common::{TestServer, enc};
+use common::{TestServer, assert_error, enc};
 use ruma::{
     CanonicalJsonObject,
     signatures::{Ed25519KeyPair, sign_json},
 };
 use serde_json::{Value, json};
-
-async fn whoami(c: &common::Client) -> (String, String) {
-    let (s, b) = c.get("/_matrix/client/v3/account/whoami").await;
-    assert_eq!(s, 200, "{b}");
-    (
-        b["user_id"].as_str().unwrap_or_default().to_owned(),
-        b["device_id"].as_str().unwrap_or_default().to_owned(),
-    )
-}
 
 fn device_keys(user: &str, device: &str, curve: &str) -> Value {
     json!({
@@ -51,7 +42,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key() {
     let server = TestServer::start(&[]).await;
     let alice = server.register("alice", "pw-alice-1").await;
     let bob = server.register("bob", "pw-bob-1").await;
-    let (alice_id, device) = whoami(&alice).await;
+    let (alice_id, device) = alice.whoami().await;
 
     let mut otks = serde_json::Map::new();
     for i in 0..5 {
@@ -84,11 +75,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key() {
             }),
         )
         .await;
-    assert_eq!(
-        (s, b["errcode"].as_str()),
-        (400, Some("M_INVALID_PARAM")),
-        "{b}"
-    );
+    assert_error(s, &b, 400, "M_INVALID_PARAM");
     let (s, b) = alice
         .post("/_matrix/client/v3/keys/upload", json!({}))
         .await;
@@ -168,7 +155,7 @@ async fn to_device_messages_arrive_once_and_go_after_the_device_syncs_past_them(
     let server = TestServer::start(&[]).await;
     let alice = server.register("alice", "pw-alice-1").await;
     let bob = server.register("bob", "pw-bob-1").await;
-    let (bob_id, bob_device) = whoami(&bob).await;
+    let (bob_id, bob_device) = bob.whoami().await;
     let s0 = sync(&bob, None).await["next_batch"]
         .as_str()
         .unwrap_or_default()
@@ -248,18 +235,12 @@ async fn device_lists_and_cross_signing() {
     let server = TestServer::start(&[]).await;
     let alice = server.register("alice", "pw-alice-1").await;
     let bob = server.register("bob", "pw-bob-1").await;
-    let (alice_id, device) = whoami(&alice).await;
-    let (bob_id, _) = whoami(&bob).await;
+    let (alice_id, device) = alice.whoami().await;
+    let (bob_id, _) = bob.whoami().await;
     let room = alice
         .create_room(json!({"preset": "private_chat", "invite": [bob_id.clone()]}))
         .await;
-    let (s, _) = bob
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(&room)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200);
+    bob.join(&room).await;
     let since = sync(&bob, None).await["next_batch"]
         .as_str()
         .unwrap_or_default()
@@ -433,11 +414,7 @@ async fn key_backup_versions_and_keys() {
     let server = TestServer::start(&[]).await;
     let alice = server.register("alice", "pw-alice-1").await;
     let (s, b) = alice.get("/_matrix/client/v3/room_keys/version").await;
-    assert_eq!(
-        (s, b["errcode"].as_str()),
-        (404, Some("M_NOT_FOUND")),
-        "{b}"
-    );
+    assert_error(s, &b, 404, "M_NOT_FOUND");
     let algorithm = "m.megolm_backup.v1.curve25519-aes-sha2";
     let (s, b) = alice
         .post(

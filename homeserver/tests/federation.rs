@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Client, TestServer, enc, temp_dir};
+use common::{Client, TestServer, assert_error, enc, temp_dir};
 use hickory_server::{
     Server,
     net::runtime::TokioRuntimeProvider,
@@ -655,13 +655,7 @@ async fn wait_for_messages(
 
 /// Joins `who` to the room (through its own server, over federation).
 async fn join(who: &Fed, target: &str, via: &str) -> String {
-    let (s, body) = who
-        .user
-        .post(
-            &format!("/_matrix/client/v3/join/{}?via={via}", enc(target)),
-            json!({}),
-        )
-        .await;
+    let (s, body) = who.user.join_with(target, &format!("?via={via}")).await;
     assert_eq!(s, 200, "{} joining {target}: {body}", who.name);
     body["room_id"].as_str().expect("room_id").to_owned()
 }
@@ -679,14 +673,7 @@ async fn users_on_three_servers_share_a_room_in_its_owners_order() {
     // By alias (resolved over federation), and by room id through a server.
     assert_eq!(join(b, "#town:a.test", "a.test").await, room);
     assert_eq!(join(c, &room, "a.test").await, room);
-    let (s, members) = a
-        .user
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/joined_members",
-            enc(&room)
-        ))
-        .await;
-    assert_eq!(s, 200, "{members}");
+    let members = a.user.joined_members(&room).await;
     for f in [a, b, c] {
         assert!(
             members["joined"].get(&f.user_id).is_some(),
@@ -725,31 +712,9 @@ async fn users_on_three_servers_share_a_room_in_its_owners_order() {
     }
 
     // Typing on b.test and a read receipt on c.test reach a.test's syncs.
-    let (s, body) = b
-        .user
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/typing/{}",
-                enc(&room),
-                enc(&b.user_id)
-            ),
-            json!({"typing": true, "timeout": 20000}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    b.user.set_typing(&room, &b.user_id, true, 20000).await;
     let last = seen[0].last().expect("a message").0.clone();
-    let (s, body) = c
-        .user
-        .post(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
-                enc(&room),
-                enc(&last)
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    c.user.read_receipt(&room, &last, json!({})).await;
     let (mut typing_seen, mut receipt_seen) = (false, false);
     let mut since: Option<String> = None;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -973,8 +938,7 @@ impl EvilServer {
             })
             .collect();
         let body = json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": pdus});
-        let path = format!("/_matrix/federation/v1/send/{txn}");
-        let (s, answer) = self.request(world, to, "PUT", &path, Some(body)).await;
+        let (s, answer) = self.send_txn(world, to, txn, body).await;
         assert_eq!(s, 200, "{answer}");
         for id in ids {
             assert_eq!(answer["pdus"][&id], json!({}), "{id} refused: {answer}");
@@ -1023,6 +987,12 @@ impl EvilServer {
         self.request(world, to, "GET", path, None).await
     }
 
+    /// A federation transaction `txn` with `body` sent to `to`.
+    async fn send_txn(&self, world: &World, to: &Fed, txn: &str, body: Value) -> (u16, Value) {
+        let path = format!("/_matrix/federation/v1/send/{txn}");
+        self.request(world, to, "PUT", &path, Some(body)).await
+    }
+
     /// Eve's join or leave through `to`, as a server does it: `make_join`
     /// (or `make_leave`), sign the template, `send_join` (`send_leave`).
     /// Returns the signed event, its id and the answer to the send.
@@ -1036,16 +1006,14 @@ impl EvilServer {
         let eve = "@eve:evil.test";
         let versions = if membership == "join" { "?ver=12" } else { "" };
         let (s, made) = self
-            .request(
+            .get(
                 world,
                 to,
-                "GET",
                 &format!(
                     "/_matrix/federation/v1/make_{membership}/{}/{}{versions}",
                     enc(room),
                     enc(eve)
                 ),
-                None,
             )
             .await;
         assert_eq!(s, 200, "make_{membership}: {made}");
@@ -1152,15 +1120,7 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
         .map(|o| CanonicalJsonValue::Object(o.clone()).into())
         .collect();
     let txn = json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": pdus});
-    let (s, answer) = evil
-        .request(
-            &world,
-            a,
-            "PUT",
-            "/_matrix/federation/v1/send/t1",
-            Some(txn.clone()),
-        )
-        .await;
+    let (s, answer) = evil.send_txn(&world, a, "t1", txn.clone()).await;
     assert_eq!(s, 200, "{answer}");
     assert_eq!(answer["pdus"][&tampered_id], json!({}), "{answer}");
     for id in [&forged_key_id, &forged_sender_id] {
@@ -1170,15 +1130,7 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
         );
     }
     // The same transaction again: the same answer, nothing new.
-    let (s, again) = evil
-        .request(
-            &world,
-            a,
-            "PUT",
-            "/_matrix/federation/v1/send/t1",
-            Some(txn),
-        )
-        .await;
+    let (s, again) = evil.send_txn(&world, a, "t1", txn).await;
     assert_eq!(s, 200);
     assert_eq!(again, answer);
 
@@ -1207,18 +1159,16 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
     // A server in the room may fetch its events; the published room list
     // is there for any signed request.
     let (s, got) = evil
-        .request(
+        .get(
             &world,
             a,
-            "GET",
             &format!("/_matrix/federation/v1/event/{}", enc(&tampered_id)),
-            None,
         )
         .await;
     assert_eq!(s, 200, "{got}");
     assert_eq!(got["pdus"][0]["content"], json!({}), "{got}");
     let (s, listed) = evil
-        .request(&world, a, "GET", "/_matrix/federation/v1/publicRooms", None)
+        .get(&world, a, "/_matrix/federation/v1/publicRooms")
         .await;
     assert_eq!(s, 200, "{listed}");
     assert!(
@@ -1230,41 +1180,30 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
 
     // Eve leaves the way she joined: make_leave, then send_leave.
     evil.membership(&world, a, &room, "leave").await;
-    let (s, members) = a
-        .user
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/joined_members",
-            enc(&room)
-        ))
-        .await;
-    assert_eq!(s, 200, "{members}");
+    let members = a.user.joined_members(&room).await;
     assert!(
         members["joined"].get("@eve:evil.test").is_none(),
         "{members}"
     );
     // Out of the room, evil.test may no longer read its events.
     let (s, body) = evil
-        .request(
+        .get(
             &world,
             a,
-            "GET",
             &format!("/_matrix/federation/v1/event/{}", enc(&tampered_id)),
-            None,
         )
         .await;
     assert_eq!(s, 403, "{body}");
     // Nor make a template for another server's user.
     let (s, body) = evil
-        .request(
+        .get(
             &world,
             a,
-            "GET",
             &format!(
                 "/_matrix/federation/v1/make_join/{}/{}?ver=12",
                 enc(&room),
                 enc(&a.user_id)
             ),
-            None,
         )
         .await;
     assert_eq!(s, 403, "{body}");
@@ -1272,23 +1211,21 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
     // More than 50 PDUs in one transaction is refused whole.
     let many: Vec<Value> = (0..51).map(|_| json!({})).collect();
     let (s, body) = evil
-        .request(
+        .send_txn(
             &world,
             a,
-            "PUT",
-            "/_matrix/federation/v1/send/t2",
-            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": many})),
+            "t2",
+            json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": many}),
         )
         .await;
     assert_eq!(s, 400, "{body}");
     // A transaction claiming another origin than its signer's.
     let (s, body) = evil
-        .request(
+        .send_txn(
             &world,
             a,
-            "PUT",
-            "/_matrix/federation/v1/send/t3",
-            Some(json!({"origin": "b.test", "origin_server_ts": now_ms(), "pdus": []})),
+            "t3",
+            json!({"origin": "b.test", "origin_server_ts": now_ms(), "pdus": []}),
         )
         .await;
     assert_eq!(s, 403, "{body}");
@@ -1307,13 +1244,7 @@ async fn several_users_of_one_server_join_a_remote_room_at_once() {
     }
     let joins = users.iter().map(|u| {
         let room = room.clone();
-        async move {
-            u.post(
-                &format!("/_matrix/client/v3/join/{}?via=a.test", enc(&room)),
-                json!({}),
-            )
-            .await
-        }
+        async move { u.join_with(&room, "?via=a.test").await }
     });
     for (s, body) in futures::future::join_all(joins).await {
         assert_eq!(s, 200, "{body}");
@@ -1321,14 +1252,7 @@ async fn several_users_of_one_server_join_a_remote_room_at_once() {
     // Every joiner shows as joined on the owner.
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     loop {
-        let (s, members) = a
-            .user
-            .get(&format!(
-                "/_matrix/client/v3/rooms/{}/joined_members",
-                enc(&room)
-            ))
-            .await;
-        assert_eq!(s, 200, "{members}");
+        let members = a.user.joined_members(&room).await;
         let joined = (0..4)
             .filter(|i| {
                 members["joined"]
@@ -1358,23 +1282,10 @@ async fn a_user_invited_from_another_server_sees_the_invite_and_joins() {
         .user
         .create_room(json!({"preset": "private_chat", "name": "by invitation"}))
         .await;
-    let (s, body) = c
-        .user
-        .post(
-            &format!("/_matrix/client/v3/join/{}?via=a.test", enc(&room)),
-            json!({}),
-        )
-        .await;
+    let (s, body) = c.user.join_with(&room, "?via=a.test").await;
     assert_eq!(s, 403, "joined an invite-only room uninvited: {body}");
 
-    let (s, body) = a
-        .user
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
-            json!({"user_id": c.user_id}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    a.user.invite(&room, &c.user_id).await;
     let (s, body) = c.user.get("/_matrix/client/v3/sync").await;
     assert_eq!(s, 200, "{body}");
     let invite = &body["rooms"]["invite"][&room]["invite_state"]["events"];
@@ -1591,11 +1502,7 @@ async fn a_server_in_the_room_reads_its_state_and_history_as_its_users_may() {
             ),
         )
         .await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (400, Some("M_INCOMPATIBLE_ROOM_VERSION")),
-        "{body}"
-    );
+    assert_error(s, &body, 400, "M_INCOMPATIBLE_ROOM_VERSION");
     let (s, body) = evil
         .get(
             &world,
@@ -1621,11 +1528,7 @@ async fn a_server_in_the_room_reads_its_state_and_history_as_its_users_may() {
             Some(json!({"room_version": "999", "event": {}, "invite_room_state": []})),
         )
         .await;
-    assert_eq!(
-        (s, body["errcode"].as_str()),
-        (400, Some("M_INCOMPATIBLE_ROOM_VERSION")),
-        "{body}"
-    );
+    assert_error(s, &body, 400, "M_INCOMPATIBLE_ROOM_VERSION");
     let other = a
         .user
         .create_room(json!({"preset": "private_chat", "room_version": "12"}))
@@ -1718,24 +1621,11 @@ async fn knocks_declined_invites_and_presence_cross_servers() {
         "{seen}"
     );
     // Knocking again while knocking is allowed; joining uninvited is not.
-    let (s, body) = c
-        .user
-        .post(
-            &format!("/_matrix/client/v3/join/{}?via=a.test", enc(&room)),
-            json!({}),
-        )
-        .await;
+    let (s, body) = c.user.join_with(&room, "?via=a.test").await;
     assert_eq!(s, 403, "joined a knock room uninvited: {body}");
 
     // a.test's user lets them in: an invite, then a join.
-    let (s, body) = a
-        .user
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
-            json!({"user_id": c.user_id}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    a.user.invite(&room, &c.user_id).await;
     let (s, body) = c
         .user
         .post(
@@ -2174,19 +2064,6 @@ async fn keys_and_to_device_messages_cross_servers() {
     );
 }
 
-/// An event's content as `c` reads it.
-async fn content_of(c: &Client, room: &str, id: &str) -> Value {
-    let (s, ev) = c
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            enc(room),
-            enc(id)
-        ))
-        .await;
-    assert_eq!(s, 200, "{ev}");
-    ev["content"].clone()
-}
-
 /// An event's depth as a server in the room reads it.
 async fn depth_of(world: &World, evil: &EvilServer, room_server: &Fed, id: &str) -> i64 {
     let (s, got) = evil
@@ -2226,11 +2103,11 @@ async fn a_remote_redaction_applies_only_where_its_sender_may_redact() {
     );
     evil.send_pdus(&world, a, "r1", &[&r1]).await;
     assert_eq!(
-        content_of(&a.user, &room, &r1_id).await["redacts"],
+        a.user.content_of(&room, &r1_id).await["redacts"],
         alices.as_str()
     );
     assert_eq!(
-        content_of(&a.user, &room, &alices).await["body"],
+        a.user.content_of(&room, &alices).await["body"],
         "alice's words"
     );
 
@@ -2250,7 +2127,7 @@ async fn a_remote_redaction_applies_only_where_its_sender_may_redact() {
         &auth,
     );
     evil.send_pdus(&world, a, "e1", &[&e1, &r2]).await;
-    assert_eq!(content_of(&a.user, &room, &e1_id).await, json!({}));
+    assert_eq!(a.user.content_of(&room, &e1_id).await, json!({}));
 
     // A redaction that comes before its target is kept, and applied when
     // the target arrives.
@@ -2270,10 +2147,10 @@ async fn a_remote_redaction_applies_only_where_its_sender_may_redact() {
     );
     evil.send_pdus(&world, a, "r3", &[&r3]).await;
     evil.send_pdus(&world, a, "e2", &[&e2]).await;
-    assert_eq!(content_of(&a.user, &room, &e2_id).await, json!({}));
+    assert_eq!(a.user.content_of(&room, &e2_id).await, json!({}));
     // And alice's event is still whole.
     assert_eq!(
-        content_of(&a.user, &room, &alices).await["body"],
+        a.user.content_of(&room, &alices).await["body"],
         "alice's words"
     );
 }
@@ -2320,18 +2197,9 @@ async fn every_public_read_receipt_reaches_the_rooms_other_servers() {
     );
 
     // A threaded receipt (nio's default) keeps its thread.
-    let (s, body) = a
-        .user
-        .post(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
-                enc(&room),
-                enc(&second)
-            ),
-            json!({"thread_id": "main"}),
-        )
+    a.user
+        .read_receipt(&room, &second, json!({"thread_id": "main"}))
         .await;
-    assert_eq!(s, 200, "{body}");
     let edu = evil
         .wait_for_edu("m.receipt", |e| read_of(e, &second).is_some())
         .await;
@@ -2370,14 +2238,8 @@ async fn every_public_read_receipt_reaches_the_rooms_other_servers() {
         "@eve:evil.test": {"event_ids": [first], "data": {"ts": now_ms(), "thread_id": "main"}}
     }}}});
     let (s, answer) = evil
-        .request(
-            &world,
-            a,
-            "PUT",
-            "/_matrix/federation/v1/send/rcpt1",
-            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": [], "edus": [receipt]})),
-        )
-        .await;
+        .send_txn(&world, a, "rcpt1", json!({"origin": "evil.test", "origin_server_ts": now_ms(), "pdus": [], "edus": [receipt]}))
+.await;
     assert_eq!(s, 200, "{answer}");
     let (s, synced) = a.user.get("/_matrix/client/v3/sync").await;
     assert_eq!(s, 200, "{synced}");
@@ -2450,13 +2312,12 @@ async fn a_server_the_room_acl_denies_is_refused_and_sent_nothing() {
 
     // Before the ACL evil.test's EDUs count: eve types and reads.
     let (s, body) = evil
-        .request(
+        .send_txn(
             &world,
             a,
-            "PUT",
-            "/_matrix/federation/v1/send/e1",
-            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(),
-                        "pdus": [], "edus": eve_edus(&room, true, &first)})),
+            "e1",
+            json!({"origin": "evil.test", "origin_server_ts": now_ms(),
+                        "pdus": [], "edus": eve_edus(&room, true, &first)}),
         )
         .await;
     assert_eq!(s, 200, "{body}");
@@ -2469,13 +2330,12 @@ async fn a_server_the_room_acl_denies_is_refused_and_sent_nothing() {
     let stop = json!([{"edu_type": "m.typing",
         "content": {"room_id": room, "user_id": "@eve:evil.test", "typing": false}}]);
     let (s, body) = evil
-        .request(
+        .send_txn(
             &world,
             a,
-            "PUT",
-            "/_matrix/federation/v1/send/e2",
-            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(),
-                        "pdus": [], "edus": stop})),
+            "e2",
+            json!({"origin": "evil.test", "origin_server_ts": now_ms(),
+                        "pdus": [], "edus": stop}),
         )
         .await;
     assert_eq!(s, 200, "{body}");
@@ -2589,14 +2449,13 @@ async fn a_server_the_room_acl_denies_is_refused_and_sent_nothing() {
     }));
     let message_id = EvilServer::sign_event(&mut message, "evil.test", &evil.key);
     let (s, answer) = evil
-        .request(
+        .send_txn(
             &world,
             a,
-            "PUT",
-            "/_matrix/federation/v1/send/e3",
-            Some(json!({"origin": "evil.test", "origin_server_ts": now_ms(),
+            "e3",
+            json!({"origin": "evil.test", "origin_server_ts": now_ms(),
                         "pdus": [CanonicalJsonValue::Object(message)],
-                        "edus": eve_edus(&room, true, &acl_id)})),
+                        "edus": eve_edus(&room, true, &acl_id)}),
         )
         .await;
     assert_eq!(s, 200, "{answer}");
@@ -2625,18 +2484,7 @@ async fn a_server_the_room_acl_denies_is_refused_and_sent_nothing() {
     // was the last (it was addressed before it took effect).
     evil.wait_for_pdu(&acl_id).await;
     let after = a.user.send_text(&room, "m2", "after the ACL").await;
-    let (s, body) = a
-        .user
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/typing/{}",
-                enc(&room),
-                enc(&a.user_id)
-            ),
-            json!({"typing": true, "timeout": 20000}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
+    a.user.set_typing(&room, &a.user_id, true, 20000).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (pdus, edus) = evil.received();
     assert!(

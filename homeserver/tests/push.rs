@@ -205,17 +205,7 @@ async fn counts(c: &Client, room: &str) -> (u64, u64) {
 }
 
 async fn read_up_to(c: &Client, room: &str, event: &str) {
-    let (s, b) = c
-        .post(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
-                enc(room),
-                enc(event)
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200, "receipt: {b}");
+    c.read_receipt(room, event, json!({})).await;
 }
 
 #[tokio::test]

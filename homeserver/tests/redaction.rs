@@ -10,19 +10,6 @@ mod common;
 use common::{Client, TestServer, enc};
 use serde_json::{Value, json};
 
-/// An event as `c` reads it.
-async fn event(c: &Client, room: &str, id: &str) -> Value {
-    let (s, body) = c
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            enc(room),
-            enc(id)
-        ))
-        .await;
-    assert_eq!(s, 200, "{body}");
-    body
-}
-
 /// A redaction sent as any event is, through `/send` (the way a client or
 /// bot library sends one when it does not use `/redact`).
 async fn send_redaction(c: &Client, room: &str, txn: &str, target: &str) -> (u16, Value) {
@@ -53,13 +40,13 @@ async fn create_event_id(c: &Client, room: &str) -> String {
 }
 
 async fn assert_not_redacted(c: &Client, room: &str, id: &str, body: &str) {
-    let ev = event(c, room, id).await;
-    assert_eq!(ev["content"]["body"], body, "redacted: {ev}");
+    let content = c.content_of(room, id).await;
+    assert_eq!(content["body"], body, "redacted: {content}");
 }
 
 async fn assert_redacted(c: &Client, room: &str, id: &str) {
-    let ev = event(c, room, id).await;
-    assert_eq!(ev["content"], json!({}), "not redacted: {ev}");
+    let content = c.content_of(room, id).await;
+    assert_eq!(content, json!({}), "not redacted: {content}");
 }
 
 #[tokio::test]
@@ -72,13 +59,7 @@ async fn a_member_without_power_redacts_only_their_own_events_through_send() {
         let room = alice
             .create_room(json!({"preset": "public_chat", "room_version": version}))
             .await;
-        let (s, body) = bob
-            .post(
-                &format!("/_matrix/client/v3/join/{}", enc(&room)),
-                json!({}),
-            )
-            .await;
-        assert_eq!(s, 200, "{body}");
+        bob.join(&room).await;
         let alices = alice.send_text(&room, "a1", "alice's words").await;
         let bobs = bob.send_text(&room, "b1", "bob's words").await;
         let bobs_second = bob.send_text(&room, "b2", "bob again").await;

@@ -6,7 +6,10 @@ mod common;
 
 use std::process::Command;
 
-use common::{TestServer, binary, enc, free_addr, stored_parents, temp_dir};
+use common::{
+    TestServer, binary, enc, free_addr, message_bodies, message_events, message_ids,
+    stored_parents, temp_dir,
+};
 use hearth_core::{
     ruma::{
         CanonicalJsonObject, RoomVersionId,
@@ -37,31 +40,13 @@ async fn acknowledged_events_survive_a_crash_and_retries_stay_idempotent() {
     // room holds exactly the 20 messages in send order.
     let again = alice.send_text(&room, "txn7", "m7").await;
     assert_eq!(again, ids[7]);
-    let (s, page) = alice
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
-            enc(&room)
-        ))
-        .await;
-    assert_eq!(s, 200, "{page}");
-    let bodies: Vec<String> = page["chunk"]
-        .as_array()
-        .expect("chunk")
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
-        .collect();
+    let bodies = message_bodies(&alice.messages(&room, "dir=b&limit=100").await);
     let expected: Vec<String> = (0..20).rev().map(|i| format!("m{i}")).collect();
     assert_eq!(bodies, expected);
 
     // A new message after the restart continues the same order.
     let next = alice.send_text(&room, "after", "m20").await;
-    let (_, page) = alice
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
-            enc(&room)
-        ))
-        .await;
+    let page = alice.messages(&room, "dir=b&limit=1").await;
     assert_eq!(page["chunk"][0]["event_id"], json!(next));
 }
 
@@ -275,18 +260,7 @@ async fn message_rate_limit_refuses_without_writing() {
     assert_eq!(s, 429, "{body}");
     assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
     assert!(body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
-    let (_, page) = alice
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-            enc(&room)
-        ))
-        .await;
-    let texts = page["chunk"]
-        .as_array()
-        .expect("chunk")
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .count();
+    let texts = message_events(&alice.messages(&room, "dir=b&limit=50").await).len();
     assert_eq!(texts, 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -344,18 +318,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .put(&path, json!({"msgtype": "m.text", "body": "small"}))
         .await;
     assert_eq!(s, 200);
-    let (_, page) = alice
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-            enc(&room)
-        ))
-        .await;
-    let texts: Vec<&Value> = page["chunk"]
-        .as_array()
-        .expect("chunk")
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .collect();
+    let page = alice.messages(&room, "dir=b&limit=50").await;
+    let texts = message_events(&page);
     assert_eq!(texts.len(), 1);
     assert_eq!(texts[0]["content"]["body"], "small");
 }
@@ -426,22 +390,9 @@ async fn racing_retries_make_one_event_per_room() {
         let ids = &same_ids[room];
         assert_eq!(ids.len(), 1, "retries in {room} made {} events", ids.len());
         all_same.extend(ids.iter().cloned());
-        let (status, page) = alice
-            .get(&format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
-                enc(room)
-            ))
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let bodies: Vec<&str> = page["chunk"]
-            .as_array()
-            .expect("chunk")
-            .iter()
-            .filter(|e| e["type"] == "m.room.message")
-            .filter_map(|e| e["content"]["body"].as_str())
-            .collect();
-        assert_eq!(bodies.iter().filter(|b| **b == "once per room").count(), 1);
-        assert_eq!(bodies.iter().filter(|b| **b == "one each").count(), 8);
+        let bodies = message_bodies(&alice.messages(room, "dir=b&limit=100").await);
+        assert_eq!(bodies.iter().filter(|b| *b == "once per room").count(), 1);
+        assert_eq!(bodies.iter().filter(|b| *b == "one each").count(), 8);
     }
     assert_eq!(
         all_same.len(),
@@ -523,20 +474,7 @@ async fn a_retry_refused_at_commit_leaves_no_event_built_on_it() {
 
     // Every acknowledged event is in the room once, and every event's
     // parents are stored: nothing was built on the refused retries.
-    let (status, page) = alice
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200",
-            enc(&room)
-        ))
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let ids: Vec<String> = page["chunk"]
-        .as_array()
-        .expect("chunk")
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
-        .collect();
+    let ids = message_ids(&alice.messages(&room, "dir=b&limit=200").await);
     assert_eq!(ids.len(), first.len() + sent.len(), "{ids:?}");
     for id in first.iter().chain(&sent) {
         assert_eq!(ids.iter().filter(|i| *i == id).count(), 1, "{id} once");

@@ -34,6 +34,13 @@ async fn connect(hs: &TestServer, c: &Client, since: Option<&str>) -> Ws {
     ws
 }
 
+/// Sends one JSON frame.
+async fn send_frame(ws: &mut Ws, frame: &Value) {
+    ws.send(Message::Text(frame.to_string().into()))
+        .await
+        .expect("send");
+}
+
 /// Next JSON frame, skipping pings, within a deadline.
 async fn next_frame(ws: &mut Ws) -> Value {
     loop {
@@ -86,13 +93,7 @@ async fn pushes_deltas_acks_sends_and_resumes_without_loss() {
     let alice = hs.register("alice", "pw").await;
     let bob = hs.register("bob", "pw").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
-    let (s, _) = bob
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(&room)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200);
+    bob.join(&room).await;
 
     // Bob connects without a token: the first frame is a full sync.
     let mut bws = connect(&hs, &bob, None).await;
@@ -109,9 +110,7 @@ async fn pushes_deltas_acks_sends_and_resumes_without_loss() {
     next_frame(&mut aws).await;
     let send = json!({"type": "send", "id": "a1", "room_id": room, "event_type": "m.room.message",
                       "txn_id": "ws-1", "content": {"msgtype": "m.text", "body": "over the socket"}});
-    aws.send(Message::Text(send.to_string().into()))
-        .await
-        .expect("send");
+    send_frame(&mut aws, &send).await;
     let (ack, _) = until(&mut aws, |f| f["type"] == "ack").await;
     assert_eq!(ack["id"], "a1");
     let event_id = ack["body"]["event_id"]
@@ -120,9 +119,7 @@ async fn pushes_deltas_acks_sends_and_resumes_without_loss() {
         .to_owned();
 
     // The same txn id again is the same event (idempotent like PUT /send).
-    aws.send(Message::Text(send.to_string().into()))
-        .await
-        .expect("send");
+    send_frame(&mut aws, &send).await;
     let (ack2, _) = until(&mut aws, |f| f["type"] == "ack").await;
     assert_eq!(ack2["body"]["event_id"], json!(event_id));
 
@@ -158,9 +155,7 @@ async fn pushes_deltas_acks_sends_and_resumes_without_loss() {
     // Typing over the socket reaches the other side's pushed deltas.
     let typing =
         json!({"type": "typing", "id": 7, "room_id": room, "typing": true, "timeout": 10000});
-    aws.send(Message::Text(typing.to_string().into()))
-        .await
-        .expect("send");
+    send_frame(&mut aws, &typing).await;
     let (ack, _) = until(&mut aws, |f| f["type"] == "ack").await;
     assert_eq!(ack["id"], 7);
     until(&mut bws, |f| {
@@ -192,13 +187,7 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
     let (f, _) = until(&mut ws, |f| f["type"] == "error").await;
     assert_eq!(f["errcode"], "M_NOT_JSON");
 
-    ws.send(Message::Text(
-        json!({"type": "launch_rockets", "id": 1})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .expect("send");
+    send_frame(&mut ws, &json!({"type": "launch_rockets", "id": 1})).await;
     let (f, _) = until(&mut ws, |f| f["type"] == "error").await;
     assert_eq!(f["errcode"], "M_BAD_JSON");
     assert_eq!(f["id"], 1);
@@ -209,25 +198,16 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_open() {
     next_frame(&mut mws).await;
     let send = json!({"type": "send", "id": "x", "room_id": room, "event_type": "m.room.message",
                       "txn_id": "t", "content": {"msgtype": "m.text", "body": "intrusion"}});
-    mws.send(Message::Text(send.to_string().into()))
-        .await
-        .expect("send");
+    send_frame(&mut mws, &send).await;
     let (f, _) = until(&mut mws, |f| f["type"] == "error").await;
     assert_eq!(f["errcode"], "M_FORBIDDEN");
-    let (_, page) = alice
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-            enc(&room)
-        ))
-        .await;
+    let page = alice.messages(&room, "dir=b&limit=50").await;
     assert!(!page.to_string().contains("intrusion"));
 
     // Still open: a valid send is acked.
     let ok = json!({"type": "send", "id": "ok", "room_id": room, "event_type": "m.room.message",
                     "txn_id": "fine", "content": {"msgtype": "m.text", "body": "still here"}});
-    ws.send(Message::Text(ok.to_string().into()))
-        .await
-        .expect("send");
+    send_frame(&mut ws, &ok).await;
     let (f, _) = until(&mut ws, |f| f["type"] == "ack").await;
     assert_eq!(f["id"], "ok");
 }
@@ -271,50 +251,27 @@ async fn a_redaction_over_the_socket_follows_the_redaction_rule() {
     let alice = hs.register("alice", "pw").await;
     let bob = hs.register("bob", "pw").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
-    let (s, _) = bob
-        .post(
-            &format!("/_matrix/client/v3/join/{}", enc(&room)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200);
+    bob.join(&room).await;
     let alices = alice.send_text(&room, "a1", "alice's words").await;
     let bobs = bob.send_text(&room, "b1", "bob's words").await;
-    let content_of = |id: String| {
-        let alice = alice.clone();
-        let room = room.clone();
-        async move {
-            let (s, ev) = alice
-                .get(&format!(
-                    "/_matrix/client/v3/rooms/{}/event/{}",
-                    enc(&room),
-                    enc(&id)
-                ))
-                .await;
-            assert_eq!(s, 200, "{ev}");
-            ev["content"].clone()
-        }
-    };
-
     let mut ws = connect(&hs, &bob, None).await;
     next_frame(&mut ws).await;
     // Bob (power 0) redacting alice's event: refused, and it stays.
     let send = json!({"type": "send", "id": "r1", "room_id": room, "event_type": "m.room.redaction",
                       "txn_id": "ws-r1", "content": {"redacts": alices}});
-    ws.send(Message::Text(send.to_string().into()))
-        .await
-        .expect("send");
+    send_frame(&mut ws, &send).await;
     let (f, _) = until(&mut ws, |f| f["type"] == "error" || f["type"] == "ack").await;
     assert_eq!(f["type"], "error", "{f}");
     assert_eq!(f["errcode"], "M_FORBIDDEN", "{f}");
-    assert_eq!(content_of(alices.clone()).await["body"], "alice's words");
+    assert_eq!(
+        alice.content_of(&room, &alices).await["body"],
+        "alice's words"
+    );
     // His own event: acked and redacted.
     let send = json!({"type": "send", "id": "r2", "room_id": room, "event_type": "m.room.redaction",
                       "txn_id": "ws-r2", "content": {"redacts": bobs}});
-    ws.send(Message::Text(send.to_string().into()))
-        .await
-        .expect("send");
+    send_frame(&mut ws, &send).await;
     let (f, _) = until(&mut ws, |f| f["type"] == "error" || f["type"] == "ack").await;
     assert_eq!(f["type"], "ack", "{f}");
-    assert_eq!(content_of(bobs).await, json!({}));
+    assert_eq!(alice.content_of(&room, &bobs).await, json!({}));
 }

@@ -415,6 +415,153 @@ impl Client {
         assert_eq!(s, 200, "send: {b}");
         b["event_id"].as_str().expect("event_id").to_owned()
     }
+
+    /// Joins a room (by id or alias) with `query` appended to the path
+    /// (`?via=…`, `?user_id=…` or nothing); the answer as it came.
+    pub async fn join_with(&self, room: &str, query: &str) -> (u16, Value) {
+        self.post(
+            &format!("/_matrix/client/v3/join/{}{query}", enc(room)),
+            json!({}),
+        )
+        .await
+    }
+
+    /// Joins a room (by id or alias), which must succeed.
+    pub async fn join(&self, room: &str) {
+        let (s, b) = self.join_with(room, "").await;
+        assert_eq!(s, 200, "join {room}: {b}");
+    }
+
+    /// The token's (user id, device id).
+    pub async fn whoami(&self) -> (String, String) {
+        let (s, b) = self.get("/_matrix/client/v3/account/whoami").await;
+        assert_eq!(s, 200, "whoami: {b}");
+        (
+            b["user_id"].as_str().unwrap_or_default().to_owned(),
+            b["device_id"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    /// One event of a room as this client may read it; the answer as it came.
+    pub async fn event(&self, room: &str, id: &str) -> (u16, Value) {
+        self.get(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(room),
+            enc(id)
+        ))
+        .await
+    }
+
+    /// The content of an event this client may read.
+    pub async fn content_of(&self, room: &str, id: &str) -> Value {
+        let (s, ev) = self.event(room, id).await;
+        assert_eq!(s, 200, "{ev}");
+        ev["content"].clone()
+    }
+
+    /// The room's `/joined_members` answer.
+    pub async fn joined_members(&self, room: &str) -> Value {
+        let (s, members) = self
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/joined_members",
+                enc(room)
+            ))
+            .await;
+        assert_eq!(s, 200, "{members}");
+        members
+    }
+
+    /// Invites `user` to the room, which must succeed.
+    pub async fn invite(&self, room: &str, user: &str) {
+        let (s, b) = self
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
+                json!({"user_id": user}),
+            )
+            .await;
+        assert_eq!(s, 200, "invite {user}: {b}");
+    }
+
+    /// Sets `user` (this client's user) typing or not in the room for
+    /// `timeout_ms`, which must succeed.
+    pub async fn set_typing(&self, room: &str, user: &str, typing: bool, timeout_ms: u64) {
+        let (s, b) = self
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/typing/{}",
+                    enc(room),
+                    enc(user)
+                ),
+                json!({"typing": typing, "timeout": timeout_ms}),
+            )
+            .await;
+        assert_eq!(s, 200, "typing: {b}");
+    }
+
+    /// Posts an `m.read` receipt (with `body`, such as a `thread_id`) for
+    /// `event`, which must succeed.
+    pub async fn read_receipt(&self, room: &str, event: &str, body: Value) {
+        let (s, b) = self
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                    enc(room),
+                    enc(event)
+                ),
+                body,
+            )
+            .await;
+        assert_eq!(s, 200, "receipt: {b}");
+    }
+
+    /// A page of the room's `/messages`; `query` such as `dir=b&limit=50`.
+    pub async fn messages(&self, room: &str, query: &str) -> Value {
+        let (s, page) = self
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?{query}",
+                enc(room)
+            ))
+            .await;
+        assert_eq!(s, 200, "{page}");
+        page
+    }
+}
+
+/// The `m.room.message` events of a `/messages` page, in its order.
+pub fn message_events(page: &Value) -> Vec<&Value> {
+    page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .collect()
+}
+
+/// The bodies of the messages of a `/messages` page, in its order.
+pub fn message_bodies(page: &Value) -> Vec<String> {
+    message_events(page)
+        .into_iter()
+        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The event ids of the messages of a `/messages` page, in its order.
+pub fn message_ids(page: &Value) -> Vec<String> {
+    message_events(page)
+        .into_iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Asserts an answer (`s`, `body`) is the Matrix error `errcode` with HTTP
+/// `status`.
+#[track_caller]
+pub fn assert_error(s: u16, body: &Value, status: u16, errcode: &str) {
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (status, Some(errcode)),
+        "{body}"
+    );
 }
 
 /// Percent-encodes one path segment (room ids carry '!' and ':').
