@@ -89,6 +89,40 @@ impl Drop for Database {
     }
 }
 
+/// What the processes of one test share: a Redis of the test's own, a
+/// database, and the flags that point a process at both (with the test's
+/// own).
+struct Shared {
+    redis: PrivateRedis,
+    db: Database,
+    flags: Vec<String>,
+}
+
+impl Shared {
+    /// None (the test is skipped) where redis-server cannot be run here.
+    /// `tag` keeps the test's Redis keys apart from other tests'.
+    fn start(tag: &str, extra: &[&str]) -> Option<Self> {
+        let Some(redis) = PrivateRedis::start() else {
+            eprintln!("redis-server cannot be run here; skipping");
+            return None;
+        };
+        let db = Database(create_database_on(PG));
+        let prefix = format!("hearth-test-{tag}{}", std::process::id());
+        let mut flags = vec![
+            "--redis-url".to_owned(),
+            redis.url(),
+            "--redis-prefix".to_owned(),
+            prefix,
+        ];
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        Some(Shared { redis, db, flags })
+    }
+
+    fn args(&self) -> Vec<&str> {
+        self.flags.iter().map(String::as_str).collect()
+    }
+}
+
 /// Long-polls /sync from `since` until `found` holds for a response or the
 /// deadline passes; returns that response.
 async fn sync_until(
@@ -172,13 +206,10 @@ impl TwoProcesses {
 
 #[tokio::test]
 async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopping() {
-    let Some(mut redis) = PrivateRedis::start() else {
-        eprintln!("redis-server cannot be run here; skipping");
+    let Some(mut shared) = Shared::start("", &[]) else {
         return;
     };
-    let db = Database(create_database_on(PG));
-    let prefix = format!("hearth-test-{}", std::process::id());
-    let args = ["--redis-url", &redis.url(), "--redis-prefix", &prefix];
+    let (db, args) = (shared.db.0.clone(), shared.args());
     let TwoProcesses {
         a,
         b,
@@ -186,7 +217,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
         bob_on_b,
         room,
         ..
-    } = TwoProcesses::start(&db.0, &args, "two processes").await;
+    } = TwoProcesses::start(&db, &args, "two processes").await;
     let alice_id = "@alice:localhost";
 
     // Bob syncs on B; a message sent on A wakes him at once.
@@ -235,7 +266,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
 
     // Redis stops: messages still flow between the processes (read from the
     // database), and typing still works within a process.
-    redis.stop();
+    shared.redis.stop();
     alice.send_text(&room, "m2", "without redis").await;
     sync_until(&bob_on_b, &mut since, Duration::from_secs(10), |b| {
         has_message(b, &room, "without redis")
@@ -259,7 +290,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
     .expect("typing works on its own process with Redis down");
 
     // Redis returns: sharing resumes without a restart.
-    assert!(redis.resume(), "redis restarts");
+    assert!(shared.redis.resume(), "redis restarts");
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut typing = false;
     loop {
@@ -349,20 +380,11 @@ async fn send_series(
 
 #[tokio::test]
 async fn any_process_accepts_sends_and_a_killed_writer_is_taken_over() {
-    let Some(redis) = PrivateRedis::start() else {
-        eprintln!("redis-server cannot be run here; skipping");
+    let Some(shared) = Shared::start("writers-", &["--cluster-secret", "test-cluster-secret"])
+    else {
         return;
     };
-    let db = Database(create_database_on(PG));
-    let prefix = format!("hearth-test-writers-{}", std::process::id());
-    let args = [
-        "--redis-url",
-        &redis.url(),
-        "--redis-prefix",
-        &prefix,
-        "--cluster-secret",
-        "test-cluster-secret",
-    ];
+    let (db, args) = (&shared.db, shared.args());
     let mut a = TestServer::start_with_databases(&db.0, &[], &args).await;
     let b = TestServer::start_with_databases(&db.0, &[], &args).await;
 
@@ -477,29 +499,31 @@ fn presence_of(body: &Value, user: &str) -> Option<String> {
 }
 
 async fn get_presence(c: &Client, user: &str) -> Value {
+    let path = format!("/_matrix/client/v3/presence/{}/status", enc(user));
+    let (status, body) = c.get(&path).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// One long-poll of `c`'s sync from `since` that leaves `c`'s own presence
+/// alone (`set_presence=offline`); moves `since` on.
+async fn sync_offline(c: &Client, since: &mut String) -> Value {
     let (status, body) = c
-        .get(&format!("/_matrix/client/v3/presence/{}/status", enc(user)))
+        .get(&format!(
+            "/_matrix/client/v3/sync?timeout=1000&set_presence=offline&since={since}"
+        ))
         .await;
     assert_eq!(status, 200, "{body}");
+    *since = body["next_batch"].as_str().expect("next_batch").to_owned();
     body
 }
 
 #[tokio::test]
 async fn presence_lives_on_heartbeats_heard_by_any_process_and_typing_reaches_a_late_process() {
-    let Some(redis) = PrivateRedis::start() else {
-        eprintln!("redis-server cannot be run here; skipping");
+    let Some(shared) = Shared::start("presence-", &["--presence-offline-after-secs", "3"]) else {
         return;
     };
-    let db = Database(create_database_on(PG));
-    let prefix = format!("hearth-test-presence-{}", std::process::id());
-    let args = [
-        "--redis-url",
-        &redis.url(),
-        "--redis-prefix",
-        &prefix,
-        "--presence-offline-after-secs",
-        "3",
-    ];
+    let (db, args) = (&shared.db, shared.args());
     let TwoProcesses {
         a: _a,
         b: _b,
@@ -526,13 +550,7 @@ async fn presence_lives_on_heartbeats_heard_by_any_process_and_typing_reaches_a_
         let (status, body) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
         last_beat = Instant::now();
         assert_eq!(status, 200, "{body}");
-        let (status, body) = bob_on_b
-            .get(&format!(
-                "/_matrix/client/v3/sync?timeout=1000&set_presence=offline&since={since}"
-            ))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        since = body["next_batch"].as_str().expect("next_batch").to_owned();
+        let body = sync_offline(&bob_on_b, &mut since).await;
         assert_ne!(
             presence_of(&body, alice_id).as_deref(),
             Some("offline"),
@@ -549,13 +567,7 @@ async fn presence_lives_on_heartbeats_heard_by_any_process_and_typing_reaches_a_
     let mut told = None;
     let deadline = Instant::now() + Duration::from_secs(10);
     while told.is_none() && Instant::now() < deadline {
-        let (status, body) = bob_on_b
-            .get(&format!(
-                "/_matrix/client/v3/sync?timeout=1000&set_presence=offline&since={since}"
-            ))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        since = body["next_batch"].as_str().expect("next_batch").to_owned();
+        let body = sync_offline(&bob_on_b, &mut since).await;
         if presence_of(&body, alice_id).as_deref() == Some("offline") {
             told = Some(stopped.elapsed());
         }

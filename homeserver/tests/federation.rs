@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Client, TestServer, assert_error, enc, temp_dir};
+use common::{Client, TestServer, assert_error, enc, message_events, temp_dir};
 use hickory_server::{
     Server,
     net::runtime::TokioRuntimeProvider,
@@ -605,18 +605,9 @@ fn now_ms() -> u64 {
 
 /// The room's messages as `c` sees them, oldest first: (event id, body).
 async fn timeline(c: &Client, room: &str) -> Vec<(String, String)> {
-    let (s, body) = c
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=500",
-            enc(room)
-        ))
-        .await;
-    assert_eq!(s, 200, "{body}");
-    let mut out: Vec<(String, String)> = body["chunk"]
-        .as_array()
-        .expect("chunk")
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
+    let page = c.messages(room, "dir=b&limit=500").await;
+    let mut out: Vec<(String, String)> = message_events(&page)
+        .into_iter()
         .map(|e| {
             (
                 e["event_id"].as_str().expect("event_id").to_owned(),

@@ -30,19 +30,18 @@ const FROZEN_PROMPT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn a_stopped_shard_answers_503_while_other_shards_work_and_recovers_on_restart() {
-    if !Path::new(PG_BIN).join("initdb").exists() {
-        eprintln!("skipped: no PostgreSQL binaries under {PG_BIN}");
-        return;
-    }
     let started = Instant::now();
-    let Outage {
+    let Some(Outage {
         cluster,
         shared: _shared,
         hs,
         alice,
         up,
         down,
-    } = Outage::set_up().await;
+    }) = Outage::set_up().await
+    else {
+        return;
+    };
 
     let mut before = vec![];
     for i in 0..3 {
@@ -178,7 +177,13 @@ struct Outage {
 }
 
 impl Outage {
-    async fn set_up() -> Self {
+    /// None (the test is skipped) where no PostgreSQL binaries are installed
+    /// to run a private cluster with.
+    async fn set_up() -> Option<Self> {
+        if !Path::new(PG_BIN).join("initdb").exists() {
+            eprintln!("skipped: no PostgreSQL binaries under {PG_BIN}");
+            return None;
+        }
         let cluster = PrivateCluster::create();
         let shared = SharedDatabases(vec![create_database_on(SHARED), create_database_on(SHARED)]);
         let shard1 = create_database_on(&cluster.base());
@@ -206,14 +211,14 @@ impl Outage {
         let [Some(up), Some(down)] = on_shard else {
             panic!("40 rooms and still not one on each shard: {on_shard:?}");
         };
-        Outage {
+        Some(Outage {
             hs,
             alice,
             up,
             down,
             shared,
             cluster,
-        }
+        })
     }
 }
 
@@ -225,18 +230,17 @@ impl Outage {
 /// the shard answers again, retries find every message stored exactly once.
 #[tokio::test]
 async fn a_frozen_shard_answers_503_not_a_hang_and_retries_find_each_send_stored_once() {
-    if !Path::new(PG_BIN).join("initdb").exists() {
-        eprintln!("skipped: no PostgreSQL binaries under {PG_BIN}");
-        return;
-    }
-    let Outage {
+    let Some(Outage {
         cluster,
         shared: _shared,
         hs,
         alice,
         up,
         down,
-    } = Outage::set_up().await;
+    }) = Outage::set_up().await
+    else {
+        return;
+    };
 
     // Sends one after another into the shard's room until one fails, so the
     // freeze catches a commit in flight.

@@ -91,22 +91,11 @@ pub fn binary() -> &'static str {
 impl TestServer {
     /// Starts a server with rate limits off plus any extra flags.
     pub async fn start(extra_args: &[&str]) -> Self {
-        let data_dir = temp_dir("hs");
-        let mut s = TestServer {
-            url: String::new(),
-            data_dir,
-            database_url: create_test_database(),
-            database_shards: (0..test_shards())
-                .filter_map(|_| create_test_database())
-                .collect(),
-            addr: free_addr(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            owns_dir: true,
-            owns_databases: true,
-        };
-        s.spawn().await;
-        s
+        let database_url = create_test_database();
+        let shards = (0..test_shards())
+            .filter_map(|_| create_test_database())
+            .collect();
+        Self::launch(database_url, shards, extra_args, true).await
     }
 
     /// Starts a server on the given Postgres databases (main, and event
@@ -114,16 +103,27 @@ impl TestServer {
     /// limits off plus any extra flags. The caller owns the databases and
     /// drops them.
     pub async fn start_with_databases(main: &str, shards: &[String], extra_args: &[&str]) -> Self {
+        Self::launch(Some(main.to_owned()), shards.to_vec(), extra_args, false).await
+    }
+
+    /// Starts a server on a fresh data directory and these databases (none:
+    /// SQLite in the data directory).
+    async fn launch(
+        database_url: Option<String>,
+        database_shards: Vec<String>,
+        extra_args: &[&str],
+        owns_databases: bool,
+    ) -> Self {
         let mut s = TestServer {
             url: String::new(),
             data_dir: temp_dir("hs"),
-            database_url: Some(main.to_owned()),
-            database_shards: shards.to_vec(),
+            database_url,
+            database_shards,
             addr: free_addr(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
             owns_dir: true,
-            owns_databases: false,
+            owns_databases,
         };
         s.spawn().await;
         s
@@ -444,12 +444,9 @@ impl Client {
 
     /// One event of a room as this client may read it; the answer as it came.
     pub async fn event(&self, room: &str, id: &str) -> (u16, Value) {
-        self.get(&format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            enc(room),
-            enc(id)
-        ))
-        .await
+        let (room, id) = (enc(room), enc(id));
+        self.get(&format!("/_matrix/client/v3/rooms/{room}/event/{id}"))
+            .await
     }
 
     /// The content of an event this client may read.
@@ -461,39 +458,29 @@ impl Client {
 
     /// The room's `/joined_members` answer.
     pub async fn joined_members(&self, room: &str) -> Value {
-        let (s, members) = self
-            .get(&format!(
-                "/_matrix/client/v3/rooms/{}/joined_members",
-                enc(room)
-            ))
-            .await;
+        let path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(room));
+        let (s, members) = self.get(&path).await;
         assert_eq!(s, 200, "{members}");
         members
     }
 
     /// Invites `user` to the room, which must succeed.
     pub async fn invite(&self, room: &str, user: &str) {
-        let (s, b) = self
-            .post(
-                &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
-                json!({"user_id": user}),
-            )
-            .await;
+        let path = format!("/_matrix/client/v3/rooms/{}/invite", enc(room));
+        let (s, b) = self.post(&path, json!({"user_id": user})).await;
         assert_eq!(s, 200, "invite {user}: {b}");
     }
 
     /// Sets `user` (this client's user) typing or not in the room for
     /// `timeout_ms`, which must succeed.
     pub async fn set_typing(&self, room: &str, user: &str, typing: bool, timeout_ms: u64) {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/typing/{}",
+            enc(room),
+            enc(user)
+        );
         let (s, b) = self
-            .put(
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/typing/{}",
-                    enc(room),
-                    enc(user)
-                ),
-                json!({"typing": typing, "timeout": timeout_ms}),
-            )
+            .put(&path, json!({"typing": typing, "timeout": timeout_ms}))
             .await;
         assert_eq!(s, 200, "typing: {b}");
     }
@@ -501,27 +488,16 @@ impl Client {
     /// Posts an `m.read` receipt (with `body`, such as a `thread_id`) for
     /// `event`, which must succeed.
     pub async fn read_receipt(&self, room: &str, event: &str, body: Value) {
-        let (s, b) = self
-            .post(
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
-                    enc(room),
-                    enc(event)
-                ),
-                body,
-            )
-            .await;
+        let (room, event) = (enc(room), enc(event));
+        let path = format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event}");
+        let (s, b) = self.post(&path, body).await;
         assert_eq!(s, 200, "receipt: {b}");
     }
 
     /// A page of the room's `/messages`; `query` such as `dir=b&limit=50`.
     pub async fn messages(&self, room: &str, query: &str) -> Value {
-        let (s, page) = self
-            .get(&format!(
-                "/_matrix/client/v3/rooms/{}/messages?{query}",
-                enc(room)
-            ))
-            .await;
+        let path = format!("/_matrix/client/v3/rooms/{}/messages?{query}", enc(room));
+        let (s, page) = self.get(&path).await;
         assert_eq!(s, 200, "{page}");
         page
     }
