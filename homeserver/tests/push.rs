@@ -17,6 +17,7 @@ use std::{
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use common::{Client, TestServer, enc};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 const COALESCE_MS: &str = "1000";
@@ -163,11 +164,14 @@ async fn set_name(c: &Client, name: &str) {
     assert_eq!(s, 200, "displayname: {b}");
 }
 
-async fn join(c: &Client, room: &str) {
-    let (s, b) = c
-        .post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({}))
-        .await;
-    assert_eq!(s, 200, "join: {b}");
+/// A gateway (its url), a server, and alice's room "Chat" with bob in it.
+async fn chat() -> (String, Gateway, TestServer, Client, Client, String) {
+    let (url, gw) = Gateway::start().await;
+    let server = start_server().await;
+    let alice = server.register("alice", "password-a").await;
+    let bob = server.register("bob", "password-b").await;
+    let room = room_with(&alice, "Chat", &[&bob]).await;
+    (url, gw, server, alice, bob, room)
 }
 
 /// A room `owner` creates with `name`, every other client invited and joined.
@@ -180,7 +184,7 @@ async fn room_with(owner: &Client, name: &str, others: &[&Client]) -> String {
         .create_room(json!({"name": name, "invite": invite, "preset": "private_chat"}))
         .await;
     for c in others {
-        join(c, &room).await;
+        c.join(&room).await;
     }
     room
 }
@@ -317,11 +321,7 @@ async fn offline_users_get_pushes_with_counts_and_fields() {
 
 #[tokio::test]
 async fn no_push_to_an_online_user_reading_the_room() {
-    let (url, gw) = Gateway::start().await;
-    let server = start_server().await;
-    let alice = server.register("alice", "password-a").await;
-    let bob = server.register("bob", "password-b").await;
-    let room = room_with(&alice, "Chat", &[&bob]).await;
+    let (url, gw, _server, alice, bob, room) = chat().await;
     set_pusher(&bob, &url, "bob-key", None).await;
     let alice_id = user_id(&alice).await;
 
@@ -377,11 +377,7 @@ async fn no_push_to_an_online_user_reading_the_room() {
 
 #[tokio::test]
 async fn a_burst_yields_few_pushes_ending_with_the_full_count() {
-    let (url, gw) = Gateway::start().await;
-    let server = start_server().await;
-    let alice = server.register("alice", "password-a").await;
-    let bob = server.register("bob", "password-b").await;
-    let room = room_with(&alice, "Chat", &[&bob]).await;
+    let (url, gw, _server, alice, bob, room) = chat().await;
     set_pusher(&bob, &url, "bob-key", None).await;
     const BURST: usize = 25;
     let mut last = String::new();
@@ -408,11 +404,7 @@ async fn a_burst_yields_few_pushes_ending_with_the_full_count() {
 
 #[tokio::test]
 async fn a_failing_gateway_gets_retries_and_pushes_survive_a_restart() {
-    let (url, gw) = Gateway::start().await;
-    let mut server = start_server().await;
-    let alice = server.register("alice", "password-a").await;
-    let bob = server.register("bob", "password-b").await;
-    let room = room_with(&alice, "Chat", &[&bob]).await;
+    let (url, gw, mut server, alice, bob, room) = chat().await;
     set_pusher(&bob, &url, "bob-key", None).await;
 
     gw.fail_next.store(3, Ordering::SeqCst);
@@ -439,11 +431,7 @@ async fn a_failing_gateway_gets_retries_and_pushes_survive_a_restart() {
 
 #[tokio::test]
 async fn a_rejected_pushkey_loses_its_pusher() {
-    let (url, gw) = Gateway::start().await;
-    let server = start_server().await;
-    let alice = server.register("alice", "password-a").await;
-    let bob = server.register("bob", "password-b").await;
-    let room = room_with(&alice, "Chat", &[&bob]).await;
+    let (url, gw, _server, alice, bob, room) = chat().await;
     set_pusher(&bob, &url, "stale-key", None).await;
     set_pusher(&bob, &url, "good-key", None).await;
     gw.reject.lock().expect("lock").insert("stale-key".into());
@@ -542,6 +530,23 @@ async fn push_rules_drive_sync_counts() {
     assert_eq!(counts(&bob, &room).await, (4, 1));
 }
 
+/// Asserts that each request on the push rules, (method, path under
+/// `pushrules/`, body, status, errcode), is refused with that error.
+async fn assert_refused<const N: usize>(
+    c: &Client,
+    refused: [(&Method, &str, Option<Value>, u16, &str); N],
+) {
+    for (method, rule, body, status, errcode) in refused {
+        let path = format!("/_matrix/client/v3/pushrules/{rule}");
+        let (s, b) = c.request(method.clone(), &path, body).await;
+        assert_eq!(
+            (s, b["errcode"].as_str().unwrap_or_default()),
+            (status, errcode),
+            "{method} {path}: {b}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn push_rule_endpoints_answer_as_specified() {
     let server = start_server().await;
@@ -561,67 +566,35 @@ async fn push_rule_endpoints_answer_as_specified() {
     assert_eq!(g, b["global"]);
 
     let base = "/_matrix/client/v3/pushrules/global";
-    let err = |r: &(u16, Value)| (r.0, r.1["errcode"].as_str().unwrap_or_default().to_owned());
     let r = bob.get(&format!("{base}/override/.m.rule.master")).await;
     assert_eq!(
         (r.0, r.1["rule_id"].clone()),
         (200, json!(".m.rule.master"))
     );
-    assert_eq!(
-        err(&bob.get(&format!("{base}/override/nope")).await),
-        (404, "M_NOT_FOUND".into())
-    );
-    assert_eq!(
-        err(&bob.get(&format!("{base}/sideways/x")).await),
-        (400, "M_INVALID_PARAM".into())
-    );
-    assert_eq!(
-        err(&bob
-            .get("/_matrix/client/v3/pushrules/device/override/x")
-            .await),
-        (400, "M_INVALID_PARAM".into())
-    );
-    assert_eq!(
-        err(&bob.delete(&format!("{base}/override/.m.rule.master")).await),
-        (400, "M_INVALID_PARAM".into())
-    );
-    assert_eq!(
-        err(&bob.delete(&format!("{base}/override/nope")).await),
-        (404, "M_NOT_FOUND".into())
-    );
-    assert_eq!(
-        err(&bob
-            .put(&format!("{base}/override/.custom"), json!({"actions": []}))
-            .await),
-        (400, "M_INVALID_PARAM".into())
-    );
-    assert_eq!(
-        err(&bob
-            .put(&format!("{base}/override/x"), json!({"actions": "notify"}))
-            .await),
-        (400, "M_INVALID_PARAM".into())
-    );
-    assert_eq!(
-        err(&bob
-            .put(&format!("{base}/content/x"), json!({"actions": []}))
-            .await),
-        (400, "M_INVALID_PARAM".into())
-    );
-    assert_eq!(
-        err(&bob
-            .put(&format!("{base}/room/not-a-room"), json!({"actions": []}))
-            .await),
-        (400, "M_INVALID_PARAM".into())
-    );
-    assert_eq!(
-        err(&bob
-            .put(
-                &format!("{base}/override/x?before=missing"),
-                json!({"actions": []})
-            )
-            .await),
-        (404, "M_NOT_FOUND".into())
-    );
+    // (method, rule path, body, status, errcode) of each refused request.
+    let (get, put, delete) = (&Method::GET, &Method::PUT, &Method::DELETE);
+    let (not_found, invalid) = ("M_NOT_FOUND", "M_INVALID_PARAM");
+    let empty = || Some(json!({"actions": []}));
+    let notify = || Some(json!({"actions": "notify"}));
+    let refused = [
+        (get, "global/override/nope", None, 404, not_found),
+        (get, "global/sideways/x", None, 400, invalid),
+        (get, "device/override/x", None, 400, invalid),
+        (delete, "global/override/.m.rule.master", None, 400, invalid),
+        (delete, "global/override/nope", None, 404, not_found),
+        (put, "global/override/.custom", empty(), 400, invalid),
+        (put, "global/override/x", notify(), 400, invalid),
+        (put, "global/content/x", empty(), 400, invalid),
+        (put, "global/room/not-a-room", empty(), 400, invalid),
+        (
+            put,
+            "global/override/x?before=missing",
+            empty(),
+            404,
+            not_found,
+        ),
+    ];
+    assert_refused(&bob, refused).await;
 
     // Placement: `before` puts a rule ahead of another user rule.
     for id in ["one", "two"] {
@@ -662,24 +635,23 @@ async fn push_rule_endpoints_answer_as_specified() {
         .get(&format!("{base}/underride/.m.rule.message/actions"))
         .await;
     assert_eq!(b, json!({"actions": []}));
-    assert_eq!(
-        err(&bob
-            .put(
-                &format!("{base}/underride/nope/actions"),
-                json!({"actions": []})
-            )
-            .await),
-        (404, "M_NOT_FOUND".into())
-    );
-    assert_eq!(
-        err(&bob
-            .put(
-                &format!("{base}/underride/.m.rule.message/enabled"),
-                json!({})
-            )
-            .await),
-        (400, "M_INVALID_PARAM".into())
-    );
+    let refused = [
+        (
+            put,
+            "global/underride/nope/actions",
+            empty(),
+            404,
+            not_found,
+        ),
+        (
+            put,
+            "global/underride/.m.rule.message/enabled",
+            Some(json!({})),
+            400,
+            invalid,
+        ),
+    ];
+    assert_refused(&bob, refused).await;
     // m.push_rules is the server's to write.
     let me = user_id(&bob).await;
     let (s, _) = bob
