@@ -24,6 +24,23 @@ if ! pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; then
 fi
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# Waits (up to 10 s) until the server on 127.0.0.1:$1 answers.
+wait_up() {
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$1/_matrix/client/versions" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+}
+
+# Creates a fresh database hearth_bench_<pid>_<tag> for each tag, and
+# remembers it in dbs (dropped on exit).
+create_dbs() {
+  for n in "$@"; do
+    dbs+=("hearth_bench_$$_$n")
+    psql "$pg/postgres" -qc "CREATE DATABASE hearth_bench_$$_$n" >/dev/null
+  done
+}
+
 hport=18300
 sport=18301
 data=$(mktemp -d /tmp/hearth-bench-XXXXXX)
@@ -34,10 +51,7 @@ pg=postgres://postgres@127.0.0.1:5432
 dbs=()
 extra_hs=()
 if [ "${BENCH_SHARDED:-0}" = 1 ]; then
-  for n in main s0 s1; do
-    dbs+=("hearth_bench_$$_$n")
-    psql "$pg/postgres" -qc "CREATE DATABASE hearth_bench_$$_$n" >/dev/null
-  done
+  create_dbs main s0 s1
   pport=18302
   "$root/target/release/homeserver" --listen "127.0.0.1:$pport" --data-dir "$data/pg" --rate-limits false \
     --database-url "$pg/${dbs[0]}" --database-shards "$pg/${dbs[1]},$pg/${dbs[2]}" \
@@ -48,10 +62,7 @@ fi
 if [ "${BENCH_CLUSTER:-0}" = 1 ]; then
   # Two processes on a main database and two shards, sharing Redis (which
   # must run on 127.0.0.1:6379) and room writer leases.
-  for n in cmain cs0 cs1; do
-    dbs+=("hearth_bench_$$_$n")
-    psql "$pg/postgres" -qc "CREATE DATABASE hearth_bench_$$_$n" >/dev/null
-  done
+  create_dbs cmain cs0 cs1
   n=${#dbs[@]}
   cmain=${dbs[$((n - 3))]} cs0=${dbs[$((n - 2))]} cs1=${dbs[$((n - 1))]}
   cpids=()
@@ -63,10 +74,7 @@ if [ "${BENCH_CLUSTER:-0}" = 1 ]; then
       >"$data/server-$cport.log" 2>&1 &
     cpids+=($!)
     # The first creates the schema; the second starts once it is there.
-    for _ in $(seq 1 100); do
-      curl -fsS "http://127.0.0.1:$cport/_matrix/client/versions" >/dev/null 2>&1 && break
-      sleep 0.1
-    done
+    wait_up "$cport"
   done
   extra_hs+=(--hs "hearth-pg2shards-2proc=http://127.0.0.1:18303+http://127.0.0.1:18304,pid=${cpids[0]}")
 fi
@@ -92,10 +100,7 @@ if [ "${BENCH_FEDERATION:-0}" = 1 ]; then
       --federation-ca-files "$fed/ca.pem" >"$data/server-fed$n.log" 2>&1 &
     fpids+=($!)
     furls+=("http://127.0.0.1:$fport")
-    for _ in $(seq 1 100); do
-      curl -fsS "http://127.0.0.1:$fport/_matrix/client/versions" >/dev/null 2>&1 && break
-      sleep 0.1
-    done
+    wait_up "$fport"
   done
   extra_hs+=(--hs "hearth-federated=${furls[0]}+${furls[1]},pid=${fpids[0]}")
 fi
@@ -104,10 +109,7 @@ if [ -n "${BENCH_BASELINE:-}" ]; then
   "$BENCH_BASELINE" --listen "127.0.0.1:$bport" --data-dir "$data/baseline" --rate-limits false \
     >"$data/server-baseline.log" 2>&1 &
   bpid=$!
-  for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$bport/_matrix/client/versions" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  wait_up "$bport"
   extra_hs+=(--hs "hearth-baseline=http://127.0.0.1:$bport,pid=$bpid")
 fi
 cleanup() {
@@ -123,10 +125,7 @@ trap cleanup EXIT
 surl=$(SYNAPSE_DB=postgres bash "$root/scripts/synapse.sh" start "$sport")
 spid=$(cat "/tmp/hearth-synapse-$sport/pid")
 for port in $hport ${pport:-}; do
-  for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  wait_up "$port"
 done
 "$root/target/release/bench" \
   --hs "hearth=http://127.0.0.1:$hport,pid=$hpid" \

@@ -71,6 +71,12 @@ pub fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// The client API path of one of a room's endpoints: `rest` (already
+/// percent-encoded where it needs to be) under `/rooms/{room}/`.
+pub fn room_path(room: &str, rest: &str) -> String {
+    format!("/_matrix/client/v3/rooms/{}/{rest}", enc(room))
+}
+
 #[derive(Clone)]
 pub struct User {
     pub ctx: Ctx,
@@ -224,22 +230,16 @@ impl User {
     }
 
     pub async fn invite(&self, room: &str, user: &str) -> Result<()> {
-        self.post(
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
-            json!({"user_id": user}),
-        )
-        .await?
-        .ok()?;
+        self.post(&room_path(room, "invite"), json!({"user_id": user}))
+            .await?
+            .ok()?;
         Ok(())
     }
 
     pub async fn send(&self, room: &str, kind: &str, content: Value) -> Result<String> {
         let txn = random_name("t");
         let r = self
-            .put(
-                &format!("/_matrix/client/v3/rooms/{}/send/{kind}/{txn}", enc(room)),
-                content,
-            )
+            .put(&room_path(room, &format!("send/{kind}/{txn}")), content)
             .await?;
         r.ok()?;
         r.str("event_id")
@@ -263,11 +263,7 @@ impl User {
     ) -> Result<String> {
         let r = self
             .put(
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
-                    enc(room),
-                    enc(key)
-                ),
+                &room_path(room, &format!("state/{kind}/{}", enc(key))),
                 content,
             )
             .await?;
@@ -311,11 +307,7 @@ impl User {
 
     pub async fn state_content(&self, room: &str, kind: &str, key: &str) -> Result<Value> {
         let r = self
-            .get(&format!(
-                "/_matrix/client/v3/rooms/{}/state/{kind}/{}",
-                enc(room),
-                enc(key)
-            ))
+            .get(&room_path(room, &format!("state/{kind}/{}", enc(key))))
             .await?;
         Ok(r.ok()?.clone())
     }

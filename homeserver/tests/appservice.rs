@@ -228,16 +228,8 @@ async fn puppet_room(tag: &str) -> PuppetRoom {
 
 /// A message the service sends as its puppet.
 async fn send_as_puppet(bridge: &Client, room: &str, txn: &str, body: &str) -> (u16, Value) {
-    bridge
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}?user_id={}",
-                enc(room),
-                puppet()
-            ),
-            json!({"msgtype": "m.text", "body": body}),
-        )
-        .await
+    let txn = format!("{txn}?user_id={}", puppet());
+    bridge.send_message(room, &txn, body).await
 }
 
 #[tokio::test]
@@ -321,33 +313,16 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
     assert_eq!(s, 200, "{room}");
     let room = room["room_id"].as_str().expect("room_id").to_owned();
     let (s, sent) = service
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/t1?user_id={alice_id}",
-                enc(&room)
-            ),
-            json!({"msgtype": "m.text", "body": "hello from the other network"}),
+        .send_message(
+            &room,
+            &format!("t1?user_id={alice_id}"),
+            "hello from the other network",
         )
         .await;
     assert_eq!(s, 200, "{sent}");
     // …and bob, joining by that alias, reads alice's message.
-    let (s, body) = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}",
-                enc("#_bridge_portal:localhost")
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
-    let (s, page) = bob
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10",
-            enc(&room)
-        ))
-        .await;
-    assert_eq!(s, 200, "{page}");
+    bob.join("#_bridge_portal:localhost").await;
+    let page = bob.messages(&room, "dir=b&limit=10").await;
     assert!(
         page["chunk"].as_array().expect("chunk").iter().any(|e| {
             e["sender"] == "@_bridge_alice:localhost"
@@ -358,21 +333,15 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
     // Timestamp massaging: the service may date its events (?ts=); a
     // user's ts is ignored, a malformed one is 400.
     let (s, sent) = service
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/t2?user_id={alice_id}&ts=1500000000000",
-                enc(&room)
-            ),
-            json!({"msgtype": "m.text", "body": "said in 2017"}),
+        .send_message(
+            &room,
+            &format!("t2?user_id={alice_id}&ts=1500000000000"),
+            "said in 2017",
         )
         .await;
     assert_eq!(s, 200, "{sent}");
     let (s, ev) = bob
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            enc(&room),
-            enc(sent["event_id"].as_str().expect("event_id"))
-        ))
+        .event(&room, sent["event_id"].as_str().expect("event_id"))
         .await;
     assert_eq!(
         (s, ev["origin_server_ts"].as_u64()),
@@ -380,34 +349,18 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
         "{ev}"
     );
     let sent = bob
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/t3?ts=1500000000000",
-                enc(&room)
-            ),
-            json!({"msgtype": "m.text", "body": "bob cannot"}),
-        )
+        .send_message(&room, "t3?ts=1500000000000", "bob cannot")
         .await
         .1;
     let (_, ev) = bob
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            enc(&room),
-            enc(sent["event_id"].as_str().expect("event_id"))
-        ))
+        .event(&room, sent["event_id"].as_str().expect("event_id"))
         .await;
     assert!(
         ev["origin_server_ts"].as_u64().expect("ts") > 1_600_000_000_000,
         "{ev}"
     );
     let (s, body) = service
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/t4?user_id={alice_id}&ts=soon",
-                enc(&room)
-            ),
-            json!({"msgtype": "m.text", "body": "bad ts"}),
-        )
+        .send_message(&room, &format!("t4?user_id={alice_id}&ts=soon"), "bad ts")
         .await;
     assert_error(s, &body, 400, "M_INVALID_PARAM");
 

@@ -13,6 +13,7 @@ use std::{
 
 use common::{
     Client, TestServer, create_database_on, drop_database_on, enc, message_ids, stored_parents,
+    typing_in,
 };
 use serde_json::{Value, json};
 
@@ -155,19 +156,6 @@ fn has_message(body: &Value, room: &str, text: &str) -> bool {
         .is_some_and(|evs| evs.iter().any(|e| e["content"]["body"] == text))
 }
 
-fn typing_users(body: &Value, room: &str) -> Option<Vec<String>> {
-    body["rooms"]["join"][room]["ephemeral"]["events"]
-        .as_array()?
-        .iter()
-        .find(|e| e["type"] == "m.typing")
-        .and_then(|e| e["content"]["user_ids"].as_array())
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|u| u.as_str().map(str::to_owned))
-                .collect()
-        })
-}
-
 /// Two processes A and B of one server on `db`, started with `args`: alice
 /// registered on A, bob on B, both in a public room alice created. Without
 /// `[cluster]` leases (not configured here) one process must write the room,
@@ -240,7 +228,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
     // Typing and presence set on A are seen on B.
     alice.set_typing(&room, alice_id, true, 30000).await;
     sync_until(&bob_on_b, &mut since, Duration::from_secs(5), |b| {
-        typing_users(b, &room).is_some_and(|u| u == [alice_id])
+        typing_in(b, &room).is_some_and(|u| u == [alice_id])
     })
     .await
     .expect("typing on A seen on B");
@@ -277,14 +265,14 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
     let (status, body) = alice.get("/_matrix/client/v3/sync").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        typing_users(&body, &room),
+        typing_in(&body, &room),
         None,
         "typing off is seen on its own process: {body}"
     );
     let mut alice_since = body["next_batch"].as_str().expect("next_batch").to_owned();
     alice.set_typing(&room, alice_id, true, 30000).await;
     sync_until(&alice, &mut alice_since, Duration::from_secs(5), |b| {
-        typing_users(b, &room).is_some_and(|u| u == [alice_id])
+        typing_in(b, &room).is_some_and(|u| u == [alice_id])
     })
     .await
     .expect("typing works on its own process with Redis down");
@@ -301,7 +289,7 @@ async fn two_processes_share_wakeups_typing_and_presence_and_survive_redis_stopp
             vec![]
         };
         let seen = sync_until(&bob_on_b, &mut since, Duration::from_millis(1500), |b| {
-            typing_users(b, &room).is_some_and(|u| u == want)
+            typing_in(b, &room).is_some_and(|u| u == want)
         })
         .await;
         if seen.is_some() {
@@ -594,7 +582,7 @@ async fn presence_lives_on_heartbeats_heard_by_any_process_and_typing_reaches_a_
     loop {
         let (status, body) = bob_on_c.get("/_matrix/client/v3/sync").await;
         assert_eq!(status, 200, "{body}");
-        if typing_users(&body, &room).is_some_and(|u| u == [alice_id]) {
+        if typing_in(&body, &room).is_some_and(|u| u == [alice_id]) {
             break;
         }
         assert!(

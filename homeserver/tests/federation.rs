@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Client, TestServer, assert_error, enc, message_events, temp_dir};
+use common::{Client, TestServer, assert_error, enc, message_events, temp_dir, typing_in};
 use hickory_server::{
     Server,
     net::runtime::TokioRuntimeProvider,
@@ -569,16 +569,9 @@ async fn a_rotated_key_stays_published_as_an_old_key() {
     // Rotation happens with the server stopped; it signs with the new key
     // once started again.
     r.hs.kill();
-    let out = std::process::Command::new(common::binary())
-        .args(r.hs.data_args())
-        .arg("rotate-key")
-        .output()
-        .expect("rotate-key");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut rotate = r.hs.data_args();
+    rotate.push("rotate-key".to_owned());
+    common::run_admin(&rotate);
     r.hs.start_again().await;
     let after = own_keys(&ca, &r).await;
     let new = verify_keys(&after);
@@ -978,10 +971,53 @@ impl EvilServer {
         self.request(world, to, "GET", path, None).await
     }
 
+    /// `/event/{id}` asked of `to`; the answer as it came.
+    async fn event(&self, world: &World, to: &Fed, id: &str) -> (u16, Value) {
+        let path = format!("/_matrix/federation/v1/event/{}", enc(id));
+        self.get(world, to, &path).await
+    }
+
+    /// The ids of the room's state before `event`, as `to` answers
+    /// `/state_ids` (which must succeed); with the whole answer.
+    async fn state_ids(
+        &self,
+        world: &World,
+        to: &Fed,
+        room: &str,
+        event: &str,
+    ) -> (Vec<String>, Value) {
+        let (room, event) = (enc(room), enc(event));
+        let path = format!("/_matrix/federation/v1/state_ids/{room}?event_id={event}");
+        let (s, ids) = self.get(world, to, &path).await;
+        assert_eq!(s, 200, "{ids}");
+        let pdu_ids = ids["pdu_ids"]
+            .as_array()
+            .expect("pdu_ids")
+            .iter()
+            .filter_map(|id| id.as_str().map(str::to_owned))
+            .collect();
+        (pdu_ids, ids)
+    }
+
     /// A federation transaction `txn` with `body` sent to `to`.
     async fn send_txn(&self, world: &World, to: &Fed, txn: &str, body: Value) -> (u16, Value) {
         let path = format!("/_matrix/federation/v1/send/{txn}");
         self.request(world, to, "PUT", &path, Some(body)).await
+    }
+
+    /// A public room (version 12) of `to`'s user that eve joined; its id,
+    /// with what `membership` returns for the join.
+    async fn joined_public_room(
+        &self,
+        world: &World,
+        to: &Fed,
+    ) -> (String, (CanonicalJsonObject, String, Value)) {
+        let room = to
+            .user
+            .create_room(json!({"preset": "public_chat", "room_version": "12"}))
+            .await;
+        let join = self.membership(world, to, &room, "join").await;
+        (room, join)
     }
 
     /// Eve's join or leave through `to`, as a server does it: `make_join`
@@ -1126,14 +1162,7 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
     assert_eq!(again, answer);
 
     // Alice sees eve's event without its content, and neither forgery.
-    let (s, page) = a
-        .user
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-            enc(&room)
-        ))
-        .await;
-    assert_eq!(s, 200, "{page}");
+    let page = a.user.messages(&room, "dir=b&limit=50").await;
     let chunk = page["chunk"].as_array().expect("chunk");
     let stored = chunk
         .iter()
@@ -1149,13 +1178,7 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
 
     // A server in the room may fetch its events; the published room list
     // is there for any signed request.
-    let (s, got) = evil
-        .get(
-            &world,
-            a,
-            &format!("/_matrix/federation/v1/event/{}", enc(&tampered_id)),
-        )
-        .await;
+    let (s, got) = evil.event(&world, a, &tampered_id).await;
     assert_eq!(s, 200, "{got}");
     assert_eq!(got["pdus"][0]["content"], json!({}), "{got}");
     let (s, listed) = evil
@@ -1177,13 +1200,7 @@ async fn forged_signatures_are_refused_and_a_bad_content_hash_is_stored_redacted
         "{members}"
     );
     // Out of the room, evil.test may no longer read its events.
-    let (s, body) = evil
-        .get(
-            &world,
-            a,
-            &format!("/_matrix/federation/v1/event/{}", enc(&tampered_id)),
-        )
-        .await;
+    let (s, body) = evil.event(&world, a, &tampered_id).await;
     assert_eq!(s, 403, "{body}");
     // Nor make a template for another server's user.
     let (s, body) = evil
@@ -1277,36 +1294,48 @@ async fn a_user_invited_from_another_server_sees_the_invite_and_joins() {
     assert_eq!(s, 403, "joined an invite-only room uninvited: {body}");
 
     a.user.invite(&room, &c.user_id).await;
-    let (s, body) = c.user.get("/_matrix/client/v3/sync").await;
-    assert_eq!(s, 200, "{body}");
-    let invite = &body["rooms"]["invite"][&room]["invite_state"]["events"];
-    let events = invite
+    assert_stripped_state(c, &room, "invite", "by invitation").await;
+
+    // Accepting: a join by room id, through the inviter's server.
+    join_and_hear(a, c, &room, "welcome", "welcome, c").await;
+}
+
+/// Asserts `who`'s sync shows the room under `membership` (`invite` or
+/// `knock`), its stripped state naming the room `name` and holding `who`'s
+/// membership.
+async fn assert_stripped_state(who: &Fed, room: &str, membership: &str, name: &str) {
+    let sync = who.user.sync("").await;
+    let events = sync["rooms"][membership][room][format!("{membership}_state")]["events"]
         .as_array()
-        .unwrap_or_else(|| panic!("no invite: {body}"));
+        .unwrap_or_else(|| panic!("no {membership} in sync: {sync}"));
     assert!(
         events
             .iter()
-            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "by invitation"),
-        "{invite}"
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == name),
+        "{events:?}"
     );
     assert!(
         events.iter().any(|e| e["type"] == "m.room.member"
-            && e["state_key"] == c.user_id.as_str()
-            && e["content"]["membership"] == "invite"),
-        "{invite}"
+            && e["state_key"] == who.user_id.as_str()
+            && e["content"]["membership"] == membership),
+        "{events:?}"
     );
+}
 
-    // Accepting: a join by room id, through the inviter's server.
+/// `c`'s user joins the room by its id through the inviter's server `a`
+/// (an invite or knock let them in), then both servers show `a`'s
+/// greeting, in one timeline.
+async fn join_and_hear(a: &Fed, c: &Fed, room: &str, txn: &str, greeting: &str) {
     let (s, body) = c
         .user
         .post(
-            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(room)),
             json!({}),
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    a.user.send_text(&room, "welcome", "welcome, c").await;
-    let seen = wait_for_messages(&[a, c], &room, 1).await;
+    a.user.send_text(room, txn, greeting).await;
+    let seen = wait_for_messages(&[a, c], room, 1).await;
     assert_eq!(seen[0], seen[1]);
 }
 
@@ -1359,26 +1388,9 @@ async fn a_server_in_the_room_reads_its_state_and_history_as_its_users_may() {
     }
 
     // The state before a message: the room's state with eve in it.
-    let (s, ids) = evil
-        .get(
-            &world,
-            a,
-            &format!(
-                "/_matrix/federation/v1/state_ids/{}?event_id={}",
-                enc(&room),
-                enc(&after[0])
-            ),
-        )
-        .await;
-    assert_eq!(s, 200, "{ids}");
-    let pdu_ids: Vec<&str> = ids["pdu_ids"]
-        .as_array()
-        .expect("pdu_ids")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert!(pdu_ids.contains(&join_id.as_str()), "{ids}");
-    assert!(!pdu_ids.contains(&after[0].as_str()), "{ids}");
+    let (pdu_ids, ids) = evil.state_ids(&world, a, &room, &after[0]).await;
+    assert!(pdu_ids.contains(&join_id), "{ids}");
+    assert!(!pdu_ids.contains(&after[0]), "{ids}");
     assert!(!ids["auth_chain_ids"].as_array().expect("chain").is_empty());
     let (s, state) = evil
         .get(
@@ -1587,24 +1599,7 @@ async fn knocks_declined_invites_and_presence_cross_servers() {
         .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["room_id"], room.as_str());
-    let (s, sync) = c.user.get("/_matrix/client/v3/sync").await;
-    assert_eq!(s, 200, "{sync}");
-    let shown = sync["rooms"]["knock"][&room]["knock_state"]["events"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no knock in sync: {sync}"))
-        .clone();
-    assert!(
-        shown
-            .iter()
-            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "knock knock"),
-        "{shown:?}"
-    );
-    assert!(
-        shown.iter().any(|e| e["type"] == "m.room.member"
-            && e["state_key"] == c.user_id.as_str()
-            && e["content"]["membership"] == "knock"),
-        "{shown:?}"
-    );
+    assert_stripped_state(c, &room, "knock", "knock knock").await;
     let seen = membership_seen(a, &room, c).await;
     assert_eq!(
         (seen["membership"].as_str(), seen["reason"].as_str()),
@@ -1617,17 +1612,7 @@ async fn knocks_declined_invites_and_presence_cross_servers() {
 
     // a.test's user lets them in: an invite, then a join.
     a.user.invite(&room, &c.user_id).await;
-    let (s, body) = c
-        .user
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
-            json!({}),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
-    a.user.send_text(&room, "in", "come in").await;
-    let seen = wait_for_messages(&[a, c], &room, 1).await;
-    assert_eq!(seen[0], seen[1]);
+    join_and_hear(a, c, &room, "in", "come in").await;
 
     // b.test's user declines an invite, and withdraws a knock: both reach
     // a.test, the room's server, though b.test is not in the rooms.
@@ -1778,13 +1763,7 @@ async fn a_fork_in_the_event_graph_settles_by_state_resolution_on_every_server()
         let evil = &evil;
         let world = &world;
         async move {
-            let (s, body) = evil
-                .get(
-                    world,
-                    a,
-                    &format!("/_matrix/federation/v1/event/{}", enc(&id)),
-                )
-                .await;
+            let (s, body) = evil.event(world, a, &id).await;
             assert_eq!(s, 200, "{body}");
             body["pdus"][0].clone()
         }
@@ -1861,14 +1840,7 @@ async fn a_fork_in_the_event_graph_settles_by_state_resolution_on_every_server()
     // b.test applies the owner's sequence and settles the same way.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (s, page) = b
-            .user
-            .get(&format!(
-                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-                enc(&room)
-            ))
-            .await;
-        assert_eq!(s, 200);
+        let page = b.user.messages(&room, "dir=b&limit=50").await;
         if page["chunk"]
             .as_array()
             .expect("chunk")
@@ -1887,27 +1859,10 @@ async fn a_fork_in_the_event_graph_settles_by_state_resolution_on_every_server()
 
     // The state before a.test's joining event, as a server asks for it:
     // a.test's rename, not eve's earlier one.
-    let (s, ids) = evil
-        .get(
-            &world,
-            a,
-            &format!(
-                "/_matrix/federation/v1/state_ids/{}?event_id={}",
-                enc(&room),
-                enc(&joined)
-            ),
-        )
-        .await;
-    assert_eq!(s, 200, "{ids}");
-    let state: Vec<&str> = ids["pdu_ids"]
-        .as_array()
-        .expect("pdu_ids")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let (state, ids) = evil.state_ids(&world, a, &room, &joined).await;
     let renamed_id = ids_of(&json!([renamed]))[0].clone();
-    assert!(state.contains(&renamed_id.as_str()), "{ids}");
-    assert!(!state.contains(&early.as_str()), "{ids}");
+    assert!(state.contains(&renamed_id), "{ids}");
+    assert!(!state.contains(&early), "{ids}");
 }
 
 /// The (user, device) a client's token belongs to.
@@ -2057,13 +2012,7 @@ async fn keys_and_to_device_messages_cross_servers() {
 
 /// An event's depth as a server in the room reads it.
 async fn depth_of(world: &World, evil: &EvilServer, room_server: &Fed, id: &str) -> i64 {
-    let (s, got) = evil
-        .get(
-            world,
-            room_server,
-            &format!("/_matrix/federation/v1/event/{}", enc(id)),
-        )
-        .await;
+    let (s, got) = evil.event(world, room_server, id).await;
     assert_eq!(s, 200, "{got}");
     got["pdus"][0]["depth"].as_i64().expect("depth")
 }
@@ -2073,11 +2022,7 @@ async fn a_remote_redaction_applies_only_where_its_sender_may_redact() {
     let world = World::start_one().await;
     let a = &world.servers[0];
     let evil = EvilServer::start(&world).await;
-    let room = a
-        .user
-        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
-        .await;
-    let (_, join_id, joined) = evil.membership(&world, a, &room, "join").await;
+    let (room, (_, join_id, joined)) = evil.joined_public_room(&world, a).await;
     let power = state_event_id(&joined, "m.room.power_levels");
     let auth = [power.as_str(), join_id.as_str()];
     let alices = a.user.send_text(&room, "a1", "alice's words").await;
@@ -2151,11 +2096,7 @@ async fn every_public_read_receipt_reaches_the_rooms_other_servers() {
     let world = World::start_one().await;
     let a = &world.servers[0];
     let evil = EvilServer::start(&world).await;
-    let room = a
-        .user
-        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
-        .await;
-    evil.membership(&world, a, &room, "join").await;
+    let (room, _) = evil.joined_public_room(&world, a).await;
     let first = a.user.send_text(&room, "m1", "one").await;
     let second = a.user.send_text(&room, "m2", "two").await;
     let third = a.user.send_text(&room, "m3", "three").await;
@@ -2251,23 +2192,12 @@ async fn every_public_read_receipt_reaches_the_rooms_other_servers() {
 /// What `c` sees of a room's ephemeral events now: who is typing, and the
 /// users with a read receipt on each event.
 async fn ephemeral(c: &Client, room: &str) -> (Vec<String>, Value) {
-    let (s, body) = c.get("/_matrix/client/v3/sync?timeout=0").await;
-    assert_eq!(s, 200, "{body}");
+    let body = c.sync("timeout=0").await;
     let events = body["rooms"]["join"][room]["ephemeral"]["events"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let typing = events
-        .iter()
-        .filter(|e| e["type"] == "m.typing")
-        .flat_map(|e| {
-            e["content"]["user_ids"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|u| u.as_str().map(str::to_owned))
-        .collect();
+    let typing = typing_in(&body, room).unwrap_or_default();
     let mut receipts = serde_json::Map::new();
     for e in events.iter().filter(|e| e["type"] == "m.receipt") {
         for (event, kinds) in e["content"].as_object().into_iter().flatten() {
@@ -2293,11 +2223,7 @@ async fn a_server_the_room_acl_denies_is_refused_and_sent_nothing() {
     let world = World::start().await;
     let a = &world.servers[0];
     let evil = EvilServer::start(&world).await;
-    let room = a
-        .user
-        .create_room(json!({"preset": "public_chat", "room_version": "12"}))
-        .await;
-    let (join, join_id, joined) = evil.membership(&world, a, &room, "join").await;
+    let (room, (join, join_id, joined)) = evil.joined_public_room(&world, a).await;
     let first = a.user.send_text(&room, "m1", "before the ACL").await;
     evil.wait_for_pdu(&first).await;
 
@@ -2451,14 +2377,7 @@ async fn a_server_the_room_acl_denies_is_refused_and_sent_nothing() {
         .await;
     assert_eq!(s, 200, "{answer}");
     assert!(answer["pdus"][&message_id]["error"].is_string(), "{answer}");
-    let (s, page) = a
-        .user
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-            enc(&room)
-        ))
-        .await;
-    assert_eq!(s, 200, "{page}");
+    let page = a.user.messages(&room, "dir=b&limit=50").await;
     assert!(
         page["chunk"]
             .as_array()

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::{
-    TestServer, binary, enc, free_addr, message_bodies, message_events, message_ids,
+    TestServer, binary, enc, free_addr, message_bodies, message_events, message_ids, run_admin,
     stored_parents, temp_dir,
 };
 use hearth_core::{
@@ -162,22 +162,14 @@ async fn registration_tokens_gate_registration() {
 #[tokio::test]
 async fn closed_registration_and_admin_create_user() {
     let dir = temp_dir("admin");
-    let out = Command::new(binary())
-        .args([
-            "--data-dir",
-            &dir.display().to_string(),
-            "create-user",
-            "dave",
-            "--password",
-            "pw-dave",
-        ])
-        .output()
-        .expect("run create-user");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_admin(&[
+        "--data-dir",
+        &dir.display().to_string(),
+        "create-user",
+        "dave",
+        "--password",
+        "pw-dave",
+    ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("@dave:localhost"));
 
     let addr = free_addr();
@@ -248,15 +240,7 @@ async fn message_rate_limit_refuses_without_writing() {
     for i in 0..3 {
         alice.send_text(&room, &format!("ok{i}"), "fine").await;
     }
-    let (s, body) = alice
-        .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/send/m.room.message/over",
-                enc(&room)
-            ),
-            json!({"msgtype": "m.text", "body": "too many"}),
-        )
-        .await;
+    let (s, body) = alice.send_message(&room, "over", "too many").await;
     assert_eq!(s, 429, "{body}");
     assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
     assert!(body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Client, TestServer, create_database_on, drop_database_on, enc, temp_dir};
+use common::{Client, TestServer, create_database_on, drop_database_on, enc, next_batch, temp_dir};
 use serde_json::{Value, json};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -54,12 +54,7 @@ async fn a_stopped_shard_answers_503_while_other_shards_work_and_recovers_on_res
             .send_text(&up, &format!("up-before{i}"), &format!("u{i}"))
             .await;
     }
-    let (s, synced) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
-    assert_eq!(s, 200, "initial sync: {synced}");
-    let since = synced["next_batch"]
-        .as_str()
-        .expect("next_batch")
-        .to_owned();
+    let since = next_batch(&alice.sync("timeout=0").await);
 
     cluster.stop();
 
@@ -358,14 +353,7 @@ async fn timed_within<T>(limit: Duration, request: impl Future<Output = T>) -> (
 }
 
 async fn send(c: &Client, room: &str, txn: &str, body: &str) -> (u16, Value) {
-    c.put(
-        &format!(
-            "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
-            enc(room)
-        ),
-        json!({"msgtype": "m.text", "body": body}),
-    )
-    .await
+    c.send_message(room, txn, body).await
 }
 
 fn messages(room: &str, limit: u32) -> String {

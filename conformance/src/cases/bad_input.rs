@@ -1,7 +1,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::client::{Ctx, enc};
+use crate::client::{Ctx, enc, room_path};
 
 crate::cases!(
     malformed_json_is_not_json,
@@ -89,12 +89,7 @@ async fn login_missing_password_rejected(ctx: Ctx) -> Result<()> {
 async fn messages_without_dir_rejected(ctx: Ctx) -> Result<()> {
     let u = ctx.register("bd").await?;
     let room = u.create_room(json!({})).await?;
-    let r = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=sideways",
-            enc(&room)
-        ))
-        .await?;
+    let r = u.get(&room_path(&room, "messages?dir=sideways")).await?;
     r.expect(400, None)?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 use anyhow::{Result, ensure};
 use serde_json::json;
 
-use crate::client::{Ctx, enc, random_name};
+use crate::client::{Ctx, enc, random_name, room_path};
 
 crate::cases!(
     alias_create_resolve_delete,
@@ -61,9 +61,7 @@ async fn room_aliases_lists_alias(ctx: Ctx) -> Result<()> {
     let u = ctx.register("ala").await?;
     let local = random_name("ala");
     let room = u.create_room(json!({"room_alias_name": local})).await?;
-    let r = u
-        .get(&format!("/_matrix/client/v3/rooms/{}/aliases", enc(&room)))
-        .await?;
+    let r = u.get(&room_path(&room, "aliases")).await?;
     let alias = format!("#{local}:{}", u.server_name());
     ensure!(
         r.ok()?["aliases"]

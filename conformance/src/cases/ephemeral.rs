@@ -1,7 +1,7 @@
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 
-use crate::client::{Ctx, User, enc};
+use crate::client::{Ctx, User, enc, room_path};
 
 crate::cases!(
     read_receipt_reaches_other_member,
@@ -41,11 +41,7 @@ async fn read_receipt_reaches_other_member(ctx: Ctx) -> Result<()> {
     let ev = a.send_text(&room, "read me").await?;
     a.sync("").await?;
     b.post(
-        &format!(
-            "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
-            enc(&room),
-            enc(&ev)
-        ),
+        &room_path(&room, &format!("receipt/m.read/{}", enc(&ev))),
         json!({}),
     )
     .await?
@@ -61,11 +57,7 @@ async fn private_receipt_only_visible_to_self(ctx: Ctx) -> Result<()> {
     let (a, mut b, room) = pair(&ctx).await?;
     let ev = a.send_text(&room, "private read").await?;
     b.post(
-        &format!(
-            "/_matrix/client/v3/rooms/{}/receipt/m.read.private/{}",
-            enc(&room),
-            enc(&ev)
-        ),
+        &room_path(&room, &format!("receipt/m.read.private/{}", enc(&ev))),
         json!({}),
     )
     .await?
@@ -88,11 +80,7 @@ async fn threaded_receipt_accepted(ctx: Ctx) -> Result<()> {
     let (a, b, room) = pair(&ctx).await?;
     let ev = a.send_text(&room, "thread root").await?;
     b.post(
-        &format!(
-            "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
-            enc(&room),
-            enc(&ev)
-        ),
+        &room_path(&room, &format!("receipt/m.read/{}", enc(&ev))),
         json!({"thread_id": "main"}),
     )
     .await?
@@ -104,7 +92,7 @@ async fn read_markers_set_fully_read(ctx: Ctx) -> Result<()> {
     let (a, b, room) = pair(&ctx).await?;
     let ev = a.send_text(&room, "marker").await?;
     b.post(
-        &format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room)),
+        &room_path(&room, "read_markers"),
         json!({"m.fully_read": ev, "m.read": ev}),
     )
     .await?
@@ -123,11 +111,7 @@ async fn read_markers_set_fully_read(ctx: Ctx) -> Result<()> {
 async fn typing_on_and_off(ctx: Ctx) -> Result<()> {
     let (mut a, b, room) = pair(&ctx).await?;
     a.sync("").await?;
-    let path = format!(
-        "/_matrix/client/v3/rooms/{}/typing/{}",
-        enc(&room),
-        enc(&b.user_id)
-    );
+    let path = room_path(&room, &format!("typing/{}", enc(&b.user_id)));
     b.put(&path, json!({"typing": true, "timeout": 20000}))
         .await?
         .ok()?;

@@ -1,7 +1,7 @@
 use anyhow::{Result, ensure};
 use serde_json::json;
 
-use crate::client::{Ctx, enc, random_name};
+use crate::client::{Ctx, enc, random_name, room_path};
 
 crate::cases!(
     join_by_room_id_and_leave,
@@ -18,10 +18,6 @@ crate::cases!(
     forget_after_leave,
 );
 
-fn path(room: &str, action: &str) -> String {
-    format!("/_matrix/client/v3/rooms/{}/{action}", enc(room))
-}
-
 async fn membership_of(u: &crate::client::User, room: &str, who: &str) -> Result<String> {
     Ok(
         u.state_content(room, "m.room.member", who).await?["membership"]
@@ -35,9 +31,9 @@ async fn join_by_room_id_and_leave(ctx: Ctx) -> Result<()> {
     let a = ctx.register("mj").await?;
     let b = ctx.register("mjb").await?;
     let room = a.create_room(json!({"preset": "public_chat"})).await?;
-    b.post(&path(&room, "join"), json!({})).await?.ok()?;
+    b.post(&room_path(&room, "join"), json!({})).await?.ok()?;
     ensure!(membership_of(&a, &room, &b.user_id).await? == "join");
-    b.post(&path(&room, "leave"), json!({})).await?.ok()?;
+    b.post(&room_path(&room, "leave"), json!({})).await?.ok()?;
     ensure!(membership_of(&a, &room, &b.user_id).await? == "leave");
     Ok(())
 }
@@ -75,7 +71,7 @@ async fn invite_only_room_refuses_uninvited(ctx: Ctx) -> Result<()> {
     let a = ctx.register("mio").await?;
     let b = ctx.register("miob").await?;
     let room = a.create_room(json!({"preset": "private_chat"})).await?;
-    b.post(&path(&room, "join"), json!({}))
+    b.post(&room_path(&room, "join"), json!({}))
         .await?
         .expect(403, Some("M_FORBIDDEN"))?;
     Ok(())
@@ -87,7 +83,7 @@ async fn kick_with_reason(ctx: Ctx) -> Result<()> {
     let room = a.create_room(json!({"preset": "public_chat"})).await?;
     b.join(&room).await?;
     a.post(
-        &path(&room, "kick"),
+        &room_path(&room, "kick"),
         json!({"user_id": b.user_id, "reason": "spam"}),
     )
     .await?
@@ -103,17 +99,17 @@ async fn ban_blocks_join_and_unban_allows_invite(ctx: Ctx) -> Result<()> {
     let room = a.create_room(json!({"preset": "public_chat"})).await?;
     b.join(&room).await?;
     a.post(
-        &path(&room, "ban"),
+        &room_path(&room, "ban"),
         json!({"user_id": b.user_id, "reason": "bye"}),
     )
     .await?
     .ok()?;
     ensure!(membership_of(&a, &room, &b.user_id).await? == "ban");
     // 403; the errcode varies (Synapse: M_BAD_STATE).
-    b.post(&path(&room, "join"), json!({}))
+    b.post(&room_path(&room, "join"), json!({}))
         .await?
         .expect(403, None)?;
-    a.post(&path(&room, "unban"), json!({"user_id": b.user_id}))
+    a.post(&room_path(&room, "unban"), json!({"user_id": b.user_id}))
         .await?
         .ok()?;
     ensure!(membership_of(&a, &room, &b.user_id).await? == "leave");
@@ -126,7 +122,7 @@ async fn insufficient_power_cannot_kick(ctx: Ctx) -> Result<()> {
     let b = ctx.register("mpb").await?;
     let room = a.create_room(json!({"preset": "public_chat"})).await?;
     b.join(&room).await?;
-    b.post(&path(&room, "kick"), json!({"user_id": a.user_id}))
+    b.post(&room_path(&room, "kick"), json!({"user_id": a.user_id}))
         .await?
         .expect(403, Some("M_FORBIDDEN"))?;
     ensure!(membership_of(&a, &room, &a.user_id).await? == "join");
@@ -138,7 +134,7 @@ async fn non_member_cannot_invite(ctx: Ctx) -> Result<()> {
     let b = ctx.register("mnb").await?;
     let c = ctx.register("mnc").await?;
     let room = a.create_room(json!({})).await?;
-    b.post(&path(&room, "invite"), json!({"user_id": c.user_id}))
+    b.post(&room_path(&room, "invite"), json!({"user_id": c.user_id}))
         .await?
         .expect(403, Some("M_FORBIDDEN"))?;
     Ok(())
@@ -150,7 +146,7 @@ async fn non_member_cannot_send(ctx: Ctx) -> Result<()> {
     let room = a.create_room(json!({"preset": "public_chat"})).await?;
     let r = b
         .put(
-            &format!("{}/m.room.message/x1", path(&room, "send")),
+            &format!("{}/m.room.message/x1", room_path(&room, "send")),
             json!({"msgtype": "m.text", "body": "hi"}),
         )
         .await?;
@@ -163,7 +159,7 @@ async fn non_member_cannot_read_private_history(ctx: Ctx) -> Result<()> {
     let b = ctx.register("mrb").await?;
     let room = a.create_room(json!({"preset": "private_chat"})).await?;
     a.send_text(&room, "secret").await?;
-    b.get(&format!("{}?dir=b", path(&room, "messages")))
+    b.get(&format!("{}?dir=b", room_path(&room, "messages")))
         .await?
         .expect(403, Some("M_FORBIDDEN"))?;
     Ok(())
@@ -189,8 +185,8 @@ async fn joined_rooms_lists_rooms(ctx: Ctx) -> Result<()> {
 async fn forget_after_leave(ctx: Ctx) -> Result<()> {
     let a = ctx.register("mf").await?;
     let room = a.create_room(json!({})).await?;
-    a.post(&path(&room, "leave"), json!({})).await?.ok()?;
-    a.post(&path(&room, "forget"), json!({})).await?.ok()?;
+    a.post(&room_path(&room, "leave"), json!({})).await?.ok()?;
+    a.post(&room_path(&room, "forget"), json!({})).await?.ok()?;
     let r = a.get("/_matrix/client/v3/joined_rooms").await?;
     ensure!(
         !r.ok()?["joined_rooms"]

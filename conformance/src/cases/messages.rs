@@ -1,7 +1,7 @@
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 
-use crate::client::{Ctx, User, enc};
+use crate::client::{Ctx, User, enc, room_path};
 
 crate::cases!(
     send_returns_event_id,
@@ -52,10 +52,7 @@ async fn send_returns_event_id(ctx: Ctx) -> Result<()> {
 async fn send_same_txn_is_idempotent(ctx: Ctx) -> Result<()> {
     let u = ctx.register("txn").await?;
     let room = u.create_room(json!({})).await?;
-    let path = format!(
-        "/_matrix/client/v3/rooms/{}/send/m.room.message/same-txn",
-        enc(&room)
-    );
+    let path = room_path(&room, "send/m.room.message/same-txn");
     let a = u
         .put(&path, json!({"msgtype": "m.text", "body": "once"}))
         .await?
@@ -65,12 +62,7 @@ async fn send_same_txn_is_idempotent(ctx: Ctx) -> Result<()> {
         .await?
         .str("event_id")?;
     ensure!(a == b, "{a} != {b}");
-    let r = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-            enc(&room)
-        ))
-        .await?;
+    let r = u.get(&room_path(&room, "messages?dir=b&limit=50")).await?;
     ensure!(
         bodies(&r.ok()?["chunk"]) == vec!["once".to_owned()],
         "{}",
@@ -89,7 +81,7 @@ async fn state_put_get_and_list(ctx: Ctx) -> Result<()> {
     let u = ctx.register("st").await?;
     let room = u.create_room(json!({})).await?;
     u.put(
-        &format!("/_matrix/client/v3/rooms/{}/state/m.room.name", enc(&room)),
+        &room_path(&room, "state/m.room.name"),
         json!({"name": "No key"}),
     )
     .await?
@@ -98,9 +90,7 @@ async fn state_put_get_and_list(ctx: Ctx) -> Result<()> {
         .await?;
     ensure!(u.state_content(&room, "m.room.name", "").await?["name"] == "No key");
     ensure!(u.state_content(&room, "org.example.thing", "key1").await?["a"] == 1);
-    let r = u
-        .get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)))
-        .await?;
+    let r = u.get(&room_path(&room, "state")).await?;
     let all = r.ok()?.as_array().cloned().unwrap_or_default();
     ensure!(
         all.iter().any(|e| e["type"] == "m.room.create"),
@@ -116,12 +106,9 @@ async fn state_put_get_and_list(ctx: Ctx) -> Result<()> {
 async fn state_missing_is_404(ctx: Ctx) -> Result<()> {
     let u = ctx.register("st404").await?;
     let room = u.create_room(json!({})).await?;
-    u.get(&format!(
-        "/_matrix/client/v3/rooms/{}/state/org.example.none/",
-        enc(&room)
-    ))
-    .await?
-    .expect(404, Some("M_NOT_FOUND"))?;
+    u.get(&room_path(&room, "state/org.example.none/"))
+        .await?
+        .expect(404, Some("M_NOT_FOUND"))?;
     Ok(())
 }
 
@@ -130,9 +117,7 @@ async fn members_and_joined_members(ctx: Ctx) -> Result<()> {
     let b = ctx.register("memb").await?;
     let room = a.create_room(json!({"preset": "public_chat"})).await?;
     b.join(&room).await?;
-    let r = a
-        .get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)))
-        .await?;
+    let r = a.get(&room_path(&room, "members")).await?;
     let chunk = r.ok()?["chunk"].as_array().cloned().unwrap_or_default();
     ensure!(
         chunk
@@ -143,12 +128,7 @@ async fn members_and_joined_members(ctx: Ctx) -> Result<()> {
         "{}",
         r.body
     );
-    let r = a
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/joined_members",
-            enc(&room)
-        ))
-        .await?;
+    let r = a.get(&room_path(&room, "joined_members")).await?;
     let joined = &r.ok()?["joined"];
     ensure!(
         joined[&a.user_id].is_object() && joined[&b.user_id].is_object(),
@@ -164,11 +144,7 @@ async fn members_and_joined_members(ctx: Ctx) -> Result<()> {
 async fn get_event_by_id(ctx: Ctx) -> Result<()> {
     let (u, room, ids) = room_with_messages(&ctx, 1).await?;
     let r = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            enc(&room),
-            enc(&ids[0])
-        ))
+        .get(&room_path(&room, &format!("event/{}", enc(&ids[0]))))
         .await?;
     let ev = r.ok()?;
     ensure!(
@@ -182,10 +158,9 @@ async fn get_event_by_id(ctx: Ctx) -> Result<()> {
 
 async fn get_unknown_event_404(ctx: Ctx) -> Result<()> {
     let (u, room, _) = room_with_messages(&ctx, 0).await?;
-    u.get(&format!(
-        "/_matrix/client/v3/rooms/{}/event/{}",
-        enc(&room),
-        enc("$doesnotexist")
+    u.get(&room_path(
+        &room,
+        &format!("event/{}", enc("$doesnotexist")),
     ))
     .await?
     .expect(404, Some("M_NOT_FOUND"))?;
@@ -195,10 +170,9 @@ async fn get_unknown_event_404(ctx: Ctx) -> Result<()> {
 async fn context_has_before_and_after(ctx: Ctx) -> Result<()> {
     let (u, room, ids) = room_with_messages(&ctx, 5).await?;
     let r = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/context/{}?limit=4",
-            enc(&room),
-            enc(&ids[2])
+        .get(&room_path(
+            &room,
+            &format!("context/{}?limit=4", enc(&ids[2])),
         ))
         .await?;
     let c = r.ok()?;
@@ -220,23 +194,13 @@ async fn context_has_before_and_after(ctx: Ctx) -> Result<()> {
 
 async fn messages_backwards_and_forwards(ctx: Ctx) -> Result<()> {
     let (u, room, _) = room_with_messages(&ctx, 6).await?;
-    let r = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=3",
-            enc(&room)
-        ))
-        .await?;
+    let r = u.get(&room_path(&room, "messages?dir=b&limit=3")).await?;
     ensure!(
         bodies(&r.ok()?["chunk"]) == ["m5", "m4", "m3"],
         "{}",
         r.body
     );
-    let r = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=100",
-            enc(&room)
-        ))
-        .await?;
+    let r = u.get(&room_path(&room, "messages?dir=f&limit=100")).await?;
     let fwd = bodies(&r.ok()?["chunk"]);
     ensure!(fwd == ["m0", "m1", "m2", "m3", "m4", "m5"], "{fwd:?}");
     Ok(())
@@ -244,28 +208,21 @@ async fn messages_backwards_and_forwards(ctx: Ctx) -> Result<()> {
 
 async fn messages_paginate_with_end_token(ctx: Ctx) -> Result<()> {
     let (u, room, _) = room_with_messages(&ctx, 6).await?;
-    let r = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=2",
-            enc(&room)
-        ))
-        .await?;
+    let r = u.get(&room_path(&room, "messages?dir=b&limit=2")).await?;
     let end = r.str("end")?;
     let r2 = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=2&from={}",
-            enc(&room),
-            enc(&end)
+        .get(&room_path(
+            &room,
+            &format!("messages?dir=b&limit=2&from={}", enc(&end)),
         ))
         .await?;
     ensure!(bodies(&r2.ok()?["chunk"]) == ["m3", "m2"], "{}", r2.body);
     // And forwards again from the second page's start returns the newer events.
     let start = r2.str("start")?;
     let r3 = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=2&from={}",
-            enc(&room),
-            enc(&start)
+        .get(&room_path(
+            &room,
+            &format!("messages?dir=f&limit=2&from={}", enc(&start)),
         ))
         .await?;
     ensure!(bodies(&r3.ok()?["chunk"]) == ["m4", "m5"], "{}", r3.body);
@@ -277,9 +234,9 @@ async fn messages_filter_by_type(ctx: Ctx) -> Result<()> {
     u.send(&room, "org.example.other", json!({"x": 1})).await?;
     let filter = enc(r#"{"types":["org.example.other"]}"#);
     let r = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10&filter={filter}",
-            enc(&room)
+        .get(&room_path(
+            &room,
+            &format!("messages?dir=b&limit=10&filter={filter}"),
         ))
         .await?;
     let chunk = r.ok()?["chunk"].as_array().cloned().unwrap_or_default();
@@ -300,9 +257,9 @@ async fn messages_filter_not_senders(ctx: Ctx) -> Result<()> {
     b.send_text(&room, "from b").await?;
     let filter = enc(&json!({"not_senders": [a.user_id]}).to_string());
     let r = b
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20&filter={filter}",
-            enc(&room)
+        .get(&room_path(
+            &room,
+            &format!("messages?dir=b&limit=20&filter={filter}"),
         ))
         .await?;
     let chunk = r.ok()?["chunk"].as_array().cloned().unwrap_or_default();
@@ -319,22 +276,14 @@ async fn redaction_strips_content(ctx: Ctx) -> Result<()> {
     let (u, room, ids) = room_with_messages(&ctx, 1).await?;
     let r = u
         .put(
-            &format!(
-                "/_matrix/client/v3/rooms/{}/redact/{}/rtxn",
-                enc(&room),
-                enc(&ids[0])
-            ),
+            &room_path(&room, &format!("redact/{}/rtxn", enc(&ids[0]))),
             json!({"reason": "oops"}),
         )
         .await?;
     let redaction = r.str("event_id")?;
     ensure!(redaction.starts_with('$'));
     let ev = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/event/{}",
-            enc(&room),
-            enc(&ids[0])
-        ))
+        .get(&room_path(&room, &format!("event/{}", enc(&ids[0]))))
         .await?;
     let ev = ev.ok()?;
     ensure!(
@@ -355,11 +304,7 @@ async fn cannot_redact_others_without_power(ctx: Ctx) -> Result<()> {
     b.join(&room).await?;
     let id = a.send_text(&room, "mine").await?;
     b.put(
-        &format!(
-            "/_matrix/client/v3/rooms/{}/redact/{}/x",
-            enc(&room),
-            enc(&id)
-        ),
+        &room_path(&room, &format!("redact/{}/x", enc(&id))),
         json!({}),
     )
     .await?

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use serde_json::{Value, json};
 
-use crate::client::{Ctx, User, enc};
+use crate::client::{Ctx, User, enc, room_path};
 
 crate::cases!(
     initial_sync_has_room_state_and_timeline,
@@ -27,6 +27,12 @@ fn timeline_bodies(body: &Value, room: &str) -> Vec<String> {
         .collect()
 }
 
+/// The events of a joined room in a sync: its state, then its timeline.
+fn state_and_timeline(joined: &Value) -> impl Iterator<Item = &Value> {
+    let events = |part: &str| joined[part]["events"].as_array().into_iter().flatten();
+    events("state").chain(events("timeline"))
+}
+
 async fn initial_sync_has_room_state_and_timeline(ctx: Ctx) -> Result<()> {
     let mut u = ctx.register("sy").await?;
     let room = u.create_room(json!({"name": "synced"})).await?;
@@ -35,16 +41,7 @@ async fn initial_sync_has_room_state_and_timeline(ctx: Ctx) -> Result<()> {
     ensure!(body["next_batch"].is_string(), "{body}");
     let joined = &body["rooms"]["join"][&room];
     ensure!(joined.is_object(), "room missing from sync: {body}");
-    let mut types: Vec<String> = joined["state"]["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(
-            joined["timeline"]["events"]
-                .as_array()
-                .into_iter()
-                .flatten(),
-        )
+    let mut types: Vec<String> = state_and_timeline(joined)
         .filter_map(|e| e["type"].as_str().map(str::to_owned))
         .collect();
     types.sort();
@@ -150,10 +147,9 @@ async fn timeline_limit_sets_limited_and_prev_batch(ctx: Ctx) -> Result<()> {
     ensure!(timeline_bodies(&body, &room) == ["n3", "n4"], "{tl}");
     let prev = tl["prev_batch"].as_str().unwrap_or_default();
     let r = u
-        .get(&format!(
-            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=2&from={}",
-            enc(&room),
-            enc(prev)
+        .get(&room_path(
+            &room,
+            &format!("messages?dir=b&limit=2&from={}", enc(prev)),
         ))
         .await?;
     let older: Vec<&str> = r.ok()?["chunk"]
@@ -177,16 +173,7 @@ async fn lazy_load_members_includes_senders(ctx: Ctx) -> Result<()> {
     let filter = enc(r#"{"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true}}}"#);
     let body = b.sync(&format!("filter={filter}")).await?;
     let joined = &body["rooms"]["join"][&room];
-    let members: Vec<&str> = joined["state"]["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(
-            joined["timeline"]["events"]
-                .as_array()
-                .into_iter()
-                .flatten(),
-        )
+    let members: Vec<&str> = state_and_timeline(joined)
         .filter(|e| e["type"] == "m.room.member")
         .filter_map(|e| e["state_key"].as_str())
         .collect();
@@ -262,12 +249,7 @@ async fn leave_appears_in_leave_section(ctx: Ctx) -> Result<()> {
     let room = a.create_room(json!({"preset": "public_chat"})).await?;
     b.join(&room).await?;
     b.sync("").await?;
-    b.post(
-        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
-        json!({}),
-    )
-    .await?
-    .ok()?;
+    b.post(&room_path(&room, "leave"), json!({})).await?.ok()?;
     b.sync_until(10, "", |body| body["rooms"]["leave"][&room].is_object())
         .await?;
     Ok(())

@@ -402,16 +402,22 @@ impl Client {
         b["room_id"].as_str().expect("room_id").to_owned()
     }
 
+    /// Sends an `m.text` message with transaction id `txn` (which may carry
+    /// a query, such as `?user_id=…`); the answer as it came.
+    pub async fn send_message(&self, room: &str, txn: &str, body: &str) -> (u16, Value) {
+        self.put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                enc(room)
+            ),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await
+    }
+
+    /// Sends an `m.text` message, which must succeed; returns its event id.
     pub async fn send_text(&self, room: &str, txn: &str, body: &str) -> String {
-        let (s, b) = self
-            .put(
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
-                    enc(room)
-                ),
-                json!({"msgtype": "m.text", "body": body}),
-            )
-            .await;
+        let (s, b) = self.send_message(room, txn, body).await;
         assert_eq!(s, 200, "send: {b}");
         b["event_id"].as_str().expect("event_id").to_owned()
     }
@@ -430,6 +436,14 @@ impl Client {
     pub async fn join(&self, room: &str) {
         let (s, b) = self.join_with(room, "").await;
         assert_eq!(s, 200, "join {room}: {b}");
+    }
+
+    /// One `/sync` with `query` (such as `timeout=0&since=…`), which must
+    /// succeed.
+    pub async fn sync(&self, query: &str) -> Value {
+        let (s, b) = self.get(&format!("/_matrix/client/v3/sync?{query}")).await;
+        assert_eq!(s, 200, "sync: {b}");
+        b
     }
 
     /// The token's (user id, device id).
@@ -503,6 +517,26 @@ impl Client {
     }
 }
 
+/// Runs an admin command of the binary under test (`args`: where its data
+/// is, then the command), which must succeed; returns its output.
+pub fn run_admin<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> std::process::Output {
+    let out = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run an admin command");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A sync response's `next_batch`.
+pub fn next_batch(sync: &Value) -> String {
+    sync["next_batch"].as_str().expect("next_batch").to_owned()
+}
+
 /// The `m.room.message` events of a `/messages` page, in its order.
 pub fn message_events(page: &Value) -> Vec<&Value> {
     page["chunk"]
@@ -527,6 +561,25 @@ pub fn message_ids(page: &Value) -> Vec<String> {
         .into_iter()
         .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// Who a sync response shows typing in `room` (None: it has no `m.typing`
+/// event for the room).
+pub fn typing_in(sync: &Value, room: &str) -> Option<Vec<String>> {
+    let typing: Vec<&Value> = sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .filter(|e| e["type"] == "m.typing")
+        .collect();
+    if typing.is_empty() {
+        return None;
+    }
+    let users = typing
+        .iter()
+        .filter_map(|e| e["content"]["user_ids"].as_array())
+        .flatten()
+        .filter_map(|u| u.as_str().map(str::to_owned));
+    Some(users.collect())
 }
 
 /// Asserts an answer (`s`, `body`) is the Matrix error `errcode` with HTTP

@@ -34,6 +34,51 @@ macro_rules! impl_account_store {
             })
         }
 
+        /// Sets one nullable text column of a user's row.
+        async fn set_user_column(
+            store: &crate::store::sql::SqlStore<$db>,
+            column: &str,
+            value: Option<&str>,
+            user_id: &str,
+        ) -> Result<()> {
+            sqlx::query(&format!("UPDATE users SET {column} = $1 WHERE user_id = $2"))
+                .bind(value)
+                .bind(user_id)
+                .execute(&store.writer)
+                .await?;
+            Ok(())
+        }
+
+        /// Which of a user's devices a deletion takes.
+        enum Devices<'a> {
+            All,
+            One(&'a str),
+            AllBut(&'a str),
+        }
+
+        /// Deletes the access tokens and device rows of the user's devices
+        /// that `which` names.
+        async fn delete_sessions(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            user_id: &str,
+            which: Devices<'_>,
+        ) -> Result<()> {
+            let (clause, device) = match which {
+                Devices::All => ("", None),
+                Devices::One(d) => (" AND device_id = $2", Some(d)),
+                Devices::AllBut(d) => (" AND device_id != $2", Some(d)),
+            };
+            for table in ["access_tokens", "devices"] {
+                let sql = format!("DELETE FROM {table} WHERE user_id = $1{clause}");
+                let mut query = sqlx::query(&sql).bind(user_id);
+                if let Some(d) = device {
+                    query = query.bind(d);
+                }
+                query.execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+
         #[async_trait]
         impl AccountStore for crate::store::sql::SqlStore<$db> {
             async fn create_user(
@@ -67,12 +112,7 @@ macro_rules! impl_account_store {
             }
 
             async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<()> {
-                sqlx::query("UPDATE users SET password_hash = $1 WHERE user_id = $2")
-                    .bind(hash)
-                    .bind(user_id)
-                    .execute(&self.writer)
-                    .await?;
-                Ok(())
+                set_user_column(self, "password_hash", Some(hash), user_id).await
             }
 
             async fn deactivate_user(&self, user_id: &str) -> Result<()> {
@@ -81,35 +121,18 @@ macro_rules! impl_account_store {
                     .bind(user_id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("DELETE FROM access_tokens WHERE user_id = $1")
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM devices WHERE user_id = $1")
-                    .bind(user_id)
-                    .execute(&mut *tx)
-                    .await?;
+                delete_sessions(&mut tx, user_id, Devices::All).await?;
                 tx.commit().await?;
                 self.tokens.forget_all();
                 Ok(())
             }
 
             async fn set_displayname(&self, user_id: &str, name: Option<&str>) -> Result<()> {
-                sqlx::query("UPDATE users SET displayname = $1 WHERE user_id = $2")
-                    .bind(name)
-                    .bind(user_id)
-                    .execute(&self.writer)
-                    .await?;
-                Ok(())
+                set_user_column(self, "displayname", name, user_id).await
             }
 
             async fn set_avatar_url(&self, user_id: &str, url: Option<&str>) -> Result<()> {
-                sqlx::query("UPDATE users SET avatar_url = $1 WHERE user_id = $2")
-                    .bind(url)
-                    .bind(user_id)
-                    .execute(&self.writer)
-                    .await?;
-                Ok(())
+                set_user_column(self, "avatar_url", url, user_id).await
             }
 
             async fn search_users(&self, term: &str, limit: i64) -> Result<Vec<UserRecord>> {
@@ -242,28 +265,10 @@ macro_rules! impl_account_store {
             async fn delete_devices(&self, user_id: &str, device_ids: Option<&[String]>) -> Result<()> {
                 let mut tx = self.writer.begin().await?;
                 match device_ids {
-                    None => {
-                        sqlx::query("DELETE FROM access_tokens WHERE user_id = $1")
-                            .bind(user_id)
-                            .execute(&mut *tx)
-                            .await?;
-                        sqlx::query("DELETE FROM devices WHERE user_id = $1")
-                            .bind(user_id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    None => delete_sessions(&mut tx, user_id, Devices::All).await?,
                     Some(ids) => {
                         for d in ids {
-                            sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
-                                .bind(user_id)
-                                .bind(d)
-                                .execute(&mut *tx)
-                                .await?;
-                            sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
-                                .bind(user_id)
-                                .bind(d)
-                                .execute(&mut *tx)
-                                .await?;
+                            delete_sessions(&mut tx, user_id, Devices::One(d)).await?;
                         }
                     }
                 }
@@ -288,16 +293,7 @@ macro_rules! impl_account_store {
                     None => None,
                 };
                 let keep_device = keep_device.unwrap_or_default();
-                sqlx::query("DELETE FROM access_tokens WHERE user_id = $1 AND device_id != $2")
-                    .bind(user_id)
-                    .bind(&keep_device)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM devices WHERE user_id = $1 AND device_id != $2")
-                    .bind(user_id)
-                    .bind(&keep_device)
-                    .execute(&mut *tx)
-                    .await?;
+                delete_sessions(&mut tx, user_id, Devices::AllBut(&keep_device)).await?;
                 tx.commit().await?;
                 self.tokens.forget_all();
                 Ok(())

@@ -17,9 +17,10 @@ macro_rules! impl_data_store {
             },
         };
 
-        /// Account data and receipts draw positions from one shared sequence, bumped
-        /// inside the writing transaction so positions commit in order.
-        async fn next_misc_id(tx: &mut sqlx::Transaction<'_, $db>) -> Result<i64> {
+        /// Account data, receipts and the end-to-end encryption streams
+        /// (`keys`) draw positions from one shared sequence, bumped inside
+        /// the writing transaction so positions commit in order.
+        pub(super) async fn next_misc_id(tx: &mut sqlx::Transaction<'_, $db>) -> Result<i64> {
             Ok(sqlx::query_scalar(
                 "UPDATE stream_ids SET value = value + 1 WHERE name = 'misc' RETURNING value",
             )

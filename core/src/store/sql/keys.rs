@@ -8,20 +8,14 @@ macro_rules! impl_key_store {
         use serde_json::{Map, Value};
         use sqlx::Row;
 
+        // Positions drawn here share the misc sequence with account data.
+        use super::data::next_misc_id;
         use crate::store::sql::now_ms;
         use crate::{
             Error, Result,
             store::{BackupKey, BackupVersion, KeyStore},
         };
 
-        /// Positions drawn here share the misc sequence with account data.
-        async fn next_misc_id(tx: &mut sqlx::Transaction<'_, $db>) -> Result<i64> {
-            Ok(sqlx::query_scalar(
-                "UPDATE stream_ids SET value = value + 1 WHERE name = 'misc' RETURNING value",
-            )
-            .fetch_one(&mut **tx)
-            .await?)
-        }
 
         async fn record_change(
             tx: &mut sqlx::Transaction<'_, $db>,
@@ -41,8 +35,44 @@ macro_rules! impl_key_store {
             Ok(id)
         }
 
+        /// Records a device-list change for `users` as the last write of
+        /// `tx`, commits it, and publishes the position it drew.
+        async fn commit_change(
+            store: &crate::store::sql::SqlStore<$db>,
+            mut tx: sqlx::Transaction<'_, $db>,
+            users: &[String],
+        ) -> Result<i64> {
+            let id = record_change(&mut tx, users).await?;
+            tx.commit().await?;
+            store.positions.advance_misc(id);
+            Ok(id)
+        }
+
+        /// Bumps a backup version's etag: its keys changed.
+        async fn bump_etag(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            user: &str,
+            version: i64,
+        ) -> Result<()> {
+            sqlx::query(
+                "UPDATE backup_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2",
+            )
+            .bind(user)
+            .bind(version)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
         fn parse(s: &str) -> Result<Value> {
             Ok(serde_json::from_str(s)?)
+        }
+
+        /// Rows of (a column, a JSON text column), the JSON parsed.
+        fn with_json<K>(rows: Vec<(K, String)>) -> Result<Vec<(K, Value)>> {
+            rows.into_iter()
+                .map(|(k, json)| Ok((k, parse(&json)?)))
+                .collect()
         }
 
         /// Merges `signatures` (signer → key id → signature) into a key's
@@ -111,22 +141,18 @@ macro_rules! impl_key_store {
                 .bind(keys.to_string())
                 .execute(&mut *tx)
                 .await?;
-                let id = record_change(&mut tx, &[user.to_owned()]).await?;
-                tx.commit().await?;
-                self.positions.advance_misc(id);
-                Ok(Some(id))
+                Ok(Some(commit_change(self, tx, &[user.to_owned()]).await?))
             }
 
             async fn device_keys(&self, user: &str) -> Result<Vec<(String, Value)>> {
-                let rows = sqlx::query(
-                    "SELECT device_id, key_json FROM e2e_device_keys WHERE user_id = $1 ORDER BY device_id",
+                with_json(
+                    sqlx::query_as(
+                        "SELECT device_id, key_json FROM e2e_device_keys WHERE user_id = $1 ORDER BY device_id",
+                    )
+                    .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?,
                 )
-                .bind(user)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get(0)?, parse(&r.try_get::<String, _>(1)?)?)))
-                    .collect()
             }
 
             async fn add_one_time_keys(
@@ -303,22 +329,18 @@ macro_rules! impl_key_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                let id = record_change(&mut tx, &[user.to_owned()]).await?;
-                tx.commit().await?;
-                self.positions.advance_misc(id);
-                Ok(id)
+                commit_change(self, tx, &[user.to_owned()]).await
             }
 
             async fn cross_signing_keys(&self, user: &str) -> Result<Vec<(String, Value)>> {
-                let rows = sqlx::query(
-                    "SELECT key_type, key_json FROM e2e_cross_signing_keys WHERE user_id = $1",
+                with_json(
+                    sqlx::query_as(
+                        "SELECT key_type, key_json FROM e2e_cross_signing_keys WHERE user_id = $1",
+                    )
+                    .bind(user)
+                    .fetch_all(&self.pool)
+                    .await?,
                 )
-                .bind(user)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get(0)?, parse(&r.try_get::<String, _>(1)?)?)))
-                    .collect()
             }
 
             async fn add_key_signatures(
@@ -377,9 +399,7 @@ macro_rules! impl_key_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                let id = record_change(&mut tx, &[user.to_owned()]).await?;
-                tx.commit().await?;
-                self.positions.advance_misc(id);
+                commit_change(self, tx, &[user.to_owned()]).await?;
                 Ok(true)
             }
 
@@ -405,10 +425,7 @@ macro_rules! impl_key_store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                let id = record_change(&mut tx, &[signer.to_owned(), target.to_owned()]).await?;
-                tx.commit().await?;
-                self.positions.advance_misc(id);
-                Ok(id)
+                commit_change(self, tx, &[signer.to_owned(), target.to_owned()]).await
             }
 
             async fn user_signatures(
@@ -427,11 +444,8 @@ macro_rules! impl_key_store {
             }
 
             async fn device_lists_changed(&self, users: &[String]) -> Result<i64> {
-                let mut tx = self.writer.begin().await?;
-                let id = record_change(&mut tx, users).await?;
-                tx.commit().await?;
-                self.positions.advance_misc(id);
-                Ok(id)
+                let tx = self.writer.begin().await?;
+                commit_change(self, tx, users).await
             }
 
             async fn device_list_changes(&self, after: i64, upto: i64) -> Result<Vec<String>> {
@@ -472,10 +486,7 @@ macro_rules! impl_key_store {
                         .await?;
                     }
                 }
-                let id = record_change(&mut tx, &[user.to_owned()]).await?;
-                tx.commit().await?;
-                self.positions.advance_misc(id);
-                Ok(id)
+                commit_change(self, tx, &[user.to_owned()]).await
             }
 
             async fn queue_to_device(
@@ -532,21 +543,20 @@ macro_rules! impl_key_store {
                 upto: i64,
                 limit: i64,
             ) -> Result<Vec<(i64, Value)>> {
-                let rows = sqlx::query(
-                    "SELECT stream_id, message FROM to_device_inbox
-                     WHERE user_id = $1 AND device_id = $2 AND stream_id > $3 AND stream_id <= $4
-                     ORDER BY stream_id LIMIT $5",
+                with_json(
+                    sqlx::query_as(
+                        "SELECT stream_id, message FROM to_device_inbox
+                         WHERE user_id = $1 AND device_id = $2 AND stream_id > $3 AND stream_id <= $4
+                         ORDER BY stream_id LIMIT $5",
+                    )
+                    .bind(user)
+                    .bind(device)
+                    .bind(after)
+                    .bind(upto)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?,
                 )
-                .bind(user)
-                .bind(device)
-                .bind(after)
-                .bind(upto)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get(0)?, parse(&r.try_get::<String, _>(1)?)?)))
-                    .collect()
             }
 
             async fn delete_to_device(&self, user: &str, device: &str, upto: i64) -> Result<()> {
@@ -672,13 +682,7 @@ macro_rules! impl_key_store {
                     .await?;
                 }
                 if !keys.is_empty() {
-                    sqlx::query(
-                        "UPDATE backup_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2",
-                    )
-                    .bind(user)
-                    .bind(version)
-                    .execute(&mut *tx)
-                    .await?;
+                    bump_etag(&mut tx, user, version).await?;
                 }
                 tx.commit().await?;
                 Ok(())
@@ -727,13 +731,7 @@ macro_rules! impl_key_store {
                     .bind(session)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
-                    "UPDATE backup_versions SET etag = etag + 1 WHERE user_id = $1 AND version = $2",
-                )
-                .bind(user)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
+                bump_etag(&mut tx, user, version).await?;
                 tx.commit().await?;
                 Ok(())
             }
