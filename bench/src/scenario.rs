@@ -67,6 +67,30 @@ pub struct Outcome {
     pub delivered: u64,
 }
 
+impl Outcome {
+    /// `n` sends numbered 0..n in `elapsed` (`acks`: each one's time to its
+    /// ack) and what came back of them (`seen`: number and delivery latency,
+    /// in the order received): delivered, lost, duplicated, out of order.
+    fn of_numbered(
+        acks: Vec<Duration>,
+        seen: &[(u64, Duration)],
+        n: u64,
+        elapsed: Duration,
+    ) -> Self {
+        let unique: HashSet<u64> = seen.iter().map(|(n, _)| *n).collect();
+        Outcome {
+            ack: percentiles(acks),
+            deliver: percentiles(seen.iter().map(|(_, d)| *d).collect()),
+            sends_per_sec: n as f64 / elapsed.as_secs_f64(),
+            delivered: seen.len() as u64,
+            lost: n - (0..n).filter(|i| unique.contains(i)).count() as u64,
+            duplicated: (seen.len() - unique.len()) as u64,
+            out_of_order: seen.windows(2).filter(|w| w[1].0 < w[0].0).count() as u64,
+            ..Default::default()
+        }
+    }
+}
+
 fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -252,17 +276,9 @@ impl Scenario {
         while (seen.len() as u64) < n && Instant::now() < catch_up {
             ws.next_sync(&run, &sent_at, &mut seen).await?;
         }
-        let unique: HashSet<u64> = seen.iter().map(|(n, _)| *n).collect();
         Ok(Outcome {
-            ack: percentiles(acks),
-            deliver: percentiles(seen.iter().map(|(_, d)| *d).collect()),
-            sends_per_sec: n as f64 / elapsed.as_secs_f64(),
             deliveries_per_sec: seen.len() as f64 / start.elapsed().as_secs_f64(),
-            delivered: seen.len() as u64,
-            lost: n - (0..n).filter(|i| unique.contains(i)).count() as u64,
-            duplicated: (seen.len() - unique.len()) as u64,
-            out_of_order: seen.windows(2).filter(|w| w[1].0 < w[0].0).count() as u64,
-            ..Default::default()
+            ..Outcome::of_numbered(acks, &seen, n, elapsed)
         })
     }
 
@@ -316,17 +332,7 @@ impl Scenario {
         stop.store(true, Ordering::Relaxed);
         reader.abort();
         let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
-        let unique: HashSet<u64> = seen.iter().map(|(n, _)| *n).collect();
-        Ok(Outcome {
-            ack: percentiles(acks),
-            deliver: percentiles(seen.iter().map(|(_, d)| *d).collect()),
-            sends_per_sec: n as f64 / elapsed.as_secs_f64(),
-            delivered: seen.len() as u64,
-            lost: n - (0..n).filter(|i| unique.contains(i)).count() as u64,
-            duplicated: (seen.len() - unique.len()) as u64,
-            out_of_order: seen.windows(2).filter(|w| w[1].0 < w[0].0).count() as u64,
-            ..Default::default()
-        })
+        Ok(Outcome::of_numbered(acks, &seen, n, elapsed))
     }
 
     async fn run_rooms(&self, server: &Server) -> Result<Outcome> {

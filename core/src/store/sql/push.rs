@@ -142,6 +142,30 @@ macro_rules! impl_push_store {
             })
         }
 
+        /// A user's notifications with ids strictly inside `(after, before)`
+        /// (only highlights, if asked), newest first, at most `limit`.
+        async fn notifications_between(
+            store: &crate::store::sql::SqlStore<$db>,
+            user_id: &str,
+            (after, before): (i64, i64),
+            only_highlight: bool,
+            limit: i64,
+        ) -> Result<Vec<NotificationRecord>> {
+            let rows = sqlx::query(&format!(
+                "SELECT {NOTIFICATION_COLUMNS} FROM push_notifications
+                 WHERE user_id = $1 AND id > $2 AND id < $3 AND highlight >= $4
+                 ORDER BY id DESC LIMIT $5"
+            ))
+            .bind(user_id)
+            .bind(after)
+            .bind(before)
+            .bind(i64::from(only_highlight))
+            .bind(limit)
+            .fetch_all(&store.pool)
+            .await?;
+            rows.iter().map(notification_from_row).collect()
+        }
+
         fn notification_from_row(r: &<$db as sqlx::Database>::Row) -> Result<NotificationRecord> {
             let actions: String = r.try_get("actions")?;
             Ok(NotificationRecord {
@@ -298,16 +322,7 @@ macro_rules! impl_push_store {
                 after: i64,
                 limit: i64,
             ) -> Result<Vec<NotificationRecord>> {
-                let rows = sqlx::query(&format!(
-                    "SELECT {NOTIFICATION_COLUMNS} FROM push_notifications
-                     WHERE user_id = $1 AND id > $2 ORDER BY id DESC LIMIT $3"
-                ))
-                .bind(user_id)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter().map(notification_from_row).collect()
+                notifications_between(self, user_id, (after, i64::MAX), false, limit).await
             }
 
             async fn notifications_before(
@@ -317,17 +332,8 @@ macro_rules! impl_push_store {
                 limit: i64,
                 only_highlight: bool,
             ) -> Result<Vec<NotificationRecord>> {
-                let rows = sqlx::query(&format!(
-                    "SELECT {NOTIFICATION_COLUMNS} FROM push_notifications
-                     WHERE user_id = $1 AND id < $2 AND highlight >= $3 ORDER BY id DESC LIMIT $4"
-                ))
-                .bind(user_id)
-                .bind(before.unwrap_or(i64::MAX))
-                .bind(i64::from(only_highlight))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter().map(notification_from_row).collect()
+                let before = before.unwrap_or(i64::MAX);
+                notifications_between(self, user_id, (i64::MIN, before), only_highlight, limit).await
             }
 
             async fn notification_rooms(&self, user_id: &str) -> Result<Vec<String>> {
