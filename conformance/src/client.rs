@@ -152,6 +152,16 @@ impl Ctx {
     }
 
     /// Registers a fresh user through the dummy UIA flow.
+    /// Two new users (`prefix`, `{prefix}b`): the first creates a public
+    /// room, the second joins it.
+    pub async fn public_room_pair(&self, prefix: &str) -> Result<(User, User, String)> {
+        let a = self.register(prefix).await?;
+        let b = self.register(&format!("{prefix}b")).await?;
+        let room = a.create_room(json!({"preset": "public_chat"})).await?;
+        b.join(&room).await?;
+        Ok((a, b, room))
+    }
+
     pub async fn register(&self, prefix: &str) -> Result<User> {
         let localpart = random_name(prefix);
         let password = format!("pw-{localpart}");

@@ -13,10 +13,7 @@ crate::cases!(
 );
 
 async fn pair(ctx: &Ctx) -> Result<(User, User, String)> {
-    let a = ctx.register("eph").await?;
-    let b = ctx.register("ephb").await?;
-    let room = a.create_room(json!({"preset": "public_chat"})).await?;
-    b.join(&room).await?;
+    let (a, b, room) = ctx.public_room_pair("eph").await?;
     Ok((a, b, room))
 }
 

@@ -78,10 +78,7 @@ async fn invite_only_room_refuses_uninvited(ctx: Ctx) -> Result<()> {
 }
 
 async fn kick_with_reason(ctx: Ctx) -> Result<()> {
-    let a = ctx.register("mk").await?;
-    let b = ctx.register("mkb").await?;
-    let room = a.create_room(json!({"preset": "public_chat"})).await?;
-    b.join(&room).await?;
+    let (a, b, room) = ctx.public_room_pair("mk").await?;
     a.post(
         &room_path(&room, "kick"),
         json!({"user_id": b.user_id, "reason": "spam"}),
@@ -94,10 +91,7 @@ async fn kick_with_reason(ctx: Ctx) -> Result<()> {
 }
 
 async fn ban_blocks_join_and_unban_allows_invite(ctx: Ctx) -> Result<()> {
-    let a = ctx.register("mb").await?;
-    let b = ctx.register("mbb").await?;
-    let room = a.create_room(json!({"preset": "public_chat"})).await?;
-    b.join(&room).await?;
+    let (a, b, room) = ctx.public_room_pair("mb").await?;
     a.post(
         &room_path(&room, "ban"),
         json!({"user_id": b.user_id, "reason": "bye"}),
@@ -118,10 +112,7 @@ async fn ban_blocks_join_and_unban_allows_invite(ctx: Ctx) -> Result<()> {
 }
 
 async fn insufficient_power_cannot_kick(ctx: Ctx) -> Result<()> {
-    let a = ctx.register("mp").await?;
-    let b = ctx.register("mpb").await?;
-    let room = a.create_room(json!({"preset": "public_chat"})).await?;
-    b.join(&room).await?;
+    let (a, b, room) = ctx.public_room_pair("mp").await?;
     b.post(&room_path(&room, "kick"), json!({"user_id": a.user_id}))
         .await?
         .expect(403, Some("M_FORBIDDEN"))?;

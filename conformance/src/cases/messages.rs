@@ -113,10 +113,7 @@ async fn state_missing_is_404(ctx: Ctx) -> Result<()> {
 }
 
 async fn members_and_joined_members(ctx: Ctx) -> Result<()> {
-    let a = ctx.register("mem").await?;
-    let b = ctx.register("memb").await?;
-    let room = a.create_room(json!({"preset": "public_chat"})).await?;
-    b.join(&room).await?;
+    let (a, b, room) = ctx.public_room_pair("mem").await?;
     let r = a.get(&room_path(&room, "members")).await?;
     let chunk = r.ok()?["chunk"].as_array().cloned().unwrap_or_default();
     ensure!(
@@ -249,10 +246,7 @@ async fn messages_filter_by_type(ctx: Ctx) -> Result<()> {
 }
 
 async fn messages_filter_not_senders(ctx: Ctx) -> Result<()> {
-    let a = ctx.register("fns").await?;
-    let b = ctx.register("fnsb").await?;
-    let room = a.create_room(json!({"preset": "public_chat"})).await?;
-    b.join(&room).await?;
+    let (a, b, room) = ctx.public_room_pair("fns").await?;
     a.send_text(&room, "from a").await?;
     b.send_text(&room, "from b").await?;
     let filter = enc(&json!({"not_senders": [a.user_id]}).to_string());
@@ -298,10 +292,7 @@ async fn redaction_strips_content(ctx: Ctx) -> Result<()> {
 }
 
 async fn cannot_redact_others_without_power(ctx: Ctx) -> Result<()> {
-    let a = ctx.register("rdp").await?;
-    let b = ctx.register("rdpb").await?;
-    let room = a.create_room(json!({"preset": "public_chat"})).await?;
-    b.join(&room).await?;
+    let (a, b, room) = ctx.public_room_pair("rdp").await?;
     let id = a.send_text(&room, "mine").await?;
     b.put(
         &room_path(&room, &format!("redact/{}/x", enc(&id))),

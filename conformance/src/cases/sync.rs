@@ -244,10 +244,7 @@ async fn filter_id_applies_to_sync(ctx: Ctx) -> Result<()> {
 }
 
 async fn leave_appears_in_leave_section(ctx: Ctx) -> Result<()> {
-    let a = ctx.register("syv").await?;
-    let mut b = ctx.register("syvb").await?;
-    let room = a.create_room(json!({"preset": "public_chat"})).await?;
-    b.join(&room).await?;
+    let (_, mut b, room) = ctx.public_room_pair("syv").await?;
     b.sync("").await?;
     b.post(&room_path(&room, "leave"), json!({})).await?.ok()?;
     b.sync_until(10, "", |body| body["rooms"]["leave"][&room].is_object())
