@@ -86,13 +86,7 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_key() {
         .await;
     assert_eq!(s, 400, "{b}");
 
-    let (s, b) = bob
-        .post(
-            "/_matrix/client/v3/keys/query",
-            json!({"device_keys": {alice_id.clone(): []}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
+    let b = bob.query_keys(&alice_id).await;
     assert_eq!(
         b["device_keys"][&alice_id][&device]["keys"][format!("curve25519:{device}")],
         "c1"
@@ -367,12 +361,7 @@ async fn device_lists_and_cross_signing() {
         .await;
     assert_eq!((s, &b["failures"]), (200, &json!({})), "{b}");
 
-    let (_, q) = bob
-        .post(
-            "/_matrix/client/v3/keys/query",
-            json!({"device_keys": {alice_id.clone(): []}}),
-        )
-        .await;
+    let q = bob.query_keys(&alice_id).await;
     let sigs = &q["device_keys"][&alice_id][&device]["signatures"][&alice_id];
     assert!(sigs.get(format!("ed25519:{self_pub}")).is_some(), "{q}");
     assert_eq!(
@@ -382,12 +371,7 @@ async fn device_lists_and_cross_signing() {
     assert!(q["self_signing_keys"][&alice_id].is_object(), "{q}");
     // Only alice sees her user-signing key.
     assert!(q["user_signing_keys"].get(&alice_id).is_none(), "{q}");
-    let (_, own) = alice
-        .post(
-            "/_matrix/client/v3/keys/query",
-            json!({"device_keys": {alice_id.clone(): []}}),
-        )
-        .await;
+    let own = alice.query_keys(&alice_id).await;
     assert!(own["user_signing_keys"][&alice_id].is_object(), "{own}");
 
     // Bob leaves their only shared room: alice's sync lists him as left.

@@ -1933,14 +1933,7 @@ async fn keys_and_to_device_messages_cross_servers() {
 
     // c.test's client reads a.test's user's keys through a.test, and claims
     // a one-time key there; a.test's user's key can be claimed only once.
-    let (s, q) = c
-        .user
-        .post(
-            "/_matrix/client/v3/keys/query",
-            json!({"device_keys": {a_user.clone(): []}}),
-        )
-        .await;
-    assert_eq!(s, 200, "{q}");
+    let q = c.user.query_keys(&a_user).await;
     assert_eq!(
         q["device_keys"][&a_user][&a_device]["keys"][format!("curve25519:{a_device}")],
         "a1",
@@ -1996,13 +1989,7 @@ async fn keys_and_to_device_messages_cross_servers() {
             .is_some_and(|u| u.iter().any(|u| u == a_user.as_str()))
     })
     .await;
-    let (_, q) = c
-        .user
-        .post(
-            "/_matrix/client/v3/keys/query",
-            json!({"device_keys": {a_user.clone(): []}}),
-        )
-        .await;
+    let q = c.user.query_keys(&a_user).await;
     assert_eq!(
         q["device_keys"][&a_user][&a_device]["keys"][format!("curve25519:{a_device}")],
         "a2",

@@ -446,6 +446,14 @@ impl Client {
         b
     }
 
+    /// `/keys/query` for all of `user`'s devices, which must succeed.
+    pub async fn query_keys(&self, user: &str) -> Value {
+        let body = json!({"device_keys": {user: []}});
+        let (s, keys) = self.post("/_matrix/client/v3/keys/query", body).await;
+        assert_eq!(s, 200, "{keys}");
+        keys
+    }
+
     /// The token's (user id, device id).
     pub async fn whoami(&self) -> (String, String) {
         let (s, b) = self.get("/_matrix/client/v3/account/whoami").await;
