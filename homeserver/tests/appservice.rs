@@ -11,7 +11,7 @@ use std::{
 };
 
 use axum::{Json, Router, extract::State, http::HeaderMap, routing::post};
-use common::{Client, TestServer, assert_error, enc, temp_dir};
+use common::{Client, TestServer, assert_error, enc, temp_file};
 use serde_json::{Value, json};
 
 const AS_TOKEN: &str = "as-secret-token-for-tests";
@@ -178,9 +178,8 @@ fn puppet() -> String {
 /// returned directory, which the test removes).
 async fn bridged_server(tag: &str) -> (PathBuf, Service, TestServer) {
     let (service_addr, service) = start_service().await;
-    let dir = temp_dir(tag);
-    let file = dir.join("bridge.yaml");
-    std::fs::write(&file, registration(&format!("http://{service_addr}"))).expect("write");
+    let registration = registration(&format!("http://{service_addr}"));
+    let (dir, file) = temp_file(tag, "bridge.yaml", &registration);
     let file = file.display().to_string();
     let hs = TestServer::start(&["--appservice-registrations", &file]).await;
     (dir, service, hs)
@@ -461,13 +460,8 @@ async fn a_registered_service_owns_its_namespaces_and_acts_for_its_users() {
 
 #[tokio::test]
 async fn a_bad_registration_stops_start_up_naming_the_file_and_field() {
-    let dir = temp_dir("as-bad");
-    let file = dir.join("broken.yaml");
-    std::fs::write(
-        &file,
-        registration("http://127.0.0.1:1").replace("\"@_bridge_.*\"", "\"@_bridge_(\""),
-    )
-    .expect("write");
+    let broken = registration("http://127.0.0.1:1").replace("\"@_bridge_.*\"", "\"@_bridge_(\"");
+    let (dir, file) = temp_file("as-bad", "broken.yaml", &broken);
     let out = std::process::Command::new(common::binary())
         .args([
             "--data-dir",

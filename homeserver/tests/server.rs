@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{
     TestServer, binary, enc, free_addr, message_bodies, message_events, message_ids, run_admin,
-    stored_parents, temp_dir,
+    stored_parents, temp_dir, temp_file,
 };
 use hearth_core::{
     ruma::{
@@ -221,13 +221,11 @@ async fn closed_registration_and_admin_create_user() {
 
 #[tokio::test]
 async fn message_rate_limit_refuses_without_writing() {
-    let dir = temp_dir("rl-config");
-    let cfg = dir.join("hearth.toml");
-    std::fs::write(
-        &cfg,
+    let (dir, cfg) = temp_file(
+        "rl-config",
+        "hearth.toml",
         "[rate_limits]\nenabled = true\nmessages_per_second = 0.01\nmessages_burst = 3\n",
-    )
-    .expect("write config");
+    );
     let hs = TestServer::start(&[
         "--config",
         &cfg.display().to_string(),

@@ -63,6 +63,15 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A fresh temporary directory (`tag` in its name) holding the file `name`
+/// with `contents`; returns the directory (the test removes it) and the file.
+pub fn temp_file(tag: &str, name: &str, contents: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir(tag);
+    let file = dir.join(name);
+    std::fs::write(&file, contents).expect("write a temporary file");
+    (dir, file)
+}
+
 fn rand_suffix() -> String {
     use std::{
         sync::atomic::{AtomicU64, Ordering},
