@@ -8,7 +8,14 @@ use axum::{
     routing::{get, post, put},
 };
 use hearth_core::{
-    Error, Hearth, accounts::Session, ephemeral::presence_content, receipts::ReceiptUpdate,
+    Error, Hearth,
+    accounts::Session,
+    ids::now_ms,
+    receipts::ReceiptUpdate,
+    ruma::{
+        api::client::presence::{get_presence, set_presence},
+        presence::PresenceState,
+    },
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -17,6 +24,7 @@ use super::{JsonResult, parse_room_id, parse_user_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -130,32 +138,30 @@ async fn read_markers(
 async fn get_presence(
     State(h): State<Arc<Hearth>>,
     Auth(_): Auth,
-    Path(user_id): Path<String>,
-) -> JsonResult {
-    let user = parse_user_id(&user_id)?;
-    match h.user_presence(&user).await? {
-        Some(p) => Ok(Json(presence_content(&p))),
-        None => Ok(Json(json!({"presence": "offline"}))),
-    }
-}
-
-#[derive(Deserialize)]
-struct PresenceBody {
-    presence: String,
-    status_msg: Option<String>,
+    Ruma(req): Ruma<get_presence::v3::Request>,
+) -> RumaResult<get_presence::v3::Response> {
+    let Some(p) = h.user_presence(&req.user_id).await? else {
+        return Ok(get_presence::v3::Response::new(PresenceState::Offline).into());
+    };
+    let mut response = get_presence::v3::Response::new(p.presence.as_str().into());
+    response.last_active_ago = Some(Duration::from_millis(
+        now_ms().saturating_sub(p.last_active_ms),
+    ));
+    response.currently_active = Some(p.presence == "online");
+    response.status_msg = p.status_msg;
+    Ok(response.into())
 }
 
 async fn set_presence(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(user_id): Path<String>,
-    JsonBody(b): JsonBody<PresenceBody>,
-) -> JsonResult {
-    if parse_user_id(&user_id)? != s.user_id {
+    Ruma(req): Ruma<set_presence::v3::Request>,
+) -> RumaResult<set_presence::v3::Response> {
+    if req.user_id != s.user_id {
         return Err(Error::forbidden("You cannot set another user's presence").into());
     }
-    set_own_presence(&h, &s, &b.presence, b.status_msg).await?;
-    Ok(Json(json!({})))
+    set_own_presence(&h, &s, req.presence.as_str(), req.status_msg).await?;
+    Ok(set_presence::v3::Response::new().into())
 }
 
 /// Sets the requester's presence (HTTP and WebSocket heartbeats).
