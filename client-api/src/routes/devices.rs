@@ -7,12 +7,15 @@ use axum::{
     extract::{Path, State},
     routing::{get, post},
 };
-use hearth_core::{Hearth, store::DeviceRecord};
+use hearth_core::{Hearth, ruma::api::client::device::update_device, store::DeviceRecord};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{JsonResult, account::reauthenticate};
-use crate::extract::{Auth, JsonBody, UiaJson};
+use crate::{
+    extract::{Auth, UiaJson},
+    typed::{Ruma, RumaResult},
+};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -52,20 +55,18 @@ async fn get_one(
     Ok(Json(device_json(s.user_id.as_str(), &d)))
 }
 
-#[derive(Deserialize)]
-struct RenameBody {
-    display_name: Option<String>,
-}
-
 async fn rename(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(device_id): Path<String>,
-    JsonBody(body): JsonBody<RenameBody>,
-) -> JsonResult {
-    h.rename_device(&s.user_id, &device_id, body.display_name.as_deref())
-        .await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<update_device::v3::Request>,
+) -> RumaResult<update_device::v3::Response> {
+    h.rename_device(
+        &s.user_id,
+        req.device_id.as_str(),
+        req.display_name.as_deref(),
+    )
+    .await?;
+    Ok(update_device::v3::Response::new().into())
 }
 
 async fn delete_one(
