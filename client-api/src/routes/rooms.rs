@@ -11,14 +11,16 @@ use hearth_core::{
     Error, Hearth,
     pdu::Pdu,
     rooms::{CreateRoom, MemberAction, NewEvent},
+    ruma::{RoomId, api::client::membership::joined_rooms},
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{JsonResult, parse_room_id, parse_user_id};
+use super::{JsonResult, parse_room_id, parse_user_id, stored_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -284,9 +286,17 @@ async fn forget(
     Ok(Json(json!({})))
 }
 
-async fn joined_rooms(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+async fn joined_rooms(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(_): Ruma<joined_rooms::v3::Request>,
+) -> RumaResult<joined_rooms::v3::Response> {
     let rooms = h.joined_rooms(&s.user_id).await?;
-    Ok(Json(json!({"joined_rooms": rooms})))
+    let rooms = rooms
+        .iter()
+        .map(|r| stored_id(RoomId::parse(r)))
+        .collect::<Result<_, _>>()?;
+    Ok(joined_rooms::v3::Response::new(rooms).into())
 }
 
 async fn readable_state(
