@@ -64,6 +64,11 @@ fn rejection<T: IncomingRequest>(e: FromHttpRequestError, body: &[u8]) -> ApiErr
         DeserializationError::Json(e) if not_json(body) => {
             refuse::<T>("M_NOT_JSON", format!("Content not JSON: {e}"))
         }
+        // A malformed identifier in the body was refused as an invalid
+        // parameter by the hand-written parsing, as one in the path is.
+        DeserializationError::Json(e) if invalid_id(&e) => {
+            refuse::<T>("M_INVALID_PARAM", format!("Invalid identifier: {e}"))
+        }
         DeserializationError::Json(e) => {
             refuse::<T>("M_BAD_JSON", format!("Invalid request body: {e}"))
         }
@@ -86,6 +91,28 @@ fn rejection<T: IncomingRequest>(e: FromHttpRequestError, body: &[u8]) -> ApiErr
 /// one of the wrong shape (M_BAD_JSON).
 fn not_json(body: &[u8]) -> bool {
     !body.is_empty() && !serde_json::from_slice::<Value>(body).is_ok_and(|v| v.is_object())
+}
+
+/// Whether a body error is ruma refusing an identifier: serde passes the
+/// identifier's parse error on as its message, so it is matched against
+/// ruma's own wording of those errors.
+fn invalid_id(e: &serde_json::Error) -> bool {
+    use hearth_core::ruma::IdParseError as Id;
+    if e.classify() != serde_json::error::Category::Data {
+        return false;
+    }
+    let message = e.to_string();
+    [
+        Id::Empty,
+        Id::InvalidCharacters,
+        Id::InvalidServerName,
+        Id::InvalidUtf8,
+        Id::MaximumLengthExceeded,
+        Id::MissingColon,
+        Id::MissingLeadingSigil,
+    ]
+    .iter()
+    .any(|id| message.starts_with(&id.to_string()))
 }
 
 fn refuse<T: IncomingRequest>(errcode: &'static str, error: String) -> ApiError {
@@ -139,3 +166,96 @@ impl<T: OutgoingResponse> From<T> for RumaResponse<T> {
 
 /// A handler's result with a ruma reply.
 pub type RumaResult<T> = Result<RumaResponse<T>, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use axum::{
+        Router,
+        body::Body,
+        routing::{get, post},
+    };
+    use hearth_core::ruma::api::client::{membership::kick_user, message::get_message_events};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn kick(Ruma(req): Ruma<kick_user::v3::Request>) -> String {
+        format!("{} {}", req.room_id, req.user_id)
+    }
+
+    /// Status and body of a kick request with `body` to the room `room`.
+    async fn answer(room: &str, body: &str) -> (StatusCode, String) {
+        let app = Router::new().route("/rooms/{room_id}/kick", post(kick));
+        let request = axum::http::Request::post(format!("/rooms/{room}/kick"))
+            .body(Body::from(body.to_owned()))
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn errcode(body: &str) -> String {
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["errcode"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn reads_path_and_body() {
+        let (status, body) = answer("!r:x", r#"{"user_id": "@u:x"}"#).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "!r:x @u:x");
+    }
+
+    #[tokio::test]
+    async fn refusals_keep_their_errcodes() {
+        let cases = [
+            ("!r:x", "{not json", "M_NOT_JSON"),
+            ("!r:x", "[1]", "M_NOT_JSON"),
+            ("!r:x", r#"{"user_id": 5}"#, "M_BAD_JSON"),
+            ("!r:x", "{}", "M_BAD_JSON"),
+            ("!r:x", "  ", "M_BAD_JSON"),
+            ("!r:x", r#"{"user_id": "nope"}"#, "M_INVALID_PARAM"),
+            ("not-a-room", r#"{"user_id": "@u:x"}"#, "M_INVALID_PARAM"),
+        ];
+        for (room, body, expected) in cases {
+            let (status, answer) = answer(room, body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+            assert_eq!(errcode(&answer), expected, "{body}: {answer}");
+        }
+    }
+
+    async fn messages(Ruma(req): Ruma<get_message_events::v3::Request>) -> String {
+        format!("{:?} {}", req.dir, req.limit)
+    }
+
+    #[tokio::test]
+    async fn query_parameters_missing_or_invalid() {
+        let app = Router::new().route("/rooms/{room_id}/messages", get(messages));
+        for (query, expected) in [
+            ("limit=5", Some("M_MISSING_PARAM")),
+            ("dir=x", Some("M_INVALID_PARAM")),
+            ("dir=b&limit=many", Some("M_INVALID_PARAM")),
+            ("dir=b&limit=5", None),
+        ] {
+            let request = axum::http::Request::get(format!("/rooms/!r:x/messages?{query}"))
+                .body(Body::empty())
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let body = String::from_utf8_lossy(&bytes).into_owned();
+            match expected {
+                Some(code) => {
+                    assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+                    assert_eq!(errcode(&body), code, "{query}: {body}");
+                }
+                None => assert_eq!(body, "Backward 5"),
+            }
+        }
+    }
+}
