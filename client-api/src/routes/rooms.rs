@@ -11,7 +11,12 @@ use hearth_core::{
     Error, Hearth,
     pdu::Pdu,
     rooms::{CreateRoom, MemberAction, NewEvent},
-    ruma::{RoomId, api::client::membership::joined_rooms},
+    ruma::{
+        RoomId, UserId,
+        api::client::membership::{
+            ban_user, forget_room, join_room_by_id, joined_rooms, kick_user, leave_room, unban_user,
+        },
+    },
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -188,26 +193,28 @@ fn via_servers(query: Option<&str>) -> Vec<String> {
 async fn join(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-    JsonBody(b): JsonBody<ReasonBody>,
-) -> JsonResult {
-    let room_id = parse_room_id(&room_id)?;
+    Ruma(req): Ruma<join_room_by_id::v3::Request>,
+) -> RumaResult<join_room_by_id::v3::Response> {
     let room_id = h
-        .join_anywhere(room_id.as_str(), &s.user_id, b.reason.as_deref(), vec![])
+        .join_anywhere(
+            req.room_id.as_str(),
+            &s.user_id,
+            req.reason.as_deref(),
+            vec![],
+        )
         .await?;
-    Ok(Json(json!({"room_id": room_id})))
+    let room_id = stored_id(RoomId::parse(room_id))?;
+    Ok(join_room_by_id::v3::Response::new(room_id).into())
 }
 
 async fn leave(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-    JsonBody(b): JsonBody<ReasonBody>,
-) -> JsonResult {
-    let room_id = parse_room_id(&room_id)?;
-    h.leave_room(&room_id, &s.user_id, b.reason.as_deref())
+    Ruma(req): Ruma<leave_room::v3::Request>,
+) -> RumaResult<leave_room::v3::Response> {
+    h.leave_room(&req.room_id, &s.user_id, req.reason.as_deref())
         .await?;
-    Ok(Json(json!({})))
+    Ok(leave_room::v3::Response::new().into())
 }
 
 #[derive(Deserialize)]
@@ -229,61 +236,55 @@ async fn invite(
     Ok(Json(json!({})))
 }
 
-async fn membership_change(
+/// A kick, ban or unban: the room, its target and the reason.
+async fn moderate(
     h: &Hearth,
     sender: &Auth,
-    room_id: &str,
-    b: &TargetBody,
+    (room_id, target, reason): (&RoomId, &UserId, Option<&str>),
     action: MemberAction,
-) -> JsonResult {
-    let room_id = parse_room_id(room_id)?;
-    let target = parse_user_id(&b.user_id)?;
-    h.moderate_member(
-        &room_id,
-        &sender.0.user_id,
-        &target,
-        action,
-        b.reason.as_deref(),
-    )
-    .await?;
-    Ok(Json(json!({})))
+) -> ApiResult<()> {
+    h.moderate_member(room_id, &sender.0.user_id, target, action, reason)
+        .await?;
+    Ok(())
 }
 
 async fn kick(
     State(h): State<Arc<Hearth>>,
     a: Auth,
-    Path(r): Path<String>,
-    JsonBody(b): JsonBody<TargetBody>,
-) -> JsonResult {
-    membership_change(&h, &a, &r, &b, MemberAction::Kick).await
+    Ruma(r): Ruma<kick_user::v3::Request>,
+) -> RumaResult<kick_user::v3::Response> {
+    let target = (&*r.room_id, &*r.user_id, r.reason.as_deref());
+    moderate(&h, &a, target, MemberAction::Kick).await?;
+    Ok(kick_user::v3::Response::new().into())
 }
 
 async fn ban(
     State(h): State<Arc<Hearth>>,
     a: Auth,
-    Path(r): Path<String>,
-    JsonBody(b): JsonBody<TargetBody>,
-) -> JsonResult {
-    membership_change(&h, &a, &r, &b, MemberAction::Ban).await
+    Ruma(r): Ruma<ban_user::v3::Request>,
+) -> RumaResult<ban_user::v3::Response> {
+    let target = (&*r.room_id, &*r.user_id, r.reason.as_deref());
+    moderate(&h, &a, target, MemberAction::Ban).await?;
+    Ok(ban_user::v3::Response::new().into())
 }
 
 async fn unban(
     State(h): State<Arc<Hearth>>,
     a: Auth,
-    Path(r): Path<String>,
-    JsonBody(b): JsonBody<TargetBody>,
-) -> JsonResult {
-    membership_change(&h, &a, &r, &b, MemberAction::Unban).await
+    Ruma(r): Ruma<unban_user::v3::Request>,
+) -> RumaResult<unban_user::v3::Response> {
+    let target = (&*r.room_id, &*r.user_id, r.reason.as_deref());
+    moderate(&h, &a, target, MemberAction::Unban).await?;
+    Ok(unban_user::v3::Response::new().into())
 }
 
 async fn forget(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-) -> JsonResult {
-    let room_id = parse_room_id(&room_id)?;
-    h.forget_room(&room_id, &s.user_id).await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<forget_room::v3::Request>,
+) -> RumaResult<forget_room::v3::Response> {
+    h.forget_room(&req.room_id, &s.user_id).await?;
+    Ok(forget_room::v3::Response::new().into())
 }
 
 async fn joined_rooms(
