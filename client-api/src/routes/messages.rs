@@ -8,16 +8,22 @@ use axum::{
     routing::{get, put},
 };
 use hearth_core::{
-    Error, Hearth, accounts::Session, filter::EventFilter, pdu::StoredEvent,
-    rooms::MessagesRequest, store::Direction,
+    Error, Hearth,
+    accounts::Session,
+    filter::EventFilter,
+    pdu::StoredEvent,
+    rooms::MessagesRequest,
+    ruma::{EventId, api::client::redact::redact_event},
+    store::Direction,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{JsonResult, parse_room_id};
+use super::{JsonResult, parse_room_id, stored_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -59,22 +65,17 @@ pub(crate) async fn send_message(
     )
 }
 
-#[derive(Deserialize, Default)]
-struct RedactBody {
-    reason: Option<String>,
-}
-
 async fn redact(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
-    JsonBody(b): JsonBody<RedactBody>,
-) -> JsonResult {
-    let room_id = parse_room_id(&room_id)?;
+    Ruma(r): Ruma<redact_event::v3::Request>,
+) -> RumaResult<redact_event::v3::Response> {
+    let (target, txn) = (r.event_id.to_string(), r.txn_id.to_string());
     let event_id = h
-        .send_client_redaction(&s, &room_id, event_id, txn_id, b.reason)
+        .send_client_redaction(&s, &r.room_id, target, txn, r.reason)
         .await?;
-    Ok(Json(json!({"event_id": event_id})))
+    let event_id = stored_id(EventId::parse(event_id))?;
+    Ok(redact_event::v3::Response::new(event_id).into())
 }
 
 async fn get_event(
