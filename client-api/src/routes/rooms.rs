@@ -13,13 +13,18 @@ use hearth_core::{
     rooms::{CreateRoom, MemberAction, NewEvent},
     ruma::{
         RoomId, UserId,
-        api::client::membership::{
-            ban_user, forget_room, join_room_by_id, joined_rooms, kick_user, leave_room, unban_user,
+        api::client::{
+            membership::{
+                ban_user, forget_room, join_room_by_id, joined_rooms, kick_user, leave_room,
+                unban_user,
+            },
+            room::{Visibility, create_room},
         },
+        serde::Raw,
     },
 };
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value, json, value::RawValue as RawJsonValue};
 
 use super::{JsonResult, parse_room_id, parse_user_id, stored_id};
 use crate::{
@@ -67,68 +72,64 @@ struct InitialState {
     content: Map<String, Value>,
 }
 
-#[derive(Deserialize)]
-struct CreateRoomBody {
-    visibility: Option<String>,
-    room_alias_name: Option<String>,
-    name: Option<String>,
-    topic: Option<String>,
-    #[serde(default)]
-    invite: Vec<String>,
-    #[serde(default)]
-    invite_3pid: Vec<Value>,
-    room_version: Option<String>,
-    creation_content: Option<Map<String, Value>>,
-    #[serde(default)]
-    initial_state: Vec<InitialState>,
-    preset: Option<String>,
-    #[serde(default)]
-    is_direct: bool,
-    power_level_content_override: Option<Map<String, Value>>,
-}
-
 async fn create_room(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    JsonBody(b): JsonBody<CreateRoomBody>,
-) -> JsonResult {
-    let visibility_public = match b.visibility.as_deref() {
-        None | Some("private") => false,
-        Some("public") => true,
-        Some(v) => return Err(Error::invalid_param(format!("Invalid visibility {v}")).into()),
+    Ruma(b): Ruma<create_room::v3::Request>,
+) -> RumaResult<create_room::v3::Response> {
+    let visibility_public = match b.visibility {
+        Visibility::Private => false,
+        Visibility::Public => true,
+        v => return Err(Error::invalid_param(format!("Invalid visibility {v}")).into()),
     };
     if !b.invite_3pid.is_empty() {
         return Err(Error::invalid_param("Third-party invites are not supported").into());
     }
-    let invite = b
-        .invite
-        .iter()
-        .map(|u| parse_user_id(u))
-        .collect::<ApiResult<Vec<_>>>()?;
     if let Some(local) = &b.room_alias_name {
         let alias = format!("#{local}:{}", h.config.server_name);
         h.check_alias_claim(&alias, s.appservice.as_deref())?;
     }
     let req = CreateRoom {
-        preset: b.preset,
+        preset: b.preset.map(|p| p.as_str().to_owned()),
         visibility_public,
         name: b.name,
         topic: b.topic,
-        invite,
+        invite: b.invite,
         is_direct: b.is_direct,
         initial_state: b
             .initial_state
-            .into_iter()
-            .map(|s| (s.kind, s.state_key, Value::Object(s.content)))
-            .collect(),
+            .iter()
+            .map(initial_state_event)
+            .collect::<Result<_, _>>()?,
         room_alias_name: b.room_alias_name,
-        power_level_content_override: b.power_level_content_override,
-        room_version: b.room_version,
-        creation_content: b.creation_content,
+        power_level_content_override: b
+            .power_level_content_override
+            .map(|c| object(c.json(), "power_level_content_override"))
+            .transpose()?,
+        room_version: b.room_version.map(|v| v.to_string()),
+        creation_content: b
+            .creation_content
+            .map(|c| object(c.json(), "creation_content"))
+            .transpose()?,
     };
     let room_id = h.create_room(&s.user_id, req).await?;
     tracing::info!(room = %room_id, creator = %s.user_id, "room created");
-    Ok(Json(json!({"room_id": room_id})))
+    Ok(create_room::v3::Response::new(room_id).into())
+}
+
+/// One event of createRoom's `initial_state`: its type, state key (empty
+/// when absent) and content object.
+fn initial_state_event<T>(raw: &Raw<T>) -> Result<(String, String, Value), Error> {
+    let e: InitialState = raw
+        .deserialize_as_unchecked()
+        .map_err(|e| Error::bad_json(format!("Invalid initial_state event: {e}")))?;
+    Ok((e.kind, e.state_key, Value::Object(e.content)))
+}
+
+/// A body field ruma keeps raw that Hearth reads as a JSON object.
+fn object(raw: &RawJsonValue, field: &str) -> Result<Map<String, Value>, Error> {
+    serde_json::from_str(raw.get())
+        .map_err(|e| Error::bad_json(format!("{field} must be an object: {e}")))
 }
 
 #[derive(Deserialize, Default)]
