@@ -10,6 +10,16 @@ use axum::{
 use hearth_core::{
     Error, Hearth,
     ratelimit::Action,
+    ruma::api::client::{
+        account::get_username_availability,
+        session::{
+            get_login_types::{
+                self,
+                v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType},
+            },
+            logout, logout_all,
+        },
+    },
     uia::{UiaOutcome, UiaRequest},
 };
 use serde::Deserialize;
@@ -19,6 +29,7 @@ use super::JsonResult;
 use crate::{
     error::{ApiError, ApiResult},
     extract::{Auth, ClientIp, JsonBody, UiaJson, uia_request},
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -204,19 +215,23 @@ fn appservice_of(
         .ok_or_else(|| Error::UnknownToken { soft_logout: false }.into())
 }
 
-#[derive(Deserialize)]
-struct AvailableQuery {
-    username: String,
-}
-
-async fn available(State(h): State<Arc<Hearth>>, Query(q): Query<AvailableQuery>) -> JsonResult {
+async fn available(
+    State(h): State<Arc<Hearth>>,
+    Ruma(q): Ruma<get_username_availability::v3::Request>,
+) -> RumaResult<get_username_availability::v3::Response> {
     h.check_username_claimable(&q.username.to_lowercase())
         .await?;
-    Ok(Json(json!({"available": true})))
+    Ok(get_username_availability::v3::Response::new(true).into())
 }
 
-async fn login_flows() -> Json<Value> {
-    Json(json!({"flows": [{"type": "m.login.password"}, {"type": "m.login.application_service"}]}))
+async fn login_flows(
+    Ruma(_): Ruma<get_login_types::v3::Request>,
+) -> RumaResult<get_login_types::v3::Response> {
+    let flows = vec![
+        LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(ApplicationServiceLoginType::new()),
+    ];
+    Ok(get_login_types::v3::Response::new(flows).into())
 }
 
 /// The login identifier's user (`identifier.user`, or the older `user`).
@@ -303,14 +318,22 @@ async fn login(
 }
 
 /// Logging out ends the device: its token, keys and to-device inbox go.
-async fn logout(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+async fn logout(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(_): Ruma<logout::v3::Request>,
+) -> RumaResult<logout::v3::Response> {
     h.logout(&s).await?;
-    Ok(Json(json!({})))
+    Ok(logout::v3::Response::new().into())
 }
 
-async fn logout_all(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+async fn logout_all(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(_): Ruma<logout_all::v3::Request>,
+) -> RumaResult<logout_all::v3::Response> {
     h.delete_devices(&s.user_id, None).await?;
-    Ok(Json(json!({})))
+    Ok(logout_all::v3::Response::new().into())
 }
 
 async fn whoami(Auth(s): Auth) -> JsonResult {
