@@ -8,11 +8,19 @@ use axum::{
     extract::{Path, Query, State},
     routing::{get, post, put},
 };
-use hearth_core::{Error, Hearth, e2ee::backup::BackupScope, sync::SyncToken};
+use hearth_core::{
+    Error, Hearth,
+    e2ee::backup::BackupScope,
+    ruma::{UserId, api::client::keys::get_key_changes},
+    sync::SyncToken,
+};
 use serde_json::{Value, json};
 
-use super::{JsonResult, account::reauthenticate};
-use crate::extract::{Auth, JsonBody, UiaJson};
+use super::{JsonResult, account::reauthenticate, stored_id};
+use crate::{
+    extract::{Auth, JsonBody, UiaJson},
+    typed::{Ruma, RumaResult},
+};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -78,16 +86,15 @@ async fn claim(
 async fn changes(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Query(q): Query<HashMap<String, String>>,
-) -> JsonResult {
-    let token = |name: &str| -> Result<SyncToken, Error> {
-        q.get(name)
-            .ok_or_else(|| Error::MissingParam(format!("{name} is required")))?
-            .parse()
-    };
-    let (from, to) = (token("from")?, token("to")?);
+    Ruma(q): Ruma<get_key_changes::v3::Request>,
+) -> RumaResult<get_key_changes::v3::Response> {
+    let (from, to): (SyncToken, SyncToken) = (q.from.parse()?, q.to.parse()?);
     let changed = h.key_changes(&s.user_id, from.misc, to.misc).await?;
-    Ok(Json(json!({"changed": changed, "left": []})))
+    let changed = changed
+        .into_iter()
+        .map(|u| stored_id(UserId::parse(u)))
+        .collect::<Result<_, _>>()?;
+    Ok(get_key_changes::v3::Response::new(changed, vec![]).into())
 }
 
 /// Replacing existing cross-signing keys needs the password again; the first
