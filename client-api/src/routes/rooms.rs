@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     routing::{get, post},
 };
 use hearth_core::{
@@ -15,10 +15,14 @@ use hearth_core::{
         RoomId, UserId,
         api::client::{
             membership::{
-                ban_user, forget_room, join_room_by_id, joined_rooms, kick_user, leave_room,
-                unban_user,
+                ban_user, forget_room, get_member_events, join_room_by_id, joined_rooms, kick_user,
+                leave_room, unban_user,
             },
             room::{Visibility, create_room},
+            state::{
+                get_state_event_for_key::{self, v3::StateEventFormat},
+                get_state_events,
+            },
         },
         serde::Raw,
     },
@@ -49,11 +53,11 @@ pub fn routes() -> Router<Arc<Hearth>> {
         .route("/rooms/{room_id}/state", get(all_state))
         .route(
             "/rooms/{room_id}/state/{event_type}",
-            get(get_state_empty_key).put(put_state_empty_key),
+            get(get_state).put(put_state_empty_key),
         )
         .route(
             "/rooms/{room_id}/state/{event_type}/",
-            get(get_state_empty_key).put(put_state_empty_key),
+            get(get_state).put(put_state_empty_key),
         )
         .route(
             "/rooms/{room_id}/state/{event_type}/{state_key}",
@@ -313,54 +317,41 @@ async fn readable_state(
 async fn all_state(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-) -> JsonResult {
-    let state = readable_state(&h, &room_id, &s.user_id).await?;
-    let events: Vec<Value> = state.iter().map(|p| p.to_client(None, None)).collect();
-    Ok(Json(Value::Array(events)))
+    Ruma(req): Ruma<get_state_events::v3::Request>,
+) -> RumaResult<get_state_events::v3::Response> {
+    let state = h.readable_state(&req.room_id, &s.user_id).await?;
+    let events = state
+        .iter()
+        .map(|p| raw(&p.to_client(None, None)))
+        .collect::<Result<_, _>>()?;
+    Ok(get_state_events::v3::Response::new(events).into())
 }
 
-#[derive(Deserialize)]
-struct StateQuery {
-    format: Option<String>,
+/// A JSON value Hearth built, as ruma's raw JSON of a given type.
+fn raw<T>(value: &Value) -> Result<Raw<T>, Error> {
+    Ok(Raw::new(value)?.cast_unchecked())
 }
 
-async fn state_event(
-    h: &Hearth,
-    user: &hearth_core::ruma::UserId,
-    room: &str,
-    kind: &str,
-    sk: &str,
-    q: &StateQuery,
-) -> JsonResult {
-    let state = readable_state(h, room, user).await?;
+/// One state event's content, or the whole event with `?format=event`
+/// (served under both `/state/{type}` and `/state/{type}/{state_key}`).
+async fn get_state(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(req): Ruma<get_state_event_for_key::v3::Request>,
+) -> RumaResult<get_state_event_for_key::v3::Response> {
+    let state = h.readable_state(&req.room_id, &s.user_id).await?;
+    let (kind, sk) = (req.event_type.to_string(), req.state_key.as_str());
     let ev = state
         .into_iter()
         .find(|p| p.kind.to_string() == kind && p.state_key.as_deref() == Some(sk))
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    if q.format.as_deref() == Some("event") {
-        Ok(Json(ev.to_client(None, None)))
+    let value = if req.format == StateEventFormat::Event {
+        ev.to_client(None, None)
     } else {
-        Ok(Json(ev.content_value()))
-    }
-}
-
-async fn get_state(
-    State(h): State<Arc<Hearth>>,
-    Auth(s): Auth,
-    Path((room_id, kind, sk)): Path<(String, String, String)>,
-    Query(q): Query<StateQuery>,
-) -> JsonResult {
-    state_event(&h, &s.user_id, &room_id, &kind, &sk, &q).await
-}
-
-async fn get_state_empty_key(
-    State(h): State<Arc<Hearth>>,
-    Auth(s): Auth,
-    Path((room_id, kind)): Path<(String, String)>,
-    Query(q): Query<StateQuery>,
-) -> JsonResult {
-    state_event(&h, &s.user_id, &room_id, &kind, "", &q).await
+        ev.content_value()
+    };
+    let json = serde_json::value::to_raw_value(&value).map_err(Error::from)?;
+    Ok(get_state_event_for_key::v3::Response::new(json).into())
 }
 
 async fn send_state(
@@ -402,35 +393,27 @@ async fn put_state_empty_key(
     send_state(&h, &a, &room_id, &kind, "", content, query.as_deref()).await
 }
 
-#[derive(Deserialize)]
-struct MembersQuery {
-    membership: Option<String>,
-    not_membership: Option<String>,
-}
-
 async fn members(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Query(q): Query<MembersQuery>,
-) -> JsonResult {
-    let state = readable_state(&h, &room_id, &s.user_id).await?;
-    let chunk: Vec<Value> = state
+    Ruma(q): Ruma<get_member_events::v3::Request>,
+) -> RumaResult<get_member_events::v3::Response> {
+    let state = h.readable_state(&q.room_id, &s.user_id).await?;
+    let (wanted, unwanted) = (q.membership.as_ref(), q.not_membership.as_ref());
+    let chunk = state
         .iter()
         .filter(|p| p.kind.to_string() == "m.room.member")
         .filter(|p| {
-            let m = p
-                .content_value()
+            let c = p.content_value();
+            let m = c
                 .get("membership")
                 .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            q.membership.as_ref().is_none_or(|w| *w == m)
-                && q.not_membership.as_ref().is_none_or(|n| *n != m)
+                .unwrap_or_default();
+            wanted.is_none_or(|w| w.as_str() == m) && unwanted.is_none_or(|n| n.as_str() != m)
         })
-        .map(|p| p.to_client(None, None))
-        .collect();
-    Ok(Json(json!({"chunk": chunk})))
+        .map(|p| raw(&p.to_client(None, None)))
+        .collect::<Result<_, _>>()?;
+    Ok(get_member_events::v3::Response::new(chunk).into())
 }
 
 async fn joined_members(
