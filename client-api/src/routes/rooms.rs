@@ -14,14 +14,15 @@ use hearth_core::{
     ruma::{
         RoomId, UserId,
         api::client::{
+            knock::knock_room,
             membership::{
-                ban_user, forget_room, get_member_events, join_room_by_id, joined_rooms, kick_user,
-                leave_room, unban_user,
+                ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+                join_room_by_id_or_alias, joined_rooms, kick_user, leave_room, unban_user,
             },
             room::{Visibility, create_room},
             state::{
                 get_state_event_for_key::{self, v3::StateEventFormat},
-                get_state_events,
+                get_state_events, send_state_event,
             },
         },
         serde::Raw,
@@ -147,7 +148,7 @@ async fn join_by_id_or_alias(
     Path(room): Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(b): JsonBody<ReasonBody>,
-) -> JsonResult {
+) -> RumaResult<join_room_by_id_or_alias::v3::Response> {
     let room_id = h
         .join_anywhere(
             &room,
@@ -156,7 +157,8 @@ async fn join_by_id_or_alias(
             via_servers(query.as_deref()),
         )
         .await?;
-    Ok(Json(json!({"room_id": room_id})))
+    let room_id = stored_id(RoomId::parse(room_id))?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }
 
 async fn knock(
@@ -165,7 +167,7 @@ async fn knock(
     Path(room): Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(b): JsonBody<ReasonBody>,
-) -> JsonResult {
+) -> RumaResult<knock_room::v3::Response> {
     let room_id = h
         .knock_anywhere(
             &room,
@@ -174,7 +176,8 @@ async fn knock(
             via_servers(query.as_deref()),
         )
         .await?;
-    Ok(Json(json!({"room_id": room_id})))
+    let room_id = stored_id(RoomId::parse(room_id))?;
+    Ok(knock_room::v3::Response::new(room_id).into())
 }
 
 /// The servers a client names to join through (`via`, and the older
@@ -233,12 +236,12 @@ async fn invite(
     Auth(s): Auth,
     Path(room_id): Path<String>,
     JsonBody(b): JsonBody<TargetBody>,
-) -> JsonResult {
+) -> RumaResult<invite_user::v3::Response> {
     let room_id = parse_room_id(&room_id)?;
     let target = parse_user_id(&b.user_id)?;
     h.invite_user(&room_id, &s.user_id, &target, b.reason.as_deref())
         .await?;
-    Ok(Json(json!({})))
+    Ok(invite_user::v3::Response::new().into())
 }
 
 /// A kick, ban or unban: the room, its target and the reason.
@@ -362,7 +365,7 @@ async fn send_state(
     sk: &str,
     content: Map<String, Value>,
     query: Option<&str>,
-) -> JsonResult {
+) -> RumaResult<send_state_event::v3::Response> {
     let room_id = parse_room_id(room)?;
     if kind == "m.room.member" {
         parse_user_id(sk)?;
@@ -370,7 +373,7 @@ async fn send_state(
     let mut ev = NewEvent::state(s.0.user_id.clone(), kind, sk, Value::Object(content));
     ev.ts = crate::extract::massaged_ts(&s.0, query)?;
     let event_id = h.send_event(&room_id, ev).await?;
-    Ok(Json(json!({"event_id": event_id})))
+    Ok(send_state_event::v3::Response::new(event_id).into())
 }
 
 async fn put_state(
@@ -379,7 +382,7 @@ async fn put_state(
     Path((room_id, kind, sk)): Path<(String, String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<send_state_event::v3::Response> {
     send_state(&h, &a, &room_id, &kind, &sk, content, query.as_deref()).await
 }
 
@@ -389,7 +392,7 @@ async fn put_state_empty_key(
     Path((room_id, kind)): Path<(String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<send_state_event::v3::Response> {
     send_state(&h, &a, &room_id, &kind, "", content, query.as_deref()).await
 }
 
