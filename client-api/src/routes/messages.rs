@@ -13,7 +13,10 @@ use hearth_core::{
     filter::EventFilter,
     pdu::StoredEvent,
     rooms::MessagesRequest,
-    ruma::{EventId, api::client::redact::redact_event},
+    ruma::{
+        EventId,
+        api::client::{message::send_message_event, redact::redact_event},
+    },
     store::Direction,
 };
 use serde::Deserialize;
@@ -41,10 +44,11 @@ async fn send(
     Path((room_id, kind, txn_id)): Path<(String, String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<send_message_event::v3::Response> {
     let ts = crate::extract::massaged_ts(&s, query.as_deref())?;
     let event_id = send_message(&h, &s, &room_id, &kind, &txn_id, content, ts).await?;
-    Ok(Json(json!({"event_id": event_id})))
+    let event_id = stored_id(EventId::parse(event_id))?;
+    Ok(send_message_event::v3::Response::new(event_id).into())
 }
 
 /// A client send, shared by PUT /send and the WebSocket: idempotent per
