@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{Path, State},
     routing::{get, post, put},
 };
@@ -13,14 +13,19 @@ use hearth_core::{
     ids::now_ms,
     receipts::ReceiptUpdate,
     ruma::{
-        api::client::presence::{get_presence, set_presence},
+        api::client::{
+            presence::{get_presence, set_presence},
+            read_marker::set_read_marker,
+            receipt::create_receipt,
+            typing::create_typing_event,
+        },
         presence::PresenceState,
     },
 };
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::{JsonResult, parse_room_id, parse_user_id};
+use super::{parse_room_id, parse_user_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
@@ -52,12 +57,12 @@ async fn typing(
     Auth(s): Auth,
     Path((room_id, user_id)): Path<(String, String)>,
     JsonBody(b): JsonBody<TypingBody>,
-) -> JsonResult {
+) -> RumaResult<create_typing_event::v3::Response> {
     if parse_user_id(&user_id)? != s.user_id {
         return Err(Error::forbidden("You cannot set another user's typing state").into());
     }
     set_typing(&h, &s, &room_id, b.typing, b.timeout).await?;
-    Ok(Json(json!({})))
+    Ok(create_typing_event::v3::Response::new().into())
 }
 
 /// Typing on or off for the requester (HTTP and WebSocket).
@@ -83,14 +88,14 @@ async fn receipt(
     Auth(s): Auth,
     Path((room_id, kind, event_id)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<create_receipt::v3::Response> {
     let thread_id = match body.get("thread_id") {
         None => None,
         Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
         Some(_) => return Err(Error::invalid_param("thread_id must be a non-empty string").into()),
     };
     post_receipt(&h, &s, &room_id, &kind, &event_id, thread_id.as_deref()).await?;
-    Ok(Json(json!({})))
+    Ok(create_receipt::v3::Response::new().into())
 }
 
 /// A read receipt or fully-read marker from the requester (HTTP and WebSocket).
@@ -117,7 +122,7 @@ async fn read_markers(
     Auth(s): Auth,
     Path(room_id): Path<String>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<set_read_marker::v3::Response> {
     let room = parse_room_id(&room_id)?;
     let mut updates = vec![];
     for kind in ["m.fully_read", "m.read", "m.read.private"] {
@@ -132,7 +137,7 @@ async fn read_markers(
         }
     }
     h.set_receipts(&room, &s.user_id, &updates).await?;
-    Ok(Json(json!({})))
+    Ok(set_read_marker::v3::Response::new().into())
 }
 
 async fn get_presence(
