@@ -17,7 +17,7 @@ use hearth_core::{
                 get_global_account_data, get_room_account_data, set_global_account_data,
                 set_room_account_data,
             },
-            tag::delete_tag,
+            tag::{create_tag, delete_tag},
         },
         serde::Raw,
     },
@@ -145,11 +145,11 @@ async fn put_tag(
     Auth(s): Auth,
     Path((user_id, room_id, tag)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<create_tag::v3::Response> {
     ensure_self(&s, &parse_user_id(&user_id)?)?;
     let room = parse_room_id(&room_id)?;
     h.set_room_tag(&s.user_id, &room, tag, body).await?;
-    Ok(Json(json!({})))
+    Ok(create_tag::v3::Response::new().into())
 }
 
 async fn delete_tag(
