@@ -13,14 +13,14 @@ use hearth_core::{
     ruma::{
         RoomAliasId, RoomId, ServerName,
         api::client::{
-            alias::{delete_alias, get_alias},
-            directory::get_room_visibility,
+            alias::{create_alias, delete_alias, get_alias},
+            directory::{get_room_visibility, set_room_visibility},
             room::{Visibility, aliases},
         },
     },
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{JsonResult, parse_room_id, stored_id};
 use crate::{
@@ -100,7 +100,7 @@ async fn put_alias(
     Auth(s): Auth,
     Path(alias): Path<String>,
     JsonBody(b): JsonBody<AliasBody>,
-) -> JsonResult {
+) -> RumaResult<create_alias::v3::Response> {
     h.create_room_alias(&alias, &b.room_id, &s.user_id, s.appservice.as_deref())
         .await
         .map_err(|e| match e {
@@ -111,7 +111,7 @@ async fn put_alias(
             ),
             other => other.into(),
         })?;
-    Ok(Json(json!({})))
+    Ok(create_alias::v3::Response::new().into())
 }
 
 async fn delete_alias(
@@ -160,11 +160,11 @@ async fn put_visibility(
     Auth(s): Auth,
     Path(room_id): Path<String>,
     JsonBody(b): JsonBody<VisibilityBody>,
-) -> JsonResult {
+) -> RumaResult<set_room_visibility::v3::Response> {
     let room = parse_room_id(&room_id)?;
     h.set_room_visibility(&room, &s.user_id, b.visibility.as_deref())
         .await?;
-    Ok(Json(json!({})))
+    Ok(set_room_visibility::v3::Response::new().into())
 }
 
 #[derive(Deserialize, Default)]
