@@ -7,7 +7,11 @@ use axum::{
     extract::{Path, State},
     routing::{get, post},
 };
-use hearth_core::{Hearth, ruma::api::client::device::update_device, store::DeviceRecord};
+use hearth_core::{
+    Hearth,
+    ruma::api::client::device::{delete_device, delete_devices, update_device},
+    store::DeviceRecord,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -74,12 +78,12 @@ async fn delete_one(
     Auth(s): Auth,
     Path(device_id): Path<String>,
     uia: UiaJson<Value>,
-) -> JsonResult {
+) -> RumaResult<delete_device::v3::Response> {
     // An unknown device is 404 before any password is asked for.
     h.device(&s.user_id, &device_id).await?;
     reauthenticate(&h, &uia, &s.user_id).await?;
     h.delete_devices(&s.user_id, Some(&[device_id])).await?;
-    Ok(Json(json!({})))
+    Ok(delete_device::v3::Response::new().into())
 }
 
 #[derive(Deserialize)]
@@ -91,9 +95,9 @@ async fn delete_many(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     uia: UiaJson<DeleteManyBody>,
-) -> JsonResult {
+) -> RumaResult<delete_devices::v3::Response> {
     reauthenticate(&h, &uia, &s.user_id).await?;
     h.delete_devices(&s.user_id, Some(&uia.body.devices))
         .await?;
-    Ok(Json(json!({})))
+    Ok(delete_devices::v3::Response::new().into())
 }
