@@ -11,10 +11,17 @@ use axum::{
 use hearth_core::{
     Error, Hearth,
     e2ee::backup::BackupScope,
-    ruma::{UserId, api::client::keys::get_key_changes},
+    ruma::{
+        UserId,
+        api::client::{
+            backup::{delete_backup_version, update_backup_version},
+            keys::{get_key_changes, upload_signing_keys},
+            to_device::send_event_to_device,
+        },
+    },
     sync::SyncToken,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{JsonResult, account::reauthenticate, stored_id};
 use crate::{
@@ -103,12 +110,12 @@ async fn device_signing(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     uia: UiaJson<Value>,
-) -> JsonResult {
+) -> RumaResult<upload_signing_keys::v3::Response> {
     if h.has_master_cross_signing_key(&s.user_id).await? {
         reauthenticate(&h, &uia, &s.user_id).await?;
     }
     h.upload_cross_signing_keys(&s.user_id, &uia.body).await?;
-    Ok(Json(json!({})))
+    Ok(upload_signing_keys::v3::Response::new().into())
 }
 
 async fn signatures(
@@ -124,13 +131,13 @@ async fn send_to_device(
     Auth(s): Auth,
     Path((kind, txn)): Path<(String, String)>,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> RumaResult<send_event_to_device::v3::Response> {
     let messages = body
         .get("messages")
         .ok_or_else(|| Error::MissingParam("messages is required".into()))?;
     h.send_to_device(&s.user_id, &s.device_id, &kind, &txn, messages)
         .await?;
-    Ok(Json(json!({})))
+    Ok(send_event_to_device::v3::Response::new().into())
 }
 
 async fn create_backup(
@@ -158,18 +165,18 @@ async fn update_backup(
     Auth(s): Auth,
     Path(version): Path<String>,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> RumaResult<update_backup_version::v3::Response> {
     h.update_backup_version(&s.user_id, &version, &body).await?;
-    Ok(Json(json!({})))
+    Ok(update_backup_version::v3::Response::new().into())
 }
 
 async fn delete_backup(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Path(version): Path<String>,
-) -> JsonResult {
+) -> RumaResult<delete_backup_version::v3::Response> {
     h.delete_backup_version(&s.user_id, &version).await?;
-    Ok(Json(json!({})))
+    Ok(delete_backup_version::v3::Response::new().into())
 }
 
 fn version_of(q: &HashMap<String, String>) -> Result<&str, Error> {
