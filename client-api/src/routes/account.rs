@@ -11,7 +11,9 @@ use hearth_core::{
     Error, Hearth,
     ratelimit::Action,
     ruma::api::client::{
-        account::get_username_availability,
+        account::{
+            ThirdPartyIdRemovalStatus, change_password, deactivate, get_username_availability,
+        },
         session::{
             get_login_types::{
                 self,
@@ -360,7 +362,7 @@ async fn change_password(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     uia: UiaJson<PasswordBody>,
-) -> JsonResult {
+) -> RumaResult<change_password::v3::Response> {
     reauthenticate(&h, &uia, &s.user_id).await?;
     let body = uia.body;
     let new = body
@@ -369,16 +371,16 @@ async fn change_password(
         .ok_or_else(|| Error::MissingParam("Missing new_password".into()))?;
     h.change_password(&s.user_id, new, body.logout_devices, Some(&s.token_hash))
         .await?;
-    Ok(Json(json!({})))
+    Ok(change_password::v3::Response::new().into())
 }
 
 async fn deactivate(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     uia: UiaJson<Value>,
-) -> JsonResult {
+) -> RumaResult<deactivate::v3::Response> {
     reauthenticate(&h, &uia, &s.user_id).await?;
     h.deactivate_account(&s.user_id).await?;
     tracing::info!(user = %s.user_id, "deactivated");
-    Ok(Json(json!({"id_server_unbind_result": "no-support"})))
+    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport).into())
 }
