@@ -258,4 +258,21 @@ mod tests {
             }
         }
     }
+
+    #[tokio::test]
+    async fn body_limit_holds() {
+        let app = Router::new()
+            .route("/rooms/{room_id}/kick", post(kick))
+            .layer(axum::extract::DefaultBodyLimit::max(16));
+        let body = r#"{"user_id": "@someone:example.org"}"#;
+        let request = axum::http::Request::post("/rooms/!r:x/kick")
+            .body(Body::from(body))
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(errcode(&String::from_utf8_lossy(&bytes)), "M_TOO_LARGE");
+    }
 }
