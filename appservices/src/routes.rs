@@ -9,12 +9,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use hearth_core::{Hearth, ruma::api::client::appservice::request_ping};
+use hearth_core::Hearth;
 use hearth_http_common::{
     error::ApiError,
     extract::Auth,
     typed::{Ruma, RumaResponse},
 };
+use ruma_client_api::appservice::request_ping;
 use serde_json::json;
 
 use crate::AsClient;

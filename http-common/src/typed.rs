@@ -174,7 +174,7 @@ mod tests {
         body::Body,
         routing::{get, post},
     };
-    use hearth_core::ruma::api::client::{membership::kick_user, message::get_message_events};
+    use ruma_client_api::{membership::kick_user, message::get_message_events};
     use tower::ServiceExt;
 
     use super::*;

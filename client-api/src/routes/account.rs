@@ -10,19 +10,17 @@ use axum::{
 use hearth_core::{
     Error, Hearth,
     ratelimit::Action,
-    ruma::api::client::{
-        account::{
-            ThirdPartyIdRemovalStatus, change_password, deactivate, get_username_availability,
-        },
-        session::{
-            get_login_types::{
-                self,
-                v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType},
-            },
-            logout, logout_all,
-        },
-    },
     uia::{UiaOutcome, UiaRequest},
+};
+use ruma_client_api::{
+    account::{ThirdPartyIdRemovalStatus, change_password, deactivate, get_username_availability},
+    session::{
+        get_login_types::{
+            self,
+            v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType},
+        },
+        logout, logout_all,
+    },
 };
 use serde::Deserialize;
 use serde_json::{Value, json};

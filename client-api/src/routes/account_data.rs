@@ -10,17 +10,14 @@ use axum::{
 use hearth_core::{
     Error, Hearth,
     accounts::Session,
-    ruma::{
-        UserId,
-        api::client::{
-            config::{
-                get_global_account_data, get_room_account_data, set_global_account_data,
-                set_room_account_data,
-            },
-            tag::{create_tag, delete_tag},
-        },
-        serde::Raw,
+    ruma::{UserId, serde::Raw},
+};
+use ruma_client_api::{
+    config::{
+        get_global_account_data, get_room_account_data, set_global_account_data,
+        set_room_account_data,
     },
+    tag::{create_tag, delete_tag},
 };
 use serde_json::{Map, Value, json};
 

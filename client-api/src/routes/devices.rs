@@ -7,11 +7,8 @@ use axum::{
     extract::{Path, State},
     routing::{get, post},
 };
-use hearth_core::{
-    Hearth,
-    ruma::api::client::device::{delete_device, delete_devices, update_device},
-    store::DeviceRecord,
-};
+use hearth_core::{Hearth, store::DeviceRecord};
+use ruma_client_api::device::{delete_device, delete_devices, update_device};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

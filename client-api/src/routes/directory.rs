@@ -10,14 +10,12 @@ use axum::{
 };
 use hearth_core::{
     Error, Hearth,
-    ruma::{
-        RoomAliasId, RoomId, ServerName,
-        api::client::{
-            alias::{create_alias, delete_alias, get_alias},
-            directory::{get_room_visibility, set_room_visibility},
-            room::{Visibility, aliases},
-        },
-    },
+    ruma::{RoomAliasId, RoomId, ServerName},
+};
+use ruma_client_api::{
+    alias::{create_alias, delete_alias, get_alias},
+    directory::{get_room_visibility, set_room_visibility},
+    room::{Visibility, aliases},
 };
 use serde::Deserialize;
 use serde_json::Value;

@@ -3,10 +3,8 @@
 use std::sync::Arc;
 
 use axum::{Json, Router, extract::State, routing::get};
-use hearth_core::{
-    CoreConfig, Hearth,
-    ruma::api::client::discovery::discover_homeserver::{self, HomeserverInfo},
-};
+use hearth_core::{CoreConfig, Hearth};
+use ruma_client_api::discovery::discover_homeserver::{self, HomeserverInfo};
 use serde_json::{Value, json};
 
 use super::JsonResult;

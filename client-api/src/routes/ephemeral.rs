@@ -8,19 +8,14 @@ use axum::{
     routing::{get, post, put},
 };
 use hearth_core::{
-    Error, Hearth,
-    accounts::Session,
-    ids::now_ms,
-    receipts::ReceiptUpdate,
-    ruma::{
-        api::client::{
-            presence::{get_presence, set_presence},
-            read_marker::set_read_marker,
-            receipt::create_receipt,
-            typing::create_typing_event,
-        },
-        presence::PresenceState,
-    },
+    Error, Hearth, accounts::Session, ids::now_ms, receipts::ReceiptUpdate,
+    ruma::presence::PresenceState,
+};
+use ruma_client_api::{
+    presence::{get_presence, set_presence},
+    read_marker::set_read_marker,
+    receipt::create_receipt,
+    typing::create_typing_event,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value};

@@ -8,18 +8,11 @@ use axum::{
     extract::{Path, Query, State},
     routing::{get, post, put},
 };
-use hearth_core::{
-    Error, Hearth,
-    e2ee::backup::BackupScope,
-    ruma::{
-        UserId,
-        api::client::{
-            backup::{delete_backup_version, update_backup_version},
-            keys::{get_key_changes, upload_signing_keys},
-            to_device::send_event_to_device,
-        },
-    },
-    sync::SyncToken,
+use hearth_core::{Error, Hearth, e2ee::backup::BackupScope, ruma::UserId, sync::SyncToken};
+use ruma_client_api::{
+    backup::{delete_backup_version, update_backup_version},
+    keys::{get_key_changes, upload_signing_keys},
+    to_device::send_event_to_device,
 };
 use serde_json::Value;
 

@@ -8,17 +8,10 @@ use axum::{
     routing::{get, put},
 };
 use hearth_core::{
-    Error, Hearth,
-    accounts::Session,
-    filter::EventFilter,
-    pdu::StoredEvent,
-    rooms::MessagesRequest,
-    ruma::{
-        EventId,
-        api::client::{message::send_message_event, redact::redact_event},
-    },
-    store::Direction,
+    Error, Hearth, accounts::Session, filter::EventFilter, pdu::StoredEvent,
+    rooms::MessagesRequest, ruma::EventId, store::Direction,
 };
+use ruma_client_api::{message::send_message_event, redact::redact_event};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 

@@ -3,16 +3,9 @@
 use std::sync::Arc;
 
 use axum::{Router, extract::State, routing::get};
-use hearth_core::{
-    Error, Hearth,
-    accounts::Session,
-    profile::Profile,
-    ruma::{
-        UserId,
-        api::client::profile::{
-            get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name,
-        },
-    },
+use hearth_core::{Error, Hearth, accounts::Session, profile::Profile, ruma::UserId};
+use ruma_client_api::profile::{
+    get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name,
 };
 use serde_json::Value;
 

@@ -8,13 +8,10 @@ use axum::{
     extract::{Path, Query, State},
     routing::{get, post},
 };
-use hearth_core::{
-    Hearth,
-    push::RulePath,
-    ruma::api::client::push::{
-        delete_pushrule, get_pushrule_enabled, set_pusher, set_pushrule, set_pushrule_actions,
-        set_pushrule_enabled,
-    },
+use hearth_core::{Hearth, push::RulePath};
+use ruma_client_api::push::{
+    delete_pushrule, get_pushrule_enabled, set_pusher, set_pushrule, set_pushrule_actions,
+    set_pushrule_enabled,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};

@@ -11,21 +11,18 @@ use hearth_core::{
     Error, Hearth,
     pdu::Pdu,
     rooms::{CreateRoom, MemberAction, NewEvent},
-    ruma::{
-        RoomId, UserId,
-        api::client::{
-            knock::knock_room,
-            membership::{
-                ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
-                join_room_by_id_or_alias, joined_rooms, kick_user, leave_room, unban_user,
-            },
-            room::{Visibility, create_room},
-            state::{
-                get_state_event_for_key::{self, v3::StateEventFormat},
-                get_state_events, send_state_event,
-            },
-        },
-        serde::Raw,
+    ruma::{RoomId, UserId, serde::Raw},
+};
+use ruma_client_api::{
+    knock::knock_room,
+    membership::{
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+        join_room_by_id_or_alias, joined_rooms, kick_user, leave_room, unban_user,
+    },
+    room::{Visibility, create_room},
+    state::{
+        get_state_event_for_key::{self, v3::StateEventFormat},
+        get_state_events, send_state_event,
     },
 };
 use serde::Deserialize;

@@ -8,10 +8,9 @@ use axum::{
     routing::{get, post},
 };
 use hearth_core::{Error, Hearth, sync::SyncRequest};
+use ruma_client_api::filter::create_filter;
 use serde::Deserialize;
 use serde_json::Value;
-
-use hearth_core::ruma::api::client::filter::create_filter;
 
 use super::{JsonResult, parse_user_id};
 use crate::{
