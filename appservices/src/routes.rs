@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::post,
@@ -12,9 +12,10 @@ use axum::{
 use hearth_core::Hearth;
 use hearth_http_common::{
     error::ApiError,
-    extract::{Auth, JsonBody},
+    extract::Auth,
+    typed::{Ruma, RumaResponse},
 };
-use serde::Deserialize;
+use ruma_client_api::appservice::request_ping;
 use serde_json::json;
 
 use crate::AsClient;
@@ -28,19 +29,14 @@ pub fn router() -> Router<Arc<Hearth>> {
         .merge(crate::thirdparty::routes())
 }
 
-#[derive(Deserialize)]
-struct PingBody {
-    transaction_id: Option<String>,
-}
-
 /// `POST /_matrix/client/v1/appservice/{id}/ping`: the service asks Hearth
 /// to ping it back, proving both directions work.
 async fn ping(
     State(_h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(id): Path<String>,
-    JsonBody(b): JsonBody<PingBody>,
+    Ruma(req): Ruma<request_ping::v1::Request>,
 ) -> Result<Response, ApiError> {
+    let id = req.appservice_id;
     let service = match &s.appservice {
         Some(service) if service.id == id => service.clone(),
         _ => {
@@ -52,10 +48,10 @@ async fn ping(
         }
     };
     match AsClient::shared()
-        .ping(&service, b.transaction_id.as_deref())
+        .ping(&service, req.transaction_id.as_ref().map(|t| t.as_str()))
         .await
     {
-        Ok(took) => Ok(Json(json!({"duration_ms": took.as_millis() as u64})).into_response()),
+        Ok(took) => Ok(RumaResponse(request_ping::v1::Response::new(took)).into_response()),
         Err(e) => {
             let (status, errcode, extra) = e.parts();
             let mut body = json!({"errcode": errcode, "error": e.to_string()});

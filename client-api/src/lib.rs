@@ -1,7 +1,7 @@
 //! `/_matrix/client/*` and `/_matrix/media/*`: HTTP in, calls on
 //! [`hearth_core::Hearth`] out. Each `routes` module owns one area of the API.
 
-pub use hearth_http_common::error;
+pub use hearth_http_common::{error, typed};
 pub mod extract;
 mod forward;
 mod push_gateway;

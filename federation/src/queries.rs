@@ -8,29 +8,30 @@ use axum::{
     extract::{Query, State},
 };
 use hearth_core::{Error, Result};
-use hearth_http_common::error::ApiError;
-use ruma::{RoomAliasId, RoomId, UserId};
+use hearth_http_common::{
+    error::ApiError,
+    typed::{Ruma, RumaResult},
+};
+use ruma::{
+    RoomAliasId, RoomId, UserId,
+    api::federation::query::{get_profile_information, get_room_information},
+    profile::UserProfile,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{Federation, auth::Origin};
 
-#[derive(Deserialize)]
-pub(crate) struct ProfileQuery {
-    user_id: String,
-    field: Option<String>,
-}
-
 pub(crate) async fn profile(
     State(fed): State<Arc<Federation>>,
     Extension(Origin(origin)): Extension<Origin>,
-    Query(q): Query<ProfileQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let user = UserId::parse(&q.user_id).map_err(|_| Error::invalid_param("Invalid user_id"))?;
+    Ruma(q): Ruma<get_profile_information::v1::Request>,
+) -> RumaResult<get_profile_information::v1::Response> {
+    let user = q.user_id;
     if user.server_name() != fed.server_name() {
         return Err(Error::invalid_param("user_id is not on this server").into());
     }
-    let field = q.field.as_deref();
+    let field = q.field.as_ref().map(|f| f.as_str());
     if !matches!(field, None | Some("displayname") | Some("avatar_url")) {
         return Err(Error::invalid_param("field must be displayname or avatar_url").into());
     }
@@ -40,31 +41,25 @@ pub(crate) async fn profile(
         .active_user(user.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Profile not found"))?;
-    let mut body = Map::new();
+    let mut data = UserProfile::new();
     if field != Some("avatar_url")
         && let Some(n) = u.displayname
     {
-        body.insert("displayname".into(), json!(n));
+        data.set("displayname".into(), Value::String(n));
     }
     if field != Some("displayname")
         && let Some(a) = u.avatar_url
     {
-        body.insert("avatar_url".into(), json!(a));
+        data.set("avatar_url".into(), Value::String(a));
     }
-    Ok(Json(Value::Object(body)))
-}
-
-#[derive(Deserialize)]
-pub(crate) struct DirectoryQuery {
-    room_alias: String,
+    Ok(get_profile_information::v1::Response::from(data).into())
 }
 
 pub(crate) async fn directory(
     State(fed): State<Arc<Federation>>,
-    Query(q): Query<DirectoryQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let alias = RoomAliasId::parse(&q.room_alias)
-        .map_err(|_| Error::invalid_param("Invalid room_alias"))?;
+    Ruma(q): Ruma<get_room_information::v1::Request>,
+) -> RumaResult<get_room_information::v1::Response> {
+    let alias = q.room_alias;
     if alias.server_name() != fed.server_name() {
         return Err(Error::invalid_param("room_alias is not on this server").into());
     }
@@ -73,9 +68,10 @@ pub(crate) async fn directory(
         .resolve_local_alias(alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
-    Ok(Json(
-        json!({"room_id": room_id, "servers": [fed.server_name()]}),
-    ))
+    let room_id = RoomId::parse(room_id)
+        .map_err(|e| Error::Internal(format!("invalid room id in storage: {e}")))?;
+    let servers = vec![fed.server_name().to_owned()];
+    Ok(get_room_information::v1::Response::new(room_id, servers).into())
 }
 
 /// `GET /event/{eventId}`: one event, for a server with members in its room

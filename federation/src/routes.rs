@@ -9,8 +9,12 @@ use axum::{
     response::IntoResponse,
     routing::{get, post, put},
 };
-use hearth_http_common::error::ApiError;
-use serde_json::{Value, json};
+use hearth_http_common::{
+    error::ApiError,
+    typed::{Ruma, RumaResult},
+};
+use ruma::api::federation::discovery::get_server_version;
+use serde_json::json;
 
 use crate::{Federation, acl, auth, e2ee, history, membership, queries, server_keys, transactions};
 
@@ -128,8 +132,15 @@ fn query_routes() -> Router<Arc<Federation>> {
         )
 }
 
-async fn version() -> Json<Value> {
-    Json(json!({"server": {"name": "Hearth", "version": env!("CARGO_PKG_VERSION")}}))
+async fn version(
+    Ruma(_): Ruma<get_server_version::v1::Request>,
+) -> RumaResult<get_server_version::v1::Response> {
+    let mut server = get_server_version::v1::Server::new();
+    server.name = Some("Hearth".to_owned());
+    server.version = Some(env!("CARGO_PKG_VERSION").to_owned());
+    let mut response = get_server_version::v1::Response::new();
+    response.server = Some(server);
+    Ok(response.into())
 }
 
 async fn well_known(State(fed): State<Arc<Federation>>) -> impl IntoResponse {

@@ -12,6 +12,16 @@ use hearth_core::{
     ratelimit::Action,
     uia::{UiaOutcome, UiaRequest},
 };
+use ruma_client_api::{
+    account::{ThirdPartyIdRemovalStatus, change_password, deactivate, get_username_availability},
+    session::{
+        get_login_types::{
+            self,
+            v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType},
+        },
+        logout, logout_all,
+    },
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,6 +29,7 @@ use super::JsonResult;
 use crate::{
     error::{ApiError, ApiResult},
     extract::{Auth, ClientIp, JsonBody, UiaJson, uia_request},
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -204,19 +215,23 @@ fn appservice_of(
         .ok_or_else(|| Error::UnknownToken { soft_logout: false }.into())
 }
 
-#[derive(Deserialize)]
-struct AvailableQuery {
-    username: String,
-}
-
-async fn available(State(h): State<Arc<Hearth>>, Query(q): Query<AvailableQuery>) -> JsonResult {
+async fn available(
+    State(h): State<Arc<Hearth>>,
+    Ruma(q): Ruma<get_username_availability::v3::Request>,
+) -> RumaResult<get_username_availability::v3::Response> {
     h.check_username_claimable(&q.username.to_lowercase())
         .await?;
-    Ok(Json(json!({"available": true})))
+    Ok(get_username_availability::v3::Response::new(true).into())
 }
 
-async fn login_flows() -> Json<Value> {
-    Json(json!({"flows": [{"type": "m.login.password"}, {"type": "m.login.application_service"}]}))
+async fn login_flows(
+    Ruma(_): Ruma<get_login_types::v3::Request>,
+) -> RumaResult<get_login_types::v3::Response> {
+    let flows = vec![
+        LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(ApplicationServiceLoginType::new()),
+    ];
+    Ok(get_login_types::v3::Response::new(flows).into())
 }
 
 /// The login identifier's user (`identifier.user`, or the older `user`).
@@ -303,14 +318,22 @@ async fn login(
 }
 
 /// Logging out ends the device: its token, keys and to-device inbox go.
-async fn logout(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+async fn logout(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(_): Ruma<logout::v3::Request>,
+) -> RumaResult<logout::v3::Response> {
     h.logout(&s).await?;
-    Ok(Json(json!({})))
+    Ok(logout::v3::Response::new().into())
 }
 
-async fn logout_all(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+async fn logout_all(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(_): Ruma<logout_all::v3::Request>,
+) -> RumaResult<logout_all::v3::Response> {
     h.delete_devices(&s.user_id, None).await?;
-    Ok(Json(json!({})))
+    Ok(logout_all::v3::Response::new().into())
 }
 
 async fn whoami(Auth(s): Auth) -> JsonResult {
@@ -337,7 +360,7 @@ async fn change_password(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     uia: UiaJson<PasswordBody>,
-) -> JsonResult {
+) -> RumaResult<change_password::v3::Response> {
     reauthenticate(&h, &uia, &s.user_id).await?;
     let body = uia.body;
     let new = body
@@ -346,16 +369,16 @@ async fn change_password(
         .ok_or_else(|| Error::MissingParam("Missing new_password".into()))?;
     h.change_password(&s.user_id, new, body.logout_devices, Some(&s.token_hash))
         .await?;
-    Ok(Json(json!({})))
+    Ok(change_password::v3::Response::new().into())
 }
 
 async fn deactivate(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     uia: UiaJson<Value>,
-) -> JsonResult {
+) -> RumaResult<deactivate::v3::Response> {
     reauthenticate(&h, &uia, &s.user_id).await?;
     h.deactivate_account(&s.user_id).await?;
     tracing::info!(user = %s.user_id, "deactivated");
-    Ok(Json(json!({"id_server_unbind_result": "no-support"})))
+    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport).into())
 }

@@ -7,13 +7,25 @@ use axum::{
     extract::{Path, State},
     routing::{get, put},
 };
-use hearth_core::{Error, Hearth, accounts::Session};
+use hearth_core::{
+    Error, Hearth,
+    accounts::Session,
+    ruma::{UserId, serde::Raw},
+};
+use ruma_client_api::{
+    config::{
+        get_global_account_data, get_room_account_data, set_global_account_data,
+        set_room_account_data,
+    },
+    tag::{create_tag, delete_tag},
+};
 use serde_json::{Map, Value, json};
 
 use super::{JsonResult, parse_room_id, parse_user_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
+    typed::{Ruma, RumaResult, json_object_body},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -33,8 +45,8 @@ pub fn routes() -> Router<Arc<Hearth>> {
         )
 }
 
-fn ensure_self(s: &Session, user_id: &str) -> ApiResult<()> {
-    if parse_user_id(user_id)? != s.user_id {
+fn ensure_self(s: &Session, user: &UserId) -> ApiResult<()> {
+    if user != s.user_id {
         return Err(Error::forbidden("You cannot access another user's account data").into());
     }
     Ok(())
@@ -57,49 +69,62 @@ fn settable(kind: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Stored content as ruma's raw account data content.
+fn raw_content<T>(content: Value) -> ApiResult<Raw<T>> {
+    Ok(Raw::new(&content)
+        .map_err(hearth_core::Error::from)?
+        .cast_unchecked())
+}
+
 async fn get_global(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path((user_id, kind)): Path<(String, String)>,
-) -> JsonResult {
-    ensure_self(&s, &user_id)?;
-    Ok(Json(h.account_data(&s.user_id, None, &kind).await?))
+    Ruma(req): Ruma<get_global_account_data::v3::Request>,
+) -> RumaResult<get_global_account_data::v3::Response> {
+    ensure_self(&s, &req.user_id)?;
+    let kind = req.event_type.to_string();
+    let content = h.account_data(&s.user_id, None, &kind).await?;
+    Ok(get_global_account_data::v3::Response::new(raw_content(content)?).into())
 }
 
 async fn put_global(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path((user_id, kind)): Path<(String, String)>,
-    JsonBody(content): JsonBody<Map<String, Value>>,
-) -> JsonResult {
-    ensure_self(&s, &user_id)?;
+    Ruma(req): Ruma<set_global_account_data::v3::Request>,
+) -> RumaResult<set_global_account_data::v3::Response> {
+    ensure_self(&s, &req.user_id)?;
+    let kind = req.event_type.to_string();
     settable(&kind)?;
+    let content = json_object_body(&req.data)?;
     h.put_account_data(&s.user_id, None, &kind, content).await?;
-    Ok(Json(json!({})))
+    Ok(set_global_account_data::v3::Response::new().into())
 }
 
 async fn get_room(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path((user_id, room_id, kind)): Path<(String, String, String)>,
-) -> JsonResult {
-    ensure_self(&s, &user_id)?;
-    let room = parse_room_id(&room_id)?;
-    Ok(Json(h.account_data(&s.user_id, Some(&room), &kind).await?))
+    Ruma(req): Ruma<get_room_account_data::v3::Request>,
+) -> RumaResult<get_room_account_data::v3::Response> {
+    ensure_self(&s, &req.user_id)?;
+    let kind = req.event_type.to_string();
+    let content = h
+        .account_data(&s.user_id, Some(&req.room_id), &kind)
+        .await?;
+    Ok(get_room_account_data::v3::Response::new(raw_content(content)?).into())
 }
 
 async fn put_room(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path((user_id, room_id, kind)): Path<(String, String, String)>,
-    JsonBody(content): JsonBody<Map<String, Value>>,
-) -> JsonResult {
-    ensure_self(&s, &user_id)?;
-    let room = parse_room_id(&room_id)?;
+    Ruma(req): Ruma<set_room_account_data::v3::Request>,
+) -> RumaResult<set_room_account_data::v3::Response> {
+    ensure_self(&s, &req.user_id)?;
+    let kind = req.event_type.to_string();
     settable(&kind)?;
-    h.put_account_data(&s.user_id, Some(&room), &kind, content)
+    let content = json_object_body(&req.data)?;
+    h.put_account_data(&s.user_id, Some(&req.room_id), &kind, content)
         .await?;
-    Ok(Json(json!({})))
+    Ok(set_room_account_data::v3::Response::new().into())
 }
 
 async fn get_tags(
@@ -107,7 +132,7 @@ async fn get_tags(
     Auth(s): Auth,
     Path((user_id, room_id)): Path<(String, String)>,
 ) -> JsonResult {
-    ensure_self(&s, &user_id)?;
+    ensure_self(&s, &parse_user_id(&user_id)?)?;
     let room = parse_room_id(&room_id)?;
     Ok(Json(json!({"tags": h.room_tags(&s.user_id, &room).await?})))
 }
@@ -117,20 +142,20 @@ async fn put_tag(
     Auth(s): Auth,
     Path((user_id, room_id, tag)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
-    ensure_self(&s, &user_id)?;
+) -> RumaResult<create_tag::v3::Response> {
+    ensure_self(&s, &parse_user_id(&user_id)?)?;
     let room = parse_room_id(&room_id)?;
     h.set_room_tag(&s.user_id, &room, tag, body).await?;
-    Ok(Json(json!({})))
+    Ok(create_tag::v3::Response::new().into())
 }
 
 async fn delete_tag(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path((user_id, room_id, tag)): Path<(String, String, String)>,
-) -> JsonResult {
-    ensure_self(&s, &user_id)?;
-    let room = parse_room_id(&room_id)?;
-    h.delete_room_tag(&s.user_id, &room, &tag).await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<delete_tag::v3::Request>,
+) -> RumaResult<delete_tag::v3::Response> {
+    ensure_self(&s, &req.user_id)?;
+    h.delete_room_tag(&s.user_id, &req.room_id, &req.tag)
+        .await?;
+    Ok(delete_tag::v3::Response::new().into())
 }

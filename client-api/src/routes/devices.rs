@@ -8,11 +8,15 @@ use axum::{
     routing::{get, post},
 };
 use hearth_core::{Hearth, store::DeviceRecord};
+use ruma_client_api::device::{delete_device, delete_devices, update_device};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{JsonResult, account::reauthenticate};
-use crate::extract::{Auth, JsonBody, UiaJson};
+use crate::{
+    extract::{Auth, UiaJson},
+    typed::{Ruma, RumaResult},
+};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -52,20 +56,18 @@ async fn get_one(
     Ok(Json(device_json(s.user_id.as_str(), &d)))
 }
 
-#[derive(Deserialize)]
-struct RenameBody {
-    display_name: Option<String>,
-}
-
 async fn rename(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(device_id): Path<String>,
-    JsonBody(body): JsonBody<RenameBody>,
-) -> JsonResult {
-    h.rename_device(&s.user_id, &device_id, body.display_name.as_deref())
-        .await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<update_device::v3::Request>,
+) -> RumaResult<update_device::v3::Response> {
+    h.rename_device(
+        &s.user_id,
+        req.device_id.as_str(),
+        req.display_name.as_deref(),
+    )
+    .await?;
+    Ok(update_device::v3::Response::new().into())
 }
 
 async fn delete_one(
@@ -73,12 +75,12 @@ async fn delete_one(
     Auth(s): Auth,
     Path(device_id): Path<String>,
     uia: UiaJson<Value>,
-) -> JsonResult {
+) -> RumaResult<delete_device::v3::Response> {
     // An unknown device is 404 before any password is asked for.
     h.device(&s.user_id, &device_id).await?;
     reauthenticate(&h, &uia, &s.user_id).await?;
     h.delete_devices(&s.user_id, Some(&[device_id])).await?;
-    Ok(Json(json!({})))
+    Ok(delete_device::v3::Response::new().into())
 }
 
 #[derive(Deserialize)]
@@ -90,9 +92,9 @@ async fn delete_many(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     uia: UiaJson<DeleteManyBody>,
-) -> JsonResult {
+) -> RumaResult<delete_devices::v3::Response> {
     reauthenticate(&h, &uia, &s.user_id).await?;
     h.delete_devices(&s.user_id, Some(&uia.body.devices))
         .await?;
-    Ok(Json(json!({})))
+    Ok(delete_devices::v3::Response::new().into())
 }

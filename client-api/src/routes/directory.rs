@@ -8,14 +8,23 @@ use axum::{
     http::StatusCode,
     routing::{get, post},
 };
-use hearth_core::{Error, Hearth, ruma::RoomAliasId};
+use hearth_core::{
+    Error, Hearth,
+    ruma::{RoomAliasId, RoomId, ServerName},
+};
+use ruma_client_api::{
+    alias::{create_alias, delete_alias, get_alias},
+    directory::{get_room_visibility, set_room_visibility},
+    room::{Visibility, aliases},
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{JsonResult, parse_room_id};
+use super::{JsonResult, parse_room_id, stored_id};
 use crate::{
     error::ApiError,
     extract::{Auth, JsonBody, MaybeAuth},
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -36,31 +45,47 @@ pub fn routes() -> Router<Arc<Hearth>> {
         .route("/user_directory/search", post(search_users))
 }
 
-async fn get_alias(State(h): State<Arc<Hearth>>, Path(alias): Path<String>) -> JsonResult {
-    let alias =
-        RoomAliasId::parse(&alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
+async fn get_alias(
+    State(h): State<Arc<Hearth>>,
+    Ruma(req): Ruma<get_alias::v3::Request>,
+) -> RumaResult<get_alias::v3::Response> {
+    let alias = req.room_alias;
     if alias.server_name() != h.config.server_name {
         // Another server's alias: ask it.
         let remote = h.remote.get().ok_or_else(|| {
             Error::not_found("Room alias not found (this server does not federate)")
         })?;
         let v = remote.query_directory(&alias).await?;
-        if !v["room_id"].is_string() {
-            return Err(Error::Unavailable(format!(
-                "{} answered the alias query without a room_id",
-                alias.server_name()
-            ))
-            .into());
-        }
-        return Ok(Json(v));
+        return Ok(remote_alias(&alias, &v)?.into());
     }
     let (room_id, _) = h
         .resolve_local_alias(alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
-    Ok(Json(
-        json!({"room_id": room_id, "servers": [h.config.server_name]}),
-    ))
+    let room_id = stored_id(RoomId::parse(room_id))?;
+    let servers = vec![h.config.server_name.clone()];
+    Ok(get_alias::v3::Response::new(room_id, servers).into())
+}
+
+/// Another server's answer to an alias query: its room and the servers it
+/// names (a name that is not a server name is left out).
+fn remote_alias(alias: &RoomAliasId, v: &Value) -> Result<get_alias::v3::Response, Error> {
+    let room_id = v["room_id"]
+        .as_str()
+        .and_then(|r| RoomId::parse(r).ok())
+        .ok_or_else(|| {
+            Error::Unavailable(format!(
+                "{} answered the alias query without a room_id",
+                alias.server_name()
+            ))
+        })?;
+    let servers = v["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| ServerName::parse(s.as_str()?).ok())
+        .collect();
+    Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
 #[derive(Deserialize)]
@@ -73,7 +98,7 @@ async fn put_alias(
     Auth(s): Auth,
     Path(alias): Path<String>,
     JsonBody(b): JsonBody<AliasBody>,
-) -> JsonResult {
+) -> RumaResult<create_alias::v3::Response> {
     h.create_room_alias(&alias, &b.room_id, &s.user_id, s.appservice.as_deref())
         .await
         .map_err(|e| match e {
@@ -84,35 +109,43 @@ async fn put_alias(
             ),
             other => other.into(),
         })?;
-    Ok(Json(json!({})))
+    Ok(create_alias::v3::Response::new().into())
 }
 
 async fn delete_alias(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(alias): Path<String>,
-) -> JsonResult {
-    h.delete_room_alias(&alias, &s.user_id).await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<delete_alias::v3::Request>,
+) -> RumaResult<delete_alias::v3::Response> {
+    h.delete_room_alias(req.room_alias.as_str(), &s.user_id)
+        .await?;
+    Ok(delete_alias::v3::Response::new().into())
 }
 
 async fn room_aliases(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-) -> JsonResult {
-    let room = parse_room_id(&room_id)?;
-    Ok(Json(
-        json!({"aliases": h.room_aliases(&room, &s.user_id).await?}),
-    ))
+    Ruma(req): Ruma<aliases::v3::Request>,
+) -> RumaResult<aliases::v3::Response> {
+    let aliases = h.room_aliases(&req.room_id, &s.user_id).await?;
+    let aliases = aliases
+        .into_iter()
+        .map(|a| stored_id(RoomAliasId::parse(a)))
+        .collect::<Result<_, _>>()?;
+    Ok(aliases::v3::Response::new(aliases).into())
 }
 
-async fn get_visibility(State(h): State<Arc<Hearth>>, Path(room_id): Path<String>) -> JsonResult {
-    let room = parse_room_id(&room_id)?;
-    let public = h.room_is_public(&room).await?;
-    Ok(Json(
-        json!({"visibility": if public { "public" } else { "private" }}),
-    ))
+async fn get_visibility(
+    State(h): State<Arc<Hearth>>,
+    Ruma(req): Ruma<get_room_visibility::v3::Request>,
+) -> RumaResult<get_room_visibility::v3::Response> {
+    let public = h.room_is_public(&req.room_id).await?;
+    let visibility = if public {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    };
+    Ok(get_room_visibility::v3::Response::new(visibility).into())
 }
 
 #[derive(Deserialize)]
@@ -125,11 +158,11 @@ async fn put_visibility(
     Auth(s): Auth,
     Path(room_id): Path<String>,
     JsonBody(b): JsonBody<VisibilityBody>,
-) -> JsonResult {
+) -> RumaResult<set_room_visibility::v3::Response> {
     let room = parse_room_id(&room_id)?;
     h.set_room_visibility(&room, &s.user_id, b.visibility.as_deref())
         .await?;
-    Ok(Json(json!({})))
+    Ok(set_room_visibility::v3::Response::new().into())
 }
 
 #[derive(Deserialize, Default)]

@@ -4,10 +4,14 @@ use std::sync::Arc;
 
 use axum::{Json, Router, extract::State, routing::get};
 use hearth_core::{CoreConfig, Hearth};
+use ruma_client_api::discovery::discover_homeserver::{self, HomeserverInfo};
 use serde_json::{Value, json};
 
 use super::JsonResult;
-use crate::extract::Auth;
+use crate::{
+    extract::Auth,
+    typed::{Ruma, RumaResult},
+};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -27,9 +31,15 @@ async fn versions() -> Json<Value> {
     Json(json!({"versions": SPEC_VERSIONS, "unstable_features": {}}))
 }
 
-async fn well_known(State(h): State<Arc<Hearth>>) -> JsonResult {
+async fn well_known(
+    State(h): State<Arc<Hearth>>,
+    Ruma(_): Ruma<discover_homeserver::Request>,
+) -> RumaResult<discover_homeserver::Response> {
     match &h.config.public_base_url {
-        Some(url) => Ok(Json(json!({"m.homeserver": {"base_url": url}}))),
+        Some(url) => {
+            let info = HomeserverInfo::new(url.to_string());
+            Ok(discover_homeserver::Response::new(info).into())
+        }
         None => Err(hearth_core::Error::not_found("No well-known configured").into()),
     }
 }

@@ -3,20 +3,28 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Router,
     extract::{Path, State},
     routing::{get, post, put},
 };
 use hearth_core::{
-    Error, Hearth, accounts::Session, ephemeral::presence_content, receipts::ReceiptUpdate,
+    Error, Hearth, accounts::Session, ids::now_ms, receipts::ReceiptUpdate,
+    ruma::presence::PresenceState,
+};
+use ruma_client_api::{
+    presence::{get_presence, set_presence},
+    read_marker::set_read_marker,
+    receipt::create_receipt,
+    typing::create_typing_event,
 };
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::{JsonResult, parse_room_id, parse_user_id};
+use super::{parse_room_id, parse_user_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -44,12 +52,12 @@ async fn typing(
     Auth(s): Auth,
     Path((room_id, user_id)): Path<(String, String)>,
     JsonBody(b): JsonBody<TypingBody>,
-) -> JsonResult {
+) -> RumaResult<create_typing_event::v3::Response> {
     if parse_user_id(&user_id)? != s.user_id {
         return Err(Error::forbidden("You cannot set another user's typing state").into());
     }
     set_typing(&h, &s, &room_id, b.typing, b.timeout).await?;
-    Ok(Json(json!({})))
+    Ok(create_typing_event::v3::Response::new().into())
 }
 
 /// Typing on or off for the requester (HTTP and WebSocket).
@@ -75,14 +83,14 @@ async fn receipt(
     Auth(s): Auth,
     Path((room_id, kind, event_id)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<create_receipt::v3::Response> {
     let thread_id = match body.get("thread_id") {
         None => None,
         Some(Value::String(t)) if !t.is_empty() => Some(t.clone()),
         Some(_) => return Err(Error::invalid_param("thread_id must be a non-empty string").into()),
     };
     post_receipt(&h, &s, &room_id, &kind, &event_id, thread_id.as_deref()).await?;
-    Ok(Json(json!({})))
+    Ok(create_receipt::v3::Response::new().into())
 }
 
 /// A read receipt or fully-read marker from the requester (HTTP and WebSocket).
@@ -109,7 +117,7 @@ async fn read_markers(
     Auth(s): Auth,
     Path(room_id): Path<String>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<set_read_marker::v3::Response> {
     let room = parse_room_id(&room_id)?;
     let mut updates = vec![];
     for kind in ["m.fully_read", "m.read", "m.read.private"] {
@@ -124,38 +132,36 @@ async fn read_markers(
         }
     }
     h.set_receipts(&room, &s.user_id, &updates).await?;
-    Ok(Json(json!({})))
+    Ok(set_read_marker::v3::Response::new().into())
 }
 
 async fn get_presence(
     State(h): State<Arc<Hearth>>,
     Auth(_): Auth,
-    Path(user_id): Path<String>,
-) -> JsonResult {
-    let user = parse_user_id(&user_id)?;
-    match h.user_presence(&user).await? {
-        Some(p) => Ok(Json(presence_content(&p))),
-        None => Ok(Json(json!({"presence": "offline"}))),
-    }
-}
-
-#[derive(Deserialize)]
-struct PresenceBody {
-    presence: String,
-    status_msg: Option<String>,
+    Ruma(req): Ruma<get_presence::v3::Request>,
+) -> RumaResult<get_presence::v3::Response> {
+    let Some(p) = h.user_presence(&req.user_id).await? else {
+        return Ok(get_presence::v3::Response::new(PresenceState::Offline).into());
+    };
+    let mut response = get_presence::v3::Response::new(p.presence.as_str().into());
+    response.last_active_ago = Some(Duration::from_millis(
+        now_ms().saturating_sub(p.last_active_ms),
+    ));
+    response.currently_active = Some(p.presence == "online");
+    response.status_msg = p.status_msg;
+    Ok(response.into())
 }
 
 async fn set_presence(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(user_id): Path<String>,
-    JsonBody(b): JsonBody<PresenceBody>,
-) -> JsonResult {
-    if parse_user_id(&user_id)? != s.user_id {
+    Ruma(req): Ruma<set_presence::v3::Request>,
+) -> RumaResult<set_presence::v3::Response> {
+    if req.user_id != s.user_id {
         return Err(Error::forbidden("You cannot set another user's presence").into());
     }
-    set_own_presence(&h, &s, &b.presence, b.status_msg).await?;
-    Ok(Json(json!({})))
+    set_own_presence(&h, &s, req.presence.as_str(), req.status_msg).await?;
+    Ok(set_presence::v3::Response::new().into())
 }
 
 /// Sets the requester's presence (HTTP and WebSocket heartbeats).

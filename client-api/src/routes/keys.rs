@@ -8,11 +8,19 @@ use axum::{
     extract::{Path, Query, State},
     routing::{get, post, put},
 };
-use hearth_core::{Error, Hearth, e2ee::backup::BackupScope, sync::SyncToken};
-use serde_json::{Value, json};
+use hearth_core::{Error, Hearth, e2ee::backup::BackupScope, ruma::UserId, sync::SyncToken};
+use ruma_client_api::{
+    backup::{delete_backup_version, update_backup_version},
+    keys::{get_key_changes, upload_signing_keys},
+    to_device::send_event_to_device,
+};
+use serde_json::Value;
 
-use super::{JsonResult, account::reauthenticate};
-use crate::extract::{Auth, JsonBody, UiaJson};
+use super::{JsonResult, account::reauthenticate, stored_id};
+use crate::{
+    extract::{Auth, JsonBody, UiaJson},
+    typed::{Ruma, RumaResult},
+};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -78,16 +86,15 @@ async fn claim(
 async fn changes(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Query(q): Query<HashMap<String, String>>,
-) -> JsonResult {
-    let token = |name: &str| -> Result<SyncToken, Error> {
-        q.get(name)
-            .ok_or_else(|| Error::MissingParam(format!("{name} is required")))?
-            .parse()
-    };
-    let (from, to) = (token("from")?, token("to")?);
+    Ruma(q): Ruma<get_key_changes::v3::Request>,
+) -> RumaResult<get_key_changes::v3::Response> {
+    let (from, to): (SyncToken, SyncToken) = (q.from.parse()?, q.to.parse()?);
     let changed = h.key_changes(&s.user_id, from.misc, to.misc).await?;
-    Ok(Json(json!({"changed": changed, "left": []})))
+    let changed = changed
+        .into_iter()
+        .map(|u| stored_id(UserId::parse(u)))
+        .collect::<Result<_, _>>()?;
+    Ok(get_key_changes::v3::Response::new(changed, vec![]).into())
 }
 
 /// Replacing existing cross-signing keys needs the password again; the first
@@ -96,12 +103,12 @@ async fn device_signing(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     uia: UiaJson<Value>,
-) -> JsonResult {
+) -> RumaResult<upload_signing_keys::v3::Response> {
     if h.has_master_cross_signing_key(&s.user_id).await? {
         reauthenticate(&h, &uia, &s.user_id).await?;
     }
     h.upload_cross_signing_keys(&s.user_id, &uia.body).await?;
-    Ok(Json(json!({})))
+    Ok(upload_signing_keys::v3::Response::new().into())
 }
 
 async fn signatures(
@@ -117,13 +124,13 @@ async fn send_to_device(
     Auth(s): Auth,
     Path((kind, txn)): Path<(String, String)>,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> RumaResult<send_event_to_device::v3::Response> {
     let messages = body
         .get("messages")
         .ok_or_else(|| Error::MissingParam("messages is required".into()))?;
     h.send_to_device(&s.user_id, &s.device_id, &kind, &txn, messages)
         .await?;
-    Ok(Json(json!({})))
+    Ok(send_event_to_device::v3::Response::new().into())
 }
 
 async fn create_backup(
@@ -151,18 +158,18 @@ async fn update_backup(
     Auth(s): Auth,
     Path(version): Path<String>,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> RumaResult<update_backup_version::v3::Response> {
     h.update_backup_version(&s.user_id, &version, &body).await?;
-    Ok(Json(json!({})))
+    Ok(update_backup_version::v3::Response::new().into())
 }
 
 async fn delete_backup(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Path(version): Path<String>,
-) -> JsonResult {
+) -> RumaResult<delete_backup_version::v3::Response> {
     h.delete_backup_version(&s.user_id, &version).await?;
-    Ok(Json(json!({})))
+    Ok(delete_backup_version::v3::Response::new().into())
 }
 
 fn version_of(q: &HashMap<String, String>) -> Result<&str, Error> {

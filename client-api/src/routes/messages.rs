@@ -9,15 +9,17 @@ use axum::{
 };
 use hearth_core::{
     Error, Hearth, accounts::Session, filter::EventFilter, pdu::StoredEvent,
-    rooms::MessagesRequest, store::Direction,
+    rooms::MessagesRequest, ruma::EventId, store::Direction,
 };
+use ruma_client_api::{message::send_message_event, redact::redact_event};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{JsonResult, parse_room_id};
+use super::{JsonResult, parse_room_id, stored_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -35,10 +37,11 @@ async fn send(
     Path((room_id, kind, txn_id)): Path<(String, String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<send_message_event::v3::Response> {
     let ts = crate::extract::massaged_ts(&s, query.as_deref())?;
     let event_id = send_message(&h, &s, &room_id, &kind, &txn_id, content, ts).await?;
-    Ok(Json(json!({"event_id": event_id})))
+    let event_id = stored_id(EventId::parse(event_id))?;
+    Ok(send_message_event::v3::Response::new(event_id).into())
 }
 
 /// A client send, shared by PUT /send and the WebSocket: idempotent per
@@ -59,22 +62,17 @@ pub(crate) async fn send_message(
     )
 }
 
-#[derive(Deserialize, Default)]
-struct RedactBody {
-    reason: Option<String>,
-}
-
 async fn redact(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
-    JsonBody(b): JsonBody<RedactBody>,
-) -> JsonResult {
-    let room_id = parse_room_id(&room_id)?;
+    Ruma(r): Ruma<redact_event::v3::Request>,
+) -> RumaResult<redact_event::v3::Response> {
+    let (target, txn) = (r.event_id.to_string(), r.txn_id.to_string());
     let event_id = h
-        .send_client_redaction(&s, &room_id, event_id, txn_id, b.reason)
+        .send_client_redaction(&s, &r.room_id, target, txn, r.reason)
         .await?;
-    Ok(Json(json!({"event_id": event_id})))
+    let event_id = stored_id(EventId::parse(event_id))?;
+    Ok(redact_event::v3::Response::new(event_id).into())
 }
 
 async fn get_event(

@@ -31,3 +31,9 @@ pub fn parse_user_id(s: &str) -> ApiResult<OwnedUserId> {
     UserId::parse(s)
         .map_err(|_| hearth_core::Error::invalid_param(format!("Invalid user id {s:?}")).into())
 }
+
+/// An identifier read back from storage, where only valid ones are written:
+/// one that does not parse is a server fault, not the client's.
+pub fn stored_id<T, E: std::fmt::Display>(id: Result<T, E>) -> Result<T, hearth_core::Error> {
+    id.map_err(|e| hearth_core::Error::Internal(format!("invalid identifier in storage: {e}")))
+}

@@ -2,18 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::{
-    Json, Router,
-    extract::{Path, State},
-    routing::get,
+use axum::{Router, extract::State, routing::get};
+use hearth_core::{Error, Hearth, accounts::Session, profile::Profile, ruma::UserId};
+use ruma_client_api::profile::{
+    get_avatar_url, get_display_name, get_profile, set_avatar_url, set_display_name,
 };
-use hearth_core::{Error, Hearth, profile::Profile};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use super::{JsonResult, parse_user_id};
 use crate::{
     error::ApiResult,
-    extract::{Auth, JsonBody},
+    extract::Auth,
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -29,56 +28,45 @@ pub fn routes() -> Router<Arc<Hearth>> {
         )
 }
 
-async fn profile(h: &Hearth, user_id: &str, field: Option<&str>) -> ApiResult<Profile> {
-    let user = parse_user_id(user_id)?;
-    Ok(h.profile(&user, field).await?)
-}
-
-async fn get_profile(State(h): State<Arc<Hearth>>, Path(user_id): Path<String>) -> JsonResult {
+async fn get_profile(
+    State(h): State<Arc<Hearth>>,
+    Ruma(req): Ruma<get_profile::v3::Request>,
+) -> RumaResult<get_profile::v3::Response> {
     let Profile {
-        displayname: name,
-        avatar_url: avatar,
-    } = profile(&h, &user_id, None).await?;
-    let mut body = Map::new();
-    if let Some(n) = name {
-        body.insert("displayname".into(), json!(n));
-    }
-    if let Some(a) = avatar {
-        body.insert("avatar_url".into(), json!(a));
-    }
-    Ok(Json(Value::Object(body)))
+        displayname,
+        avatar_url,
+    } = h.profile(&req.user_id, None).await?;
+    let fields = [("displayname", displayname), ("avatar_url", avatar_url)];
+    let response: get_profile::v3::Response = fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), Value::String(v?))))
+        .collect();
+    Ok(response.into())
 }
 
-async fn get_displayname(State(h): State<Arc<Hearth>>, Path(user_id): Path<String>) -> JsonResult {
-    let p = profile(&h, &user_id, Some("displayname")).await?;
+async fn get_displayname(
+    State(h): State<Arc<Hearth>>,
+    Ruma(req): Ruma<get_display_name::v3::Request>,
+) -> RumaResult<get_display_name::v3::Response> {
+    let p = h.profile(&req.user_id, Some("displayname")).await?;
     match p.displayname {
-        Some(n) => Ok(Json(json!({"displayname": n}))),
+        Some(n) => Ok(get_display_name::v3::Response::new(Some(n)).into()),
         None => Err(Error::not_found("No display name set").into()),
     }
 }
 
-async fn get_avatar(State(h): State<Arc<Hearth>>, Path(user_id): Path<String>) -> JsonResult {
-    let p = profile(&h, &user_id, Some("avatar_url")).await?;
+async fn get_avatar(
+    State(h): State<Arc<Hearth>>,
+    Ruma(req): Ruma<get_avatar_url::v3::Request>,
+) -> RumaResult<get_avatar_url::v3::Response> {
+    let p = h.profile(&req.user_id, Some("avatar_url")).await?;
     match p.avatar_url {
-        Some(a) => Ok(Json(json!({"avatar_url": a}))),
+        Some(a) => Ok(get_avatar_url::v3::Response::new(Some(a.into())).into()),
         None => Err(Error::not_found("No avatar set").into()),
     }
 }
 
-/// Reads an optional string field: absent or null clears it, a non-string is M_BAD_JSON.
-fn string_field(body: &Map<String, Value>, key: &str) -> Result<Option<String>, Error> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Error::bad_json(format!("{key} must be a string"))),
-    }
-}
-
-async fn ensure_self(
-    s: &hearth_core::accounts::Session,
-    user_id: &str,
-) -> Result<(), crate::error::ApiError> {
-    let user = parse_user_id(user_id)?;
+fn ensure_self(s: &Session, user: &UserId) -> ApiResult<()> {
     if user != s.user_id {
         return Err(Error::forbidden("You cannot change another user's profile").into());
     }
@@ -88,23 +76,21 @@ async fn ensure_self(
 async fn set_displayname(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(user_id): Path<String>,
-    JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
-    ensure_self(&s, &user_id).await?;
-    let name = string_field(&body, "displayname")?;
-    h.set_displayname(&s.user_id, name.as_deref()).await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<set_display_name::v3::Request>,
+) -> RumaResult<set_display_name::v3::Response> {
+    ensure_self(&s, &req.user_id)?;
+    h.set_displayname(&s.user_id, req.displayname.as_deref())
+        .await?;
+    Ok(set_display_name::v3::Response::new().into())
 }
 
 async fn set_avatar(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(user_id): Path<String>,
-    JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
-    ensure_self(&s, &user_id).await?;
-    let url = string_field(&body, "avatar_url")?;
-    h.set_avatar_url(&s.user_id, url.as_deref()).await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<set_avatar_url::v3::Request>,
+) -> RumaResult<set_avatar_url::v3::Response> {
+    ensure_self(&s, &req.user_id)?;
+    let url = req.avatar_url.as_ref().map(|u| u.as_str());
+    h.set_avatar_url(&s.user_id, url).await?;
+    Ok(set_avatar_url::v3::Response::new().into())
 }

@@ -9,11 +9,18 @@ use axum::{
     routing::{get, post},
 };
 use hearth_core::{Hearth, push::RulePath};
+use ruma_client_api::push::{
+    delete_pushrule, get_pushrule_enabled, set_pusher, set_pushrule, set_pushrule_actions,
+    set_pushrule_enabled,
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::JsonResult;
-use crate::extract::{Auth, JsonBody};
+use crate::{
+    extract::{Auth, JsonBody},
+    typed::RumaResult,
+};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -84,7 +91,7 @@ async fn put_rule(
     Path(p): RuleParams,
     Query(q): Query<Placement>,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<set_pushrule::v3::Response> {
     h.put_push_rule(
         &s.user_id,
         &at(&p),
@@ -93,25 +100,25 @@ async fn put_rule(
         q.after.as_deref().filter(|a| !a.is_empty()),
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(set_pushrule::v3::Response::new().into())
 }
 
 async fn delete_rule(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Path(p): RuleParams,
-) -> JsonResult {
+) -> RumaResult<delete_pushrule::v3::Response> {
     h.delete_push_rule(&s.user_id, &at(&p)).await?;
-    Ok(Json(json!({})))
+    Ok(delete_pushrule::v3::Response::new().into())
 }
 
 async fn get_enabled(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Path(p): RuleParams,
-) -> JsonResult {
+) -> RumaResult<get_pushrule_enabled::v3::Response> {
     let enabled = h.push_rule_enabled(&s.user_id, &at(&p)).await?;
-    Ok(Json(json!({ "enabled": enabled })))
+    Ok(get_pushrule_enabled::v3::Response::new(enabled).into())
 }
 
 async fn put_enabled(
@@ -119,13 +126,13 @@ async fn put_enabled(
     Auth(s): Auth,
     Path(p): RuleParams,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<set_pushrule_enabled::v3::Response> {
     let Some(enabled) = body.get("enabled").and_then(Value::as_bool) else {
         return Err(hearth_core::Error::invalid_param("'enabled' must be a boolean").into());
     };
     h.set_push_rule_enabled(&s.user_id, &at(&p), enabled)
         .await?;
-    Ok(Json(json!({})))
+    Ok(set_pushrule_enabled::v3::Response::new().into())
 }
 
 async fn get_actions(
@@ -142,10 +149,10 @@ async fn put_actions(
     Auth(s): Auth,
     Path(p): RuleParams,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<set_pushrule_actions::v3::Response> {
     h.set_push_rule_actions(&s.user_id, &at(&p), body.get("actions"))
         .await?;
-    Ok(Json(json!({})))
+    Ok(set_pushrule_actions::v3::Response::new().into())
 }
 
 async fn pushers(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
@@ -156,10 +163,10 @@ async fn set_pusher(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     JsonBody(body): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<set_pusher::v3::Response> {
     h.set_pusher(s.user_id.as_str(), &s.device_id, &body)
         .await?;
-    Ok(Json(json!({})))
+    Ok(set_pusher::v3::Response::new().into())
 }
 
 #[derive(Deserialize)]

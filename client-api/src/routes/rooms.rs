@@ -4,21 +4,35 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     routing::{get, post},
 };
 use hearth_core::{
     Error, Hearth,
     pdu::Pdu,
     rooms::{CreateRoom, MemberAction, NewEvent},
+    ruma::{RoomId, UserId, serde::Raw},
+};
+use ruma_client_api::{
+    knock::knock_room,
+    membership::{
+        ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
+        join_room_by_id_or_alias, joined_rooms, kick_user, leave_room, unban_user,
+    },
+    room::{Visibility, create_room},
+    state::{
+        get_state_event_for_key::{self, v3::StateEventFormat},
+        get_state_events, send_state_event,
+    },
 };
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value, json, value::RawValue as RawJsonValue};
 
-use super::{JsonResult, parse_room_id, parse_user_id};
+use super::{JsonResult, parse_room_id, parse_user_id, stored_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -37,11 +51,11 @@ pub fn routes() -> Router<Arc<Hearth>> {
         .route("/rooms/{room_id}/state", get(all_state))
         .route(
             "/rooms/{room_id}/state/{event_type}",
-            get(get_state_empty_key).put(put_state_empty_key),
+            get(get_state).put(put_state_empty_key),
         )
         .route(
             "/rooms/{room_id}/state/{event_type}/",
-            get(get_state_empty_key).put(put_state_empty_key),
+            get(get_state).put(put_state_empty_key),
         )
         .route(
             "/rooms/{room_id}/state/{event_type}/{state_key}",
@@ -60,68 +74,64 @@ struct InitialState {
     content: Map<String, Value>,
 }
 
-#[derive(Deserialize)]
-struct CreateRoomBody {
-    visibility: Option<String>,
-    room_alias_name: Option<String>,
-    name: Option<String>,
-    topic: Option<String>,
-    #[serde(default)]
-    invite: Vec<String>,
-    #[serde(default)]
-    invite_3pid: Vec<Value>,
-    room_version: Option<String>,
-    creation_content: Option<Map<String, Value>>,
-    #[serde(default)]
-    initial_state: Vec<InitialState>,
-    preset: Option<String>,
-    #[serde(default)]
-    is_direct: bool,
-    power_level_content_override: Option<Map<String, Value>>,
-}
-
 async fn create_room(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    JsonBody(b): JsonBody<CreateRoomBody>,
-) -> JsonResult {
-    let visibility_public = match b.visibility.as_deref() {
-        None | Some("private") => false,
-        Some("public") => true,
-        Some(v) => return Err(Error::invalid_param(format!("Invalid visibility {v}")).into()),
+    Ruma(b): Ruma<create_room::v3::Request>,
+) -> RumaResult<create_room::v3::Response> {
+    let visibility_public = match b.visibility {
+        Visibility::Private => false,
+        Visibility::Public => true,
+        v => return Err(Error::invalid_param(format!("Invalid visibility {v}")).into()),
     };
     if !b.invite_3pid.is_empty() {
         return Err(Error::invalid_param("Third-party invites are not supported").into());
     }
-    let invite = b
-        .invite
-        .iter()
-        .map(|u| parse_user_id(u))
-        .collect::<ApiResult<Vec<_>>>()?;
     if let Some(local) = &b.room_alias_name {
         let alias = format!("#{local}:{}", h.config.server_name);
         h.check_alias_claim(&alias, s.appservice.as_deref())?;
     }
     let req = CreateRoom {
-        preset: b.preset,
+        preset: b.preset.map(|p| p.as_str().to_owned()),
         visibility_public,
         name: b.name,
         topic: b.topic,
-        invite,
+        invite: b.invite,
         is_direct: b.is_direct,
         initial_state: b
             .initial_state
-            .into_iter()
-            .map(|s| (s.kind, s.state_key, Value::Object(s.content)))
-            .collect(),
+            .iter()
+            .map(initial_state_event)
+            .collect::<Result<_, _>>()?,
         room_alias_name: b.room_alias_name,
-        power_level_content_override: b.power_level_content_override,
-        room_version: b.room_version,
-        creation_content: b.creation_content,
+        power_level_content_override: b
+            .power_level_content_override
+            .map(|c| object(c.json(), "power_level_content_override"))
+            .transpose()?,
+        room_version: b.room_version.map(|v| v.to_string()),
+        creation_content: b
+            .creation_content
+            .map(|c| object(c.json(), "creation_content"))
+            .transpose()?,
     };
     let room_id = h.create_room(&s.user_id, req).await?;
     tracing::info!(room = %room_id, creator = %s.user_id, "room created");
-    Ok(Json(json!({"room_id": room_id})))
+    Ok(create_room::v3::Response::new(room_id).into())
+}
+
+/// One event of createRoom's `initial_state`: its type, state key (empty
+/// when absent) and content object.
+fn initial_state_event<T>(raw: &Raw<T>) -> Result<(String, String, Value), Error> {
+    let e: InitialState = raw
+        .deserialize_as_unchecked()
+        .map_err(|e| Error::bad_json(format!("Invalid initial_state event: {e}")))?;
+    Ok((e.kind, e.state_key, Value::Object(e.content)))
+}
+
+/// A body field ruma keeps raw that Hearth reads as a JSON object.
+fn object(raw: &RawJsonValue, field: &str) -> Result<Map<String, Value>, Error> {
+    serde_json::from_str(raw.get())
+        .map_err(|e| Error::bad_json(format!("{field} must be an object: {e}")))
 }
 
 #[derive(Deserialize, Default)]
@@ -135,7 +145,7 @@ async fn join_by_id_or_alias(
     Path(room): Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(b): JsonBody<ReasonBody>,
-) -> JsonResult {
+) -> RumaResult<join_room_by_id_or_alias::v3::Response> {
     let room_id = h
         .join_anywhere(
             &room,
@@ -144,7 +154,8 @@ async fn join_by_id_or_alias(
             via_servers(query.as_deref()),
         )
         .await?;
-    Ok(Json(json!({"room_id": room_id})))
+    let room_id = stored_id(RoomId::parse(room_id))?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }
 
 async fn knock(
@@ -153,7 +164,7 @@ async fn knock(
     Path(room): Path<String>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(b): JsonBody<ReasonBody>,
-) -> JsonResult {
+) -> RumaResult<knock_room::v3::Response> {
     let room_id = h
         .knock_anywhere(
             &room,
@@ -162,7 +173,8 @@ async fn knock(
             via_servers(query.as_deref()),
         )
         .await?;
-    Ok(Json(json!({"room_id": room_id})))
+    let room_id = stored_id(RoomId::parse(room_id))?;
+    Ok(knock_room::v3::Response::new(room_id).into())
 }
 
 /// The servers a client names to join through (`via`, and the older
@@ -186,26 +198,28 @@ fn via_servers(query: Option<&str>) -> Vec<String> {
 async fn join(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-    JsonBody(b): JsonBody<ReasonBody>,
-) -> JsonResult {
-    let room_id = parse_room_id(&room_id)?;
+    Ruma(req): Ruma<join_room_by_id::v3::Request>,
+) -> RumaResult<join_room_by_id::v3::Response> {
     let room_id = h
-        .join_anywhere(room_id.as_str(), &s.user_id, b.reason.as_deref(), vec![])
+        .join_anywhere(
+            req.room_id.as_str(),
+            &s.user_id,
+            req.reason.as_deref(),
+            vec![],
+        )
         .await?;
-    Ok(Json(json!({"room_id": room_id})))
+    let room_id = stored_id(RoomId::parse(room_id))?;
+    Ok(join_room_by_id::v3::Response::new(room_id).into())
 }
 
 async fn leave(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-    JsonBody(b): JsonBody<ReasonBody>,
-) -> JsonResult {
-    let room_id = parse_room_id(&room_id)?;
-    h.leave_room(&room_id, &s.user_id, b.reason.as_deref())
+    Ruma(req): Ruma<leave_room::v3::Request>,
+) -> RumaResult<leave_room::v3::Response> {
+    h.leave_room(&req.room_id, &s.user_id, req.reason.as_deref())
         .await?;
-    Ok(Json(json!({})))
+    Ok(leave_room::v3::Response::new().into())
 }
 
 #[derive(Deserialize)]
@@ -219,74 +233,76 @@ async fn invite(
     Auth(s): Auth,
     Path(room_id): Path<String>,
     JsonBody(b): JsonBody<TargetBody>,
-) -> JsonResult {
+) -> RumaResult<invite_user::v3::Response> {
     let room_id = parse_room_id(&room_id)?;
     let target = parse_user_id(&b.user_id)?;
     h.invite_user(&room_id, &s.user_id, &target, b.reason.as_deref())
         .await?;
-    Ok(Json(json!({})))
+    Ok(invite_user::v3::Response::new().into())
 }
 
-async fn membership_change(
+/// A kick, ban or unban: the room, its target and the reason.
+async fn moderate(
     h: &Hearth,
     sender: &Auth,
-    room_id: &str,
-    b: &TargetBody,
+    (room_id, target, reason): (&RoomId, &UserId, Option<&str>),
     action: MemberAction,
-) -> JsonResult {
-    let room_id = parse_room_id(room_id)?;
-    let target = parse_user_id(&b.user_id)?;
-    h.moderate_member(
-        &room_id,
-        &sender.0.user_id,
-        &target,
-        action,
-        b.reason.as_deref(),
-    )
-    .await?;
-    Ok(Json(json!({})))
+) -> ApiResult<()> {
+    h.moderate_member(room_id, &sender.0.user_id, target, action, reason)
+        .await?;
+    Ok(())
 }
 
 async fn kick(
     State(h): State<Arc<Hearth>>,
     a: Auth,
-    Path(r): Path<String>,
-    JsonBody(b): JsonBody<TargetBody>,
-) -> JsonResult {
-    membership_change(&h, &a, &r, &b, MemberAction::Kick).await
+    Ruma(r): Ruma<kick_user::v3::Request>,
+) -> RumaResult<kick_user::v3::Response> {
+    let target = (&*r.room_id, &*r.user_id, r.reason.as_deref());
+    moderate(&h, &a, target, MemberAction::Kick).await?;
+    Ok(kick_user::v3::Response::new().into())
 }
 
 async fn ban(
     State(h): State<Arc<Hearth>>,
     a: Auth,
-    Path(r): Path<String>,
-    JsonBody(b): JsonBody<TargetBody>,
-) -> JsonResult {
-    membership_change(&h, &a, &r, &b, MemberAction::Ban).await
+    Ruma(r): Ruma<ban_user::v3::Request>,
+) -> RumaResult<ban_user::v3::Response> {
+    let target = (&*r.room_id, &*r.user_id, r.reason.as_deref());
+    moderate(&h, &a, target, MemberAction::Ban).await?;
+    Ok(ban_user::v3::Response::new().into())
 }
 
 async fn unban(
     State(h): State<Arc<Hearth>>,
     a: Auth,
-    Path(r): Path<String>,
-    JsonBody(b): JsonBody<TargetBody>,
-) -> JsonResult {
-    membership_change(&h, &a, &r, &b, MemberAction::Unban).await
+    Ruma(r): Ruma<unban_user::v3::Request>,
+) -> RumaResult<unban_user::v3::Response> {
+    let target = (&*r.room_id, &*r.user_id, r.reason.as_deref());
+    moderate(&h, &a, target, MemberAction::Unban).await?;
+    Ok(unban_user::v3::Response::new().into())
 }
 
 async fn forget(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-) -> JsonResult {
-    let room_id = parse_room_id(&room_id)?;
-    h.forget_room(&room_id, &s.user_id).await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<forget_room::v3::Request>,
+) -> RumaResult<forget_room::v3::Response> {
+    h.forget_room(&req.room_id, &s.user_id).await?;
+    Ok(forget_room::v3::Response::new().into())
 }
 
-async fn joined_rooms(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+async fn joined_rooms(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(_): Ruma<joined_rooms::v3::Request>,
+) -> RumaResult<joined_rooms::v3::Response> {
     let rooms = h.joined_rooms(&s.user_id).await?;
-    Ok(Json(json!({"joined_rooms": rooms})))
+    let rooms = rooms
+        .iter()
+        .map(|r| stored_id(RoomId::parse(r)))
+        .collect::<Result<_, _>>()?;
+    Ok(joined_rooms::v3::Response::new(rooms).into())
 }
 
 async fn readable_state(
@@ -301,54 +317,41 @@ async fn readable_state(
 async fn all_state(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-) -> JsonResult {
-    let state = readable_state(&h, &room_id, &s.user_id).await?;
-    let events: Vec<Value> = state.iter().map(|p| p.to_client(None, None)).collect();
-    Ok(Json(Value::Array(events)))
+    Ruma(req): Ruma<get_state_events::v3::Request>,
+) -> RumaResult<get_state_events::v3::Response> {
+    let state = h.readable_state(&req.room_id, &s.user_id).await?;
+    let events = state
+        .iter()
+        .map(|p| raw(&p.to_client(None, None)))
+        .collect::<Result<_, _>>()?;
+    Ok(get_state_events::v3::Response::new(events).into())
 }
 
-#[derive(Deserialize)]
-struct StateQuery {
-    format: Option<String>,
+/// A JSON value Hearth built, as ruma's raw JSON of a given type.
+fn raw<T>(value: &Value) -> Result<Raw<T>, Error> {
+    Ok(Raw::new(value)?.cast_unchecked())
 }
 
-async fn state_event(
-    h: &Hearth,
-    user: &hearth_core::ruma::UserId,
-    room: &str,
-    kind: &str,
-    sk: &str,
-    q: &StateQuery,
-) -> JsonResult {
-    let state = readable_state(h, room, user).await?;
+/// One state event's content, or the whole event with `?format=event`
+/// (served under both `/state/{type}` and `/state/{type}/{state_key}`).
+async fn get_state(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(req): Ruma<get_state_event_for_key::v3::Request>,
+) -> RumaResult<get_state_event_for_key::v3::Response> {
+    let state = h.readable_state(&req.room_id, &s.user_id).await?;
+    let (kind, sk) = (req.event_type.to_string(), req.state_key.as_str());
     let ev = state
         .into_iter()
         .find(|p| p.kind.to_string() == kind && p.state_key.as_deref() == Some(sk))
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    if q.format.as_deref() == Some("event") {
-        Ok(Json(ev.to_client(None, None)))
+    let value = if req.format == StateEventFormat::Event {
+        ev.to_client(None, None)
     } else {
-        Ok(Json(ev.content_value()))
-    }
-}
-
-async fn get_state(
-    State(h): State<Arc<Hearth>>,
-    Auth(s): Auth,
-    Path((room_id, kind, sk)): Path<(String, String, String)>,
-    Query(q): Query<StateQuery>,
-) -> JsonResult {
-    state_event(&h, &s.user_id, &room_id, &kind, &sk, &q).await
-}
-
-async fn get_state_empty_key(
-    State(h): State<Arc<Hearth>>,
-    Auth(s): Auth,
-    Path((room_id, kind)): Path<(String, String)>,
-    Query(q): Query<StateQuery>,
-) -> JsonResult {
-    state_event(&h, &s.user_id, &room_id, &kind, "", &q).await
+        ev.content_value()
+    };
+    let json = serde_json::value::to_raw_value(&value).map_err(Error::from)?;
+    Ok(get_state_event_for_key::v3::Response::new(json).into())
 }
 
 async fn send_state(
@@ -359,7 +362,7 @@ async fn send_state(
     sk: &str,
     content: Map<String, Value>,
     query: Option<&str>,
-) -> JsonResult {
+) -> RumaResult<send_state_event::v3::Response> {
     let room_id = parse_room_id(room)?;
     if kind == "m.room.member" {
         parse_user_id(sk)?;
@@ -367,7 +370,7 @@ async fn send_state(
     let mut ev = NewEvent::state(s.0.user_id.clone(), kind, sk, Value::Object(content));
     ev.ts = crate::extract::massaged_ts(&s.0, query)?;
     let event_id = h.send_event(&room_id, ev).await?;
-    Ok(Json(json!({"event_id": event_id})))
+    Ok(send_state_event::v3::Response::new(event_id).into())
 }
 
 async fn put_state(
@@ -376,7 +379,7 @@ async fn put_state(
     Path((room_id, kind, sk)): Path<(String, String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<send_state_event::v3::Response> {
     send_state(&h, &a, &room_id, &kind, &sk, content, query.as_deref()).await
 }
 
@@ -386,39 +389,31 @@ async fn put_state_empty_key(
     Path((room_id, kind)): Path<(String, String)>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     JsonBody(content): JsonBody<Map<String, Value>>,
-) -> JsonResult {
+) -> RumaResult<send_state_event::v3::Response> {
     send_state(&h, &a, &room_id, &kind, "", content, query.as_deref()).await
-}
-
-#[derive(Deserialize)]
-struct MembersQuery {
-    membership: Option<String>,
-    not_membership: Option<String>,
 }
 
 async fn members(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-    Query(q): Query<MembersQuery>,
-) -> JsonResult {
-    let state = readable_state(&h, &room_id, &s.user_id).await?;
-    let chunk: Vec<Value> = state
+    Ruma(q): Ruma<get_member_events::v3::Request>,
+) -> RumaResult<get_member_events::v3::Response> {
+    let state = h.readable_state(&q.room_id, &s.user_id).await?;
+    let (wanted, unwanted) = (q.membership.as_ref(), q.not_membership.as_ref());
+    let chunk = state
         .iter()
         .filter(|p| p.kind.to_string() == "m.room.member")
         .filter(|p| {
-            let m = p
-                .content_value()
+            let c = p.content_value();
+            let m = c
                 .get("membership")
                 .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            q.membership.as_ref().is_none_or(|w| *w == m)
-                && q.not_membership.as_ref().is_none_or(|n| *n != m)
+                .unwrap_or_default();
+            wanted.is_none_or(|w| w.as_str() == m) && unwanted.is_none_or(|n| n.as_str() != m)
         })
-        .map(|p| p.to_client(None, None))
-        .collect();
-    Ok(Json(json!({"chunk": chunk})))
+        .map(|p| raw(&p.to_client(None, None)))
+        .collect::<Result<_, _>>()?;
+    Ok(get_member_events::v3::Response::new(chunk).into())
 }
 
 async fn joined_members(

@@ -8,11 +8,15 @@ use axum::{
     routing::{get, post},
 };
 use hearth_core::{Error, Hearth, sync::SyncRequest};
+use ruma_client_api::filter::create_filter;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{JsonResult, parse_user_id};
-use crate::extract::{Auth, JsonBody};
+use crate::{
+    extract::{Auth, JsonBody},
+    typed::RumaResult,
+};
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
@@ -81,13 +85,13 @@ async fn create_filter(
     Auth(s): Auth,
     Path(user_id): Path<String>,
     JsonBody(filter): JsonBody<Value>,
-) -> JsonResult {
+) -> RumaResult<create_filter::v3::Response> {
     let user = parse_user_id(&user_id)?;
     if user != s.user_id {
         return Err(Error::forbidden("Cannot create filters for other users").into());
     }
     let id = h.save_filter(&s.user_id, &filter).await?;
-    Ok(Json(json!({"filter_id": id})))
+    Ok(create_filter::v3::Response::new(id).into())
 }
 
 async fn get_filter(
