@@ -54,7 +54,7 @@ pub struct Hearth {
     /// its storage, whatever the entry point (ARCHITECTURE.md, invariants).
     pub(crate) store: Arc<dyn Store>,
     pub keys: ServerKeys,
-    pub notifier: Notifier,
+    pub notifier: Arc<Notifier>,
     pub typing: Typing,
     pub presence: Presence,
     pub rooms: Rooms,
@@ -87,6 +87,14 @@ pub struct Hearth {
     pub appservice_ephemeral: appservice::EphemeralQueues,
     /// Asks application services (alias and user queries).
     pub appservice_link: std::sync::OnceLock<Arc<dyn appservice::AppServiceQueries>>,
+    /// The content repository (`media.rs`).
+    pub media: Arc<media::Media>,
+    /// Account data and room tags (`account_data.rs`).
+    pub account_data: Arc<account_data::AccountData>,
+    /// Server-side key backup (`e2ee/backup.rs`).
+    pub key_backup: Arc<e2ee::backup::KeyBackup>,
+    /// The outgoing queue as its senders read it (`outgoing.rs`).
+    pub outgoing: Arc<outgoing::Outgoing>,
 }
 
 /// Queries answered by other servers (the federation crate implements it).
@@ -189,11 +197,23 @@ impl Hearth {
             config.push,
             config.cluster.is_some() || config.redis.is_some(),
         );
+        let notifier = Arc::new(Notifier::default());
+        let media = Arc::new(media::Media::new(
+            store.clone(),
+            &config.data_dir,
+            config.max_upload_size,
+        ));
+        let account_data = Arc::new(account_data::AccountData::new(
+            store.clone(),
+            notifier.clone(),
+        ));
+        let key_backup = Arc::new(e2ee::backup::KeyBackup::new(store.clone()));
+        let outgoing = Arc::new(outgoing::Outgoing::new(store.clone()));
         let hearth = Arc::new(Self {
             config,
             store,
             keys,
-            notifier: Notifier::default(),
+            notifier,
             typing: Typing::default(),
             presence: Presence::new(presence_times),
             rooms: Rooms::default(),
@@ -212,6 +232,10 @@ impl Hearth {
             appservice_queued: tokio::sync::Notify::new(),
             appservice_link: std::sync::OnceLock::new(),
             appservice_ephemeral: Default::default(),
+            media,
+            account_data,
+            key_backup,
+            outgoing,
         });
         if hearth.config.cluster.is_some() {
             hearth.spawn_lease_renewal();

@@ -329,7 +329,7 @@ impl Federation {
     /// Starts a sender for every destination with something queued (after a
     /// restart, what was not delivered goes out again).
     pub(crate) async fn resume_queues(self: &Arc<Self>) {
-        match self.hearth.queued_servers().await {
+        match self.hearth.outgoing.queued_servers().await {
             Ok(dests) => self.wake_destinations(&dests),
             Err(e) => tracing::warn!(error = %e, "cannot read the federation queue"),
         }
@@ -396,7 +396,11 @@ impl Federation {
                 }
                 failures = 0;
                 if !txn.upto.is_empty()
-                    && let Err(e) = self.hearth.outgoing_ack(&destination, &txn.upto).await
+                    && let Err(e) = self
+                        .hearth
+                        .outgoing
+                        .outgoing_ack(&destination, &txn.upto)
+                        .await
                 {
                     tracing::warn!(%destination, error = %e, "cannot clear delivered PDUs");
                 }
@@ -420,7 +424,11 @@ impl Federation {
     /// The next transaction for a destination: its oldest queued PDUs and
     /// waiting EDUs; `None` when there is nothing to send.
     async fn next_transaction(&self, destination: &str) -> Result<Option<Outgoing>, FedError> {
-        let batch = self.hearth.outgoing_batch(destination, MAX_PDUS).await?;
+        let batch = self
+            .hearth
+            .outgoing
+            .outgoing_batch(destination, MAX_PDUS)
+            .await?;
         let edus = self.transactions.take_edus(destination, MAX_EDUS);
         if batch.is_empty() && edus.is_empty() {
             return Ok(None);

@@ -63,7 +63,9 @@ async fn get_global(
     Path((user_id, kind)): Path<(String, String)>,
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
-    Ok(Json(h.account_data(&s.user_id, None, &kind).await?))
+    Ok(Json(
+        h.account_data.account_data(&s.user_id, None, &kind).await?,
+    ))
 }
 
 async fn put_global(
@@ -74,7 +76,9 @@ async fn put_global(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     settable(&kind)?;
-    h.put_account_data(&s.user_id, None, &kind, content).await?;
+    h.account_data
+        .put_account_data(&s.user_id, None, &kind, content)
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -85,7 +89,11 @@ async fn get_room(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
-    Ok(Json(h.account_data(&s.user_id, Some(&room), &kind).await?))
+    Ok(Json(
+        h.account_data
+            .account_data(&s.user_id, Some(&room), &kind)
+            .await?,
+    ))
 }
 
 async fn put_room(
@@ -97,7 +105,8 @@ async fn put_room(
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
     settable(&kind)?;
-    h.put_account_data(&s.user_id, Some(&room), &kind, content)
+    h.account_data
+        .put_account_data(&s.user_id, Some(&room), &kind, content)
         .await?;
     Ok(Json(json!({})))
 }
@@ -109,7 +118,9 @@ async fn get_tags(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
-    Ok(Json(json!({"tags": h.room_tags(&s.user_id, &room).await?})))
+    Ok(Json(
+        json!({"tags": h.account_data.room_tags(&s.user_id, &room).await?}),
+    ))
 }
 
 async fn put_tag(
@@ -120,7 +131,9 @@ async fn put_tag(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
-    h.set_room_tag(&s.user_id, &room, tag, body).await?;
+    h.account_data
+        .set_room_tag(&s.user_id, &room, tag, body)
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -131,6 +144,8 @@ async fn delete_tag(
 ) -> JsonResult {
     ensure_self(&s, &user_id)?;
     let room = parse_room_id(&room_id)?;
-    h.delete_room_tag(&s.user_id, &room, &tag).await?;
+    h.account_data
+        .delete_room_tag(&s.user_id, &room, &tag)
+        .await?;
     Ok(Json(json!({})))
 }

@@ -131,11 +131,15 @@ async fn create_backup(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.create_backup_version(&s.user_id, &body).await?))
+    Ok(Json(
+        h.key_backup
+            .create_backup_version(&s.user_id, &body)
+            .await?,
+    ))
 }
 
 async fn current_backup(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    Ok(Json(h.backup_info(&s.user_id, None).await?))
+    Ok(Json(h.key_backup.backup_info(&s.user_id, None).await?))
 }
 
 async fn get_backup(
@@ -143,7 +147,9 @@ async fn get_backup(
     Auth(s): Auth,
     Path(version): Path<String>,
 ) -> JsonResult {
-    Ok(Json(h.backup_info(&s.user_id, Some(&version)).await?))
+    Ok(Json(
+        h.key_backup.backup_info(&s.user_id, Some(&version)).await?,
+    ))
 }
 
 async fn update_backup(
@@ -152,7 +158,9 @@ async fn update_backup(
     Path(version): Path<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    h.update_backup_version(&s.user_id, &version, &body).await?;
+    h.key_backup
+        .update_backup_version(&s.user_id, &version, &body)
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -161,7 +169,9 @@ async fn delete_backup(
     Auth(s): Auth,
     Path(version): Path<String>,
 ) -> JsonResult {
-    h.delete_backup_version(&s.user_id, &version).await?;
+    h.key_backup
+        .delete_backup_version(&s.user_id, &version)
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -196,7 +206,9 @@ async fn get_keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.get_backup_keys(&s.user_id, version_of(&q)?, ALL).await?,
+        h.key_backup
+            .get_backup_keys(&s.user_id, version_of(&q)?, ALL)
+            .await?,
     ))
 }
 
@@ -207,7 +219,8 @@ async fn put_keys(
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
     Ok(Json(
-        h.put_backup_keys(&s.user_id, version_of(&q)?, ALL, &body)
+        h.key_backup
+            .put_backup_keys(&s.user_id, version_of(&q)?, ALL, &body)
             .await?,
     ))
 }
@@ -218,7 +231,8 @@ async fn delete_keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.delete_backup_keys(&s.user_id, version_of(&q)?, ALL)
+        h.key_backup
+            .delete_backup_keys(&s.user_id, version_of(&q)?, ALL)
             .await?,
     ))
 }
@@ -230,7 +244,8 @@ async fn get_room_keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.get_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
+        h.key_backup
+            .get_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
             .await?,
     ))
 }
@@ -243,7 +258,8 @@ async fn put_room_keys(
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
     Ok(Json(
-        h.put_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room), &body)
+        h.key_backup
+            .put_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room), &body)
             .await?,
     ))
 }
@@ -255,7 +271,8 @@ async fn delete_room_keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.delete_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
+        h.key_backup
+            .delete_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
             .await?,
     ))
 }
@@ -267,7 +284,8 @@ async fn get_session_key(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.get_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
+        h.key_backup
+            .get_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
             .await?,
     ))
 }
@@ -280,13 +298,14 @@ async fn put_session_key(
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
     Ok(Json(
-        h.put_backup_keys(
-            &s.user_id,
-            version_of(&q)?,
-            session_scope(&room, &session),
-            &body,
-        )
-        .await?,
+        h.key_backup
+            .put_backup_keys(
+                &s.user_id,
+                version_of(&q)?,
+                session_scope(&room, &session),
+                &body,
+            )
+            .await?,
     ))
 }
 
@@ -297,7 +316,8 @@ async fn delete_session_key(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.delete_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
+        h.key_backup
+            .delete_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
             .await?,
     ))
 }
