@@ -25,7 +25,8 @@ const POLL: Duration = Duration::from_secs(2);
 /// services about users and aliases.
 pub fn start_senders(hearth: Arc<Hearth>) {
     let _ = hearth
-        .appservice_link
+        .links
+        .appservice
         .set(Arc::new(AsClient::shared().clone()));
     for service in hearth.appservices.all() {
         if service.url.is_some() {

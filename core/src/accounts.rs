@@ -318,11 +318,12 @@ impl Hearth {
     pub async fn logout(&self, session: &Session) -> Result<()> {
         self.store.delete_token(&session.token_hash).await?;
         if !session.device_id.is_empty() {
-            self.delete_devices(
-                &session.user_id,
-                Some(std::slice::from_ref(&session.device_id)),
-            )
-            .await?;
+            self.e2ee
+                .delete_devices(
+                    &session.user_id,
+                    Some(std::slice::from_ref(&session.device_id)),
+                )
+                .await?;
         }
         Ok(())
     }

@@ -331,7 +331,7 @@ impl Hearth {
         if let Some(found) = self.store.resolve_alias(alias).await? {
             return Ok(Some(found));
         }
-        let Some(link) = self.appservice_link.get() else {
+        let Some(link) = self.links.appservice.get() else {
             return Ok(None);
         };
         for service in self
@@ -356,7 +356,7 @@ impl Hearth {
         if self.store.get_user(user.as_str()).await?.is_some() {
             return Ok(true);
         }
-        let Some(link) = self.appservice_link.get() else {
+        let Some(link) = self.links.appservice.get() else {
             return Ok(false);
         };
         for service in self.appservices.all().iter().filter(|s| s.may_act_as(user)) {

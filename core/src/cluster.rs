@@ -160,7 +160,7 @@ impl Hearth {
     /// Sends an EDU to every other server with members in the room that
     /// the room's ACL does not deny.
     pub(crate) async fn share_with_servers(&self, room: &ruma::RoomId, edu: serde_json::Value) {
-        let Some(remote) = self.remote.get() else {
+        let Some(remote) = self.links.remote.get() else {
             return;
         };
         match self.room_destinations(room).await {
@@ -238,7 +238,7 @@ impl Hearth {
             if self.appservices.all().iter().any(|s| s.receive_ephemeral) {
                 self.appservice_ephemeral.presence_changed(user);
             }
-            if let Some(remote) = self.remote.get()
+            if let Some(remote) = self.links.remote.get()
                 && self.is_local(user)
                 && let Some(state) = self.presence.get(user)
             {

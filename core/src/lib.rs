@@ -60,10 +60,12 @@ pub struct Hearth {
     pub rooms: Rooms,
     pub ratelimiter: RateLimiter,
     pub unread: UnreadCache,
-    /// End-to-end encryption bookkeeping between syncs.
-    pub e2ee: e2ee::E2eeState,
+    /// Keys, to-device messages and device lists (`e2ee/`).
+    pub e2ee: Arc<e2ee::E2ee>,
+    /// A user's devices: listing and renaming (`devices.rs`).
+    pub devices: Arc<devices::Devices>,
     /// Push rules, notifications and pushes to gateways (spec/push.md).
-    pub push: push::Push,
+    pub push: Arc<push::Push>,
     /// Flips to true when the server starts draining: long-polls answer at
     /// once and WebSockets are told to reconnect elsewhere.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -75,18 +77,14 @@ pub struct Hearth {
     heads: cluster::HeadsReads,
     /// Names this process in room writer leases (random per start).
     pub writer_id: Arc<str>,
-    /// Reaches the process that writes a room, when it is not this one.
-    pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
-    /// Asks other servers (federation), when this server federates.
-    pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
+    /// Federation, forwarding and application services, set after start-up.
+    pub links: Arc<Links>,
     /// Registered application services (bridges).
     pub appservices: appservice::AppServices,
     /// Woken when events were queued for application services.
     pub appservice_queued: tokio::sync::Notify,
     /// Typing and receipts waiting for application services.
     pub appservice_ephemeral: appservice::EphemeralQueues,
-    /// Asks application services (alias and user queries).
-    pub appservice_link: std::sync::OnceLock<Arc<dyn appservice::AppServiceQueries>>,
     /// The content repository (`media.rs`).
     pub media: Arc<media::Media>,
     /// Account data and room tags (`account_data.rs`).
@@ -95,6 +93,19 @@ pub struct Hearth {
     pub key_backup: Arc<e2ee::backup::KeyBackup>,
     /// The outgoing queue as its senders read it (`outgoing.rs`).
     pub outgoing: Arc<outgoing::Outgoing>,
+}
+
+/// What core reaches in the crates built on it, set once they start (after
+/// `Hearth::new`): shared by the services that call out, so none of them
+/// needs the whole `Hearth`.
+#[derive(Default)]
+pub struct Links {
+    /// Reaches the process that writes a room, when it is not this one.
+    pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
+    /// Asks other servers (federation), when this server federates.
+    pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
+    /// Asks application services (alias and user queries).
+    pub appservice: std::sync::OnceLock<Arc<dyn appservice::AppServiceQueries>>,
 }
 
 /// Queries answered by other servers (the federation crate implements it).
@@ -193,11 +204,12 @@ impl Hearth {
         };
         let presence_times = config.presence;
         let config_appservices = config.appservices.clone();
-        let push = push::Push::new(
+        let push = Arc::new(push::Push::new(
             config.push,
             config.cluster.is_some() || config.redis.is_some(),
-        );
+        ));
         let notifier = Arc::new(Notifier::default());
+        let links = Arc::new(Links::default());
         let media = Arc::new(media::Media::new(
             store.clone(),
             &config.data_dir,
@@ -209,6 +221,15 @@ impl Hearth {
         ));
         let key_backup = Arc::new(e2ee::backup::KeyBackup::new(store.clone()));
         let outgoing = Arc::new(outgoing::Outgoing::new(store.clone()));
+        let e2ee = Arc::new(e2ee::E2ee::new(
+            store.clone(),
+            notifier.clone(),
+            links.clone(),
+            push.clone(),
+            config.server_name.clone(),
+            bus.is_none(),
+        ));
+        let devices = Arc::new(devices::Devices::new(store.clone(), e2ee.clone()));
         let hearth = Arc::new(Self {
             config,
             store,
@@ -219,18 +240,17 @@ impl Hearth {
             rooms: Rooms::default(),
             ratelimiter: RateLimiter::default(),
             unread: UnreadCache::default(),
-            e2ee: e2ee::E2eeState::default(),
+            e2ee,
+            devices,
             push,
             shutdown: tokio::sync::watch::channel(false).0,
             tasks: tasks::Tasks::default(),
             bus: bus.as_ref().map(|(b, _)| b.clone()),
             heads: Default::default(),
             writer_id: Arc::from(ids::random_string(16)),
-            forwarder: std::sync::OnceLock::new(),
-            remote: std::sync::OnceLock::new(),
+            links,
             appservices: appservice::AppServices::new(config_appservices),
             appservice_queued: tokio::sync::Notify::new(),
-            appservice_link: std::sync::OnceLock::new(),
             appservice_ephemeral: Default::default(),
             media,
             account_data,

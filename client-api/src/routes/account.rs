@@ -309,7 +309,7 @@ async fn logout(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
 }
 
 async fn logout_all(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    h.delete_devices(&s.user_id, None).await?;
+    h.e2ee.delete_devices(&s.user_id, None).await?;
     Ok(Json(json!({})))
 }
 

@@ -35,7 +35,7 @@ fn device_json(user: &str, d: &DeviceRecord) -> Value {
 }
 
 async fn list(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    let devices = h.devices(&s.user_id).await?;
+    let devices = h.devices.devices(&s.user_id).await?;
     let list: Vec<Value> = devices
         .iter()
         .map(|d| device_json(s.user_id.as_str(), d))
@@ -48,7 +48,7 @@ async fn get_one(
     Auth(s): Auth,
     Path(device_id): Path<String>,
 ) -> JsonResult {
-    let d = h.device(&s.user_id, &device_id).await?;
+    let d = h.devices.device(&s.user_id, &device_id).await?;
     Ok(Json(device_json(s.user_id.as_str(), &d)))
 }
 
@@ -63,7 +63,8 @@ async fn rename(
     Path(device_id): Path<String>,
     JsonBody(body): JsonBody<RenameBody>,
 ) -> JsonResult {
-    h.rename_device(&s.user_id, &device_id, body.display_name.as_deref())
+    h.devices
+        .rename_device(&s.user_id, &device_id, body.display_name.as_deref())
         .await?;
     Ok(Json(json!({})))
 }
@@ -75,9 +76,11 @@ async fn delete_one(
     uia: UiaJson<Value>,
 ) -> JsonResult {
     // An unknown device is 404 before any password is asked for.
-    h.device(&s.user_id, &device_id).await?;
+    h.devices.device(&s.user_id, &device_id).await?;
     reauthenticate(&h, &uia, &s.user_id).await?;
-    h.delete_devices(&s.user_id, Some(&[device_id])).await?;
+    h.e2ee
+        .delete_devices(&s.user_id, Some(&[device_id]))
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -92,7 +95,8 @@ async fn delete_many(
     uia: UiaJson<DeleteManyBody>,
 ) -> JsonResult {
     reauthenticate(&h, &uia, &s.user_id).await?;
-    h.delete_devices(&s.user_id, Some(&uia.body.devices))
+    h.e2ee
+        .delete_devices(&s.user_id, Some(&uia.body.devices))
         .await?;
     Ok(Json(json!({})))
 }

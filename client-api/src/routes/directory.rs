@@ -41,7 +41,7 @@ async fn get_alias(State(h): State<Arc<Hearth>>, Path(alias): Path<String>) -> J
         RoomAliasId::parse(&alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
     if alias.server_name() != h.config.server_name {
         // Another server's alias: ask it.
-        let remote = h.remote.get().ok_or_else(|| {
+        let remote = h.links.remote.get().ok_or_else(|| {
             Error::not_found("Room alias not found (this server does not federate)")
         })?;
         let v = remote.query_directory(&alias).await?;

@@ -54,7 +54,9 @@ async fn upload(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.upload_keys(&s.user_id, &s.device_id, &body).await?))
+    Ok(Json(
+        h.e2ee.upload_keys(&s.user_id, &s.device_id, &body).await?,
+    ))
 }
 
 async fn query(
@@ -62,7 +64,7 @@ async fn query(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.query_keys(&s.user_id, &body).await?))
+    Ok(Json(h.e2ee.query_keys(&s.user_id, &body).await?))
 }
 
 async fn claim(
@@ -70,7 +72,7 @@ async fn claim(
     Auth(_): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.claim_keys(&body).await?))
+    Ok(Json(h.e2ee.claim_keys(&body).await?))
 }
 
 /// `from` and `to` are sync tokens; the device-list positions are their misc
@@ -86,7 +88,7 @@ async fn changes(
             .parse()
     };
     let (from, to) = (token("from")?, token("to")?);
-    let changed = h.key_changes(&s.user_id, from.misc, to.misc).await?;
+    let changed = h.e2ee.key_changes(&s.user_id, from.misc, to.misc).await?;
     Ok(Json(json!({"changed": changed, "left": []})))
 }
 
@@ -97,10 +99,12 @@ async fn device_signing(
     Auth(s): Auth,
     uia: UiaJson<Value>,
 ) -> JsonResult {
-    if h.has_master_cross_signing_key(&s.user_id).await? {
+    if h.e2ee.has_master_cross_signing_key(&s.user_id).await? {
         reauthenticate(&h, &uia, &s.user_id).await?;
     }
-    h.upload_cross_signing_keys(&s.user_id, &uia.body).await?;
+    h.e2ee
+        .upload_cross_signing_keys(&s.user_id, &uia.body)
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -109,7 +113,7 @@ async fn signatures(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.upload_signatures(&s.user_id, &body).await?))
+    Ok(Json(h.e2ee.upload_signatures(&s.user_id, &body).await?))
 }
 
 async fn send_to_device(
@@ -121,7 +125,8 @@ async fn send_to_device(
     let messages = body
         .get("messages")
         .ok_or_else(|| Error::MissingParam("messages is required".into()))?;
-    h.send_to_device(&s.user_id, &s.device_id, &kind, &txn, messages)
+    h.e2ee
+        .send_to_device(&s.user_id, &s.device_id, &kind, &txn, messages)
         .await?;
     Ok(Json(json!({})))
 }

@@ -71,7 +71,7 @@ impl Hearth {
     /// here and stores them; how many were new.
     pub async fn backfill(&self, room: &RoomId, limit: usize) -> Result<usize> {
         let frontier = self.store.backfill_frontier(room.as_str()).await?;
-        let Some(remote) = self.remote.get() else {
+        let Some(remote) = self.links.remote.get() else {
             return Ok(0);
         };
         if frontier.is_empty() {

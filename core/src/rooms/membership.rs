@@ -112,7 +112,7 @@ impl Hearth {
     }
 
     fn remote_for(&self, servers: &[String]) -> Result<&std::sync::Arc<dyn crate::Remote>> {
-        match self.remote.get() {
+        match self.links.remote.get() {
             Some(remote) if !servers.is_empty() => Ok(remote),
             _ => Err(Error::not_found("Unknown room")),
         }
@@ -129,6 +129,7 @@ impl Hearth {
                 self.resolve_room(id_or_alias).await?
             } else {
                 let remote = self
+                    .links
                     .remote
                     .get()
                     .ok_or_else(|| Error::not_found("Room alias not found"))?;

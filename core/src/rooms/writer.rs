@@ -416,7 +416,7 @@ impl Hearth {
                 // of the room; that takes a second attempt, rarely a third.
                 Err(Error::Superseded | Error::LeaseLost) if rebuilt < 3 => rebuilt += 1,
                 Err(Error::NotWriter { address }) if may_forward => {
-                    let forwarded = match self.forwarder.get() {
+                    let forwarded = match self.links.forwarder.get() {
                         Some(f) => f.send(&address, room_id, &new).await,
                         None => Err(Error::internal("no forwarder to reach the room's writer")),
                     };
@@ -497,7 +497,7 @@ impl Hearth {
                 return Ok(earlier);
             }
             drop(guard);
-            if let Some(remote) = self.remote.get() {
+            if let Some(remote) = self.links.remote.get() {
                 remote.wake(std::slice::from_ref(&owner));
             }
             return Ok(event_id);
@@ -568,7 +568,7 @@ impl Hearth {
         if !remote_invitee {
             return Ok(pdu);
         }
-        let remote = self.remote.get().ok_or_else(|| {
+        let remote = self.links.remote.get().ok_or_else(|| {
             Error::Forbidden("this server does not federate: cannot invite remote users".into())
         })?;
         let shown = invite_room_state(cache, &pdu);
@@ -727,7 +727,7 @@ impl Hearth {
         self.notifier
             .notify_users(audience.iter().map(String::as_str));
         if !relay.is_empty()
-            && let Some(remote) = self.remote.get()
+            && let Some(remote) = self.links.remote.get()
         {
             remote.wake(&relay);
         }

@@ -69,7 +69,7 @@ impl Hearth {
         if req.since.as_ref() == Some(&upto) && !req.full_state {
             // Nothing moved in any stream: the common case for a long-poll
             // that just re-armed after its last answer.
-            self.ack_to_device(user, device, upto.misc).await?;
+            self.e2ee.ack_to_device(user, device, upto.misc).await?;
             return Ok((empty_response(&upto), false));
         }
         let memberships = self.store.memberships_of_user(user.as_str()).await?;
@@ -189,6 +189,7 @@ impl Hearth {
     ) -> Result<(Value, bool)> {
         let (user, since) = (pass.user, pass.since().map(|s| s.misc));
         let devices = self
+            .e2ee
             .device_sync(user, pass.device, since, pass.upto.misc, pass.misc_moved())
             .await?;
         let mut changed = devices.changed;
