@@ -59,7 +59,7 @@ pub struct Hearth {
     pub presence: Presence,
     pub rooms: Rooms,
     pub ratelimiter: RateLimiter,
-    pub unread: UnreadCache,
+    pub unread: Arc<UnreadCache>,
     /// Keys, to-device messages and device lists (`e2ee/`).
     pub e2ee: Arc<e2ee::E2ee>,
     /// A user's devices: listing and renaming (`devices.rs`).
@@ -204,12 +204,16 @@ impl Hearth {
         };
         let presence_times = config.presence;
         let config_appservices = config.appservices.clone();
+        let notifier = Arc::new(Notifier::default());
+        let links = Arc::new(Links::default());
+        let unread = Arc::new(UnreadCache::default());
         let push = Arc::new(push::Push::new(
             config.push,
             config.cluster.is_some() || config.redis.is_some(),
+            store.clone(),
+            notifier.clone(),
+            unread.clone(),
         ));
-        let notifier = Arc::new(Notifier::default());
-        let links = Arc::new(Links::default());
         let media = Arc::new(media::Media::new(
             store.clone(),
             &config.data_dir,
@@ -239,7 +243,7 @@ impl Hearth {
             presence: Presence::new(presence_times),
             rooms: Rooms::default(),
             ratelimiter: RateLimiter::default(),
-            unread: UnreadCache::default(),
+            unread,
             e2ee,
             devices,
             push,

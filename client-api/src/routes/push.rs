@@ -39,7 +39,7 @@ pub fn routes() -> Router<Arc<Hearth>> {
 }
 
 async fn all_rules(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    let rules = h.push_rules(&s.user_id).await?;
+    let rules = h.push.push_rules(&s.user_id).await?;
     let rules = serde_json::to_value(&*rules).map_err(hearth_core::Error::from)?;
     Ok(Json(json!({ "global": rules })))
 }
@@ -52,7 +52,7 @@ async fn scope_rules(
     if scope != "global" {
         return Err(hearth_core::Error::from(hearth_core::push::RuleError::Scope(scope)).into());
     }
-    let rules = h.push_rules(&s.user_id).await?;
+    let rules = h.push.push_rules(&s.user_id).await?;
     Ok(Json(
         serde_json::to_value(&*rules).map_err(hearth_core::Error::from)?,
     ))
@@ -69,7 +69,7 @@ fn at(p: &(String, String, String)) -> RulePath<'_> {
 }
 
 async fn get_rule(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(p): RuleParams) -> JsonResult {
-    Ok(Json(h.push_rule(&s.user_id, &at(&p)).await?))
+    Ok(Json(h.push.push_rule(&s.user_id, &at(&p)).await?))
 }
 
 #[derive(Deserialize)]
@@ -85,14 +85,15 @@ async fn put_rule(
     Query(q): Query<Placement>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
-    h.put_push_rule(
-        &s.user_id,
-        &at(&p),
-        &body,
-        q.before.as_deref().filter(|b| !b.is_empty()),
-        q.after.as_deref().filter(|a| !a.is_empty()),
-    )
-    .await?;
+    h.push
+        .put_push_rule(
+            &s.user_id,
+            &at(&p),
+            &body,
+            q.before.as_deref().filter(|b| !b.is_empty()),
+            q.after.as_deref().filter(|a| !a.is_empty()),
+        )
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -101,7 +102,7 @@ async fn delete_rule(
     Auth(s): Auth,
     Path(p): RuleParams,
 ) -> JsonResult {
-    h.delete_push_rule(&s.user_id, &at(&p)).await?;
+    h.push.delete_push_rule(&s.user_id, &at(&p)).await?;
     Ok(Json(json!({})))
 }
 
@@ -110,7 +111,7 @@ async fn get_enabled(
     Auth(s): Auth,
     Path(p): RuleParams,
 ) -> JsonResult {
-    let enabled = h.push_rule_enabled(&s.user_id, &at(&p)).await?;
+    let enabled = h.push.push_rule_enabled(&s.user_id, &at(&p)).await?;
     Ok(Json(json!({ "enabled": enabled })))
 }
 
@@ -123,7 +124,8 @@ async fn put_enabled(
     let Some(enabled) = body.get("enabled").and_then(Value::as_bool) else {
         return Err(hearth_core::Error::invalid_param("'enabled' must be a boolean").into());
     };
-    h.set_push_rule_enabled(&s.user_id, &at(&p), enabled)
+    h.push
+        .set_push_rule_enabled(&s.user_id, &at(&p), enabled)
         .await?;
     Ok(Json(json!({})))
 }
@@ -133,7 +135,7 @@ async fn get_actions(
     Auth(s): Auth,
     Path(p): RuleParams,
 ) -> JsonResult {
-    let actions = h.push_rule_actions(&s.user_id, &at(&p)).await?;
+    let actions = h.push.push_rule_actions(&s.user_id, &at(&p)).await?;
     Ok(Json(json!({ "actions": actions })))
 }
 
@@ -143,13 +145,14 @@ async fn put_actions(
     Path(p): RuleParams,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
-    h.set_push_rule_actions(&s.user_id, &at(&p), body.get("actions"))
+    h.push
+        .set_push_rule_actions(&s.user_id, &at(&p), body.get("actions"))
         .await?;
     Ok(Json(json!({})))
 }
 
 async fn pushers(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    Ok(Json(h.pushers_json(s.user_id.as_str()).await?))
+    Ok(Json(h.push.pushers_json(s.user_id.as_str()).await?))
 }
 
 async fn set_pusher(
@@ -157,7 +160,8 @@ async fn set_pusher(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> JsonResult {
-    h.set_pusher(s.user_id.as_str(), &s.device_id, &body)
+    h.push
+        .set_pusher(s.user_id.as_str(), &s.device_id, &body)
         .await?;
     Ok(Json(json!({})))
 }
@@ -182,7 +186,8 @@ async fn notifications(
         ),
     };
     Ok(Json(
-        h.notifications_page(&s.user_id, q.from.as_deref(), limit, q.only.as_deref())
+        h.push
+            .notifications_page(&s.user_id, q.from.as_deref(), limit, q.only.as_deref())
             .await?,
     ))
 }

@@ -202,7 +202,7 @@ impl Hearth {
         if event.pdu.sender == user {
             return Ok(Evaluation::default());
         }
-        let (rules, default) = self.push_rules_of(user).await?;
+        let (rules, default) = self.push.push_rules_of(user).await?;
         // Under the default rules an event means the same to every member it
         // does not single out: one evaluation serves a whole room.
         let generic = default && !singles_out(event, user);

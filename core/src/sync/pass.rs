@@ -161,7 +161,7 @@ impl Hearth {
         // changed them has the server's defaults, which are stored nowhere.
         let has_rules = global.iter().any(|e| e["type"] == "m.push_rules");
         if !pass.incremental() && !has_rules && f.account_data.allows_type("m.push_rules") {
-            let rules = self.push_rules(pass.user).await?;
+            let rules = self.push.push_rules(pass.user).await?;
             global.push(json!({"type": "m.push_rules", "content": {"global": &*rules}}));
         }
         Ok(global)
