@@ -101,6 +101,36 @@ impl AppServices {
         }
     }
 
+    /// Refuses an ordinary user's claim on a user id an application service
+    /// holds exclusively (registration).
+    pub fn check_user_not_exclusive(&self, user: &UserId) -> Result<()> {
+        match self.owner_of_user(user) {
+            Some(s) => Err(Error::Exclusive(format!(
+                "{user} is reserved by application service {}",
+                s.id
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The same for room aliases: `by` is the service asking, if any.
+    pub fn check_alias_claim(&self, alias: &str, by: Option<&AppService>) -> Result<()> {
+        match by {
+            Some(s) if !s.covers_alias(alias) => Err(Error::Exclusive(format!(
+                "{alias} is outside application service {}'s namespaces",
+                s.id
+            ))),
+            Some(_) => Ok(()),
+            None => match self.owner_of_alias(alias) {
+                Some(s) => Err(Error::Exclusive(format!(
+                    "{alias} is reserved by application service {}",
+                    s.id
+                ))),
+                None => Ok(()),
+            },
+        }
+    }
+
     pub fn all(&self) -> &[Arc<AppService>] {
         &self.list
     }
@@ -368,41 +398,12 @@ impl Hearth {
         Ok(false)
     }
 
-    /// Refuses an ordinary user's claim on a user id an application service
-    /// holds exclusively (registration).
-    pub fn check_user_not_exclusive(&self, user: &UserId) -> Result<()> {
-        match self.appservices.owner_of_user(user) {
-            Some(s) => Err(Error::Exclusive(format!(
-                "{user} is reserved by application service {}",
-                s.id
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    /// The same for room aliases: `by` is the service asking, if any.
-    pub fn check_alias_claim(&self, alias: &str, by: Option<&AppService>) -> Result<()> {
-        match by {
-            Some(s) if !s.covers_alias(alias) => Err(Error::Exclusive(format!(
-                "{alias} is outside application service {}'s namespaces",
-                s.id
-            ))),
-            Some(_) => Ok(()),
-            None => match self.appservices.owner_of_alias(alias) {
-                Some(s) => Err(Error::Exclusive(format!(
-                    "{alias} is reserved by application service {}",
-                    s.id
-                ))),
-                None => Ok(()),
-            },
-        }
-    }
-
     /// Creates each service's own user if it does not exist yet.
     pub async fn ensure_appservice_users(&self) -> Result<()> {
         for s in self.appservices.all() {
             if self.store.get_user(s.sender.as_str()).await?.is_none() {
-                self.create_account(s.sender.localpart(), None, false)
+                self.accounts
+                    .create_account(s.sender.localpart(), None, false)
                     .await?;
                 tracing::info!(appservice = %s.id, user = %s.sender, "application service user created");
             }

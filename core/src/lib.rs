@@ -64,6 +64,10 @@ pub struct Hearth {
     pub e2ee: Arc<e2ee::E2ee>,
     /// A user's devices: listing and renaming (`devices.rs`).
     pub devices: Arc<devices::Devices>,
+    /// Accounts and access tokens (`accounts.rs`).
+    pub accounts: Arc<accounts::Accounts>,
+    /// User-interactive auth (`uia.rs`).
+    pub uia: Arc<uia::Uia>,
     /// Push rules, notifications and pushes to gateways (spec/push.md).
     pub push: Arc<push::Push>,
     /// Flips to true when the server starts draining: long-polls answer at
@@ -80,7 +84,7 @@ pub struct Hearth {
     /// Federation, forwarding and application services, set after start-up.
     pub links: Arc<Links>,
     /// Registered application services (bridges).
-    pub appservices: appservice::AppServices,
+    pub appservices: Arc<appservice::AppServices>,
     /// Woken when events were queued for application services.
     pub appservice_queued: tokio::sync::Notify,
     /// Typing and receipts waiting for application services.
@@ -234,6 +238,18 @@ impl Hearth {
             bus.is_none(),
         ));
         let devices = Arc::new(devices::Devices::new(store.clone(), e2ee.clone()));
+        let appservices = Arc::new(appservice::AppServices::new(config_appservices));
+        let accounts = Arc::new(accounts::Accounts::new(
+            store.clone(),
+            config.server_name.clone(),
+            appservices.clone(),
+            e2ee.clone(),
+        ));
+        let uia = Arc::new(uia::Uia::new(
+            store.clone(),
+            config.registration_tokens.clone(),
+            accounts.clone(),
+        ));
         let hearth = Arc::new(Self {
             config,
             store,
@@ -246,6 +262,8 @@ impl Hearth {
             unread,
             e2ee,
             devices,
+            accounts,
+            uia,
             push,
             shutdown: tokio::sync::watch::channel(false).0,
             tasks: tasks::Tasks::default(),
@@ -253,7 +271,7 @@ impl Hearth {
             heads: Default::default(),
             writer_id: Arc::from(ids::random_string(16)),
             links,
-            appservices: appservice::AppServices::new(config_appservices),
+            appservices,
             appservice_queued: tokio::sync::Notify::new(),
             appservice_ephemeral: Default::default(),
             media,

@@ -219,7 +219,7 @@ pub(crate) async fn invite(
     if !fed.hearth.is_local(&invitee) {
         return Err(Error::invalid_param(format!("{invitee} is not a user of this server")).into());
     }
-    if fed.hearth.active_user(&invitee).await?.is_none() {
+    if fed.hearth.accounts.active_user(&invitee).await?.is_none() {
         return Err(Error::not_found(format!("{invitee} does not exist")).into());
     }
     let rules = rules_of(&version)?;

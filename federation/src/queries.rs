@@ -37,6 +37,7 @@ pub(crate) async fn profile(
     tracing::debug!(%origin, %user, "profile query");
     let u = fed
         .hearth
+        .accounts
         .active_user(user.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Profile not found"))?;

@@ -40,7 +40,7 @@ pub(crate) async fn run_uia(
     password_user: Option<&hearth_core::ruma::UserId>,
     request: &UiaRequest,
 ) -> ApiResult<()> {
-    match h.uia(auth, flows, password_user, request).await? {
+    match h.uia.uia(auth, flows, password_user, request).await? {
         UiaOutcome::Done => Ok(()),
         UiaOutcome::Challenge(c) => Err(ApiError::Uia(Box::new(c))),
     }
@@ -109,7 +109,9 @@ async fn register(
     }
     // Refuse a bad or taken name before the client walks through UIA.
     if let Some(u) = &body.username {
-        h.check_username_claimable(&u.to_lowercase()).await?;
+        h.accounts
+            .check_username_claimable(&u.to_lowercase())
+            .await?;
     }
     let flows: Vec<Vec<&str>> = if h.config.registration_tokens.is_empty() {
         vec![vec!["m.login.dummy"]]
@@ -132,9 +134,12 @@ async fn register(
     }
     let local = match &body.username {
         Some(u) => u.to_lowercase(),
-        None => h.generate_localpart().await?,
+        None => h.accounts.generate_localpart().await?,
     };
-    let user = h.create_account(&local, Some(password), false).await?;
+    let user = h
+        .accounts
+        .create_account(&local, Some(password), false)
+        .await?;
     tracing::info!(user = %user, "registered");
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user})));
@@ -161,7 +166,10 @@ async fn register_appservice_user(
         .as_deref()
         .ok_or_else(|| Error::MissingParam("Missing username".into()))?
         .to_lowercase();
-    let user = h.register_appservice_user(&service, &local).await?;
+    let user = h
+        .accounts
+        .register_appservice_user(&service, &local)
+        .await?;
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user})));
     }
@@ -182,7 +190,10 @@ async fn logged_in(
     device_id: Option<&str>,
     display_name: Option<&str>,
 ) -> JsonResult {
-    let (token, device) = h.issue_token(user, device_id, display_name).await?;
+    let (token, device) = h
+        .accounts
+        .issue_token(user, device_id, display_name)
+        .await?;
     Ok(Json(json!({
         "user_id": user,
         "access_token": token,
@@ -210,7 +221,8 @@ struct AvailableQuery {
 }
 
 async fn available(State(h): State<Arc<Hearth>>, Query(q): Query<AvailableQuery>) -> JsonResult {
-    h.check_username_claimable(&q.username.to_lowercase())
+    h.accounts
+        .check_username_claimable(&q.username.to_lowercase())
         .await?;
     Ok(Json(json!({"available": true})))
 }
@@ -246,7 +258,7 @@ async fn login_appservice_user(
 ) -> JsonResult {
     let service = appservice_of(h, parts)?;
     let user = login_user(&body)?;
-    let user_id = h.appservice_login_user(&service, &user).await?;
+    let user_id = h.accounts.appservice_login_user(&service, &user).await?;
     logged_in(
         h,
         &user_id,
@@ -290,9 +302,10 @@ async fn login(
         .ok_or_else(|| Error::MissingParam("Missing password".into()))?;
     h.rate_limit(Action::Login, &user)?;
     let user_id = h
+        .accounts
         .parse_local_user(&user)
         .map_err(|_| Error::forbidden("Invalid username or password"))?;
-    h.check_password(&user_id, password).await?;
+    h.accounts.check_password(&user_id, password).await?;
     logged_in(
         &h,
         &user_id,
@@ -304,7 +317,7 @@ async fn login(
 
 /// Logging out ends the device: its token, keys and to-device inbox go.
 async fn logout(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    h.logout(&s).await?;
+    h.accounts.logout(&s).await?;
     Ok(Json(json!({})))
 }
 
@@ -344,7 +357,8 @@ async fn change_password(
         .new_password
         .as_deref()
         .ok_or_else(|| Error::MissingParam("Missing new_password".into()))?;
-    h.change_password(&s.user_id, new, body.logout_devices, Some(&s.token_hash))
+    h.accounts
+        .change_password(&s.user_id, new, body.logout_devices, Some(&s.token_hash))
         .await?;
     Ok(Json(json!({})))
 }

@@ -100,7 +100,8 @@ async fn create_room(
         .collect::<ApiResult<Vec<_>>>()?;
     if let Some(local) = &b.room_alias_name {
         let alias = format!("#{local}:{}", h.config.server_name);
-        h.check_alias_claim(&alias, s.appservice.as_deref())?;
+        h.appservices
+            .check_alias_claim(&alias, s.appservice.as_deref())?;
     }
     let req = CreateRoom {
         preset: b.preset,

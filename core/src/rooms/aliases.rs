@@ -33,7 +33,8 @@ impl Hearth {
         appservice: Option<&AppService>,
     ) -> Result<()> {
         let alias = self.parse_local_alias(alias)?;
-        self.check_alias_claim(alias.as_str(), appservice)?;
+        self.appservices
+            .check_alias_claim(alias.as_str(), appservice)?;
         let room = parse_room_id(room_id)?;
         self.require_known_room(&room).await?;
         self.require_joined(&room, user).await?;
