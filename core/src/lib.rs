@@ -41,7 +41,6 @@ use crate::{
     ephemeral::{Presence, Typing},
     keys::ServerKeys,
     notifier::Notifier,
-    ratelimit::{Action, RateLimiter},
     rooms::Rooms,
     store::Store,
     unread::UnreadCache,
@@ -58,7 +57,10 @@ pub struct Hearth {
     pub typing: Typing,
     pub presence: Presence,
     pub rooms: Rooms,
-    pub ratelimiter: RateLimiter,
+    /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
+    pub rate_limits: Arc<ratelimit::RateLimits>,
+    /// Clients' stored filters (`filter.rs`).
+    pub filters: Arc<filter::Filters>,
     pub unread: Arc<UnreadCache>,
     /// Keys, to-device messages and device lists (`e2ee/`).
     pub e2ee: Arc<e2ee::E2ee>,
@@ -250,6 +252,8 @@ impl Hearth {
             config.registration_tokens.clone(),
             accounts.clone(),
         ));
+        let rate_limits = Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone()));
+        let filters = Arc::new(filter::Filters::new(store.clone()));
         let hearth = Arc::new(Self {
             config,
             store,
@@ -258,7 +262,8 @@ impl Hearth {
             typing: Typing::default(),
             presence: Presence::new(presence_times),
             rooms: Rooms::default(),
-            ratelimiter: RateLimiter::default(),
+            rate_limits,
+            filters,
             unread,
             e2ee,
             devices,
@@ -329,18 +334,5 @@ impl Hearth {
                 h.presence_to_appservices().await;
             }
         });
-    }
-
-    pub fn rate_limit(&self, action: Action, key: &str) -> Result<()> {
-        let rl = &self.config.rate_limits;
-        if !rl.enabled {
-            return Ok(());
-        }
-        let (rate, burst) = match action {
-            Action::Message => (rl.messages_per_second, rl.messages_burst),
-            Action::Login => (rl.login_per_second, rl.login_burst),
-            Action::Register => (rl.register_per_second, rl.register_burst),
-        };
-        self.ratelimiter.check(action, key, rate, burst)
     }
 }

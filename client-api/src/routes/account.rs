@@ -121,7 +121,7 @@ async fn register(
     // Bound to the endpoint, not the body: clients ask for the flows with an
     // empty body and send the username and password with the stages.
     run_uia(&h, body.auth.as_ref(), &flows, None, &uia_request(&parts)).await?;
-    h.rate_limit(
+    h.rate_limits.rate_limit(
         Action::Register,
         &ip.map(|i| i.to_string()).unwrap_or_default(),
     )?;
@@ -300,7 +300,7 @@ async fn login(
         .password
         .as_deref()
         .ok_or_else(|| Error::MissingParam("Missing password".into()))?;
-    h.rate_limit(Action::Login, &user)?;
+    h.rate_limits.rate_limit(Action::Login, &user)?;
     let user_id = h
         .accounts
         .parse_local_user(&user)
