@@ -219,7 +219,7 @@ impl Hearth {
         if !self.appservices.all().iter().any(|s| s.receive_ephemeral) {
             return;
         }
-        let state = match self.room_state(room).await {
+        let state = match self.rooms.room_state(room).await {
             Ok(s) => s,
             Err(_) => return,
         };

@@ -130,7 +130,7 @@ impl Hearth {
                 });
                 store_typing(&self.tasks, bus.clone(), room.as_str(), users);
             }
-            self.notify_room(room).await;
+            self.rooms.notify_room(room).await;
             let users: Vec<String> = self
                 .typing
                 .snapshot(room.as_str())

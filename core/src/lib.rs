@@ -56,7 +56,8 @@ pub struct Hearth {
     pub notifier: Arc<Notifier>,
     pub typing: Typing,
     pub presence: Presence,
-    pub rooms: Rooms,
+    /// Each room's view and lease (`rooms/view.rs`); the writer is still `impl Hearth`.
+    pub rooms: Arc<Rooms>,
     /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
     pub rate_limits: Arc<ratelimit::RateLimits>,
     /// Clients' stored filters (`filter.rs`).
@@ -81,8 +82,6 @@ pub struct Hearth {
     pub bus: Option<Arc<bus::Bus>>,
     /// Re-reads of the stream heads, shared by concurrent callers.
     heads: cluster::HeadsReads,
-    /// Names this process in room writer leases (random per start).
-    pub writer_id: Arc<str>,
     /// Federation, forwarding and application services, set after start-up.
     pub links: Arc<Links>,
     /// Registered application services (bridges).
@@ -254,6 +253,14 @@ impl Hearth {
         ));
         let rate_limits = Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone()));
         let filters = Arc::new(filter::Filters::new(store.clone()));
+        let tasks = tasks::Tasks::default();
+        let rooms = Arc::new(Rooms::new(
+            store.clone(),
+            config.cluster.clone(),
+            config.server_name.clone(),
+            notifier.clone(),
+            tasks.clone(),
+        ));
         let hearth = Arc::new(Self {
             config,
             store,
@@ -261,7 +268,7 @@ impl Hearth {
             notifier,
             typing: Typing::default(),
             presence: Presence::new(presence_times),
-            rooms: Rooms::default(),
+            rooms,
             rate_limits,
             filters,
             unread,
@@ -271,10 +278,9 @@ impl Hearth {
             uia,
             push,
             shutdown: tokio::sync::watch::channel(false).0,
-            tasks: tasks::Tasks::default(),
+            tasks,
             bus: bus.as_ref().map(|(b, _)| b.clone()),
             heads: Default::default(),
-            writer_id: Arc::from(ids::random_string(16)),
             links,
             appservices,
             appservice_queued: tokio::sync::Notify::new(),
@@ -285,7 +291,7 @@ impl Hearth {
             outgoing,
         });
         if hearth.config.cluster.is_some() {
-            hearth.spawn_lease_renewal();
+            hearth.rooms.spawn_lease_renewal();
         }
         if let Some((bus, outbox)) = bus {
             hearth.join_cluster(bus, outbox);

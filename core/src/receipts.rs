@@ -62,7 +62,7 @@ impl Hearth {
         for u in updates {
             self.store_receipt(room, user, u, ts).await?;
         }
-        self.notify_room(room).await;
+        self.rooms.notify_room(room).await;
         for u in updates.iter().filter(|u| u.kind == "m.read") {
             self.share_receipt(room, user.as_str(), u.event_id, u.thread_id, ts)
                 .await;
@@ -174,7 +174,7 @@ impl Hearth {
             stream_id: 0,
         };
         match self.store.put_receipt(&receipt).await {
-            Ok(_) => self.notify_room(room).await,
+            Ok(_) => self.rooms.notify_room(room).await,
             Err(e) => tracing::warn!(room = %room, %user, error = %e, "cannot store a receipt"),
         }
     }

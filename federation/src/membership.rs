@@ -48,7 +48,7 @@ pub(crate) async fn make_knock(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let room = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let version = fed.hearth.room_version_of(&room).await?;
+    let version = fed.hearth.rooms.room_version_of(&room).await?;
     let supported = query_values(query.as_deref(), "ver");
     let knocking = rules_of(&version).is_ok_and(|r| r.authorization.knocking);
     if !knocking || !supported.iter().any(|v| v == version.as_str()) {
@@ -74,7 +74,7 @@ pub(crate) async fn send_knock(
     let room = pdu.room_id.clone();
     let user = pdu.sender.to_string();
     fed.hearth.accept_remote_event(pdu, true).await?;
-    let state = fed.hearth.room_state_shown(&room).await?;
+    let state = fed.hearth.rooms.room_state_shown(&room).await?;
     tracing::info!(room = %room, %user, %origin, "remote user knocked");
     Ok(Json(json!({"knock_room_state": state})))
 }
@@ -104,7 +104,11 @@ async fn template(
         ))
         .into());
     }
-    Ok(fed.hearth.member_template(&room, &user, membership).await?)
+    Ok(fed
+        .hearth
+        .rooms
+        .member_template(&room, &user, membership)
+        .await?)
 }
 
 pub(crate) async fn send_leave(
@@ -129,7 +133,7 @@ async fn membership_event(
     membership: &str,
 ) -> Result<Pdu, ApiError> {
     let room = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let version = fed.hearth.room_version_of(&room).await?;
+    let version = fed.hearth.rooms.room_version_of(&room).await?;
     let pdu = fed.check_pdu(body, &version).await?;
     if pdu.event_id.as_str() != event_id {
         return Err(Error::bad_json(format!(

@@ -239,7 +239,7 @@ impl Federation {
         };
         let id = pdu.event_id.to_string();
         let outcome = async {
-            let owner = self.hearth.room_owner_of(&room).await?;
+            let owner = self.hearth.rooms.room_owner_of(&room).await?;
             let ours = self.server_name().as_str();
             let incoming = match owner.as_deref() {
                 // We order this room: submitted events are checked against

@@ -164,6 +164,7 @@ impl Hearth {
         }
         let server = self.config.server_name.to_string();
         let ctx = self
+            .rooms
             .with_view(room_id.as_str(), |c| build_ctx(c, room_id, &server))
             .await?;
         let Some(ctx) = ctx.map(Arc::new) else {

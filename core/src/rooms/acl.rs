@@ -55,6 +55,7 @@ impl Hearth {
             return Ok(());
         }
         let allowed = self
+            .rooms
             .with_view(room.as_str(), |c| allows(&c.state, server.as_str()))
             .await?;
         if allowed {
@@ -70,14 +71,15 @@ impl Hearth {
     /// lets take part: where the room's EDUs go.
     pub async fn room_destinations(&self, room: &RoomId) -> Result<Vec<String>> {
         let ours = self.config.server_name.as_str();
-        self.with_view(room.as_str(), |c| {
-            let others = super::writer::joined_servers(c)
-                .into_iter()
-                .filter(|s| s != ours)
-                .collect();
-            allowed_destinations(c, others)
-        })
-        .await
+        self.rooms
+            .with_view(room.as_str(), |c| {
+                let others = super::writer::joined_servers(c)
+                    .into_iter()
+                    .filter(|s| s != ours)
+                    .collect();
+                allowed_destinations(c, others)
+            })
+            .await
     }
 }
 

@@ -69,6 +69,7 @@ impl Hearth {
     /// has the power to send `m.room.canonical_alias`.
     pub(crate) async fn is_room_admin(&self, room: &RoomId, user: &UserId) -> Result<bool> {
         let pl = self
+            .rooms
             .room_state_event(room, "m.room.power_levels", "")
             .await?
             .map(|p| p.content_value());
@@ -78,6 +79,6 @@ impl Hearth {
             .and_then(|e| e.get("m.room.canonical_alias"))
             .and_then(Value::as_i64)
             .unwrap_or_else(|| required_power(pl.as_ref(), "state_default", 50));
-        Ok(self.power_of(room, user).await? >= needed)
+        Ok(self.rooms.power_of(room, user).await? >= needed)
     }
 }

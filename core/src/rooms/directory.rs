@@ -65,7 +65,7 @@ impl Hearth {
     async fn directory_entry(&self, room_id: &str) -> Result<Value> {
         let room = RoomId::parse(room_id)
             .map_err(|_| Error::invalid_param(format!("Invalid room id {room_id:?}")))?;
-        let state = self.room_state(&room).await?;
+        let state = self.rooms.room_state(&room).await?;
         let get = |kind: &str, field: &str| {
             state
                 .iter()

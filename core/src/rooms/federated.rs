@@ -24,6 +24,7 @@ impl Hearth {
     pub async fn require_server_reader(&self, room: &RoomId, server: &ServerName) -> Result<()> {
         self.require_known_room(room).await?;
         if self
+            .rooms
             .room_servers(room)
             .await?
             .iter()
@@ -32,6 +33,7 @@ impl Hearth {
             return Ok(());
         }
         let world_readable = self
+            .rooms
             .room_state_event(room, "m.room.history_visibility", "")
             .await?
             .is_some_and(|p| p.content_value()["history_visibility"] == "world_readable");
@@ -99,6 +101,7 @@ impl Hearth {
         join_id: &ruma::EventId,
     ) -> Result<(Vec<Arc<Pdu>>, Vec<Pdu>)> {
         let mut state: Vec<Arc<Pdu>> = self
+            .rooms
             .room_state(room)
             .await?
             .into_iter()
@@ -234,6 +237,7 @@ impl Hearth {
             .rules()
             .ok_or_else(|| Error::internal(format!("unsupported room version {version}")))?;
         let currently_in = self
+            .rooms
             .room_servers(room)
             .await?
             .iter()

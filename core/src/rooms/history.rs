@@ -110,7 +110,7 @@ impl Hearth {
     /// The events of `got` not held here that pass the room's rules against
     /// their own auth events, newest first. Refused ones are logged and left.
     async fn authorized_history(&self, room: &RoomId, got: Backfilled) -> Result<Vec<Pdu>> {
-        let rules = rules_for(&self.room_version_of(room).await?)?;
+        let rules = rules_for(&self.rooms.room_version_of(room).await?)?;
         let mut events: Vec<Pdu> = got
             .events
             .into_iter()
@@ -135,6 +135,7 @@ impl Hearth {
         }
         // Room version 12 leaves the create event out of auth_events.
         let create = self
+            .rooms
             .room_state_event(room, "m.room.create", "")
             .await?
             .map(|e| e.as_ref().clone());

@@ -171,8 +171,10 @@ impl Hearth {
     /// or one of its users is joined.
     async fn holds_room(&self, room_id: &RoomId) -> Result<bool> {
         let ours = self.config.server_name.as_str();
-        Ok(self.room_owner_of(room_id).await?.as_deref() == Some(ours)
-            || self.has_local_member(room_id).await?)
+        Ok(
+            self.rooms.room_owner_of(room_id).await?.as_deref() == Some(ours)
+                || self.has_local_member(room_id).await?,
+        )
     }
 
     /// For a room known only by an invite or a knock: the servers that
@@ -180,7 +182,7 @@ impl Hearth {
     /// invite or knock carried).
     async fn servers_heard_from(&self, room_id: &RoomId) -> Result<Vec<String>> {
         let mut out = vec![];
-        for p in self.room_state(room_id).await? {
+        for p in self.rooms.room_state(room_id).await? {
             out.push(p.sender.server_name().to_string());
             let stripped = p.json.get("unsigned").and_then(|u| {
                 u.get("invite_room_state")
@@ -203,6 +205,7 @@ impl Hearth {
     async fn has_local_member(&self, room_id: &RoomId) -> Result<bool> {
         let ours = self.config.server_name.as_str();
         Ok(self
+            .rooms
             .room_state(room_id)
             .await?
             .iter()

@@ -69,6 +69,7 @@ impl Hearth {
 
     async fn current_state_pdus(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
         Ok(self
+            .rooms
             .room_state(room_id)
             .await?
             .iter()
@@ -79,6 +80,7 @@ impl Hearth {
     /// Whether the room's current history visibility is `world_readable`.
     pub(crate) async fn world_readable(&self, room_id: &RoomId) -> Result<bool> {
         Ok(self
+            .rooms
             .room_state_event(room_id, "m.room.history_visibility", "")
             .await?
             .is_some_and(|e| {
