@@ -212,12 +212,23 @@ impl Hearth {
         let notifier = Arc::new(Notifier::default());
         let links = Arc::new(Links::default());
         let unread = Arc::new(UnreadCache::default());
+        let tasks = tasks::Tasks::default();
+        let rooms = Arc::new(Rooms::new(
+            store.clone(),
+            config.cluster.clone(),
+            config.server_name.clone(),
+            notifier.clone(),
+            tasks.clone(),
+        ));
         let push = Arc::new(push::Push::new(
             config.push,
             config.cluster.is_some() || config.redis.is_some(),
             store.clone(),
             notifier.clone(),
             unread.clone(),
+            rooms.clone(),
+            config.server_name.clone(),
+            tasks.clone(),
         ));
         let media = Arc::new(media::Media::new(
             store.clone(),
@@ -253,14 +264,6 @@ impl Hearth {
         ));
         let rate_limits = Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone()));
         let filters = Arc::new(filter::Filters::new(store.clone()));
-        let tasks = tasks::Tasks::default();
-        let rooms = Arc::new(Rooms::new(
-            store.clone(),
-            config.cluster.clone(),
-            config.server_name.clone(),
-            notifier.clone(),
-            tasks.clone(),
-        ));
         let hearth = Arc::new(Self {
             config,
             store,
@@ -311,7 +314,7 @@ impl Hearth {
             }
             recent.push(event);
         }));
-        hearth.spawn_push_worker();
+        hearth.push.spawn_push_worker();
         hearth.spawn_sweepers();
         hearth.ensure_appservice_users().await?;
         Ok(hearth)

@@ -167,12 +167,12 @@ impl Hearth {
             return Ok(());
         }
         if ctx.is_none() {
-            *ctx = Some(self.room_push_ctx(&e.pdu.room_id).await?);
+            *ctx = Some(self.push.room_push_ctx(&e.pdu.room_id).await?);
         }
         let Some(Some(room)) = ctx.as_ref() else {
             return Ok(());
         };
-        let eval = self.evaluate_push(e, user, room).await?;
+        let eval = self.push.evaluate_push(e, user, room).await?;
         if eval.notifies() {
             tally.notifications += 1;
             if eval.highlights() {

@@ -23,7 +23,12 @@ pub(crate) use eval::RoomCtx;
 pub use rules::{PUSH_RULES_TYPE, RuleError, RulePath, rule_json};
 pub use sender::{GatewayError, PushGateway};
 
-use crate::{notifier::Notifier, pdu::StoredEvent, store::Store, unread::UnreadCache};
+use ruma::OwnedServerName;
+
+use crate::{
+    notifier::Notifier, pdu::StoredEvent, rooms::Rooms, store::Store, tasks::Tasks,
+    unread::UnreadCache,
+};
 
 /// Timings of pushes to gateways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +141,14 @@ pub struct Push {
     store: Arc<dyn Store>,
     /// A change of rules wakes the user's syncs.
     notifier: Arc<Notifier>,
-    /// Unread counts follow a user's new rules.
+    /// Unread counts follow a user's new rules (and are counted here,
+    /// `unread.rs`).
     unread: Arc<UnreadCache>,
+    /// A room's evaluation context is read from its view.
+    views: Arc<Rooms>,
+    server_name: OwnedServerName,
+    /// Runs the worker and the push rounds.
+    tasks: Tasks,
 }
 
 impl Push {
@@ -148,6 +159,9 @@ impl Push {
         store: Arc<dyn Store>,
         notifier: Arc<Notifier>,
         unread: Arc<UnreadCache>,
+        views: Arc<Rooms>,
+        server_name: OwnedServerName,
+        tasks: Tasks,
     ) -> Self {
         let ttl = shared.then_some(SHARED_TTL);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -165,6 +179,9 @@ impl Push {
             store,
             notifier,
             unread,
+            views,
+            server_name,
+            tasks,
         }
     }
 
