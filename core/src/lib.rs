@@ -62,6 +62,12 @@ pub struct Hearth {
     pub rate_limits: Arc<ratelimit::RateLimits>,
     /// Clients' stored filters (`filter.rs`).
     pub filters: Arc<filter::Filters>,
+    /// Local room aliases (`rooms/aliases.rs`).
+    pub aliases: Arc<rooms::Aliases>,
+    /// Room publication and the user directory (`directory.rs`).
+    pub directory: Arc<directory::Directory>,
+    /// The public room list (`rooms/directory.rs`).
+    pub room_list: Arc<rooms::RoomList>,
     pub unread: Arc<UnreadCache>,
     /// Keys, to-device messages and device lists (`e2ee/`).
     pub e2ee: Arc<e2ee::E2ee>,
@@ -264,6 +270,14 @@ impl Hearth {
         ));
         let rate_limits = Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone()));
         let filters = Arc::new(filter::Filters::new(store.clone()));
+        let aliases = Arc::new(rooms::Aliases::new(
+            store.clone(),
+            config.server_name.clone(),
+            appservices.clone(),
+            rooms.clone(),
+        ));
+        let directory = Arc::new(directory::Directory::new(store.clone(), rooms.clone()));
+        let room_list = Arc::new(rooms::RoomList::new(store.clone(), rooms.clone()));
         let hearth = Arc::new(Self {
             config,
             store,
@@ -274,6 +288,9 @@ impl Hearth {
             rooms,
             rate_limits,
             filters,
+            aliases,
+            directory,
+            room_list,
             unread,
             e2ee,
             devices,

@@ -57,7 +57,7 @@ impl Hearth {
         for u in updates {
             u.check()?;
         }
-        self.require_joined(room, user).await?;
+        self.rooms.require_joined(room, user).await?;
         let ts = now_ms();
         for u in updates {
             self.store_receipt(room, user, u, ts).await?;

@@ -109,6 +109,7 @@ pub(crate) async fn public_rooms_get(
 ) -> Result<Json<Value>, ApiError> {
     let page = fed
         .hearth
+        .room_list
         .public_rooms(q.limit, q.since.as_deref(), None)
         .await?;
     Ok(Json(page))
@@ -127,6 +128,7 @@ pub(crate) async fn public_rooms_post(
 ) -> Result<Json<Value>, ApiError> {
     let page = fed
         .hearth
+        .room_list
         .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref())
         .await?;
     Ok(Json(page))

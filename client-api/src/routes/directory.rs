@@ -74,7 +74,8 @@ async fn put_alias(
     Path(alias): Path<String>,
     JsonBody(b): JsonBody<AliasBody>,
 ) -> JsonResult {
-    h.create_room_alias(&alias, &b.room_id, &s.user_id, s.appservice.as_deref())
+    h.aliases
+        .create_room_alias(&alias, &b.room_id, &s.user_id, s.appservice.as_deref())
         .await
         .map_err(|e| match e {
             Error::RoomInUse => ApiError::new(
@@ -92,7 +93,7 @@ async fn delete_alias(
     Auth(s): Auth,
     Path(alias): Path<String>,
 ) -> JsonResult {
-    h.delete_room_alias(&alias, &s.user_id).await?;
+    h.aliases.delete_room_alias(&alias, &s.user_id).await?;
     Ok(Json(json!({})))
 }
 
@@ -103,13 +104,13 @@ async fn room_aliases(
 ) -> JsonResult {
     let room = parse_room_id(&room_id)?;
     Ok(Json(
-        json!({"aliases": h.room_aliases(&room, &s.user_id).await?}),
+        json!({"aliases": h.aliases.room_aliases(&room, &s.user_id).await?}),
     ))
 }
 
 async fn get_visibility(State(h): State<Arc<Hearth>>, Path(room_id): Path<String>) -> JsonResult {
     let room = parse_room_id(&room_id)?;
-    let public = h.room_is_public(&room).await?;
+    let public = h.directory.room_is_public(&room).await?;
     Ok(Json(
         json!({"visibility": if public { "public" } else { "private" }}),
     ))
@@ -127,7 +128,8 @@ async fn put_visibility(
     JsonBody(b): JsonBody<VisibilityBody>,
 ) -> JsonResult {
     let room = parse_room_id(&room_id)?;
-    h.set_room_visibility(&room, &s.user_id, b.visibility.as_deref())
+    h.directory
+        .set_room_visibility(&room, &s.user_id, b.visibility.as_deref())
         .await?;
     Ok(Json(json!({})))
 }
@@ -179,6 +181,7 @@ async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> JsonResult {
         return Err(Error::not_found("Remote room directories are not available").into());
     }
     let page = h
+        .room_list
         .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref())
         .await?;
     Ok(Json(page))
@@ -196,7 +199,8 @@ async fn search_users(
     JsonBody(b): JsonBody<SearchBody>,
 ) -> JsonResult {
     Ok(Json(
-        h.search_user_directory(&s.user_id, &b.search_term, b.limit)
+        h.directory
+            .search_user_directory(&s.user_id, &b.search_term, b.limit)
             .await?,
     ))
 }

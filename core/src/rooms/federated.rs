@@ -22,7 +22,7 @@ impl Hearth {
     /// Fails with 404 for an unknown room, 403 unless `server` has users in
     /// the room or its history is world-readable.
     pub async fn require_server_reader(&self, room: &RoomId, server: &ServerName) -> Result<()> {
-        self.require_known_room(room).await?;
+        self.rooms.require_known_room(room).await?;
         if self
             .rooms
             .room_servers(room)

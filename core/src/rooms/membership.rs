@@ -41,7 +41,7 @@ impl Hearth {
         } else {
             let room =
                 RoomId::parse(id_or_alias).map_err(|_| Error::invalid_param("Invalid room id"))?;
-            self.require_known_room(&room).await?;
+            self.rooms.require_known_room(&room).await?;
             Ok(room)
         }
     }
@@ -221,7 +221,7 @@ impl Hearth {
         user: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
-        self.require_known_room(room_id).await?;
+        self.rooms.require_known_room(room_id).await?;
         let content = self.member_content(user, "join", reason).await?;
         if let Some(m) = self
             .store
@@ -314,7 +314,7 @@ impl Hearth {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
-        self.require_joined(room_id, sender).await?;
+        self.rooms.require_joined(room_id, sender).await?;
         if let Some(m) = self
             .store
             .membership(room_id.as_str(), target.as_str())

@@ -38,7 +38,9 @@ use tokio::sync::watch;
 use ruma::{OwnedEventId, OwnedUserId, RoomVersionId};
 use serde_json::Value;
 
+pub use aliases::Aliases;
 pub use create::CreateRoom;
+pub use directory::RoomList;
 pub use gaps::Incoming;
 pub use history::Backfilled;
 pub use membership::MemberAction;

@@ -179,7 +179,7 @@ impl Hearth {
     }
 }
 
-impl Hearth {
+impl super::Rooms {
     /// Fails with M_FORBIDDEN unless the user is currently joined to the room.
     /// Fails with 404 for a room this server does not know.
     pub(crate) async fn require_known_room(&self, room: &RoomId) -> Result<()> {
