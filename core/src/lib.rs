@@ -213,103 +213,12 @@ impl Hearth {
             Some(r) => Some(bus::Bus::new(&r.url, &r.key_prefix)?),
             None => None,
         };
-        let presence_times = config.presence;
-        let config_appservices = config.appservices.clone();
-        let notifier = Arc::new(Notifier::default());
-        let links = Arc::new(Links::default());
-        let unread = Arc::new(UnreadCache::default());
-        let tasks = tasks::Tasks::default();
-        let rooms = Arc::new(Rooms::new(
-            store.clone(),
-            config.cluster.clone(),
-            config.server_name.clone(),
-            notifier.clone(),
-            tasks.clone(),
-        ));
-        let push = Arc::new(push::Push::new(
-            config.push,
-            config.cluster.is_some() || config.redis.is_some(),
-            store.clone(),
-            notifier.clone(),
-            unread.clone(),
-            rooms.clone(),
-            config.server_name.clone(),
-            tasks.clone(),
-        ));
-        let media = Arc::new(media::Media::new(
-            store.clone(),
-            &config.data_dir,
-            config.max_upload_size,
-        ));
-        let account_data = Arc::new(account_data::AccountData::new(
-            store.clone(),
-            notifier.clone(),
-        ));
-        let key_backup = Arc::new(e2ee::backup::KeyBackup::new(store.clone()));
-        let outgoing = Arc::new(outgoing::Outgoing::new(store.clone()));
-        let e2ee = Arc::new(e2ee::E2ee::new(
-            store.clone(),
-            notifier.clone(),
-            links.clone(),
-            push.clone(),
-            config.server_name.clone(),
-            bus.is_none(),
-        ));
-        let devices = Arc::new(devices::Devices::new(store.clone(), e2ee.clone()));
-        let appservices = Arc::new(appservice::AppServices::new(config_appservices));
-        let accounts = Arc::new(accounts::Accounts::new(
-            store.clone(),
-            config.server_name.clone(),
-            appservices.clone(),
-            e2ee.clone(),
-        ));
-        let uia = Arc::new(uia::Uia::new(
-            store.clone(),
-            config.registration_tokens.clone(),
-            accounts.clone(),
-        ));
-        let rate_limits = Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone()));
-        let filters = Arc::new(filter::Filters::new(store.clone()));
-        let aliases = Arc::new(rooms::Aliases::new(
-            store.clone(),
-            config.server_name.clone(),
-            appservices.clone(),
-            rooms.clone(),
-        ));
-        let directory = Arc::new(directory::Directory::new(store.clone(), rooms.clone()));
-        let room_list = Arc::new(rooms::RoomList::new(store.clone(), rooms.clone()));
-        let hearth = Arc::new(Self {
+        let hearth = Arc::new(Self::wire(
             config,
             store,
             keys,
-            notifier,
-            typing: Typing::default(),
-            presence: Presence::new(presence_times),
-            rooms,
-            rate_limits,
-            filters,
-            aliases,
-            directory,
-            room_list,
-            unread,
-            e2ee,
-            devices,
-            accounts,
-            uia,
-            push,
-            shutdown: tokio::sync::watch::channel(false).0,
-            tasks,
-            bus: bus.as_ref().map(|(b, _)| b.clone()),
-            heads: Default::default(),
-            links,
-            appservices,
-            appservice_queued: tokio::sync::Notify::new(),
-            appservice_ephemeral: Default::default(),
-            media,
-            account_data,
-            key_backup,
-            outgoing,
-        });
+            bus.as_ref().map(|(b, _)| b.clone()),
+        ));
         if hearth.config.cluster.is_some() {
             hearth.rooms.spawn_lease_renewal();
         }
@@ -335,6 +244,130 @@ impl Hearth {
         hearth.spawn_sweepers();
         hearth.ensure_appservice_users().await?;
         Ok(hearth)
+    }
+
+    /// Builds the services bottom-up, each given only what its constructor
+    /// names: the state several share first, then the services over it.
+    fn wire(
+        config: CoreConfig,
+        store: Arc<dyn Store>,
+        keys: ServerKeys,
+        bus: Option<Arc<bus::Bus>>,
+    ) -> Self {
+        let notifier = Arc::new(Notifier::default());
+        let links = Arc::new(Links::default());
+        let unread = Arc::new(UnreadCache::default());
+        let tasks = tasks::Tasks::default();
+        let rooms = Arc::new(Rooms::new(
+            store.clone(),
+            config.cluster.clone(),
+            config.server_name.clone(),
+            notifier.clone(),
+            tasks.clone(),
+        ));
+        let push = Arc::new(push::Push::new(
+            config.push,
+            config.cluster.is_some() || config.redis.is_some(),
+            store.clone(),
+            notifier.clone(),
+            unread.clone(),
+            rooms.clone(),
+            tasks.clone(),
+        ));
+        let appservices = Arc::new(appservice::AppServices::new(config.appservices.clone()));
+        let (e2ee, devices, accounts, uia) = Self::user_services(
+            &config,
+            &store,
+            &notifier,
+            &links,
+            &push,
+            &appservices,
+            bus.is_none(),
+        );
+        // Fields are built in the order written: `config` and `store` and the
+        // shared state move in last, after the services that copy them.
+        Self {
+            media: Arc::new(media::Media::new(
+                store.clone(),
+                &config.data_dir,
+                config.max_upload_size,
+            )),
+            account_data: Arc::new(account_data::AccountData::new(
+                store.clone(),
+                notifier.clone(),
+            )),
+            key_backup: Arc::new(e2ee::backup::KeyBackup::new(store.clone())),
+            outgoing: Arc::new(outgoing::Outgoing::new(store.clone())),
+            filters: Arc::new(filter::Filters::new(store.clone())),
+            rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
+            aliases: Arc::new(rooms::Aliases::new(
+                store.clone(),
+                config.server_name.clone(),
+                appservices.clone(),
+                rooms.clone(),
+            )),
+            directory: Arc::new(directory::Directory::new(store.clone(), rooms.clone())),
+            room_list: Arc::new(rooms::RoomList::new(store.clone(), rooms.clone())),
+            typing: Typing::default(),
+            presence: Presence::new(config.presence),
+            shutdown: tokio::sync::watch::channel(false).0,
+            heads: Default::default(),
+            appservice_queued: tokio::sync::Notify::new(),
+            appservice_ephemeral: Default::default(),
+            e2ee,
+            devices,
+            accounts,
+            uia,
+            notifier,
+            links,
+            unread,
+            tasks,
+            rooms,
+            push,
+            appservices,
+            bus,
+            keys,
+            config,
+            store,
+        }
+    }
+
+    /// Keys and devices, accounts and UIA: each built on the one before.
+    fn user_services(
+        config: &CoreConfig,
+        store: &Arc<dyn Store>,
+        notifier: &Arc<Notifier>,
+        links: &Arc<Links>,
+        push: &Arc<push::Push>,
+        appservices: &Arc<appservice::AppServices>,
+        single_process: bool,
+    ) -> (
+        Arc<e2ee::E2ee>,
+        Arc<devices::Devices>,
+        Arc<accounts::Accounts>,
+        Arc<uia::Uia>,
+    ) {
+        let e2ee = Arc::new(e2ee::E2ee::new(
+            store.clone(),
+            notifier.clone(),
+            links.clone(),
+            push.clone(),
+            config.server_name.clone(),
+            single_process,
+        ));
+        let devices = Arc::new(devices::Devices::new(store.clone(), e2ee.clone()));
+        let accounts = Arc::new(accounts::Accounts::new(
+            store.clone(),
+            config.server_name.clone(),
+            appservices.clone(),
+            e2ee.clone(),
+        ));
+        let uia = Arc::new(uia::Uia::new(
+            store.clone(),
+            config.registration_tokens.clone(),
+            accounts.clone(),
+        ));
+        (e2ee, devices, accounts, uia)
     }
 
     /// Expired typing notifications and presence that time changed must

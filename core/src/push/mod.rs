@@ -160,9 +160,9 @@ impl Push {
         notifier: Arc<Notifier>,
         unread: Arc<UnreadCache>,
         views: Arc<Rooms>,
-        server_name: OwnedServerName,
         tasks: Tasks,
     ) -> Self {
+        let server_name = views.server_name().to_owned();
         let ttl = shared.then_some(SHARED_TTL);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Self {

@@ -274,6 +274,11 @@ impl Rooms {
         }
     }
 
+    /// This server's name, as the rooms' views compare senders with it.
+    pub(crate) fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
     pub(crate) fn hold(&self, room_id: &str) {
         if let Ok(mut held) = self.held.lock() {
             held.insert(room_id.to_owned());
