@@ -163,7 +163,7 @@ impl Hearth {
         let Some(remote) = self.links.remote.get() else {
             return;
         };
-        match self.room_destinations(room).await {
+        match self.rooms.room_destinations(room).await {
             Ok(servers) if !servers.is_empty() => remote.send_edu(&servers, edu),
             Ok(_) => {}
             Err(e) => warn!(room = %room, "cannot tell the room's servers: {e}"),

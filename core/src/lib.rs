@@ -68,6 +68,10 @@ pub struct Hearth {
     pub directory: Arc<directory::Directory>,
     /// The public room list (`rooms/directory.rs`).
     pub room_list: Arc<rooms::RoomList>,
+    /// History visibility (`rooms/visibility.rs`).
+    pub visibility: Arc<rooms::Visibility>,
+    /// What other servers may read of a room (`rooms/federated.rs`).
+    pub federated: Arc<rooms::FederatedReads>,
     pub unread: Arc<UnreadCache>,
     /// Keys, to-device messages and device lists (`e2ee/`).
     pub e2ee: Arc<e2ee::E2ee>,
@@ -275,6 +279,7 @@ impl Hearth {
             tasks.clone(),
         ));
         let appservices = Arc::new(appservice::AppServices::new(config.appservices.clone()));
+        let visibility = Arc::new(rooms::Visibility::new(store.clone(), rooms.clone()));
         let (e2ee, devices, accounts, uia) = Self::user_services(
             &config,
             &store,
@@ -308,6 +313,13 @@ impl Hearth {
             )),
             directory: Arc::new(directory::Directory::new(store.clone(), rooms.clone())),
             room_list: Arc::new(rooms::RoomList::new(store.clone(), rooms.clone())),
+            federated: Arc::new(rooms::FederatedReads::new(
+                store.clone(),
+                config.server_name.clone(),
+                rooms.clone(),
+                visibility.clone(),
+            )),
+            visibility,
             typing: Typing::default(),
             presence: Presence::new(config.presence),
             shutdown: tokio::sync::watch::channel(false).0,

@@ -174,7 +174,11 @@ pub(crate) async fn send_join(
 
     // The state the joining server needs: the room's state before the join
     // and every event its auth chains reach.
-    let (state, auth_chain) = fed.hearth.state_for_joiner(&room, &join_id).await?;
+    let (state, auth_chain) = fed
+        .hearth
+        .federated
+        .state_for_joiner(&room, &join_id)
+        .await?;
     tracing::info!(room = %room, %user, %origin, "remote user joined through this server");
     Ok(Json(json!({
         "origin": fed.server_name(),
@@ -591,6 +595,7 @@ impl Federation {
         }
         let creator = create.sender.to_string();
         self.hearth
+            .federated
             .adopt_remote_room(room, &version, &creator)
             .await?;
         let mut ordered: Vec<Pdu> = events.into_values().collect();

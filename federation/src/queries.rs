@@ -87,9 +87,11 @@ pub(crate) async fn event(
     axum::extract::Path(event_id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let h = &fed.hearth;
-    let ev = h.event_by_id(&event_id).await?;
-    h.check_server_acl(&ev.pdu.room_id, &origin).await?;
-    h.require_server_reader(&ev.pdu.room_id, &origin).await?;
+    let ev = h.federated.event_by_id(&event_id).await?;
+    h.rooms.check_server_acl(&ev.pdu.room_id, &origin).await?;
+    h.federated
+        .require_server_reader(&ev.pdu.room_id, &origin)
+        .await?;
     Ok(Json(json!({
         "origin": fed.server_name(),
         "origin_server_ts": hearth_core::ids::now_ms(),

@@ -213,7 +213,7 @@ impl Federation {
                 Err(Error::Unavailable(format!("{room} is being joined")).into()),
             );
         }
-        let version = match self.hearth.known_room_version(&room).await {
+        let version = match self.hearth.federated.known_room_version(&room).await {
             Ok(v) => v,
             Err(e) => return ("unknown".into(), Err(e.into())),
         };
@@ -537,7 +537,7 @@ impl Federation {
     async fn check_origin_acl(&self, origin: &str, room: &RoomId) -> Result<(), Error> {
         let server = ruma::ServerName::parse(origin)
             .map_err(|_| Error::Forbidden(format!("{origin} is not a server name")))?;
-        self.hearth.check_server_acl(room, &server).await
+        self.hearth.rooms.check_server_acl(room, &server).await
     }
 
     /// Whether a room-scoped EDU of `origin`'s is to be taken (the spec's
@@ -555,7 +555,7 @@ impl Federation {
     /// Whether `user` belongs to `origin` and is joined to the room here.
     async fn member_from(&self, origin: &str, room: &RoomId, user: &str) -> bool {
         let from_origin = ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == origin);
-        from_origin && self.hearth.is_joined(room, user).await
+        from_origin && self.hearth.federated.is_joined(room, user).await
     }
 }
 

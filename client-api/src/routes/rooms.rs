@@ -296,7 +296,7 @@ async fn readable_state(
     user: &hearth_core::ruma::UserId,
 ) -> ApiResult<Vec<Pdu>> {
     let room_id = parse_room_id(room)?;
-    Ok(h.readable_state(&room_id, user).await?)
+    Ok(h.visibility.readable_state(&room_id, user).await?)
 }
 
 async fn all_state(

@@ -78,7 +78,7 @@ impl Hearth {
             return Ok(0);
         }
         // Not a server the room's ACL shuts out.
-        let servers = self.room_destinations(room).await?;
+        let servers = self.rooms.room_destinations(room).await?;
         if servers.is_empty() {
             return Ok(0);
         }

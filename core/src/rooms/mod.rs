@@ -41,13 +41,14 @@ use serde_json::Value;
 pub use aliases::Aliases;
 pub use create::CreateRoom;
 pub use directory::RoomList;
+pub use federated::FederatedReads;
 pub use gaps::Incoming;
 pub use history::Backfilled;
 pub use membership::MemberAction;
 pub(crate) use membership::membership_state;
 pub use recent::RecentEvents;
 pub use timeline::{EventContext, MessagesPage, MessagesRequest};
-pub use visibility::HistoryVisibility;
+pub use visibility::{HistoryVisibility, Visibility};
 
 use crate::{Error, Result, pdu::Pdu};
 

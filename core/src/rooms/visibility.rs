@@ -1,13 +1,15 @@
 //! History visibility: which past events a user may read.
 
+use std::sync::Arc;
+
 use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
-use super::membership_state;
+use super::{Rooms, membership_state};
 use crate::{
-    Error, Hearth, Result,
+    Error, Result,
     pdu::{Pdu, StoredEvent},
-    store::MembershipRecord,
+    store::{MembershipRecord, Store},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +34,18 @@ impl HistoryVisibility {
     }
 }
 
-impl Hearth {
+/// History visibility: what of a room's past a user may read.
+pub struct Visibility {
+    store: Arc<dyn Store>,
+    /// Current state, for members and world-readable rooms.
+    rooms: Arc<Rooms>,
+}
+
+impl Visibility {
+    pub(crate) fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
+        Self { store, rooms }
+    }
+
     /// The state a user may read: current state while joined; the state when
     /// they left for former members; current state of world-readable rooms.
     pub async fn readable_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Pdu>> {
@@ -179,7 +192,7 @@ impl Hearth {
     }
 }
 
-impl super::Rooms {
+impl Rooms {
     /// Fails with M_FORBIDDEN unless the user is currently joined to the room.
     /// Fails with 404 for a room this server does not know.
     pub(crate) async fn require_known_room(&self, room: &RoomId) -> Result<()> {
@@ -203,7 +216,7 @@ impl super::Rooms {
     }
 }
 
-impl Hearth {
+impl Visibility {
     /// The room's whole state at stream position `at`, as stored events.
     pub(crate) async fn state_events_at(
         &self,
