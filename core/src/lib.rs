@@ -90,8 +90,8 @@ pub struct Hearth {
     pub tasks: tasks::Tasks,
     /// The bus to the server's other processes, when Redis is configured.
     pub bus: Option<Arc<bus::Bus>>,
-    /// Re-reads of the stream heads, shared by concurrent callers.
-    heads: cluster::HeadsReads,
+    /// Where each stream stands, caught up with the other processes.
+    pub(crate) streams: Arc<cluster::Streams>,
     /// Federation, forwarding and application services, set after start-up.
     pub links: Arc<Links>,
     /// Registered application services (bridges).
@@ -323,7 +323,11 @@ impl Hearth {
             typing: Typing::default(),
             presence: Presence::new(config.presence),
             shutdown: tokio::sync::watch::channel(false).0,
-            heads: Default::default(),
+            streams: Arc::new(cluster::Streams::new(
+                store.clone(),
+                notifier.clone(),
+                bus.is_some(),
+            )),
             appservice_queued: tokio::sync::Notify::new(),
             appservice_ephemeral: Default::default(),
             e2ee,

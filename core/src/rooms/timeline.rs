@@ -150,6 +150,7 @@ impl Hearth {
         // Tokens are positions in the stream of the room's shard.
         let shard = self.store.shard_of(room_id.as_str()).await?;
         let newest = self
+            .streams
             .stream_positions()
             .await?
             .get(shard)
