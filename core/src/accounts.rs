@@ -342,6 +342,18 @@ impl Accounts {
         Ok(())
     }
 
+    /// Creates each service's own user if it does not exist yet.
+    pub async fn ensure_appservice_users(&self) -> Result<()> {
+        for s in self.appservices.all() {
+            if self.store.get_user(s.sender.as_str()).await?.is_none() {
+                self.create_account(s.sender.localpart(), None, false)
+                    .await?;
+                tracing::info!(appservice = %s.id, user = %s.sender, "application service user created");
+            }
+        }
+        Ok(())
+    }
+
     /// Logging out ends the device: its token, keys and to-device inbox go.
     pub async fn logout(&self, session: &Session) -> Result<()> {
         self.store.delete_token(&session.token_hash).await?;

@@ -101,6 +101,60 @@ impl AppServices {
         }
     }
 
+    /// The application services that want `pdu` (spec: an event is pushed to
+    /// a service when its sender, the user a member event is about, the
+    /// room, an alias the room publishes or any member of the room is in
+    /// the service's namespaces).
+    pub(crate) fn appservice_audience(
+        &self,
+        state: &std::collections::HashMap<(String, String), Arc<crate::pdu::Pdu>>,
+        pdu: &crate::pdu::Pdu,
+    ) -> Vec<String> {
+        let services = self.all();
+        if services.is_empty() {
+            return vec![];
+        }
+        let aliases: Vec<String> = state
+            .get(&("m.room.canonical_alias".to_owned(), String::new()))
+            .map(|p| {
+                let c = p.content_value();
+                let mut out: Vec<String> = c["alt_aliases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect();
+                if let Some(a) = c["alias"].as_str() {
+                    out.push(a.to_owned());
+                }
+                out
+            })
+            .unwrap_or_default();
+        let members: Vec<&str> = state
+            .iter()
+            .filter(|((kind, _), p)| {
+                kind == "m.room.member" && matches!(p.membership(), Some("join" | "invite"))
+            })
+            .map(|((_, user), _)| user.as_str())
+            .collect();
+        let about = (pdu.kind.to_string() == "m.room.member")
+            .then_some(pdu.state_key.as_deref())
+            .flatten();
+        services
+            .iter()
+            .filter(|s| s.url.is_some())
+            .filter(|s| {
+                let user = |u: &str| UserId::parse(u).is_ok_and(|u| s.may_act_as(&u));
+                user(pdu.sender.as_str())
+                    || about.is_some_and(user)
+                    || s.covers_room(pdu.room_id.as_str())
+                    || aliases.iter().any(|a| s.covers_alias(a))
+                    || members.iter().any(|m| user(m))
+            })
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
     /// Refuses an ordinary user's claim on a user id an application service
     /// holds exclusively (registration).
     pub fn check_user_not_exclusive(&self, user: &UserId) -> Result<()> {
@@ -238,7 +292,7 @@ impl Hearth {
             return;
         };
         let mut pushed = false;
-        for id in self.appservice_audience(&state, &create) {
+        for id in self.appservices.appservice_audience(&state, &create) {
             if self
                 .appservices
                 .by_id(&id)
@@ -300,60 +354,6 @@ impl Hearth {
         }
     }
 
-    /// The application services that want `pdu` (spec: an event is pushed to
-    /// a service when its sender, the user a member event is about, the
-    /// room, an alias the room publishes or any member of the room is in
-    /// the service's namespaces).
-    pub(crate) fn appservice_audience(
-        &self,
-        state: &std::collections::HashMap<(String, String), Arc<crate::pdu::Pdu>>,
-        pdu: &crate::pdu::Pdu,
-    ) -> Vec<String> {
-        let services = self.appservices.all();
-        if services.is_empty() {
-            return vec![];
-        }
-        let aliases: Vec<String> = state
-            .get(&("m.room.canonical_alias".to_owned(), String::new()))
-            .map(|p| {
-                let c = p.content_value();
-                let mut out: Vec<String> = c["alt_aliases"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a.as_str().map(str::to_owned))
-                    .collect();
-                if let Some(a) = c["alias"].as_str() {
-                    out.push(a.to_owned());
-                }
-                out
-            })
-            .unwrap_or_default();
-        let members: Vec<&str> = state
-            .iter()
-            .filter(|((kind, _), p)| {
-                kind == "m.room.member" && matches!(p.membership(), Some("join" | "invite"))
-            })
-            .map(|((_, user), _)| user.as_str())
-            .collect();
-        let about = (pdu.kind.to_string() == "m.room.member")
-            .then_some(pdu.state_key.as_deref())
-            .flatten();
-        services
-            .iter()
-            .filter(|s| s.url.is_some())
-            .filter(|s| {
-                let user = |u: &str| UserId::parse(u).is_ok_and(|u| s.may_act_as(&u));
-                user(pdu.sender.as_str())
-                    || about.is_some_and(user)
-                    || s.covers_room(pdu.room_id.as_str())
-                    || aliases.iter().any(|a| s.covers_alias(a))
-                    || members.iter().any(|m| user(m))
-            })
-            .map(|s| s.id.clone())
-            .collect()
-    }
-
     /// A local alias's room: stored, or, when an application service's
     /// namespace covers the alias, whatever it creates when asked (spec:
     /// services are consulted before "not found").
@@ -396,19 +396,6 @@ impl Hearth {
             }
         }
         Ok(false)
-    }
-
-    /// Creates each service's own user if it does not exist yet.
-    pub async fn ensure_appservice_users(&self) -> Result<()> {
-        for s in self.appservices.all() {
-            if self.store.get_user(s.sender.as_str()).await?.is_none() {
-                self.accounts
-                    .create_account(s.sender.localpart(), None, false)
-                    .await?;
-                tracing::info!(appservice = %s.id, user = %s.sender, "application service user created");
-            }
-        }
-        Ok(())
     }
 }
 

@@ -246,7 +246,7 @@ impl Hearth {
         }));
         hearth.push.spawn_push_worker();
         hearth.spawn_sweepers();
-        hearth.ensure_appservice_users().await?;
+        hearth.accounts.ensure_appservice_users().await?;
         Ok(hearth)
     }
 

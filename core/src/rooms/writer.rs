@@ -114,7 +114,9 @@ impl Hearth {
                 fence: fence.clone(),
                 relay: vec![],
                 state: StateChange::of(&pdu).into_iter().collect(),
-                appservices: self.appservice_audience(&state_of_create(&pdu), &pdu),
+                appservices: self
+                    .appservices
+                    .appservice_audience(&state_of_create(&pdu), &pdu),
             })
             .await?;
         self.rooms.recent.start(room_id.as_str(), ordering);
@@ -418,7 +420,7 @@ impl Hearth {
                 fence: cache.fence.clone(),
                 relay: relay.clone(),
                 state: changes.iter().map(|(c, _)| c.clone()).collect(),
-                appservices: self.appservice_audience(&cache.state, &pdu),
+                appservices: self.appservices.appservice_audience(&cache.state, &pdu),
             })
             .await?;
         // From here the room's view includes the event; should the store
