@@ -8,7 +8,7 @@ use std::sync::Arc;
 use regex::Regex;
 use ruma::{OwnedUserId, UserId};
 
-use crate::{Error, Hearth, Result};
+use crate::{Error, Links, Result, ephemeral::Presence, rooms::Rooms, store::Store};
 
 /// One namespace rule of a registration.
 #[derive(Debug, Clone)]
@@ -266,7 +266,44 @@ impl EphemeralQueues {
     }
 }
 
-impl Hearth {
+/// What core queues for application services besides events (typing,
+/// receipts and presence, for those with `receive_ephemeral`) and what it
+/// asks them (the aliases and users their namespaces cover).
+pub struct ToAppServices {
+    store: Arc<dyn Store>,
+    appservices: Arc<AppServices>,
+    /// A room's state says which services want its ephemeral events.
+    rooms: Arc<Rooms>,
+    /// The application service client, for alias and user queries.
+    links: Arc<Links>,
+    presence: Arc<Presence>,
+    /// Shared with the senders, which take from it (`Hearth::appservice_ephemeral`).
+    appservice_ephemeral: Arc<EphemeralQueues>,
+    /// Wakes the senders (`Hearth::appservice_queued`).
+    appservice_queued: Arc<tokio::sync::Notify>,
+}
+
+impl ToAppServices {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        appservices: Arc<AppServices>,
+        rooms: Arc<Rooms>,
+        links: Arc<Links>,
+        presence: Arc<Presence>,
+        appservice_ephemeral: Arc<EphemeralQueues>,
+        appservice_queued: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self {
+            store,
+            appservices,
+            rooms,
+            links,
+            presence,
+            appservice_ephemeral,
+            appservice_queued,
+        }
+    }
+
     /// Queues an ephemeral event of `room` for the services that asked for
     /// them (`receive_ephemeral`) and want the room.
     pub(crate) async fn appservice_ephemeral(&self, room: &ruma::RoomId, event: serde_json::Value) {

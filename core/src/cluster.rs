@@ -161,7 +161,7 @@ impl Hearth {
                 .into_iter()
                 .map(|(u, _)| u)
                 .collect();
-            self.appservice_ephemeral(
+            self.to_appservices.appservice_ephemeral(
                 room,
                 serde_json::json!({"type": "m.typing", "room_id": room, "content": {"user_ids": users}}),
             )

@@ -55,7 +55,7 @@ pub struct Hearth {
     pub keys: ServerKeys,
     pub notifier: Arc<Notifier>,
     pub typing: Typing,
-    pub presence: Presence,
+    pub presence: Arc<Presence>,
     /// Each room's view and lease (`rooms/view.rs`); the writer is still `impl Hearth`.
     pub rooms: Arc<Rooms>,
     /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
@@ -97,9 +97,12 @@ pub struct Hearth {
     /// Registered application services (bridges).
     pub appservices: Arc<appservice::AppServices>,
     /// Woken when events were queued for application services.
-    pub appservice_queued: tokio::sync::Notify,
+    pub appservice_queued: Arc<tokio::sync::Notify>,
     /// Typing and receipts waiting for application services.
-    pub appservice_ephemeral: appservice::EphemeralQueues,
+    pub appservice_ephemeral: Arc<appservice::EphemeralQueues>,
+    /// Ephemeral events queued for application services, and what they are
+    /// asked (`appservice.rs`).
+    pub to_appservices: Arc<appservice::ToAppServices>,
     /// The content repository (`media.rs`).
     pub media: Arc<media::Media>,
     /// Account data and room tags (`account_data.rs`).
@@ -258,35 +261,16 @@ impl Hearth {
         keys: ServerKeys,
         bus: Option<Arc<bus::Bus>>,
     ) -> Self {
-        let notifier = Arc::new(Notifier::default());
-        let links = Arc::new(Links::default());
-        let unread = Arc::new(UnreadCache::default());
-        let tasks = tasks::Tasks::default();
-        let rooms = Arc::new(Rooms::new(
-            store.clone(),
-            config.cluster.clone(),
-            config.server_name.clone(),
-            notifier.clone(),
-            tasks.clone(),
-        ));
-        let push = Arc::new(push::Push::new(
-            config.push,
-            config.cluster.is_some() || config.redis.is_some(),
-            store.clone(),
-            notifier.clone(),
-            unread.clone(),
-            rooms.clone(),
-            tasks.clone(),
-        ));
-        let appservices = Arc::new(appservice::AppServices::new(config.appservices.clone()));
-        let visibility = Arc::new(rooms::Visibility::new(store.clone(), rooms.clone()));
+        let shared = Shared::new(&config, &store);
+        let (aliases, directory, room_list, visibility, federated) =
+            Self::room_services(&config, &store, &shared.rooms, &shared.appservices);
         let (e2ee, devices, accounts, uia) = Self::user_services(
             &config,
             &store,
-            &notifier,
-            &links,
-            &push,
-            &appservices,
+            &shared.notifier,
+            &shared.links,
+            &shared.push,
+            &shared.appservices,
             bus.is_none(),
         );
         // Fields are built in the order written: `config` and `store` and the
@@ -299,53 +283,80 @@ impl Hearth {
             )),
             account_data: Arc::new(account_data::AccountData::new(
                 store.clone(),
-                notifier.clone(),
+                shared.notifier.clone(),
             )),
             key_backup: Arc::new(e2ee::backup::KeyBackup::new(store.clone())),
             outgoing: Arc::new(outgoing::Outgoing::new(store.clone())),
             filters: Arc::new(filter::Filters::new(store.clone())),
             rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
-            aliases: Arc::new(rooms::Aliases::new(
-                store.clone(),
-                config.server_name.clone(),
-                appservices.clone(),
-                rooms.clone(),
-            )),
-            directory: Arc::new(directory::Directory::new(store.clone(), rooms.clone())),
-            room_list: Arc::new(rooms::RoomList::new(store.clone(), rooms.clone())),
-            federated: Arc::new(rooms::FederatedReads::new(
-                store.clone(),
-                config.server_name.clone(),
-                rooms.clone(),
-                visibility.clone(),
-            )),
+            aliases,
+            directory,
+            room_list,
             visibility,
+            federated,
             typing: Typing::default(),
-            presence: Presence::new(config.presence),
             shutdown: tokio::sync::watch::channel(false).0,
             streams: Arc::new(cluster::Streams::new(
                 store.clone(),
-                notifier.clone(),
+                shared.notifier.clone(),
                 bus.is_some(),
             )),
-            appservice_queued: tokio::sync::Notify::new(),
-            appservice_ephemeral: Default::default(),
+            to_appservices: Arc::new(appservice::ToAppServices::new(
+                store.clone(),
+                shared.appservices.clone(),
+                shared.rooms.clone(),
+                shared.links.clone(),
+                shared.presence.clone(),
+                shared.appservice_ephemeral.clone(),
+                shared.appservice_queued.clone(),
+            )),
+            presence: shared.presence,
+            appservice_ephemeral: shared.appservice_ephemeral,
+            appservice_queued: shared.appservice_queued,
             e2ee,
             devices,
             accounts,
             uia,
-            notifier,
-            links,
-            unread,
-            tasks,
-            rooms,
-            push,
-            appservices,
+            notifier: shared.notifier,
+            links: shared.links,
+            unread: shared.unread,
+            tasks: shared.tasks,
+            rooms: shared.rooms,
+            push: shared.push,
+            appservices: shared.appservices,
             bus,
             keys,
             config,
             store,
         }
+    }
+
+    /// The services that read rooms through `Rooms`.
+    fn room_services(
+        config: &CoreConfig,
+        store: &Arc<dyn Store>,
+        rooms: &Arc<Rooms>,
+        appservices: &Arc<appservice::AppServices>,
+    ) -> RoomServices {
+        let visibility = Arc::new(rooms::Visibility::new(store.clone(), rooms.clone()));
+        let federated = Arc::new(rooms::FederatedReads::new(
+            store.clone(),
+            config.server_name.clone(),
+            rooms.clone(),
+            visibility.clone(),
+        ));
+        (
+            Arc::new(rooms::Aliases::new(
+                store.clone(),
+                config.server_name.clone(),
+                appservices.clone(),
+                rooms.clone(),
+            )),
+            Arc::new(directory::Directory::new(store.clone(), rooms.clone())),
+            Arc::new(rooms::RoomList::new(store.clone(), rooms.clone())),
+            visibility,
+            federated,
+        )
     }
 
     /// Keys and devices, accounts and UIA: each built on the one before.
@@ -406,8 +417,73 @@ impl Hearth {
                 if ticks.is_multiple_of(2) {
                     h.age_presence().await;
                 }
-                h.presence_to_appservices().await;
+                h.to_appservices.presence_to_appservices().await;
             }
         });
+    }
+}
+
+/// Aliases, the directory, the room list, visibility and federated reads,
+/// as `Hearth::room_services` builds them.
+type RoomServices = (
+    Arc<rooms::Aliases>,
+    Arc<directory::Directory>,
+    Arc<rooms::RoomList>,
+    Arc<rooms::Visibility>,
+    Arc<rooms::FederatedReads>,
+);
+
+/// The state several services take, built before them (`Hearth::wire`).
+struct Shared {
+    notifier: Arc<Notifier>,
+    links: Arc<Links>,
+    unread: Arc<UnreadCache>,
+    tasks: tasks::Tasks,
+    rooms: Arc<Rooms>,
+    push: Arc<push::Push>,
+    appservices: Arc<appservice::AppServices>,
+    presence: Arc<Presence>,
+    appservice_ephemeral: Arc<appservice::EphemeralQueues>,
+    appservice_queued: Arc<tokio::sync::Notify>,
+}
+
+impl Shared {
+    fn new(config: &CoreConfig, store: &Arc<dyn Store>) -> Self {
+        let notifier = Arc::new(Notifier::default());
+        let links = Arc::new(Links::default());
+        let unread = Arc::new(UnreadCache::default());
+        let tasks = tasks::Tasks::default();
+        let rooms = Arc::new(Rooms::new(
+            store.clone(),
+            config.cluster.clone(),
+            config.server_name.clone(),
+            notifier.clone(),
+            tasks.clone(),
+        ));
+        let push = Arc::new(push::Push::new(
+            config.push,
+            config.cluster.is_some() || config.redis.is_some(),
+            store.clone(),
+            notifier.clone(),
+            unread.clone(),
+            rooms.clone(),
+            tasks.clone(),
+        ));
+        let appservices = Arc::new(appservice::AppServices::new(config.appservices.clone()));
+        let presence = Arc::new(Presence::new(config.presence));
+        let appservice_ephemeral = Arc::new(appservice::EphemeralQueues::default());
+        let appservice_queued = Arc::new(tokio::sync::Notify::new());
+        Self {
+            notifier,
+            links,
+            unread,
+            tasks,
+            rooms,
+            push,
+            appservices,
+            presence,
+            appservice_ephemeral,
+            appservice_queued,
+        }
     }
 }

@@ -30,7 +30,7 @@ impl Hearth {
                 avatar_url: text("avatar_url"),
             });
         }
-        if !self.local_user_exists(user).await? {
+        if !self.to_appservices.local_user_exists(user).await? {
             return Err(Error::not_found("Profile not found"));
         }
         match self.store.get_user(user.as_str()).await? {

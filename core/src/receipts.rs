@@ -124,11 +124,12 @@ impl Hearth {
         }
         let mut by_event = Map::new();
         by_event.insert(event_id.to_owned(), json!({"m.read": {user: data}}));
-        self.appservice_ephemeral(
-            room,
-            json!({"type": "m.receipt", "room_id": room, "content": by_event}),
-        )
-        .await;
+        self.to_appservices
+            .appservice_ephemeral(
+                room,
+                json!({"type": "m.receipt", "room_id": room, "content": by_event}),
+            )
+            .await;
         let mut by_user = Map::new();
         by_user.insert(
             user.to_owned(),

@@ -71,6 +71,7 @@ pub(crate) async fn directory(
     }
     let (room_id, _) = fed
         .hearth
+        .to_appservices
         .resolve_local_alias(alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;

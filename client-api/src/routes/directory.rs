@@ -55,6 +55,7 @@ async fn get_alias(State(h): State<Arc<Hearth>>, Path(alias): Path<String>) -> J
         return Ok(Json(v));
     }
     let (room_id, _) = h
+        .to_appservices
         .resolve_local_alias(alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;

@@ -34,6 +34,7 @@ impl Hearth {
             let alias = RoomAliasId::parse(id_or_alias)
                 .map_err(|_| Error::invalid_param("Invalid room alias"))?;
             let (room, _) = self
+                .to_appservices
                 .resolve_local_alias(alias.as_str())
                 .await?
                 .ok_or_else(|| Error::not_found("Room alias not found"))?;
