@@ -72,7 +72,8 @@ pub struct Hearth {
     pub visibility: Arc<rooms::Visibility>,
     /// What other servers may read of a room (`rooms/federated.rs`).
     pub federated: Arc<rooms::FederatedReads>,
-    pub unread: Arc<UnreadCache>,
+    /// Sync's unread counts (`unread.rs`).
+    pub unread: Arc<unread::Unread>,
     /// Keys, to-device messages and device lists (`e2ee/`).
     pub e2ee: Arc<e2ee::E2ee>,
     /// A user's devices: listing and renaming (`devices.rs`).
@@ -319,7 +320,11 @@ impl Hearth {
             uia,
             notifier: shared.notifier,
             links: shared.links,
-            unread: shared.unread,
+            unread: Arc::new(unread::Unread::new(
+                store.clone(),
+                shared.unread,
+                shared.push.clone(),
+            )),
             tasks: shared.tasks,
             rooms: shared.rooms,
             push: shared.push,

@@ -115,6 +115,7 @@ impl Hearth {
             .since
             .map(|s| (s, own_receipt_in(&pass.receipts, &m.room_id, pass.user)));
         let (notif, highlight) = self
+            .unread
             .unread_counts(
                 room_id,
                 pass.user,
