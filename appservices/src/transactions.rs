@@ -25,7 +25,8 @@ const POLL: Duration = Duration::from_secs(2);
 /// services about users and aliases.
 pub fn start_senders(hearth: Arc<Hearth>) {
     let _ = hearth
-        .appservice_link
+        .links
+        .appservice
         .set(Arc::new(AsClient::shared().clone()));
     for service in hearth.appservices.all() {
         if service.url.is_some() {
@@ -88,7 +89,7 @@ async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
         match client.put_transaction(&service, &txn.id, &txn.body).await {
             Ok(()) => {
                 if !txn.ack.is_empty()
-                    && let Err(e) = hearth.outgoing_ack(&destination, &txn.ack).await
+                    && let Err(e) = hearth.outgoing.outgoing_ack(&destination, &txn.ack).await
                 {
                     tracing::warn!(appservice = %service.id, error = %e, "cannot acknowledge a transaction");
                 }
@@ -130,7 +131,7 @@ async fn next_transaction(
     destination: &str,
     ephemeral_ids: &mut EphemeralIds,
 ) -> hearth_core::Result<Option<Transaction>> {
-    let rows = hearth.outgoing_batch(destination, BATCH).await?;
+    let rows = hearth.outgoing.outgoing_batch(destination, BATCH).await?;
     let ephemeral = if service.receive_ephemeral {
         hearth.appservice_ephemeral.take(&service.id, BATCH)
     } else {
@@ -149,6 +150,7 @@ async fn next_transaction(
     }
     let ids: Vec<String> = rows.iter().map(|r| r.pdu.clone()).collect();
     let events: Vec<Value> = hearth
+        .outgoing
         .appservice_batch_events(&ids)
         .await?
         .iter()

@@ -76,7 +76,7 @@ pub fn router_with(hearth: Arc<Hearth>, extra: Router<Arc<Hearth>>) -> Router {
     if let Some(cluster) = &hearth.config.cluster {
         match forward::HttpForwarder::new(&cluster.secret) {
             Ok(f) => {
-                let _ = hearth.forwarder.set(Arc::new(f));
+                let _ = hearth.links.forwarder.set(Arc::new(f));
             }
             Err(e) => tracing::error!("cannot forward sends to other processes: {e}"),
         }

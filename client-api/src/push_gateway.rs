@@ -60,7 +60,7 @@ impl PushGateway for HttpPushGateway {
 /// Lets pushes out (and resumes those pending from before a restart).
 pub fn start_push(hearth: &Arc<Hearth>) {
     match HttpPushGateway::new() {
-        Ok(g) => hearth.start_push(Arc::new(g)),
+        Ok(g) => hearth.push.start_push(Arc::new(g)),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the push gateway client; no pushes will be sent")
         }

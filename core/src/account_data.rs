@@ -1,10 +1,12 @@
 //! Global and per-room account data, and room tags (kept as the room's
 //! `m.tag` account data), as clients read and write them.
 
+use std::sync::Arc;
+
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Hearth, Result};
+use crate::{Error, Result, notifier::Notifier, store::Store};
 
 /// Types the server manages itself; clients change them through their own
 /// endpoints only (`/read_markers`, `/pushrules`).
@@ -17,7 +19,17 @@ fn room_key(room: Option<&RoomId>) -> &str {
     room.map_or("", RoomId::as_str)
 }
 
-impl Hearth {
+/// Account data and room tags; a change wakes the user's syncs.
+pub struct AccountData {
+    store: Arc<dyn Store>,
+    notifier: Arc<Notifier>,
+}
+
+impl AccountData {
+    pub(crate) fn new(store: Arc<dyn Store>, notifier: Arc<Notifier>) -> Self {
+        Self { store, notifier }
+    }
+
     /// One account data entry of `user`, global or for `room`; 404 if unset.
     pub async fn account_data(
         &self,

@@ -4,12 +4,16 @@ use argon2::{
     Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
     password_hash::{SaltString, rand_core::OsRng},
 };
-use ruma::{OwnedUserId, UserId};
+use std::sync::Arc;
+
+use ruma::{OwnedServerName, OwnedUserId, UserId};
 
 use crate::{
-    Error, Hearth, Result,
-    appservice::AppService,
+    Error, Result,
+    appservice::{AppService, AppServices},
+    e2ee::E2ee,
     ids::{hash_token, new_access_token, new_device_id},
+    store::Store,
 };
 
 /// An authenticated requester.
@@ -76,9 +80,33 @@ pub fn valid_localpart(local: &str) -> bool {
         )
 }
 
-impl Hearth {
+/// Accounts and access tokens: registration, login, passwords, logout.
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    server_name: OwnedServerName,
+    /// Names application services hold exclusively are not registrable.
+    appservices: Arc<AppServices>,
+    /// Logging out deletes the device with its keys and inbox.
+    e2ee: Arc<E2ee>,
+}
+
+impl Accounts {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        server_name: OwnedServerName,
+        appservices: Arc<AppServices>,
+        e2ee: Arc<E2ee>,
+    ) -> Self {
+        Self {
+            store,
+            server_name,
+            appservices,
+            e2ee,
+        }
+    }
+
     pub fn user_id_for(&self, local: &str) -> Result<OwnedUserId> {
-        UserId::parse(format!("@{local}:{}", self.config.server_name))
+        UserId::parse(format!("@{local}:{}", self.server_name))
             .map_err(|e| Error::InvalidUsername(format!("Invalid user id: {e}")))
     }
 
@@ -87,7 +115,7 @@ impl Hearth {
         if user.starts_with('@') {
             let id = UserId::parse(user.to_lowercase())
                 .map_err(|_| Error::InvalidUsername("Invalid user id".into()))?;
-            if id.server_name() != self.config.server_name {
+            if id.server_name() != self.server_name {
                 return Err(Error::forbidden("User is not on this server"));
             }
             Ok(id)
@@ -119,7 +147,7 @@ impl Hearth {
     /// refuses names an application service holds exclusively.
     pub async fn check_username_claimable(&self, local: &str) -> Result<OwnedUserId> {
         let id = self.check_username_available(local).await?;
-        self.check_user_not_exclusive(&id)?;
+        self.appservices.check_user_not_exclusive(&id)?;
         Ok(id)
     }
 
@@ -314,15 +342,28 @@ impl Hearth {
         Ok(())
     }
 
+    /// Creates each service's own user if it does not exist yet.
+    pub async fn ensure_appservice_users(&self) -> Result<()> {
+        for s in self.appservices.all() {
+            if self.store.get_user(s.sender.as_str()).await?.is_none() {
+                self.create_account(s.sender.localpart(), None, false)
+                    .await?;
+                tracing::info!(appservice = %s.id, user = %s.sender, "application service user created");
+            }
+        }
+        Ok(())
+    }
+
     /// Logging out ends the device: its token, keys and to-device inbox go.
     pub async fn logout(&self, session: &Session) -> Result<()> {
         self.store.delete_token(&session.token_hash).await?;
         if !session.device_id.is_empty() {
-            self.delete_devices(
-                &session.user_id,
-                Some(std::slice::from_ref(&session.device_id)),
-            )
-            .await?;
+            self.e2ee
+                .delete_devices(
+                    &session.user_id,
+                    Some(std::slice::from_ref(&session.device_id)),
+                )
+                .await?;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use regex::Regex;
 use ruma::{OwnedUserId, UserId};
 
-use crate::{Error, Hearth, Result};
+use crate::{Error, Links, Result, ephemeral::Presence, rooms::Rooms, store::Store};
 
 /// One namespace rule of a registration.
 #[derive(Debug, Clone)]
@@ -101,6 +101,90 @@ impl AppServices {
         }
     }
 
+    /// The application services that want `pdu` (spec: an event is pushed to
+    /// a service when its sender, the user a member event is about, the
+    /// room, an alias the room publishes or any member of the room is in
+    /// the service's namespaces).
+    pub(crate) fn appservice_audience(
+        &self,
+        state: &std::collections::HashMap<(String, String), Arc<crate::pdu::Pdu>>,
+        pdu: &crate::pdu::Pdu,
+    ) -> Vec<String> {
+        let services = self.all();
+        if services.is_empty() {
+            return vec![];
+        }
+        let aliases: Vec<String> = state
+            .get(&("m.room.canonical_alias".to_owned(), String::new()))
+            .map(|p| {
+                let c = p.content_value();
+                let mut out: Vec<String> = c["alt_aliases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect();
+                if let Some(a) = c["alias"].as_str() {
+                    out.push(a.to_owned());
+                }
+                out
+            })
+            .unwrap_or_default();
+        let members: Vec<&str> = state
+            .iter()
+            .filter(|((kind, _), p)| {
+                kind == "m.room.member" && matches!(p.membership(), Some("join" | "invite"))
+            })
+            .map(|((_, user), _)| user.as_str())
+            .collect();
+        let about = (pdu.kind.to_string() == "m.room.member")
+            .then_some(pdu.state_key.as_deref())
+            .flatten();
+        services
+            .iter()
+            .filter(|s| s.url.is_some())
+            .filter(|s| {
+                let user = |u: &str| UserId::parse(u).is_ok_and(|u| s.may_act_as(&u));
+                user(pdu.sender.as_str())
+                    || about.is_some_and(user)
+                    || s.covers_room(pdu.room_id.as_str())
+                    || aliases.iter().any(|a| s.covers_alias(a))
+                    || members.iter().any(|m| user(m))
+            })
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// Refuses an ordinary user's claim on a user id an application service
+    /// holds exclusively (registration).
+    pub fn check_user_not_exclusive(&self, user: &UserId) -> Result<()> {
+        match self.owner_of_user(user) {
+            Some(s) => Err(Error::Exclusive(format!(
+                "{user} is reserved by application service {}",
+                s.id
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The same for room aliases: `by` is the service asking, if any.
+    pub fn check_alias_claim(&self, alias: &str, by: Option<&AppService>) -> Result<()> {
+        match by {
+            Some(s) if !s.covers_alias(alias) => Err(Error::Exclusive(format!(
+                "{alias} is outside application service {}'s namespaces",
+                s.id
+            ))),
+            Some(_) => Ok(()),
+            None => match self.owner_of_alias(alias) {
+                Some(s) => Err(Error::Exclusive(format!(
+                    "{alias} is reserved by application service {}",
+                    s.id
+                ))),
+                None => Ok(()),
+            },
+        }
+    }
+
     pub fn all(&self) -> &[Arc<AppService>] {
         &self.list
     }
@@ -182,14 +266,51 @@ impl EphemeralQueues {
     }
 }
 
-impl Hearth {
+/// What core queues for application services besides events (typing,
+/// receipts and presence, for those with `receive_ephemeral`) and what it
+/// asks them (the aliases and users their namespaces cover).
+pub struct ToAppServices {
+    store: Arc<dyn Store>,
+    appservices: Arc<AppServices>,
+    /// A room's state says which services want its ephemeral events.
+    rooms: Arc<Rooms>,
+    /// The application service client, for alias and user queries.
+    links: Arc<Links>,
+    presence: Arc<Presence>,
+    /// Shared with the senders, which take from it (`Hearth::appservice_ephemeral`).
+    appservice_ephemeral: Arc<EphemeralQueues>,
+    /// Wakes the senders (`Hearth::appservice_queued`).
+    appservice_queued: Arc<tokio::sync::Notify>,
+}
+
+impl ToAppServices {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        appservices: Arc<AppServices>,
+        rooms: Arc<Rooms>,
+        links: Arc<Links>,
+        presence: Arc<Presence>,
+        appservice_ephemeral: Arc<EphemeralQueues>,
+        appservice_queued: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self {
+            store,
+            appservices,
+            rooms,
+            links,
+            presence,
+            appservice_ephemeral,
+            appservice_queued,
+        }
+    }
+
     /// Queues an ephemeral event of `room` for the services that asked for
     /// them (`receive_ephemeral`) and want the room.
     pub(crate) async fn appservice_ephemeral(&self, room: &ruma::RoomId, event: serde_json::Value) {
         if !self.appservices.all().iter().any(|s| s.receive_ephemeral) {
             return;
         }
-        let state = match self.room_state(room).await {
+        let state = match self.rooms.room_state(room).await {
             Ok(s) => s,
             Err(_) => return,
         };
@@ -208,7 +329,7 @@ impl Hearth {
             return;
         };
         let mut pushed = false;
-        for id in self.appservice_audience(&state, &create) {
+        for id in self.appservices.appservice_audience(&state, &create) {
             if self
                 .appservices
                 .by_id(&id)
@@ -270,60 +391,6 @@ impl Hearth {
         }
     }
 
-    /// The application services that want `pdu` (spec: an event is pushed to
-    /// a service when its sender, the user a member event is about, the
-    /// room, an alias the room publishes or any member of the room is in
-    /// the service's namespaces).
-    pub(crate) fn appservice_audience(
-        &self,
-        state: &std::collections::HashMap<(String, String), Arc<crate::pdu::Pdu>>,
-        pdu: &crate::pdu::Pdu,
-    ) -> Vec<String> {
-        let services = self.appservices.all();
-        if services.is_empty() {
-            return vec![];
-        }
-        let aliases: Vec<String> = state
-            .get(&("m.room.canonical_alias".to_owned(), String::new()))
-            .map(|p| {
-                let c = p.content_value();
-                let mut out: Vec<String> = c["alt_aliases"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| a.as_str().map(str::to_owned))
-                    .collect();
-                if let Some(a) = c["alias"].as_str() {
-                    out.push(a.to_owned());
-                }
-                out
-            })
-            .unwrap_or_default();
-        let members: Vec<&str> = state
-            .iter()
-            .filter(|((kind, _), p)| {
-                kind == "m.room.member" && matches!(p.membership(), Some("join" | "invite"))
-            })
-            .map(|((_, user), _)| user.as_str())
-            .collect();
-        let about = (pdu.kind.to_string() == "m.room.member")
-            .then_some(pdu.state_key.as_deref())
-            .flatten();
-        services
-            .iter()
-            .filter(|s| s.url.is_some())
-            .filter(|s| {
-                let user = |u: &str| UserId::parse(u).is_ok_and(|u| s.may_act_as(&u));
-                user(pdu.sender.as_str())
-                    || about.is_some_and(user)
-                    || s.covers_room(pdu.room_id.as_str())
-                    || aliases.iter().any(|a| s.covers_alias(a))
-                    || members.iter().any(|m| user(m))
-            })
-            .map(|s| s.id.clone())
-            .collect()
-    }
-
     /// A local alias's room: stored, or, when an application service's
     /// namespace covers the alias, whatever it creates when asked (spec:
     /// services are consulted before "not found").
@@ -331,7 +398,7 @@ impl Hearth {
         if let Some(found) = self.store.resolve_alias(alias).await? {
             return Ok(Some(found));
         }
-        let Some(link) = self.appservice_link.get() else {
+        let Some(link) = self.links.appservice.get() else {
             return Ok(None);
         };
         for service in self
@@ -356,7 +423,7 @@ impl Hearth {
         if self.store.get_user(user.as_str()).await?.is_some() {
             return Ok(true);
         }
-        let Some(link) = self.appservice_link.get() else {
+        let Some(link) = self.links.appservice.get() else {
             return Ok(false);
         };
         for service in self.appservices.all().iter().filter(|s| s.may_act_as(user)) {
@@ -366,48 +433,6 @@ impl Hearth {
             }
         }
         Ok(false)
-    }
-
-    /// Refuses an ordinary user's claim on a user id an application service
-    /// holds exclusively (registration).
-    pub fn check_user_not_exclusive(&self, user: &UserId) -> Result<()> {
-        match self.appservices.owner_of_user(user) {
-            Some(s) => Err(Error::Exclusive(format!(
-                "{user} is reserved by application service {}",
-                s.id
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    /// The same for room aliases: `by` is the service asking, if any.
-    pub fn check_alias_claim(&self, alias: &str, by: Option<&AppService>) -> Result<()> {
-        match by {
-            Some(s) if !s.covers_alias(alias) => Err(Error::Exclusive(format!(
-                "{alias} is outside application service {}'s namespaces",
-                s.id
-            ))),
-            Some(_) => Ok(()),
-            None => match self.appservices.owner_of_alias(alias) {
-                Some(s) => Err(Error::Exclusive(format!(
-                    "{alias} is reserved by application service {}",
-                    s.id
-                ))),
-                None => Ok(()),
-            },
-        }
-    }
-
-    /// Creates each service's own user if it does not exist yet.
-    pub async fn ensure_appservice_users(&self) -> Result<()> {
-        for s in self.appservices.all() {
-            if self.store.get_user(s.sender.as_str()).await?.is_none() {
-                self.create_account(s.sender.localpart(), None, false)
-                    .await?;
-                tracing::info!(appservice = %s.id, user = %s.sender, "application service user created");
-            }
-        }
-        Ok(())
     }
 }
 

@@ -19,6 +19,8 @@ use crate::{
     Hearth,
     bus::{Bus, BusListener, BusMessage},
     ephemeral::PresenceState,
+    notifier::Notifier,
+    store::Store,
 };
 
 /// How often the stream heads are re-read while the bus is up (a backstop)
@@ -32,11 +34,78 @@ const PRESENCE_WRITE_EVERY: Duration = Duration::from_secs(20);
 
 /// Re-reads of the stream heads, one at a time (see `refresh_heads`).
 #[derive(Default)]
-pub(crate) struct HeadsReads {
+struct HeadsReads {
     /// Tickets handed to callers so far.
     asked: AtomicU64,
     /// Held during a re-read; holds the last ticket a finished re-read covers.
     covered: tokio::sync::Mutex<u64>,
+}
+
+/// Where each stream stands: with other processes writing the same
+/// databases, re-read before a request reads positions and when woken.
+pub(crate) struct Streams {
+    store: Arc<dyn Store>,
+    /// Wakes every sync when a re-read finds the heads moved.
+    notifier: Arc<Notifier>,
+    reads: HeadsReads,
+    /// Other processes write too (a bus is configured).
+    shared: bool,
+}
+
+impl Streams {
+    pub(crate) fn new(store: Arc<dyn Store>, notifier: Arc<Notifier>, shared: bool) -> Self {
+        Self {
+            store,
+            notifier,
+            reads: HeadsReads::default(),
+            shared,
+        }
+    }
+
+    /// Re-reads where the streams stand; wakes every sync if anything moved
+    /// (whoever re-reads first, the waiting syncs hear of it). Callers at
+    /// the same moment share one re-read: each waits for one that started
+    /// after it asked, which sees everything committed before it asked.
+    async fn refresh_heads(&self) -> crate::Result<()> {
+        let ticket = self.reads.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut covered = self.reads.covered.lock().await;
+        if *covered >= ticket {
+            return Ok(());
+        }
+        let upto = self.reads.asked.load(Ordering::SeqCst);
+        let moved = self.store.refresh_stream_heads().await?;
+        *covered = upto;
+        drop(covered);
+        if moved {
+            self.notifier.wake_all_local();
+        }
+        Ok(())
+    }
+
+    /// `refresh_heads` in the background: a failure is logged, and the
+    /// next tick or message tries again.
+    async fn refresh_heads_logged(&self) {
+        if let Err(e) = self.refresh_heads().await {
+            warn!("could not re-read the stream heads: {e}");
+        }
+    }
+
+    /// Before a request reads the current positions: with other processes
+    /// writing too, re-read them, so the request sees everything committed
+    /// before it, through whichever process (read your writes).
+    pub(crate) async fn catch_up(&self) -> crate::Result<()> {
+        if self.shared {
+            self.refresh_heads().await?;
+        }
+        Ok(())
+    }
+
+    /// The newest position of each shard's stream, caught up with the
+    /// other processes.
+    pub async fn stream_positions(&self) -> crate::Result<Vec<i64>> {
+        self.catch_up().await?;
+        self.store.stream_positions().await
+    }
 }
 
 impl Hearth {
@@ -62,54 +131,9 @@ impl Hearth {
                     return;
                 }
                 let Some(h) = weak.upgrade() else { return };
-                h.refresh_heads_logged().await;
+                h.streams.refresh_heads_logged().await;
             }
         });
-    }
-
-    /// Re-reads where the streams stand; wakes every sync if anything moved
-    /// (whoever re-reads first, the waiting syncs hear of it). Callers at
-    /// the same moment share one re-read: each waits for one that started
-    /// after it asked, which sees everything committed before it asked.
-    async fn refresh_heads(&self) -> crate::Result<()> {
-        let ticket = self.heads.asked.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut covered = self.heads.covered.lock().await;
-        if *covered >= ticket {
-            return Ok(());
-        }
-        let upto = self.heads.asked.load(Ordering::SeqCst);
-        let moved = self.store.refresh_stream_heads().await?;
-        *covered = upto;
-        drop(covered);
-        if moved {
-            self.notifier.wake_all_local();
-        }
-        Ok(())
-    }
-
-    /// `refresh_heads` in the background: a failure is logged, and the
-    /// next tick or message tries again.
-    async fn refresh_heads_logged(&self) {
-        if let Err(e) = self.refresh_heads().await {
-            warn!("could not re-read the stream heads: {e}");
-        }
-    }
-
-    /// Before a request reads the current positions: with other processes
-    /// writing too, re-read them, so the request sees everything committed
-    /// before it, through whichever process (read your writes).
-    pub(crate) async fn catch_up(&self) -> crate::Result<()> {
-        if self.bus.is_some() {
-            self.refresh_heads().await?;
-        }
-        Ok(())
-    }
-
-    /// The newest position of each shard's stream, caught up with the
-    /// other processes.
-    pub async fn stream_positions(&self) -> crate::Result<Vec<i64>> {
-        self.catch_up().await?;
-        self.store.stream_positions().await
     }
 
     /// Typing on or off; returns whether the room's typing users changed.
@@ -130,14 +154,14 @@ impl Hearth {
                 });
                 store_typing(&self.tasks, bus.clone(), room.as_str(), users);
             }
-            self.notify_room(room).await;
+            self.rooms.notify_room(room).await;
             let users: Vec<String> = self
                 .typing
                 .snapshot(room.as_str())
                 .into_iter()
                 .map(|(u, _)| u)
                 .collect();
-            self.appservice_ephemeral(
+            self.to_appservices.appservice_ephemeral(
                 room,
                 serde_json::json!({"type": "m.typing", "room_id": room, "content": {"user_ids": users}}),
             )
@@ -160,10 +184,10 @@ impl Hearth {
     /// Sends an EDU to every other server with members in the room that
     /// the room's ACL does not deny.
     pub(crate) async fn share_with_servers(&self, room: &ruma::RoomId, edu: serde_json::Value) {
-        let Some(remote) = self.remote.get() else {
+        let Some(remote) = self.links.remote.get() else {
             return;
         };
-        match self.room_destinations(room).await {
+        match self.rooms.room_destinations(room).await {
             Ok(servers) if !servers.is_empty() => remote.send_edu(&servers, edu),
             Ok(_) => {}
             Err(e) => warn!(room = %room, "cannot tell the room's servers: {e}"),
@@ -238,7 +262,7 @@ impl Hearth {
             if self.appservices.all().iter().any(|s| s.receive_ephemeral) {
                 self.appservice_ephemeral.presence_changed(user);
             }
-            if let Some(remote) = self.remote.get()
+            if let Some(remote) = self.links.remote.get()
                 && self.is_local(user)
                 && let Some(state) = self.presence.get(user)
             {
@@ -354,7 +378,7 @@ impl BusListener for Hearth {
             .iter()
             .any(|m| matches!(m, BusMessage::Wake { .. } | BusMessage::WakeAll))
         {
-            self.refresh_heads_logged().await;
+            self.streams.refresh_heads_logged().await;
         }
         for msg in messages {
             match msg {
@@ -388,7 +412,7 @@ impl BusListener for Hearth {
         if let Some(bus) = &self.bus {
             self.load_from_redis(bus).await;
         }
-        self.refresh_heads_logged().await;
+        self.streams.refresh_heads_logged().await;
         self.notifier.wake_all_local();
     }
 }

@@ -3,9 +3,26 @@
 
 use ruma::UserId;
 
-use crate::{Error, Hearth, Result, store::DeviceRecord};
+use std::sync::Arc;
 
-impl Hearth {
+use crate::{
+    Error, Result,
+    e2ee::E2ee,
+    store::{DeviceRecord, Store},
+};
+
+/// A user's devices as the user manages them.
+pub struct Devices {
+    store: Arc<dyn Store>,
+    /// Tells those who track the user of a renamed device.
+    e2ee: Arc<E2ee>,
+}
+
+impl Devices {
+    pub(crate) fn new(store: Arc<dyn Store>, e2ee: Arc<E2ee>) -> Self {
+        Self { store, e2ee }
+    }
+
     pub async fn devices(&self, user: &UserId) -> Result<Vec<DeviceRecord>> {
         self.store.list_devices(user.as_str()).await
     }
@@ -33,22 +50,6 @@ impl Hearth {
             return Err(Error::not_found("Unknown device"));
         }
         // The name is part of what others see of the device (`/keys/query`).
-        self.device_renamed(user, device_id).await
-    }
-}
-
-impl Hearth {
-    /// Each of the user's devices with its display name.
-    pub(crate) async fn device_names(
-        &self,
-        user: &str,
-    ) -> Result<std::collections::BTreeMap<String, Option<String>>> {
-        Ok(self
-            .store
-            .list_devices(user)
-            .await?
-            .into_iter()
-            .map(|d| (d.device_id, d.display_name))
-            .collect())
+        self.e2ee.device_renamed(user, device_id).await
     }
 }

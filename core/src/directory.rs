@@ -1,17 +1,28 @@
 //! The public room directory (which rooms are published, the listing with
 //! its search and paging) and the user directory search.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
-use crate::{Error, Hearth, Result};
+use crate::{Error, Result, rooms::Rooms, store::Store};
 
-impl Hearth {
+/// Which rooms are published, and the user directory.
+pub struct Directory {
+    store: Arc<dyn Store>,
+    /// Membership and power in the room being published.
+    rooms: Arc<Rooms>,
+}
+
+impl Directory {
+    pub(crate) fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
+        Self { store, rooms }
+    }
+
     /// Whether a known room is published in the directory.
     pub async fn room_is_public(&self, room: &RoomId) -> Result<bool> {
-        self.require_known_room(room).await?;
+        self.rooms.require_known_room(room).await?;
         self.store.is_room_public(room.as_str()).await
     }
 
@@ -23,14 +34,14 @@ impl Hearth {
         user: &UserId,
         visibility: Option<&str>,
     ) -> Result<()> {
-        self.require_known_room(room).await?;
+        self.rooms.require_known_room(room).await?;
         let public = match visibility {
             Some("public") => true,
             Some("private") | None => false,
             Some(v) => return Err(Error::invalid_param(format!("Invalid visibility {v}"))),
         };
-        self.require_joined(room, user).await?;
-        if !self.is_room_admin(room, user).await? {
+        self.rooms.require_joined(room, user).await?;
+        if !self.rooms.is_room_admin(room, user).await? {
             return Err(Error::forbidden(
                 "You may not change this room's visibility",
             ));

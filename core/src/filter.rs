@@ -131,7 +131,16 @@ impl SyncFilter {
     }
 }
 
-impl crate::Hearth {
+/// Clients' stored filters, and the filter a sync request names.
+pub struct Filters {
+    store: std::sync::Arc<dyn crate::store::Store>,
+}
+
+impl Filters {
+    pub(crate) fn new(store: std::sync::Arc<dyn crate::store::Store>) -> Self {
+        Self { store }
+    }
+
     /// Stores a client's filter after checking the shape of its top-level
     /// fields; answers its id.
     pub async fn save_filter(&self, user: &ruma::UserId, filter: &Value) -> crate::Result<String> {

@@ -41,7 +41,6 @@ use crate::{
     ephemeral::{Presence, Typing},
     keys::ServerKeys,
     notifier::Notifier,
-    ratelimit::{Action, RateLimiter},
     rooms::Rooms,
     store::Store,
     unread::UnreadCache,
@@ -54,16 +53,37 @@ pub struct Hearth {
     /// its storage, whatever the entry point (ARCHITECTURE.md, invariants).
     pub(crate) store: Arc<dyn Store>,
     pub keys: ServerKeys,
-    pub notifier: Notifier,
+    pub notifier: Arc<Notifier>,
     pub typing: Typing,
-    pub presence: Presence,
-    pub rooms: Rooms,
-    pub ratelimiter: RateLimiter,
-    pub unread: UnreadCache,
-    /// End-to-end encryption bookkeeping between syncs.
-    pub e2ee: e2ee::E2eeState,
+    pub presence: Arc<Presence>,
+    /// Each room's view and lease (`rooms/view.rs`); the writer is still `impl Hearth`.
+    pub rooms: Arc<Rooms>,
+    /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
+    pub rate_limits: Arc<ratelimit::RateLimits>,
+    /// Clients' stored filters (`filter.rs`).
+    pub filters: Arc<filter::Filters>,
+    /// Local room aliases (`rooms/aliases.rs`).
+    pub aliases: Arc<rooms::Aliases>,
+    /// Room publication and the user directory (`directory.rs`).
+    pub directory: Arc<directory::Directory>,
+    /// The public room list (`rooms/directory.rs`).
+    pub room_list: Arc<rooms::RoomList>,
+    /// History visibility (`rooms/visibility.rs`).
+    pub visibility: Arc<rooms::Visibility>,
+    /// What other servers may read of a room (`rooms/federated.rs`).
+    pub federated: Arc<rooms::FederatedReads>,
+    /// Sync's unread counts (`unread.rs`).
+    pub unread: Arc<unread::Unread>,
+    /// Keys, to-device messages and device lists (`e2ee/`).
+    pub e2ee: Arc<e2ee::E2ee>,
+    /// A user's devices: listing and renaming (`devices.rs`).
+    pub devices: Arc<devices::Devices>,
+    /// Accounts and access tokens (`accounts.rs`).
+    pub accounts: Arc<accounts::Accounts>,
+    /// User-interactive auth (`uia.rs`).
+    pub uia: Arc<uia::Uia>,
     /// Push rules, notifications and pushes to gateways (spec/push.md).
-    pub push: push::Push,
+    pub push: Arc<push::Push>,
     /// Flips to true when the server starts draining: long-polls answer at
     /// once and WebSockets are told to reconnect elsewhere.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -71,22 +91,40 @@ pub struct Hearth {
     pub tasks: tasks::Tasks,
     /// The bus to the server's other processes, when Redis is configured.
     pub bus: Option<Arc<bus::Bus>>,
-    /// Re-reads of the stream heads, shared by concurrent callers.
-    heads: cluster::HeadsReads,
-    /// Names this process in room writer leases (random per start).
-    pub writer_id: Arc<str>,
+    /// Where each stream stands, caught up with the other processes.
+    pub(crate) streams: Arc<cluster::Streams>,
+    /// Federation, forwarding and application services, set after start-up.
+    pub links: Arc<Links>,
+    /// Registered application services (bridges).
+    pub appservices: Arc<appservice::AppServices>,
+    /// Woken when events were queued for application services.
+    pub appservice_queued: Arc<tokio::sync::Notify>,
+    /// Typing and receipts waiting for application services.
+    pub appservice_ephemeral: Arc<appservice::EphemeralQueues>,
+    /// Ephemeral events queued for application services, and what they are
+    /// asked (`appservice.rs`).
+    pub to_appservices: Arc<appservice::ToAppServices>,
+    /// The content repository (`media.rs`).
+    pub media: Arc<media::Media>,
+    /// Account data and room tags (`account_data.rs`).
+    pub account_data: Arc<account_data::AccountData>,
+    /// Server-side key backup (`e2ee/backup.rs`).
+    pub key_backup: Arc<e2ee::backup::KeyBackup>,
+    /// The outgoing queue as its senders read it (`outgoing.rs`).
+    pub outgoing: Arc<outgoing::Outgoing>,
+}
+
+/// What core reaches in the crates built on it, set once they start (after
+/// `Hearth::new`): shared by the services that call out, so none of them
+/// needs the whole `Hearth`.
+#[derive(Default)]
+pub struct Links {
     /// Reaches the process that writes a room, when it is not this one.
     pub forwarder: std::sync::OnceLock<Arc<dyn Forwarder>>,
     /// Asks other servers (federation), when this server federates.
     pub remote: std::sync::OnceLock<Arc<dyn Remote>>,
-    /// Registered application services (bridges).
-    pub appservices: appservice::AppServices,
-    /// Woken when events were queued for application services.
-    pub appservice_queued: tokio::sync::Notify,
-    /// Typing and receipts waiting for application services.
-    pub appservice_ephemeral: appservice::EphemeralQueues,
     /// Asks application services (alias and user queries).
-    pub appservice_link: std::sync::OnceLock<Arc<dyn appservice::AppServiceQueries>>,
+    pub appservice: std::sync::OnceLock<Arc<dyn appservice::AppServiceQueries>>,
 }
 
 /// Queries answered by other servers (the federation crate implements it).
@@ -183,38 +221,14 @@ impl Hearth {
             Some(r) => Some(bus::Bus::new(&r.url, &r.key_prefix)?),
             None => None,
         };
-        let presence_times = config.presence;
-        let config_appservices = config.appservices.clone();
-        let push = push::Push::new(
-            config.push,
-            config.cluster.is_some() || config.redis.is_some(),
-        );
-        let hearth = Arc::new(Self {
+        let hearth = Arc::new(Self::wire(
             config,
             store,
             keys,
-            notifier: Notifier::default(),
-            typing: Typing::default(),
-            presence: Presence::new(presence_times),
-            rooms: Rooms::default(),
-            ratelimiter: RateLimiter::default(),
-            unread: UnreadCache::default(),
-            e2ee: e2ee::E2eeState::default(),
-            push,
-            shutdown: tokio::sync::watch::channel(false).0,
-            tasks: tasks::Tasks::default(),
-            bus: bus.as_ref().map(|(b, _)| b.clone()),
-            heads: Default::default(),
-            writer_id: Arc::from(ids::random_string(16)),
-            forwarder: std::sync::OnceLock::new(),
-            remote: std::sync::OnceLock::new(),
-            appservices: appservice::AppServices::new(config_appservices),
-            appservice_queued: tokio::sync::Notify::new(),
-            appservice_link: std::sync::OnceLock::new(),
-            appservice_ephemeral: Default::default(),
-        });
+            bus.as_ref().map(|(b, _)| b.clone()),
+        ));
         if hearth.config.cluster.is_some() {
-            hearth.spawn_lease_renewal();
+            hearth.rooms.spawn_lease_renewal();
         }
         if let Some((bus, outbox)) = bus {
             hearth.join_cluster(bus, outbox);
@@ -234,10 +248,158 @@ impl Hearth {
             }
             recent.push(event);
         }));
-        hearth.spawn_push_worker();
+        hearth.push.spawn_push_worker();
         hearth.spawn_sweepers();
-        hearth.ensure_appservice_users().await?;
+        hearth.accounts.ensure_appservice_users().await?;
         Ok(hearth)
+    }
+
+    /// Builds the services bottom-up, each given only what its constructor
+    /// names: the state several share first, then the services over it.
+    fn wire(
+        config: CoreConfig,
+        store: Arc<dyn Store>,
+        keys: ServerKeys,
+        bus: Option<Arc<bus::Bus>>,
+    ) -> Self {
+        let shared = Shared::new(&config, &store);
+        let (aliases, directory, room_list, visibility, federated) =
+            Self::room_services(&config, &store, &shared.rooms, &shared.appservices);
+        let (e2ee, devices, accounts, uia) = Self::user_services(
+            &config,
+            &store,
+            &shared.notifier,
+            &shared.links,
+            &shared.push,
+            &shared.appservices,
+            bus.is_none(),
+        );
+        // Fields are built in the order written: `config` and `store` and the
+        // shared state move in last, after the services that copy them.
+        Self {
+            media: Arc::new(media::Media::new(
+                store.clone(),
+                &config.data_dir,
+                config.max_upload_size,
+            )),
+            account_data: Arc::new(account_data::AccountData::new(
+                store.clone(),
+                shared.notifier.clone(),
+            )),
+            key_backup: Arc::new(e2ee::backup::KeyBackup::new(store.clone())),
+            outgoing: Arc::new(outgoing::Outgoing::new(store.clone())),
+            filters: Arc::new(filter::Filters::new(store.clone())),
+            rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
+            aliases,
+            directory,
+            room_list,
+            visibility,
+            federated,
+            typing: Typing::default(),
+            shutdown: tokio::sync::watch::channel(false).0,
+            streams: Arc::new(cluster::Streams::new(
+                store.clone(),
+                shared.notifier.clone(),
+                bus.is_some(),
+            )),
+            to_appservices: Arc::new(appservice::ToAppServices::new(
+                store.clone(),
+                shared.appservices.clone(),
+                shared.rooms.clone(),
+                shared.links.clone(),
+                shared.presence.clone(),
+                shared.appservice_ephemeral.clone(),
+                shared.appservice_queued.clone(),
+            )),
+            presence: shared.presence,
+            appservice_ephemeral: shared.appservice_ephemeral,
+            appservice_queued: shared.appservice_queued,
+            e2ee,
+            devices,
+            accounts,
+            uia,
+            notifier: shared.notifier,
+            links: shared.links,
+            unread: Arc::new(unread::Unread::new(
+                store.clone(),
+                shared.unread,
+                shared.push.clone(),
+            )),
+            tasks: shared.tasks,
+            rooms: shared.rooms,
+            push: shared.push,
+            appservices: shared.appservices,
+            bus,
+            keys,
+            config,
+            store,
+        }
+    }
+
+    /// The services that read rooms through `Rooms`.
+    fn room_services(
+        config: &CoreConfig,
+        store: &Arc<dyn Store>,
+        rooms: &Arc<Rooms>,
+        appservices: &Arc<appservice::AppServices>,
+    ) -> RoomServices {
+        let visibility = Arc::new(rooms::Visibility::new(store.clone(), rooms.clone()));
+        let federated = Arc::new(rooms::FederatedReads::new(
+            store.clone(),
+            config.server_name.clone(),
+            rooms.clone(),
+            visibility.clone(),
+        ));
+        (
+            Arc::new(rooms::Aliases::new(
+                store.clone(),
+                config.server_name.clone(),
+                appservices.clone(),
+                rooms.clone(),
+            )),
+            Arc::new(directory::Directory::new(store.clone(), rooms.clone())),
+            Arc::new(rooms::RoomList::new(store.clone(), rooms.clone())),
+            visibility,
+            federated,
+        )
+    }
+
+    /// Keys and devices, accounts and UIA: each built on the one before.
+    fn user_services(
+        config: &CoreConfig,
+        store: &Arc<dyn Store>,
+        notifier: &Arc<Notifier>,
+        links: &Arc<Links>,
+        push: &Arc<push::Push>,
+        appservices: &Arc<appservice::AppServices>,
+        single_process: bool,
+    ) -> (
+        Arc<e2ee::E2ee>,
+        Arc<devices::Devices>,
+        Arc<accounts::Accounts>,
+        Arc<uia::Uia>,
+    ) {
+        let e2ee = Arc::new(e2ee::E2ee::new(
+            store.clone(),
+            notifier.clone(),
+            links.clone(),
+            push.clone(),
+            config.server_name.clone(),
+            single_process,
+        ));
+        let devices = Arc::new(devices::Devices::new(store.clone(), e2ee.clone()));
+        let accounts = Arc::new(accounts::Accounts::new(
+            store.clone(),
+            config.server_name.clone(),
+            appservices.clone(),
+            e2ee.clone(),
+        ));
+        let uia = Arc::new(uia::Uia::new(
+            store.clone(),
+            config.registration_tokens.clone(),
+            accounts.clone(),
+        ));
+        (e2ee, devices, accounts, uia)
     }
 
     /// Expired typing notifications and presence that time changed must
@@ -260,21 +422,73 @@ impl Hearth {
                 if ticks.is_multiple_of(2) {
                     h.age_presence().await;
                 }
-                h.presence_to_appservices().await;
+                h.to_appservices.presence_to_appservices().await;
             }
         });
     }
+}
 
-    pub fn rate_limit(&self, action: Action, key: &str) -> Result<()> {
-        let rl = &self.config.rate_limits;
-        if !rl.enabled {
-            return Ok(());
+/// Aliases, the directory, the room list, visibility and federated reads,
+/// as `Hearth::room_services` builds them.
+type RoomServices = (
+    Arc<rooms::Aliases>,
+    Arc<directory::Directory>,
+    Arc<rooms::RoomList>,
+    Arc<rooms::Visibility>,
+    Arc<rooms::FederatedReads>,
+);
+
+/// The state several services take, built before them (`Hearth::wire`).
+struct Shared {
+    notifier: Arc<Notifier>,
+    links: Arc<Links>,
+    unread: Arc<UnreadCache>,
+    tasks: tasks::Tasks,
+    rooms: Arc<Rooms>,
+    push: Arc<push::Push>,
+    appservices: Arc<appservice::AppServices>,
+    presence: Arc<Presence>,
+    appservice_ephemeral: Arc<appservice::EphemeralQueues>,
+    appservice_queued: Arc<tokio::sync::Notify>,
+}
+
+impl Shared {
+    fn new(config: &CoreConfig, store: &Arc<dyn Store>) -> Self {
+        let notifier = Arc::new(Notifier::default());
+        let links = Arc::new(Links::default());
+        let unread = Arc::new(UnreadCache::default());
+        let tasks = tasks::Tasks::default();
+        let rooms = Arc::new(Rooms::new(
+            store.clone(),
+            config.cluster.clone(),
+            config.server_name.clone(),
+            notifier.clone(),
+            tasks.clone(),
+        ));
+        let push = Arc::new(push::Push::new(
+            config.push,
+            config.cluster.is_some() || config.redis.is_some(),
+            store.clone(),
+            notifier.clone(),
+            unread.clone(),
+            rooms.clone(),
+            tasks.clone(),
+        ));
+        let appservices = Arc::new(appservice::AppServices::new(config.appservices.clone()));
+        let presence = Arc::new(Presence::new(config.presence));
+        let appservice_ephemeral = Arc::new(appservice::EphemeralQueues::default());
+        let appservice_queued = Arc::new(tokio::sync::Notify::new());
+        Self {
+            notifier,
+            links,
+            unread,
+            tasks,
+            rooms,
+            push,
+            appservices,
+            presence,
+            appservice_ephemeral,
+            appservice_queued,
         }
-        let (rate, burst) = match action {
-            Action::Message => (rl.messages_per_second, rl.messages_burst),
-            Action::Login => (rl.login_per_second, rl.login_burst),
-            Action::Register => (rl.register_per_second, rl.register_burst),
-        };
-        self.ratelimiter.check(action, key, rate, burst)
     }
 }

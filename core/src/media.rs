@@ -1,15 +1,15 @@
 //! The content repository: uploaded files on disk, metadata in the store, and
 //! thumbnails generated on demand and cached.
 
-use std::{io::Write, path::PathBuf};
+use std::{io::Write, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
 use image::{DynamicImage, GenericImageView, ImageFormat, imageops::FilterType};
 
 use crate::{
-    Error, Hearth, Result,
+    Error, Result,
     ids::{now_ms, random_string},
-    store::MediaRecord,
+    store::{MediaRecord, Store},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +27,30 @@ pub struct MediaFile {
 /// The largest thumbnail we generate, whatever is asked.
 const MAX_THUMBNAIL_SIDE: u32 = 1024;
 
-impl Hearth {
+/// The content repository: files under the data directory, their records in
+/// the store.
+pub struct Media {
+    store: Arc<dyn Store>,
+    /// `<data_dir>/media`.
+    dir: PathBuf,
+    max_upload_size: u64,
+}
+
+impl Media {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        data_dir: &std::path::Path,
+        max_upload_size: u64,
+    ) -> Self {
+        Self {
+            store,
+            dir: data_dir.join("media"),
+            max_upload_size,
+        }
+    }
+
     fn media_dir(&self) -> PathBuf {
-        self.config.data_dir.join("media")
+        self.dir.clone()
     }
 
     fn media_path(&self, media_id: &str) -> PathBuf {
@@ -45,7 +66,7 @@ impl Hearth {
         filename: Option<&str>,
         bytes: Bytes,
     ) -> Result<String> {
-        if bytes.len() as u64 > self.config.max_upload_size {
+        if bytes.len() as u64 > self.max_upload_size {
             return Err(Error::TooLarge(
                 "Upload is larger than the server allows".into(),
             ));

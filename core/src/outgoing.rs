@@ -6,9 +6,24 @@
 //! then acknowledge it; what is not acknowledged goes out again after a
 //! restart. The table keeps its first name, `federation_queue`.
 
-use crate::{Hearth, Result, pdu::StoredEvent, store::QueuedPdu};
+use std::sync::Arc;
 
-impl Hearth {
+use crate::{
+    Result,
+    pdu::StoredEvent,
+    store::{QueuedPdu, Store},
+};
+
+/// What the senders read of the outgoing queue and acknowledge.
+pub struct Outgoing {
+    store: Arc<dyn Store>,
+}
+
+impl Outgoing {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
     /// Servers with something queued (application services left out: their
     /// senders start from the registrations).
     pub async fn queued_servers(&self) -> Result<Vec<String>> {

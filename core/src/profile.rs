@@ -20,7 +20,7 @@ impl Hearth {
     /// (`field` narrows the question to one field).
     pub async fn profile(&self, user: &UserId, field: Option<&str>) -> Result<Profile> {
         if user.server_name() != self.config.server_name {
-            let remote = self.remote.get().ok_or_else(|| {
+            let remote = self.links.remote.get().ok_or_else(|| {
                 Error::not_found("Profile not found (this server does not federate)")
             })?;
             let v = remote.query_profile(user, field).await?;
@@ -30,7 +30,7 @@ impl Hearth {
                 avatar_url: text("avatar_url"),
             });
         }
-        if !self.local_user_exists(user).await? {
+        if !self.to_appservices.local_user_exists(user).await? {
             return Err(Error::not_found("Profile not found"));
         }
         match self.store.get_user(user.as_str()).await? {

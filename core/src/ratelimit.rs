@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Instant};
 
-use crate::{Error, Result};
+use crate::{Error, Result, config::RateLimitConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -35,6 +35,34 @@ impl RateLimiter {
                 retry_after_ms: wait.max(1),
             })
         }
+    }
+}
+
+/// The configured limits applied to every entry point's actions.
+pub struct RateLimits {
+    config: RateLimitConfig,
+    limiter: RateLimiter,
+}
+
+impl RateLimits {
+    pub(crate) fn new(config: RateLimitConfig) -> Self {
+        Self {
+            config,
+            limiter: RateLimiter::default(),
+        }
+    }
+
+    pub fn rate_limit(&self, action: Action, key: &str) -> Result<()> {
+        let rl = &self.config;
+        if !rl.enabled {
+            return Ok(());
+        }
+        let (rate, burst) = match action {
+            Action::Message => (rl.messages_per_second, rl.messages_burst),
+            Action::Login => (rl.login_per_second, rl.login_burst),
+            Action::Register => (rl.register_per_second, rl.register_burst),
+        };
+        self.limiter.check(action, key, rate, burst)
     }
 }
 

@@ -57,12 +57,12 @@ impl Hearth {
         for u in updates {
             u.check()?;
         }
-        self.require_joined(room, user).await?;
+        self.rooms.require_joined(room, user).await?;
         let ts = now_ms();
         for u in updates {
             self.store_receipt(room, user, u, ts).await?;
         }
-        self.notify_room(room).await;
+        self.rooms.notify_room(room).await;
         for u in updates.iter().filter(|u| u.kind == "m.read") {
             self.share_receipt(room, user.as_str(), u.event_id, u.thread_id, ts)
                 .await;
@@ -124,11 +124,12 @@ impl Hearth {
         }
         let mut by_event = Map::new();
         by_event.insert(event_id.to_owned(), json!({"m.read": {user: data}}));
-        self.appservice_ephemeral(
-            room,
-            json!({"type": "m.receipt", "room_id": room, "content": by_event}),
-        )
-        .await;
+        self.to_appservices
+            .appservice_ephemeral(
+                room,
+                json!({"type": "m.receipt", "room_id": room, "content": by_event}),
+            )
+            .await;
         let mut by_user = Map::new();
         by_user.insert(
             user.to_owned(),
@@ -174,7 +175,7 @@ impl Hearth {
             stream_id: 0,
         };
         match self.store.put_receipt(&receipt).await {
-            Ok(_) => self.notify_room(room).await,
+            Ok(_) => self.rooms.notify_room(room).await,
             Err(e) => tracing::warn!(room = %room, %user, error = %e, "cannot store a receipt"),
         }
     }

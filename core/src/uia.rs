@@ -8,7 +8,9 @@ use ruma::{CanonicalJsonValue, OwnedUserId, UserId};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::{Error, Hearth, Result, ids::random_string};
+use std::sync::Arc;
+
+use crate::{Error, Result, accounts::Accounts, ids::random_string, store::Store};
 
 /// A session expires 15 minutes after its last step.
 const SESSION_TTL_MS: i64 = 15 * 60 * 1000;
@@ -80,7 +82,29 @@ pub enum UiaOutcome {
     Challenge(UiaChallenge),
 }
 
-impl Hearth {
+/// User-interactive auth: its sessions are stored, so any process of a
+/// cluster continues them.
+pub struct Uia {
+    store: Arc<dyn Store>,
+    /// `m.login.registration_token` accepts these.
+    registration_tokens: Vec<String>,
+    /// `m.login.password` checks the account's password.
+    accounts: Arc<Accounts>,
+}
+
+impl Uia {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        registration_tokens: Vec<String>,
+        accounts: Arc<Accounts>,
+    ) -> Self {
+        Self {
+            store,
+            registration_tokens,
+            accounts,
+        }
+    }
+
     /// The operation `session` is bound to and the stages it completed;
     /// `None` for an unknown or expired session.
     async fn uia_session(&self, session: &str) -> Result<Option<(String, Vec<String>)>> {
@@ -127,7 +151,7 @@ fn now_ms() -> i64 {
     crate::ids::now_ms() as i64
 }
 
-impl Hearth {
+impl Uia {
     /// Runs one UIA step of `request`. `password_user` is whose password
     /// `m.login.password` checks. A session started by another request is
     /// refused with 403 M_FORBIDDEN.
@@ -227,7 +251,7 @@ impl Hearth {
                     .get("token")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                if self.config.registration_tokens.iter().any(|t| t == token) {
+                if self.registration_tokens.iter().any(|t| t == token) {
                     Ok(())
                 } else {
                     Err(Error::forbidden("Invalid registration token"))
@@ -245,17 +269,17 @@ impl Hearth {
                     .and_then(Value::as_str);
                 let target = match (password_user, claimed) {
                     (Some(u), Some(c)) => {
-                        let c = self.parse_local_user(c)?;
+                        let c = self.accounts.parse_local_user(c)?;
                         if c != u {
                             return Err(Error::forbidden("Cannot authenticate as another user"));
                         }
                         c
                     }
                     (Some(u), None) => u.to_owned(),
-                    (None, Some(c)) => self.parse_local_user(c)?,
+                    (None, Some(c)) => self.accounts.parse_local_user(c)?,
                     (None, None) => return Err(Error::MissingParam("Missing identifier".into())),
                 };
-                self.check_password(&target, password).await
+                self.accounts.check_password(&target, password).await
             }
             other => Err(Error::invalid_param(format!(
                 "Unsupported auth stage {other}"

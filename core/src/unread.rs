@@ -13,10 +13,10 @@ use std::{
 use ruma::{RoomId, UserId};
 
 use crate::{
-    Hearth, Result,
+    Result,
     pdu::StoredEvent,
-    push::RoomCtx,
-    store::{Direction, MembershipRecord},
+    push::{Push, RoomCtx},
+    store::{Direction, MembershipRecord, Store},
 };
 
 /// Events counted per store read; a larger backlog is counted over later syncs.
@@ -66,7 +66,25 @@ impl UnreadCache {
     }
 }
 
-impl Hearth {
+/// Sync's unread counts, tallied by the users' push rules.
+pub struct Unread {
+    store: Arc<dyn Store>,
+    /// Shared with push, which forgets a user's tallies when their rules
+    /// change.
+    unread: Arc<UnreadCache>,
+    /// Evaluates each event against the user's rules.
+    push: Arc<Push>,
+}
+
+impl Unread {
+    pub(crate) fn new(store: Arc<dyn Store>, unread: Arc<UnreadCache>, push: Arc<Push>) -> Self {
+        Self {
+            store,
+            unread,
+            push,
+        }
+    }
+
     /// Events after the user's read receipt (or their join, before any
     /// receipt) up to stream position `upto` that the user's push rules
     /// notify, and those of them the rules highlight.
@@ -152,7 +170,7 @@ impl Hearth {
     }
 }
 
-impl Hearth {
+impl Unread {
     /// Counts one event into a tally by the user's push rules. The room's
     /// context is fetched once per batch, and only if someone else sent
     /// something.
@@ -167,12 +185,12 @@ impl Hearth {
             return Ok(());
         }
         if ctx.is_none() {
-            *ctx = Some(self.room_push_ctx(&e.pdu.room_id).await?);
+            *ctx = Some(self.push.room_push_ctx(&e.pdu.room_id).await?);
         }
         let Some(Some(room)) = ctx.as_ref() else {
             return Ok(());
         };
-        let eval = self.evaluate_push(e, user, room).await?;
+        let eval = self.push.evaluate_push(e, user, room).await?;
         if eval.notifies() {
             tally.notifications += 1;
             if eval.highlights() {

@@ -34,7 +34,7 @@ pub(crate) async fn require_room_access(
         let Ok(room) = RoomId::parse(&room) else {
             return ApiError::from(Error::invalid_param("Invalid room id")).into_response();
         };
-        if let Err(e) = fed.hearth.check_server_acl(&room, &origin).await {
+        if let Err(e) = fed.hearth.rooms.check_server_acl(&room, &origin).await {
             return ApiError::from(e).into_response();
         }
     }

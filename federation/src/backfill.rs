@@ -22,7 +22,7 @@ impl Federation {
         from: &[OwnedEventId],
         limit: usize,
     ) -> Result<Backfilled, FedError> {
-        let version = self.hearth.room_version_of(room).await?;
+        let version = self.hearth.rooms.room_version_of(room).await?;
         let mut failure = FedError::Remote("no server to ask for the room's history".into());
         for server in servers.iter().take(SERVERS_TRIED) {
             match self.backfill_via(server, &version, room, from, limit).await {

@@ -38,7 +38,7 @@ pub(crate) async fn query(
 ) -> Result<Json<Value>, ApiError> {
     let wanted = our_users::<Vec<String>>(&fed, &body, "device_keys")?;
     tracing::debug!(%origin, users = wanted.len(), "key query");
-    Ok(Json(fed.hearth.local_keys(None, &wanted).await?))
+    Ok(Json(fed.hearth.e2ee.local_keys(None, &wanted).await?))
 }
 
 /// `POST /_matrix/federation/v1/user/keys/claim`
@@ -49,7 +49,7 @@ pub(crate) async fn claim(
 ) -> Result<Json<Value>, ApiError> {
     let wanted = our_users::<BTreeMap<String, String>>(&fed, &body, "one_time_keys")?;
     tracing::debug!(%origin, users = wanted.len(), "key claim");
-    let keys = fed.hearth.claim_local_keys(&wanted).await?;
+    let keys = fed.hearth.e2ee.claim_local_keys(&wanted).await?;
     Ok(Json(json!({"one_time_keys": keys})))
 }
 
@@ -62,7 +62,7 @@ pub(crate) async fn devices(
     if user.server_name() != fed.server_name() {
         return Err(Error::invalid_param("The user is not on this server").into());
     }
-    Ok(Json(fed.hearth.device_list_for_server(&user).await?))
+    Ok(Json(fed.hearth.e2ee.device_list_for_server(&user).await?))
 }
 
 impl Federation {
@@ -91,8 +91,13 @@ impl Federation {
     /// The end-to-end EDUs of a transaction from `origin`.
     pub(crate) async fn receive_e2ee_edu(&self, origin: &str, kind: &str, content: &Value) {
         let result = match kind {
-            "m.direct_to_device" => self.hearth.receive_to_device(origin, content).await,
-            _ => self.hearth.receive_device_update(origin, content).await,
+            "m.direct_to_device" => self.hearth.e2ee.receive_to_device(origin, content).await,
+            _ => {
+                self.hearth
+                    .e2ee
+                    .receive_device_update(origin, content)
+                    .await
+            }
         };
         if let Err(e) = result {
             tracing::info!(%origin, edu = kind, error = %e, "EDU refused");

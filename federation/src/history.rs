@@ -64,8 +64,15 @@ async fn state_before(
         .into_iter()
         .next()
         .ok_or_else(|| Error::MissingParam("event_id is required".into()))?;
-    fed.hearth.require_server_reader(&room, origin).await?;
-    Ok(fed.hearth.state_before_event(&room, &event_id).await?)
+    fed.hearth
+        .federated
+        .require_server_reader(&room, origin)
+        .await?;
+    Ok(fed
+        .hearth
+        .federated
+        .state_before_event(&room, &event_id)
+        .await?)
 }
 
 /// `GET /backfill/{roomId}?v=…&limit=`: the named events and their
@@ -89,9 +96,12 @@ pub(crate) async fn backfill(
         .ok_or_else(|| Error::MissingParam("limit is required".into()))?
         .min(MAX_EVENTS);
     let h = &fed.hearth;
-    h.require_server_reader(&room, &origin).await?;
-    let found = h.walk_back(&room, from, &HashSet::new(), limit, 0).await?;
-    let pdus = h.events_as_seen_by(&room, &origin, found).await?;
+    h.federated.require_server_reader(&room, &origin).await?;
+    let found = h
+        .federated
+        .walk_back(&room, from, &HashSet::new(), limit, 0)
+        .await?;
+    let pdus = h.federated.events_as_seen_by(&room, &origin, found).await?;
     tracing::debug!(room = %room, %origin, events = pdus.len(), "backfill");
     Ok(Json(json!({
         "origin": fed.server_name(),
@@ -120,9 +130,10 @@ pub(crate) async fn get_missing_events(
 ) -> Result<Json<Value>, ApiError> {
     let room = parse_room(&room_id)?;
     let h = &fed.hearth;
-    h.require_server_reader(&room, &origin).await?;
+    h.federated.require_server_reader(&room, &origin).await?;
     let limit = body.limit.unwrap_or(DEFAULT_MISSING).min(MAX_EVENTS);
     let mut found = h
+        .federated
         .missing_events(
             &room,
             body.earliest_events,
@@ -132,7 +143,7 @@ pub(crate) async fn get_missing_events(
         )
         .await?;
     found.reverse();
-    let events = h.events_as_seen_by(&room, &origin, found).await?;
+    let events = h.federated.events_as_seen_by(&room, &origin, found).await?;
     Ok(Json(json!({"events": events})))
 }
 

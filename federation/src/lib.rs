@@ -91,6 +91,7 @@ impl Federation {
             joining: Default::default(),
         });
         let _ = hearth
+            .links
             .remote
             .set(Arc::new(queries::RemoteQueries(Arc::downgrade(&fed))));
         hearth.tasks.spawn({

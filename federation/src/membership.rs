@@ -48,7 +48,7 @@ pub(crate) async fn make_knock(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let room = RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let version = fed.hearth.room_version_of(&room).await?;
+    let version = fed.hearth.rooms.room_version_of(&room).await?;
     let supported = query_values(query.as_deref(), "ver");
     let knocking = rules_of(&version).is_ok_and(|r| r.authorization.knocking);
     if !knocking || !supported.iter().any(|v| v == version.as_str()) {
@@ -74,7 +74,7 @@ pub(crate) async fn send_knock(
     let room = pdu.room_id.clone();
     let user = pdu.sender.to_string();
     fed.hearth.accept_remote_event(pdu, true).await?;
-    let state = fed.hearth.room_state_shown(&room).await?;
+    let state = fed.hearth.rooms.room_state_shown(&room).await?;
     tracing::info!(room = %room, %user, %origin, "remote user knocked");
     Ok(Json(json!({"knock_room_state": state})))
 }
@@ -104,7 +104,11 @@ async fn template(
         ))
         .into());
     }
-    Ok(fed.hearth.member_template(&room, &user, membership).await?)
+    Ok(fed
+        .hearth
+        .rooms
+        .member_template(&room, &user, membership)
+        .await?)
 }
 
 pub(crate) async fn send_leave(
@@ -129,7 +133,7 @@ async fn membership_event(
     membership: &str,
 ) -> Result<Pdu, ApiError> {
     let room = RoomId::parse(room_id).map_err(|_| Error::invalid_param("Invalid room id"))?;
-    let version = fed.hearth.room_version_of(&room).await?;
+    let version = fed.hearth.rooms.room_version_of(&room).await?;
     let pdu = fed.check_pdu(body, &version).await?;
     if pdu.event_id.as_str() != event_id {
         return Err(Error::bad_json(format!(
@@ -170,7 +174,11 @@ pub(crate) async fn send_join(
 
     // The state the joining server needs: the room's state before the join
     // and every event its auth chains reach.
-    let (state, auth_chain) = fed.hearth.state_for_joiner(&room, &join_id).await?;
+    let (state, auth_chain) = fed
+        .hearth
+        .federated
+        .state_for_joiner(&room, &join_id)
+        .await?;
     tracing::info!(room = %room, %user, %origin, "remote user joined through this server");
     Ok(Json(json!({
         "origin": fed.server_name(),
@@ -219,7 +227,7 @@ pub(crate) async fn invite(
     if !fed.hearth.is_local(&invitee) {
         return Err(Error::invalid_param(format!("{invitee} is not a user of this server")).into());
     }
-    if fed.hearth.active_user(&invitee).await?.is_none() {
+    if fed.hearth.accounts.active_user(&invitee).await?.is_none() {
         return Err(Error::not_found(format!("{invitee} does not exist")).into());
     }
     let rules = rules_of(&version)?;
@@ -587,6 +595,7 @@ impl Federation {
         }
         let creator = create.sender.to_string();
         self.hearth
+            .federated
             .adopt_remote_room(room, &version, &creator)
             .await?;
         let mut ordered: Vec<Pdu> = events.into_values().collect();

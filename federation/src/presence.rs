@@ -40,7 +40,7 @@ impl Federation {
         &self,
         user: &str,
     ) -> hearth_core::Result<Vec<String>> {
-        self.hearth.servers_sharing_rooms_with(user).await
+        self.hearth.federated.servers_sharing_rooms_with(user).await
     }
 
     /// Takes an `m.presence` EDU: each entry about a user of the sending

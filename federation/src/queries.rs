@@ -38,6 +38,7 @@ pub(crate) async fn profile(
     tracing::debug!(%origin, %user, "profile query");
     let u = fed
         .hearth
+        .accounts
         .active_user(user.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Profile not found"))?;
@@ -65,6 +66,7 @@ pub(crate) async fn directory(
     }
     let (room_id, _) = fed
         .hearth
+        .to_appservices
         .resolve_local_alias(alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
@@ -82,9 +84,11 @@ pub(crate) async fn event(
     axum::extract::Path(event_id): axum::extract::Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let h = &fed.hearth;
-    let ev = h.event_by_id(&event_id).await?;
-    h.check_server_acl(&ev.pdu.room_id, &origin).await?;
-    h.require_server_reader(&ev.pdu.room_id, &origin).await?;
+    let ev = h.federated.event_by_id(&event_id).await?;
+    h.rooms.check_server_acl(&ev.pdu.room_id, &origin).await?;
+    h.federated
+        .require_server_reader(&ev.pdu.room_id, &origin)
+        .await?;
     Ok(Json(json!({
         "origin": fed.server_name(),
         "origin_server_ts": hearth_core::ids::now_ms(),
@@ -104,6 +108,7 @@ pub(crate) async fn public_rooms_get(
 ) -> Result<Json<Value>, ApiError> {
     let page = fed
         .hearth
+        .room_list
         .public_rooms(q.limit, q.since.as_deref(), None)
         .await?;
     Ok(Json(page))
@@ -122,6 +127,7 @@ pub(crate) async fn public_rooms_post(
 ) -> Result<Json<Value>, ApiError> {
     let page = fed
         .hearth
+        .room_list
         .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref())
         .await?;
     Ok(Json(page))

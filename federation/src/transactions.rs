@@ -213,7 +213,7 @@ impl Federation {
                 Err(Error::Unavailable(format!("{room} is being joined")).into()),
             );
         }
-        let version = match self.hearth.known_room_version(&room).await {
+        let version = match self.hearth.federated.known_room_version(&room).await {
             Ok(v) => v,
             Err(e) => return ("unknown".into(), Err(e.into())),
         };
@@ -239,7 +239,7 @@ impl Federation {
         };
         let id = pdu.event_id.to_string();
         let outcome = async {
-            let owner = self.hearth.room_owner_of(&room).await?;
+            let owner = self.hearth.rooms.room_owner_of(&room).await?;
             let ours = self.server_name().as_str();
             let incoming = match owner.as_deref() {
                 // We order this room: submitted events are checked against
@@ -329,7 +329,7 @@ impl Federation {
     /// Starts a sender for every destination with something queued (after a
     /// restart, what was not delivered goes out again).
     pub(crate) async fn resume_queues(self: &Arc<Self>) {
-        match self.hearth.queued_servers().await {
+        match self.hearth.outgoing.queued_servers().await {
             Ok(dests) => self.wake_destinations(&dests),
             Err(e) => tracing::warn!(error = %e, "cannot read the federation queue"),
         }
@@ -396,7 +396,11 @@ impl Federation {
                 }
                 failures = 0;
                 if !txn.upto.is_empty()
-                    && let Err(e) = self.hearth.outgoing_ack(&destination, &txn.upto).await
+                    && let Err(e) = self
+                        .hearth
+                        .outgoing
+                        .outgoing_ack(&destination, &txn.upto)
+                        .await
                 {
                     tracing::warn!(%destination, error = %e, "cannot clear delivered PDUs");
                 }
@@ -420,7 +424,11 @@ impl Federation {
     /// The next transaction for a destination: its oldest queued PDUs and
     /// waiting EDUs; `None` when there is nothing to send.
     async fn next_transaction(&self, destination: &str) -> Result<Option<Outgoing>, FedError> {
-        let batch = self.hearth.outgoing_batch(destination, MAX_PDUS).await?;
+        let batch = self
+            .hearth
+            .outgoing
+            .outgoing_batch(destination, MAX_PDUS)
+            .await?;
         let edus = self.transactions.take_edus(destination, MAX_EDUS);
         if batch.is_empty() && edus.is_empty() {
             return Ok(None);
@@ -529,7 +537,7 @@ impl Federation {
     async fn check_origin_acl(&self, origin: &str, room: &RoomId) -> Result<(), Error> {
         let server = ruma::ServerName::parse(origin)
             .map_err(|_| Error::Forbidden(format!("{origin} is not a server name")))?;
-        self.hearth.check_server_acl(room, &server).await
+        self.hearth.rooms.check_server_acl(room, &server).await
     }
 
     /// Whether a room-scoped EDU of `origin`'s is to be taken (the spec's
@@ -547,7 +555,7 @@ impl Federation {
     /// Whether `user` belongs to `origin` and is joined to the room here.
     async fn member_from(&self, origin: &str, room: &RoomId, user: &str) -> bool {
         let from_origin = ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == origin);
-        from_origin && self.hearth.is_joined(room, user).await
+        from_origin && self.hearth.federated.is_joined(room, user).await
     }
 }
 

@@ -74,6 +74,7 @@ async fn main() -> Result<()> {
             admin,
         } => {
             let id = hearth
+                .accounts
                 .create_account(&username, Some(&password), admin)
                 .await?;
             println!("created {id}");

@@ -43,10 +43,11 @@ async fn session_for(hearth: &Hearth, parts: &Parts, token: &str) -> Result<Sess
                 .map(|(_, v)| v.as_str())
         };
         return Ok(hearth
+            .accounts
             .authenticate_appservice(service, param("user_id"), param("device_id"))
             .await?);
     }
-    Ok(hearth.authenticate(token).await?)
+    Ok(hearth.accounts.authenticate(token).await?)
 }
 
 /// The pairs of a query string, percent-decoded (`+` is a space); a pair

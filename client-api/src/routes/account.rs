@@ -51,7 +51,7 @@ pub(crate) async fn run_uia(
     password_user: Option<&hearth_core::ruma::UserId>,
     request: &UiaRequest,
 ) -> ApiResult<()> {
-    match h.uia(auth, flows, password_user, request).await? {
+    match h.uia.uia(auth, flows, password_user, request).await? {
         UiaOutcome::Done => Ok(()),
         UiaOutcome::Challenge(c) => Err(ApiError::Uia(Box::new(c))),
     }
@@ -120,7 +120,9 @@ async fn register(
     }
     // Refuse a bad or taken name before the client walks through UIA.
     if let Some(u) = &body.username {
-        h.check_username_claimable(&u.to_lowercase()).await?;
+        h.accounts
+            .check_username_claimable(&u.to_lowercase())
+            .await?;
     }
     let flows: Vec<Vec<&str>> = if h.config.registration_tokens.is_empty() {
         vec![vec!["m.login.dummy"]]
@@ -130,7 +132,7 @@ async fn register(
     // Bound to the endpoint, not the body: clients ask for the flows with an
     // empty body and send the username and password with the stages.
     run_uia(&h, body.auth.as_ref(), &flows, None, &uia_request(&parts)).await?;
-    h.rate_limit(
+    h.rate_limits.rate_limit(
         Action::Register,
         &ip.map(|i| i.to_string()).unwrap_or_default(),
     )?;
@@ -143,9 +145,12 @@ async fn register(
     }
     let local = match &body.username {
         Some(u) => u.to_lowercase(),
-        None => h.generate_localpart().await?,
+        None => h.accounts.generate_localpart().await?,
     };
-    let user = h.create_account(&local, Some(password), false).await?;
+    let user = h
+        .accounts
+        .create_account(&local, Some(password), false)
+        .await?;
     tracing::info!(user = %user, "registered");
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user})));
@@ -172,7 +177,10 @@ async fn register_appservice_user(
         .as_deref()
         .ok_or_else(|| Error::MissingParam("Missing username".into()))?
         .to_lowercase();
-    let user = h.register_appservice_user(&service, &local).await?;
+    let user = h
+        .accounts
+        .register_appservice_user(&service, &local)
+        .await?;
     if body.inhibit_login {
         return Ok(Json(json!({"user_id": user})));
     }
@@ -193,7 +201,10 @@ async fn logged_in(
     device_id: Option<&str>,
     display_name: Option<&str>,
 ) -> JsonResult {
-    let (token, device) = h.issue_token(user, device_id, display_name).await?;
+    let (token, device) = h
+        .accounts
+        .issue_token(user, device_id, display_name)
+        .await?;
     Ok(Json(json!({
         "user_id": user,
         "access_token": token,
@@ -219,7 +230,8 @@ async fn available(
     State(h): State<Arc<Hearth>>,
     Ruma(q): Ruma<get_username_availability::v3::Request>,
 ) -> RumaResult<get_username_availability::v3::Response> {
-    h.check_username_claimable(&q.username.to_lowercase())
+    h.accounts
+        .check_username_claimable(&q.username.to_lowercase())
         .await?;
     Ok(get_username_availability::v3::Response::new(true).into())
 }
@@ -261,7 +273,7 @@ async fn login_appservice_user(
 ) -> JsonResult {
     let service = appservice_of(h, parts)?;
     let user = login_user(&body)?;
-    let user_id = h.appservice_login_user(&service, &user).await?;
+    let user_id = h.accounts.appservice_login_user(&service, &user).await?;
     logged_in(
         h,
         &user_id,
@@ -303,11 +315,12 @@ async fn login(
         .password
         .as_deref()
         .ok_or_else(|| Error::MissingParam("Missing password".into()))?;
-    h.rate_limit(Action::Login, &user)?;
+    h.rate_limits.rate_limit(Action::Login, &user)?;
     let user_id = h
+        .accounts
         .parse_local_user(&user)
         .map_err(|_| Error::forbidden("Invalid username or password"))?;
-    h.check_password(&user_id, password).await?;
+    h.accounts.check_password(&user_id, password).await?;
     logged_in(
         &h,
         &user_id,
@@ -323,7 +336,7 @@ async fn logout(
     Auth(s): Auth,
     Ruma(_): Ruma<logout::v3::Request>,
 ) -> RumaResult<logout::v3::Response> {
-    h.logout(&s).await?;
+    h.accounts.logout(&s).await?;
     Ok(logout::v3::Response::new().into())
 }
 
@@ -332,7 +345,7 @@ async fn logout_all(
     Auth(s): Auth,
     Ruma(_): Ruma<logout_all::v3::Request>,
 ) -> RumaResult<logout_all::v3::Response> {
-    h.delete_devices(&s.user_id, None).await?;
+    h.e2ee.delete_devices(&s.user_id, None).await?;
     Ok(logout_all::v3::Response::new().into())
 }
 
@@ -367,7 +380,8 @@ async fn change_password(
         .new_password
         .as_deref()
         .ok_or_else(|| Error::MissingParam("Missing new_password".into()))?;
-    h.change_password(&s.user_id, new, body.logout_devices, Some(&s.token_hash))
+    h.accounts
+        .change_password(&s.user_id, new, body.logout_devices, Some(&s.token_hash))
         .await?;
     Ok(change_password::v3::Response::new().into())
 }

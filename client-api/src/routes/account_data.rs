@@ -83,7 +83,7 @@ async fn get_global(
 ) -> RumaResult<get_global_account_data::v3::Response> {
     ensure_self(&s, &req.user_id)?;
     let kind = req.event_type.to_string();
-    let content = h.account_data(&s.user_id, None, &kind).await?;
+    let content = h.account_data.account_data(&s.user_id, None, &kind).await?;
     Ok(get_global_account_data::v3::Response::new(raw_content(content)?).into())
 }
 
@@ -96,7 +96,9 @@ async fn put_global(
     let kind = req.event_type.to_string();
     settable(&kind)?;
     let content = json_object_body(&req.data)?;
-    h.put_account_data(&s.user_id, None, &kind, content).await?;
+    h.account_data
+        .put_account_data(&s.user_id, None, &kind, content)
+        .await?;
     Ok(set_global_account_data::v3::Response::new().into())
 }
 
@@ -108,6 +110,7 @@ async fn get_room(
     ensure_self(&s, &req.user_id)?;
     let kind = req.event_type.to_string();
     let content = h
+        .account_data
         .account_data(&s.user_id, Some(&req.room_id), &kind)
         .await?;
     Ok(get_room_account_data::v3::Response::new(raw_content(content)?).into())
@@ -122,7 +125,8 @@ async fn put_room(
     let kind = req.event_type.to_string();
     settable(&kind)?;
     let content = json_object_body(&req.data)?;
-    h.put_account_data(&s.user_id, Some(&req.room_id), &kind, content)
+    h.account_data
+        .put_account_data(&s.user_id, Some(&req.room_id), &kind, content)
         .await?;
     Ok(set_room_account_data::v3::Response::new().into())
 }
@@ -134,7 +138,9 @@ async fn get_tags(
 ) -> JsonResult {
     ensure_self(&s, &parse_user_id(&user_id)?)?;
     let room = parse_room_id(&room_id)?;
-    Ok(Json(json!({"tags": h.room_tags(&s.user_id, &room).await?})))
+    Ok(Json(
+        json!({"tags": h.account_data.room_tags(&s.user_id, &room).await?}),
+    ))
 }
 
 async fn put_tag(
@@ -145,7 +151,9 @@ async fn put_tag(
 ) -> RumaResult<create_tag::v3::Response> {
     ensure_self(&s, &parse_user_id(&user_id)?)?;
     let room = parse_room_id(&room_id)?;
-    h.set_room_tag(&s.user_id, &room, tag, body).await?;
+    h.account_data
+        .set_room_tag(&s.user_id, &room, tag, body)
+        .await?;
     Ok(create_tag::v3::Response::new().into())
 }
 
@@ -155,7 +163,8 @@ async fn delete_tag(
     Ruma(req): Ruma<delete_tag::v3::Request>,
 ) -> RumaResult<delete_tag::v3::Response> {
     ensure_self(&s, &req.user_id)?;
-    h.delete_room_tag(&s.user_id, &req.room_id, &req.tag)
+    h.account_data
+        .delete_room_tag(&s.user_id, &req.room_id, &req.tag)
         .await?;
     Ok(delete_tag::v3::Response::new().into())
 }

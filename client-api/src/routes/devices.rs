@@ -39,7 +39,7 @@ fn device_json(user: &str, d: &DeviceRecord) -> Value {
 }
 
 async fn list(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    let devices = h.devices(&s.user_id).await?;
+    let devices = h.devices.devices(&s.user_id).await?;
     let list: Vec<Value> = devices
         .iter()
         .map(|d| device_json(s.user_id.as_str(), d))
@@ -52,7 +52,7 @@ async fn get_one(
     Auth(s): Auth,
     Path(device_id): Path<String>,
 ) -> JsonResult {
-    let d = h.device(&s.user_id, &device_id).await?;
+    let d = h.devices.device(&s.user_id, &device_id).await?;
     Ok(Json(device_json(s.user_id.as_str(), &d)))
 }
 
@@ -61,12 +61,13 @@ async fn rename(
     Auth(s): Auth,
     Ruma(req): Ruma<update_device::v3::Request>,
 ) -> RumaResult<update_device::v3::Response> {
-    h.rename_device(
-        &s.user_id,
-        req.device_id.as_str(),
-        req.display_name.as_deref(),
-    )
-    .await?;
+    h.devices
+        .rename_device(
+            &s.user_id,
+            req.device_id.as_str(),
+            req.display_name.as_deref(),
+        )
+        .await?;
     Ok(update_device::v3::Response::new().into())
 }
 
@@ -77,9 +78,11 @@ async fn delete_one(
     uia: UiaJson<Value>,
 ) -> RumaResult<delete_device::v3::Response> {
     // An unknown device is 404 before any password is asked for.
-    h.device(&s.user_id, &device_id).await?;
+    h.devices.device(&s.user_id, &device_id).await?;
     reauthenticate(&h, &uia, &s.user_id).await?;
-    h.delete_devices(&s.user_id, Some(&[device_id])).await?;
+    h.e2ee
+        .delete_devices(&s.user_id, Some(&[device_id]))
+        .await?;
     Ok(delete_device::v3::Response::new().into())
 }
 
@@ -94,7 +97,8 @@ async fn delete_many(
     uia: UiaJson<DeleteManyBody>,
 ) -> RumaResult<delete_devices::v3::Response> {
     reauthenticate(&h, &uia, &s.user_id).await?;
-    h.delete_devices(&s.user_id, Some(&uia.body.devices))
+    h.e2ee
+        .delete_devices(&s.user_id, Some(&uia.body.devices))
         .await?;
     Ok(delete_devices::v3::Response::new().into())
 }

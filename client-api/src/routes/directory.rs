@@ -52,13 +52,14 @@ async fn get_alias(
     let alias = req.room_alias;
     if alias.server_name() != h.config.server_name {
         // Another server's alias: ask it.
-        let remote = h.remote.get().ok_or_else(|| {
+        let remote = h.links.remote.get().ok_or_else(|| {
             Error::not_found("Room alias not found (this server does not federate)")
         })?;
         let v = remote.query_directory(&alias).await?;
         return Ok(remote_alias(&alias, &v)?.into());
     }
     let (room_id, _) = h
+        .to_appservices
         .resolve_local_alias(alias.as_str())
         .await?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
@@ -99,7 +100,8 @@ async fn put_alias(
     Path(alias): Path<String>,
     JsonBody(b): JsonBody<AliasBody>,
 ) -> RumaResult<create_alias::v3::Response> {
-    h.create_room_alias(&alias, &b.room_id, &s.user_id, s.appservice.as_deref())
+    h.aliases
+        .create_room_alias(&alias, &b.room_id, &s.user_id, s.appservice.as_deref())
         .await
         .map_err(|e| match e {
             Error::RoomInUse => ApiError::new(
@@ -117,7 +119,8 @@ async fn delete_alias(
     Auth(s): Auth,
     Ruma(req): Ruma<delete_alias::v3::Request>,
 ) -> RumaResult<delete_alias::v3::Response> {
-    h.delete_room_alias(req.room_alias.as_str(), &s.user_id)
+    h.aliases
+        .delete_room_alias(req.room_alias.as_str(), &s.user_id)
         .await?;
     Ok(delete_alias::v3::Response::new().into())
 }
@@ -127,7 +130,7 @@ async fn room_aliases(
     Auth(s): Auth,
     Ruma(req): Ruma<aliases::v3::Request>,
 ) -> RumaResult<aliases::v3::Response> {
-    let aliases = h.room_aliases(&req.room_id, &s.user_id).await?;
+    let aliases = h.aliases.room_aliases(&req.room_id, &s.user_id).await?;
     let aliases = aliases
         .into_iter()
         .map(|a| stored_id(RoomAliasId::parse(a)))
@@ -139,7 +142,7 @@ async fn get_visibility(
     State(h): State<Arc<Hearth>>,
     Ruma(req): Ruma<get_room_visibility::v3::Request>,
 ) -> RumaResult<get_room_visibility::v3::Response> {
-    let public = h.room_is_public(&req.room_id).await?;
+    let public = h.directory.room_is_public(&req.room_id).await?;
     let visibility = if public {
         Visibility::Public
     } else {
@@ -160,7 +163,8 @@ async fn put_visibility(
     JsonBody(b): JsonBody<VisibilityBody>,
 ) -> RumaResult<set_room_visibility::v3::Response> {
     let room = parse_room_id(&room_id)?;
-    h.set_room_visibility(&room, &s.user_id, b.visibility.as_deref())
+    h.directory
+        .set_room_visibility(&room, &s.user_id, b.visibility.as_deref())
         .await?;
     Ok(set_room_visibility::v3::Response::new().into())
 }
@@ -212,6 +216,7 @@ async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> JsonResult {
         return Err(Error::not_found("Remote room directories are not available").into());
     }
     let page = h
+        .room_list
         .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref())
         .await?;
     Ok(Json(page))
@@ -229,7 +234,8 @@ async fn search_users(
     JsonBody(b): JsonBody<SearchBody>,
 ) -> JsonResult {
     Ok(Json(
-        h.search_user_directory(&s.user_id, &b.search_term, b.limit)
+        h.directory
+            .search_user_directory(&s.user_id, &b.search_term, b.limit)
             .await?,
     ))
 }

@@ -69,7 +69,7 @@ pub(crate) async fn set_typing(
     timeout: Option<u64>,
 ) -> ApiResult<()> {
     let room = parse_room_id(room_id)?;
-    h.require_joined(&room, &s.user_id).await?;
+    h.rooms.require_joined(&room, &s.user_id).await?;
     let timeout = typing.then(|| Duration::from_millis(timeout.unwrap_or(30_000)));
     h.set_typing(&room, s.user_id.as_str(), timeout).await;
     if typing {

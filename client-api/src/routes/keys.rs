@@ -62,7 +62,9 @@ async fn upload(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.upload_keys(&s.user_id, &s.device_id, &body).await?))
+    Ok(Json(
+        h.e2ee.upload_keys(&s.user_id, &s.device_id, &body).await?,
+    ))
 }
 
 async fn query(
@@ -70,7 +72,7 @@ async fn query(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.query_keys(&s.user_id, &body).await?))
+    Ok(Json(h.e2ee.query_keys(&s.user_id, &body).await?))
 }
 
 async fn claim(
@@ -78,7 +80,7 @@ async fn claim(
     Auth(_): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.claim_keys(&body).await?))
+    Ok(Json(h.e2ee.claim_keys(&body).await?))
 }
 
 /// `from` and `to` are sync tokens; the device-list positions are their misc
@@ -89,7 +91,7 @@ async fn changes(
     Ruma(q): Ruma<get_key_changes::v3::Request>,
 ) -> RumaResult<get_key_changes::v3::Response> {
     let (from, to): (SyncToken, SyncToken) = (q.from.parse()?, q.to.parse()?);
-    let changed = h.key_changes(&s.user_id, from.misc, to.misc).await?;
+    let changed = h.e2ee.key_changes(&s.user_id, from.misc, to.misc).await?;
     let changed = changed
         .into_iter()
         .map(|u| stored_id(UserId::parse(u)))
@@ -104,10 +106,12 @@ async fn device_signing(
     Auth(s): Auth,
     uia: UiaJson<Value>,
 ) -> RumaResult<upload_signing_keys::v3::Response> {
-    if h.has_master_cross_signing_key(&s.user_id).await? {
+    if h.e2ee.has_master_cross_signing_key(&s.user_id).await? {
         reauthenticate(&h, &uia, &s.user_id).await?;
     }
-    h.upload_cross_signing_keys(&s.user_id, &uia.body).await?;
+    h.e2ee
+        .upload_cross_signing_keys(&s.user_id, &uia.body)
+        .await?;
     Ok(upload_signing_keys::v3::Response::new().into())
 }
 
@@ -116,7 +120,7 @@ async fn signatures(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.upload_signatures(&s.user_id, &body).await?))
+    Ok(Json(h.e2ee.upload_signatures(&s.user_id, &body).await?))
 }
 
 async fn send_to_device(
@@ -128,7 +132,8 @@ async fn send_to_device(
     let messages = body
         .get("messages")
         .ok_or_else(|| Error::MissingParam("messages is required".into()))?;
-    h.send_to_device(&s.user_id, &s.device_id, &kind, &txn, messages)
+    h.e2ee
+        .send_to_device(&s.user_id, &s.device_id, &kind, &txn, messages)
         .await?;
     Ok(send_event_to_device::v3::Response::new().into())
 }
@@ -138,11 +143,15 @@ async fn create_backup(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
-    Ok(Json(h.create_backup_version(&s.user_id, &body).await?))
+    Ok(Json(
+        h.key_backup
+            .create_backup_version(&s.user_id, &body)
+            .await?,
+    ))
 }
 
 async fn current_backup(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    Ok(Json(h.backup_info(&s.user_id, None).await?))
+    Ok(Json(h.key_backup.backup_info(&s.user_id, None).await?))
 }
 
 async fn get_backup(
@@ -150,7 +159,9 @@ async fn get_backup(
     Auth(s): Auth,
     Path(version): Path<String>,
 ) -> JsonResult {
-    Ok(Json(h.backup_info(&s.user_id, Some(&version)).await?))
+    Ok(Json(
+        h.key_backup.backup_info(&s.user_id, Some(&version)).await?,
+    ))
 }
 
 async fn update_backup(
@@ -159,7 +170,9 @@ async fn update_backup(
     Path(version): Path<String>,
     JsonBody(body): JsonBody<Value>,
 ) -> RumaResult<update_backup_version::v3::Response> {
-    h.update_backup_version(&s.user_id, &version, &body).await?;
+    h.key_backup
+        .update_backup_version(&s.user_id, &version, &body)
+        .await?;
     Ok(update_backup_version::v3::Response::new().into())
 }
 
@@ -168,7 +181,9 @@ async fn delete_backup(
     Auth(s): Auth,
     Path(version): Path<String>,
 ) -> RumaResult<delete_backup_version::v3::Response> {
-    h.delete_backup_version(&s.user_id, &version).await?;
+    h.key_backup
+        .delete_backup_version(&s.user_id, &version)
+        .await?;
     Ok(delete_backup_version::v3::Response::new().into())
 }
 
@@ -203,7 +218,9 @@ async fn get_keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.get_backup_keys(&s.user_id, version_of(&q)?, ALL).await?,
+        h.key_backup
+            .get_backup_keys(&s.user_id, version_of(&q)?, ALL)
+            .await?,
     ))
 }
 
@@ -214,7 +231,8 @@ async fn put_keys(
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
     Ok(Json(
-        h.put_backup_keys(&s.user_id, version_of(&q)?, ALL, &body)
+        h.key_backup
+            .put_backup_keys(&s.user_id, version_of(&q)?, ALL, &body)
             .await?,
     ))
 }
@@ -225,7 +243,8 @@ async fn delete_keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.delete_backup_keys(&s.user_id, version_of(&q)?, ALL)
+        h.key_backup
+            .delete_backup_keys(&s.user_id, version_of(&q)?, ALL)
             .await?,
     ))
 }
@@ -237,7 +256,8 @@ async fn get_room_keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.get_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
+        h.key_backup
+            .get_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
             .await?,
     ))
 }
@@ -250,7 +270,8 @@ async fn put_room_keys(
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
     Ok(Json(
-        h.put_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room), &body)
+        h.key_backup
+            .put_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room), &body)
             .await?,
     ))
 }
@@ -262,7 +283,8 @@ async fn delete_room_keys(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.delete_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
+        h.key_backup
+            .delete_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
             .await?,
     ))
 }
@@ -274,7 +296,8 @@ async fn get_session_key(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.get_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
+        h.key_backup
+            .get_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
             .await?,
     ))
 }
@@ -287,13 +310,14 @@ async fn put_session_key(
     JsonBody(body): JsonBody<Value>,
 ) -> JsonResult {
     Ok(Json(
-        h.put_backup_keys(
-            &s.user_id,
-            version_of(&q)?,
-            session_scope(&room, &session),
-            &body,
-        )
-        .await?,
+        h.key_backup
+            .put_backup_keys(
+                &s.user_id,
+                version_of(&q)?,
+                session_scope(&room, &session),
+                &body,
+            )
+            .await?,
     ))
 }
 
@@ -304,7 +328,8 @@ async fn delete_session_key(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     Ok(Json(
-        h.delete_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
+        h.key_backup
+            .delete_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
             .await?,
     ))
 }

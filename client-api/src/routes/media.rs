@@ -91,6 +91,7 @@ async fn upload(
         .map(str::to_owned);
     let bytes = read_body(req, &h).await?;
     let id = h
+        .media
         .upload_media(
             s.user_id.as_str(),
             content_type.as_deref(),
@@ -200,7 +201,7 @@ async fn serve(
     filename: Option<String>,
 ) -> Result<Response, ApiError> {
     check_server(h, server)?;
-    Ok(media_response(h.get_media(media_id).await?, filename))
+    Ok(media_response(h.media.get_media(media_id).await?, filename))
 }
 
 async fn download(
@@ -256,7 +257,7 @@ async fn thumb(h: &Hearth, server: &str, id: &str, q: &ThumbQuery) -> Result<Res
         Some("crop") => ThumbnailMethod::Crop,
         Some(m) => return Err(Error::invalid_param(format!("Unknown method {m}")).into()),
     };
-    let file = h.thumbnail(id, w, hgt, method).await?;
+    let file = h.media.thumbnail(id, w, hgt, method).await?;
     Ok(media_response(file, None))
 }
 

@@ -46,7 +46,7 @@ pub fn routes() -> Router<Arc<Hearth>> {
 }
 
 async fn all_rules(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    let rules = h.push_rules(&s.user_id).await?;
+    let rules = h.push.push_rules(&s.user_id).await?;
     let rules = serde_json::to_value(&*rules).map_err(hearth_core::Error::from)?;
     Ok(Json(json!({ "global": rules })))
 }
@@ -59,7 +59,7 @@ async fn scope_rules(
     if scope != "global" {
         return Err(hearth_core::Error::from(hearth_core::push::RuleError::Scope(scope)).into());
     }
-    let rules = h.push_rules(&s.user_id).await?;
+    let rules = h.push.push_rules(&s.user_id).await?;
     Ok(Json(
         serde_json::to_value(&*rules).map_err(hearth_core::Error::from)?,
     ))
@@ -76,7 +76,7 @@ fn at(p: &(String, String, String)) -> RulePath<'_> {
 }
 
 async fn get_rule(State(h): State<Arc<Hearth>>, Auth(s): Auth, Path(p): RuleParams) -> JsonResult {
-    Ok(Json(h.push_rule(&s.user_id, &at(&p)).await?))
+    Ok(Json(h.push.push_rule(&s.user_id, &at(&p)).await?))
 }
 
 #[derive(Deserialize)]
@@ -92,14 +92,15 @@ async fn put_rule(
     Query(q): Query<Placement>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> RumaResult<set_pushrule::v3::Response> {
-    h.put_push_rule(
-        &s.user_id,
-        &at(&p),
-        &body,
-        q.before.as_deref().filter(|b| !b.is_empty()),
-        q.after.as_deref().filter(|a| !a.is_empty()),
-    )
-    .await?;
+    h.push
+        .put_push_rule(
+            &s.user_id,
+            &at(&p),
+            &body,
+            q.before.as_deref().filter(|b| !b.is_empty()),
+            q.after.as_deref().filter(|a| !a.is_empty()),
+        )
+        .await?;
     Ok(set_pushrule::v3::Response::new().into())
 }
 
@@ -108,7 +109,7 @@ async fn delete_rule(
     Auth(s): Auth,
     Path(p): RuleParams,
 ) -> RumaResult<delete_pushrule::v3::Response> {
-    h.delete_push_rule(&s.user_id, &at(&p)).await?;
+    h.push.delete_push_rule(&s.user_id, &at(&p)).await?;
     Ok(delete_pushrule::v3::Response::new().into())
 }
 
@@ -117,7 +118,7 @@ async fn get_enabled(
     Auth(s): Auth,
     Path(p): RuleParams,
 ) -> RumaResult<get_pushrule_enabled::v3::Response> {
-    let enabled = h.push_rule_enabled(&s.user_id, &at(&p)).await?;
+    let enabled = h.push.push_rule_enabled(&s.user_id, &at(&p)).await?;
     Ok(get_pushrule_enabled::v3::Response::new(enabled).into())
 }
 
@@ -130,7 +131,8 @@ async fn put_enabled(
     let Some(enabled) = body.get("enabled").and_then(Value::as_bool) else {
         return Err(hearth_core::Error::invalid_param("'enabled' must be a boolean").into());
     };
-    h.set_push_rule_enabled(&s.user_id, &at(&p), enabled)
+    h.push
+        .set_push_rule_enabled(&s.user_id, &at(&p), enabled)
         .await?;
     Ok(set_pushrule_enabled::v3::Response::new().into())
 }
@@ -140,7 +142,7 @@ async fn get_actions(
     Auth(s): Auth,
     Path(p): RuleParams,
 ) -> JsonResult {
-    let actions = h.push_rule_actions(&s.user_id, &at(&p)).await?;
+    let actions = h.push.push_rule_actions(&s.user_id, &at(&p)).await?;
     Ok(Json(json!({ "actions": actions })))
 }
 
@@ -150,13 +152,14 @@ async fn put_actions(
     Path(p): RuleParams,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> RumaResult<set_pushrule_actions::v3::Response> {
-    h.set_push_rule_actions(&s.user_id, &at(&p), body.get("actions"))
+    h.push
+        .set_push_rule_actions(&s.user_id, &at(&p), body.get("actions"))
         .await?;
     Ok(set_pushrule_actions::v3::Response::new().into())
 }
 
 async fn pushers(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    Ok(Json(h.pushers_json(s.user_id.as_str()).await?))
+    Ok(Json(h.push.pushers_json(s.user_id.as_str()).await?))
 }
 
 async fn set_pusher(
@@ -164,7 +167,8 @@ async fn set_pusher(
     Auth(s): Auth,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> RumaResult<set_pusher::v3::Response> {
-    h.set_pusher(s.user_id.as_str(), &s.device_id, &body)
+    h.push
+        .set_pusher(s.user_id.as_str(), &s.device_id, &body)
         .await?;
     Ok(set_pusher::v3::Response::new().into())
 }
@@ -189,7 +193,8 @@ async fn notifications(
         ),
     };
     Ok(Json(
-        h.notifications_page(&s.user_id, q.from.as_deref(), limit, q.only.as_deref())
+        h.push
+            .notifications_page(&s.user_id, q.from.as_deref(), limit, q.only.as_deref())
             .await?,
     ))
 }

@@ -89,7 +89,8 @@ async fn create_room(
     }
     if let Some(local) = &b.room_alias_name {
         let alias = format!("#{local}:{}", h.config.server_name);
-        h.check_alias_claim(&alias, s.appservice.as_deref())?;
+        h.appservices
+            .check_alias_claim(&alias, s.appservice.as_deref())?;
     }
     let req = CreateRoom {
         preset: b.preset.map(|p| p.as_str().to_owned()),
@@ -311,7 +312,7 @@ async fn readable_state(
     user: &hearth_core::ruma::UserId,
 ) -> ApiResult<Vec<Pdu>> {
     let room_id = parse_room_id(room)?;
-    Ok(h.readable_state(&room_id, user).await?)
+    Ok(h.visibility.readable_state(&room_id, user).await?)
 }
 
 async fn all_state(
@@ -319,7 +320,10 @@ async fn all_state(
     Auth(s): Auth,
     Ruma(req): Ruma<get_state_events::v3::Request>,
 ) -> RumaResult<get_state_events::v3::Response> {
-    let state = h.readable_state(&req.room_id, &s.user_id).await?;
+    let state = h
+        .visibility
+        .readable_state(&req.room_id, &s.user_id)
+        .await?;
     let events = state
         .iter()
         .map(|p| raw(&p.to_client(None, None)))
@@ -339,7 +343,10 @@ async fn get_state(
     Auth(s): Auth,
     Ruma(req): Ruma<get_state_event_for_key::v3::Request>,
 ) -> RumaResult<get_state_event_for_key::v3::Response> {
-    let state = h.readable_state(&req.room_id, &s.user_id).await?;
+    let state = h
+        .visibility
+        .readable_state(&req.room_id, &s.user_id)
+        .await?;
     let (kind, sk) = (req.event_type.to_string(), req.state_key.as_str());
     let ev = state
         .into_iter()
@@ -398,7 +405,7 @@ async fn members(
     Auth(s): Auth,
     Ruma(q): Ruma<get_member_events::v3::Request>,
 ) -> RumaResult<get_member_events::v3::Response> {
-    let state = h.readable_state(&q.room_id, &s.user_id).await?;
+    let state = h.visibility.readable_state(&q.room_id, &s.user_id).await?;
     let (wanted, unwanted) = (q.membership.as_ref(), q.not_membership.as_ref());
     let chunk = state
         .iter()

@@ -49,7 +49,10 @@ async fn sync(
         .filter(|s| !s.is_empty())
         .map(str::parse)
         .transpose()?;
-    let filter = h.sync_filter(&s.user_id, q.filter.as_deref()).await?;
+    let filter = h
+        .filters
+        .sync_filter(&s.user_id, q.filter.as_deref())
+        .await?;
     let timeout = match &q.timeout {
         Some(t) => Duration::from_millis(
             t.parse()
@@ -90,7 +93,7 @@ async fn create_filter(
     if user != s.user_id {
         return Err(Error::forbidden("Cannot create filters for other users").into());
     }
-    let id = h.save_filter(&s.user_id, &filter).await?;
+    let id = h.filters.save_filter(&s.user_id, &filter).await?;
     Ok(create_filter::v3::Response::new(id).into())
 }
 
@@ -103,5 +106,5 @@ async fn get_filter(
     if user != s.user_id {
         return Err(Error::forbidden("Cannot read other users' filters").into());
     }
-    Ok(Json(h.stored_filter(&s.user_id, &filter_id).await?))
+    Ok(Json(h.filters.stored_filter(&s.user_id, &filter_id).await?))
 }

@@ -65,7 +65,10 @@ async fn upgrade(
         .filter(|t| !t.is_empty())
         .map(str::parse)
         .transpose()?;
-    let filter = h.sync_filter(&s.user_id, q.filter.as_deref()).await?;
+    let filter = h
+        .filters
+        .sync_filter(&s.user_id, q.filter.as_deref())
+        .await?;
     let presence = q.set_presence.unwrap_or_else(|| "online".into());
     if !matches!(presence.as_str(), "online" | "offline" | "unavailable") {
         return Err(Error::invalid_param("Invalid set_presence").into());

@@ -2,12 +2,15 @@
 //! clients define, holding session keys encrypted by the client. The server
 //! only decides which of two copies of a session key to keep.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::UserId;
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Hearth, Result, store::BackupKey};
+use crate::{
+    Error, Result,
+    store::{BackupKey, Store},
+};
 
 /// Which part of a backup a request reads, writes or deletes.
 #[derive(Debug, Clone, Copy)]
@@ -23,7 +26,16 @@ fn parse_version(v: &str) -> Result<i64> {
         .ok_or_else(|| Error::not_found(format!("Unknown backup version {v:?}")))
 }
 
-impl Hearth {
+/// Users' key backups; nothing else reads them.
+pub struct KeyBackup {
+    store: Arc<dyn Store>,
+}
+
+impl KeyBackup {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
     pub async fn create_backup_version(&self, user: &UserId, body: &Value) -> Result<Value> {
         let (algorithm, auth_data) = backup_body(body)?;
         let version = self

@@ -4,9 +4,10 @@
 use ruma::UserId;
 use serde_json::{Value, json};
 
-use crate::{Hearth, Result};
+use super::E2ee;
+use crate::Result;
 
-impl Hearth {
+impl E2ee {
     /// The user's devices with their keys and names, the device-list
     /// position they are as of (`stream_id`), and the user's master and
     /// self-signing keys. Devices without a device record are left out.

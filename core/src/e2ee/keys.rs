@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use ruma::{OwnedUserId, UserId};
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Hearth, Result};
+use super::E2ee;
+use crate::{Error, Result};
 
 /// Cross-signing key types as named in `/keys/query` answers.
 pub const CROSS_SIGNING: [(&str, &str); 3] = [
@@ -38,7 +39,7 @@ fn by_server<T: serde::Serialize>(
     out
 }
 
-impl Hearth {
+impl E2ee {
     /// `POST /keys/upload`: the device's identity keys, one-time keys and
     /// fallback keys. Returns the device's one-time key counts.
     pub async fn upload_keys(&self, user: &UserId, device: &str, body: &Value) -> Result<Value> {
@@ -118,7 +119,7 @@ impl Hearth {
         let mut out = self.local_keys(Some(requester), &local).await?;
         let mut failures = Map::new();
         if !remote.is_empty() {
-            let link = self.remote.get();
+            let link = self.links.remote.get();
             for (server, users) in by_server(&remote) {
                 let answer = match link {
                     Some(r) => r.query_keys(&server, json!({"device_keys": users})).await,
@@ -214,7 +215,7 @@ impl Hearth {
             .partition(|(u, _)| self.is_local(u.as_str()));
         let mut keys = self.claim_local_keys(&local).await?;
         let mut failures = Map::new();
-        let link = self.remote.get();
+        let link = self.links.remote.get();
         for (server, users) in by_server(&remote) {
             let answer = match link {
                 Some(r) => r.claim_keys(&server, json!({"one_time_keys": users})).await,

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use ruma::UserId;
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Hearth, Result};
+use super::E2ee;
+use crate::{Error, Result};
 
 /// To-device messages handed to a device per sync; the rest wait for the
 /// next one.
@@ -26,7 +27,7 @@ pub struct DeviceSync {
     pub unused_fallback: Vec<String>,
 }
 
-impl Hearth {
+impl E2ee {
     /// `PUT /sendToDevice/{type}/{txnId}`: `messages` is user → device (or
     /// `*`) → content. Local devices get the message in their inbox; remote
     /// users' servers get an `m.direct_to_device` EDU. A repeated
@@ -51,7 +52,7 @@ impl Hearth {
             let devices = devices
                 .as_object()
                 .ok_or_else(|| Error::bad_json("messages.<user> must be an object"))?;
-            if user_id.server_name() != self.config.server_name.as_str() {
+            if user_id.server_name() != self.server_name.as_str() {
                 remote
                     .entry(user_id.server_name().to_string())
                     .or_default()
@@ -75,7 +76,7 @@ impl Hearth {
             return Ok(());
         }
         self.notifier.notify_users(woken.iter().map(String::as_str));
-        if let Some(link) = self.remote.get() {
+        if let Some(link) = self.links.remote.get() {
             for (server, messages) in remote {
                 let edu = json!({
                     "edu_type": "m.direct_to_device",
@@ -115,7 +116,7 @@ impl Hearth {
         let mut woken = vec![];
         for (user, devices) in messages {
             let ours = UserId::parse(user.as_str())
-                .is_ok_and(|u| u.server_name() == self.config.server_name.as_str());
+                .is_ok_and(|u| u.server_name() == self.server_name.as_str());
             let Some(devices) = devices.as_object().filter(|_| ours) else {
                 continue;
             };
@@ -174,7 +175,7 @@ impl Hearth {
         let sharing = self.store.users_sharing_rooms(user.as_str()).await?;
         self.notifier
             .notify_users(sharing.iter().map(String::as_str).chain([user.as_str()]));
-        let Some(link) = self.remote.get() else {
+        let Some(link) = self.links.remote.get() else {
             return Ok(());
         };
         let mut edus = vec![];
@@ -285,7 +286,7 @@ impl Hearth {
         let sharing = self.store.users_sharing_rooms(user.as_str()).await?;
         self.notifier
             .notify_users(sharing.iter().map(String::as_str).chain([user.as_str()]));
-        if let Some(link) = self.remote.get() {
+        if let Some(link) = self.links.remote.get() {
             let mut edus = vec![];
             for device in &ids {
                 edus.push(self.device_list_edu(user, device).await?);
@@ -360,7 +361,7 @@ impl Hearth {
     /// Whether the device may have delivered messages at or below `upto`
     /// still stored. Unknown (after a restart) counts as yes.
     fn to_device_pending(&self, user: &str, device: &str, upto: i64) -> bool {
-        match self.e2ee.delivered.lock() {
+        match self.state.delivered.lock() {
             Ok(map) => map
                 .get(&(user.to_owned(), device.to_owned()))
                 .is_none_or(|d| *d <= upto),
@@ -369,13 +370,13 @@ impl Hearth {
     }
 
     fn note_to_device_pending(&self, user: &str, device: &str, delivered: i64) {
-        if let Ok(mut map) = self.e2ee.delivered.lock() {
+        if let Ok(mut map) = self.state.delivered.lock() {
             map.insert((user.to_owned(), device.to_owned()), delivered);
         }
     }
 
     fn forget_to_device_pending(&self, user: &str, device: &str, upto: i64) {
-        if let Ok(mut map) = self.e2ee.delivered.lock() {
+        if let Ok(mut map) = self.state.delivered.lock() {
             let key = (user.to_owned(), device.to_owned());
             if map.get(&key).is_none_or(|d| *d <= upto) {
                 // Known empty below `upto` from now on: no more deletes

@@ -15,7 +15,8 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{Hearth, Result, pdu::StoredEvent, rooms::RoomCache};
+use super::Push;
+use crate::{Result, pdu::StoredEvent, rooms::RoomCache};
 
 /// State event types whose change invalidates a room's context.
 pub(crate) fn changes_room_ctx(kind: &str) -> bool {
@@ -156,28 +157,27 @@ fn power_levels(c: &RoomCache) -> Option<PushConditionPowerLevelsCtx> {
     Some(RoomPowerLevels::new(source, &rules.authorization, creators).into())
 }
 
-impl Hearth {
+impl Push {
     /// The room's evaluation context, from the cache or the room's view.
     pub(crate) async fn room_push_ctx(&self, room_id: &RoomId) -> Result<Option<Arc<RoomCtx>>> {
-        if let Some(ctx) = self.push.rooms.get(room_id.as_str()) {
+        if let Some(ctx) = self.rooms.get(room_id.as_str()) {
             return Ok(Some(ctx));
         }
-        let server = self.config.server_name.to_string();
+        let server = self.server_name.to_string();
         let ctx = self
+            .views
             .with_view(room_id.as_str(), |c| build_ctx(c, room_id, &server))
             .await?;
         let Some(ctx) = ctx.map(Arc::new) else {
             return Ok(None);
         };
-        self.push
-            .rooms
-            .put(room_id.as_str().to_owned(), ctx.clone());
+        self.rooms.put(room_id.as_str().to_owned(), ctx.clone());
         Ok(Some(ctx))
     }
 
     /// The event as rules read it, flattened once for every reader.
     fn flattened(&self, event: &StoredEvent) -> Result<Arc<FlattenedJson>> {
-        if let Some(f) = self.push.flattened.get(&event.pdu.event_id) {
+        if let Some(f) = self.flattened.get(&event.pdu.event_id) {
             return Ok(f);
         }
         let mut json = event.pdu.json.clone();
@@ -185,9 +185,7 @@ impl Hearth {
         json.insert("room_id".into(), event.pdu.room_id.as_str().into());
         let raw = Raw::new(&json)?;
         let flat = Arc::new(FlattenedJson::from_raw(&raw));
-        self.push
-            .flattened
-            .put(event.pdu.event_id.clone(), flat.clone());
+        self.flattened.put(event.pdu.event_id.clone(), flat.clone());
         Ok(flat)
     }
 
@@ -206,7 +204,7 @@ impl Hearth {
         // Under the default rules an event means the same to every member it
         // does not single out: one evaluation serves a whole room.
         let generic = default && !singles_out(event, user);
-        if generic && let Some(e) = self.push.generic.get(&event.pdu.event_id) {
+        if generic && let Some(e) = self.generic.get(&event.pdu.event_id) {
             return Ok((*e).clone());
         }
         let flat = self.flattened(event)?;
@@ -219,8 +217,7 @@ impl Hearth {
             }
         }
         if generic {
-            self.push
-                .generic
+            self.generic
                 .put(event.pdu.event_id.clone(), Arc::new(result.clone()));
         }
         Ok(result)

@@ -23,7 +23,12 @@ pub(crate) use eval::RoomCtx;
 pub use rules::{PUSH_RULES_TYPE, RuleError, RulePath, rule_json};
 pub use sender::{GatewayError, PushGateway};
 
-use crate::pdu::StoredEvent;
+use ruma::OwnedServerName;
+
+use crate::{
+    notifier::Notifier, pdu::StoredEvent, rooms::Rooms, store::Store, tasks::Tasks,
+    unread::UnreadCache,
+};
 
 /// Timings of pushes to gateways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,11 +137,32 @@ pub struct Push {
     scheduled: Mutex<HashMap<String, bool>>,
     gateway: OnceLock<Arc<dyn PushGateway>>,
     config: PushConfig,
+    /// Rules (as account data), pushers and notifications are stored.
+    store: Arc<dyn Store>,
+    /// A change of rules wakes the user's syncs.
+    notifier: Arc<Notifier>,
+    /// Unread counts follow a user's new rules (and are counted here,
+    /// `unread.rs`).
+    unread: Arc<UnreadCache>,
+    /// A room's evaluation context is read from its view.
+    views: Arc<Rooms>,
+    server_name: OwnedServerName,
+    /// Runs the worker and the push rounds.
+    tasks: Tasks,
 }
 
 impl Push {
     /// `shared`: other processes write the same databases.
-    pub fn new(config: PushConfig, shared: bool) -> Self {
+    pub(crate) fn new(
+        config: PushConfig,
+        shared: bool,
+        store: Arc<dyn Store>,
+        notifier: Arc<Notifier>,
+        unread: Arc<UnreadCache>,
+        views: Arc<Rooms>,
+        tasks: Tasks,
+    ) -> Self {
+        let server_name = views.server_name().to_owned();
         let ttl = shared.then_some(SHARED_TTL);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
@@ -150,6 +176,12 @@ impl Push {
             scheduled: Mutex::new(HashMap::new()),
             gateway: OnceLock::new(),
             config,
+            store,
+            notifier,
+            unread,
+            views,
+            server_name,
+            tasks,
         }
     }
 

@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use ruma::UserId;
 use serde_json::{Value, json};
 
-use crate::{Error, Hearth, Result};
+use super::Push;
+use crate::{Error, Result};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 1000;
 
-impl Hearth {
+impl Push {
     /// `from` is a `next_token` from an earlier page; `only` may be
     /// `"highlight"`.
     pub async fn notifications_page(

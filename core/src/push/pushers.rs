@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Hearth, Result, store::PusherRecord};
+use super::Push;
+use crate::{Error, Result, store::PusherRecord};
 
 /// The path every push gateway serves (push gateway API).
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
@@ -213,7 +214,7 @@ fn pusher_json(p: &PusherRecord) -> Value {
     v
 }
 
-impl Hearth {
+impl Push {
     /// `POST /pushers/set` from `device`, which owns the pusher from then on.
     pub async fn set_pusher(
         &self,
@@ -229,14 +230,14 @@ impl Hearth {
                 self.store.set_pusher(&pusher, append).await?;
                 // Other users may have lost a pusher with this key too.
                 if !append {
-                    self.push.has_pushers.clear();
+                    self.has_pushers.clear();
                 }
             }
             PusherChange::Delete { app_id, pushkey } => {
                 self.store.delete_pusher(user, &app_id, &pushkey).await?;
             }
         }
-        self.push.forget_pushers(user);
+        self.forget_pushers(user);
         Ok(())
     }
 

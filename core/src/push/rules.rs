@@ -15,7 +15,8 @@ use ruma::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Hearth, Result};
+use super::Push;
+use crate::{Error, Result};
 
 /// The account data type holding a user's rules.
 pub const PUSH_RULES_TYPE: &str = "m.push_rules";
@@ -144,7 +145,7 @@ fn new_rule(
     })
 }
 
-impl Hearth {
+impl Push {
     /// The user's push rules (the server defaults until they change any).
     pub async fn push_rules(&self, user: &UserId) -> Result<Arc<Ruleset>> {
         Ok(self.push_rules_of(user).await?.0)
@@ -153,7 +154,7 @@ impl Hearth {
     /// The user's push rules, and whether they are the server defaults
     /// (never changed).
     pub(crate) async fn push_rules_of(&self, user: &UserId) -> Result<(Arc<Ruleset>, bool)> {
-        if let Some(r) = self.push.rulesets.get(user.as_str()) {
+        if let Some(r) = self.rulesets.get(user.as_str()) {
             return Ok(r);
         }
         let stored = self
@@ -177,8 +178,7 @@ impl Hearth {
             None => Ruleset::server_default(user),
         };
         let rules = Arc::new(rules);
-        self.push
-            .rulesets
+        self.rulesets
             .put(user.as_str().to_owned(), (rules.clone(), default));
         Ok((rules, default))
     }
@@ -195,8 +195,7 @@ impl Hearth {
         self.store
             .put_account_data(user.as_str(), "", PUSH_RULES_TYPE, &content)
             .await?;
-        self.push
-            .rulesets
+        self.rulesets
             .put(user.as_str().to_owned(), (Arc::new(rules), false));
         // Counts in sync follow the new rules from the next tally on.
         self.unread.forget_user(user.as_str());

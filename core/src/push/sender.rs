@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
+use super::Push;
 use crate::{
-    Hearth, Result,
+    Result,
     store::{NotificationRecord, PusherRecord},
 };
 
@@ -52,11 +53,11 @@ struct Prepared {
     upto: i64,
 }
 
-impl Hearth {
+impl Push {
     /// Lets pushes out through `gateway`, and resumes the pushes that were
     /// due when the server last stopped.
     pub fn start_push(self: &Arc<Self>, gateway: Arc<dyn PushGateway>) {
-        if self.push.gateway.set(gateway).is_err() {
+        if self.gateway.set(gateway).is_err() {
             return;
         }
         let h = self.clone();
@@ -84,10 +85,10 @@ impl Hearth {
                 return;
             }
         };
-        if !has || self.push.gateway.get().is_none() {
+        if !has || self.gateway.get().is_none() {
             return;
         }
-        let Ok(mut scheduled) = self.push.scheduled.lock() else {
+        let Ok(mut scheduled) = self.scheduled.lock() else {
             return;
         };
         match scheduled.get_mut(user) {
@@ -101,11 +102,11 @@ impl Hearth {
 
     /// Whether the user has pushers (cached: most users have none).
     pub(crate) async fn has_pushers(&self, user: &str) -> Result<bool> {
-        if let Some(has) = self.push.has_pushers.get(user) {
+        if let Some(has) = self.has_pushers.get(user) {
             return Ok(has);
         }
         let has = !self.store.pushers(user).await?.is_empty();
-        self.push.has_pushers.put(user.to_owned(), has);
+        self.has_pushers.put(user.to_owned(), has);
         Ok(has)
     }
 
@@ -113,14 +114,14 @@ impl Hearth {
         loop {
             // Stopping here leaves the push due in the store; the next start
             // resumes it.
-            if !self.tasks.sleep(self.push.config.coalesce).await {
+            if !self.tasks.sleep(self.config.coalesce).await {
                 return;
             }
-            if let Ok(mut s) = self.push.scheduled.lock() {
+            if let Ok(mut s) = self.scheduled.lock() {
                 s.insert(user.clone(), false);
             }
             self.push_round(&user).await;
-            let Ok(mut s) = self.push.scheduled.lock() else {
+            let Ok(mut s) = self.scheduled.lock() else {
                 return;
             };
             if s.get(&user) != Some(&true) {
@@ -143,13 +144,13 @@ impl Hearth {
 
     /// Brings one pusher up to date, retrying while its gateway fails.
     async fn deliver(&self, pusher: &PusherRecord) {
-        let Some(gateway) = self.push.gateway.get() else {
+        let Some(gateway) = self.gateway.get() else {
             return;
         };
         let Some(url) = pusher.data.get("url").and_then(Value::as_str) else {
             return;
         };
-        let cfg = self.push.config;
+        let cfg = self.config;
         let mut delay = cfg.backoff_start;
         let mut failures: u32 = 0;
         let mut pending: Option<Prepared> = None;
@@ -179,7 +180,7 @@ impl Hearth {
                         {
                             tracing::warn!(error = %e, "cannot remove a rejected pusher");
                         }
-                        self.push.forget_pushers(&pusher.user_id);
+                        self.forget_pushers(&pusher.user_id);
                         return;
                     }
                     self.delivered(pusher, prepared.upto).await;

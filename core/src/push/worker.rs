@@ -12,7 +12,8 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use ruma::{OwnedUserId, UserId};
 
-use crate::{Hearth, Result, pdu::StoredEvent, store::NewNotification};
+use super::Push;
+use crate::{Result, pdu::StoredEvent, store::NewNotification};
 
 /// Events taken from the channel per round at most (their rows go in one
 /// transaction).
@@ -20,10 +21,10 @@ const BATCH: usize = 4096;
 /// How long a round waits for more events after the first.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(250);
 
-impl Hearth {
+impl Push {
     /// Starts the worker (once; later calls do nothing).
     pub(crate) fn spawn_push_worker(self: &Arc<Self>) {
-        let Some(mut inbox) = self.push.inbox.lock().ok().and_then(|mut i| i.take()) else {
+        let Some(mut inbox) = self.inbox.lock().ok().and_then(|mut i| i.take()) else {
             return;
         };
         let weak = Arc::downgrade(self);
@@ -84,7 +85,7 @@ impl Hearth {
         let Some(room) = self.room_push_ctx(&pdu.room_id).await? else {
             return Ok(vec![]);
         };
-        let server = self.config.server_name.as_str();
+        let server = self.server_name.as_str();
         // An invitee is not joined yet, and `.m.rule.invite_for_me` is theirs.
         let invitee: Option<OwnedUserId> = (pdu.kind.to_string() == "m.room.member"
             && pdu.membership() == Some("invite"))

@@ -7,7 +7,7 @@ use ruma::{RoomId, ServerName, events::room::server_acl::RoomServerAclEventConte
 use serde_json::Value;
 
 use super::{RoomCache, StateMap};
-use crate::{Error, Hearth, Result};
+use crate::{Error, Result};
 
 /// The ACL an `m.room.server_acl` content states. A field of the wrong type
 /// counts as absent and takes its default (no `allow` list allows nobody),
@@ -46,7 +46,7 @@ pub(crate) fn allowed_destinations(cache: &RoomCache, servers: Vec<String>) -> V
         .collect()
 }
 
-impl Hearth {
+impl super::Rooms {
     /// Fails with `Forbidden` when the room's current ACL denies `server`.
     /// A room this server does not know has no ACL to apply here (the
     /// request then fails on the room itself).
@@ -69,7 +69,7 @@ impl Hearth {
     /// The other servers with members joined to the room that its ACL
     /// lets take part: where the room's EDUs go.
     pub async fn room_destinations(&self, room: &RoomId) -> Result<Vec<String>> {
-        let ours = self.config.server_name.as_str();
+        let ours = self.server_name.as_str();
         self.with_view(room.as_str(), |c| {
             let others = super::writer::joined_servers(c)
                 .into_iter()

@@ -1,22 +1,52 @@
 //! Local room aliases: who may create, list and delete them.
 
-use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId};
+use std::sync::Arc;
+
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, UserId};
 use serde_json::Value;
 
-use super::required_power;
-use crate::{Error, Hearth, Result, appservice::AppService};
+use super::{Rooms, required_power};
+use crate::{
+    Error, Result,
+    appservice::{AppService, AppServices},
+    store::Store,
+};
 
 /// A room id named by a client, refused as the client API refuses any.
 pub(crate) fn parse_room_id(s: &str) -> Result<OwnedRoomId> {
     RoomId::parse(s).map_err(|_| Error::invalid_param(format!("Invalid room id {s:?}")))
 }
 
-impl Hearth {
+/// Local room aliases.
+pub struct Aliases {
+    store: Arc<dyn Store>,
+    server_name: OwnedServerName,
+    /// Application services' exclusive alias namespaces.
+    appservices: Arc<AppServices>,
+    /// Membership and power in the aliased room.
+    rooms: Arc<Rooms>,
+}
+
+impl Aliases {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        server_name: OwnedServerName,
+        appservices: Arc<AppServices>,
+        rooms: Arc<Rooms>,
+    ) -> Self {
+        Self {
+            store,
+            server_name,
+            appservices,
+            rooms,
+        }
+    }
+
     /// An alias of this server; another server's alias cannot be managed here.
     pub fn parse_local_alias(&self, alias: &str) -> Result<OwnedRoomAliasId> {
         let alias =
             RoomAliasId::parse(alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
-        if alias.server_name() != self.config.server_name {
+        if alias.server_name() != self.server_name {
             return Err(Error::invalid_param("Room alias is not on this server"));
         }
         Ok(alias)
@@ -33,10 +63,11 @@ impl Hearth {
         appservice: Option<&AppService>,
     ) -> Result<()> {
         let alias = self.parse_local_alias(alias)?;
-        self.check_alias_claim(alias.as_str(), appservice)?;
+        self.appservices
+            .check_alias_claim(alias.as_str(), appservice)?;
         let room = parse_room_id(room_id)?;
-        self.require_known_room(&room).await?;
-        self.require_joined(&room, user).await?;
+        self.rooms.require_known_room(&room).await?;
+        self.rooms.require_joined(&room, user).await?;
         self.store
             .create_alias(alias.as_str(), room.as_str(), user.as_str())
             .await
@@ -51,7 +82,7 @@ impl Hearth {
             .await?
             .ok_or_else(|| Error::not_found("Room alias not found"))?;
         let room = parse_room_id(&room_id)?;
-        if creator != user.as_str() && !self.is_room_admin(&room, user).await? {
+        if creator != user.as_str() && !self.rooms.is_room_admin(&room, user).await? {
             return Err(Error::forbidden("You may not delete this alias"));
         }
         self.store.delete_alias(alias.as_str()).await?;
@@ -60,10 +91,12 @@ impl Hearth {
 
     /// The local aliases of a room, for its joined members.
     pub async fn room_aliases(&self, room: &RoomId, user: &UserId) -> Result<Vec<String>> {
-        self.require_joined(room, user).await?;
+        self.rooms.require_joined(room, user).await?;
         self.store.room_aliases(room.as_str()).await
     }
+}
 
+impl Rooms {
     /// Whether the user is a room admin (may manage aliases and visibility):
     /// has the power to send `m.room.canonical_alias`.
     pub(crate) async fn is_room_admin(&self, room: &RoomId, user: &UserId) -> Result<bool> {

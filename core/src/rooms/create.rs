@@ -158,7 +158,7 @@ impl Hearth {
                 Some(u) if !u.deactivated => {}
                 _ => return Err(Error::not_found("Unknown user")),
             }
-        } else if self.remote.get().is_none() {
+        } else if self.links.remote.get().is_none() {
             return Err(Error::Forbidden(
                 "Federation is not enabled on this server".into(),
             ));

@@ -1,16 +1,30 @@
 //! The public room directory: the rooms this server publishes, as clients
 //! and other servers list them (`/publicRooms`).
 
+use std::sync::Arc;
+
 use ruma::RoomId;
 use serde_json::{Value, json};
 
-use crate::{Error, Hearth, Result};
+use super::Rooms;
+use crate::{Error, Result, store::Store};
 
 /// Most entries one page holds, and how many without a `limit`.
 const MAX_PAGE: usize = 500;
 const DEFAULT_PAGE: usize = 100;
 
-impl Hearth {
+/// The published rooms as listed (`/publicRooms`).
+pub struct RoomList {
+    store: Arc<dyn Store>,
+    /// Each entry is read from the room's current state.
+    rooms: Arc<Rooms>,
+}
+
+impl RoomList {
+    pub(crate) fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
+        Self { store, rooms }
+    }
+
     /// One page of this server's published rooms, most joined members
     /// first: `limit` entries from the `since` token (`o<offset>`), only
     /// those whose name, topic or alias contain the filter's
@@ -65,7 +79,7 @@ impl Hearth {
     async fn directory_entry(&self, room_id: &str) -> Result<Value> {
         let room = RoomId::parse(room_id)
             .map_err(|_| Error::invalid_param(format!("Invalid room id {room_id:?}")))?;
-        let state = self.room_state(&room).await?;
+        let state = self.rooms.room_state(&room).await?;
         let get = |kind: &str, field: &str| {
             state
                 .iter()

@@ -9,21 +9,48 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{CanonicalJsonObject, RoomId, RoomVersionId, ServerName};
+use ruma::{CanonicalJsonObject, OwnedServerName, RoomId, RoomVersionId, ServerName};
 use serde_json::Value;
 
+use super::{Rooms, Visibility};
 use crate::{
-    Error, Hearth, Result,
+    Error, Result,
     pdu::{Pdu, StoredEvent},
     rooms::HistoryVisibility,
+    store::Store,
 };
 
-impl Hearth {
+/// What other servers may read of a room.
+pub struct FederatedReads {
+    store: Arc<dyn Store>,
+    server_name: OwnedServerName,
+    /// Who is in the room now, and its current state.
+    rooms: Arc<Rooms>,
+    /// The state at an event.
+    visibility: Arc<Visibility>,
+}
+
+impl FederatedReads {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        server_name: OwnedServerName,
+        rooms: Arc<Rooms>,
+        visibility: Arc<Visibility>,
+    ) -> Self {
+        Self {
+            store,
+            server_name,
+            rooms,
+            visibility,
+        }
+    }
+
     /// Fails with 404 for an unknown room, 403 unless `server` has users in
     /// the room or its history is world-readable.
     pub async fn require_server_reader(&self, room: &RoomId, server: &ServerName) -> Result<()> {
-        self.require_known_room(room).await?;
+        self.rooms.require_known_room(room).await?;
         if self
+            .rooms
             .room_servers(room)
             .await?
             .iter()
@@ -32,6 +59,7 @@ impl Hearth {
             return Ok(());
         }
         let world_readable = self
+            .rooms
             .room_state_event(room, "m.room.history_visibility", "")
             .await?
             .is_some_and(|p| p.content_value()["history_visibility"] == "world_readable");
@@ -76,6 +104,7 @@ impl Hearth {
             _ => ev.stream_ordering - 1,
         };
         let state: Vec<Pdu> = self
+            .visibility
             .state_events_at(room.as_str(), at)
             .await?
             .into_iter()
@@ -99,6 +128,7 @@ impl Hearth {
         join_id: &ruma::EventId,
     ) -> Result<(Vec<Arc<Pdu>>, Vec<Pdu>)> {
         let mut state: Vec<Arc<Pdu>> = self
+            .rooms
             .room_state(room)
             .await?
             .into_iter()
@@ -234,6 +264,7 @@ impl Hearth {
             .rules()
             .ok_or_else(|| Error::internal(format!("unsupported room version {version}")))?;
         let currently_in = self
+            .rooms
             .room_servers(room)
             .await?
             .iter()
@@ -333,7 +364,7 @@ impl Hearth {
 
     /// Other servers with users in a room `user` is in.
     pub async fn servers_sharing_rooms_with(&self, user: &str) -> Result<Vec<String>> {
-        let ours = self.config.server_name.as_str();
+        let ours = self.server_name.as_str();
         let servers: std::collections::BTreeSet<String> = self
             .store
             .users_sharing_rooms(user)

@@ -23,6 +23,7 @@ impl Hearth {
             return Ok(vec![]);
         }
         let in_flight: HashSet<OwnedEventId> = self
+            .rooms
             .with_view(room.as_str(), |c| {
                 ids.iter()
                     .filter(|id| c.submitted_contains(id))
@@ -64,10 +65,11 @@ impl Hearth {
     /// The room's forward extremities: what a server asked for the events
     /// between us and a newer event is told we have.
     pub async fn forward_extremities(&self, room: &RoomId) -> Result<Vec<OwnedEventId>> {
-        self.with_view(room.as_str(), |c| {
-            c.extremities.iter().map(|(id, _)| id.clone()).collect()
-        })
-        .await
+        self.rooms
+            .with_view(room.as_str(), |c| {
+                c.extremities.iter().map(|(id, _)| id.clone()).collect()
+            })
+            .await
     }
 }
 

@@ -71,14 +71,14 @@ impl Hearth {
     /// here and stores them; how many were new.
     pub async fn backfill(&self, room: &RoomId, limit: usize) -> Result<usize> {
         let frontier = self.store.backfill_frontier(room.as_str()).await?;
-        let Some(remote) = self.remote.get() else {
+        let Some(remote) = self.links.remote.get() else {
             return Ok(0);
         };
         if frontier.is_empty() {
             return Ok(0);
         }
         // Not a server the room's ACL shuts out.
-        let servers = self.room_destinations(room).await?;
+        let servers = self.rooms.room_destinations(room).await?;
         if servers.is_empty() {
             return Ok(0);
         }
@@ -110,7 +110,7 @@ impl Hearth {
     /// The events of `got` not held here that pass the room's rules against
     /// their own auth events, newest first. Refused ones are logged and left.
     async fn authorized_history(&self, room: &RoomId, got: Backfilled) -> Result<Vec<Pdu>> {
-        let rules = rules_for(&self.room_version_of(room).await?)?;
+        let rules = rules_for(&self.rooms.room_version_of(room).await?)?;
         let mut events: Vec<Pdu> = got
             .events
             .into_iter()
@@ -135,6 +135,7 @@ impl Hearth {
         }
         // Room version 12 leaves the create event out of auth_events.
         let create = self
+            .rooms
             .room_state_event(room, "m.room.create", "")
             .await?
             .map(|e| e.as_ref().clone());

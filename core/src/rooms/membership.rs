@@ -34,6 +34,7 @@ impl Hearth {
             let alias = RoomAliasId::parse(id_or_alias)
                 .map_err(|_| Error::invalid_param("Invalid room alias"))?;
             let (room, _) = self
+                .to_appservices
                 .resolve_local_alias(alias.as_str())
                 .await?
                 .ok_or_else(|| Error::not_found("Room alias not found"))?;
@@ -41,7 +42,7 @@ impl Hearth {
         } else {
             let room =
                 RoomId::parse(id_or_alias).map_err(|_| Error::invalid_param("Invalid room id"))?;
-            self.require_known_room(&room).await?;
+            self.rooms.require_known_room(&room).await?;
             Ok(room)
         }
     }
@@ -112,7 +113,7 @@ impl Hearth {
     }
 
     fn remote_for(&self, servers: &[String]) -> Result<&std::sync::Arc<dyn crate::Remote>> {
-        match self.remote.get() {
+        match self.links.remote.get() {
             Some(remote) if !servers.is_empty() => Ok(remote),
             _ => Err(Error::not_found("Unknown room")),
         }
@@ -129,6 +130,7 @@ impl Hearth {
                 self.resolve_room(id_or_alias).await?
             } else {
                 let remote = self
+                    .links
                     .remote
                     .get()
                     .ok_or_else(|| Error::not_found("Room alias not found"))?;
@@ -170,8 +172,10 @@ impl Hearth {
     /// or one of its users is joined.
     async fn holds_room(&self, room_id: &RoomId) -> Result<bool> {
         let ours = self.config.server_name.as_str();
-        Ok(self.room_owner_of(room_id).await?.as_deref() == Some(ours)
-            || self.has_local_member(room_id).await?)
+        Ok(
+            self.rooms.room_owner_of(room_id).await?.as_deref() == Some(ours)
+                || self.has_local_member(room_id).await?,
+        )
     }
 
     /// For a room known only by an invite or a knock: the servers that
@@ -179,7 +183,7 @@ impl Hearth {
     /// invite or knock carried).
     async fn servers_heard_from(&self, room_id: &RoomId) -> Result<Vec<String>> {
         let mut out = vec![];
-        for p in self.room_state(room_id).await? {
+        for p in self.rooms.room_state(room_id).await? {
             out.push(p.sender.server_name().to_string());
             let stripped = p.json.get("unsigned").and_then(|u| {
                 u.get("invite_room_state")
@@ -202,6 +206,7 @@ impl Hearth {
     async fn has_local_member(&self, room_id: &RoomId) -> Result<bool> {
         let ours = self.config.server_name.as_str();
         Ok(self
+            .rooms
             .room_state(room_id)
             .await?
             .iter()
@@ -217,7 +222,7 @@ impl Hearth {
         user: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
-        self.require_known_room(room_id).await?;
+        self.rooms.require_known_room(room_id).await?;
         let content = self.member_content(user, "join", reason).await?;
         if let Some(m) = self
             .store
@@ -310,7 +315,7 @@ impl Hearth {
         target: &UserId,
         reason: Option<&str>,
     ) -> Result<()> {
-        self.require_joined(room_id, sender).await?;
+        self.rooms.require_joined(room_id, sender).await?;
         if let Some(m) = self
             .store
             .membership(room_id.as_str(), target.as_str())

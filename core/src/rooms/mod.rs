@@ -21,6 +21,7 @@ mod recent;
 mod redactions;
 mod sending;
 mod timeline;
+mod view;
 mod visibility;
 mod writer;
 
@@ -37,14 +38,17 @@ use tokio::sync::watch;
 use ruma::{OwnedEventId, OwnedUserId, RoomVersionId};
 use serde_json::Value;
 
+pub use aliases::Aliases;
 pub use create::CreateRoom;
+pub use directory::RoomList;
+pub use federated::FederatedReads;
 pub use gaps::Incoming;
 pub use history::Backfilled;
 pub use membership::MemberAction;
 pub(crate) use membership::membership_state;
 pub use recent::RecentEvents;
 pub use timeline::{EventContext, MessagesPage, MessagesRequest};
-pub use visibility::HistoryVisibility;
+pub use visibility::{HistoryVisibility, Visibility};
 
 use crate::{Error, Result, pdu::Pdu};
 
@@ -220,7 +224,8 @@ impl RoomCache {
     }
 }
 
-#[derive(Default)]
+/// Each room's view behind its lock (`view.rs`), and which rooms this
+/// process writes.
 pub struct Rooms {
     handles: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<RoomCache>>>>>,
     pub recent: Arc<RecentEvents>,
@@ -230,6 +235,16 @@ pub struct Rooms {
     /// Rooms another process writes: its address, and until when that is
     /// taken as known without asking the database again.
     elsewhere: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    store: Arc<dyn crate::store::Store>,
+    /// Names this process in room writer leases (random per start).
+    writer_id: Arc<str>,
+    /// Several processes writing rooms: leases, and where to reach this one.
+    cluster: Option<crate::config::ClusterConfig>,
+    server_name: ruma::OwnedServerName,
+    /// Wakes a room's members (typing, receipts).
+    notifier: Arc<crate::notifier::Notifier>,
+    /// Runs the lease renewal.
+    tasks: crate::tasks::Tasks,
 }
 
 /// How long "another process writes this room" is believed without asking
@@ -238,6 +253,33 @@ pub struct Rooms {
 const WRITER_KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Rooms {
+    pub(crate) fn new(
+        store: Arc<dyn crate::store::Store>,
+        cluster: Option<crate::config::ClusterConfig>,
+        server_name: ruma::OwnedServerName,
+        notifier: Arc<crate::notifier::Notifier>,
+        tasks: crate::tasks::Tasks,
+    ) -> Self {
+        Self {
+            handles: Mutex::default(),
+            recent: Arc::default(),
+            generations: AtomicU64::default(),
+            held: Mutex::default(),
+            elsewhere: Mutex::default(),
+            store,
+            writer_id: Arc::from(crate::ids::random_string(16)),
+            cluster,
+            server_name,
+            notifier,
+            tasks,
+        }
+    }
+
+    /// This server's name, as the rooms' views compare senders with it.
+    pub(crate) fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
     pub(crate) fn hold(&self, room_id: &str) {
         if let Ok(mut held) = self.held.lock() {
             held.insert(room_id.to_owned());

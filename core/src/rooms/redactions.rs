@@ -169,6 +169,7 @@ impl Hearth {
         for redaction in earlier {
             let sender = redaction.pdu.sender.clone();
             let power = self
+                .rooms
                 .with_view(pdu.room_id.as_str(), |c| {
                     may_redact_any(&c.state, rules, &sender)
                 })

@@ -28,7 +28,8 @@ impl Hearth {
             return Ok(existing);
         }
         if s.appservice.as_ref().is_none_or(|a| a.rate_limited) {
-            self.rate_limit(Action::Message, s.user_id.as_str())?;
+            self.rate_limits
+                .rate_limit(Action::Message, s.user_id.as_str())?;
         }
         let mut ev = NewEvent::message(s.user_id.clone(), kind, Value::Object(content));
         ev.txn = Some((s.device_id.clone(), txn_id.to_owned()));

@@ -78,6 +78,7 @@ impl Hearth {
             .await?
             .map(|m| m.membership);
         if !self
+            .visibility
             .can_see_at(room_id, user, ev.stream_ordering, membership.as_deref())
             .await?
         {
@@ -113,8 +114,11 @@ impl Hearth {
             .await?;
         let start = before.last().map_or(at - 1, |e| e.stream_ordering - 1);
         let end = after.last().map_or(at, |e| e.stream_ordering);
-        let before = self.filter_visible(room_id, user, before).await?;
-        let after = self.filter_visible(room_id, user, after).await?;
+        let before = self
+            .visibility
+            .filter_visible(room_id, user, before)
+            .await?;
+        let after = self.visibility.filter_visible(room_id, user, after).await?;
         let state = if filter.lazy_load_members {
             let mut all = before.clone();
             all.push(ev.clone());
@@ -146,6 +150,7 @@ impl Hearth {
         // Tokens are positions in the stream of the room's shard.
         let shard = self.store.shard_of(room_id.as_str()).await?;
         let newest = self
+            .streams
             .stream_positions()
             .await?
             .get(shard)
@@ -178,7 +183,10 @@ impl Hearth {
             _ => None,
         }
         .filter(|_| events.len() as i64 == req.limit);
-        let visible = self.filter_visible(room_id, user, events).await?;
+        let visible = self
+            .visibility
+            .filter_visible(room_id, user, events)
+            .await?;
         let chunk: Vec<StoredEvent> = visible
             .into_iter()
             .filter(|e| allowed(&req.filter, e))
@@ -206,7 +214,7 @@ impl Hearth {
             .membership(room_id.as_str(), user.as_str())
             .await?;
         Ok(match membership {
-            None if self.world_readable(room_id).await? => i64::MAX,
+            None if self.visibility.world_readable(room_id).await? => i64::MAX,
             None => return Err(Error::forbidden("You are not in this room")),
             Some(m) => match membership_state(&m) {
                 MembershipState::Join | MembershipState::Invite => i64::MAX,
@@ -242,6 +250,7 @@ impl Hearth {
     /// The room's whole state at `at`, in client form.
     async fn client_state_at(&self, room_id: &RoomId, at: i64) -> Result<Vec<Value>> {
         Ok(self
+            .visibility
             .state_events_at(room_id.as_str(), at)
             .await?
             .iter()

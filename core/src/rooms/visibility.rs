@@ -1,13 +1,15 @@
 //! History visibility: which past events a user may read.
 
+use std::sync::Arc;
+
 use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
-use super::membership_state;
+use super::{Rooms, membership_state};
 use crate::{
-    Error, Hearth, Result,
+    Error, Result,
     pdu::{Pdu, StoredEvent},
-    store::MembershipRecord,
+    store::{MembershipRecord, Store},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +34,18 @@ impl HistoryVisibility {
     }
 }
 
-impl Hearth {
+/// History visibility: what of a room's past a user may read.
+pub struct Visibility {
+    store: Arc<dyn Store>,
+    /// Current state, for members and world-readable rooms.
+    rooms: Arc<Rooms>,
+}
+
+impl Visibility {
+    pub(crate) fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
+        Self { store, rooms }
+    }
+
     /// The state a user may read: current state while joined; the state when
     /// they left for former members; current state of world-readable rooms.
     pub async fn readable_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Pdu>> {
@@ -69,6 +82,7 @@ impl Hearth {
 
     async fn current_state_pdus(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
         Ok(self
+            .rooms
             .room_state(room_id)
             .await?
             .iter()
@@ -79,6 +93,7 @@ impl Hearth {
     /// Whether the room's current history visibility is `world_readable`.
     pub(crate) async fn world_readable(&self, room_id: &RoomId) -> Result<bool> {
         Ok(self
+            .rooms
             .room_state_event(room_id, "m.room.history_visibility", "")
             .await?
             .is_some_and(|e| {
@@ -177,7 +192,7 @@ impl Hearth {
     }
 }
 
-impl Hearth {
+impl Rooms {
     /// Fails with M_FORBIDDEN unless the user is currently joined to the room.
     /// Fails with 404 for a room this server does not know.
     pub(crate) async fn require_known_room(&self, room: &RoomId) -> Result<()> {
@@ -201,7 +216,7 @@ impl Hearth {
     }
 }
 
-impl Hearth {
+impl Visibility {
     /// The room's whole state at stream position `at`, as stored events.
     pub(crate) async fn state_events_at(
         &self,

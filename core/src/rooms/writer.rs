@@ -16,7 +16,7 @@ use crate::{
     Error, Hearth, Result,
     ids::now_ms,
     pdu::Pdu,
-    store::{EventToPersist, Fence, Lease, StateChange},
+    store::{EventToPersist, StateChange},
 };
 
 const MAX_PDU_SIZE: usize = 65536;
@@ -28,244 +28,6 @@ pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
 }
 
 impl Hearth {
-    /// Reads a room's version, current state and newest event. A writer's
-    /// view also starts the room's ring of recent events.
-    async fn load_room(&self, room_id: &str, fence: Option<Fence>) -> Result<RoomCache> {
-        let version = self
-            .store
-            .room_version(room_id)
-            .await?
-            .ok_or_else(|| Error::not_found("Unknown room"))?;
-        let version = RoomVersionId::try_from(version.as_str()).map_err(Error::internal)?;
-        let newest = self
-            .store
-            .room_events(
-                room_id,
-                i64::MAX,
-                None,
-                crate::store::Direction::Backward,
-                super::forks::EXTREMITY_WINDOW,
-            )
-            .await?;
-        let writer = fence.is_some() || self.config.cluster.is_none();
-        if writer {
-            self.rooms
-                .recent
-                .start(room_id, newest.first().map_or(0, |e| e.stream_ordering));
-        }
-        let extremities = super::forks::extremities_of(&newest);
-        let mut state = HashMap::new();
-        for ev in self.store.current_state(room_id).await? {
-            let key = (
-                ev.pdu.kind.to_string(),
-                ev.pdu.state_key.clone().unwrap_or_default(),
-            );
-            state.insert(key, Arc::new(ev.pdu));
-        }
-        Ok(RoomCache {
-            version,
-            extremities,
-            pending_own: None,
-            state_serial: 0,
-            state,
-            generation: self.rooms.next_generation(),
-            sent: VecDeque::new(),
-            fence,
-            submitted: VecDeque::new(),
-        })
-    }
-
-    /// The room's cache behind its held lock, loaded on first use, for
-    /// writing: with several processes this takes the room's writer lease,
-    /// or fails with `NotWriter` naming the process that holds it.
-    async fn writable<'a>(
-        &self,
-        guard: &'a mut Option<RoomCache>,
-        room_id: &str,
-    ) -> Result<&'a mut RoomCache> {
-        if guard.is_none() {
-            let fence = self.take_lease(room_id).await?;
-            let held = fence.is_some();
-            *guard = Some(self.load_room(room_id, fence).await?);
-            if held {
-                self.rooms.hold(room_id);
-            }
-        }
-        guard
-            .as_mut()
-            .ok_or_else(|| Error::internal("room cache missing"))
-    }
-
-    /// With several processes, takes (or renews) the room's writer lease;
-    /// `NotWriter` names the process that holds it. The caller marks the room
-    /// held (renewed in the background) once it writes under the lease.
-    /// With one process there is no lease: `None`.
-    async fn take_lease(&self, room_id: &str) -> Result<Option<Fence>> {
-        let Some(cluster) = &self.config.cluster else {
-            return Ok(None);
-        };
-        if let Some(address) = self.rooms.writer_elsewhere(room_id) {
-            return Err(Error::NotWriter { address });
-        }
-        let lease = self
-            .store
-            .acquire_room_lease(room_id, &self.writer_id, &cluster.address, LEASE_TTL_MS)
-            .await?;
-        match lease {
-            Lease::Held { epoch } => {
-                self.rooms.forget_writer(room_id);
-                Ok(Some(Fence {
-                    holder: self.writer_id.clone(),
-                    epoch,
-                }))
-            }
-            Lease::HeldBy { address } => {
-                self.rooms.learn_writer(room_id, &address);
-                Err(Error::NotWriter { address })
-            }
-        }
-    }
-
-    /// A view of the room for reading: the writer's cache when this process
-    /// writes the room, else (another process writes it) a fresh read.
-    pub(crate) async fn with_view<T>(
-        &self,
-        room_id: &str,
-        read: impl FnOnce(&RoomCache) -> T,
-    ) -> Result<T> {
-        let handle = self.rooms.handle(room_id);
-        let mut guard = handle.lock().await;
-        match self.writable(&mut guard, room_id).await {
-            Ok(cache) => Ok(read(cache)),
-            Err(Error::NotWriter { .. }) => {
-                drop(guard);
-                Ok(read(&self.load_room(room_id, None).await?))
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The other servers with members joined to the room.
-    pub async fn room_servers(&self, room_id: &RoomId) -> Result<Vec<String>> {
-        let ours = self.config.server_name.to_string();
-        self.with_view(room_id.as_str(), |c| {
-            let mut servers: Vec<String> = joined_servers(c).into_iter().collect();
-            servers.retain(|s| *s != ours);
-            servers
-        })
-        .await
-    }
-
-    /// The server that orders the room (its creator's).
-    pub async fn room_owner_of(&self, room_id: &RoomId) -> Result<Option<String>> {
-        self.with_view(room_id.as_str(), room_owner).await
-    }
-
-    /// The membership event (join or leave) another server's user would
-    /// send through this server (`make_join`, `make_leave`): built on the
-    /// room's newest event, checked against current state. Returns it with
-    /// the room version.
-    pub async fn member_template(
-        &self,
-        room_id: &RoomId,
-        user: &ruma::UserId,
-        membership: &str,
-    ) -> Result<(Value, RoomVersionId)> {
-        let (version, state, prev) = self
-            .with_view(room_id.as_str(), |c| {
-                (c.version.clone(), c.state.clone(), c.next_prev_events())
-            })
-            .await?;
-        let rules = rules_for(&version)?;
-        let content = json!({"membership": membership});
-        let content_raw = serde_json::value::to_raw_value(&content)?;
-        let kind = TimelineEventType::RoomMember;
-        let auth_types = ruma::state_res::auth_types_for_event(
-            &kind,
-            user,
-            Some(user.as_str()),
-            &content_raw,
-            &rules.authorization,
-        )
-        .map_err(Error::BadJson)?;
-        let mut auth_events: Vec<String> = auth_types
-            .iter()
-            .filter_map(|(t, sk)| state.get(&(t.to_string(), sk.clone())))
-            .map(|p| p.event_id.to_string())
-            .collect();
-        auth_events.sort();
-        auth_events.dedup();
-        let (prev_events, depth) = prev.ok_or_else(|| Error::not_found("Unknown room"))?;
-        let template = json!({
-            "auth_events": auth_events,
-            "content": content,
-            "depth": depth,
-            "origin_server_ts": now_ms(),
-            "prev_events": prev_events,
-            "room_id": room_id,
-            "sender": user,
-            "state_key": user,
-            "type": "m.room.member",
-        });
-        // Would it pass? Checked on a stand-in id: the joining server signs
-        // the real one.
-        let Value::Object(map) = template.clone() else {
-            return Err(Error::internal("template is not an object"));
-        };
-        let stand_in = OwnedEventId::try_from("$stand-in").map_err(Error::internal)?;
-        let probe = Pdu::from_json(stand_in, map)?;
-        ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, &probe, |t, sk| {
-            state
-                .get(&(t.to_string(), sk.to_owned()))
-                .map(|p| p.as_ref())
-        })
-        .map_err(|e| Error::Forbidden(format!("You may not {membership} this room: {e}")))?;
-        Ok((template, version))
-    }
-
-    /// Current state of a room, from the writer's cache.
-    pub async fn room_state(&self, room_id: &RoomId) -> Result<Vec<Arc<Pdu>>> {
-        self.with_view(room_id.as_str(), |c| c.state.values().cloned().collect())
-            .await
-    }
-
-    /// The room as another server's knocking user is shown it (a knock's
-    /// answer): its create event, join rules, name, avatar, alias,
-    /// encryption, topic, as full PDUs (clients get them stripped).
-    pub async fn room_state_shown(&self, room_id: &RoomId) -> Result<Vec<Value>> {
-        self.with_view(room_id.as_str(), |c| {
-            super::INVITE_STATE_TYPES
-                .iter()
-                .filter_map(|t| c.state.get(&((*t).to_owned(), String::new())))
-                .map(|p| Value::Object(p.as_sent()))
-                .collect()
-        })
-        .await
-    }
-
-    pub async fn room_state_event(
-        &self,
-        room_id: &RoomId,
-        kind: &str,
-        state_key: &str,
-    ) -> Result<Option<Arc<Pdu>>> {
-        self.with_view(room_id.as_str(), |c| {
-            c.state
-                .get(&(kind.to_owned(), state_key.to_owned()))
-                .cloned()
-        })
-        .await
-    }
-
-    pub async fn room_version_of(&self, room_id: &RoomId) -> Result<RoomVersionId> {
-        let v = self
-            .store
-            .room_version(room_id.as_str())
-            .await?
-            .ok_or_else(|| Error::not_found("Unknown room"))?;
-        RoomVersionId::try_from(v.as_str()).map_err(Error::internal)
-    }
-
     /// Hashes and signs a PDU skeleton and derives its event id.
     fn sign_pdu(&self, obj: Value, rules: &RoomVersionRules) -> Result<Pdu> {
         // The spec caps a whole PDU at 64 KiB; refuse early so signing never sees it.
@@ -333,7 +95,7 @@ impl Hearth {
             .create_room(room_id.as_str(), version.as_str(), creator.as_str())
             .await?;
         // With several processes, the creating process writes the new room.
-        let fence = match self.take_lease(room_id.as_str()).await {
+        let fence = match self.rooms.take_lease(room_id.as_str()).await {
             Err(Error::NotWriter { .. }) => {
                 return Err(Error::internal("a new room's lease is held elsewhere"));
             }
@@ -352,7 +114,9 @@ impl Hearth {
                 fence: fence.clone(),
                 relay: vec![],
                 state: StateChange::of(&pdu).into_iter().collect(),
-                appservices: self.appservice_audience(&state_of_create(&pdu), &pdu),
+                appservices: self
+                    .appservices
+                    .appservice_audience(&state_of_create(&pdu), &pdu),
             })
             .await?;
         self.rooms.recent.start(room_id.as_str(), ordering);
@@ -416,7 +180,7 @@ impl Hearth {
                 // of the room; that takes a second attempt, rarely a third.
                 Err(Error::Superseded | Error::LeaseLost) if rebuilt < 3 => rebuilt += 1,
                 Err(Error::NotWriter { address }) if may_forward => {
-                    let forwarded = match self.forwarder.get() {
+                    let forwarded = match self.links.forwarder.get() {
                         Some(f) => f.send(&address, room_id, &new).await,
                         None => Err(Error::internal("no forwarder to reach the room's writer")),
                     };
@@ -459,7 +223,7 @@ impl Hearth {
     async fn try_send_event(&self, room_id: &RoomId, new: &NewEvent) -> Result<OwnedEventId> {
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
-        let cache = self.writable(&mut guard, room_id.as_str()).await?;
+        let cache = self.rooms.writable(&mut guard, room_id.as_str()).await?;
         // A retried transaction gets the first attempt's event once durable.
         if let Some((device, txn_id)) = &new.txn
             && let Some(sent) = cache.sent_txn(&new.sender, device, txn_id)
@@ -497,7 +261,7 @@ impl Hearth {
                 return Ok(earlier);
             }
             drop(guard);
-            if let Some(remote) = self.remote.get() {
+            if let Some(remote) = self.links.remote.get() {
                 remote.wake(std::slice::from_ref(&owner));
             }
             return Ok(event_id);
@@ -568,7 +332,7 @@ impl Hearth {
         if !remote_invitee {
             return Ok(pdu);
         }
-        let remote = self.remote.get().ok_or_else(|| {
+        let remote = self.links.remote.get().ok_or_else(|| {
             Error::Forbidden("this server does not federate: cannot invite remote users".into())
         })?;
         let shown = invite_room_state(cache, &pdu);
@@ -656,7 +420,7 @@ impl Hearth {
                 fence: cache.fence.clone(),
                 relay: relay.clone(),
                 state: changes.iter().map(|(c, _)| c.clone()).collect(),
-                appservices: self.appservice_audience(&cache.state, &pdu),
+                appservices: self.appservices.appservice_audience(&cache.state, &pdu),
             })
             .await?;
         // From here the room's view includes the event; should the store
@@ -700,7 +464,7 @@ impl Hearth {
             durable.send_replace(Some(outcome.is_ok()));
         }
         if let Err(e) = outcome {
-            self.forget_room_view(room_id, generation).await;
+            self.rooms.forget_room_view(room_id, generation).await;
             // A retry of a transaction committed before this writer's view
             // was loaded: answer with the first attempt's event.
             return match e {
@@ -727,7 +491,7 @@ impl Hearth {
         self.notifier
             .notify_users(audience.iter().map(String::as_str));
         if !relay.is_empty()
-            && let Some(remote) = self.remote.get()
+            && let Some(remote) = self.links.remote.get()
         {
             remote.wake(&relay);
         }
@@ -770,7 +534,7 @@ impl Hearth {
         }
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
-        let cache = self.writable(&mut guard, room_id.as_str()).await?;
+        let cache = self.rooms.writable(&mut guard, room_id.as_str()).await?;
         if self.already_have(cache, &pdu.event_id).await? {
             return Ok(false);
         }
@@ -861,7 +625,7 @@ impl Hearth {
         let room_id = pdu.room_id.clone();
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
-        let cache = self.writable(&mut guard, room_id.as_str()).await?;
+        let cache = self.rooms.writable(&mut guard, room_id.as_str()).await?;
         if self.already_have(cache, &pdu.event_id).await? {
             return Ok(None);
         }
@@ -895,60 +659,6 @@ impl Hearth {
         self.stage_built(guard, pdu, None, relay, &rules, resolved)
             .await
             .map(Some)
-    }
-}
-
-impl Hearth {
-    /// Drops the writer's view of a room if it is still the one an event the
-    /// store refused was built on; the next event reloads it.
-    pub(crate) async fn forget_room_view(&self, room_id: &RoomId, generation: u64) {
-        let handle = self.rooms.handle(room_id.as_str());
-        let mut guard = handle.lock().await;
-        if guard.as_ref().is_some_and(|c| c.generation == generation) {
-            *guard = None;
-            self.rooms.release(room_id.as_str());
-        }
-    }
-
-    /// Keeps this process's room leases alive; a room whose lease was lost
-    /// (this process stalled past it) drops its view, and its next send goes
-    /// to the new holder.
-    pub(crate) fn spawn_lease_renewal(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let tasks = self.tasks.clone();
-        self.tasks.spawn(async move {
-            loop {
-                if !tasks
-                    .sleep(Duration::from_millis(LEASE_TTL_MS as u64 / 3))
-                    .await
-                {
-                    return;
-                }
-                let Some(h) = weak.upgrade() else { return };
-                let rooms = h.rooms.held();
-                if rooms.is_empty() {
-                    continue;
-                }
-                let kept = match h
-                    .store
-                    .renew_room_leases(&rooms, &h.writer_id, LEASE_TTL_MS)
-                    .await
-                {
-                    Ok(kept) => kept,
-                    Err(e) => {
-                        warn!("could not renew room leases: {e}");
-                        continue;
-                    }
-                };
-                for room in rooms.iter().filter(|r| !kept.contains(r)) {
-                    warn!(room = %room, "room writer lease lost");
-                    let handle = h.rooms.handle(room);
-                    let mut guard = handle.lock().await;
-                    *guard = None;
-                    h.rooms.release(room);
-                }
-            }
-        });
     }
 }
 
@@ -1126,7 +836,7 @@ fn remote_servers(cache: &RoomCache, pdu: &Pdu, ours: &str) -> Vec<String> {
     super::acl::allowed_destinations(cache, servers.into_iter().collect())
 }
 
-fn room_audience(cache: &RoomCache) -> Vec<String> {
+pub(super) fn room_audience(cache: &RoomCache) -> Vec<String> {
     cache
         .state
         .iter()
@@ -1134,26 +844,4 @@ fn room_audience(cache: &RoomCache) -> Vec<String> {
         .filter(|(_, pdu)| matches!(pdu.membership(), Some("join" | "invite")))
         .map(|((_, user), _)| user.clone())
         .collect()
-}
-
-impl Hearth {
-    /// Wakes the syncs of a room's members (typing, receipts).
-    pub async fn notify_room(&self, room_id: &RoomId) {
-        // A room that cannot be loaded still must not leave syncs asleep.
-        match self.with_view(room_id.as_str(), room_audience).await {
-            Ok(audience) => self
-                .notifier
-                .notify_users(audience.iter().map(String::as_str)),
-            Err(_) => self.notifier.notify(),
-        }
-    }
-
-    /// A user's power level in a room, honouring v12's privileged creators.
-    pub async fn power_of(&self, room_id: &RoomId, user: &ruma::UserId) -> Result<i64> {
-        let rules = rules_for(&self.room_version_of(room_id).await?)?;
-        self.with_view(room_id.as_str(), |c| {
-            super::redactions::power_in(&c.state, &rules, user)
-        })
-        .await
-    }
 }

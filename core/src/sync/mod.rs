@@ -97,7 +97,7 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 
 impl Hearth {
     pub async fn current_token(&self) -> Result<SyncToken> {
-        self.catch_up().await?;
+        self.streams.catch_up().await?;
         Ok(SyncToken {
             shards: self.store.stream_positions().await?,
             misc: self.store.max_misc_stream_id().await?,

@@ -69,7 +69,7 @@ impl Hearth {
         if req.since.as_ref() == Some(&upto) && !req.full_state {
             // Nothing moved in any stream: the common case for a long-poll
             // that just re-armed after its last answer.
-            self.ack_to_device(user, device, upto.misc).await?;
+            self.e2ee.ack_to_device(user, device, upto.misc).await?;
             return Ok((empty_response(&upto), false));
         }
         let memberships = self.store.memberships_of_user(user.as_str()).await?;
@@ -161,7 +161,7 @@ impl Hearth {
         // changed them has the server's defaults, which are stored nowhere.
         let has_rules = global.iter().any(|e| e["type"] == "m.push_rules");
         if !pass.incremental() && !has_rules && f.account_data.allows_type("m.push_rules") {
-            let rules = self.push_rules(pass.user).await?;
+            let rules = self.push.push_rules(pass.user).await?;
             global.push(json!({"type": "m.push_rules", "content": {"global": &*rules}}));
         }
         Ok(global)
@@ -189,6 +189,7 @@ impl Hearth {
     ) -> Result<(Value, bool)> {
         let (user, since) = (pass.user, pass.since().map(|s| s.misc));
         let devices = self
+            .e2ee
             .device_sync(user, pass.device, since, pass.upto.misc, pass.misc_moved())
             .await?;
         let mut changed = devices.changed;

@@ -115,6 +115,7 @@ impl Hearth {
             .since
             .map(|s| (s, own_receipt_in(&pass.receipts, &m.room_id, pass.user)));
         let (notif, highlight) = self
+            .unread
             .unread_counts(
                 room_id,
                 pass.user,
@@ -235,6 +236,7 @@ impl Hearth {
     ) -> Result<(Value, Vec<Value>)> {
         let (events, limited) = self.timeline_events(pass, room_id, range, known).await?;
         let events = self
+            .visibility
             .filter_visible_as(room_id, pass.user, Some(membership), events)
             .await?;
         let start = events
@@ -242,7 +244,9 @@ impl Hearth {
             .map(|e| e.stream_ordering - 1)
             .unwrap_or(range.upto);
         let state_events: Vec<StoredEvent> = if range.initial {
-            self.state_events_at(room_id.as_str(), start).await?
+            self.visibility
+                .state_events_at(room_id.as_str(), start)
+                .await?
         } else if limited {
             self.store
                 .state_changes(room_id.as_str(), range.since.unwrap_or(0), start)
