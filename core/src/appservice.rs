@@ -137,30 +137,27 @@ const MAX_EPHEMERAL: usize = 1000;
 /// next transaction; in memory only, like typing itself.
 #[derive(Default)]
 pub struct EphemeralQueues {
-    queues: std::sync::Mutex<
+    queues: parking_lot::Mutex<
         std::collections::HashMap<String, std::collections::VecDeque<serde_json::Value>>,
     >,
     /// Users whose presence changed since the last look
     /// (`presence_to_appservices`).
-    presence: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    presence: parking_lot::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl EphemeralQueues {
     fn push(&self, service: &str, event: serde_json::Value) {
-        if let Ok(mut q) = self.queues.lock() {
-            let queue = q.entry(service.to_owned()).or_default();
-            if queue.len() >= MAX_EPHEMERAL {
-                queue.pop_front();
-            }
-            queue.push_back(event);
+        let mut q = self.queues.lock();
+        let queue = q.entry(service.to_owned()).or_default();
+        if queue.len() >= MAX_EPHEMERAL {
+            queue.pop_front();
         }
+        queue.push_back(event);
     }
 
     /// Takes up to `max` of a service's waiting events, oldest first.
     pub fn take(&self, service: &str, max: usize) -> Vec<serde_json::Value> {
-        let Ok(mut q) = self.queues.lock() else {
-            return vec![];
-        };
+        let mut q = self.queues.lock();
         let Some(queue) = q.get_mut(service) else {
             return vec![];
         };
@@ -169,16 +166,14 @@ impl EphemeralQueues {
     }
 
     pub(crate) fn presence_changed(&self, user: &str) {
-        if let Ok(mut users) = self.presence.lock() {
-            users.insert(user.to_owned());
-        }
+        let mut users = self.presence.lock();
+        users.insert(user.to_owned());
     }
 
     fn take_presence(&self) -> Vec<String> {
-        self.presence
-            .lock()
-            .map(|mut u| std::mem::take(&mut *u).into_iter().collect())
-            .unwrap_or_default()
+        std::mem::take(&mut *self.presence.lock())
+            .into_iter()
+            .collect()
     }
 }
 

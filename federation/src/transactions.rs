@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -13,6 +13,7 @@ use axum::{
 };
 use hearth_core::{Error, ids::now_ms, rooms::Incoming};
 use hearth_http_common::error::ApiError;
+use parking_lot::Mutex;
 use rand::Rng;
 use ruma::{RoomId, RoomVersionId};
 use serde_json::{Map, Value, json};
@@ -162,9 +163,7 @@ impl Default for Transactions {
 
 impl Transactions {
     fn take_edus(&self, destination: &str, max: usize) -> Vec<Value> {
-        let Ok(mut edus) = self.edus.lock() else {
-            return vec![];
-        };
+        let mut edus = self.edus.lock();
         let Some(queue) = edus.get_mut(destination) else {
             return vec![];
         };
@@ -173,18 +172,17 @@ impl Transactions {
     }
 
     fn answered(&self, key: &TxnKey) -> Option<Value> {
-        self.answered.lock().ok()?.answers.get(key).cloned()
+        self.answered.lock().answers.get(key).cloned()
     }
 
     fn remember(&self, key: TxnKey, answer: Value) {
-        if let Ok(mut g) = self.answered.lock() {
-            if g.answers.insert(key.clone(), answer).is_none() {
-                g.order.push_back(key);
-            }
-            while g.order.len() > REMEMBERED_TXNS {
-                if let Some(old) = g.order.pop_front() {
-                    g.answers.remove(&old);
-                }
+        let mut g = self.answered.lock();
+        if g.answers.insert(key.clone(), answer).is_none() {
+            g.order.push_back(key);
+        }
+        while g.order.len() > REMEMBERED_TXNS {
+            if let Some(old) = g.order.pop_front() {
+                g.answers.remove(&old);
             }
         }
     }
@@ -308,9 +306,7 @@ impl Federation {
     pub(crate) fn wake_destinations(self: &Arc<Self>, destinations: &[String]) {
         for d in destinations {
             let notify = {
-                let Ok(mut senders) = self.transactions.senders.lock() else {
-                    return;
-                };
+                let mut senders = self.transactions.senders.lock();
                 match senders.get(d) {
                     Some(n) => n.clone(),
                     None => {
@@ -455,7 +451,8 @@ impl Federation {
 
     /// Queues an EDU for each destination and wakes their senders.
     pub(crate) fn queue_edu(self: &Arc<Self>, destinations: &[String], edu: Value) {
-        if let Ok(mut edus) = self.transactions.edus.lock() {
+        {
+            let mut edus = self.transactions.edus.lock();
             for d in destinations {
                 let queue = edus.entry(d.clone()).or_default();
                 if queue.len() >= MAX_QUEUED_EDUS {

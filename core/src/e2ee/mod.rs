@@ -7,7 +7,9 @@ mod device_list;
 pub mod keys;
 pub mod to_device;
 
-use std::{collections::HashMap, sync::Mutex};
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
 
 /// What this process remembers between a device's syncs.
 #[derive(Default)]
@@ -34,18 +36,12 @@ impl crate::Hearth {
     pub(crate) async fn key_counts(&self, user: &str, device: &str) -> crate::Result<KeyCounts> {
         let key = (user.to_owned(), device.to_owned());
         let cacheable = self.bus.is_none();
-        if cacheable
-            && let Some(c) = self
-                .e2ee
-                .counts
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&key).cloned())
-        {
+        if cacheable && let Some(c) = self.e2ee.counts.lock().get(&key).cloned() {
             return Ok(c);
         }
         let counts = self.store.key_counts(user, device).await?;
-        if cacheable && let Ok(mut m) = self.e2ee.counts.lock() {
+        if cacheable {
+            let mut m = self.e2ee.counts.lock();
             if m.len() >= MAX_CACHED_COUNTS {
                 m.clear();
             }
@@ -56,8 +52,9 @@ impl crate::Hearth {
 
     /// The device's keys were uploaded or claimed: count again next time.
     pub(crate) fn forget_key_counts(&self, user: &str, device: &str) {
-        if let Ok(mut m) = self.e2ee.counts.lock() {
-            m.remove(&(user.to_owned(), device.to_owned()));
-        }
+        self.e2ee
+            .counts
+            .lock()
+            .remove(&(user.to_owned(), device.to_owned()));
     }
 }

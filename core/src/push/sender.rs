@@ -87,9 +87,7 @@ impl Hearth {
         if !has || self.push.gateway.get().is_none() {
             return;
         }
-        let Ok(mut scheduled) = self.push.scheduled.lock() else {
-            return;
-        };
+        let mut scheduled = self.push.scheduled.lock();
         match scheduled.get_mut(user) {
             Some(again) => *again = true,
             None => {
@@ -116,13 +114,9 @@ impl Hearth {
             if !self.tasks.sleep(self.push.config.coalesce).await {
                 return;
             }
-            if let Ok(mut s) = self.push.scheduled.lock() {
-                s.insert(user.clone(), false);
-            }
+            self.push.scheduled.lock().insert(user.clone(), false);
             self.push_round(&user).await;
-            let Ok(mut s) = self.push.scheduled.lock() else {
-                return;
-            };
+            let mut s = self.push.scheduled.lock();
             if s.get(&user) != Some(&true) {
                 s.remove(&user);
                 return;

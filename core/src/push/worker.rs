@@ -23,7 +23,7 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(250);
 impl Hearth {
     /// Starts the worker (once; later calls do nothing).
     pub(crate) fn spawn_push_worker(self: &Arc<Self>) {
-        let Some(mut inbox) = self.push.inbox.lock().ok().and_then(|mut i| i.take()) else {
+        let Some(mut inbox) = self.push.inbox.lock().take() else {
             return;
         };
         let weak = Arc::downgrade(self);
