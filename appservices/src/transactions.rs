@@ -6,17 +6,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use hearth_core::{Hearth, appservice::AppService, store::appservice_destination};
+use hearth_core::{
+    Hearth, appservice::AppService, backoff::Backoff, store::appservice_destination,
+};
 use serde_json::{Value, json};
 
 use crate::AsClient;
 
 /// Events per transaction.
 const BATCH: usize = 100;
-/// Retry delays while a service fails: from this, doubling…
-const BACKOFF_START: Duration = Duration::from_millis(200);
-/// …up to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Retry delays while a service fails: from 200 ms, doubling up to a minute.
+const BACKOFF: Backoff = Backoff::doubling(Duration::from_millis(200), Duration::from_secs(60));
 /// A look at the queue even without a wake-up (one lost to a race, or
 /// events another process queued).
 const POLL: Duration = Duration::from_secs(2);
@@ -48,6 +48,7 @@ async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
     let client = AsClient::shared();
     let mut pending: Option<Transaction> = None;
     let mut failures: u32 = 0;
+    let mut delays = BACKOFF.delays();
     // Names transactions that carry only ephemeral events.
     let mut ephemeral_only = EphemeralIds {
         started_ms: hearth_core::ids::now_ms(),
@@ -96,15 +97,14 @@ async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
                     tracing::info!(appservice = %service.id, "application service reachable again");
                 }
                 failures = 0;
+                delays = BACKOFF.delays();
             }
             Err(e) => {
                 failures += 1;
                 if failures == 1 {
                     tracing::warn!(appservice = %service.id, error = %e, "application service unreachable; retrying with backoff");
                 }
-                let delay = BACKOFF_START
-                    .saturating_mul(1 << (failures - 1).min(16))
-                    .min(BACKOFF_MAX);
+                let delay = delays.next_wait();
                 pending = Some(txn);
                 // What is not acknowledged stays queued for the next start.
                 if !tasks.sleep(delay).await {

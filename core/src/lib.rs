@@ -5,6 +5,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod appservice;
+pub mod backoff;
 pub mod bus;
 mod cluster;
 pub mod config;

@@ -11,10 +11,9 @@ use axum::{
     Extension, Json,
     extract::{Path, State},
 };
-use hearth_core::{Error, ids::now_ms, rooms::Incoming};
+use hearth_core::{Error, backoff::Backoff, ids::now_ms, rooms::Incoming};
 use hearth_http_common::error::ApiError;
 use parking_lot::Mutex;
-use rand::Rng;
 use ruma::{RoomId, RoomVersionId};
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
@@ -31,10 +30,9 @@ const REMOTE_TYPING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answers to recent transactions, per origin, for replays.
 const REMEMBERED_TXNS: usize = 10_000;
 /// Retry delays for a destination that fails (or defers a transaction while
-/// it joins a room): from this, doubling…
-const BACKOFF_START: Duration = Duration::from_millis(100);
-/// …up to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// it joins a room): from 100 ms, doubling up to 5 minutes, jittered.
+const BACKOFF: Backoff =
+    Backoff::doubling(Duration::from_millis(100), Duration::from_secs(300)).jittered();
 
 /// A transaction as its sender names it: (origin, txn id).
 type TxnKey = (String, String);
@@ -336,6 +334,7 @@ impl Federation {
     async fn send_loop(self: Arc<Self>, destination: String, notify: Arc<Notify>) {
         let tasks = self.hearth.tasks.clone();
         let mut failures: u32 = 0;
+        let mut delays = BACKOFF.delays();
         // The transaction being delivered: retried as it is, same id and
         // body, until the destination takes it.
         let mut pending: Option<Outgoing> = None;
@@ -391,6 +390,7 @@ impl Federation {
                     tracing::info!(%destination, after = failures, "destination reachable again");
                 }
                 failures = 0;
+                delays = BACKOFF.delays();
                 if !txn.upto.is_empty()
                     && let Err(e) = self.hearth.outgoing_ack(&destination, &txn.upto).await
                 {
@@ -400,7 +400,7 @@ impl Federation {
             }
             pending = Some(txn);
             failures += 1;
-            let delay = backoff(failures);
+            let delay = delays.next_wait();
             if failures == 1 {
                 tracing::warn!(%destination, error = ?sent.err(), "destination unreachable; retrying with backoff");
             } else {
@@ -554,33 +554,4 @@ struct Outgoing {
     body: Value,
     /// Per database, the newest queued PDU it carries (cleared once delivered).
     upto: Vec<(usize, i64)>,
-}
-
-/// The wait before retry `n` (1-based): doubling from `BACKOFF_START` up to
-/// `BACKOFF_MAX`, jittered by ±50% so many servers do not retry in step.
-fn backoff(n: u32) -> Duration {
-    let base = BACKOFF_START
-        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-        .min(BACKOFF_MAX);
-    base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_its_cap() {
-        for n in 1..40 {
-            let d = backoff(n);
-            let base = BACKOFF_START
-                .saturating_mul(1u32 << (n - 1).min(16))
-                .min(BACKOFF_MAX);
-            assert!(
-                d >= base.mul_f64(0.5) && d <= base.mul_f64(1.5),
-                "{n}: {d:?}"
-            );
-        }
-        assert!(backoff(30) <= BACKOFF_MAX.mul_f64(1.5));
-    }
 }

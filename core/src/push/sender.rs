@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     Hearth, Result,
+    backoff::Backoff,
     store::{NotificationRecord, PusherRecord},
 };
 
@@ -144,7 +145,7 @@ impl Hearth {
             return;
         };
         let cfg = self.push.config;
-        let mut delay = cfg.backoff_start;
+        let mut delays = Backoff::doubling(cfg.backoff_start, cfg.backoff_max).delays();
         let mut failures: u32 = 0;
         let mut pending: Option<Prepared> = None;
         loop {
@@ -189,10 +190,9 @@ impl Hearth {
                     if failures == 1 {
                         tracing::warn!(user = %pusher.user_id, %url, error = %e, "push gateway unavailable; retrying with backoff");
                     }
-                    if !self.tasks.sleep(delay).await {
+                    if !self.tasks.sleep(delays.next_wait()).await {
                         return;
                     }
-                    delay = delay.saturating_mul(2).min(cfg.backoff_max);
                     // A pusher removed meanwhile needs no more tries.
                     match self.store.pushers(&pusher.user_id).await {
                         Ok(ps) if !ps.iter().any(|p| same_pusher(p, pusher)) => return,
