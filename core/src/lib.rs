@@ -23,6 +23,7 @@ pub mod outgoing;
 pub mod pdu;
 pub mod profile;
 pub mod push;
+pub mod queue_sender;
 pub mod ratelimit;
 pub mod receipts;
 pub mod rooms;

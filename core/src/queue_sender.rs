@@ -1,0 +1,120 @@
+//! The loop that drains one destination's rows of the durable outgoing
+//! queue (`outgoing.rs`): read a transaction, send it, acknowledge its rows
+//! only once the destination took it, and retry the same transaction with
+//! backoff while it fails. Servers (the federation crate) and application
+//! services share it; each says only how to build and send a transaction.
+//! One loop per destination keeps each destination's order, and a
+//! destination that is down delays nothing but its own queue.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::{Hearth, backoff::Backoff};
+
+/// Whatever went wrong reading or sending, for the log.
+pub type SendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One transaction on its way to a destination.
+pub struct Transaction {
+    /// Its id: the same on every retry, so the destination can tell a
+    /// repeat from new work.
+    pub id: String,
+    pub body: Value,
+    /// Per source (database), the newest queue row it carries; cleared
+    /// once it is delivered (empty when it carries no rows).
+    pub ack: Vec<(usize, i64)>,
+}
+
+/// One destination's side of a queue sender.
+#[async_trait::async_trait]
+pub trait Deliver: Send + Sync + 'static {
+    /// Notified when something is queued for the destination.
+    fn wake(&self) -> &Notify;
+
+    /// The next transaction: the destination's oldest queued rows and what
+    /// rides along with them; `None` when there is nothing to send.
+    async fn next(&self) -> Result<Option<Transaction>, SendError>;
+
+    /// Sends a transaction. `Ok` when the destination took it, or refused it
+    /// for good (kept, it would block everything behind it); `Err` to send
+    /// it again after a wait.
+    async fn send(&self, txn: &Transaction) -> Result<(), SendError>;
+}
+
+/// How a queue sender paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// A look at the queue even without a wake-up: one lost to a race, or
+    /// rows another process queued.
+    pub poll: Duration,
+    /// The wait after the queue could not be read.
+    pub read_retry: Duration,
+    /// The waits while the destination fails.
+    pub backoff: Backoff,
+}
+
+/// Sends `destination` (its key in the outgoing queue) its queue until
+/// shutdown; run it through `Hearth::tasks`. What is not acknowledged stays
+/// queued for the next start.
+pub async fn run(hearth: Arc<Hearth>, destination: String, pacing: Pacing, to: impl Deliver) {
+    let tasks = hearth.tasks.clone();
+    let mut failures: u32 = 0;
+    let mut delays = pacing.backoff.delays();
+    // The transaction being delivered: retried as it is, same id and body,
+    // until the destination takes it.
+    let mut pending: Option<Transaction> = None;
+    loop {
+        // Registered before the queue is read, so a wake-up in between is
+        // not lost.
+        let woken = to.wake().notified();
+        let txn = match pending.take() {
+            Some(t) => t,
+            None => match to.next().await {
+                Ok(Some(t)) => t,
+                Ok(None) => {
+                    let waited = tokio::time::timeout(pacing.poll, woken);
+                    if tasks.until_stopped(waited).await.is_none() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(%destination, error = %e, "cannot read the outgoing queue");
+                    if !tasks.sleep(pacing.read_retry).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        match to.send(&txn).await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(%destination, after = failures, "destination reachable again");
+                }
+                failures = 0;
+                delays = pacing.backoff.delays();
+                if !txn.ack.is_empty()
+                    && let Err(e) = hearth.outgoing_ack(&destination, &txn.ack).await
+                {
+                    tracing::warn!(%destination, error = %e, "cannot acknowledge a delivered transaction");
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let delay = delays.next_wait();
+                if failures == 1 {
+                    tracing::warn!(%destination, error = %e, "destination unreachable; retrying with backoff");
+                } else {
+                    tracing::debug!(%destination, failures, ?delay, "destination still unreachable");
+                }
+                pending = Some(txn);
+                if !tasks.sleep(delay).await {
+                    return;
+                }
+            }
+        }
+    }
+}
