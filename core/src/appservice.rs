@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use regex::Regex;
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedUserId, UserId, events::room::member::MembershipState};
 
 use crate::{Error, Hearth, Result};
 
@@ -297,7 +297,11 @@ impl Hearth {
         let members: Vec<&str> = state
             .iter()
             .filter(|((kind, _), p)| {
-                kind == "m.room.member" && matches!(p.membership(), Some("join" | "invite"))
+                kind == "m.room.member"
+                    && matches!(
+                        p.membership_state(),
+                        Some(MembershipState::Join | MembershipState::Invite)
+                    )
             })
             .map(|((_, user), _)| user.as_str())
             .collect();

@@ -12,6 +12,7 @@ use hearth_core::{
     pdu::Pdu,
     rooms::{CreateRoom, MemberAction, NewEvent},
 };
+use ruma::events::room::member::MembershipState;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -433,7 +434,10 @@ async fn joined_members(
         .filter(|p| p.kind.to_string() == "m.room.member")
     {
         let c = p.content_value();
-        if c.get("membership").and_then(Value::as_str) == Some("join")
+        if c.get("membership")
+            .and_then(Value::as_str)
+            .map(MembershipState::from)
+            == Some(MembershipState::Join)
             && let Some(sk) = &p.state_key
         {
             joined.insert(

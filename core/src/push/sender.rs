@@ -12,11 +12,13 @@
 
 use std::sync::Arc;
 
+use ruma::events::room::member::MembershipState;
 use serde_json::{Map, Value, json};
 
 use crate::{
     Hearth, Result,
     backoff::Backoff,
+    rooms::membership_state,
     store::{NotificationRecord, PusherRecord},
 };
 
@@ -279,7 +281,7 @@ impl Hearth {
         let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
         let kind = pdu.kind.to_string();
         let is_invite_for_user = kind == "m.room.member"
-            && pdu.membership() == Some("invite")
+            && pdu.membership_state() == Some(MembershipState::Invite)
             && pdu.state_key.as_deref() == Some(user);
         let prio = if matches!(kind.as_str(), "m.room.message" | "m.room.encrypted")
             || is_invite_for_user
@@ -331,7 +333,7 @@ impl Hearth {
             .memberships_of_user(user)
             .await?
             .into_iter()
-            .filter(|m| m.membership == "join")
+            .filter(|m| membership_state(m) == MembershipState::Join)
             .map(|m| (m.room_id, m.stream_ordering))
             .collect();
         let mut total = 0;

@@ -10,7 +10,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedUserId, UserId, events::room::member::MembershipState};
 
 use crate::{Hearth, Result, pdu::StoredEvent, store::NewNotification};
 
@@ -87,7 +87,7 @@ impl Hearth {
         let server = self.config.server_name.as_str();
         // An invitee is not joined yet, and `.m.rule.invite_for_me` is theirs.
         let invitee: Option<OwnedUserId> = (pdu.kind.to_string() == "m.room.member"
-            && pdu.membership() == Some("invite"))
+            && pdu.membership_state() == Some(MembershipState::Invite))
         .then_some(pdu.state_key.as_deref())
         .flatten()
         .and_then(|k| UserId::parse(k).ok())

@@ -9,13 +9,16 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{CanonicalJsonObject, RoomId, RoomVersionId, ServerName};
+use ruma::{
+    CanonicalJsonObject, RoomId, RoomVersionId, ServerName, events::room::member::MembershipState,
+};
 use serde_json::Value;
 
 use crate::{
     Error, Hearth, Result,
     pdu::{Pdu, StoredEvent},
     rooms::HistoryVisibility,
+    rooms::membership_state,
 };
 
 impl Hearth {
@@ -289,9 +292,9 @@ impl Hearth {
             .get_events(&members)
             .await?
             .iter()
-            .any(|m| match m.pdu.membership() {
-                Some("join") => true,
-                Some("invite") => hv != HistoryVisibility::Joined,
+            .any(|m| match m.pdu.membership_state() {
+                Some(MembershipState::Join) => true,
+                Some(MembershipState::Invite) => hv != HistoryVisibility::Joined,
                 _ => false,
             }))
     }
@@ -327,7 +330,7 @@ impl Hearth {
     pub async fn is_joined(&self, room: &RoomId, user: &str) -> bool {
         matches!(
             self.store.membership(room.as_str(), user).await,
-            Ok(Some(m)) if m.membership == "join"
+            Ok(Some(m)) if membership_state(&m) == MembershipState::Join
         )
     }
 
