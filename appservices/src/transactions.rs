@@ -53,7 +53,8 @@ pub fn start_senders(hearth: Arc<Hearth>) {
                     next: AtomicU64::new(0),
                 },
             };
-            let send = queue_sender::run(hearth.clone(), destination, PACING, to);
+            let (tasks, queue) = (hearth.tasks.clone(), hearth.clone());
+            let send = queue_sender::run(tasks, queue, destination, PACING, to);
             hearth.tasks.spawn(send);
         }
     }

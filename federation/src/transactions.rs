@@ -326,7 +326,8 @@ impl Federation {
                             destination: d.clone(),
                             notify: n.clone(),
                         };
-                        let send = queue_sender::run(self.hearth.clone(), d.clone(), PACING, to);
+                        let (tasks, queue) = (self.hearth.tasks.clone(), self.hearth.clone());
+                        let send = queue_sender::run(tasks, queue, d.clone(), PACING, to);
                         self.hearth.tasks.spawn(send);
                         n
                     }
