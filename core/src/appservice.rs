@@ -166,8 +166,7 @@ impl EphemeralQueues {
     }
 
     pub(crate) fn presence_changed(&self, user: &str) {
-        let mut users = self.presence.lock();
-        users.insert(user.to_owned());
+        self.presence.lock().insert(user.to_owned());
     }
 
     fn take_presence(&self) -> Vec<String> {

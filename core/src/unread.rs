@@ -44,8 +44,7 @@ pub struct UnreadCache {
 impl UnreadCache {
     /// Call after a user's push rules changed: their counts start over.
     pub fn forget_user(&self, user: &str) {
-        let mut map = self.tallies.lock();
-        map.retain(|(_, u), _| u != user);
+        self.tallies.lock().retain(|(_, u), _| u != user);
     }
 
     fn get(&self, room: &str, user: &str) -> Option<Tally> {

@@ -96,8 +96,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
     }
 
     pub(crate) fn clear(&self) {
-        let mut map = self.map.lock();
-        map.clear();
+        self.map.lock().clear();
     }
 
     pub(crate) fn forget<Q>(&self, key: &Q)
@@ -105,8 +104,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
-        let mut map = self.map.lock();
-        map.remove(key);
+        self.map.lock().remove(key);
     }
 }
 

@@ -240,8 +240,7 @@ const WRITER_KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Rooms {
     pub(crate) fn hold(&self, room_id: &str) {
-        let mut held = self.held.lock();
-        held.insert(room_id.to_owned());
+        self.held.lock().insert(room_id.to_owned());
     }
 
     /// The process known to write the room, if recently learned.
@@ -258,8 +257,7 @@ impl Rooms {
     }
 
     pub(crate) fn forget_writer(&self, room_id: &str) {
-        let mut known = self.elsewhere.lock();
-        known.remove(room_id);
+        self.elsewhere.lock().remove(room_id);
     }
 
     pub(crate) fn release(&self, room_id: &str) {

@@ -38,8 +38,7 @@ impl<K: Eq + Hash, V: Clone> ReadCache<K, V> {
     pub(crate) fn disable(&self) {
         self.enabled.store(false, Ordering::Release);
         self.changes.fetch_add(1, Ordering::AcqRel);
-        let mut map = self.map.lock();
-        map.clear();
+        self.map.lock().clear();
     }
 
     pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
