@@ -4,22 +4,36 @@
 //! the same id and body until the service takes it. A service that is down
 //! delays nothing but its own queue.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
-use hearth_core::{Hearth, appservice::AppService, store::appservice_destination};
+use hearth_core::{
+    Hearth,
+    appservice::AppService,
+    backoff::Backoff,
+    queue_sender::{self, Deliver, Pacing, SendError, Transaction},
+    store::appservice_destination,
+};
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 
 use crate::AsClient;
 
 /// Events per transaction.
 const BATCH: usize = 100;
-/// Retry delays while a service fails: from this, doubling…
-const BACKOFF_START: Duration = Duration::from_millis(200);
-/// …up to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// A look at the queue even without a wake-up (one lost to a race, or
-/// events another process queued).
-const POLL: Duration = Duration::from_secs(2);
+/// A service's sender: a look at the queue every 2 s even without a
+/// wake-up (one lost to a race, or events another process queued); retry
+/// delays while a service fails from 200 ms, doubling up to a minute.
+const PACING: Pacing = Pacing {
+    poll: Duration::from_secs(2),
+    read_retry: Duration::from_secs(2),
+    backoff: Backoff::doubling(Duration::from_millis(200), Duration::from_secs(60)),
+};
 
 /// Starts a sender for every service with a url, and lets core ask the
 /// services about users and aliases.
@@ -30,95 +44,54 @@ pub fn start_senders(hearth: Arc<Hearth>) {
         .set(Arc::new(AsClient::shared().clone()));
     for service in hearth.appservices.all() {
         if service.url.is_some() {
-            hearth
-                .tasks
-                .spawn(send_loop(hearth.clone(), service.clone()));
+            let destination = appservice_destination(&service.id);
+            let to = ServiceQueue {
+                hearth: hearth.clone(),
+                service: service.clone(),
+                destination: destination.clone(),
+                ephemeral_ids: EphemeralIds {
+                    started_ms: hearth_core::ids::now_ms(),
+                    next: AtomicU64::new(0),
+                },
+            };
+            let (tasks, queue) = (hearth.tasks.clone(), hearth.outgoing.clone());
+            let send = queue_sender::run(tasks, queue, destination, PACING, to);
+            hearth.tasks.spawn(send);
         }
     }
 }
 
-struct Transaction {
-    id: String,
-    body: Value,
-    /// The last queue row of each source (shard) it carries.
-    ack: Vec<(usize, i64)>,
+/// One service's queue, as a queue sender sees it.
+struct ServiceQueue {
+    hearth: Arc<Hearth>,
+    service: Arc<AppService>,
+    destination: String,
+    /// Names transactions that carry only ephemeral events.
+    ephemeral_ids: EphemeralIds,
 }
 
-async fn send_loop(hearth: Arc<Hearth>, service: Arc<AppService>) {
-    let destination = appservice_destination(&service.id);
-    let client = AsClient::shared();
-    let mut pending: Option<Transaction> = None;
-    let mut failures: u32 = 0;
-    // Names transactions that carry only ephemeral events.
-    let mut ephemeral_only = EphemeralIds {
-        started_ms: hearth_core::ids::now_ms(),
-        next: 0,
-    };
-    let tasks = hearth.tasks.clone();
-    loop {
-        // Registered before the queue is read, so a wake-up in between
-        // is not lost.
-        let woken = hearth.appservice_queued.notified();
-        let txn = match pending.take() {
-            Some(t) => t,
-            None => {
-                match next_transaction(&hearth, &service, &destination, &mut ephemeral_only).await {
-                    Ok(Some(t)) => t,
-                    Ok(None) => {
-                        let waited = tasks.until_stopped(async {
-                            tokio::select! {
-                                _ = woken => {}
-                                _ = tokio::time::sleep(POLL) => {}
-                            }
-                        });
-                        if waited.await.is_none() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(appservice = %service.id, error = %e, "cannot read the queue");
-                        if !tasks.sleep(POLL).await {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
-        };
-        match client.put_transaction(&service, &txn.id, &txn.body).await {
-            Ok(()) => {
-                if !txn.ack.is_empty()
-                    && let Err(e) = hearth.outgoing.outgoing_ack(&destination, &txn.ack).await
-                {
-                    tracing::warn!(appservice = %service.id, error = %e, "cannot acknowledge a transaction");
-                }
-                if failures > 0 {
-                    tracing::info!(appservice = %service.id, "application service reachable again");
-                }
-                failures = 0;
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 {
-                    tracing::warn!(appservice = %service.id, error = %e, "application service unreachable; retrying with backoff");
-                }
-                let delay = BACKOFF_START
-                    .saturating_mul(1 << (failures - 1).min(16))
-                    .min(BACKOFF_MAX);
-                pending = Some(txn);
-                // What is not acknowledged stays queued for the next start.
-                if !tasks.sleep(delay).await {
-                    return;
-                }
-            }
-        }
+#[async_trait::async_trait]
+impl Deliver for ServiceQueue {
+    fn wake(&self) -> &Notify {
+        &self.hearth.appservice_queued
+    }
+
+    async fn next(&self) -> Result<Option<Transaction>, SendError> {
+        let (hearth, service) = (&self.hearth, &self.service);
+        Ok(next_transaction(hearth, service, &self.destination, &self.ephemeral_ids).await?)
+    }
+
+    async fn send(&self, txn: &Transaction) -> Result<(), SendError> {
+        let client = AsClient::shared();
+        Ok(client
+            .put_transaction(&self.service, &txn.id, &txn.body)
+            .await?)
     }
 }
 
 struct EphemeralIds {
     started_ms: u64,
-    next: u64,
+    next: AtomicU64,
 }
 
 /// The oldest queued events, with the ephemeral events waiting (typing,
@@ -129,7 +102,7 @@ async fn next_transaction(
     hearth: &Hearth,
     service: &AppService,
     destination: &str,
-    ephemeral_ids: &mut EphemeralIds,
+    ephemeral_ids: &EphemeralIds,
 ) -> hearth_core::Result<Option<Transaction>> {
     let rows = hearth.outgoing.outgoing_batch(destination, BATCH).await?;
     let ephemeral = if service.receive_ephemeral {
@@ -141,9 +114,9 @@ async fn next_transaction(
         if ephemeral.is_empty() {
             return Ok(None);
         }
-        ephemeral_ids.next += 1;
+        let next = ephemeral_ids.next.fetch_add(1, Ordering::Relaxed) + 1;
         return Ok(Some(Transaction {
-            id: format!("e{}.{}", ephemeral_ids.started_ms, ephemeral_ids.next),
+            id: format!("e{}.{next}", ephemeral_ids.started_ms),
             body: json!({"events": [], "ephemeral": ephemeral}),
             ack: vec![],
         }));

@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use futures::{StreamExt, TryStreamExt};
+use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::{
@@ -307,9 +308,7 @@ impl Scenario {
         while start.elapsed() < self.duration {
             let content = json!({"bench": {"run": run, "n": n}, "ciphertext": "x".repeat(400)});
             let t0 = Instant::now();
-            if let Ok(mut m) = sent_at.lock() {
-                m.insert(n, t0);
-            }
+            sent_at.lock().insert(n, t0);
             let txn = format!("{run}-{n}");
             if sender
                 .send_to_device(&receiver.user_id, &receiver.device_id, &txn, &content)
@@ -326,12 +325,12 @@ impl Scenario {
         }
         let elapsed = start.elapsed();
         let catch_up = Instant::now() + Duration::from_secs(20);
-        while seen.lock().map_or(0, |s| s.len() as u64) < n && Instant::now() < catch_up {
+        while (seen.lock().len() as u64) < n && Instant::now() < catch_up {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         stop.store(true, Ordering::Relaxed);
         reader.abort();
-        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        let seen = seen.lock().clone();
         Ok(Outcome::of_numbered(acks, &seen, n, elapsed))
     }
 
@@ -377,19 +376,15 @@ impl Scenario {
         for t in receivers.into_iter().chain(sampler) {
             t.abort();
         }
-        let deliver = shared
-            .deliver_lat
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_default();
+        let deliver = shared.deliver_lat.lock().clone();
         let mut o = Outcome {
             ack: percentiles(ack_lat),
             deliver: percentiles(deliver),
             sends_per_sec: total_sent as f64 / elapsed.as_secs_f64(),
-            peak_rss_kb: peak.lock().ok().and_then(|p| *p),
+            peak_rss_kb: *peak.lock(),
             ..Default::default()
         };
-        let seen = shared.seen.lock().map(|m| m.clone()).unwrap_or_default();
+        let seen = shared.seen.lock().clone();
         self.check_deliveries(&seen, &sent_counts, &mut o);
         o.deliveries_per_sec = o.delivered as f64 / delivery_window.as_secs_f64();
         Ok(o)
@@ -469,9 +464,7 @@ impl Scenario {
                         let content = json!({"msgtype": "m.text", "body": format!("bench {s} {n}"),
                                              "bench": {"run": run, "s": s, "n": n}});
                         let t0 = Instant::now();
-                        if let Ok(mut m) = sent_at.lock() {
-                            m.insert((r, s, n), t0);
-                        }
+                        sent_at.lock().insert((r, s, n), t0);
                         if user
                             .send(&room, &format!("{run}-{s}-{n}"), &content)
                             .await
@@ -509,13 +502,14 @@ impl Scenario {
             .collect();
         let catch_up = Instant::now() + Duration::from_secs(20);
         loop {
-            let done = seen.lock().map(|m| {
+            let done = {
+                let m = seen.lock();
                 (0..users).all(|i| {
                     let r = i / self.members.max(1);
                     m.get(&(i, r)).map_or(0, |v| v.len() as u64) >= expected_per_room[r]
                 })
-            });
-            if done.unwrap_or(false) || Instant::now() > catch_up {
+            };
+            if done || Instant::now() > catch_up {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -598,19 +592,12 @@ async fn receive(user: Client, mut since: String, idx: usize, members: usize, sh
                     continue;
                 };
                 let s = s as usize;
-                if let Ok(mut seen) = shared.seen.lock() {
-                    seen.entry((idx, r)).or_default().push((s, n));
-                }
+                shared.seen.lock().entry((idx, r)).or_default().push((s, n));
                 // Latency counts deliveries to members other than the sender.
                 if s != idx % members
-                    && let Some(t0) = shared
-                        .sent_at
-                        .lock()
-                        .ok()
-                        .and_then(|m| m.get(&(r, s, n)).copied())
-                    && let Ok(mut l) = shared.deliver_lat.lock()
+                    && let Some(t0) = shared.sent_at.lock().get(&(r, s, n)).copied()
                 {
-                    l.push(now - t0);
+                    shared.deliver_lat.lock().push(now - t0);
                 }
             }
         }
@@ -625,7 +612,8 @@ fn spawn_rss_sampler(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
-            if let (Some(kb), Ok(mut p)) = (rss_kb(pid), peak.lock()) {
+            if let Some(kb) = rss_kb(pid) {
+                let mut p = peak.lock();
                 *p = Some(p.map_or(kb, |m: u64| m.max(kb)));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -655,9 +643,9 @@ async fn receive_to_device(
             let Some(n) = b["n"].as_u64().filter(|_| b["run"] == run.as_str()) else {
                 continue;
             };
-            let t0 = sent_at.lock().ok().and_then(|m| m.get(&n).copied());
-            if let (Some(t0), Ok(mut s)) = (t0, seen.lock()) {
-                s.push((n, now - t0));
+            let t0 = sent_at.lock().get(&n).copied();
+            if let Some(t0) = t0 {
+                seen.lock().push((n, now - t0));
             }
         }
     }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use regex::Regex;
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedUserId, UserId, events::room::member::MembershipState};
 
 use crate::{Error, Links, Result, ephemeral::Presence, rooms::Rooms, store::Store};
 
@@ -133,7 +133,11 @@ impl AppServices {
         let members: Vec<&str> = state
             .iter()
             .filter(|((kind, _), p)| {
-                kind == "m.room.member" && matches!(p.membership(), Some("join" | "invite"))
+                kind == "m.room.member"
+                    && matches!(
+                        p.membership_state(),
+                        Some(MembershipState::Join | MembershipState::Invite)
+                    )
             })
             .map(|((_, user), _)| user.as_str())
             .collect();
@@ -221,30 +225,27 @@ const MAX_EPHEMERAL: usize = 1000;
 /// next transaction; in memory only, like typing itself.
 #[derive(Default)]
 pub struct EphemeralQueues {
-    queues: std::sync::Mutex<
+    queues: parking_lot::Mutex<
         std::collections::HashMap<String, std::collections::VecDeque<serde_json::Value>>,
     >,
     /// Users whose presence changed since the last look
     /// (`presence_to_appservices`).
-    presence: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    presence: parking_lot::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl EphemeralQueues {
     fn push(&self, service: &str, event: serde_json::Value) {
-        if let Ok(mut q) = self.queues.lock() {
-            let queue = q.entry(service.to_owned()).or_default();
-            if queue.len() >= MAX_EPHEMERAL {
-                queue.pop_front();
-            }
-            queue.push_back(event);
+        let mut q = self.queues.lock();
+        let queue = q.entry(service.to_owned()).or_default();
+        if queue.len() >= MAX_EPHEMERAL {
+            queue.pop_front();
         }
+        queue.push_back(event);
     }
 
     /// Takes up to `max` of a service's waiting events, oldest first.
     pub fn take(&self, service: &str, max: usize) -> Vec<serde_json::Value> {
-        let Ok(mut q) = self.queues.lock() else {
-            return vec![];
-        };
+        let mut q = self.queues.lock();
         let Some(queue) = q.get_mut(service) else {
             return vec![];
         };
@@ -253,16 +254,13 @@ impl EphemeralQueues {
     }
 
     pub(crate) fn presence_changed(&self, user: &str) {
-        if let Ok(mut users) = self.presence.lock() {
-            users.insert(user.to_owned());
-        }
+        self.presence.lock().insert(user.to_owned());
     }
 
     fn take_presence(&self) -> Vec<String> {
-        self.presence
-            .lock()
-            .map(|mut u| std::mem::take(&mut *u).into_iter().collect())
-            .unwrap_or_default()
+        std::mem::take(&mut *self.presence.lock())
+            .into_iter()
+            .collect()
     }
 }
 

@@ -5,8 +5,9 @@
 //! clock-based (never below the current time in microseconds), which keeps a
 //! token from one process meaningful on another without a shared counter.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -47,9 +48,7 @@ pub const MAX_TYPING_TIMEOUT: Duration = Duration::from_secs(120);
 impl Typing {
     /// Returns true when the set of typing users changed.
     pub fn set(&self, room: &str, user: &str, typing: Option<Duration>) -> bool {
-        let Ok(mut g) = self.inner.lock() else {
-            return false;
-        };
+        let mut g = self.inner.lock();
         let users = g.rooms.entry(room.to_owned()).or_default();
         let expires = now_ms()
             + typing
@@ -70,9 +69,7 @@ impl Typing {
 
     /// Who is typing in a room and until when (unix ms), to tell other processes.
     pub fn snapshot(&self, room: &str) -> Vec<(String, u64)> {
-        let Ok(g) = self.inner.lock() else {
-            return vec![];
-        };
+        let g = self.inner.lock();
         g.rooms
             .get(room)
             .map(|u| u.iter().map(|(u, e)| (u.clone(), *e)).collect())
@@ -82,9 +79,7 @@ impl Typing {
     /// Takes a room's typing users as another process reported them (or
     /// Redis holds them); returns whether anything changed.
     pub fn apply(&self, room: &str, users: Vec<(String, u64)>, serial: u64) -> bool {
-        let Ok(mut g) = self.inner.lock() else {
-            return false;
-        };
+        let mut g = self.inner.lock();
         let users: HashMap<String, u64> = users.into_iter().collect();
         let same = match g.rooms.get(room) {
             Some(now) => *now == users,
@@ -102,9 +97,7 @@ impl Typing {
 
     /// Drops expired entries; returns true when anything expired.
     pub fn sweep(&self) -> bool {
-        let Ok(mut g) = self.inner.lock() else {
-            return false;
-        };
+        let mut g = self.inner.lock();
         let now = now_ms();
         let mut expired_rooms = vec![];
         for (room, users) in g.rooms.iter_mut() {
@@ -123,12 +116,12 @@ impl Typing {
     }
 
     pub fn serial(&self) -> u64 {
-        self.inner.lock().map(|g| g.serial).unwrap_or(0)
+        self.inner.lock().serial
     }
 
     /// The m.typing event for a room if it changed after `since` (or always when `since` is None).
     pub fn event_for(&self, room: &str, since: Option<u64>) -> Option<Value> {
-        let g = self.inner.lock().ok()?;
+        let g = self.inner.lock();
         let changed = g.changed.get(room).copied().unwrap_or(0);
         if let Some(s) = since
             && changed <= s
@@ -248,9 +241,7 @@ impl Presence {
     /// would see a difference, the state takes the next serial. Returns
     /// whether they would.
     fn update(&self, user: &str, change: impl FnOnce(&mut PresenceState, u64)) -> bool {
-        let Ok(mut g) = self.inner.lock() else {
-            return false;
-        };
+        let mut g = self.inner.lock();
         let now = now_ms();
         let next = next_serial(g.serial);
         let entry = g
@@ -314,9 +305,7 @@ impl Presence {
     /// Users whose presence is due to change by itself: online and idle, or
     /// not offline and without a heartbeat for too long.
     pub fn due(&self) -> Vec<String> {
-        let Ok(g) = self.inner.lock() else {
-            return vec![];
-        };
+        let g = self.inner.lock();
         let now = now_ms();
         g.users
             .iter()
@@ -361,13 +350,13 @@ impl Presence {
     }
 
     pub fn get(&self, user: &str) -> Option<PresenceState> {
-        self.inner.lock().ok()?.users.get(user).cloned()
+        self.inner.lock().users.get(user).cloned()
     }
 
     /// The user's state when it is due to be written to Redis: it changed,
     /// or this process last wrote it more than `every` ago.
     pub fn take_write(&self, user: &str, changed: bool, every: Duration) -> Option<PresenceState> {
-        let mut g = self.inner.lock().ok()?;
+        let mut g = self.inner.lock();
         let now = now_ms();
         let last = g.written.get(user).copied().unwrap_or(0);
         if !changed && Duration::from_millis(now.saturating_sub(last)) < every {
@@ -380,9 +369,7 @@ impl Presence {
 
     /// Users not offline whose heartbeat is recent, with their state.
     pub fn live(&self) -> Vec<(String, PresenceState)> {
-        let Ok(g) = self.inner.lock() else {
-            return vec![];
-        };
+        let g = self.inner.lock();
         g.users
             .iter()
             .filter(|(_, s)| s.presence != "offline" && self.aged(s, now_ms()) == s.presence)
@@ -394,9 +381,7 @@ impl Presence {
     /// holds it): the newer timestamps win; the state itself is theirs.
     /// Returns whether others would see a difference.
     pub fn apply(&self, user: &str, theirs: PresenceState, remote_serial: u64) -> bool {
-        let Ok(mut g) = self.inner.lock() else {
-            return false;
-        };
+        let mut g = self.inner.lock();
         let mirrored = mirrored_serial(g.serial, remote_serial);
         let entry = g
             .users
@@ -436,23 +421,19 @@ impl Presence {
     /// Takes only the newer timestamps another process recorded (its
     /// heartbeats are not announced, only kept in Redis).
     pub fn merge_times(&self, user: &str, theirs: &PresenceState) {
-        if let Ok(mut g) = self.inner.lock()
-            && let Some(e) = g.users.get_mut(user)
-        {
+        if let Some(e) = self.inner.lock().users.get_mut(user) {
             e.last_active_ms = e.last_active_ms.max(theirs.last_active_ms);
             e.heartbeat_ms = e.heartbeat_ms.max(theirs.heartbeat_ms);
         }
     }
 
     pub fn serial(&self) -> u64 {
-        self.inner.lock().map(|g| g.serial).unwrap_or(0)
+        self.inner.lock().serial
     }
 
     /// m.presence events for `users` changed after `since` (all known when None).
     pub fn events_for(&self, users: &[String], since: Option<u64>) -> Vec<Value> {
-        let Ok(g) = self.inner.lock() else {
-            return vec![];
-        };
+        let g = self.inner.lock();
         users
             .iter()
             .filter_map(|u| g.users.get(u).map(|s| (u, s)))

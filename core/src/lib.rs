@@ -5,6 +5,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod appservice;
+pub mod backoff;
 pub mod bus;
 mod cluster;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod outgoing;
 pub mod pdu;
 pub mod profile;
 pub mod push;
+pub mod queue_sender;
 pub mod ratelimit;
 pub mod receipts;
 pub mod rooms;

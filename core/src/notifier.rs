@@ -12,10 +12,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::bus::{Bus, BusMessage};
@@ -74,10 +75,7 @@ impl Notifier {
 
     /// Wakes this process's waiters of these users.
     pub fn wake_local<'a>(&self, users: impl IntoIterator<Item = &'a str>) {
-        let Ok(map) = self.users.lock() else {
-            self.wake_all_local();
-            return;
-        };
+        let map = self.users.lock();
         for u in users {
             if let Some(tx) = map.get(u) {
                 tx.send_modify(|v| *v += 1);
@@ -86,19 +84,16 @@ impl Notifier {
     }
 
     pub fn subscribe(&self, user: &str) -> Subscription {
-        let user_rx = match self.users.lock() {
-            Ok(mut map) => {
-                // Drop senders nobody listens to any more, so the map tracks
-                // only users with a live sync.
-                if map.len() > 1024 && map.len().is_power_of_two() {
-                    map.retain(|_, tx| tx.receiver_count() > 0);
-                }
-                map.entry(user.to_owned())
-                    .or_insert_with(|| watch::channel(0).0)
-                    .subscribe()
+        let user_rx = {
+            let mut map = self.users.lock();
+            // Drop senders nobody listens to any more, so the map tracks
+            // only users with a live sync.
+            if map.len() > 1024 && map.len().is_power_of_two() {
+                map.retain(|_, tx| tx.receiver_count() > 0);
             }
-            // A poisoned map still leaves the global counter to wake us.
-            Err(_) => watch::channel(0).1,
+            map.entry(user.to_owned())
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
         };
         Subscription {
             global: self.global.subscribe(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
-    events::TimelineEventType,
+    events::{TimelineEventType, room::member::MembershipState},
 };
 use serde::Deserialize;
 use serde_json::{Value, json, value::RawValue};
@@ -110,6 +110,12 @@ impl Pdu {
             .get("content")
             .and_then(|c| c.get("membership"))
             .and_then(Value::as_str)
+    }
+
+    /// `membership()` as ruma's type, so rules match on it rather than on
+    /// strings.
+    pub fn membership_state(&self) -> Option<MembershipState> {
+        self.membership().map(MembershipState::from)
     }
 
     pub fn is_state(&self) -> bool {

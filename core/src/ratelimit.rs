@@ -1,6 +1,8 @@
 //! Token-bucket rate limits per (action, key).
 
-use std::{collections::HashMap, sync::Mutex, time::Instant};
+use std::{collections::HashMap, time::Instant};
+
+use parking_lot::Mutex;
 
 use crate::{Error, Result, config::RateLimitConfig};
 
@@ -19,9 +21,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Takes one token or fails with M_LIMIT_EXCEEDED and how long to wait.
     pub fn check(&self, action: Action, key: &str, per_second: f64, burst: f64) -> Result<()> {
-        let Ok(mut g) = self.buckets.lock() else {
-            return Ok(());
-        };
+        let mut g = self.buckets.lock();
         let now = Instant::now();
         let (tokens, last) = g.entry((action, key.to_owned())).or_insert((burst, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * per_second).min(burst);

@@ -5,11 +5,9 @@
 //! of the events it has already counted; a sync counts only the events that
 //! arrived since, and starts over when the read position moves.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, sync::Arc};
 
+use parking_lot::Mutex;
 use ruma::{RoomId, UserId};
 
 use crate::{
@@ -46,23 +44,20 @@ pub struct UnreadCache {
 impl UnreadCache {
     /// Call after a user's push rules changed: their counts start over.
     pub fn forget_user(&self, user: &str) {
-        if let Ok(mut map) = self.tallies.lock() {
-            map.retain(|(_, u), _| u != user);
-        }
+        self.tallies.lock().retain(|(_, u), _| u != user);
     }
 
     fn get(&self, room: &str, user: &str) -> Option<Tally> {
-        let map = self.tallies.lock().ok()?;
+        let map = self.tallies.lock();
         map.get(&(room.to_owned(), user.to_owned())).copied()
     }
 
     fn put(&self, room: &str, user: &str, t: Tally) {
-        if let Ok(mut map) = self.tallies.lock() {
-            if map.len() >= MAX_TALLIES {
-                map.clear();
-            }
-            map.insert((room.to_owned(), user.to_owned()), t);
+        let mut map = self.tallies.lock();
+        if map.len() >= MAX_TALLIES {
+            map.clear();
         }
+        map.insert((room.to_owned(), user.to_owned()), t);
     }
 }
 

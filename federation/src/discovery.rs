@@ -5,10 +5,11 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::{FedError, dns::Dns};
@@ -166,8 +167,7 @@ impl Discovery {
     /// The delegated server name from `https://host/.well-known/matrix/server`,
     /// cached as the spec asks; `None` when there is no valid one.
     async fn well_known(&self, host: &str) -> Option<String> {
-        if let Ok(cache) = self.well_known.lock()
-            && let Some((answer, until)) = cache.get(host)
+        if let Some((answer, until)) = self.well_known.lock().get(host)
             && Instant::now() < *until
         {
             return answer.clone();
@@ -179,9 +179,9 @@ impl Discovery {
                 (None, WELL_KNOWN_ERROR_TTL)
             }
         };
-        if let Ok(mut cache) = self.well_known.lock() {
-            cache.insert(host.to_owned(), (answer.clone(), Instant::now() + ttl));
-        }
+        self.well_known
+            .lock()
+            .insert(host.to_owned(), (answer.clone(), Instant::now() + ttl));
         answer
     }
 

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use hickory_resolver::{
@@ -13,6 +13,7 @@ use hickory_resolver::{
     net::runtime::TokioRuntimeProvider,
     proto::rr::RData,
 };
+use parking_lot::Mutex;
 
 use crate::FedError;
 
@@ -113,16 +114,14 @@ impl HttpResolver {
     }
 
     pub fn pin(&self, host: &str, addrs: Vec<SocketAddr>) {
-        if let Ok(mut p) = self.pinned.lock() {
-            p.insert(host.to_ascii_lowercase(), addrs);
-        }
+        self.pinned.lock().insert(host.to_ascii_lowercase(), addrs);
     }
 }
 
 impl reqwest::dns::Resolve for HttpResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_ascii_lowercase();
-        let pinned = self.pinned.lock().ok().and_then(|p| p.get(&host).cloned());
+        let pinned = self.pinned.lock().get(&host).cloned();
         let dns = self.dns.clone();
         Box::pin(async move {
             let addrs = match pinned {

@@ -7,11 +7,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use hearth_core::ids::now_ms;
+use parking_lot::Mutex;
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue,
     serde::Base64,
@@ -93,14 +94,11 @@ pub struct KeyRing {
 
 impl KeyRing {
     fn cached(&self, server: &str) -> Option<Arc<ServerKeySet>> {
-        self.cache.lock().ok()?.get(server).cloned()
+        self.cache.lock().get(server).cloned()
     }
 
     fn gate(&self, server: &str) -> FetchGate {
-        let mut fetches = match self.fetches.lock() {
-            Ok(f) => f,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut fetches = self.fetches.lock();
         if fetches.len() >= MAX_FETCH_RECORDS {
             // Dropped: gates nobody holds whose interval is over.
             fetches.retain(|_, g| {
@@ -116,9 +114,7 @@ impl KeyRing {
     }
 
     fn remember(&self, server: &str, keys: Arc<ServerKeySet>) {
-        if let Ok(mut c) = self.cache.lock() {
-            c.insert(server.to_owned(), keys);
-        }
+        self.cache.lock().insert(server.to_owned(), keys);
     }
 }
 

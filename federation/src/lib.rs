@@ -62,7 +62,7 @@ pub struct Federation {
     transactions: transactions::Transactions,
     /// Rooms this server is joining (a lock per room): joins of one room
     /// run one at a time, and its relayed events wait until the room is in.
-    joining: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    joining: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Federation {
@@ -104,19 +104,16 @@ impl Federation {
 
     /// The lock a join of `room` holds.
     fn join_lock(&self, room: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut joining = match self.joining.lock() {
-            Ok(j) => j,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        joining.entry(room.to_owned()).or_default().clone()
+        self.joining
+            .lock()
+            .entry(room.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Whether a join of `room` is under way here.
     fn is_joining(&self, room: &str) -> bool {
-        let lock = match self.joining.lock() {
-            Ok(j) => j.get(room).cloned(),
-            Err(_) => None,
-        };
+        let lock = self.joining.lock().get(room).cloned();
         lock.is_some_and(|l| l.try_lock().is_err())
     }
 

@@ -9,7 +9,10 @@ use axum::{
 };
 use hearth_core::{CoreConfig, Error, ids::now_ms, pdu::Pdu};
 use hearth_http_common::error::ApiError;
-use ruma::{CanonicalJsonValue, RoomId, RoomVersionId, UserId, signatures::hash_and_sign_event};
+use ruma::{
+    CanonicalJsonValue, RoomId, RoomVersionId, UserId, events::room::member::MembershipState,
+    signatures::hash_and_sign_event,
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -217,7 +220,7 @@ pub(crate) async fn invite(
     if pdu.event_id.as_str() != event_id
         || pdu.room_id != room
         || pdu.kind.to_string() != "m.room.member"
-        || pdu.membership() != Some("invite")
+        || pdu.membership_state() != Some(MembershipState::Invite)
     {
         return Err(Error::bad_json("not an invite with the id and room its path names").into());
     }
@@ -345,7 +348,8 @@ impl Federation {
         let (signed, event_id, version) = self
             .make_membership(server, room, user, membership, content)
             .await?;
-        let api = if membership == "knock" { "v1" } else { "v2" };
+        let knock = MembershipState::from(membership) == MembershipState::Knock;
+        let api = if knock { "v1" } else { "v2" };
         let path = format!(
             "/_matrix/federation/{api}/send_{membership}/{}/{}",
             enc(room.as_str()),

@@ -3,7 +3,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -11,9 +11,15 @@ use axum::{
     Extension, Json,
     extract::{Path, State},
 };
-use hearth_core::{Error, ids::now_ms, rooms::Incoming};
+use hearth_core::{
+    Error,
+    backoff::Backoff,
+    ids::now_ms,
+    queue_sender::{self, Deliver, Pacing, SendError, Transaction},
+    rooms::Incoming,
+};
 use hearth_http_common::error::ApiError;
-use rand::Rng;
+use parking_lot::Mutex;
 use ruma::{RoomId, RoomVersionId};
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
@@ -29,11 +35,15 @@ const MAX_QUEUED_EDUS: usize = 1000;
 const REMOTE_TYPING_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answers to recent transactions, per origin, for replays.
 const REMEMBERED_TXNS: usize = 10_000;
-/// Retry delays for a destination that fails (or defers a transaction while
-/// it joins a room): from this, doubling…
-const BACKOFF_START: Duration = Duration::from_millis(100);
-/// …up to this.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A destination's sender: woken when something is queued, with a periodic
+/// look for a wake-up lost to a race; retry delays for a destination that
+/// fails (or defers a transaction while it joins a room) from 100 ms,
+/// doubling up to 5 minutes, jittered.
+const PACING: Pacing = Pacing {
+    poll: Duration::from_secs(30),
+    read_retry: Duration::from_secs(1),
+    backoff: Backoff::doubling(Duration::from_millis(100), Duration::from_secs(300)).jittered(),
+};
 
 /// A transaction as its sender names it: (origin, txn id).
 type TxnKey = (String, String);
@@ -162,9 +172,7 @@ impl Default for Transactions {
 
 impl Transactions {
     fn take_edus(&self, destination: &str, max: usize) -> Vec<Value> {
-        let Ok(mut edus) = self.edus.lock() else {
-            return vec![];
-        };
+        let mut edus = self.edus.lock();
         let Some(queue) = edus.get_mut(destination) else {
             return vec![];
         };
@@ -173,18 +181,17 @@ impl Transactions {
     }
 
     fn answered(&self, key: &TxnKey) -> Option<Value> {
-        self.answered.lock().ok()?.answers.get(key).cloned()
+        self.answered.lock().answers.get(key).cloned()
     }
 
     fn remember(&self, key: TxnKey, answer: Value) {
-        if let Ok(mut g) = self.answered.lock() {
-            if g.answers.insert(key.clone(), answer).is_none() {
-                g.order.push_back(key);
-            }
-            while g.order.len() > REMEMBERED_TXNS {
-                if let Some(old) = g.order.pop_front() {
-                    g.answers.remove(&old);
-                }
+        let mut g = self.answered.lock();
+        if g.answers.insert(key.clone(), answer).is_none() {
+            g.order.push_back(key);
+        }
+        while g.order.len() > REMEMBERED_TXNS {
+            if let Some(old) = g.order.pop_front() {
+                g.answers.remove(&old);
             }
         }
     }
@@ -308,15 +315,20 @@ impl Federation {
     pub(crate) fn wake_destinations(self: &Arc<Self>, destinations: &[String]) {
         for d in destinations {
             let notify = {
-                let Ok(mut senders) = self.transactions.senders.lock() else {
-                    return;
-                };
+                let mut senders = self.transactions.senders.lock();
                 match senders.get(d) {
                     Some(n) => n.clone(),
                     None => {
                         let n = Arc::new(Notify::new());
                         senders.insert(d.clone(), n.clone());
-                        let send = Arc::clone(self).send_loop(d.clone(), n.clone());
+                        let to = ServerQueue {
+                            fed: Arc::clone(self),
+                            destination: d.clone(),
+                            notify: n.clone(),
+                        };
+                        let (tasks, queue) =
+                            (self.hearth.tasks.clone(), self.hearth.outgoing.clone());
+                        let send = queue_sender::run(tasks, queue, d.clone(), PACING, to);
                         self.hearth.tasks.spawn(send);
                         n
                     }
@@ -335,95 +347,9 @@ impl Federation {
         }
     }
 
-    /// Sends a destination its queue, oldest first, one transaction at a
-    /// time; a failure is retried with jittered exponential backoff.
-    async fn send_loop(self: Arc<Self>, destination: String, notify: Arc<Notify>) {
-        let tasks = self.hearth.tasks.clone();
-        let mut failures: u32 = 0;
-        // The transaction being delivered: retried as it is, same id and
-        // body, until the destination takes it.
-        let mut pending: Option<Outgoing> = None;
-        loop {
-            let txn = match pending.take() {
-                Some(t) => t,
-                None => match self.next_transaction(&destination).await {
-                    Ok(Some(t)) => t,
-                    Ok(None) => {
-                        // Woken when something is queued; a periodic look
-                        // covers a wake-up lost to a race.
-                        let woken =
-                            tokio::time::timeout(Duration::from_secs(30), notify.notified());
-                        if tasks.until_stopped(woken).await.is_none() {
-                            return;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%destination, error = %e, "cannot read the federation queue");
-                        if !tasks.sleep(Duration::from_secs(1)).await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-            };
-            let path = format!("/_matrix/federation/v1/send/{}", txn.id);
-            let sent = self
-                .request(&destination, http::Method::PUT, &path, Some(&txn.body))
-                .await;
-            let delivered = match &sent {
-                Ok(answer) => {
-                    for (id, r) in answer["pdus"].as_object().into_iter().flatten() {
-                        if let Some(err) = r.get("error") {
-                            tracing::warn!(%destination, event = %id, error = %err, "destination refused a PDU");
-                        }
-                    }
-                    true
-                }
-                // A request the destination will never take: dropped, or it
-                // would block everything behind it.
-                Err(FedError::Matrix { status, .. })
-                    if (400..500).contains(status) && ![401, 403, 408, 429].contains(status) =>
-                {
-                    tracing::error!(%destination, error = ?sent, "transaction refused; dropping it");
-                    true
-                }
-                Err(_) => false,
-            };
-            if delivered {
-                if failures > 0 {
-                    tracing::info!(%destination, after = failures, "destination reachable again");
-                }
-                failures = 0;
-                if !txn.upto.is_empty()
-                    && let Err(e) = self
-                        .hearth
-                        .outgoing
-                        .outgoing_ack(&destination, &txn.upto)
-                        .await
-                {
-                    tracing::warn!(%destination, error = %e, "cannot clear delivered PDUs");
-                }
-                continue;
-            }
-            pending = Some(txn);
-            failures += 1;
-            let delay = backoff(failures);
-            if failures == 1 {
-                tracing::warn!(%destination, error = ?sent.err(), "destination unreachable; retrying with backoff");
-            } else {
-                tracing::debug!(%destination, failures, ?delay, "destination still unreachable");
-            }
-            // What is not acknowledged stays queued for the next start.
-            if !tasks.sleep(delay).await {
-                return;
-            }
-        }
-    }
-
     /// The next transaction for a destination: its oldest queued PDUs and
     /// waiting EDUs; `None` when there is nothing to send.
-    async fn next_transaction(&self, destination: &str) -> Result<Option<Outgoing>, FedError> {
+    async fn next_transaction(&self, destination: &str) -> Result<Option<Transaction>, FedError> {
         let batch = self
             .hearth
             .outgoing
@@ -448,7 +374,7 @@ impl Federation {
             .transactions
             .sequence
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Some(Outgoing {
+        Ok(Some(Transaction {
             // Unique per origin: this process's start and a counter.
             id: format!("{}.{seq}", self.transactions.started_ms),
             body: json!({
@@ -457,13 +383,14 @@ impl Federation {
                 "pdus": pdus,
                 "edus": edus,
             }),
-            upto,
+            ack: upto,
         }))
     }
 
     /// Queues an EDU for each destination and wakes their senders.
     pub(crate) fn queue_edu(self: &Arc<Self>, destinations: &[String], edu: Value) {
-        if let Ok(mut edus) = self.transactions.edus.lock() {
+        {
+            let mut edus = self.transactions.edus.lock();
             for d in destinations {
                 let queue = edus.entry(d.clone()).or_default();
                 if queue.len() >= MAX_QUEUED_EDUS {
@@ -559,39 +486,48 @@ impl Federation {
     }
 }
 
-/// A transaction on its way to one destination.
-struct Outgoing {
-    id: String,
-    body: Value,
-    /// Per database, the newest queued PDU it carries (cleared once delivered).
-    upto: Vec<(usize, i64)>,
+/// One destination's share of the outgoing queue, as a queue sender sees it.
+struct ServerQueue {
+    fed: Arc<Federation>,
+    destination: String,
+    notify: Arc<Notify>,
 }
 
-/// The wait before retry `n` (1-based): doubling from `BACKOFF_START` up to
-/// `BACKOFF_MAX`, jittered by ±50% so many servers do not retry in step.
-fn backoff(n: u32) -> Duration {
-    let base = BACKOFF_START
-        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-        .min(BACKOFF_MAX);
-    base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
-}
+#[async_trait::async_trait]
+impl Deliver for ServerQueue {
+    fn wake(&self) -> &Notify {
+        &self.notify
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    async fn next(&self) -> Result<Option<Transaction>, SendError> {
+        Ok(self.fed.next_transaction(&self.destination).await?)
+    }
 
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_its_cap() {
-        for n in 1..40 {
-            let d = backoff(n);
-            let base = BACKOFF_START
-                .saturating_mul(1u32 << (n - 1).min(16))
-                .min(BACKOFF_MAX);
-            assert!(
-                d >= base.mul_f64(0.5) && d <= base.mul_f64(1.5),
-                "{n}: {d:?}"
-            );
+    async fn send(&self, txn: &Transaction) -> Result<(), SendError> {
+        let destination = &self.destination;
+        let path = format!("/_matrix/federation/v1/send/{}", txn.id);
+        let sent = self
+            .fed
+            .request(destination, http::Method::PUT, &path, Some(&txn.body))
+            .await;
+        match sent {
+            Ok(answer) => {
+                for (id, r) in answer["pdus"].as_object().into_iter().flatten() {
+                    if let Some(err) = r.get("error") {
+                        tracing::warn!(%destination, event = %id, error = %err, "destination refused a PDU");
+                    }
+                }
+                Ok(())
+            }
+            // A request the destination will never take: dropped, or it
+            // would block everything behind it.
+            Err(e @ FedError::Matrix { status, .. })
+                if (400..500).contains(&status) && ![401, 403, 408, 429].contains(&status) =>
+            {
+                tracing::error!(%destination, error = ?e, "transaction refused; dropping it");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
-        assert!(backoff(30) <= BACKOFF_MAX.mul_f64(1.5));
     }
 }

@@ -1,6 +1,9 @@
 //! Application services against a real Hearth process: registration files,
 //! exclusive namespaces, masquerading, the service's own registrations and
 //! logins, and pings both ways. The service is played by the test.
+// The lock policy (parking_lot) is for the server; a test's own
+// bookkeeping may use std's locks.
+#![allow(clippy::disallowed_types)]
 
 mod common;
 

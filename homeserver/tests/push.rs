@@ -2,6 +2,9 @@
 //! in sync, pushers, `/notifications`, and pushes to a push gateway played
 //! by the test (a receiver written to the push gateway API that records each
 //! request and can fail or reject pushkeys on demand).
+// The lock policy (parking_lot) is for the server; a test's own
+// bookkeeping may use std's locks.
+#![allow(clippy::disallowed_types)]
 
 mod common;
 

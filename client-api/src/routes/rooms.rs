@@ -13,6 +13,7 @@ use hearth_core::{
     rooms::{CreateRoom, MemberAction, NewEvent},
     ruma::{RoomId, UserId, serde::Raw},
 };
+use ruma::events::room::member::MembershipState;
 use ruma_client_api::{
     knock::knock_room,
     membership::{
@@ -435,7 +436,10 @@ async fn joined_members(
         .filter(|p| p.kind.to_string() == "m.room.member")
     {
         let c = p.content_value();
-        if c.get("membership").and_then(Value::as_str) == Some("join")
+        if c.get("membership")
+            .and_then(Value::as_str)
+            .map(MembershipState::from)
+            == Some(MembershipState::Join)
             && let Some(sk) = &p.state_key
         {
             joined.insert(

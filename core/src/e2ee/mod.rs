@@ -7,10 +7,9 @@ mod device_list;
 pub mod keys;
 pub mod to_device;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::Mutex;
 
 use ruma::OwnedServerName;
 
@@ -94,18 +93,12 @@ impl E2ee {
     pub(crate) async fn key_counts(&self, user: &str, device: &str) -> crate::Result<KeyCounts> {
         let key = (user.to_owned(), device.to_owned());
         let cacheable = self.cacheable;
-        if cacheable
-            && let Some(c) = self
-                .state
-                .counts
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&key).cloned())
-        {
+        if cacheable && let Some(c) = self.state.counts.lock().get(&key).cloned() {
             return Ok(c);
         }
         let counts = self.store.key_counts(user, device).await?;
-        if cacheable && let Ok(mut m) = self.state.counts.lock() {
+        if cacheable {
+            let mut m = self.state.counts.lock();
             if m.len() >= MAX_CACHED_COUNTS {
                 m.clear();
             }
@@ -116,8 +109,9 @@ impl E2ee {
 
     /// The device's keys were uploaded or claimed: count again next time.
     pub(crate) fn forget_key_counts(&self, user: &str, device: &str) {
-        if let Ok(mut m) = self.state.counts.lock() {
-            m.remove(&(user.to_owned(), device.to_owned()));
-        }
+        self.state
+            .counts
+            .lock()
+            .remove(&(user.to_owned(), device.to_owned()));
     }
 }

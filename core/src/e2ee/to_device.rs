@@ -361,28 +361,27 @@ impl E2ee {
     /// Whether the device may have delivered messages at or below `upto`
     /// still stored. Unknown (after a restart) counts as yes.
     fn to_device_pending(&self, user: &str, device: &str, upto: i64) -> bool {
-        match self.state.delivered.lock() {
-            Ok(map) => map
-                .get(&(user.to_owned(), device.to_owned()))
-                .is_none_or(|d| *d <= upto),
-            Err(_) => true,
-        }
+        self.state
+            .delivered
+            .lock()
+            .get(&(user.to_owned(), device.to_owned()))
+            .is_none_or(|d| *d <= upto)
     }
 
     fn note_to_device_pending(&self, user: &str, device: &str, delivered: i64) {
-        if let Ok(mut map) = self.state.delivered.lock() {
-            map.insert((user.to_owned(), device.to_owned()), delivered);
-        }
+        self.state
+            .delivered
+            .lock()
+            .insert((user.to_owned(), device.to_owned()), delivered);
     }
 
     fn forget_to_device_pending(&self, user: &str, device: &str, upto: i64) {
-        if let Ok(mut map) = self.state.delivered.lock() {
-            let key = (user.to_owned(), device.to_owned());
-            if map.get(&key).is_none_or(|d| *d <= upto) {
-                // Known empty below `upto` from now on: no more deletes
-                // until something is delivered again.
-                map.insert(key, i64::MAX);
-            }
+        let mut map = self.state.delivered.lock();
+        let key = (user.to_owned(), device.to_owned());
+        if map.get(&key).is_none_or(|d| *d <= upto) {
+            // Known empty below `upto` from now on: no more deletes
+            // until something is delivered again.
+            map.insert(key, i64::MAX);
         }
     }
 }

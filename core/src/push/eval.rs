@@ -9,6 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     OwnedUserId, RoomId, UInt, UserId,
+    events::room::member::MembershipState,
     events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsSource},
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
     serde::Raw,
@@ -70,7 +71,7 @@ fn build_ctx(c: &RoomCache, room_id: &RoomId, server: &str) -> Option<RoomCtx> {
     let mut names = HashMap::new();
     let mut local_joined = vec![];
     for ((kind, key), pdu) in &c.state {
-        if kind != "m.room.member" || pdu.membership() != Some("join") {
+        if kind != "m.room.member" || pdu.membership_state() != Some(MembershipState::Join) {
             continue;
         }
         let Ok(user) = OwnedUserId::try_from(key.as_str()) else {
@@ -91,7 +92,9 @@ fn build_ctx(c: &RoomCache, room_id: &RoomId, server: &str) -> Option<RoomCtx> {
     let member_count = UInt::try_from(
         c.state
             .iter()
-            .filter(|((kind, _), p)| kind == "m.room.member" && p.membership() == Some("join"))
+            .filter(|((kind, _), p)| {
+                kind == "m.room.member" && p.membership_state() == Some(MembershipState::Join)
+            })
             .count() as u64,
     )
     .unwrap_or(UInt::MAX);

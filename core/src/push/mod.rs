@@ -14,9 +14,11 @@ mod worker;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
+
+use parking_lot::Mutex;
 
 pub use eval::Evaluation;
 pub(crate) use eval::RoomCtx;
@@ -82,7 +84,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
-        let map = self.map.lock().ok()?;
+        let map = self.map.lock();
         let (v, at) = map.get(key)?;
         match self.ttl {
             Some(ttl) if at.elapsed() > ttl => None,
@@ -91,18 +93,15 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
     }
 
     pub(crate) fn put(&self, key: K, value: V) {
-        if let Ok(mut map) = self.map.lock() {
-            if map.len() >= self.capacity {
-                map.clear();
-            }
-            map.insert(key, (value, Instant::now()));
+        let mut map = self.map.lock();
+        if map.len() >= self.capacity {
+            map.clear();
         }
+        map.insert(key, (value, Instant::now()));
     }
 
     pub(crate) fn clear(&self) {
-        if let Ok(mut map) = self.map.lock() {
-            map.clear();
-        }
+        self.map.lock().clear();
     }
 
     pub(crate) fn forget<Q>(&self, key: &Q)
@@ -110,9 +109,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: std::hash::Hash + Eq + ?Sized,
     {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(key);
-        }
+        self.map.lock().remove(key);
     }
 }
 

@@ -12,11 +12,14 @@
 
 use std::sync::Arc;
 
+use ruma::events::room::member::MembershipState;
 use serde_json::{Map, Value, json};
 
 use super::Push;
 use crate::{
     Result,
+    backoff::Backoff,
+    rooms::membership_state,
     store::{NotificationRecord, PusherRecord},
 };
 
@@ -88,9 +91,7 @@ impl Push {
         if !has || self.gateway.get().is_none() {
             return;
         }
-        let Ok(mut scheduled) = self.scheduled.lock() else {
-            return;
-        };
+        let mut scheduled = self.scheduled.lock();
         match scheduled.get_mut(user) {
             Some(again) => *again = true,
             None => {
@@ -117,13 +118,9 @@ impl Push {
             if !self.tasks.sleep(self.config.coalesce).await {
                 return;
             }
-            if let Ok(mut s) = self.scheduled.lock() {
-                s.insert(user.clone(), false);
-            }
+            self.scheduled.lock().insert(user.clone(), false);
             self.push_round(&user).await;
-            let Ok(mut s) = self.scheduled.lock() else {
-                return;
-            };
+            let mut s = self.scheduled.lock();
             if s.get(&user) != Some(&true) {
                 s.remove(&user);
                 return;
@@ -151,7 +148,7 @@ impl Push {
             return;
         };
         let cfg = self.config;
-        let mut delay = cfg.backoff_start;
+        let mut delays = Backoff::doubling(cfg.backoff_start, cfg.backoff_max).delays();
         let mut failures: u32 = 0;
         let mut pending: Option<Prepared> = None;
         loop {
@@ -196,10 +193,9 @@ impl Push {
                     if failures == 1 {
                         tracing::warn!(user = %pusher.user_id, %url, error = %e, "push gateway unavailable; retrying with backoff");
                     }
-                    if !self.tasks.sleep(delay).await {
+                    if !self.tasks.sleep(delays.next_wait()).await {
                         return;
                     }
-                    delay = delay.saturating_mul(2).min(cfg.backoff_max);
                     // A pusher removed meanwhile needs no more tries.
                     match self.store.pushers(&pusher.user_id).await {
                         Ok(ps) if !ps.iter().any(|p| same_pusher(p, pusher)) => return,
@@ -286,7 +282,7 @@ impl Push {
         let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
         let kind = pdu.kind.to_string();
         let is_invite_for_user = kind == "m.room.member"
-            && pdu.membership() == Some("invite")
+            && pdu.membership_state() == Some(MembershipState::Invite)
             && pdu.state_key.as_deref() == Some(user);
         let prio = if matches!(kind.as_str(), "m.room.message" | "m.room.encrypted")
             || is_invite_for_user
@@ -338,7 +334,7 @@ impl Push {
             .memberships_of_user(user)
             .await?
             .into_iter()
-            .filter(|m| m.membership == "join")
+            .filter(|m| membership_state(m) == MembershipState::Join)
             .map(|m| (m.room_id, m.stream_ordering))
             .collect();
         let mut total = 0;

@@ -10,7 +10,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{OwnedUserId, UserId, events::room::member::MembershipState};
 
 use super::Push;
 use crate::{Result, pdu::StoredEvent, store::NewNotification};
@@ -24,7 +24,7 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(250);
 impl Push {
     /// Starts the worker (once; later calls do nothing).
     pub(crate) fn spawn_push_worker(self: &Arc<Self>) {
-        let Some(mut inbox) = self.inbox.lock().ok().and_then(|mut i| i.take()) else {
+        let Some(mut inbox) = self.inbox.lock().take() else {
             return;
         };
         let weak = Arc::downgrade(self);
@@ -88,7 +88,7 @@ impl Push {
         let server = self.server_name.as_str();
         // An invitee is not joined yet, and `.m.rule.invite_for_me` is theirs.
         let invitee: Option<OwnedUserId> = (pdu.kind.to_string() == "m.room.member"
-            && pdu.membership() == Some("invite"))
+            && pdu.membership_state() == Some(MembershipState::Invite))
         .then_some(pdu.state_key.as_deref())
         .flatten()
         .and_then(|k| UserId::parse(k).ok())

@@ -1,4 +1,6 @@
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::room::member::MembershipState,
+};
 use serde_json::{Map, Value, json};
 
 use super::NewEvent;
@@ -129,8 +131,10 @@ impl Hearth {
         reason: Option<&str>,
     ) -> Result<Value> {
         let mut c = json!({"membership": membership});
-        if matches!(membership, "join" | "invite" | "knock")
-            && let Some(u) = self.store.get_user(user.as_str()).await?
+        if matches!(
+            MembershipState::from(membership),
+            MembershipState::Join | MembershipState::Invite | MembershipState::Knock
+        ) && let Some(u) = self.store.get_user(user.as_str()).await?
         {
             if let Some(d) = u.displayname {
                 c["displayname"] = json!(d);

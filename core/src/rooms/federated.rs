@@ -9,14 +9,17 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{CanonicalJsonObject, OwnedServerName, RoomId, RoomVersionId, ServerName};
+use ruma::{
+    CanonicalJsonObject, OwnedServerName, RoomId, RoomVersionId, ServerName,
+    events::room::member::MembershipState,
+};
 use serde_json::Value;
 
 use super::{Rooms, Visibility};
 use crate::{
     Error, Result,
     pdu::{Pdu, StoredEvent},
-    rooms::HistoryVisibility,
+    rooms::{HistoryVisibility, membership_state},
     store::Store,
 };
 
@@ -320,9 +323,9 @@ impl FederatedReads {
             .get_events(&members)
             .await?
             .iter()
-            .any(|m| match m.pdu.membership() {
-                Some("join") => true,
-                Some("invite") => hv != HistoryVisibility::Joined,
+            .any(|m| match m.pdu.membership_state() {
+                Some(MembershipState::Join) => true,
+                Some(MembershipState::Invite) => hv != HistoryVisibility::Joined,
                 _ => false,
             }))
     }
@@ -358,7 +361,7 @@ impl FederatedReads {
     pub async fn is_joined(&self, room: &RoomId, user: &str) -> bool {
         matches!(
             self.store.membership(room.as_str(), user).await,
-            Ok(Some(m)) if m.membership == "join"
+            Ok(Some(m)) if membership_state(&m) == MembershipState::Join
         )
     }
 

@@ -87,10 +87,10 @@ impl Hearth {
                     .membership(room_id.as_str(), user.as_str())
                     .await?
                 {
-                    Some(m) if m.membership == "join" => {
+                    Some(m) if membership_state(&m) == MembershipState::Join => {
                         return Err(Error::forbidden("You are already in this room"));
                     }
-                    Some(m) if m.membership == "ban" => {
+                    Some(m) if membership_state(&m) == MembershipState::Ban => {
                         return Err(Error::forbidden("You are banned from this room"));
                     }
                     _ => {}
@@ -210,7 +210,10 @@ impl Hearth {
             .room_state(room_id)
             .await?
             .iter()
-            .filter(|p| p.kind.to_string() == "m.room.member" && p.membership() == Some("join"))
+            .filter(|p| {
+                p.kind.to_string() == "m.room.member"
+                    && p.membership_state() == Some(MembershipState::Join)
+            })
             .filter_map(|p| p.state_key.as_deref())
             .filter_map(|u| UserId::parse(u).ok())
             .any(|u| u.server_name() == ours))
@@ -228,7 +231,7 @@ impl Hearth {
             .store
             .membership(room_id.as_str(), user.as_str())
             .await?
-            && m.membership == "join"
+            && membership_state(&m) == MembershipState::Join
             && let Some(ev) = self.store.get_event(&m.event_id).await?
             && ev.pdu.content_value() == content
         {
@@ -275,14 +278,17 @@ impl Hearth {
             .membership(room_id.as_str(), user.as_str())
             .await?
         {
-            Some(m) if m.membership == "leave" => Ok(()),
-            Some(m) if m.membership == "join" => {
+            Some(m) if membership_state(&m) == MembershipState::Leave => Ok(()),
+            Some(m) if membership_state(&m) == MembershipState::Join => {
                 self.set_membership(room_id, user, user, "leave", reason)
                     .await
             }
             // Declining an invite or withdrawing a knock of a room this
             // server is not in goes through a server that is.
-            Some(m) if m.membership == "invite" || m.membership == "knock" => {
+            Some(m)
+                if membership_state(&m) == MembershipState::Invite
+                    || membership_state(&m) == MembershipState::Knock =>
+            {
                 match self.membership_route(room_id.as_str(), vec![]).await? {
                     Route::Here(_) => {
                         self.set_membership(room_id, user, user, "leave", reason)
@@ -415,7 +421,9 @@ impl Hearth {
     /// Leaves every room and closes the account.
     pub async fn deactivate_account(&self, user: &UserId) -> Result<()> {
         for m in self.store.memberships_of_user(user.as_str()).await? {
-            if m.membership == "join" || m.membership == "invite" {
+            if membership_state(&m) == MembershipState::Join
+                || membership_state(&m) == MembershipState::Invite
+            {
                 let Ok(room) = RoomId::parse(&m.room_id) else {
                     continue;
                 };

@@ -28,11 +28,12 @@ mod writer;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
 
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use ruma::{OwnedEventId, OwnedUserId, RoomVersionId};
@@ -281,42 +282,32 @@ impl Rooms {
     }
 
     pub(crate) fn hold(&self, room_id: &str) {
-        if let Ok(mut held) = self.held.lock() {
-            held.insert(room_id.to_owned());
-        }
+        self.held.lock().insert(room_id.to_owned());
     }
 
     /// The process known to write the room, if recently learned.
     pub(crate) fn writer_elsewhere(&self, room_id: &str) -> Option<String> {
-        let known = self.elsewhere.lock().ok()?;
+        let known = self.elsewhere.lock();
         let (address, until) = known.get(room_id)?;
         (std::time::Instant::now() < *until).then(|| address.clone())
     }
 
     pub(crate) fn learn_writer(&self, room_id: &str, address: &str) {
-        if let Ok(mut known) = self.elsewhere.lock() {
-            let until = std::time::Instant::now() + WRITER_KNOWN_FOR;
-            known.insert(room_id.to_owned(), (address.to_owned(), until));
-        }
+        let mut known = self.elsewhere.lock();
+        let until = std::time::Instant::now() + WRITER_KNOWN_FOR;
+        known.insert(room_id.to_owned(), (address.to_owned(), until));
     }
 
     pub(crate) fn forget_writer(&self, room_id: &str) {
-        if let Ok(mut known) = self.elsewhere.lock() {
-            known.remove(room_id);
-        }
+        self.elsewhere.lock().remove(room_id);
     }
 
     pub(crate) fn release(&self, room_id: &str) {
-        if let Ok(mut held) = self.held.lock() {
-            held.remove(room_id);
-        }
+        self.held.lock().remove(room_id);
     }
 
     pub(crate) fn held(&self) -> Vec<String> {
-        self.held
-            .lock()
-            .map(|h| h.iter().cloned().collect())
-            .unwrap_or_default()
+        self.held.lock().iter().cloned().collect()
     }
 
     pub(crate) fn next_generation(&self) -> u64 {
@@ -324,11 +315,11 @@ impl Rooms {
     }
 
     pub(crate) fn handle(&self, room_id: &str) -> Arc<tokio::sync::Mutex<Option<RoomCache>>> {
-        let mut map = match self.handles.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(room_id.to_owned()).or_default().clone()
+        self.handles
+            .lock()
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
     }
 }
 

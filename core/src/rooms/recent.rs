@@ -9,8 +9,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
+
+use parking_lot::Mutex;
 
 use crate::pdu::{Pdu, StoredEvent};
 
@@ -41,9 +43,7 @@ impl RecentEvents {
     /// Starts a room's ring right after `latest`, the ordering of its newest
     /// committed event. Only the room's writer calls this, holding the room.
     pub(crate) fn start(&self, room_id: &str, latest: i64) {
-        let Ok(mut rooms) = self.rooms.lock() else {
-            return;
-        };
+        let mut rooms = self.rooms.lock();
         if rooms.len() >= MAX_ROOMS && !rooms.contains_key(room_id) {
             rooms.clear();
         }
@@ -60,9 +60,7 @@ impl RecentEvents {
     /// holding the room, so events arrive in order; anything else drops the
     /// ring rather than let it hold a gap.
     pub(crate) fn push(&self, event: Arc<StoredEvent>) {
-        let Ok(mut rooms) = self.rooms.lock() else {
-            return;
-        };
+        let mut rooms = self.rooms.lock();
         let room_id = event.pdu.room_id.as_str();
         let Some(ring) = rooms.get_mut(room_id) else {
             return;
@@ -81,9 +79,7 @@ impl RecentEvents {
 
     /// Replaces a held event's body (after a redaction).
     pub(crate) fn replace(&self, pdu: Pdu) {
-        let Ok(mut rooms) = self.rooms.lock() else {
-            return;
-        };
+        let mut rooms = self.rooms.lock();
         let Some(ring) = rooms.get_mut(pdu.room_id.as_str()) else {
             return;
         };
@@ -111,7 +107,7 @@ impl RecentEvents {
         upto: i64,
         newest: i64,
     ) -> Option<Vec<Arc<StoredEvent>>> {
-        let rooms = self.rooms.lock().ok()?;
+        let rooms = self.rooms.lock();
         let ring = rooms.get(room_id)?;
         if after < ring.from || ring.last() < newest.min(upto) {
             return None;

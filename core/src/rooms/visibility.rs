@@ -139,12 +139,15 @@ impl Visibility {
                     .content_value()
                     .get("membership")
                     .and_then(Value::as_str)
-                    .map(str::to_owned)
+                    .map(MembershipState::from)
             });
-        Ok(match membership_then.as_deref() {
-            Some("join") => true,
-            Some("invite") if hv != HistoryVisibility::Joined => true,
-            _ => hv == HistoryVisibility::Shared && current_membership == Some("join"),
+        Ok(match membership_then {
+            Some(MembershipState::Join) => true,
+            Some(MembershipState::Invite) if hv != HistoryVisibility::Joined => true,
+            _ => {
+                hv == HistoryVisibility::Shared
+                    && current_membership.map(MembershipState::from) == Some(MembershipState::Join)
+            }
         })
     }
 
@@ -175,7 +178,7 @@ impl Visibility {
         // A member who joined at or before an event was joined when it was
         // sent, and joined members see everything: no per-event state lookup.
         let joined_since = current
-            .filter(|m| m.membership == "join")
+            .filter(|m| membership_state(m) == MembershipState::Join)
             .map(|m| m.stream_ordering);
         let current = current.map(|m| m.membership.as_str());
         let mut out = Vec::with_capacity(events.len());
@@ -208,7 +211,7 @@ impl Rooms {
             .membership(room_id.as_str(), user.as_str())
             .await?
         {
-            Some(m) if m.membership == "join" => Ok(()),
+            Some(m) if membership_state(&m) == MembershipState::Join => Ok(()),
             _ => Err(crate::Error::forbidden(format!(
                 "User {user} is not in room {room_id}"
             ))),

@@ -6,7 +6,7 @@ use std::{
 
 use ruma::{
     CanonicalJsonObject, OwnedEventId, RoomId, RoomVersionId, events::TimelineEventType,
-    room_version_rules::RoomVersionRules,
+    events::room::member::MembershipState, room_version_rules::RoomVersionRules,
 };
 use serde_json::{Value, json};
 use tracing::{debug, warn};
@@ -327,7 +327,7 @@ impl Hearth {
     /// An invite of another server's user needs that server's signature
     /// first (and lets it tell its user).
     async fn countersigned_if_remote_invite(&self, cache: &RoomCache, pdu: Pdu) -> Result<Pdu> {
-        let remote_invitee = pdu.membership() == Some("invite")
+        let remote_invitee = pdu.membership_state() == Some(MembershipState::Invite)
             && pdu.state_key.as_deref().is_some_and(|t| !self.is_local(t));
         if !remote_invitee {
             return Ok(pdu);
@@ -813,7 +813,9 @@ pub(super) fn joined_servers(cache: &RoomCache) -> std::collections::BTreeSet<St
     cache
         .state
         .iter()
-        .filter(|((kind, _), p)| kind == "m.room.member" && p.membership() == Some("join"))
+        .filter(|((kind, _), p)| {
+            kind == "m.room.member" && p.membership_state() == Some(MembershipState::Join)
+        })
         .filter_map(|((_, user), _)| ruma::UserId::parse(user.as_str()).ok())
         .map(|u| u.server_name().to_string())
         .collect()
@@ -841,7 +843,12 @@ pub(super) fn room_audience(cache: &RoomCache) -> Vec<String> {
         .state
         .iter()
         .filter(|((kind, _), _)| kind == "m.room.member")
-        .filter(|(_, pdu)| matches!(pdu.membership(), Some("join" | "invite")))
+        .filter(|(_, pdu)| {
+            matches!(
+                pdu.membership_state(),
+                Some(MembershipState::Join | MembershipState::Invite)
+            )
+        })
         .map(|((_, user), _)| user.clone())
         .collect()
 }

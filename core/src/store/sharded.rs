@@ -12,10 +12,11 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use super::{
@@ -77,12 +78,7 @@ impl ShardedStore {
     }
 
     async fn index(&self, room_id: &str) -> Result<usize> {
-        if let Some(i) = self
-            .room_shards
-            .lock()
-            .ok()
-            .and_then(|m| m.get(room_id).copied())
-        {
+        if let Some(i) = self.room_shards.lock().get(room_id).copied() {
             return Ok(i);
         }
         let Some(i) = self.main.room_shard(room_id).await? else {
@@ -92,9 +88,7 @@ impl ShardedStore {
             .ok()
             .filter(|i| *i < self.shards.len())
             .ok_or_else(|| Error::internal(format!("room {room_id} is on unknown shard {i}")))?;
-        if let Ok(mut m) = self.room_shards.lock() {
-            m.insert(room_id.to_owned(), i);
-        }
+        self.room_shards.lock().insert(room_id.to_owned(), i);
         Ok(i)
     }
 
@@ -224,9 +218,7 @@ impl RoomStore for ShardedStore {
         self.shards[i]
             .create_room(room_id, version, creator)
             .await?;
-        if let Ok(mut m) = self.room_shards.lock() {
-            m.insert(room_id.to_owned(), i);
-        }
+        self.room_shards.lock().insert(room_id.to_owned(), i);
         Ok(())
     }
     async fn room_version(&self, room_id: &str) -> Result<Option<String>> {

@@ -6,7 +6,7 @@ mod rooms;
 
 use std::{collections::BTreeSet, fmt, str::FromStr, time::Duration};
 
-use ruma::UserId;
+use ruma::{UserId, events::room::member::MembershipState};
 use serde_json::{Map, Value, json};
 
 use crate::{Error, Hearth, Result, filter::SyncFilter};
@@ -170,12 +170,15 @@ fn collect_member_changes<'a>(
         let Some(who) = ev.get("state_key").and_then(Value::as_str) else {
             continue;
         };
-        match ev["content"]["membership"].as_str() {
-            Some("join") => {
+        match ev["content"]["membership"]
+            .as_str()
+            .map(MembershipState::from)
+        {
+            Some(MembershipState::Join) => {
                 left.remove(who);
                 joined.insert(who.to_owned());
             }
-            Some("leave" | "ban") => {
+            Some(MembershipState::Leave | MembershipState::Ban) => {
                 joined.remove(who);
                 left.insert(who.to_owned());
             }

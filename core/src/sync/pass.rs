@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ruma::UserId;
+use ruma::{UserId, events::room::member::MembershipState};
 use serde_json::{Map, Value, json};
 
 use super::{SyncRequest, SyncToken, empty_response};
 use crate::{
     Hearth, Result,
     filter::SyncFilter,
+    rooms::membership_state,
     store::{AccountDataRecord, MembershipRecord, ReceiptRecord},
 };
 
@@ -101,7 +102,7 @@ impl Hearth {
     ) -> Result<Pass<'a>> {
         let joined: Vec<String> = memberships
             .iter()
-            .filter(|m| m.membership == "join")
+            .filter(|m| membership_state(m) == MembershipState::Join)
             .map(|m| m.room_id.clone())
             .collect();
         let start = SyncToken::default();

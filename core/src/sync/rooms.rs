@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Value, json};
 
 use super::{
@@ -13,6 +13,7 @@ use super::{
 use crate::{
     Error, Hearth, Result,
     pdu::StoredEvent,
+    rooms::membership_state,
     store::{Direction, MembershipRecord},
 };
 
@@ -45,21 +46,21 @@ impl Hearth {
         };
         let is_new = w.since.is_none_or(|s| m.stream_ordering > s);
         let incremental = pass.incremental();
-        match m.membership.as_str() {
-            "join" => self.joined_room(pass, m, &room_id, w, is_new).await?,
-            "invite" if is_new => {
+        match membership_state(m) {
+            MembershipState::Join => self.joined_room(pass, m, &room_id, w, is_new).await?,
+            MembershipState::Invite if is_new => {
                 pass.has_data |= incremental;
                 let events = self.invite_state(&room_id, m).await?;
                 let room = json!({"invite_state": {"events": events}});
                 pass.invite.insert(m.room_id.clone(), room);
             }
-            "knock" if is_new => {
+            MembershipState::Knock if is_new => {
                 pass.has_data |= incremental;
                 let events = self.invite_state(&room_id, m).await?;
                 let room = json!({"knock_state": {"events": events}});
                 pass.knock.insert(m.room_id.clone(), room);
             }
-            "leave" | "ban"
+            MembershipState::Leave | MembershipState::Ban
                 if (incremental && is_new) || (!incremental && pass.filter().include_leave) =>
             {
                 self.left_room(pass, m, &room_id, w).await?
@@ -180,7 +181,7 @@ impl Hearth {
     ) -> Result<()> {
         if is_new {
             for member in self.store.room_members(&m.room_id, None).await? {
-                if member.membership == "join" {
+                if membership_state(&member) == MembershipState::Join {
                     pass.members_joined.insert(member.user_id);
                 }
             }
@@ -206,7 +207,7 @@ impl Hearth {
         pass.has_data |= pass.incremental();
         if pass.incremental() {
             for member in self.store.room_members(&m.room_id, None).await? {
-                if member.membership == "join" {
+                if membership_state(&member) == MembershipState::Join {
                     pass.members_left.insert(member.user_id);
                 }
             }
@@ -367,12 +368,20 @@ impl Hearth {
 
     async fn room_summary(&self, room_id: &RoomId, user: &UserId) -> Result<Value> {
         let members = self.store.room_members(room_id.as_str(), None).await?;
-        let joined = members.iter().filter(|m| m.membership == "join").count();
-        let invited = members.iter().filter(|m| m.membership == "invite").count();
+        let joined = members
+            .iter()
+            .filter(|m| membership_state(m) == MembershipState::Join)
+            .count();
+        let invited = members
+            .iter()
+            .filter(|m| membership_state(m) == MembershipState::Invite)
+            .count();
         let heroes: Vec<&str> = members
             .iter()
             .filter(|m| {
-                (m.membership == "join" || m.membership == "invite") && m.user_id != user.as_str()
+                (membership_state(m) == MembershipState::Join
+                    || membership_state(m) == MembershipState::Invite)
+                    && m.user_id != user.as_str()
             })
             .map(|m| m.user_id.as_str())
             .take(5)

@@ -11,11 +11,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Mutex,
-        atomic::{AtomicI64, Ordering},
-    },
+    sync::atomic::{AtomicI64, Ordering},
 };
+
+use parking_lot::Mutex;
 
 #[derive(Clone, Copy, Default)]
 struct RoomHead {
@@ -54,11 +53,10 @@ impl Positions {
     }
 
     fn record(&self, room: &str, update: impl FnOnce(&mut RoomHead)) {
-        if let Ok(mut rooms) = self.rooms.lock() {
-            match rooms.get_mut(room) {
-                Some(h) => update(h),
-                None => update(rooms.entry(room.to_owned()).or_default()),
-            }
+        let mut rooms = self.rooms.lock();
+        match rooms.get_mut(room) {
+            Some(h) => update(h),
+            None => update(rooms.entry(room.to_owned()).or_default()),
         }
     }
 
@@ -99,7 +97,7 @@ impl Positions {
         if after < self.floor.load(Ordering::Acquire) {
             return None;
         }
-        let heads = self.rooms.lock().ok()?;
+        let heads = self.rooms.lock();
         let mut out = vec![];
         for room in rooms {
             let Some(h) = heads.get(room) else { continue };
@@ -119,7 +117,7 @@ impl Positions {
         if after < self.floor.load(Ordering::Acquire) {
             return None;
         }
-        let heads = self.rooms.lock().ok()?;
+        let heads = self.rooms.lock();
         Some(
             rooms
                 .iter()

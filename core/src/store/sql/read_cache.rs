@@ -9,11 +9,10 @@
 use std::{
     collections::HashMap,
     hash::Hash,
-    sync::{
-        Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
+
+use parking_lot::Mutex;
 
 pub(crate) struct ReadCache<K, V> {
     map: Mutex<HashMap<K, V>>,
@@ -39,9 +38,7 @@ impl<K: Eq + Hash, V: Clone> ReadCache<K, V> {
     pub(crate) fn disable(&self) {
         self.enabled.store(false, Ordering::Release);
         self.changes.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut map) = self.map.lock() {
-            map.clear();
-        }
+        self.map.lock().clear();
     }
 
     pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
@@ -49,7 +46,7 @@ impl<K: Eq + Hash, V: Clone> ReadCache<K, V> {
         K: std::borrow::Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.map.lock().ok()?.get(key).cloned()
+        self.map.lock().get(key).cloned()
     }
 
     /// Take before reading the database; pass to `insert` after.
@@ -58,7 +55,7 @@ impl<K: Eq + Hash, V: Clone> ReadCache<K, V> {
     }
 
     pub(crate) fn insert(&self, generation: u64, key: K, value: V) {
-        let Ok(mut map) = self.map.lock() else { return };
+        let mut map = self.map.lock();
         // Checked under the lock, which every `forget_*` also takes.
         if self.changes.load(Ordering::Acquire) != generation
             || !self.enabled.load(Ordering::Acquire)
@@ -82,15 +79,9 @@ impl<K: Eq + Hash, V: Clone> ReadCache<K, V> {
 
     /// Call after a change to every entry matching `f` has committed.
     pub(crate) fn forget_where(&self, mut f: impl FnMut(&K, &V) -> bool) {
-        match self.map.lock() {
-            Ok(mut map) => {
-                self.changes.fetch_add(1, Ordering::AcqRel);
-                map.retain(|k, v| !f(k, v));
-            }
-            Err(_) => {
-                self.changes.fetch_add(1, Ordering::AcqRel);
-            }
-        }
+        let mut map = self.map.lock();
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        map.retain(|k, v| !f(k, v));
     }
 
     /// Call after a change that may touch any entry has committed.
