@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Result, notifier::Notifier, store::Store};
+use crate::{Error, Result, notifier::Notifier, store::MainStore};
 
 /// Types the server manages itself; clients change them through their own
 /// endpoints only (`/read_markers`, `/pushrules`).
@@ -21,12 +21,12 @@ fn room_key(room: Option<&RoomId>) -> &str {
 
 /// Account data and room tags; a change wakes the user's syncs.
 pub struct AccountData {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
     notifier: Arc<Notifier>,
 }
 
 impl AccountData {
-    pub(crate) fn new(store: Arc<dyn Store>, notifier: Arc<Notifier>) -> Self {
+    pub(crate) fn new(store: Arc<dyn MainStore>, notifier: Arc<Notifier>) -> Self {
         Self { store, notifier }
     }
 

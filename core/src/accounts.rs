@@ -13,7 +13,7 @@ use crate::{
     appservice::{AppService, AppServices},
     e2ee::E2ee,
     ids::{hash_token, new_access_token, new_device_id},
-    store::Store,
+    store::MainStore,
 };
 
 /// An authenticated requester.
@@ -82,7 +82,7 @@ pub fn valid_localpart(local: &str) -> bool {
 
 /// Accounts and access tokens: registration, login, passwords, logout.
 pub struct Accounts {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
     server_name: OwnedServerName,
     /// Names application services hold exclusively are not registrable.
     appservices: Arc<AppServices>,
@@ -92,7 +92,7 @@ pub struct Accounts {
 
 impl Accounts {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn MainStore>,
         server_name: OwnedServerName,
         appservices: Arc<AppServices>,
         e2ee: Arc<E2ee>,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use regex::Regex;
 use ruma::{OwnedUserId, UserId, events::room::member::MembershipState};
 
-use crate::{Error, Links, Result, ephemeral::Presence, rooms::Rooms, store::Store};
+use crate::{Error, Links, Result, ephemeral::Presence, rooms::Rooms, store::MainStore};
 
 /// One namespace rule of a registration.
 #[derive(Debug, Clone)]
@@ -268,7 +268,7 @@ impl EphemeralQueues {
 /// receipts and presence, for those with `receive_ephemeral`) and what it
 /// asks them (the aliases and users their namespaces cover).
 pub struct ToAppServices {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
     appservices: Arc<AppServices>,
     /// A room's state says which services want its ephemeral events.
     rooms: Arc<Rooms>,
@@ -283,7 +283,7 @@ pub struct ToAppServices {
 
 impl ToAppServices {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn MainStore>,
         appservices: Arc<AppServices>,
         rooms: Arc<Rooms>,
         links: Arc<Links>,

@@ -20,7 +20,7 @@ use crate::{
     bus::{Bus, BusListener, BusMessage},
     ephemeral::PresenceState,
     notifier::Notifier,
-    store::Store,
+    store::RoomStore,
 };
 
 /// How often the stream heads are re-read while the bus is up (a backstop)
@@ -44,7 +44,7 @@ struct HeadsReads {
 /// Where each stream stands: with other processes writing the same
 /// databases, re-read before a request reads positions and when woken.
 pub(crate) struct Streams {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RoomStore>,
     /// Wakes every sync when a re-read finds the heads moved.
     notifier: Arc<Notifier>,
     reads: HeadsReads,
@@ -53,7 +53,7 @@ pub(crate) struct Streams {
 }
 
 impl Streams {
-    pub(crate) fn new(store: Arc<dyn Store>, notifier: Arc<Notifier>, shared: bool) -> Self {
+    pub(crate) fn new(store: Arc<dyn RoomStore>, notifier: Arc<Notifier>, shared: bool) -> Self {
         Self {
             store,
             notifier,

@@ -8,18 +8,18 @@ use std::sync::Arc;
 use crate::{
     Error, Result,
     e2ee::E2ee,
-    store::{DeviceRecord, Store},
+    store::{DeviceRecord, MainStore},
 };
 
 /// A user's devices as the user manages them.
 pub struct Devices {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
     /// Tells those who track the user of a renamed device.
     e2ee: Arc<E2ee>,
 }
 
 impl Devices {
-    pub(crate) fn new(store: Arc<dyn Store>, e2ee: Arc<E2ee>) -> Self {
+    pub(crate) fn new(store: Arc<dyn MainStore>, e2ee: Arc<E2ee>) -> Self {
         Self { store, e2ee }
     }
 

@@ -6,18 +6,32 @@ use std::{collections::BTreeSet, sync::Arc};
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 
-use crate::{Error, Result, rooms::Rooms, store::Store};
+use crate::{
+    Error, Result,
+    rooms::Rooms,
+    store::{MainStore, RoomStore},
+};
 
 /// Which rooms are published, and the user directory.
 pub struct Directory {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
+    /// The joined users of public rooms (read from the rooms' state).
+    room_store: Arc<dyn RoomStore>,
     /// Membership and power in the room being published.
     rooms: Arc<Rooms>,
 }
 
 impl Directory {
-    pub(crate) fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
-        Self { store, rooms }
+    pub(crate) fn new(
+        store: Arc<dyn MainStore>,
+        room_store: Arc<dyn RoomStore>,
+        rooms: Arc<Rooms>,
+    ) -> Self {
+        Self {
+            store,
+            room_store,
+            rooms,
+        }
     }
 
     /// Whether a known room is published in the directory.
@@ -64,7 +78,7 @@ impl Directory {
             .await?
             .into_iter()
             .collect();
-        visible.extend(self.store.users_in_public_rooms().await?);
+        visible.extend(self.room_store.users_in_public_rooms().await?);
         let candidates = self.store.search_users(term.trim(), 500).await?;
         let mut results = vec![];
         let mut limited = false;

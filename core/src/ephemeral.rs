@@ -465,7 +465,7 @@ impl crate::Hearth {
     /// is 404; another server's user has what their server last told us, if
     /// anything.
     pub async fn user_presence(&self, user: &ruma::UserId) -> crate::Result<Option<PresenceState>> {
-        if self.is_local(user.as_str()) && self.store.get_user(user.as_str()).await?.is_none() {
+        if self.is_local(user.as_str()) && self.main.get_user(user.as_str()).await?.is_none() {
             return Err(crate::Error::not_found("Unknown user"));
         }
         Ok(self.presence_of(user.as_str()).await)

@@ -133,11 +133,11 @@ impl SyncFilter {
 
 /// Clients' stored filters, and the filter a sync request names.
 pub struct Filters {
-    store: std::sync::Arc<dyn crate::store::Store>,
+    store: std::sync::Arc<dyn crate::store::MainStore>,
 }
 
 impl Filters {
-    pub(crate) fn new(store: std::sync::Arc<dyn crate::store::Store>) -> Self {
+    pub(crate) fn new(store: std::sync::Arc<dyn crate::store::MainStore>) -> Self {
         Self { store }
     }
 

@@ -5,7 +5,7 @@
 use base64::Engine;
 use ruma::signatures::{Ed25519KeyPair, KeyPair};
 
-use crate::{Error, Result, store::Store};
+use crate::{Error, Result, store::MainStore};
 
 pub struct ServerKeys {
     pub key_pair: Ed25519KeyPair,
@@ -23,7 +23,7 @@ pub struct OldKey {
 }
 
 impl ServerKeys {
-    pub async fn load_or_generate(store: &dyn Store) -> Result<Self> {
+    pub async fn load_or_generate(store: &dyn MainStore) -> Result<Self> {
         if !store
             .server_keys()
             .await?
@@ -59,7 +59,7 @@ impl ServerKeys {
 
     /// Makes a new signing key current; the one before it expires now. Takes
     /// effect when the server next starts.
-    pub async fn add_key(store: &dyn Store) -> Result<String> {
+    pub async fn add_key(store: &dyn MainStore) -> Result<String> {
         let der = Ed25519KeyPair::generate();
         let key_id = format!("ed25519:{}", crate::ids::random_string(6));
         store.add_server_key(&key_id, &der).await?;

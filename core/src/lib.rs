@@ -44,7 +44,7 @@ use crate::{
     keys::ServerKeys,
     notifier::Notifier,
     rooms::Rooms,
-    store::Store,
+    store::{MainStore, RoomStore, Stores},
     unread::UnreadCache,
 };
 
@@ -53,7 +53,10 @@ pub struct Hearth {
     pub config: CoreConfig,
     /// Only core reaches the store: every rule sits between a request and
     /// its storage, whatever the entry point (ARCHITECTURE.md, invariants).
-    pub(crate) store: Arc<dyn Store>,
+    /// The room role (events, state, receipts, the outgoing queue).
+    pub(crate) store: Arc<dyn RoomStore>,
+    /// The main role (accounts, the directory and membership index, keys).
+    pub(crate) main: Arc<dyn MainStore>,
     pub keys: ServerKeys,
     pub notifier: Arc<Notifier>,
     pub typing: Typing,
@@ -217,15 +220,15 @@ pub trait Forwarder: Send + Sync {
 }
 
 impl Hearth {
-    pub async fn new(config: CoreConfig, store: Arc<dyn Store>) -> Result<Arc<Self>> {
-        let keys = ServerKeys::load_or_generate(store.as_ref()).await?;
+    pub async fn new(config: CoreConfig, stores: Stores) -> Result<Arc<Self>> {
+        let keys = ServerKeys::load_or_generate(stores.main.as_ref()).await?;
         let bus = match &config.redis {
             Some(r) => Some(bus::Bus::new(&r.url, &r.key_prefix)?),
             None => None,
         };
         let hearth = Arc::new(Self::wire(
             config,
-            store,
+            stores,
             keys,
             bus.as_ref().map(|(b, _)| b.clone()),
         ));
@@ -260,37 +263,38 @@ impl Hearth {
     /// names: the state several share first, then the services over it.
     fn wire(
         config: CoreConfig,
-        store: Arc<dyn Store>,
+        stores: Stores,
         keys: ServerKeys,
         bus: Option<Arc<bus::Bus>>,
     ) -> Self {
-        let shared = Shared::new(&config, &store);
+        let shared = Shared::new(&config, &stores);
         let (aliases, directory, room_list, visibility, federated) =
-            Self::room_services(&config, &store, &shared.rooms, &shared.appservices);
+            Self::room_services(&config, &stores, &shared.rooms, &shared.appservices);
+        let Stores { main, rooms: store } = stores;
         let (e2ee, devices, accounts, uia) = Self::user_services(
             &config,
-            &store,
+            &main,
             &shared.notifier,
             &shared.links,
             &shared.push,
             &shared.appservices,
             bus.is_none(),
         );
-        // Fields are built in the order written: `config` and `store` and the
+        // Fields are built in the order written: `config`, the stores and the
         // shared state move in last, after the services that copy them.
         Self {
             media: Arc::new(media::Media::new(
-                store.clone(),
+                main.clone(),
                 &config.data_dir,
                 config.max_upload_size,
             )),
             account_data: Arc::new(account_data::AccountData::new(
-                store.clone(),
+                main.clone(),
                 shared.notifier.clone(),
             )),
-            key_backup: Arc::new(e2ee::backup::KeyBackup::new(store.clone())),
+            key_backup: Arc::new(e2ee::backup::KeyBackup::new(main.clone())),
             outgoing: Arc::new(outgoing::Outgoing::new(store.clone())),
-            filters: Arc::new(filter::Filters::new(store.clone())),
+            filters: Arc::new(filter::Filters::new(main.clone())),
             rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
             aliases,
             directory,
@@ -305,7 +309,7 @@ impl Hearth {
                 bus.is_some(),
             )),
             to_appservices: Arc::new(appservice::ToAppServices::new(
-                store.clone(),
+                main.clone(),
                 shared.appservices.clone(),
                 shared.rooms.clone(),
                 shared.links.clone(),
@@ -335,32 +339,43 @@ impl Hearth {
             keys,
             config,
             store,
+            main,
         }
     }
 
     /// The services that read rooms through `Rooms`.
     fn room_services(
         config: &CoreConfig,
-        store: &Arc<dyn Store>,
+        stores: &Stores,
         rooms: &Arc<Rooms>,
         appservices: &Arc<appservice::AppServices>,
     ) -> RoomServices {
-        let visibility = Arc::new(rooms::Visibility::new(store.clone(), rooms.clone()));
+        let Stores { main, rooms: store } = stores;
+        let visibility = Arc::new(rooms::Visibility::new(
+            store.clone(),
+            main.clone(),
+            rooms.clone(),
+        ));
         let federated = Arc::new(rooms::FederatedReads::new(
             store.clone(),
+            main.clone(),
             config.server_name.clone(),
             rooms.clone(),
             visibility.clone(),
         ));
         (
             Arc::new(rooms::Aliases::new(
-                store.clone(),
+                main.clone(),
                 config.server_name.clone(),
                 appservices.clone(),
                 rooms.clone(),
             )),
-            Arc::new(directory::Directory::new(store.clone(), rooms.clone())),
-            Arc::new(rooms::RoomList::new(store.clone(), rooms.clone())),
+            Arc::new(directory::Directory::new(
+                main.clone(),
+                store.clone(),
+                rooms.clone(),
+            )),
+            Arc::new(rooms::RoomList::new(main.clone(), rooms.clone())),
             visibility,
             federated,
         )
@@ -369,7 +384,7 @@ impl Hearth {
     /// Keys and devices, accounts and UIA: each built on the one before.
     fn user_services(
         config: &CoreConfig,
-        store: &Arc<dyn Store>,
+        store: &Arc<dyn MainStore>,
         notifier: &Arc<Notifier>,
         links: &Arc<Links>,
         push: &Arc<push::Push>,
@@ -455,13 +470,14 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(config: &CoreConfig, store: &Arc<dyn Store>) -> Self {
+    fn new(config: &CoreConfig, stores: &Stores) -> Self {
         let notifier = Arc::new(Notifier::default());
         let links = Arc::new(Links::default());
         let unread = Arc::new(UnreadCache::default());
         let tasks = tasks::Tasks::default();
         let rooms = Arc::new(Rooms::new(
-            store.clone(),
+            stores.rooms.clone(),
+            stores.main.clone(),
             config.cluster.clone(),
             config.server_name.clone(),
             notifier.clone(),
@@ -470,7 +486,7 @@ impl Shared {
         let push = Arc::new(push::Push::new(
             config.push,
             config.cluster.is_some() || config.redis.is_some(),
-            store.clone(),
+            stores,
             notifier.clone(),
             unread.clone(),
             rooms.clone(),

@@ -9,7 +9,7 @@ use image::{DynamicImage, GenericImageView, ImageFormat, imageops::FilterType};
 use crate::{
     Error, Result,
     ids::{now_ms, random_string},
-    store::{MediaRecord, Store},
+    store::{MainStore, MediaRecord},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ const MAX_THUMBNAIL_SIDE: u32 = 1024;
 /// The content repository: files under the data directory, their records in
 /// the store.
 pub struct Media {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
     /// `<data_dir>/media`.
     dir: PathBuf,
     max_upload_size: u64,
@@ -38,7 +38,7 @@ pub struct Media {
 
 impl Media {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn MainStore>,
         data_dir: &std::path::Path,
         max_upload_size: u64,
     ) -> Self {

@@ -11,36 +11,36 @@ use std::sync::Arc;
 use crate::{
     Result,
     pdu::StoredEvent,
-    store::{QueuedPdu, Store},
+    store::{QueuedPdu, RoomStore},
 };
 
 /// What the senders read of the outgoing queue and acknowledge.
 pub struct Outgoing {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RoomStore>,
 }
 
 impl Outgoing {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(store: Arc<dyn RoomStore>) -> Self {
         Self { store }
     }
 
     /// Servers with something queued (application services left out: their
     /// senders start from the registrations).
     pub async fn queued_servers(&self) -> Result<Vec<String>> {
-        let mut dests = self.store.federation_destinations().await?;
+        let mut dests = self.store.outgoing_destinations().await?;
         dests.retain(|d| !d.starts_with('!'));
         Ok(dests)
     }
 
     /// The oldest `limit` rows queued for a destination.
     pub async fn outgoing_batch(&self, destination: &str, limit: usize) -> Result<Vec<QueuedPdu>> {
-        self.store.federation_batch(destination, limit).await
+        self.store.outgoing_batch(destination, limit).await
     }
 
     /// Drops what a destination acknowledged: per database, every row up to
     /// and including the id given.
     pub async fn outgoing_ack(&self, destination: &str, upto: &[(usize, i64)]) -> Result<()> {
-        self.store.federation_ack(destination, upto).await
+        self.store.outgoing_ack(destination, upto).await
     }
 
     /// The events an application service's rows name, in the order given

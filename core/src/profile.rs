@@ -33,7 +33,7 @@ impl Hearth {
         if !self.to_appservices.local_user_exists(user).await? {
             return Err(Error::not_found("Profile not found"));
         }
-        match self.store.get_user(user.as_str()).await? {
+        match self.main.get_user(user.as_str()).await? {
             Some(u) if !u.deactivated => Ok(Profile {
                 displayname: u.displayname,
                 avatar_url: u.avatar_url,
@@ -47,7 +47,7 @@ impl Hearth {
         if name.is_some_and(|n| n.len() > 256) {
             return Err(Error::invalid_param("displayname is too long"));
         }
-        self.store.set_displayname(user.as_str(), name).await?;
+        self.main.set_displayname(user.as_str(), name).await?;
         self.update_memberships(user).await
     }
 
@@ -59,14 +59,14 @@ impl Hearth {
         {
             return Err(Error::invalid_param("avatar_url must be an mxc:// URI"));
         }
-        self.store.set_avatar_url(user.as_str(), url).await?;
+        self.main.set_avatar_url(user.as_str(), url).await?;
         self.update_memberships(user).await
     }
 
     /// Re-sends the user's join event in every joined room with the new
     /// profile; a room that refuses it keeps the old one.
     async fn update_memberships(&self, user: &UserId) -> Result<()> {
-        for m in self.store.memberships_of_user(user.as_str()).await? {
+        for m in self.main.memberships_of_user(user.as_str()).await? {
             if membership_state(&m) != MembershipState::Join {
                 continue;
             }

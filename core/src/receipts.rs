@@ -89,7 +89,7 @@ impl Hearth {
         }
         if u.kind == "m.fully_read" {
             let content = json!({"event_id": u.event_id});
-            self.store
+            self.main
                 .put_account_data(user.as_str(), room.as_str(), "m.fully_read", &content)
                 .await?;
             return Ok(());

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use std::sync::Arc;
 
-use crate::{Error, Result, accounts::Accounts, ids::random_string, store::Store};
+use crate::{Error, Result, accounts::Accounts, ids::random_string, store::MainStore};
 
 /// A session expires 15 minutes after its last step.
 const SESSION_TTL_MS: i64 = 15 * 60 * 1000;
@@ -85,7 +85,7 @@ pub enum UiaOutcome {
 /// User-interactive auth: its sessions are stored, so any process of a
 /// cluster continues them.
 pub struct Uia {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
     /// `m.login.registration_token` accepts these.
     registration_tokens: Vec<String>,
     /// `m.login.password` checks the account's password.
@@ -94,7 +94,7 @@ pub struct Uia {
 
 impl Uia {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn MainStore>,
         registration_tokens: Vec<String>,
         accounts: Arc<Accounts>,
     ) -> Self {

@@ -14,7 +14,7 @@ use crate::{
     Result,
     pdu::StoredEvent,
     push::{Push, RoomCtx},
-    store::{Direction, MembershipRecord, Store},
+    store::{Direction, MembershipRecord, RoomStore},
 };
 
 /// Events counted per store read; a larger backlog is counted over later syncs.
@@ -63,7 +63,7 @@ impl UnreadCache {
 
 /// Sync's unread counts, tallied by the users' push rules.
 pub struct Unread {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RoomStore>,
     /// Shared with push, which forgets a user's tallies when their rules
     /// change.
     unread: Arc<UnreadCache>,
@@ -72,7 +72,11 @@ pub struct Unread {
 }
 
 impl Unread {
-    pub(crate) fn new(store: Arc<dyn Store>, unread: Arc<UnreadCache>, push: Arc<Push>) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn RoomStore>,
+        unread: Arc<UnreadCache>,
+        push: Arc<Push>,
+    ) -> Self {
         Self {
             store,
             unread,

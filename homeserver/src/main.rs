@@ -16,7 +16,7 @@ use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use hearth_core::{
     Hearth,
-    store::{Store, postgres::PgStore, sharded::ShardedStore, sqlite::SqliteStore},
+    store::{Stores, postgres::PgStore, sharded::ShardedStore, sqlite::SqliteStore},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -66,7 +66,7 @@ async fn main() -> Result<()> {
         Some(_) => None,
     };
     let backend = open_backend(&cfg).await?;
-    let hearth = Hearth::new(cfg.core.clone(), backend.store()).await?;
+    let hearth = Hearth::new(cfg.core.clone(), backend.stores()).await?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::CreateUser {
             username,
@@ -80,7 +80,8 @@ async fn main() -> Result<()> {
             println!("created {id}");
         }
         Command::RotateKey => {
-            let key_id = hearth_core::keys::ServerKeys::add_key(backend.store().as_ref()).await?;
+            let key_id =
+                hearth_core::keys::ServerKeys::add_key(backend.stores().main.as_ref()).await?;
             println!("new signing key {key_id}; restart the server to sign with it");
         }
         Command::Serve => serve(&cfg, hearth).await?,
@@ -215,11 +216,16 @@ enum Backend {
 }
 
 impl Backend {
-    fn store(&self) -> Arc<dyn Store> {
+    /// The main role and the room role: one database plays both, unless
+    /// sharded (the router for rooms, its main database for the rest).
+    fn stores(&self) -> Stores {
         match self {
-            Backend::Sqlite(s) => s.clone(),
-            Backend::Postgres(s) => s.clone(),
-            Backend::Sharded(s) => s.clone(),
+            Backend::Sqlite(s) => Stores::single(s.clone()),
+            Backend::Postgres(s) => Stores::single(s.clone()),
+            Backend::Sharded(s) => Stores {
+                main: s.main(),
+                rooms: s.clone(),
+            },
         }
     }
 

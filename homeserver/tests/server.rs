@@ -16,7 +16,9 @@ use hearth_core::{
         serde::Base64,
         signatures::{PublicKeyMap, PublicKeySet, verify_event},
     },
-    store::{Store, postgres::PgStore, sharded::ShardedStore, sqlite::SqliteStore},
+    store::{
+        MainStore, RoomStore, Stores, postgres::PgStore, sharded::ShardedStore, sqlite::SqliteStore,
+    },
 };
 use serde_json::{Value, json};
 
@@ -60,13 +62,13 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
 
     // Read what the server wrote, straight from its database.
     let opened = open_store(&hs).await;
-    let store = opened.store();
-    let ev = store
+    let ev = opened
+        .rooms()
         .get_event(&event_id)
         .await
         .expect("read")
         .expect("event stored");
-    let keys = store.server_keys().await.expect("keys");
+    let keys = opened.main().server_keys().await.expect("keys");
     let key = keys.last().expect("a signing key").clone();
     assert_eq!(key.expired_ts, None, "the newest key signs");
     let key_id = key.key_id;
@@ -100,7 +102,7 @@ async fn events_are_hashed_and_signed_and_tokens_stored_hashed() {
     );
 
     // The access token is nowhere in the database in clear.
-    let stored_plain = store.find_token(&token).await.expect("query");
+    let stored_plain = opened.main().find_token(&token).await.expect("query");
     assert_eq!(stored_plain, None, "the token is stored in clear");
     if let Opened::Sqlite(s) = &opened {
         s.close().await;
@@ -386,14 +388,23 @@ async fn racing_retries_make_one_event_per_room() {
 /// The test server's database, opened beside it.
 enum Opened {
     Sqlite(SqliteStore),
-    Other(Box<dyn Store>),
+    Other(Stores),
 }
 
 impl Opened {
-    fn store(&self) -> &dyn Store {
+    /// Keys and tokens live here.
+    fn main(&self) -> &dyn MainStore {
         match self {
             Opened::Sqlite(s) => s,
-            Opened::Other(s) => s.as_ref(),
+            Opened::Other(s) => s.main.as_ref(),
+        }
+    }
+
+    /// Events live here (on the shards when sharded).
+    fn rooms(&self) -> &dyn RoomStore {
+        match self {
+            Opened::Sqlite(s) => s,
+            Opened::Other(s) => s.rooms.as_ref(),
         }
     }
 }
@@ -401,12 +412,20 @@ impl Opened {
 async fn open_store(hs: &TestServer) -> Opened {
     match &hs.database_url {
         // Events live on the shards when sharded; keys and tokens on main.
-        Some(url) if !hs.database_shards.is_empty() => Opened::Other(Box::new(
-            ShardedStore::connect(url, &hs.database_shards)
-                .await
-                .expect("connect db"),
-        )),
-        Some(url) => Opened::Other(Box::new(PgStore::connect(url).await.expect("connect db"))),
+        Some(url) if !hs.database_shards.is_empty() => {
+            let sharded = std::sync::Arc::new(
+                ShardedStore::connect(url, &hs.database_shards)
+                    .await
+                    .expect("connect db"),
+            );
+            Opened::Other(Stores {
+                main: sharded.main(),
+                rooms: sharded,
+            })
+        }
+        Some(url) => Opened::Other(Stores::single(std::sync::Arc::new(
+            PgStore::connect(url).await.expect("connect db"),
+        ))),
         None => Opened::Sqlite(
             SqliteStore::open(&hs.data_dir().join("hearth.db"))
                 .await
@@ -462,8 +481,7 @@ async fn a_retry_refused_at_commit_leaves_no_event_built_on_it() {
         assert_eq!(ids.iter().filter(|i| *i == id).count(), 1, "{id} once");
     }
     let opened = open_store(&hs).await;
-    let store = opened.store();
     for id in &ids {
-        stored_parents(store, id).await;
+        stored_parents(opened.rooms(), id).await;
     }
 }

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     Error, Result,
-    store::{BackupKey, Store},
+    store::{BackupKey, MainStore},
 };
 
 /// Which part of a backup a request reads, writes or deletes.
@@ -28,11 +28,11 @@ fn parse_version(v: &str) -> Result<i64> {
 
 /// Users' key backups; nothing else reads them.
 pub struct KeyBackup {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
 }
 
 impl KeyBackup {
-    pub(crate) fn new(store: Arc<dyn Store>) -> Self {
+    pub(crate) fn new(store: Arc<dyn MainStore>) -> Self {
         Self { store }
     }
 

@@ -13,12 +13,12 @@ use parking_lot::Mutex;
 
 use ruma::OwnedServerName;
 
-use crate::{Links, notifier::Notifier, push::Push, store::Store};
+use crate::{Links, notifier::Notifier, push::Push, store::MainStore};
 
 /// Keys, to-device inboxes and device lists (`keys.rs`, `to_device.rs`,
 /// `device_list.rs`): what devices publish to each other through the server.
 pub struct E2ee {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
     notifier: Arc<Notifier>,
     /// Federation, for other servers' keys and device-list updates.
     links: Arc<Links>,
@@ -52,7 +52,7 @@ const MAX_CACHED_COUNTS: usize = 100_000;
 
 impl E2ee {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn MainStore>,
         notifier: Arc<Notifier>,
         links: Arc<Links>,
         push: Arc<Push>,

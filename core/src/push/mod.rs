@@ -28,7 +28,11 @@ pub use sender::{GatewayError, PushGateway};
 use ruma::OwnedServerName;
 
 use crate::{
-    notifier::Notifier, pdu::StoredEvent, rooms::Rooms, store::Store, tasks::Tasks,
+    notifier::Notifier,
+    pdu::StoredEvent,
+    rooms::Rooms,
+    store::{MainStore, RoomStore, Stores},
+    tasks::Tasks,
     unread::UnreadCache,
 };
 
@@ -135,7 +139,9 @@ pub struct Push {
     gateway: OnceLock<Arc<dyn PushGateway>>,
     config: PushConfig,
     /// Rules (as account data), pushers and notifications are stored.
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
+    /// The events notified of, and where their readers have read up to.
+    room_store: Arc<dyn RoomStore>,
     /// A change of rules wakes the user's syncs.
     notifier: Arc<Notifier>,
     /// Unread counts follow a user's new rules (and are counted here,
@@ -149,11 +155,13 @@ pub struct Push {
 }
 
 impl Push {
-    /// `shared`: other processes write the same databases.
+    /// `shared`: other processes write the same databases. Takes both
+    /// roles: rules, pushers and notifications on main (`store`), the
+    /// events and read positions on the rooms' databases.
     pub(crate) fn new(
         config: PushConfig,
         shared: bool,
-        store: Arc<dyn Store>,
+        stores: &Stores,
         notifier: Arc<Notifier>,
         unread: Arc<UnreadCache>,
         views: Arc<Rooms>,
@@ -173,7 +181,8 @@ impl Push {
             scheduled: Mutex::new(HashMap::new()),
             gateway: OnceLock::new(),
             config,
-            store,
+            store: stores.main.clone(),
+            room_store: stores.rooms.clone(),
             notifier,
             unread,
             views,

@@ -38,7 +38,7 @@ impl Push {
             .notifications_before(who, before, limit, only_highlight)
             .await?;
         let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
-        let events = self.store.get_events(&ids).await?;
+        let events = self.room_store.get_events(&ids).await?;
         let mut read_positions: HashMap<&str, i64> = HashMap::new();
         let mut out = vec![];
         for n in &rows {
@@ -52,7 +52,7 @@ impl Push {
                 Some(r) => *r,
                 None => {
                     let r = self
-                        .store
+                        .room_store
                         .read_position(&n.room_id, who)
                         .await?
                         .unwrap_or(0);

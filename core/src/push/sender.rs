@@ -236,7 +236,7 @@ impl Push {
                 Some(r) => *r,
                 None => {
                     let r = self
-                        .store
+                        .room_store
                         .read_position(&n.room_id, user)
                         .await?
                         .unwrap_or(0);
@@ -268,7 +268,7 @@ impl Push {
         pusher: &PusherRecord,
         n: &NotificationRecord,
     ) -> Result<Option<Value>> {
-        let Some(event) = self.store.get_event(&n.event_id).await? else {
+        let Some(event) = self.room_store.get_event(&n.event_id).await? else {
             return Ok(None);
         };
         let pdu = &event.pdu;
@@ -343,7 +343,7 @@ impl Push {
                 continue;
             };
             let read = self
-                .store
+                .room_store
                 .read_position(&room, user)
                 .await?
                 .map_or(*joined_at, |r| r.max(*joined_at));

@@ -51,7 +51,7 @@ impl super::Rooms {
     /// A room this server does not know has no ACL to apply here (the
     /// request then fails on the room itself).
     pub async fn check_server_acl(&self, room: &RoomId, server: &ServerName) -> Result<()> {
-        if self.store.room_version(room.as_str()).await?.is_none() {
+        if self.main.room_version(room.as_str()).await?.is_none() {
             return Ok(());
         }
         let allowed = self

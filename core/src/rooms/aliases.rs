@@ -9,7 +9,7 @@ use super::{Rooms, required_power};
 use crate::{
     Error, Result,
     appservice::{AppService, AppServices},
-    store::Store,
+    store::MainStore,
 };
 
 /// A room id named by a client, refused as the client API refuses any.
@@ -19,7 +19,7 @@ pub(crate) fn parse_room_id(s: &str) -> Result<OwnedRoomId> {
 
 /// Local room aliases.
 pub struct Aliases {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
     server_name: OwnedServerName,
     /// Application services' exclusive alias namespaces.
     appservices: Arc<AppServices>,
@@ -29,7 +29,7 @@ pub struct Aliases {
 
 impl Aliases {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn MainStore>,
         server_name: OwnedServerName,
         appservices: Arc<AppServices>,
         rooms: Arc<Rooms>,

@@ -84,12 +84,12 @@ impl Hearth {
             self.send_event(&room_id, event).await?;
         }
         if let Some(alias) = &alias {
-            self.store
+            self.main
                 .create_alias(alias, room_id.as_str(), creator.as_str())
                 .await?;
         }
         if req.visibility_public {
-            self.store.set_room_public(room_id.as_str(), true).await?;
+            self.main.set_room_public(room_id.as_str(), true).await?;
         }
         for invitee in &req.invite {
             self.invite(&room_id, creator, invitee, None, req.is_direct)
@@ -117,7 +117,7 @@ impl Hearth {
         if local.is_empty() || local.contains(':') || ruma::RoomAliasId::parse(&alias).is_err() {
             return Err(Error::invalid_param("Invalid room_alias_name"));
         }
-        if self.store.resolve_alias(&alias).await?.is_some() {
+        if self.main.resolve_alias(&alias).await?.is_some() {
             return Err(Error::RoomInUse);
         }
         Ok(Some(alias))
@@ -134,7 +134,7 @@ impl Hearth {
         if matches!(
             MembershipState::from(membership),
             MembershipState::Join | MembershipState::Invite | MembershipState::Knock
-        ) && let Some(u) = self.store.get_user(user.as_str()).await?
+        ) && let Some(u) = self.main.get_user(user.as_str()).await?
         {
             if let Some(d) = u.displayname {
                 c["displayname"] = json!(d);
@@ -158,7 +158,7 @@ impl Hearth {
         is_direct: bool,
     ) -> Result<()> {
         if invitee.server_name() == self.config.server_name {
-            match self.store.get_user(invitee.as_str()).await? {
+            match self.main.get_user(invitee.as_str()).await? {
                 Some(u) if !u.deactivated => {}
                 _ => return Err(Error::not_found("Unknown user")),
             }

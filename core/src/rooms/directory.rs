@@ -7,7 +7,7 @@ use ruma::RoomId;
 use serde_json::{Value, json};
 
 use super::Rooms;
-use crate::{Error, Result, store::Store};
+use crate::{Error, Result, store::MainStore};
 
 /// Most entries one page holds, and how many without a `limit`.
 const MAX_PAGE: usize = 500;
@@ -15,13 +15,13 @@ const DEFAULT_PAGE: usize = 100;
 
 /// The published rooms as listed (`/publicRooms`).
 pub struct RoomList {
-    store: Arc<dyn Store>,
+    store: Arc<dyn MainStore>,
     /// Each entry is read from the room's current state.
     rooms: Arc<Rooms>,
 }
 
 impl RoomList {
-    pub(crate) fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
+    pub(crate) fn new(store: Arc<dyn MainStore>, rooms: Arc<Rooms>) -> Self {
         Self { store, rooms }
     }
 

@@ -20,12 +20,14 @@ use crate::{
     Error, Result,
     pdu::{Pdu, StoredEvent},
     rooms::{HistoryVisibility, membership_state},
-    store::Store,
+    store::{MainStore, RoomStore},
 };
 
 /// What other servers may read of a room.
 pub struct FederatedReads {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RoomStore>,
+    /// The room directory and membership index.
+    main: Arc<dyn MainStore>,
     server_name: OwnedServerName,
     /// Who is in the room now, and its current state.
     rooms: Arc<Rooms>,
@@ -35,13 +37,15 @@ pub struct FederatedReads {
 
 impl FederatedReads {
     pub(crate) fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn RoomStore>,
+        main: Arc<dyn MainStore>,
         server_name: OwnedServerName,
         rooms: Arc<Rooms>,
         visibility: Arc<Visibility>,
     ) -> Self {
         Self {
             store,
+            main,
             server_name,
             rooms,
             visibility,
@@ -258,7 +262,7 @@ impl FederatedReads {
         events: Vec<StoredEvent>,
     ) -> Result<Vec<Value>> {
         let version = self
-            .store
+            .main
             .room_version(room.as_str())
             .await?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -339,7 +343,7 @@ impl FederatedReads {
         version: &RoomVersionId,
         creator: &str,
     ) -> Result<()> {
-        if self.store.room_version(room.as_str()).await?.is_none() {
+        if self.main.room_version(room.as_str()).await?.is_none() {
             self.store
                 .create_room(room.as_str(), version.as_str(), creator)
                 .await?;
@@ -350,7 +354,7 @@ impl FederatedReads {
     /// The room's version, or `None` when the room is not known here.
     pub async fn known_room_version(&self, room: &RoomId) -> Result<Option<RoomVersionId>> {
         Ok(self
-            .store
+            .main
             .room_version(room.as_str())
             .await?
             .and_then(|v| RoomVersionId::try_from(v.as_str()).ok()))
@@ -360,7 +364,7 @@ impl FederatedReads {
     /// be read).
     pub async fn is_joined(&self, room: &RoomId, user: &str) -> bool {
         matches!(
-            self.store.membership(room.as_str(), user).await,
+            self.main.membership(room.as_str(), user).await,
             Ok(Some(m)) if membership_state(&m) == MembershipState::Join
         )
     }
@@ -369,7 +373,7 @@ impl FederatedReads {
     pub async fn servers_sharing_rooms_with(&self, user: &str) -> Result<Vec<String>> {
         let ours = self.server_name.as_str();
         let servers: std::collections::BTreeSet<String> = self
-            .store
+            .main
             .users_sharing_rooms(user)
             .await?
             .iter()

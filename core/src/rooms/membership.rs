@@ -83,7 +83,7 @@ impl Hearth {
         match self.membership_route(id_or_alias, via).await? {
             Route::Here(room_id) => {
                 match self
-                    .store
+                    .main
                     .membership(room_id.as_str(), user.as_str())
                     .await?
                 {
@@ -149,7 +149,7 @@ impl Hearth {
         } else {
             RoomId::parse(id_or_alias).map_err(|_| Error::invalid_param("Invalid room id"))?
         };
-        let known = self.store.room_version(room_id.as_str()).await?.is_some();
+        let known = self.main.room_version(room_id.as_str()).await?.is_some();
         if known && self.holds_room(&room_id).await? {
             return Ok(Route::Here(room_id));
         }
@@ -228,7 +228,7 @@ impl Hearth {
         self.rooms.require_known_room(room_id).await?;
         let content = self.member_content(user, "join", reason).await?;
         if let Some(m) = self
-            .store
+            .main
             .membership(room_id.as_str(), user.as_str())
             .await?
             && membership_state(&m) == MembershipState::Join
@@ -274,7 +274,7 @@ impl Hearth {
         reason: Option<&str>,
     ) -> Result<()> {
         match self
-            .store
+            .main
             .membership(room_id.as_str(), user.as_str())
             .await?
         {
@@ -303,7 +303,7 @@ impl Hearth {
             }
             Some(_) => Err(Error::forbidden("You are banned from this room")),
             None => {
-                if self.store.room_version(room_id.as_str()).await?.is_none() {
+                if self.main.room_version(room_id.as_str()).await?.is_none() {
                     Err(Error::not_found("Unknown room"))
                 } else {
                     Err(Error::forbidden("You are not in this room"))
@@ -323,7 +323,7 @@ impl Hearth {
     ) -> Result<()> {
         self.rooms.require_joined(room_id, sender).await?;
         if let Some(m) = self
-            .store
+            .main
             .membership(room_id.as_str(), target.as_str())
             .await?
         {
@@ -354,7 +354,7 @@ impl Hearth {
         reason: Option<&str>,
     ) -> Result<()> {
         let current = self
-            .store
+            .main
             .membership(room_id.as_str(), target.as_str())
             .await?
             .map(|m| membership_state(&m));
@@ -383,7 +383,7 @@ impl Hearth {
     /// Forgets a room the user has left (400 while joined or invited).
     pub async fn forget_room(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         match self
-            .store
+            .main
             .membership(room_id.as_str(), user.as_str())
             .await?
         {
@@ -397,11 +397,7 @@ impl Hearth {
                     "You must leave the room before forgetting it".into(),
                 ))
             }
-            Some(_) => {
-                self.store
-                    .forget_room(room_id.as_str(), user.as_str())
-                    .await
-            }
+            Some(_) => self.main.forget_room(room_id.as_str(), user.as_str()).await,
             None => Err(Error::not_found("You have never been in this room")),
         }
     }
@@ -409,7 +405,7 @@ impl Hearth {
     /// The rooms the user is joined to.
     pub async fn joined_rooms(&self, user: &UserId) -> Result<Vec<String>> {
         Ok(self
-            .store
+            .main
             .memberships_of_user(user.as_str())
             .await?
             .into_iter()
@@ -420,7 +416,7 @@ impl Hearth {
 
     /// Leaves every room and closes the account.
     pub async fn deactivate_account(&self, user: &UserId) -> Result<()> {
-        for m in self.store.memberships_of_user(user.as_str()).await? {
+        for m in self.main.memberships_of_user(user.as_str()).await? {
             if membership_state(&m) == MembershipState::Join
                 || membership_state(&m) == MembershipState::Invite
             {
@@ -432,6 +428,6 @@ impl Hearth {
                 }
             }
         }
-        self.store.deactivate_user(user.as_str()).await
+        self.main.deactivate_user(user.as_str()).await
     }
 }

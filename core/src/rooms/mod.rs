@@ -236,7 +236,9 @@ pub struct Rooms {
     /// Rooms another process writes: its address, and until when that is
     /// taken as known without asking the database again.
     elsewhere: Mutex<HashMap<String, (String, std::time::Instant)>>,
-    store: Arc<dyn crate::store::Store>,
+    store: Arc<dyn crate::store::RoomStore>,
+    /// The room directory (versions) and membership index.
+    main: Arc<dyn crate::store::MainStore>,
     /// Names this process in room writer leases (random per start).
     writer_id: Arc<str>,
     /// Several processes writing rooms: leases, and where to reach this one.
@@ -255,7 +257,8 @@ const WRITER_KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Rooms {
     pub(crate) fn new(
-        store: Arc<dyn crate::store::Store>,
+        store: Arc<dyn crate::store::RoomStore>,
+        main: Arc<dyn crate::store::MainStore>,
         cluster: Option<crate::config::ClusterConfig>,
         server_name: ruma::OwnedServerName,
         notifier: Arc<crate::notifier::Notifier>,
@@ -268,6 +271,7 @@ impl Rooms {
             held: Mutex::default(),
             elsewhere: Mutex::default(),
             store,
+            main,
             writer_id: Arc::from(crate::ids::random_string(16)),
             cluster,
             server_name,

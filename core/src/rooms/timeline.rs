@@ -73,7 +73,7 @@ impl Hearth {
             .filter(|e| e.pdu.room_id == room_id)
             .ok_or_else(not_found)?;
         let membership = self
-            .store
+            .main
             .membership(room_id.as_str(), user.as_str())
             .await?
             .map(|m| m.membership);
@@ -210,7 +210,7 @@ impl Hearth {
     /// world-readable room for others; 403 otherwise.
     async fn read_ceiling(&self, room_id: &RoomId, user: &UserId) -> Result<i64> {
         let membership: Option<MembershipRecord> = self
-            .store
+            .main
             .membership(room_id.as_str(), user.as_str())
             .await?;
         Ok(match membership {

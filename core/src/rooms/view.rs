@@ -30,7 +30,7 @@ impl Rooms {
     /// view also starts the room's ring of recent events.
     async fn load_room(&self, room_id: &str, fence: Option<Fence>) -> Result<RoomCache> {
         let version = self
-            .store
+            .main
             .room_version(room_id)
             .await?
             .ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -256,7 +256,7 @@ impl Rooms {
 
     pub async fn room_version_of(&self, room_id: &RoomId) -> Result<RoomVersionId> {
         let v = self
-            .store
+            .main
             .room_version(room_id.as_str())
             .await?
             .ok_or_else(|| Error::not_found("Unknown room"))?;

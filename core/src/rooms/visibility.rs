@@ -9,7 +9,7 @@ use super::{Rooms, membership_state};
 use crate::{
     Error, Result,
     pdu::{Pdu, StoredEvent},
-    store::{MembershipRecord, Store},
+    store::{MainStore, MembershipRecord, RoomStore},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,21 +36,27 @@ impl HistoryVisibility {
 
 /// History visibility: what of a room's past a user may read.
 pub struct Visibility {
-    store: Arc<dyn Store>,
+    store: Arc<dyn RoomStore>,
+    /// Membership (the main database's index).
+    main: Arc<dyn MainStore>,
     /// Current state, for members and world-readable rooms.
     rooms: Arc<Rooms>,
 }
 
 impl Visibility {
-    pub(crate) fn new(store: Arc<dyn Store>, rooms: Arc<Rooms>) -> Self {
-        Self { store, rooms }
+    pub(crate) fn new(
+        store: Arc<dyn RoomStore>,
+        main: Arc<dyn MainStore>,
+        rooms: Arc<Rooms>,
+    ) -> Self {
+        Self { store, main, rooms }
     }
 
     /// The state a user may read: current state while joined; the state when
     /// they left for former members; current state of world-readable rooms.
     pub async fn readable_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Pdu>> {
         let membership = self
-            .store
+            .main
             .membership(room_id.as_str(), user.as_str())
             .await?;
         match membership {
@@ -159,7 +165,7 @@ impl Visibility {
         events: Vec<StoredEvent>,
     ) -> Result<Vec<StoredEvent>> {
         let current = self
-            .store
+            .main
             .membership(room_id.as_str(), user.as_str())
             .await?;
         self.filter_visible_as(room_id, user, current.as_ref(), events)
@@ -199,7 +205,7 @@ impl Rooms {
     /// Fails with M_FORBIDDEN unless the user is currently joined to the room.
     /// Fails with 404 for a room this server does not know.
     pub(crate) async fn require_known_room(&self, room: &RoomId) -> Result<()> {
-        if self.store.room_version(room.as_str()).await?.is_none() {
+        if self.main.room_version(room.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown room"));
         }
         Ok(())
@@ -207,7 +213,7 @@ impl Rooms {
 
     pub async fn require_joined(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         match self
-            .store
+            .main
             .membership(room_id.as_str(), user.as_str())
             .await?
         {

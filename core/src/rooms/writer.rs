@@ -527,7 +527,7 @@ impl Hearth {
         creator: &str,
     ) -> Result<bool> {
         let room_id = pdu.room_id.clone();
-        if self.store.room_version(room_id.as_str()).await?.is_none() {
+        if self.main.room_version(room_id.as_str()).await?.is_none() {
             self.store
                 .create_room(room_id.as_str(), version.as_str(), creator)
                 .await?;

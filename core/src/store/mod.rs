@@ -1,5 +1,8 @@
 //! Storage behind traits, so the SQLite (embedded) and Postgres (scale-out)
-//! backends are interchangeable. Each trait is one area of the schema.
+//! backends are interchangeable. Each trait is one area of the schema, and
+//! the areas group into the two roles a database plays in the sharded layout
+//! (spec/storage.md): `MainStore` and `RoomStore`. Services hold the role
+//! they need, so what reads the main database cannot reach a shard.
 
 pub mod postgres;
 pub mod sharded;
@@ -140,7 +143,7 @@ impl StateChange {
     }
 }
 
-/// A PDU waiting in the outgoing federation queue.
+/// A PDU (or an application service's event id) waiting in the outgoing queue.
 #[derive(Debug, Clone)]
 pub struct QueuedPdu {
     /// Which database holds it (0 unless sharded).
@@ -243,14 +246,12 @@ pub trait AccountStore: Send + Sync {
     async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>>;
 }
 
+/// A room's events, state, client transaction ids and writer lease, on the
+/// room's shard; and the reads that span every room (stream positions, the
+/// rooms that moved), which the sharded layout routes by room.
 #[async_trait]
-pub trait RoomStore: Send + Sync {
+pub trait EventStore: Send + Sync {
     async fn create_room(&self, room_id: &str, version: &str, creator: &str) -> Result<()>;
-    async fn room_version(&self, room_id: &str) -> Result<Option<String>>;
-    async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()>;
-    async fn is_room_public(&self, room_id: &str) -> Result<bool>;
-    async fn public_rooms(&self) -> Result<Vec<String>>;
-
     /// Queues an event behind the events submitted before it, to be written
     /// with its state, membership and transaction-id rows atomically. Events
     /// of one room commit in submission order, so a writer may submit the
@@ -357,7 +358,18 @@ pub trait RoomStore: Send + Sync {
     fn share_with_other_processes(&self);
     /// Which shard holds a room's events, state and receipts.
     async fn shard_of(&self, room_id: &str) -> Result<usize>;
+    /// Joined members of any public room.
+    async fn users_in_public_rooms(&self) -> Result<Vec<String>>;
+}
 
+/// The room directory (version, publication), aliases and the membership
+/// index, in the main database.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync {
+    async fn room_version(&self, room_id: &str) -> Result<Option<String>>;
+    async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()>;
+    async fn is_room_public(&self, room_id: &str) -> Result<bool>;
+    async fn public_rooms(&self) -> Result<Vec<String>>;
     async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>>;
     async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRecord>>;
     async fn room_members(
@@ -368,15 +380,14 @@ pub trait RoomStore: Send + Sync {
     async fn forget_room(&self, room_id: &str, user_id: &str) -> Result<()>;
     /// Users who share a joined room with `user_id` (including the user).
     async fn users_sharing_rooms(&self, user_id: &str) -> Result<Vec<String>>;
-    /// Joined members of any public room.
-    async fn users_in_public_rooms(&self) -> Result<Vec<String>>;
-
     async fn create_alias(&self, alias: &str, room_id: &str, creator: &str) -> Result<()>;
     async fn resolve_alias(&self, alias: &str) -> Result<Option<(String, String)>>;
     async fn delete_alias(&self, alias: &str) -> Result<bool>;
     async fn room_aliases(&self, room_id: &str) -> Result<Vec<String>>;
 }
 
+/// Account data and the misc stream's position, media records and the
+/// server's signing keys, in the main database.
 #[async_trait]
 pub trait DataStore: Send + Sync {
     async fn put_account_data(
@@ -399,6 +410,19 @@ pub trait DataStore: Send + Sync {
         after: i64,
         upto: i64,
     ) -> Result<Vec<AccountDataRecord>>;
+    /// The position of the account-data stream.
+    async fn max_misc_stream_id(&self) -> Result<i64>;
+    async fn put_media(&self, m: &MediaRecord) -> Result<()>;
+    async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>>;
+    /// Every signing key this server has had, oldest first.
+    async fn server_keys(&self) -> Result<Vec<StoredServerKey>>;
+    /// Adds a signing key; the current one, if any, expires now.
+    async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()>;
+}
+
+/// Receipts, on their room's shard: their positions are on its stream.
+#[async_trait]
+pub trait ReceiptStore: Send + Sync {
     /// Stores a receipt; its stream id is a position in its room's shard stream.
     async fn put_receipt(&self, r: &ReceiptRecord) -> Result<i64>;
     /// Receipts with `after < stream_id <= upto` (positions per shard).
@@ -411,12 +435,13 @@ pub trait DataStore: Send + Sync {
     /// Where the user has read up to in a room: the stream ordering of the
     /// newest event their `m.read` or `m.read.private` receipts point at.
     async fn read_position(&self, room_id: &str, user_id: &str) -> Result<Option<i64>>;
-    /// The position of the account-data stream.
-    async fn max_misc_stream_id(&self) -> Result<i64>;
+}
 
-    async fn put_media(&self, m: &MediaRecord) -> Result<()>;
-    async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>>;
-
+/// The outgoing queue: PDUs owed to other servers and event ids owed to
+/// application services (`appservice_destination`), written on the room's
+/// shard in the event's own transaction; senders read a batch and acknowledge.
+#[async_trait]
+pub trait OutgoingStore: Send + Sync {
     /// Queues an event for other servers without appending it to the room
     /// (this server does not order the room: its owner does), claiming the
     /// client's transaction id in the same transaction. A retried
@@ -431,17 +456,12 @@ pub trait DataStore: Send + Sync {
     ) -> Result<()>;
     /// The oldest PDUs queued for `destination`, at most `limit`, each
     /// database's in queue order.
-    async fn federation_batch(&self, destination: &str, limit: usize) -> Result<Vec<QueuedPdu>>;
+    async fn outgoing_batch(&self, destination: &str, limit: usize) -> Result<Vec<QueuedPdu>>;
     /// Drops what a destination acknowledged: per database, every PDU up to
     /// and including the id given.
-    async fn federation_ack(&self, destination: &str, upto: &[(usize, i64)]) -> Result<()>;
+    async fn outgoing_ack(&self, destination: &str, upto: &[(usize, i64)]) -> Result<()>;
     /// Destinations with PDUs waiting.
-    async fn federation_destinations(&self) -> Result<Vec<String>>;
-
-    /// Every signing key this server has had, oldest first.
-    async fn server_keys(&self) -> Result<Vec<StoredServerKey>>;
-    /// Adds a signing key; the current one, if any, expires now.
-    async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()>;
+    async fn outgoing_destinations(&self) -> Result<Vec<String>>;
 }
 
 /// One of the server's signing keys.
@@ -601,6 +621,37 @@ pub trait KeyStore: Send + Sync {
     async fn backup_key_count(&self, user: &str, version: i64) -> Result<i64>;
 }
 
-/// Everything a homeserver needs from storage.
-pub trait Store: AccountStore + RoomStore + DataStore + KeyStore + PushStore {}
-impl<T: AccountStore + RoomStore + DataStore + KeyStore + PushStore> Store for T {}
+/// The main database's role (spec/storage.md): whatever belongs to a user or
+/// to the server rather than to one room's timeline, and the index of rooms
+/// and memberships that finds a room's shard and a user's rooms.
+pub trait MainStore: AccountStore + DirectoryStore + DataStore + KeyStore + PushStore {}
+impl<T: AccountStore + DirectoryStore + DataStore + KeyStore + PushStore> MainStore for T {}
+
+/// A room shard's role: events, state, leases, receipts and the outgoing
+/// queue, everything written in a room's event commits. The sharded layout
+/// implements it by routing each call to the room's shard.
+pub trait RoomStore: EventStore + ReceiptStore + OutgoingStore {}
+impl<T: EventStore + ReceiptStore + OutgoingStore> RoomStore for T {}
+
+/// One database playing both roles (SQLite, or Postgres unsharded).
+pub trait Store: MainStore + RoomStore {}
+impl<T: MainStore + RoomStore> Store for T {}
+
+/// The two handles `Hearth::new` takes. With one database both are the same
+/// store; sharded, `rooms` routes to the shards and `main` is the main
+/// database the router reads its index from.
+#[derive(Clone)]
+pub struct Stores {
+    pub main: std::sync::Arc<dyn MainStore>,
+    pub rooms: std::sync::Arc<dyn RoomStore>,
+}
+
+impl Stores {
+    /// Both roles on one database.
+    pub fn single<S: Store + 'static>(store: std::sync::Arc<S>) -> Self {
+        Self {
+            main: store.clone(),
+            rooms: store,
+        }
+    }
+}

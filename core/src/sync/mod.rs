@@ -100,7 +100,7 @@ impl Hearth {
         self.streams.catch_up().await?;
         Ok(SyncToken {
             shards: self.store.stream_positions().await?,
-            misc: self.store.max_misc_stream_id().await?,
+            misc: self.main.max_misc_stream_id().await?,
             typing: self.typing.serial(),
             presence: self.presence.serial(),
         })

@@ -73,7 +73,7 @@ impl Hearth {
             self.e2ee.ack_to_device(user, device, upto.misc).await?;
             return Ok((empty_response(&upto), false));
         }
-        let memberships = self.store.memberships_of_user(user.as_str()).await?;
+        let memberships = self.main.memberships_of_user(user.as_str()).await?;
         let mut pass = self
             .begin_pass(user, device, req, upto, &memberships)
             .await?;
@@ -124,7 +124,7 @@ impl Hearth {
             vec![]
         };
         let account_data = if req.since.as_ref().is_none_or(|s| s.misc != upto.misc) {
-            self.store
+            self.main
                 .account_data_since(user.as_str(), from.misc, upto.misc)
                 .await?
         } else {
@@ -175,7 +175,7 @@ impl Hearth {
         if pass.filter().presence.excludes_all() || !moved {
             return Ok(vec![]);
         }
-        let users = self.store.users_sharing_rooms(pass.user.as_str()).await?;
+        let users = self.main.users_sharing_rooms(pass.user.as_str()).await?;
         Ok(self
             .presence
             .events_for(&users, pass.since().map(|s| s.presence)))
@@ -233,7 +233,7 @@ impl Hearth {
             return Ok(left);
         }
         let sharing: BTreeSet<String> = self
-            .store
+            .main
             .users_sharing_rooms(user.as_str())
             .await?
             .into_iter()

@@ -180,7 +180,7 @@ impl Hearth {
         state: &[Value],
     ) -> Result<()> {
         if is_new {
-            for member in self.store.room_members(&m.room_id, None).await? {
+            for member in self.main.room_members(&m.room_id, None).await? {
                 if membership_state(&member) == MembershipState::Join {
                     pass.members_joined.insert(member.user_id);
                 }
@@ -206,7 +206,7 @@ impl Hearth {
     ) -> Result<()> {
         pass.has_data |= pass.incremental();
         if pass.incremental() {
-            for member in self.store.room_members(&m.room_id, None).await? {
+            for member in self.main.room_members(&m.room_id, None).await? {
                 if membership_state(&member) == MembershipState::Join {
                     pass.members_left.insert(member.user_id);
                 }
@@ -367,7 +367,7 @@ impl Hearth {
     }
 
     async fn room_summary(&self, room_id: &RoomId, user: &UserId) -> Result<Value> {
-        let members = self.store.room_members(room_id.as_str(), None).await?;
+        let members = self.main.room_members(room_id.as_str(), None).await?;
         let joined = members
             .iter()
             .filter(|m| membership_state(m) == MembershipState::Join)

@@ -343,7 +343,7 @@ pub fn drop_database_on(base: &str, url: &str) {
 
 /// The event's `prev_events`, after checking each of them is stored: nothing
 /// in the room was built on an event the server refused.
-pub async fn stored_parents(store: &dyn hearth_core::store::Store, id: &str) -> Vec<String> {
+pub async fn stored_parents(store: &dyn hearth_core::store::RoomStore, id: &str) -> Vec<String> {
     let ev = store.get_event(id).await.expect("read").expect("stored");
     let prevs: Vec<String> = ev.pdu.json["prev_events"]
         .as_array()

@@ -1,4 +1,5 @@
-//! Account data, receipts, media records and server keys.
+//! Account data, media records and server keys (the main database's role);
+//! receipts and the outgoing queue (a room shard's role).
 
 /// Expands to the implementation for `SqlStore<$db>`; invoke it inside a
 /// module of its own (it brings its own imports).
@@ -12,8 +13,8 @@ macro_rules! impl_data_store {
         use crate::{
             Result,
             store::{
-                AccountDataRecord, DataStore, MediaRecord, QueuedPdu, ReceiptRecord,
-                StoredServerKey,
+                AccountDataRecord, DataStore, MediaRecord, OutgoingStore, QueuedPdu, ReceiptRecord,
+                ReceiptStore, StoredServerKey,
             },
         };
 
@@ -115,6 +116,81 @@ macro_rules! impl_data_store {
                     .collect()
             }
 
+            async fn max_misc_stream_id(&self) -> Result<i64> {
+                Ok(self.positions.misc())
+            }
+
+            async fn put_media(&self, m: &MediaRecord) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO media (media_id, content_type, filename, size, uploader, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&m.media_id)
+                .bind(&m.content_type)
+                .bind(&m.filename)
+                .bind(m.size)
+                .bind(&m.uploader)
+                .bind(m.created_ts)
+                .execute(&self.writer)
+                .await?;
+                Ok(())
+            }
+
+            async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>> {
+                let row = sqlx::query("SELECT * FROM media WHERE media_id = $1")
+                    .bind(media_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(r) => Some(MediaRecord {
+                        media_id: r.try_get("media_id")?,
+                        content_type: r.try_get("content_type")?,
+                        filename: r.try_get("filename")?,
+                        size: r.try_get("size")?,
+                        uploader: r.try_get("uploader")?,
+                        created_ts: r.try_get("created_ts")?,
+                    }),
+                    None => None,
+                })
+            }
+
+            async fn server_keys(&self) -> Result<Vec<StoredServerKey>> {
+                let rows = sqlx::query(
+                    "SELECT key_id, pkcs8, expired_ts FROM server_keys ORDER BY created_ts",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(StoredServerKey {
+                            key_id: r.try_get(0)?,
+                            pkcs8: r.try_get(1)?,
+                            expired_ts: r.try_get(2)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()> {
+                // Whatever key signed until now retires as this one takes over.
+                let now = now_ms();
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("UPDATE server_keys SET expired_ts = $1 WHERE expired_ts IS NULL")
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO server_keys (key_id, pkcs8, created_ts) VALUES ($1, $2, $3)")
+                    .bind(key_id)
+                    .bind(pkcs8)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl ReceiptStore for crate::store::sql::SqlStore<$db> {
             async fn put_receipt(&self, r: &ReceiptRecord) -> Result<i64> {
                 let mut tx = self.writer.begin().await?;
                 const STREAM_LOCK: Option<&str> = $stream_lock;
@@ -190,44 +266,10 @@ macro_rules! impl_data_store {
                 .fetch_one(&self.pool)
                 .await?)
             }
+        }
 
-            async fn max_misc_stream_id(&self) -> Result<i64> {
-                Ok(self.positions.misc())
-            }
-
-            async fn put_media(&self, m: &MediaRecord) -> Result<()> {
-                sqlx::query(
-                    "INSERT INTO media (media_id, content_type, filename, size, uploader, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(&m.media_id)
-                .bind(&m.content_type)
-                .bind(&m.filename)
-                .bind(m.size)
-                .bind(&m.uploader)
-                .bind(m.created_ts)
-                .execute(&self.writer)
-                .await?;
-                Ok(())
-            }
-
-            async fn get_media(&self, media_id: &str) -> Result<Option<MediaRecord>> {
-                let row = sqlx::query("SELECT * FROM media WHERE media_id = $1")
-                    .bind(media_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(match row {
-                    Some(r) => Some(MediaRecord {
-                        media_id: r.try_get("media_id")?,
-                        content_type: r.try_get("content_type")?,
-                        filename: r.try_get("filename")?,
-                        size: r.try_get("size")?,
-                        uploader: r.try_get("uploader")?,
-                        created_ts: r.try_get("created_ts")?,
-                    }),
-                    None => None,
-                })
-            }
-
+        #[async_trait]
+        impl OutgoingStore for crate::store::sql::SqlStore<$db> {
             async fn queue_outgoing(
                 &self,
                 room_id: &str,
@@ -251,7 +293,7 @@ macro_rules! impl_data_store {
                 Ok(())
             }
 
-            async fn federation_batch(&self, destination: &str, limit: usize) -> Result<Vec<QueuedPdu>> {
+            async fn outgoing_batch(&self, destination: &str, limit: usize) -> Result<Vec<QueuedPdu>> {
                 let rows = sqlx::query(
                     "SELECT id, pdu FROM federation_queue WHERE destination = $1 ORDER BY id LIMIT $2",
                 )
@@ -270,7 +312,7 @@ macro_rules! impl_data_store {
                     .collect()
             }
 
-            async fn federation_ack(&self, destination: &str, upto: &[(usize, i64)]) -> Result<()> {
+            async fn outgoing_ack(&self, destination: &str, upto: &[(usize, i64)]) -> Result<()> {
                 for (_, id) in upto.iter().filter(|(source, _)| *source == 0) {
                     sqlx::query("DELETE FROM federation_queue WHERE destination = $1 AND id <= $2")
                         .bind(destination)
@@ -281,45 +323,10 @@ macro_rules! impl_data_store {
                 Ok(())
             }
 
-            async fn federation_destinations(&self) -> Result<Vec<String>> {
+            async fn outgoing_destinations(&self) -> Result<Vec<String>> {
                 Ok(sqlx::query_scalar("SELECT DISTINCT destination FROM federation_queue")
                     .fetch_all(&self.pool)
                     .await?)
-            }
-
-            async fn server_keys(&self) -> Result<Vec<StoredServerKey>> {
-                let rows = sqlx::query(
-                    "SELECT key_id, pkcs8, expired_ts FROM server_keys ORDER BY created_ts",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(StoredServerKey {
-                            key_id: r.try_get(0)?,
-                            pkcs8: r.try_get(1)?,
-                            expired_ts: r.try_get(2)?,
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn add_server_key(&self, key_id: &str, pkcs8: &[u8]) -> Result<()> {
-                // Whatever key signed until now retires as this one takes over.
-                let now = now_ms();
-                let mut tx = self.writer.begin().await?;
-                sqlx::query("UPDATE server_keys SET expired_ts = $1 WHERE expired_ts IS NULL")
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("INSERT INTO server_keys (key_id, pkcs8, created_ts) VALUES ($1, $2, $3)")
-                    .bind(key_id)
-                    .bind(pkcs8)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                Ok(())
             }
         }
 

@@ -1,4 +1,5 @@
-//! Rooms, the event timeline, state, the membership index and aliases.
+//! Rooms, the event timeline and state (`EventStore`, a room shard's role); the
+//! room directory, the membership index and aliases (`DirectoryStore`, main's).
 //! `$join_rule` is the dialect's expression for an `m.room.join_rules`
 //! event's `join_rule`, with the event's JSON text in `e.json`.
 
@@ -24,7 +25,7 @@ macro_rules! impl_room_store {
         use crate::{
             Error, Result,
             pdu::{StateMap, StoredEvent},
-            store::{Direction, EventToPersist, MembershipRecord, RoomStore},
+            store::{DirectoryStore, Direction, EventToPersist, EventStore, MembershipRecord},
         };
 
         fn membership_from_row(row: &<$db as sqlx::Database>::Row) -> Result<MembershipRecord> {
@@ -133,43 +134,9 @@ macro_rules! impl_room_store {
         }
 
         #[async_trait]
-        impl RoomStore for crate::store::sql::SqlStore<$db> {
+        impl EventStore for crate::store::sql::SqlStore<$db> {
             async fn create_room(&self, room_id: &str, version: &str, creator: &str) -> Result<()> {
                 self.insert_room(room_id, version, creator, 0).await
-            }
-
-            async fn room_version(&self, room_id: &str) -> Result<Option<String>> {
-                Ok(
-                    sqlx::query_scalar("SELECT room_version FROM rooms WHERE room_id = $1")
-                        .bind(room_id)
-                        .fetch_optional(&self.pool)
-                        .await?,
-                )
-            }
-
-            async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()> {
-                sqlx::query("UPDATE rooms SET is_public = $1 WHERE room_id = $2")
-                    .bind(public as i64)
-                    .bind(room_id)
-                    .execute(&self.writer)
-                    .await?;
-                Ok(())
-            }
-
-            async fn is_room_public(&self, room_id: &str) -> Result<bool> {
-                let v: Option<i64> = sqlx::query_scalar("SELECT is_public FROM rooms WHERE room_id = $1")
-                    .bind(room_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                Ok(v == Some(1))
-            }
-
-            async fn public_rooms(&self) -> Result<Vec<String>> {
-                Ok(
-                    sqlx::query_scalar("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY created_ts")
-                        .fetch_all(&self.pool)
-                        .await?,
-                )
             }
 
             async fn submit_event(&self, ev: EventToPersist) -> Result<crate::store::PendingCommit> {
@@ -518,6 +485,58 @@ macro_rules! impl_room_store {
                 Ok(0)
             }
 
+            async fn users_in_public_rooms(&self) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar(
+                    concat!(
+                        "SELECT DISTINCT m.user_id FROM memberships m JOIN current_state c
+                           ON c.room_id = m.room_id AND c.event_type = 'm.room.join_rules' AND c.state_key = ''
+                         JOIN events e ON e.event_id = c.event_id
+                         WHERE m.membership = 'join' AND ",
+                        $join_rule,
+                        " = 'public'"
+                    ),
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+
+        #[async_trait]
+        impl DirectoryStore for crate::store::sql::SqlStore<$db> {
+            async fn room_version(&self, room_id: &str) -> Result<Option<String>> {
+                Ok(
+                    sqlx::query_scalar("SELECT room_version FROM rooms WHERE room_id = $1")
+                        .bind(room_id)
+                        .fetch_optional(&self.pool)
+                        .await?,
+                )
+            }
+
+            async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()> {
+                sqlx::query("UPDATE rooms SET is_public = $1 WHERE room_id = $2")
+                    .bind(public as i64)
+                    .bind(room_id)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+
+            async fn is_room_public(&self, room_id: &str) -> Result<bool> {
+                let v: Option<i64> = sqlx::query_scalar("SELECT is_public FROM rooms WHERE room_id = $1")
+                    .bind(room_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(v == Some(1))
+            }
+
+            async fn public_rooms(&self) -> Result<Vec<String>> {
+                Ok(
+                    sqlx::query_scalar("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY created_ts")
+                        .fetch_all(&self.pool)
+                        .await?,
+                )
+            }
+
             async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>> {
                 if let Some(cached) = self.memberships.get(user_id) {
                     return Ok(cached);
@@ -584,21 +603,6 @@ macro_rules! impl_room_store {
                      WHERE m1.user_id = $1 AND m1.membership = 'join' AND m2.membership = 'join'",
                 )
                 .bind(user_id)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn users_in_public_rooms(&self) -> Result<Vec<String>> {
-                Ok(sqlx::query_scalar(
-                    concat!(
-                        "SELECT DISTINCT m.user_id FROM memberships m JOIN current_state c
-                           ON c.room_id = m.room_id AND c.event_type = 'm.room.join_rules' AND c.state_key = ''
-                         JOIN events e ON e.event_id = c.event_id
-                         WHERE m.membership = 'join' AND ",
-                        $join_rule,
-                        " = 'public'"
-                    ),
-                )
                 .fetch_all(&self.pool)
                 .await?)
             }
