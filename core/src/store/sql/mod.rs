@@ -7,6 +7,21 @@
 //! connection (writers queue in order instead of colliding on locks), events
 //! through the group-commit writer, stream positions and access tokens in
 //! memory because this process is the database's only writer.
+//!
+//! Why macros per driver rather than code generic over `sqlx::Database`: a
+//! generic query has to carry, at every function, the bounds that sqlx
+//! states per driver — `Executor` for the pool and for a transaction's
+//! connection at every lifetime (`for<'c> &'c mut DB::Connection:
+//! Executor<'c>`), `Encode + Type` for each value bound, `Decode` and
+//! `ColumnIndex` for each column read — and inside `#[async_trait]` methods
+//! (whose futures must be `Send`) such code runs into "implementation of
+//! `Executor` is not general enough" even with them spelled out. Expanded
+//! once per driver, every query is type-checked against the concrete
+//! `Sqlite` or `Postgres` types with no bounds to keep in step, and each
+//! dialect's statements and fragments (the `sql_backend!` arguments below)
+//! are compile-time literals, a fragment joined into its query by `concat!`,
+//! so no SQL is formatted at run time. The cost: an error in a query is
+//! reported in the macro's expansion, once per driver.
 
 /// Instantiates every query module for one driver: `$join_rule` is the
 /// dialect's expression for an `m.room.join_rules` event's rule (event JSON in
