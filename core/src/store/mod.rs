@@ -1,8 +1,8 @@
 //! Storage behind traits, so the SQLite (embedded) and Postgres (scale-out)
 //! backends are interchangeable. Each trait is one area of the schema, and
 //! the areas group into the two roles a database plays in the sharded layout
-//! (spec/storage.md): `MainStore` and `RoomStore`. Services hold the role
-//! they need, so what reads the main database cannot reach a shard.
+//! (spec/storage.md): `MainStore` and `RoomStore`. Each service holds only
+//! the role it needs (ARCHITECTURE.md, Services).
 
 pub mod postgres;
 pub mod sharded;
@@ -176,6 +176,8 @@ pub type PendingCommit = std::pin::Pin<Box<dyn std::future::Future<Output = Resu
 /// Called with each event right after it commits, in commit order.
 pub type CommitHook = std::sync::Arc<dyn Fn(&EventToPersist, i64) + Send + Sync>;
 
+/// Users, devices, access tokens, filters and UIA sessions, in the main
+/// database.
 #[async_trait]
 pub trait AccountStore: Send + Sync {
     /// Fails with `Error::UserInUse` when the id is taken (including deactivated ids).
@@ -358,7 +360,9 @@ pub trait EventStore: Send + Sync {
     fn share_with_other_processes(&self);
     /// Which shard holds a room's events, state and receipts.
     async fn shard_of(&self, room_id: &str) -> Result<usize>;
-    /// Joined members of any public room.
+    /// Joined members of any public room. A room role read: which rooms are
+    /// public is their join rule, in their state on their shards (the
+    /// sharded router then asks the main index for their members).
     async fn users_in_public_rooms(&self) -> Result<Vec<String>>;
 }
 

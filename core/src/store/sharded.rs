@@ -5,15 +5,17 @@
 //! shards configured then).
 //!
 //! Every database carries the full schema; each uses the tables of its role.
-//! The router is the room role (`RoomStore`) only: callers reach the main
-//! database through its own handle (`ShardedStore::main`, handed to
-//! `Hearth::new` beside the router), and the router reads it only where
-//! routing needs the index (a room's shard, membership index rows written
-//! after their events, the joined users of public rooms).
 //! A shard also keeps the membership rows of its own rooms, written atomically
 //! with their events; the main index is updated right after, and on start the
 //! main index catches up from every shard, so a crash between the two commits
 //! loses nothing.
+//!
+//! The router is the room role (`RoomStore`) only: callers reach the main
+//! database through its own handle (`ShardedStore::main`, handed to
+//! `Hearth::new` beside the router). The router touches main only where
+//! routing needs it: a room's shard and its directory row, the membership
+//! index rows written after their events, the joined users of public rooms,
+//! and the stream heads and caches that several processes share.
 
 use std::{
     collections::{BTreeMap, HashMap},
