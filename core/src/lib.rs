@@ -33,18 +33,14 @@ pub mod tasks;
 pub mod uia;
 pub mod unread;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 pub use config::CoreConfig;
 pub use error::{Error, Result};
 pub use ruma;
 
 use crate::{
-    ephemeral::{Presence, Typing},
-    keys::ServerKeys,
-    notifier::Notifier,
-    rooms::Rooms,
-    store::Store,
+    ephemeral::Presence, keys::ServerKeys, notifier::Notifier, rooms::Rooms, store::Store,
     unread::UnreadCache,
 };
 
@@ -56,8 +52,8 @@ pub struct Hearth {
     pub(crate) store: Arc<dyn Store>,
     pub keys: ServerKeys,
     pub notifier: Arc<Notifier>,
-    pub typing: Typing,
-    pub presence: Arc<Presence>,
+    /// Typing and presence, with the bus (`ephemeral.rs`, `cluster.rs`).
+    pub ephemeral: Arc<ephemeral::Ephemeral>,
     /// Each room's view and lease (`rooms/view.rs`); the writer is still `impl Hearth`.
     pub rooms: Arc<Rooms>,
     /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
@@ -91,8 +87,6 @@ pub struct Hearth {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Every long-lived background task, stopped and awaited at shutdown.
     pub tasks: tasks::Tasks,
-    /// The bus to the server's other processes, when Redis is configured.
-    pub bus: Option<Arc<bus::Bus>>,
     /// Where each stream stands, caught up with the other processes.
     pub(crate) streams: Arc<cluster::Streams>,
     /// Federation, forwarding and application services, set after start-up.
@@ -233,7 +227,8 @@ impl Hearth {
             hearth.rooms.spawn_lease_renewal();
         }
         if let Some((bus, outbox)) = bus {
-            hearth.join_cluster(bus, outbox);
+            hearth.store.share_with_other_processes();
+            hearth.ephemeral.join_cluster(bus, outbox);
         }
         // The writer's ring of recent events and the push worker hear of
         // each event in commit order, from the store itself.
@@ -251,7 +246,7 @@ impl Hearth {
             recent.push(event);
         }));
         hearth.push.spawn_push_worker();
-        hearth.spawn_sweepers();
+        hearth.ephemeral.spawn_sweepers();
         hearth.accounts.ensure_appservice_users().await?;
         Ok(hearth)
     }
@@ -267,6 +262,9 @@ impl Hearth {
         let shared = Shared::new(&config, &store);
         let (aliases, directory, room_list, visibility, federated) =
             Self::room_services(&config, &store, &shared.rooms, &shared.appservices);
+        let single_process = bus.is_none();
+        let (streams, to_appservices, ephemeral) =
+            Self::ephemeral_services(&config, &store, &shared, bus);
         let (e2ee, devices, accounts, uia) = Self::user_services(
             &config,
             &store,
@@ -274,7 +272,7 @@ impl Hearth {
             &shared.links,
             &shared.push,
             &shared.appservices,
-            bus.is_none(),
+            single_process,
         );
         // Fields are built in the order written: `config` and `store` and the
         // shared state move in last, after the services that copy them.
@@ -297,23 +295,10 @@ impl Hearth {
             room_list,
             visibility,
             federated,
-            typing: Typing::default(),
             shutdown: tokio::sync::watch::channel(false).0,
-            streams: Arc::new(cluster::Streams::new(
-                store.clone(),
-                shared.notifier.clone(),
-                bus.is_some(),
-            )),
-            to_appservices: Arc::new(appservice::ToAppServices::new(
-                store.clone(),
-                shared.appservices.clone(),
-                shared.rooms.clone(),
-                shared.links.clone(),
-                shared.presence.clone(),
-                shared.appservice_ephemeral.clone(),
-                shared.appservice_queued.clone(),
-            )),
-            presence: shared.presence,
+            streams,
+            to_appservices,
+            ephemeral,
             appservice_ephemeral: shared.appservice_ephemeral,
             appservice_queued: shared.appservice_queued,
             e2ee,
@@ -331,7 +316,6 @@ impl Hearth {
             rooms: shared.rooms,
             push: shared.push,
             appservices: shared.appservices,
-            bus,
             keys,
             config,
             store,
@@ -364,6 +348,54 @@ impl Hearth {
             visibility,
             federated,
         )
+    }
+
+    /// The stream heads, what application services are sent, and typing
+    /// and presence over them (with the bus).
+    fn ephemeral_services(
+        config: &CoreConfig,
+        store: &Arc<dyn Store>,
+        shared: &Shared,
+        bus: Option<Arc<bus::Bus>>,
+    ) -> (
+        Arc<cluster::Streams>,
+        Arc<appservice::ToAppServices>,
+        Arc<ephemeral::Ephemeral>,
+    ) {
+        let streams = Arc::new(cluster::Streams::new(
+            store.clone(),
+            shared.notifier.clone(),
+            bus.is_some(),
+        ));
+        let to_appservices = Arc::new(appservice::ToAppServices::new(
+            store.clone(),
+            shared.appservices.clone(),
+            shared.rooms.clone(),
+            shared.links.clone(),
+            shared.presence.clone(),
+            shared.appservice_ephemeral.clone(),
+            shared.appservice_queued.clone(),
+        ));
+        let ephemeral = Arc::new(ephemeral::Ephemeral::new(ephemeral::EphemeralDeps {
+            store: store.clone(),
+            server_name: config.server_name.clone(),
+            presence: shared.presence.clone(),
+            bus,
+            tasks: shared.tasks.clone(),
+            notifier: shared.notifier.clone(),
+            rooms: shared.rooms.clone(),
+            to_appservices: to_appservices.clone(),
+            links: shared.links.clone(),
+            appservices: shared.appservices.clone(),
+            appservice_ephemeral: shared.appservice_ephemeral.clone(),
+            streams: streams.clone(),
+        }));
+        (streams, to_appservices, ephemeral)
+    }
+
+    /// Whether a user id belongs to this server.
+    pub fn is_local(&self, user: &str) -> bool {
+        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.config.server_name)
     }
 
     /// Keys and devices, accounts and UIA: each built on the one before.
@@ -403,31 +435,6 @@ impl Hearth {
         ));
         (e2ee, devices, accounts, uia)
     }
-
-    /// Expired typing notifications and presence that time changed must
-    /// reach syncing clients as changes.
-    fn spawn_sweepers(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let tasks = self.tasks.clone();
-        self.tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            let mut ticks: u64 = 0;
-            loop {
-                if tasks.until_stopped(tick.tick()).await.is_none() {
-                    break;
-                }
-                ticks += 1;
-                let Some(h) = weak.upgrade() else { break };
-                if h.typing.sweep() {
-                    h.notifier.notify();
-                }
-                if ticks.is_multiple_of(2) {
-                    h.age_presence().await;
-                }
-                h.to_appservices.presence_to_appservices().await;
-            }
-        });
-    }
 }
 
 /// Aliases, the directory, the room list, visibility and federated reads,
@@ -466,6 +473,7 @@ impl Shared {
             config.server_name.clone(),
             notifier.clone(),
             tasks.clone(),
+            links.clone(),
         ));
         let push = Arc::new(push::Push::new(
             config.push,

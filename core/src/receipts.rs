@@ -67,7 +67,7 @@ impl Hearth {
             self.share_receipt(room, user.as_str(), u.event_id, u.thread_id, ts)
                 .await;
         }
-        self.presence_active(user.as_str());
+        self.ephemeral.presence_active(user.as_str());
         Ok(())
     }
 
@@ -137,11 +137,12 @@ impl Hearth {
         );
         let mut by_room = Map::new();
         by_room.insert(room.to_string(), json!({"m.read": by_user}));
-        self.share_with_servers(
-            room,
-            json!({"edu_type": "m.receipt", "content": Value::Object(by_room)}),
-        )
-        .await;
+        self.rooms
+            .share_with_servers(
+                room,
+                json!({"edu_type": "m.receipt", "content": Value::Object(by_room)}),
+            )
+            .await;
     }
 }
 

@@ -425,7 +425,7 @@ impl Federation {
                     }
                     let typing = content["typing"].as_bool().unwrap_or(false);
                     let timeout = typing.then_some(REMOTE_TYPING_TIMEOUT);
-                    self.hearth.set_typing(&room, user, timeout).await;
+                    self.hearth.ephemeral.set_typing(&room, user, timeout).await;
                 }
                 Some("m.receipt") => {
                     for (room, kinds) in content.as_object().into_iter().flatten() {

@@ -66,7 +66,7 @@ async fn sync(
         "online" | "offline" | "unavailable" => {}
         _ => return Err(Error::invalid_param("Invalid set_presence").into()),
     }
-    h.presence_sync(s.user_id.as_str(), presence);
+    h.ephemeral.presence_sync(s.user_id.as_str(), presence);
     let req = SyncRequest {
         since,
         full_state,

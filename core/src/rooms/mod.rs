@@ -246,6 +246,8 @@ pub struct Rooms {
     notifier: Arc<crate::notifier::Notifier>,
     /// Runs the lease renewal.
     tasks: crate::tasks::Tasks,
+    /// Reaches the room's other servers (its EDUs).
+    links: Arc<crate::Links>,
 }
 
 /// How long "another process writes this room" is believed without asking
@@ -260,6 +262,7 @@ impl Rooms {
         server_name: ruma::OwnedServerName,
         notifier: Arc<crate::notifier::Notifier>,
         tasks: crate::tasks::Tasks,
+        links: Arc<crate::Links>,
     ) -> Self {
         Self {
             handles: Mutex::default(),
@@ -273,6 +276,7 @@ impl Rooms {
             server_name,
             notifier,
             tasks,
+            links,
         }
     }
 

@@ -35,7 +35,7 @@ impl Hearth {
         ev.txn = Some((s.device_id.clone(), txn_id.to_owned()));
         ev.ts = ts;
         let event_id = self.send_event(room_id, ev).await?;
-        self.presence_active(s.user_id.as_str());
+        self.ephemeral.presence_active(s.user_id.as_str());
         Ok(event_id.to_string())
     }
 

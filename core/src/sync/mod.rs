@@ -101,8 +101,8 @@ impl Hearth {
         Ok(SyncToken {
             shards: self.store.stream_positions().await?,
             misc: self.store.max_misc_stream_id().await?,
-            typing: self.typing.serial(),
-            presence: self.presence.serial(),
+            typing: self.ephemeral.typing.serial(),
+            presence: self.ephemeral.presence.serial(),
         })
     }
 

@@ -177,6 +177,7 @@ impl Hearth {
         }
         let users = self.store.users_sharing_rooms(pass.user.as_str()).await?;
         Ok(self
+            .ephemeral
             .presence
             .events_for(&users, pass.since().map(|s| s.presence)))
     }

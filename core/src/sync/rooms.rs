@@ -155,7 +155,10 @@ impl Hearth {
         if f.excludes_all() {
             return out;
         }
-        if let Some(t) = self.typing.event_for(room, pass.since().map(|s| s.typing))
+        if let Some(t) = self
+            .ephemeral
+            .typing
+            .event_for(room, pass.since().map(|s| s.typing))
             && f.allows_type("m.typing")
         {
             out.push(t);
