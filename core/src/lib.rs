@@ -54,6 +54,8 @@ pub struct Hearth {
     pub notifier: Arc<Notifier>,
     /// Typing and presence, with the bus (`ephemeral.rs`, `cluster.rs`).
     pub ephemeral: Arc<ephemeral::Ephemeral>,
+    /// Read receipts and the fully-read marker (`receipts.rs`).
+    pub receipts: Arc<receipts::Receipts>,
     /// Each room's view and lease (`rooms/view.rs`); the writer is still `impl Hearth`.
     pub rooms: Arc<Rooms>,
     /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
@@ -297,6 +299,12 @@ impl Hearth {
             federated,
             shutdown: tokio::sync::watch::channel(false).0,
             streams,
+            receipts: Arc::new(receipts::Receipts::new(
+                store.clone(),
+                shared.rooms.clone(),
+                to_appservices.clone(),
+                ephemeral.clone(),
+            )),
             to_appservices,
             ephemeral,
             appservice_ephemeral: shared.appservice_ephemeral,

@@ -8,7 +8,16 @@
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Hearth, Result, ids::now_ms, store::ReceiptRecord};
+use std::sync::Arc;
+
+use crate::{
+    Error, Result,
+    appservice::ToAppServices,
+    ephemeral::Ephemeral,
+    ids::now_ms,
+    rooms::Rooms,
+    store::{ReceiptRecord, Store},
+};
 
 /// One marker to set: its type (`m.read`, `m.read.private`,
 /// `m.fully_read`), the event it points at, and for a threaded receipt
@@ -35,7 +44,30 @@ impl ReceiptUpdate<'_> {
     }
 }
 
-impl Hearth {
+/// Receipts and the fully-read marker, set here or by another server.
+pub struct Receipts {
+    store: Arc<dyn Store>,
+    rooms: Arc<Rooms>,
+    to_appservices: Arc<ToAppServices>,
+    /// A receipt counts as activity for presence.
+    ephemeral: Arc<Ephemeral>,
+}
+
+impl Receipts {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        rooms: Arc<Rooms>,
+        to_appservices: Arc<ToAppServices>,
+        ephemeral: Arc<Ephemeral>,
+    ) -> Self {
+        Self {
+            store,
+            rooms,
+            to_appservices,
+            ephemeral,
+        }
+    }
+
     /// Sets one receipt or the fully-read marker for a local user.
     pub async fn set_receipt(
         &self,
@@ -144,9 +176,7 @@ impl Hearth {
             )
             .await;
     }
-}
 
-impl Hearth {
     /// An `m.read` receipt another server sent for its user (already
     /// checked to be joined): stored when the event is known here and in
     /// the room, and the room woken; otherwise dropped. `data` may carry

@@ -445,6 +445,7 @@ impl Federation {
                                     continue;
                                 };
                                 self.hearth
+                                    .receipts
                                     .receive_remote_receipt(&room, user, event_id, &receipt["data"])
                                     .await;
                             }

@@ -110,7 +110,7 @@ pub(crate) async fn post_receipt(
         event_id,
         thread_id,
     };
-    h.set_receipt(&room, &s.user_id, update).await?;
+    h.receipts.set_receipt(&room, &s.user_id, update).await?;
     Ok(())
 }
 
@@ -133,7 +133,7 @@ async fn read_markers(
             Some(_) => return Err(Error::bad_json(format!("{kind} must be an event id")).into()),
         }
     }
-    h.set_receipts(&room, &s.user_id, &updates).await?;
+    h.receipts.set_receipts(&room, &s.user_id, &updates).await?;
     Ok(set_read_marker::v3::Response::new().into())
 }
 
