@@ -56,6 +56,9 @@ pub struct Hearth {
     pub ephemeral: Arc<ephemeral::Ephemeral>,
     /// Read receipts and the fully-read marker (`receipts.rs`).
     pub receipts: Arc<receipts::Receipts>,
+    /// `/messages`, `/context` and history backfilled from other servers
+    /// (`rooms/timeline.rs`, `rooms/history.rs`).
+    pub timeline: Arc<rooms::Timeline>,
     /// Each room's view and lease (`rooms/view.rs`); the writer is still `impl Hearth`.
     pub rooms: Arc<Rooms>,
     /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
@@ -265,7 +268,7 @@ impl Hearth {
         let (aliases, directory, room_list, visibility, federated) =
             Self::room_services(&config, &store, &shared.rooms, &shared.appservices);
         let single_process = bus.is_none();
-        let (streams, to_appservices, ephemeral) =
+        let (streams, to_appservices, ephemeral, receipts) =
             Self::ephemeral_services(&config, &store, &shared, bus);
         let (e2ee, devices, accounts, uia) = Self::user_services(
             &config,
@@ -292,6 +295,13 @@ impl Hearth {
             outgoing: Arc::new(outgoing::Outgoing::new(store.clone())),
             filters: Arc::new(filter::Filters::new(store.clone())),
             rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
+            timeline: Arc::new(rooms::Timeline::new(
+                store.clone(),
+                shared.rooms.clone(),
+                visibility.clone(),
+                streams.clone(),
+                shared.links.clone(),
+            )),
             aliases,
             directory,
             room_list,
@@ -299,12 +309,7 @@ impl Hearth {
             federated,
             shutdown: tokio::sync::watch::channel(false).0,
             streams,
-            receipts: Arc::new(receipts::Receipts::new(
-                store.clone(),
-                shared.rooms.clone(),
-                to_appservices.clone(),
-                ephemeral.clone(),
-            )),
+            receipts,
             to_appservices,
             ephemeral,
             appservice_ephemeral: shared.appservice_ephemeral,
@@ -358,8 +363,8 @@ impl Hearth {
         )
     }
 
-    /// The stream heads, what application services are sent, and typing
-    /// and presence over them (with the bus).
+    /// The stream heads, what application services are sent, typing and
+    /// presence over them (with the bus), and receipts.
     fn ephemeral_services(
         config: &CoreConfig,
         store: &Arc<dyn Store>,
@@ -369,6 +374,7 @@ impl Hearth {
         Arc<cluster::Streams>,
         Arc<appservice::ToAppServices>,
         Arc<ephemeral::Ephemeral>,
+        Arc<receipts::Receipts>,
     ) {
         let streams = Arc::new(cluster::Streams::new(
             store.clone(),
@@ -398,7 +404,13 @@ impl Hearth {
             appservice_ephemeral: shared.appservice_ephemeral.clone(),
             streams: streams.clone(),
         }));
-        (streams, to_appservices, ephemeral)
+        let receipts = Arc::new(receipts::Receipts::new(
+            store.clone(),
+            shared.rooms.clone(),
+            to_appservices.clone(),
+            ephemeral.clone(),
+        ));
+        (streams, to_appservices, ephemeral, receipts)
     }
 
     /// Whether a user id belongs to this server.

@@ -619,7 +619,7 @@ impl Federation {
         // The room's messages before the join stay on the servers that were
         // there: where they continue is kept for a client paging back.
         ordered.push(join);
-        if let Err(e) = self.hearth.start_frontier(room, &ordered).await {
+        if let Err(e) = self.hearth.timeline.start_frontier(room, &ordered).await {
             tracing::warn!(room = %room, error = %e, "cannot record where the room's history continues");
         }
         tracing::info!(room = %room, %user, %server, "joined a room on another server");

@@ -81,7 +81,10 @@ async fn get_event(
     Path((room_id, event_id)): Path<(String, String)>,
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
-    let ev = h.visible_event(&room_id, &s.user_id, &event_id).await?;
+    let ev = h
+        .timeline
+        .visible_event(&room_id, &s.user_id, &event_id)
+        .await?;
     Ok(Json(ev.to_client(Some((&s.user_id, &s.device_id)))))
 }
 
@@ -114,6 +117,7 @@ async fn context(
     let room_id = parse_room_id(&room_id)?;
     let filter = parse_filter(q.filter.as_deref())?;
     let c = h
+        .timeline
         .event_context(&room_id, &s.user_id, &event_id, q.limit, &filter)
         .await?;
     let viewer = Some((s.user_id.as_ref(), s.device_id.as_str()));
@@ -171,7 +175,7 @@ async fn messages(
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
     let req = q.parse()?;
-    let page = h.messages(&room_id, &s.user_id, &req).await?;
+    let page = h.timeline.messages(&room_id, &s.user_id, &req).await?;
     let viewer = Some((s.user_id.as_ref(), s.device_id.as_str()));
     let mut body = json!({
         "chunk": page.chunk.iter().map(|e| e.to_client(viewer)).collect::<Vec<_>>(),

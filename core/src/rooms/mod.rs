@@ -48,7 +48,7 @@ pub use history::Backfilled;
 pub use membership::MemberAction;
 pub(crate) use membership::membership_state;
 pub use recent::RecentEvents;
-pub use timeline::{EventContext, MessagesPage, MessagesRequest};
+pub use timeline::{EventContext, MessagesPage, MessagesRequest, Timeline};
 pub use visibility::{HistoryVisibility, Visibility};
 
 use crate::{Error, Result, pdu::Pdu};
