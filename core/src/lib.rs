@@ -50,7 +50,7 @@ pub struct Hearth {
     /// Only core reaches the store: every rule sits between a request and
     /// its storage, whatever the entry point (ARCHITECTURE.md, invariants).
     pub(crate) store: Arc<dyn Store>,
-    pub keys: ServerKeys,
+    pub keys: Arc<ServerKeys>,
     pub notifier: Arc<Notifier>,
     /// Typing and presence, with the bus (`ephemeral.rs`, `cluster.rs`).
     pub ephemeral: Arc<ephemeral::Ephemeral>,
@@ -59,8 +59,10 @@ pub struct Hearth {
     /// `/messages`, `/context` and history backfilled from other servers
     /// (`rooms/timeline.rs`, `rooms/history.rs`).
     pub timeline: Arc<rooms::Timeline>,
-    /// Each room's view and lease (`rooms/view.rs`); the writer is still `impl Hearth`.
+    /// Each room's view and lease (`rooms/view.rs`).
     pub rooms: Arc<Rooms>,
+    /// The single writer of every room, creation and membership (`rooms/writer.rs`).
+    pub writer: Arc<rooms::RoomWriter>,
     /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
     pub rate_limits: Arc<ratelimit::RateLimits>,
     /// Clients' stored filters (`filter.rs`).
@@ -217,7 +219,7 @@ pub trait Forwarder: Send + Sync {
 
 impl Hearth {
     pub async fn new(config: CoreConfig, store: Arc<dyn Store>) -> Result<Arc<Self>> {
-        let keys = ServerKeys::load_or_generate(store.as_ref()).await?;
+        let keys = Arc::new(ServerKeys::load_or_generate(store.as_ref()).await?);
         let bus = match &config.redis {
             Some(r) => Some(bus::Bus::new(&r.url, &r.key_prefix)?),
             None => None,
@@ -261,7 +263,7 @@ impl Hearth {
     fn wire(
         config: CoreConfig,
         store: Arc<dyn Store>,
-        keys: ServerKeys,
+        keys: Arc<ServerKeys>,
         bus: Option<Arc<bus::Bus>>,
     ) -> Self {
         let shared = Shared::new(&config, &store);
@@ -270,6 +272,8 @@ impl Hearth {
         let single_process = bus.is_none();
         let (streams, to_appservices, ephemeral, receipts) =
             Self::ephemeral_services(&config, &store, &shared, bus);
+        let writer =
+            Self::room_writer(&config, &store, &keys, &shared, &ephemeral, &to_appservices);
         let (e2ee, devices, accounts, uia) = Self::user_services(
             &config,
             &store,
@@ -294,7 +298,8 @@ impl Hearth {
             key_backup: Arc::new(e2ee::backup::KeyBackup::new(store.clone())),
             outgoing: Arc::new(outgoing::Outgoing::new(store.clone())),
             filters: Arc::new(filter::Filters::new(store.clone())),
-            rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
+            rate_limits: shared.rate_limits,
+            writer,
             timeline: Arc::new(rooms::Timeline::new(
                 store.clone(),
                 shared.rooms.clone(),
@@ -413,6 +418,34 @@ impl Hearth {
         (streams, to_appservices, ephemeral, receipts)
     }
 
+    /// The rooms' writer, over the room services and the signing keys.
+    fn room_writer(
+        config: &CoreConfig,
+        store: &Arc<dyn Store>,
+        keys: &Arc<ServerKeys>,
+        shared: &Shared,
+        ephemeral: &Arc<ephemeral::Ephemeral>,
+        to_appservices: &Arc<appservice::ToAppServices>,
+    ) -> Arc<rooms::RoomWriter> {
+        Arc::new(rooms::RoomWriter::new(rooms::WriterDeps {
+            store: store.clone(),
+            config: rooms::WriterConfig {
+                server_name: config.server_name.clone(),
+                default_room_version: config.default_room_version.clone(),
+                rate_limits: config.rate_limits.clone(),
+            },
+            keys: keys.clone(),
+            rooms: shared.rooms.clone(),
+            links: shared.links.clone(),
+            notifier: shared.notifier.clone(),
+            appservices: shared.appservices.clone(),
+            appservice_queued: shared.appservice_queued.clone(),
+            rate_limits: shared.rate_limits.clone(),
+            ephemeral: ephemeral.clone(),
+            to_appservices: to_appservices.clone(),
+        }))
+    }
+
     /// Whether a user id belongs to this server.
     pub fn is_local(&self, user: &str) -> bool {
         ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.config.server_name)
@@ -479,6 +512,7 @@ struct Shared {
     presence: Arc<Presence>,
     appservice_ephemeral: Arc<appservice::EphemeralQueues>,
     appservice_queued: Arc<tokio::sync::Notify>,
+    rate_limits: Arc<ratelimit::RateLimits>,
 }
 
 impl Shared {
@@ -519,6 +553,7 @@ impl Shared {
             presence,
             appservice_ephemeral,
             appservice_queued,
+            rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
         }
     }
 }

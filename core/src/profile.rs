@@ -73,8 +73,9 @@ impl Hearth {
             let Ok(room) = RoomId::parse(&m.room_id) else {
                 continue;
             };
-            let content = self.member_content(user, "join", None).await?;
+            let content = self.writer.member_content(user, "join", None).await?;
             if let Err(e) = self
+                .writer
                 .send_event(
                     &room,
                     NewEvent::state(user.to_owned(), "m.room.member", user.as_str(), content),

@@ -108,7 +108,7 @@ pub(crate) async fn receive(
         }
     }
     let (to_append, appended_at) = fed.with_ancestries(origin.as_str(), checked).await;
-    let appended = fed.hearth.accept_remote_events(to_append).await;
+    let appended = fed.hearth.writer.accept_remote_events(to_append).await;
     for (at, result) in appended_at.into_iter().zip(appended) {
         match (at, result) {
             (Some(at), Err(e)) => outcomes[at].1 = Err(e.into()),

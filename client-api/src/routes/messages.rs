@@ -56,10 +56,9 @@ pub(crate) async fn send_message(
     ts: Option<u64>,
 ) -> ApiResult<String> {
     let room_id = parse_room_id(room_id)?;
-    Ok(
-        h.send_client_message(s, &room_id, kind, txn_id, content, ts)
-            .await?,
-    )
+    Ok(h.writer
+        .send_client_message(s, &room_id, kind, txn_id, content, ts)
+        .await?)
 }
 
 async fn redact(
@@ -69,6 +68,7 @@ async fn redact(
 ) -> RumaResult<redact_event::v3::Response> {
     let (target, txn) = (r.event_id.to_string(), r.txn_id.to_string());
     let event_id = h
+        .writer
         .send_client_redaction(&s, &r.room_id, target, txn, r.reason)
         .await?;
     let event_id = stored_id(EventId::parse(event_id))?;

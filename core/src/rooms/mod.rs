@@ -50,6 +50,8 @@ pub(crate) use membership::membership_state;
 pub use recent::RecentEvents;
 pub use timeline::{EventContext, MessagesPage, MessagesRequest, Timeline};
 pub use visibility::{HistoryVisibility, Visibility};
+pub use writer::RoomWriter;
+pub(crate) use writer::{WriterConfig, WriterDeps};
 
 use crate::{Error, Result, pdu::Pdu};
 
