@@ -63,6 +63,8 @@ pub struct Hearth {
     pub rooms: Arc<Rooms>,
     /// The single writer of every room, creation and membership (`rooms/writer.rs`).
     pub writer: Arc<rooms::RoomWriter>,
+    /// Display names and avatars (`profile.rs`).
+    pub profiles: Arc<profile::Profiles>,
     /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
     pub rate_limits: Arc<ratelimit::RateLimits>,
     /// Clients' stored filters (`filter.rs`).
@@ -269,11 +271,6 @@ impl Hearth {
         let shared = Shared::new(&config, &store);
         let (aliases, directory, room_list, visibility, federated) =
             Self::room_services(&config, &store, &shared.rooms, &shared.appservices);
-        let single_process = bus.is_none();
-        let (streams, to_appservices, ephemeral, receipts) =
-            Self::ephemeral_services(&config, &store, &shared, bus);
-        let writer =
-            Self::room_writer(&config, &store, &keys, &shared, &ephemeral, &to_appservices);
         let (e2ee, devices, accounts, uia) = Self::user_services(
             &config,
             &store,
@@ -281,8 +278,12 @@ impl Hearth {
             &shared.links,
             &shared.push,
             &shared.appservices,
-            single_process,
+            bus.is_none(),
         );
+        let (streams, to_appservices, ephemeral, receipts) =
+            Self::ephemeral_services(&config, &store, &shared, bus);
+        let (writer, profiles) =
+            Self::writing_services(&config, &store, &keys, &shared, &ephemeral, &to_appservices);
         // Fields are built in the order written: `config` and `store` and the
         // shared state move in last, after the services that copy them.
         Self {
@@ -300,6 +301,7 @@ impl Hearth {
             filters: Arc::new(filter::Filters::new(store.clone())),
             rate_limits: shared.rate_limits,
             writer,
+            profiles,
             timeline: Arc::new(rooms::Timeline::new(
                 store.clone(),
                 shared.rooms.clone(),
@@ -418,16 +420,17 @@ impl Hearth {
         (streams, to_appservices, ephemeral, receipts)
     }
 
-    /// The rooms' writer, over the room services and the signing keys.
-    fn room_writer(
+    /// The rooms' writer, over the room services and the signing keys, and
+    /// profiles, which re-send members' events through it.
+    fn writing_services(
         config: &CoreConfig,
         store: &Arc<dyn Store>,
         keys: &Arc<ServerKeys>,
         shared: &Shared,
         ephemeral: &Arc<ephemeral::Ephemeral>,
         to_appservices: &Arc<appservice::ToAppServices>,
-    ) -> Arc<rooms::RoomWriter> {
-        Arc::new(rooms::RoomWriter::new(rooms::WriterDeps {
+    ) -> (Arc<rooms::RoomWriter>, Arc<profile::Profiles>) {
+        let writer = Arc::new(rooms::RoomWriter::new(rooms::WriterDeps {
             store: store.clone(),
             config: rooms::WriterConfig {
                 server_name: config.server_name.clone(),
@@ -443,7 +446,15 @@ impl Hearth {
             rate_limits: shared.rate_limits.clone(),
             ephemeral: ephemeral.clone(),
             to_appservices: to_appservices.clone(),
-        }))
+        }));
+        let profiles = Arc::new(profile::Profiles::new(
+            store.clone(),
+            config.server_name.clone(),
+            shared.links.clone(),
+            to_appservices.clone(),
+            writer.clone(),
+        ));
+        (writer, profiles)
     }
 
     /// Whether a user id belongs to this server.

@@ -1,11 +1,15 @@
 //! Display names and avatars: read here or from the user's server; a change
 //! is mirrored into the user's member event in every joined room.
 
+use std::sync::Arc;
+
 use ruma::{RoomId, UserId, events::room::member::MembershipState};
 
 use crate::{
-    Error, Hearth, Result,
-    rooms::{NewEvent, membership_state},
+    Error, Links, Result,
+    appservice::ToAppServices,
+    rooms::{NewEvent, RoomWriter, membership_state},
+    store::Store,
 };
 
 /// A user's display name and avatar URL.
@@ -15,11 +19,40 @@ pub struct Profile {
     pub avatar_url: Option<String>,
 }
 
-impl Hearth {
+/// Users' profiles: read here or asked of their server, and changes
+/// mirrored into their member events.
+pub struct Profiles {
+    store: Arc<dyn Store>,
+    server_name: ruma::OwnedServerName,
+    /// Asks other servers for their users' profiles.
+    links: Arc<Links>,
+    /// Whether a local user exists (an application service's namespace too).
+    to_appservices: Arc<ToAppServices>,
+    /// Re-sends the user's member events.
+    writer: Arc<RoomWriter>,
+}
+
+impl Profiles {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        server_name: ruma::OwnedServerName,
+        links: Arc<Links>,
+        to_appservices: Arc<ToAppServices>,
+        writer: Arc<RoomWriter>,
+    ) -> Self {
+        Self {
+            store,
+            server_name,
+            links,
+            to_appservices,
+            writer,
+        }
+    }
+
     /// The profile of any user; another server's user is asked for it
     /// (`field` narrows the question to one field).
     pub async fn profile(&self, user: &UserId, field: Option<&str>) -> Result<Profile> {
-        if user.server_name() != self.config.server_name {
+        if user.server_name() != self.server_name {
             let remote = self.links.remote.get().ok_or_else(|| {
                 Error::not_found("Profile not found (this server does not federate)")
             })?;
