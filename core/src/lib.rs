@@ -65,6 +65,8 @@ pub struct Hearth {
     pub writer: Arc<rooms::RoomWriter>,
     /// Display names and avatars (`profile.rs`).
     pub profiles: Arc<profile::Profiles>,
+    /// Sync, long-polled (`sync/`).
+    pub sync: Arc<sync::Syncer>,
     /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
     pub rate_limits: Arc<ratelimit::RateLimits>,
     /// Clients' stored filters (`filter.rs`).
@@ -96,8 +98,6 @@ pub struct Hearth {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Every long-lived background task, stopped and awaited at shutdown.
     pub tasks: tasks::Tasks,
-    /// Where each stream stands, caught up with the other processes.
-    pub(crate) streams: Arc<cluster::Streams>,
     /// Federation, forwarding and application services, set after start-up.
     pub links: Arc<Links>,
     /// Registered application services (bridges).
@@ -284,6 +284,8 @@ impl Hearth {
             Self::ephemeral_services(&config, &store, &shared, bus);
         let (writer, profiles) =
             Self::writing_services(&config, &store, &keys, &shared, &ephemeral, &to_appservices);
+        let (unread, sync) =
+            Self::sync_services(&store, &shared, &visibility, &streams, &ephemeral, &e2ee);
         // Fields are built in the order written: `config` and `store` and the
         // shared state move in last, after the services that copy them.
         Self {
@@ -314,8 +316,7 @@ impl Hearth {
             room_list,
             visibility,
             federated,
-            shutdown: tokio::sync::watch::channel(false).0,
-            streams,
+            shutdown: shared.shutdown,
             receipts,
             to_appservices,
             ephemeral,
@@ -327,11 +328,8 @@ impl Hearth {
             uia,
             notifier: shared.notifier,
             links: shared.links,
-            unread: Arc::new(unread::Unread::new(
-                store.clone(),
-                shared.unread,
-                shared.push.clone(),
-            )),
+            unread,
+            sync,
             tasks: shared.tasks,
             rooms: shared.rooms,
             push: shared.push,
@@ -457,6 +455,35 @@ impl Hearth {
         (writer, profiles)
     }
 
+    /// Sync's unread counts, and sync over every service it reads.
+    fn sync_services(
+        store: &Arc<dyn Store>,
+        shared: &Shared,
+        visibility: &Arc<rooms::Visibility>,
+        streams: &Arc<cluster::Streams>,
+        ephemeral: &Arc<ephemeral::Ephemeral>,
+        e2ee: &Arc<e2ee::E2ee>,
+    ) -> (Arc<unread::Unread>, Arc<sync::Syncer>) {
+        let unread = Arc::new(unread::Unread::new(
+            store.clone(),
+            shared.unread.clone(),
+            shared.push.clone(),
+        ));
+        let sync = Arc::new(sync::Syncer::new(sync::SyncDeps {
+            store: store.clone(),
+            rooms: shared.rooms.clone(),
+            visibility: visibility.clone(),
+            ephemeral: ephemeral.clone(),
+            e2ee: e2ee.clone(),
+            unread: unread.clone(),
+            push: shared.push.clone(),
+            streams: streams.clone(),
+            notifier: shared.notifier.clone(),
+            shutdown: shared.shutdown.clone(),
+        }));
+        (unread, sync)
+    }
+
     /// Whether a user id belongs to this server.
     pub fn is_local(&self, user: &str) -> bool {
         ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.config.server_name)
@@ -524,6 +551,8 @@ struct Shared {
     appservice_ephemeral: Arc<appservice::EphemeralQueues>,
     appservice_queued: Arc<tokio::sync::Notify>,
     rate_limits: Arc<ratelimit::RateLimits>,
+    /// Flips when the server drains (`Hearth::shutdown`).
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -565,6 +594,7 @@ impl Shared {
             appservice_ephemeral,
             appservice_queued,
             rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
+            shutdown: tokio::sync::watch::channel(false).0,
         }
     }
 }

@@ -74,7 +74,7 @@ async fn sync(
         timeout: timeout.min(MAX_TIMEOUT),
     };
     let bound = req.timeout + crate::REQUEST_DEADLINE;
-    match tokio::time::timeout(bound, h.sync(&s.user_id, &s.device_id, &req)).await {
+    match tokio::time::timeout(bound, h.sync.sync(&s.user_id, &s.device_id, &req)).await {
         Ok(body) => Ok(Json(body?)),
         Err(_) => {
             tracing::error!(user = %s.user_id, "sync passed its deadline; is a database hung?");

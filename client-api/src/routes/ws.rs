@@ -185,7 +185,7 @@ async fn serve(
         tokio::spawn(async move {
             let initial = req.since.is_none();
             loop {
-                let body = match h.sync(&s.user_id, &s.device_id, &req).await {
+                let body = match h.sync.sync(&s.user_id, &s.device_id, &req).await {
                     Ok(b) => b,
                     Err(e) => {
                         let (code, msg) = ApiError::from(e).errcode_and_message();

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::{SyncRequest, SyncToken, empty_response};
 use crate::{
-    Hearth, Result,
+    Result,
     filter::SyncFilter,
     rooms::membership_state,
     store::{AccountDataRecord, MembershipRecord, ReceiptRecord},
@@ -59,7 +59,7 @@ impl Pass<'_> {
     }
 }
 
-impl Hearth {
+impl super::Syncer {
     pub(super) async fn sync_once(
         &self,
         user: &UserId,

@@ -11,7 +11,7 @@ use super::{
     own_receipt_in, pagination_token, pass::Pass, receipt_event,
 };
 use crate::{
-    Error, Hearth, Result,
+    Error, Result,
     pdu::StoredEvent,
     rooms::membership_state,
     store::{Direction, MembershipRecord},
@@ -34,7 +34,7 @@ struct Range {
     initial: bool,
 }
 
-impl Hearth {
+impl super::Syncer {
     /// Adds one of the user's rooms to the pass, in the section its
     /// membership puts it.
     pub(super) async fn sync_room(&self, pass: &mut Pass<'_>, m: &MembershipRecord) -> Result<()> {
