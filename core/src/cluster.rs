@@ -16,9 +16,8 @@ use async_trait::async_trait;
 use tracing::warn;
 
 use crate::{
-    Hearth,
     bus::{Bus, BusListener, BusMessage},
-    ephemeral::PresenceState,
+    ephemeral::{Ephemeral, PresenceState},
     notifier::Notifier,
     store::RoomStore,
 };
@@ -108,13 +107,14 @@ impl Streams {
     }
 }
 
-impl Hearth {
+impl Ephemeral {
+    /// Hears the other processes over the bus and re-reads the stream heads
+    /// on a timer (the store was told first that it is shared).
     pub(crate) fn join_cluster(
         self: &Arc<Self>,
         bus: Arc<Bus>,
         outbox: tokio::sync::mpsc::Receiver<BusMessage>,
     ) {
-        self.store.share_with_other_processes();
         self.notifier.attach_bus(bus.clone());
         let listener: Arc<dyn BusListener> = self.clone();
         bus.start(&self.tasks, outbox, Arc::downgrade(&listener));
@@ -168,7 +168,7 @@ impl Hearth {
             .await;
             // Our users' typing reaches the room's other servers.
             if self.is_local(user) {
-                self.share_with_servers(
+                self.rooms.share_with_servers(
                     room,
                     serde_json::json!({
                         "edu_type": "m.typing",
@@ -179,24 +179,6 @@ impl Hearth {
             }
         }
         changed
-    }
-
-    /// Sends an EDU to every other server with members in the room that
-    /// the room's ACL does not deny.
-    pub(crate) async fn share_with_servers(&self, room: &ruma::RoomId, edu: serde_json::Value) {
-        let Some(remote) = self.links.remote.get() else {
-            return;
-        };
-        match self.rooms.room_destinations(room).await {
-            Ok(servers) if !servers.is_empty() => remote.send_edu(&servers, edu),
-            Ok(_) => {}
-            Err(e) => warn!(room = %room, "cannot tell the room's servers: {e}"),
-        }
-    }
-
-    /// Whether a user id belongs to this server.
-    pub fn is_local(&self, user: &str) -> bool {
-        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.config.server_name)
     }
 
     /// A sync's `set_presence` (see `Presence::sync`).
@@ -370,7 +352,7 @@ fn store_typing(tasks: &crate::tasks::Tasks, bus: Arc<Bus>, room: &str, users: V
 }
 
 #[async_trait]
-impl BusListener for Hearth {
+impl BusListener for Ephemeral {
     async fn received(&self, messages: Vec<BusMessage>) {
         // Woken for something stored: the heads move first, so the woken
         // syncs read up to the new positions.

@@ -5,7 +5,7 @@
 //! clock-based (never below the current time in microseconds), which keeps a
 //! token from one process meaningful on another without a shared counter.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -460,15 +460,100 @@ fn presence_event(user: &str, s: &PresenceState) -> Value {
     json!({"type": "m.presence", "sender": user, "content": presence_content(s)})
 }
 
-impl crate::Hearth {
+/// Typing and presence as every route sets them: kept here, told to the
+/// other processes over the bus and to other servers and application
+/// services, and aged by the sweeper (`spawn_sweepers`).
+pub struct Ephemeral {
+    store: Arc<dyn crate::store::MainStore>,
+    server_name: ruma::OwnedServerName,
+    pub typing: Typing,
+    pub presence: Arc<Presence>,
+    /// The bus to the server's other processes, when Redis is configured.
+    pub(crate) bus: Option<Arc<crate::bus::Bus>>,
+    pub(crate) tasks: crate::tasks::Tasks,
+    pub(crate) notifier: Arc<crate::notifier::Notifier>,
+    pub(crate) rooms: Arc<crate::rooms::Rooms>,
+    pub(crate) to_appservices: Arc<crate::appservice::ToAppServices>,
+    pub(crate) links: Arc<crate::Links>,
+    pub(crate) appservices: Arc<crate::appservice::AppServices>,
+    pub(crate) appservice_ephemeral: Arc<crate::appservice::EphemeralQueues>,
+    /// Re-read when the bus wakes this process (`cluster.rs`).
+    pub(crate) streams: Arc<crate::cluster::Streams>,
+}
+
+/// What `Ephemeral` is built from (`Hearth::wire`): named, as there are many.
+pub(crate) struct EphemeralDeps {
+    pub store: Arc<dyn crate::store::MainStore>,
+    pub server_name: ruma::OwnedServerName,
+    pub presence: Arc<Presence>,
+    pub bus: Option<Arc<crate::bus::Bus>>,
+    pub tasks: crate::tasks::Tasks,
+    pub notifier: Arc<crate::notifier::Notifier>,
+    pub rooms: Arc<crate::rooms::Rooms>,
+    pub to_appservices: Arc<crate::appservice::ToAppServices>,
+    pub links: Arc<crate::Links>,
+    pub appservices: Arc<crate::appservice::AppServices>,
+    pub appservice_ephemeral: Arc<crate::appservice::EphemeralQueues>,
+    pub streams: Arc<crate::cluster::Streams>,
+}
+
+impl Ephemeral {
+    pub(crate) fn new(deps: EphemeralDeps) -> Self {
+        Self {
+            store: deps.store,
+            server_name: deps.server_name,
+            typing: Typing::default(),
+            presence: deps.presence,
+            bus: deps.bus,
+            tasks: deps.tasks,
+            notifier: deps.notifier,
+            rooms: deps.rooms,
+            to_appservices: deps.to_appservices,
+            links: deps.links,
+            appservices: deps.appservices,
+            appservice_ephemeral: deps.appservice_ephemeral,
+            streams: deps.streams,
+        }
+    }
+
+    /// Whether a user id belongs to this server.
+    pub(crate) fn is_local(&self, user: &str) -> bool {
+        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.server_name)
+    }
+
     /// A user's presence as another user asks for it: an unknown local user
     /// is 404; another server's user has what their server last told us, if
     /// anything.
     pub async fn user_presence(&self, user: &ruma::UserId) -> crate::Result<Option<PresenceState>> {
-        if self.is_local(user.as_str()) && self.main.get_user(user.as_str()).await?.is_none() {
+        if self.is_local(user.as_str()) && self.store.get_user(user.as_str()).await?.is_none() {
             return Err(crate::Error::not_found("Unknown user"));
         }
         Ok(self.presence_of(user.as_str()).await)
+    }
+
+    /// Expired typing notifications and presence that time changed must
+    /// reach syncing clients as changes.
+    pub(crate) fn spawn_sweepers(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut ticks: u64 = 0;
+            loop {
+                if tasks.until_stopped(tick.tick()).await.is_none() {
+                    break;
+                }
+                ticks += 1;
+                let Some(h) = weak.upgrade() else { break };
+                if h.typing.sweep() {
+                    h.notifier.notify();
+                }
+                if ticks.is_multiple_of(2) {
+                    h.age_presence().await;
+                }
+                h.to_appservices.presence_to_appservices().await;
+            }
+        });
     }
 }
 

@@ -33,14 +33,14 @@ pub mod tasks;
 pub mod uia;
 pub mod unread;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 pub use config::CoreConfig;
 pub use error::{Error, Result};
 pub use ruma;
 
 use crate::{
-    ephemeral::{Presence, Typing},
+    ephemeral::Presence,
     keys::ServerKeys,
     notifier::Notifier,
     rooms::Rooms,
@@ -53,16 +53,26 @@ pub struct Hearth {
     pub config: CoreConfig,
     /// Only core reaches the store: every rule sits between a request and
     /// its storage, whatever the entry point (ARCHITECTURE.md, invariants).
-    /// The room role (events, state, receipts, the outgoing queue).
+    /// The room role, for the commit hook and sharing stream positions at
+    /// start-up (events, state, receipts, the outgoing queue).
     pub(crate) store: Arc<dyn RoomStore>,
-    /// The main role (accounts, the directory and membership index, keys).
-    pub(crate) main: Arc<dyn MainStore>,
-    pub keys: ServerKeys,
+    pub keys: Arc<ServerKeys>,
     pub notifier: Arc<Notifier>,
-    pub typing: Typing,
-    pub presence: Arc<Presence>,
-    /// Each room's view and lease (`rooms/view.rs`); the writer is still `impl Hearth`.
+    /// Typing and presence, with the bus (`ephemeral.rs`, `cluster.rs`).
+    pub ephemeral: Arc<ephemeral::Ephemeral>,
+    /// Read receipts and the fully-read marker (`receipts.rs`).
+    pub receipts: Arc<receipts::Receipts>,
+    /// `/messages`, `/context` and history backfilled from other servers
+    /// (`rooms/timeline.rs`, `rooms/history.rs`).
+    pub timeline: Arc<rooms::Timeline>,
+    /// Each room's view and lease (`rooms/view.rs`).
     pub rooms: Arc<Rooms>,
+    /// The single writer of every room, creation and membership (`rooms/writer.rs`).
+    pub writer: Arc<rooms::RoomWriter>,
+    /// Display names and avatars (`profile.rs`).
+    pub profiles: Arc<profile::Profiles>,
+    /// Sync, long-polled (`sync/`).
+    pub sync: Arc<sync::Syncer>,
     /// Rate limits on sends, logins and registrations (`ratelimit.rs`).
     pub rate_limits: Arc<ratelimit::RateLimits>,
     /// Clients' stored filters (`filter.rs`).
@@ -94,10 +104,6 @@ pub struct Hearth {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Every long-lived background task, stopped and awaited at shutdown.
     pub tasks: tasks::Tasks,
-    /// The bus to the server's other processes, when Redis is configured.
-    pub bus: Option<Arc<bus::Bus>>,
-    /// Where each stream stands, caught up with the other processes.
-    pub(crate) streams: Arc<cluster::Streams>,
     /// Federation, forwarding and application services, set after start-up.
     pub links: Arc<Links>,
     /// Registered application services (bridges).
@@ -221,7 +227,7 @@ pub trait Forwarder: Send + Sync {
 
 impl Hearth {
     pub async fn new(config: CoreConfig, stores: Stores) -> Result<Arc<Self>> {
-        let keys = ServerKeys::load_or_generate(stores.main.as_ref()).await?;
+        let keys = Arc::new(ServerKeys::load_or_generate(stores.main.as_ref()).await?);
         let bus = match &config.redis {
             Some(r) => Some(bus::Bus::new(&r.url, &r.key_prefix)?),
             None => None,
@@ -236,7 +242,8 @@ impl Hearth {
             hearth.rooms.spawn_lease_renewal();
         }
         if let Some((bus, outbox)) = bus {
-            hearth.join_cluster(bus, outbox);
+            hearth.store.share_with_other_processes();
+            hearth.ephemeral.join_cluster(bus, outbox);
         }
         // The writer's ring of recent events and the push worker hear of
         // each event in commit order, from the store itself.
@@ -254,7 +261,7 @@ impl Hearth {
             recent.push(event);
         }));
         hearth.push.spawn_push_worker();
-        hearth.spawn_sweepers();
+        hearth.ephemeral.spawn_sweepers();
         hearth.accounts.ensure_appservice_users().await?;
         Ok(hearth)
     }
@@ -264,7 +271,7 @@ impl Hearth {
     fn wire(
         config: CoreConfig,
         stores: Stores,
-        keys: ServerKeys,
+        keys: Arc<ServerKeys>,
         bus: Option<Arc<bus::Bus>>,
     ) -> Self {
         let shared = Shared::new(&config, &stores);
@@ -279,6 +286,26 @@ impl Hearth {
             &shared.push,
             &shared.appservices,
             bus.is_none(),
+        );
+        let (streams, to_appservices, ephemeral, receipts) =
+            Self::ephemeral_services(&config, &store, &main, &shared, bus);
+        let (writer, profiles) = Self::writing_services(
+            &config,
+            &store,
+            &main,
+            &keys,
+            &shared,
+            &ephemeral,
+            &to_appservices,
+        );
+        let (unread, sync) = Self::sync_services(
+            &store,
+            &main,
+            &shared,
+            &visibility,
+            &streams,
+            &ephemeral,
+            &e2ee,
         );
         // Fields are built in the order written: `config`, the stores and the
         // shared state move in last, after the services that copy them.
@@ -295,29 +322,26 @@ impl Hearth {
             key_backup: Arc::new(e2ee::backup::KeyBackup::new(main.clone())),
             outgoing: Arc::new(outgoing::Outgoing::new(store.clone())),
             filters: Arc::new(filter::Filters::new(main.clone())),
-            rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
+            rate_limits: shared.rate_limits,
+            writer,
+            profiles,
+            timeline: Arc::new(rooms::Timeline::new(
+                store.clone(),
+                main.clone(),
+                shared.rooms.clone(),
+                visibility.clone(),
+                streams.clone(),
+                shared.links.clone(),
+            )),
             aliases,
             directory,
             room_list,
             visibility,
             federated,
-            typing: Typing::default(),
-            shutdown: tokio::sync::watch::channel(false).0,
-            streams: Arc::new(cluster::Streams::new(
-                store.clone(),
-                shared.notifier.clone(),
-                bus.is_some(),
-            )),
-            to_appservices: Arc::new(appservice::ToAppServices::new(
-                main.clone(),
-                shared.appservices.clone(),
-                shared.rooms.clone(),
-                shared.links.clone(),
-                shared.presence.clone(),
-                shared.appservice_ephemeral.clone(),
-                shared.appservice_queued.clone(),
-            )),
-            presence: shared.presence,
+            shutdown: shared.shutdown,
+            receipts,
+            to_appservices,
+            ephemeral,
             appservice_ephemeral: shared.appservice_ephemeral,
             appservice_queued: shared.appservice_queued,
             e2ee,
@@ -326,20 +350,15 @@ impl Hearth {
             uia,
             notifier: shared.notifier,
             links: shared.links,
-            unread: Arc::new(unread::Unread::new(
-                store.clone(),
-                shared.unread,
-                shared.push.clone(),
-            )),
+            unread,
+            sync,
             tasks: shared.tasks,
             rooms: shared.rooms,
             push: shared.push,
             appservices: shared.appservices,
-            bus,
             keys,
             config,
             store,
-            main,
         }
     }
 
@@ -381,6 +400,133 @@ impl Hearth {
         )
     }
 
+    /// The stream heads, what application services are sent, typing and
+    /// presence over them (with the bus), and receipts.
+    fn ephemeral_services(
+        config: &CoreConfig,
+        store: &Arc<dyn RoomStore>,
+        main: &Arc<dyn MainStore>,
+        shared: &Shared,
+        bus: Option<Arc<bus::Bus>>,
+    ) -> (
+        Arc<cluster::Streams>,
+        Arc<appservice::ToAppServices>,
+        Arc<ephemeral::Ephemeral>,
+        Arc<receipts::Receipts>,
+    ) {
+        let streams = Arc::new(cluster::Streams::new(
+            store.clone(),
+            shared.notifier.clone(),
+            bus.is_some(),
+        ));
+        let to_appservices = Arc::new(appservice::ToAppServices::new(
+            main.clone(),
+            shared.appservices.clone(),
+            shared.rooms.clone(),
+            shared.links.clone(),
+            shared.presence.clone(),
+            shared.appservice_ephemeral.clone(),
+            shared.appservice_queued.clone(),
+        ));
+        let ephemeral = Arc::new(ephemeral::Ephemeral::new(ephemeral::EphemeralDeps {
+            store: main.clone(),
+            server_name: config.server_name.clone(),
+            presence: shared.presence.clone(),
+            bus,
+            tasks: shared.tasks.clone(),
+            notifier: shared.notifier.clone(),
+            rooms: shared.rooms.clone(),
+            to_appservices: to_appservices.clone(),
+            links: shared.links.clone(),
+            appservices: shared.appservices.clone(),
+            appservice_ephemeral: shared.appservice_ephemeral.clone(),
+            streams: streams.clone(),
+        }));
+        let receipts = Arc::new(receipts::Receipts::new(
+            store.clone(),
+            main.clone(),
+            shared.rooms.clone(),
+            to_appservices.clone(),
+            ephemeral.clone(),
+        ));
+        (streams, to_appservices, ephemeral, receipts)
+    }
+
+    /// The rooms' writer, over the room services and the signing keys, and
+    /// profiles, which re-send members' events through it.
+    fn writing_services(
+        config: &CoreConfig,
+        store: &Arc<dyn RoomStore>,
+        main: &Arc<dyn MainStore>,
+        keys: &Arc<ServerKeys>,
+        shared: &Shared,
+        ephemeral: &Arc<ephemeral::Ephemeral>,
+        to_appservices: &Arc<appservice::ToAppServices>,
+    ) -> (Arc<rooms::RoomWriter>, Arc<profile::Profiles>) {
+        let writer = Arc::new(rooms::RoomWriter::new(rooms::WriterDeps {
+            store: store.clone(),
+            main: main.clone(),
+            config: rooms::WriterConfig {
+                server_name: config.server_name.clone(),
+                default_room_version: config.default_room_version.clone(),
+                rate_limits: config.rate_limits.clone(),
+            },
+            keys: keys.clone(),
+            rooms: shared.rooms.clone(),
+            links: shared.links.clone(),
+            notifier: shared.notifier.clone(),
+            appservices: shared.appservices.clone(),
+            appservice_queued: shared.appservice_queued.clone(),
+            rate_limits: shared.rate_limits.clone(),
+            ephemeral: ephemeral.clone(),
+            to_appservices: to_appservices.clone(),
+        }));
+        let profiles = Arc::new(profile::Profiles::new(
+            main.clone(),
+            config.server_name.clone(),
+            shared.links.clone(),
+            to_appservices.clone(),
+            writer.clone(),
+        ));
+        (writer, profiles)
+    }
+
+    /// Sync's unread counts, and sync over every service it reads.
+    fn sync_services(
+        store: &Arc<dyn RoomStore>,
+        main: &Arc<dyn MainStore>,
+        shared: &Shared,
+        visibility: &Arc<rooms::Visibility>,
+        streams: &Arc<cluster::Streams>,
+        ephemeral: &Arc<ephemeral::Ephemeral>,
+        e2ee: &Arc<e2ee::E2ee>,
+    ) -> (Arc<unread::Unread>, Arc<sync::Syncer>) {
+        let unread = Arc::new(unread::Unread::new(
+            store.clone(),
+            shared.unread.clone(),
+            shared.push.clone(),
+        ));
+        let sync = Arc::new(sync::Syncer::new(sync::SyncDeps {
+            store: store.clone(),
+            main: main.clone(),
+            rooms: shared.rooms.clone(),
+            visibility: visibility.clone(),
+            ephemeral: ephemeral.clone(),
+            e2ee: e2ee.clone(),
+            unread: unread.clone(),
+            push: shared.push.clone(),
+            streams: streams.clone(),
+            notifier: shared.notifier.clone(),
+            shutdown: shared.shutdown.clone(),
+        }));
+        (unread, sync)
+    }
+
+    /// Whether a user id belongs to this server.
+    pub fn is_local(&self, user: &str) -> bool {
+        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.config.server_name)
+    }
+
     /// Keys and devices, accounts and UIA: each built on the one before.
     fn user_services(
         config: &CoreConfig,
@@ -418,31 +564,6 @@ impl Hearth {
         ));
         (e2ee, devices, accounts, uia)
     }
-
-    /// Expired typing notifications and presence that time changed must
-    /// reach syncing clients as changes.
-    fn spawn_sweepers(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let tasks = self.tasks.clone();
-        self.tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            let mut ticks: u64 = 0;
-            loop {
-                if tasks.until_stopped(tick.tick()).await.is_none() {
-                    break;
-                }
-                ticks += 1;
-                let Some(h) = weak.upgrade() else { break };
-                if h.typing.sweep() {
-                    h.notifier.notify();
-                }
-                if ticks.is_multiple_of(2) {
-                    h.age_presence().await;
-                }
-                h.to_appservices.presence_to_appservices().await;
-            }
-        });
-    }
 }
 
 /// Aliases, the directory, the room list, visibility and federated reads,
@@ -467,6 +588,9 @@ struct Shared {
     presence: Arc<Presence>,
     appservice_ephemeral: Arc<appservice::EphemeralQueues>,
     appservice_queued: Arc<tokio::sync::Notify>,
+    rate_limits: Arc<ratelimit::RateLimits>,
+    /// Flips when the server drains (`Hearth::shutdown`).
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -482,6 +606,7 @@ impl Shared {
             config.server_name.clone(),
             notifier.clone(),
             tasks.clone(),
+            links.clone(),
         ));
         let push = Arc::new(push::Push::new(
             config.push,
@@ -507,6 +632,8 @@ impl Shared {
             presence,
             appservice_ephemeral,
             appservice_queued,
+            rate_limits: Arc::new(ratelimit::RateLimits::new(config.rate_limits.clone())),
+            shutdown: tokio::sync::watch::channel(false).0,
         }
     }
 }

@@ -1,11 +1,14 @@
 //! Display names and avatars: read here or from the user's server; a change
 //! is mirrored into the user's member event in every joined room.
 
+use std::sync::Arc;
+
 use ruma::{RoomId, UserId, events::room::member::MembershipState};
 
 use crate::{
-    Error, Hearth, Result,
-    rooms::{NewEvent, membership_state},
+    Error, Links, Result,
+    appservice::ToAppServices,
+    rooms::{NewEvent, RoomWriter, membership_state},
 };
 
 /// A user's display name and avatar URL.
@@ -15,11 +18,40 @@ pub struct Profile {
     pub avatar_url: Option<String>,
 }
 
-impl Hearth {
+/// Users' profiles: read here or asked of their server, and changes
+/// mirrored into their member events.
+pub struct Profiles {
+    store: Arc<dyn crate::store::MainStore>,
+    server_name: ruma::OwnedServerName,
+    /// Asks other servers for their users' profiles.
+    links: Arc<Links>,
+    /// Whether a local user exists (an application service's namespace too).
+    to_appservices: Arc<ToAppServices>,
+    /// Re-sends the user's member events.
+    writer: Arc<RoomWriter>,
+}
+
+impl Profiles {
+    pub(crate) fn new(
+        store: Arc<dyn crate::store::MainStore>,
+        server_name: ruma::OwnedServerName,
+        links: Arc<Links>,
+        to_appservices: Arc<ToAppServices>,
+        writer: Arc<RoomWriter>,
+    ) -> Self {
+        Self {
+            store,
+            server_name,
+            links,
+            to_appservices,
+            writer,
+        }
+    }
+
     /// The profile of any user; another server's user is asked for it
     /// (`field` narrows the question to one field).
     pub async fn profile(&self, user: &UserId, field: Option<&str>) -> Result<Profile> {
-        if user.server_name() != self.config.server_name {
+        if user.server_name() != self.server_name {
             let remote = self.links.remote.get().ok_or_else(|| {
                 Error::not_found("Profile not found (this server does not federate)")
             })?;
@@ -33,7 +65,7 @@ impl Hearth {
         if !self.to_appservices.local_user_exists(user).await? {
             return Err(Error::not_found("Profile not found"));
         }
-        match self.main.get_user(user.as_str()).await? {
+        match self.store.get_user(user.as_str()).await? {
             Some(u) if !u.deactivated => Ok(Profile {
                 displayname: u.displayname,
                 avatar_url: u.avatar_url,
@@ -47,7 +79,7 @@ impl Hearth {
         if name.is_some_and(|n| n.len() > 256) {
             return Err(Error::invalid_param("displayname is too long"));
         }
-        self.main.set_displayname(user.as_str(), name).await?;
+        self.store.set_displayname(user.as_str(), name).await?;
         self.update_memberships(user).await
     }
 
@@ -59,22 +91,23 @@ impl Hearth {
         {
             return Err(Error::invalid_param("avatar_url must be an mxc:// URI"));
         }
-        self.main.set_avatar_url(user.as_str(), url).await?;
+        self.store.set_avatar_url(user.as_str(), url).await?;
         self.update_memberships(user).await
     }
 
     /// Re-sends the user's join event in every joined room with the new
     /// profile; a room that refuses it keeps the old one.
     async fn update_memberships(&self, user: &UserId) -> Result<()> {
-        for m in self.main.memberships_of_user(user.as_str()).await? {
+        for m in self.store.memberships_of_user(user.as_str()).await? {
             if membership_state(&m) != MembershipState::Join {
                 continue;
             }
             let Ok(room) = RoomId::parse(&m.room_id) else {
                 continue;
             };
-            let content = self.member_content(user, "join", None).await?;
+            let content = self.writer.member_content(user, "join", None).await?;
             if let Err(e) = self
+                .writer
                 .send_event(
                     &room,
                     NewEvent::state(user.to_owned(), "m.room.member", user.as_str(), content),

@@ -8,7 +8,12 @@
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Hearth, Result, ids::now_ms, store::ReceiptRecord};
+use std::sync::Arc;
+
+use crate::{
+    Error, Result, appservice::ToAppServices, ephemeral::Ephemeral, ids::now_ms, rooms::Rooms,
+    store::ReceiptRecord,
+};
 
 /// One marker to set: its type (`m.read`, `m.read.private`,
 /// `m.fully_read`), the event it points at, and for a threaded receipt
@@ -35,7 +40,33 @@ impl ReceiptUpdate<'_> {
     }
 }
 
-impl Hearth {
+/// Receipts and the fully-read marker, set here or by another server.
+pub struct Receipts {
+    store: Arc<dyn crate::store::RoomStore>,
+    main: Arc<dyn crate::store::MainStore>,
+    rooms: Arc<Rooms>,
+    to_appservices: Arc<ToAppServices>,
+    /// A receipt counts as activity for presence.
+    ephemeral: Arc<Ephemeral>,
+}
+
+impl Receipts {
+    pub(crate) fn new(
+        store: Arc<dyn crate::store::RoomStore>,
+        main: Arc<dyn crate::store::MainStore>,
+        rooms: Arc<Rooms>,
+        to_appservices: Arc<ToAppServices>,
+        ephemeral: Arc<Ephemeral>,
+    ) -> Self {
+        Self {
+            store,
+            main,
+            rooms,
+            to_appservices,
+            ephemeral,
+        }
+    }
+
     /// Sets one receipt or the fully-read marker for a local user.
     pub async fn set_receipt(
         &self,
@@ -67,7 +98,7 @@ impl Hearth {
             self.share_receipt(room, user.as_str(), u.event_id, u.thread_id, ts)
                 .await;
         }
-        self.presence_active(user.as_str());
+        self.ephemeral.presence_active(user.as_str());
         Ok(())
     }
 
@@ -137,15 +168,14 @@ impl Hearth {
         );
         let mut by_room = Map::new();
         by_room.insert(room.to_string(), json!({"m.read": by_user}));
-        self.share_with_servers(
-            room,
-            json!({"edu_type": "m.receipt", "content": Value::Object(by_room)}),
-        )
-        .await;
+        self.rooms
+            .share_with_servers(
+                room,
+                json!({"edu_type": "m.receipt", "content": Value::Object(by_room)}),
+            )
+            .await;
     }
-}
 
-impl Hearth {
     /// An `m.read` receipt another server sent for its user (already
     /// checked to be joined): stored when the event is known here and in
     /// the room, and the room woken; otherwise dropped. `data` may carry

@@ -84,7 +84,7 @@ impl Federation {
             .collect();
         wanted.sort();
         wanted.dedup();
-        let mut lacking = self.hearth.unknown_events(room, &wanted).await?;
+        let mut lacking = self.hearth.rooms.unknown_events(room, &wanted).await?;
         lacking.truncate(MAX_AUTH_FETCHES);
         self.fetch_events(server, version, room, lacking).await
     }

@@ -86,6 +86,7 @@ impl Federation {
         let room = incoming.pdu.room_id.clone();
         let unknown: Vec<OwnedEventId> = self
             .hearth
+            .rooms
             .unknown_parents(&incoming.pdu)
             .await?
             .into_iter()
@@ -159,7 +160,7 @@ impl Federation {
         batch: &HashSet<OwnedEventId>,
     ) -> Result<HashMap<OwnedEventId, Pdu>, FedError> {
         let room = &pdu.room_id;
-        let earliest = self.hearth.forward_extremities(room).await?;
+        let earliest = self.hearth.rooms.forward_extremities(room).await?;
         let path = format!(
             "/_matrix/federation/v1/get_missing_events/{}",
             enc(room.as_str())
@@ -227,6 +228,7 @@ impl Federation {
             .collect();
         let unknown: HashSet<OwnedEventId> = self
             .hearth
+            .rooms
             .unknown_events(room, &parents)
             .await?
             .into_iter()
@@ -268,7 +270,7 @@ impl Federation {
         let mut wanted: Vec<OwnedEventId> = state.clone();
         wanted.extend(ids("auth_chain_ids"));
         wanted.retain(|id| !have.contains(id));
-        let lacking = self.hearth.unknown_events(room, &wanted).await?;
+        let lacking = self.hearth.rooms.unknown_events(room, &wanted).await?;
         if lacking.len() > MAX_STATE_EVENTS {
             return Err(FedError::Remote(format!(
                 "the state before {event} has {} events we lack; more than {MAX_STATE_EVENTS}",

@@ -76,7 +76,7 @@ pub(crate) async fn send_knock(
     let pdu = membership_event(&fed, &origin, &room_id, &event_id, &body, "knock").await?;
     let room = pdu.room_id.clone();
     let user = pdu.sender.to_string();
-    fed.hearth.accept_remote_event(pdu, true).await?;
+    fed.hearth.writer.accept_remote_event(pdu, true).await?;
     let state = fed.hearth.rooms.room_state_shown(&room).await?;
     tracing::info!(room = %room, %user, %origin, "remote user knocked");
     Ok(Json(json!({"knock_room_state": state})))
@@ -121,7 +121,7 @@ pub(crate) async fn send_leave(
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let pdu = membership_event(&fed, &origin, &room_id, &event_id, &body, "leave").await?;
-    fed.hearth.accept_remote_event(pdu, true).await?;
+    fed.hearth.writer.accept_remote_event(pdu, true).await?;
     Ok(Json(json!({})))
 }
 
@@ -173,7 +173,7 @@ pub(crate) async fn send_join(
     let room = pdu.room_id.clone();
     let join_id = pdu.event_id.clone();
     let user = pdu.sender.to_string();
-    fed.hearth.accept_remote_event(pdu, true).await?;
+    fed.hearth.writer.accept_remote_event(pdu, true).await?;
 
     // The state the joining server needs: the room's state before the join
     // and every event its auth chains reach.
@@ -264,6 +264,7 @@ pub(crate) async fn invite(
     let invite = Pdu::from_json(pdu.event_id.clone(), stored)
         .map_err(|e| Error::bad_json(format!("invite: {e}")))?;
     fed.hearth
+        .writer
         .accept_remote_membership(invite, &version, &creator)
         .await?;
     tracing::info!(room = %room, %invitee, %origin, "invited from another server");
@@ -398,7 +399,11 @@ impl Federation {
         servers: &[String],
         reason: Option<&str>,
     ) -> Result<(), FedError> {
-        let content = self.hearth.member_content(user, "leave", reason).await?;
+        let content = self
+            .hearth
+            .writer
+            .member_content(user, "leave", reason)
+            .await?;
         Self::through_first(room, servers, "leave", |server| {
             let content = content.clone();
             async move {
@@ -421,7 +426,11 @@ impl Federation {
         servers: &[String],
         reason: Option<&str>,
     ) -> Result<(), FedError> {
-        let content = self.hearth.member_content(user, "knock", reason).await?;
+        let content = self
+            .hearth
+            .writer
+            .member_content(user, "knock", reason)
+            .await?;
         Self::through_first(room, servers, "knock", |server| {
             let content = content.clone();
             async move {
@@ -480,6 +489,7 @@ impl Federation {
         let pdu = Pdu::from_json(event_id, map)
             .map_err(|e| FedError::Remote(format!("own membership event: {e}")))?;
         self.hearth
+            .writer
             .accept_remote_membership(pdu, version, &creator)
             .await?;
         Ok(())
@@ -570,7 +580,11 @@ impl Federation {
     async fn join_via(&self, server: &str, room: &RoomId, user: &UserId) -> Result<(), FedError> {
         let lock = self.join_lock(room.as_str());
         let _joining = lock.lock().await;
-        let content = self.hearth.member_content(user, "join", None).await?;
+        let content = self
+            .hearth
+            .writer
+            .member_content(user, "join", None)
+            .await?;
         let (signed, event_id, version, joined) = self
             .exchange_membership(server, room, user, "join", content)
             .await?;
@@ -606,7 +620,12 @@ impl Federation {
         ordered.sort_by_key(|p| (p.depth, p.origin_server_ts));
         for pdu in &ordered {
             let id = pdu.event_id.clone();
-            if let Err(e) = self.hearth.accept_remote_event(pdu.clone(), false).await {
+            if let Err(e) = self
+                .hearth
+                .writer
+                .accept_remote_event(pdu.clone(), false)
+                .await
+            {
                 tracing::warn!(event = %id, error = %e, "a state event of the joined room was refused");
             }
         }
@@ -615,11 +634,14 @@ impl Federation {
         };
         let join = Pdu::from_json(event_id, map)
             .map_err(|e| FedError::Remote(format!("own join: {e}")))?;
-        self.hearth.accept_remote_event(join.clone(), true).await?;
+        self.hearth
+            .writer
+            .accept_remote_event(join.clone(), true)
+            .await?;
         // The room's messages before the join stay on the servers that were
         // there: where they continue is kept for a client paging back.
         ordered.push(join);
-        if let Err(e) = self.hearth.start_frontier(room, &ordered).await {
+        if let Err(e) = self.hearth.timeline.start_frontier(room, &ordered).await {
             tracing::warn!(room = %room, error = %e, "cannot record where the room's history continues");
         }
         tracing::info!(room = %room, %user, %server, "joined a room on another server");

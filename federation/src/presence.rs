@@ -59,6 +59,7 @@ impl Federation {
             let status_msg = entry["status_msg"].as_str().map(str::to_owned);
             let ago = entry["last_active_ago"].as_u64().unwrap_or(0);
             self.hearth
+                .ephemeral
                 .set_remote_presence(user, presence, status_msg, ago);
         }
     }
@@ -73,7 +74,7 @@ impl Federation {
             if tasks.until_stopped(every.tick()).await.is_none() {
                 return;
             }
-            for (user, state) in self.hearth.presence.live() {
+            for (user, state) in self.hearth.ephemeral.presence.live() {
                 if !state.remote && self.hearth.is_local(&user) {
                     self.share_presence(&user, hearth_core::ephemeral::presence_content(&state));
                 }

@@ -108,7 +108,7 @@ pub(crate) async fn receive(
         }
     }
     let (to_append, appended_at) = fed.with_ancestries(origin.as_str(), checked).await;
-    let appended = fed.hearth.accept_remote_events(to_append).await;
+    let appended = fed.hearth.writer.accept_remote_events(to_append).await;
     for (at, result) in appended_at.into_iter().zip(appended) {
         match (at, result) {
             (Some(at), Err(e)) => outcomes[at].1 = Err(e.into()),
@@ -425,7 +425,7 @@ impl Federation {
                     }
                     let typing = content["typing"].as_bool().unwrap_or(false);
                     let timeout = typing.then_some(REMOTE_TYPING_TIMEOUT);
-                    self.hearth.set_typing(&room, user, timeout).await;
+                    self.hearth.ephemeral.set_typing(&room, user, timeout).await;
                 }
                 Some("m.receipt") => {
                     for (room, kinds) in content.as_object().into_iter().flatten() {
@@ -445,6 +445,7 @@ impl Federation {
                                     continue;
                                 };
                                 self.hearth
+                                    .receipts
                                     .receive_remote_receipt(&room, user, event_id, &receipt["data"])
                                     .await;
                             }

@@ -392,7 +392,7 @@ async fn deactivate(
     uia: UiaJson<Value>,
 ) -> RumaResult<deactivate::v3::Response> {
     reauthenticate(&h, &uia, &s.user_id).await?;
-    h.deactivate_account(&s.user_id).await?;
+    h.writer.deactivate_account(&s.user_id).await?;
     tracing::info!(user = %s.user_id, "deactivated");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport).into())
 }

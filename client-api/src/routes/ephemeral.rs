@@ -71,9 +71,11 @@ pub(crate) async fn set_typing(
     let room = parse_room_id(room_id)?;
     h.rooms.require_joined(&room, &s.user_id).await?;
     let timeout = typing.then(|| Duration::from_millis(timeout.unwrap_or(30_000)));
-    h.set_typing(&room, s.user_id.as_str(), timeout).await;
+    h.ephemeral
+        .set_typing(&room, s.user_id.as_str(), timeout)
+        .await;
     if typing {
-        h.presence_active(s.user_id.as_str());
+        h.ephemeral.presence_active(s.user_id.as_str());
     }
     Ok(())
 }
@@ -108,7 +110,7 @@ pub(crate) async fn post_receipt(
         event_id,
         thread_id,
     };
-    h.set_receipt(&room, &s.user_id, update).await?;
+    h.receipts.set_receipt(&room, &s.user_id, update).await?;
     Ok(())
 }
 
@@ -131,7 +133,7 @@ async fn read_markers(
             Some(_) => return Err(Error::bad_json(format!("{kind} must be an event id")).into()),
         }
     }
-    h.set_receipts(&room, &s.user_id, &updates).await?;
+    h.receipts.set_receipts(&room, &s.user_id, &updates).await?;
     Ok(set_read_marker::v3::Response::new().into())
 }
 
@@ -140,7 +142,7 @@ async fn get_presence(
     Auth(_): Auth,
     Ruma(req): Ruma<get_presence::v3::Request>,
 ) -> RumaResult<get_presence::v3::Response> {
-    let Some(p) = h.user_presence(&req.user_id).await? else {
+    let Some(p) = h.ephemeral.user_presence(&req.user_id).await? else {
         return Ok(get_presence::v3::Response::new(PresenceState::Offline).into());
     };
     let mut response = get_presence::v3::Response::new(p.presence.as_str().into());
@@ -174,6 +176,7 @@ pub(crate) async fn set_own_presence(
     if !matches!(presence, "online" | "offline" | "unavailable") {
         return Err(Error::invalid_param(format!("Invalid presence state {presence}")).into());
     }
-    h.set_presence(s.user_id.as_str(), presence, Some(status_msg));
+    h.ephemeral
+        .set_presence(s.user_id.as_str(), presence, Some(status_msg));
     Ok(())
 }

@@ -48,7 +48,7 @@ async fn forwarded_send(
         ));
     }
     let room = parse_room_id(&room_id)?;
-    match h.send_forwarded_event(&room, event).await {
+    match h.writer.send_forwarded_event(&room, event).await {
         Ok(event_id) => Ok(Json(json!({"event_id": event_id}))),
         Err(Error::LeaseLost | Error::NotWriter { .. }) => Err(ApiError::new(
             StatusCode::CONFLICT,

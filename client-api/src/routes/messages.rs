@@ -56,10 +56,9 @@ pub(crate) async fn send_message(
     ts: Option<u64>,
 ) -> ApiResult<String> {
     let room_id = parse_room_id(room_id)?;
-    Ok(
-        h.send_client_message(s, &room_id, kind, txn_id, content, ts)
-            .await?,
-    )
+    Ok(h.writer
+        .send_client_message(s, &room_id, kind, txn_id, content, ts)
+        .await?)
 }
 
 async fn redact(
@@ -69,6 +68,7 @@ async fn redact(
 ) -> RumaResult<redact_event::v3::Response> {
     let (target, txn) = (r.event_id.to_string(), r.txn_id.to_string());
     let event_id = h
+        .writer
         .send_client_redaction(&s, &r.room_id, target, txn, r.reason)
         .await?;
     let event_id = stored_id(EventId::parse(event_id))?;
@@ -81,7 +81,10 @@ async fn get_event(
     Path((room_id, event_id)): Path<(String, String)>,
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
-    let ev = h.visible_event(&room_id, &s.user_id, &event_id).await?;
+    let ev = h
+        .timeline
+        .visible_event(&room_id, &s.user_id, &event_id)
+        .await?;
     Ok(Json(ev.to_client(Some((&s.user_id, &s.device_id)))))
 }
 
@@ -114,6 +117,7 @@ async fn context(
     let room_id = parse_room_id(&room_id)?;
     let filter = parse_filter(q.filter.as_deref())?;
     let c = h
+        .timeline
         .event_context(&room_id, &s.user_id, &event_id, q.limit, &filter)
         .await?;
     let viewer = Some((s.user_id.as_ref(), s.device_id.as_str()));
@@ -171,7 +175,7 @@ async fn messages(
 ) -> JsonResult {
     let room_id = parse_room_id(&room_id)?;
     let req = q.parse()?;
-    let page = h.messages(&room_id, &s.user_id, &req).await?;
+    let page = h.timeline.messages(&room_id, &s.user_id, &req).await?;
     let viewer = Some((s.user_id.as_ref(), s.device_id.as_str()));
     let mut body = json!({
         "chunk": page.chunk.iter().map(|e| e.to_client(viewer)).collect::<Vec<_>>(),

@@ -35,7 +35,7 @@ async fn get_profile(
     let Profile {
         displayname,
         avatar_url,
-    } = h.profile(&req.user_id, None).await?;
+    } = h.profiles.profile(&req.user_id, None).await?;
     let fields = [("displayname", displayname), ("avatar_url", avatar_url)];
     let response: get_profile::v3::Response = fields
         .into_iter()
@@ -48,7 +48,10 @@ async fn get_displayname(
     State(h): State<Arc<Hearth>>,
     Ruma(req): Ruma<get_display_name::v3::Request>,
 ) -> RumaResult<get_display_name::v3::Response> {
-    let p = h.profile(&req.user_id, Some("displayname")).await?;
+    let p = h
+        .profiles
+        .profile(&req.user_id, Some("displayname"))
+        .await?;
     match p.displayname {
         Some(n) => Ok(get_display_name::v3::Response::new(Some(n)).into()),
         None => Err(Error::not_found("No display name set").into()),
@@ -59,7 +62,7 @@ async fn get_avatar(
     State(h): State<Arc<Hearth>>,
     Ruma(req): Ruma<get_avatar_url::v3::Request>,
 ) -> RumaResult<get_avatar_url::v3::Response> {
-    let p = h.profile(&req.user_id, Some("avatar_url")).await?;
+    let p = h.profiles.profile(&req.user_id, Some("avatar_url")).await?;
     match p.avatar_url {
         Some(a) => Ok(get_avatar_url::v3::Response::new(Some(a.into())).into()),
         None => Err(Error::not_found("No avatar set").into()),
@@ -79,7 +82,8 @@ async fn set_displayname(
     Ruma(req): Ruma<set_display_name::v3::Request>,
 ) -> RumaResult<set_display_name::v3::Response> {
     ensure_self(&s, &req.user_id)?;
-    h.set_displayname(&s.user_id, req.displayname.as_deref())
+    h.profiles
+        .set_displayname(&s.user_id, req.displayname.as_deref())
         .await?;
     Ok(set_display_name::v3::Response::new().into())
 }
@@ -91,6 +95,6 @@ async fn set_avatar(
 ) -> RumaResult<set_avatar_url::v3::Response> {
     ensure_self(&s, &req.user_id)?;
     let url = req.avatar_url.as_ref().map(|u| u.as_str());
-    h.set_avatar_url(&s.user_id, url).await?;
+    h.profiles.set_avatar_url(&s.user_id, url).await?;
     Ok(set_avatar_url::v3::Response::new().into())
 }

@@ -116,7 +116,7 @@ async fn create_room(
             .map(|c| object(c.json(), "creation_content"))
             .transpose()?,
     };
-    let room_id = h.create_room(&s.user_id, req).await?;
+    let room_id = h.writer.create_room(&s.user_id, req).await?;
     tracing::info!(room = %room_id, creator = %s.user_id, "room created");
     Ok(create_room::v3::Response::new(room_id).into())
 }
@@ -149,6 +149,7 @@ async fn join_by_id_or_alias(
     JsonBody(b): JsonBody<ReasonBody>,
 ) -> RumaResult<join_room_by_id_or_alias::v3::Response> {
     let room_id = h
+        .writer
         .join_anywhere(
             &room,
             &s.user_id,
@@ -168,6 +169,7 @@ async fn knock(
     JsonBody(b): JsonBody<ReasonBody>,
 ) -> RumaResult<knock_room::v3::Response> {
     let room_id = h
+        .writer
         .knock_anywhere(
             &room,
             &s.user_id,
@@ -203,6 +205,7 @@ async fn join(
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> RumaResult<join_room_by_id::v3::Response> {
     let room_id = h
+        .writer
         .join_anywhere(
             req.room_id.as_str(),
             &s.user_id,
@@ -219,7 +222,8 @@ async fn leave(
     Auth(s): Auth,
     Ruma(req): Ruma<leave_room::v3::Request>,
 ) -> RumaResult<leave_room::v3::Response> {
-    h.leave_room(&req.room_id, &s.user_id, req.reason.as_deref())
+    h.writer
+        .leave_room(&req.room_id, &s.user_id, req.reason.as_deref())
         .await?;
     Ok(leave_room::v3::Response::new().into())
 }
@@ -238,7 +242,8 @@ async fn invite(
 ) -> RumaResult<invite_user::v3::Response> {
     let room_id = parse_room_id(&room_id)?;
     let target = parse_user_id(&b.user_id)?;
-    h.invite_user(&room_id, &s.user_id, &target, b.reason.as_deref())
+    h.writer
+        .invite_user(&room_id, &s.user_id, &target, b.reason.as_deref())
         .await?;
     Ok(invite_user::v3::Response::new().into())
 }
@@ -250,7 +255,8 @@ async fn moderate(
     (room_id, target, reason): (&RoomId, &UserId, Option<&str>),
     action: MemberAction,
 ) -> ApiResult<()> {
-    h.moderate_member(room_id, &sender.0.user_id, target, action, reason)
+    h.writer
+        .moderate_member(room_id, &sender.0.user_id, target, action, reason)
         .await?;
     Ok(())
 }
@@ -290,7 +296,7 @@ async fn forget(
     Auth(s): Auth,
     Ruma(req): Ruma<forget_room::v3::Request>,
 ) -> RumaResult<forget_room::v3::Response> {
-    h.forget_room(&req.room_id, &s.user_id).await?;
+    h.writer.forget_room(&req.room_id, &s.user_id).await?;
     Ok(forget_room::v3::Response::new().into())
 }
 
@@ -299,7 +305,7 @@ async fn joined_rooms(
     Auth(s): Auth,
     Ruma(_): Ruma<joined_rooms::v3::Request>,
 ) -> RumaResult<joined_rooms::v3::Response> {
-    let rooms = h.joined_rooms(&s.user_id).await?;
+    let rooms = h.writer.joined_rooms(&s.user_id).await?;
     let rooms = rooms
         .iter()
         .map(|r| stored_id(RoomId::parse(r)))
@@ -377,7 +383,7 @@ async fn send_state(
     }
     let mut ev = NewEvent::state(s.0.user_id.clone(), kind, sk, Value::Object(content));
     ev.ts = crate::extract::massaged_ts(&s.0, query)?;
-    let event_id = h.send_event(&room_id, ev).await?;
+    let event_id = h.writer.send_event(&room_id, ev).await?;
     Ok(send_state_event::v3::Response::new(event_id).into())
 }
 

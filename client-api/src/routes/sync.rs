@@ -66,7 +66,7 @@ async fn sync(
         "online" | "offline" | "unavailable" => {}
         _ => return Err(Error::invalid_param("Invalid set_presence").into()),
     }
-    h.presence_sync(s.user_id.as_str(), presence);
+    h.ephemeral.presence_sync(s.user_id.as_str(), presence);
     let req = SyncRequest {
         since,
         full_state,
@@ -74,7 +74,7 @@ async fn sync(
         timeout: timeout.min(MAX_TIMEOUT),
     };
     let bound = req.timeout + crate::REQUEST_DEADLINE;
-    match tokio::time::timeout(bound, h.sync(&s.user_id, &s.device_id, &req)).await {
+    match tokio::time::timeout(bound, h.sync.sync(&s.user_id, &s.device_id, &req)).await {
         Ok(body) => Ok(Json(body?)),
         Err(_) => {
             tracing::error!(user = %s.user_id, "sync passed its deadline; is a database hung?");

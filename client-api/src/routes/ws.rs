@@ -160,7 +160,7 @@ async fn serve(
 ) {
     let _open = OpenSocket::new();
     // An open socket is the client's heartbeat, renewed at every ping.
-    h.presence_sync(s.user_id.as_str(), &presence);
+    h.ephemeral.presence_sync(s.user_id.as_str(), &presence);
     let (mut sink, stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(SEND_BUFFER_FRAMES);
     let mut shutdown = h.shutdown.subscribe();
@@ -185,7 +185,7 @@ async fn serve(
         tokio::spawn(async move {
             let initial = req.since.is_none();
             loop {
-                let body = match h.sync(&s.user_id, &s.device_id, &req).await {
+                let body = match h.sync.sync(&s.user_id, &s.device_id, &req).await {
                     Ok(b) => b,
                     Err(e) => {
                         let (code, msg) = ApiError::from(e).errcode_and_message();
@@ -258,7 +258,7 @@ async fn read_frames(
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
             },
             _ = ping.tick() => {
-                h.presence_sync(s.user_id.as_str(), presence);
+                h.ephemeral.presence_sync(s.user_id.as_str(), presence);
                 if last_pong.elapsed() > PONG_DEADLINE {
                     let _ = tx.send(close(1001, "no pong within deadline")).await;
                     break;

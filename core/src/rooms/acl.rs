@@ -79,6 +79,19 @@ impl super::Rooms {
         })
         .await
     }
+
+    /// Sends an EDU to every other server with members in the room that
+    /// the room's ACL does not deny.
+    pub(crate) async fn share_with_servers(&self, room: &RoomId, edu: serde_json::Value) {
+        let Some(remote) = self.links.remote.get() else {
+            return;
+        };
+        match self.room_destinations(room).await {
+            Ok(servers) if !servers.is_empty() => remote.send_edu(&servers, edu),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(room = %room, "cannot tell the room's servers: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]

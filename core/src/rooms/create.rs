@@ -4,7 +4,8 @@ use ruma::{
 use serde_json::{Map, Value, json};
 
 use super::NewEvent;
-use crate::{Error, Hearth, Result, config::CoreConfig};
+use super::RoomWriter;
+use crate::{Error, Result, config::CoreConfig};
 
 /// A createRoom request, already validated for shape by the API layer.
 #[derive(Debug, Default, Clone)]
@@ -43,7 +44,7 @@ impl Preset {
     }
 }
 
-impl Hearth {
+impl RoomWriter {
     /// createRoom: the create event, the creator's join, then the room's
     /// initial state in the spec's order, the alias and directory entry,
     /// and the invites.

@@ -15,9 +15,9 @@ use std::{
 use ruma::{OwnedEventId, events::StateEventType, room_version_rules::RoomVersionRules, state_res};
 use tracing::{debug, info};
 
-use super::RoomCache;
+use super::{RoomCache, RoomWriter};
 use crate::{
-    Error, Hearth, Result,
+    Error, Result,
     pdu::{Pdu, StoredEvent},
 };
 
@@ -98,7 +98,7 @@ pub(crate) fn extremities_of(newest_first: &[StoredEvent]) -> Vec<(OwnedEventId,
     tips
 }
 
-impl Hearth {
+impl RoomWriter {
     /// The room's state after `pdu`, when it needs resolving: `pdu` forks
     /// the graph, and it is a state event or the state changed since its
     /// parents. `None` when the state is the current one plus `pdu`.
@@ -273,7 +273,7 @@ impl EventPool {
     /// Loads every event of the states and of their auth chains.
     async fn load_for(
         &mut self,
-        hearth: &Hearth,
+        writer: &RoomWriter,
         states: &[state_res::StateMap<OwnedEventId>],
     ) -> Result<()> {
         let mut todo: Vec<OwnedEventId> = states.iter().flat_map(|s| s.values().cloned()).collect();
@@ -286,7 +286,7 @@ impl EventPool {
                 .map(ToString::to_string)
                 .collect();
             if !missing.is_empty() {
-                for e in hearth.store.get_events(&missing).await? {
+                for e in writer.store.get_events(&missing).await? {
                     self.insert(e.pdu);
                 }
             }

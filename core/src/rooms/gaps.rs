@@ -9,9 +9,10 @@ use std::collections::HashSet;
 
 use ruma::{OwnedEventId, RoomId};
 
-use crate::{Hearth, Result, pdu::Pdu};
+use super::Rooms;
+use crate::{Result, pdu::Pdu};
 
-impl Hearth {
+impl Rooms {
     /// The ids among `ids` this server has neither stored nor submitted to
     /// the store for `room`.
     pub async fn unknown_events(
@@ -23,7 +24,6 @@ impl Hearth {
             return Ok(vec![]);
         }
         let in_flight: HashSet<OwnedEventId> = self
-            .rooms
             .with_view(room.as_str(), |c| {
                 ids.iter()
                     .filter(|id| c.submitted_contains(id))
@@ -65,11 +65,10 @@ impl Hearth {
     /// The room's forward extremities: what a server asked for the events
     /// between us and a newer event is told we have.
     pub async fn forward_extremities(&self, room: &RoomId) -> Result<Vec<OwnedEventId>> {
-        self.rooms
-            .with_view(room.as_str(), |c| {
-                c.extremities.iter().map(|(id, _)| id.clone()).collect()
-            })
-            .await
+        self.with_view(room.as_str(), |c| {
+            c.extremities.iter().map(|(id, _)| id.clone()).collect()
+        })
+        .await
     }
 }
 

@@ -11,9 +11,12 @@ use std::collections::{HashMap, HashSet};
 
 use ruma::{OwnedEventId, RoomId};
 
-use super::writer::{check_auth_events, rules_for};
+use super::{
+    Timeline,
+    writer::{check_auth_events, rules_for},
+};
 use crate::{
-    Hearth, Result,
+    Result,
     pdu::{Pdu, StoredEvent},
     store::Direction,
 };
@@ -33,7 +36,7 @@ pub struct Backfilled {
     pub auth: Vec<Pdu>,
 }
 
-impl Hearth {
+impl Timeline {
     /// A page of the room's timeline from `from` (as
     /// `RoomStore::room_events`). A backward page that reaches the oldest
     /// event held is first completed from other servers, when the room has
@@ -117,8 +120,12 @@ impl Hearth {
             .filter(|p| p.room_id == room)
             .collect();
         let ids: Vec<OwnedEventId> = events.iter().map(|p| p.event_id.clone()).collect();
-        let unknown: HashSet<OwnedEventId> =
-            self.unknown_events(room, &ids).await?.into_iter().collect();
+        let unknown: HashSet<OwnedEventId> = self
+            .rooms
+            .unknown_events(room, &ids)
+            .await?
+            .into_iter()
+            .collect();
         events.retain(|p| unknown.contains(&p.event_id));
         let mut known: HashMap<String, Pdu> = events
             .iter()
@@ -184,7 +191,7 @@ impl Hearth {
             }
         }
         let parents: Vec<OwnedEventId> = depth_of.keys().cloned().collect();
-        for id in self.unknown_events(room, &parents).await? {
+        for id in self.rooms.unknown_events(room, &parents).await? {
             if !kept.iter().any(|(k, _)| k == id.as_str()) {
                 kept.push((id.to_string(), depth_of.get(&id).copied().unwrap_or(0)));
             }

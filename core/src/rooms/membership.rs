@@ -4,7 +4,8 @@ use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId, events::room::member::Membe
 use serde_json::Value;
 
 use super::NewEvent;
-use crate::{Error, Hearth, Result, store::MembershipRecord};
+use super::RoomWriter;
+use crate::{Error, Result, store::MembershipRecord};
 
 /// Where a local user's membership change is made (`membership_route`).
 enum Route {
@@ -27,7 +28,7 @@ pub enum MemberAction {
     Unban,
 }
 
-impl Hearth {
+impl RoomWriter {
     /// Resolves `!room:server` or `#alias:server` to a room id this server knows.
     pub async fn resolve_room(&self, id_or_alias: &str) -> Result<OwnedRoomId> {
         if id_or_alias.starts_with('#') {

@@ -48,8 +48,10 @@ pub use history::Backfilled;
 pub use membership::MemberAction;
 pub(crate) use membership::membership_state;
 pub use recent::RecentEvents;
-pub use timeline::{EventContext, MessagesPage, MessagesRequest};
+pub use timeline::{EventContext, MessagesPage, MessagesRequest, Timeline};
 pub use visibility::{HistoryVisibility, Visibility};
+pub use writer::RoomWriter;
+pub(crate) use writer::{WriterConfig, WriterDeps};
 
 use crate::{Error, Result, pdu::Pdu};
 
@@ -248,6 +250,8 @@ pub struct Rooms {
     notifier: Arc<crate::notifier::Notifier>,
     /// Runs the lease renewal.
     tasks: crate::tasks::Tasks,
+    /// Reaches the room's other servers (its EDUs).
+    links: Arc<crate::Links>,
 }
 
 /// How long "another process writes this room" is believed without asking
@@ -263,6 +267,7 @@ impl Rooms {
         server_name: ruma::OwnedServerName,
         notifier: Arc<crate::notifier::Notifier>,
         tasks: crate::tasks::Tasks,
+        links: Arc<crate::Links>,
     ) -> Self {
         Self {
             handles: Mutex::default(),
@@ -277,6 +282,7 @@ impl Rooms {
             server_name,
             notifier,
             tasks,
+            links,
         }
     }
 

@@ -11,9 +11,9 @@ use ruma::{
 use serde_json::Value;
 use tracing::debug;
 
-use super::{NewEvent, StateMap, required_power, user_power};
+use super::{NewEvent, RoomWriter, StateMap, required_power, user_power};
 use crate::{
-    Error, Hearth, Result,
+    Error, Result,
     pdu::{Pdu, StoredEvent},
 };
 
@@ -79,7 +79,7 @@ pub(crate) fn applies_to(redaction: &Pdu, original: &Pdu, sender_may_redact_any:
             || original.sender.server_name() == redaction.sender.server_name())
 }
 
-impl Hearth {
+impl RoomWriter {
     /// The rule for a local user's redaction, checked by the room's writer
     /// before the event is submitted: the sender redacts their own event, or
     /// holds the redact power (then an event not known here is fine too).

@@ -5,9 +5,10 @@ use ruma::{OwnedEventId, RoomId};
 use serde_json::{Map, Value, json};
 
 use super::NewEvent;
-use crate::{Error, Hearth, Result, accounts::Session, ratelimit::Action};
+use super::RoomWriter;
+use crate::{Error, Result, accounts::Session, ratelimit::Action};
 
-impl Hearth {
+impl RoomWriter {
     /// A client's message (PUT /send, the WebSocket): rate limited unless
     /// the application service sending it is exempt; a retried transaction
     /// answers the first event's id.
@@ -35,7 +36,7 @@ impl Hearth {
         ev.txn = Some((s.device_id.clone(), txn_id.to_owned()));
         ev.ts = ts;
         let event_id = self.send_event(room_id, ev).await?;
-        self.presence_active(s.user_id.as_str());
+        self.ephemeral.presence_active(s.user_id.as_str());
         Ok(event_id.to_string())
     }
 

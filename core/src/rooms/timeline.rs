@@ -1,12 +1,15 @@
 //! Timeline reads for clients: one event, an event's context, and pages of
 //! `/messages`, each narrowed to what the reader may see and their filter.
 
+use std::sync::Arc;
+
 use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::Value;
 
-use super::membership_state;
+use super::{Rooms, Visibility, membership_state};
 use crate::{
-    Error, Hearth, Result,
+    Error, Links, Result,
+    cluster::Streams,
     filter::EventFilter,
     pdu::StoredEvent,
     store::{Direction, MembershipRecord},
@@ -56,7 +59,40 @@ fn allowed(f: &EventFilter, e: &StoredEvent) -> bool {
     )
 }
 
-impl Hearth {
+/// A room's timeline as clients read it (`/messages`, `/context`, one
+/// event), and its history older than held here, backfilled from other
+/// servers (`history.rs`).
+/// Fields are `pub(super)` for `history.rs` alone, its other half.
+pub struct Timeline {
+    pub(super) store: Arc<dyn crate::store::RoomStore>,
+    pub(super) main: Arc<dyn crate::store::MainStore>,
+    pub(super) rooms: Arc<Rooms>,
+    visibility: Arc<Visibility>,
+    /// Where the room's shard stands: the newest page's `from`.
+    streams: Arc<Streams>,
+    /// Asks other servers for history (`/backfill`).
+    pub(super) links: Arc<Links>,
+}
+
+impl Timeline {
+    pub(crate) fn new(
+        store: Arc<dyn crate::store::RoomStore>,
+        main: Arc<dyn crate::store::MainStore>,
+        rooms: Arc<Rooms>,
+        visibility: Arc<Visibility>,
+        streams: Arc<Streams>,
+        links: Arc<Links>,
+    ) -> Self {
+        Self {
+            store,
+            main,
+            rooms,
+            visibility,
+            streams,
+            links,
+        }
+    }
+
     /// An event of the room the user may see, or 404 (not revealing
     /// whether it exists).
     pub async fn visible_event(

@@ -11,11 +11,16 @@ use ruma::{
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use super::{LEASE_TTL_MS, NewEvent, RoomCache};
+use super::{LEASE_TTL_MS, NewEvent, RoomCache, Rooms};
 use crate::{
-    Error, Hearth, Result,
+    Error, Links, Result,
+    appservice::{AppServices, ToAppServices},
+    ephemeral::Ephemeral,
     ids::now_ms,
+    keys::ServerKeys,
+    notifier::Notifier,
     pdu::Pdu,
+    ratelimit::RateLimits,
     store::{EventToPersist, StateChange},
 };
 
@@ -27,7 +32,78 @@ pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
         .ok_or_else(|| Error::UnsupportedRoomVersion(version.to_string()))
 }
 
-impl Hearth {
+/// What of the configuration the writer reads.
+pub(crate) struct WriterConfig {
+    pub server_name: ruma::OwnedServerName,
+    /// A new room's version when its creator names none.
+    pub default_room_version: RoomVersionId,
+    /// With limits on, a retried send is answered before it counts.
+    pub rate_limits: crate::config::RateLimitConfig,
+}
+
+/// The single writer of every room: local sends, events from other
+/// servers, room creation and membership (this file, `forks.rs`,
+/// `redactions.rs`, `sending.rs`, `create.rs`, `membership.rs`). Fields are
+/// `pub(super)` for those files alone.
+pub struct RoomWriter {
+    pub(super) store: Arc<dyn crate::store::RoomStore>,
+    pub(super) main: Arc<dyn crate::store::MainStore>,
+    pub(super) config: WriterConfig,
+    /// Signs the events built here.
+    keys: Arc<ServerKeys>,
+    pub(super) rooms: Arc<Rooms>,
+    pub(super) links: Arc<Links>,
+    notifier: Arc<Notifier>,
+    /// Which services want an event, queued in its commit.
+    appservices: Arc<AppServices>,
+    /// Woken when events were queued for application services.
+    appservice_queued: Arc<tokio::sync::Notify>,
+    pub(super) rate_limits: Arc<RateLimits>,
+    /// A send counts as activity for presence.
+    pub(super) ephemeral: Arc<Ephemeral>,
+    /// Asks application services about room aliases.
+    pub(super) to_appservices: Arc<ToAppServices>,
+}
+
+/// What `RoomWriter` is built from (`Hearth::wire`): named, as there are many.
+pub(crate) struct WriterDeps {
+    pub store: Arc<dyn crate::store::RoomStore>,
+    pub main: Arc<dyn crate::store::MainStore>,
+    pub config: WriterConfig,
+    pub keys: Arc<ServerKeys>,
+    pub rooms: Arc<Rooms>,
+    pub links: Arc<Links>,
+    pub notifier: Arc<Notifier>,
+    pub appservices: Arc<AppServices>,
+    pub appservice_queued: Arc<tokio::sync::Notify>,
+    pub rate_limits: Arc<RateLimits>,
+    pub ephemeral: Arc<Ephemeral>,
+    pub to_appservices: Arc<ToAppServices>,
+}
+
+impl RoomWriter {
+    pub(crate) fn new(deps: WriterDeps) -> Self {
+        Self {
+            store: deps.store,
+            main: deps.main,
+            config: deps.config,
+            keys: deps.keys,
+            rooms: deps.rooms,
+            links: deps.links,
+            notifier: deps.notifier,
+            appservices: deps.appservices,
+            appservice_queued: deps.appservice_queued,
+            rate_limits: deps.rate_limits,
+            ephemeral: deps.ephemeral,
+            to_appservices: deps.to_appservices,
+        }
+    }
+
+    /// Whether a user id belongs to this server.
+    pub(super) fn is_local(&self, user: &str) -> bool {
+        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.config.server_name)
+    }
+
     /// Hashes and signs a PDU skeleton and derives its event id.
     fn sign_pdu(&self, obj: Value, rules: &RoomVersionRules) -> Result<Pdu> {
         // The spec caps a whole PDU at 64 KiB; refuse early so signing never sees it.

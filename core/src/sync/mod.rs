@@ -4,12 +4,15 @@
 mod pass;
 mod rooms;
 
-use std::{collections::BTreeSet, fmt, str::FromStr, time::Duration};
+use std::{collections::BTreeSet, fmt, str::FromStr, sync::Arc, time::Duration};
 
 use ruma::{UserId, events::room::member::MembershipState};
 use serde_json::{Map, Value, json};
 
-use crate::{Error, Hearth, Result, filter::SyncFilter};
+use crate::{
+    Error, Result, cluster::Streams, e2ee::E2ee, ephemeral::Ephemeral, filter::SyncFilter,
+    notifier::Notifier, push::Push, rooms::Rooms, rooms::Visibility, unread::Unread,
+};
 
 /// A position in every stream a client syncs: each event shard's stream
 /// (its events and receipts), account data, typing, presence.
@@ -95,14 +98,65 @@ pub struct SyncRequest {
 
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 
-impl Hearth {
+/// Sync: the long-poll and one pass of it (`pass.rs`, `rooms.rs`).
+pub struct Syncer {
+    store: Arc<dyn crate::store::RoomStore>,
+    main: Arc<dyn crate::store::MainStore>,
+    rooms: Arc<Rooms>,
+    visibility: Arc<Visibility>,
+    /// Typing and presence, and a sync's `set_presence`.
+    ephemeral: Arc<Ephemeral>,
+    /// To-device messages and device lists.
+    e2ee: Arc<E2ee>,
+    unread: Arc<Unread>,
+    /// Rule evaluation for a room's highlight and notification counts.
+    push: Arc<Push>,
+    streams: Arc<Streams>,
+    /// What a long-poll waits on.
+    notifier: Arc<Notifier>,
+    /// Answers long-polls at once when the server drains.
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// What `Syncer` is built from (`Hearth::wire`): named, as there are many.
+pub(crate) struct SyncDeps {
+    pub store: Arc<dyn crate::store::RoomStore>,
+    pub main: Arc<dyn crate::store::MainStore>,
+    pub rooms: Arc<Rooms>,
+    pub visibility: Arc<Visibility>,
+    pub ephemeral: Arc<Ephemeral>,
+    pub e2ee: Arc<E2ee>,
+    pub unread: Arc<Unread>,
+    pub push: Arc<Push>,
+    pub streams: Arc<Streams>,
+    pub notifier: Arc<Notifier>,
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Syncer {
+    pub(crate) fn new(deps: SyncDeps) -> Self {
+        Self {
+            store: deps.store,
+            main: deps.main,
+            rooms: deps.rooms,
+            visibility: deps.visibility,
+            ephemeral: deps.ephemeral,
+            e2ee: deps.e2ee,
+            unread: deps.unread,
+            push: deps.push,
+            streams: deps.streams,
+            notifier: deps.notifier,
+            shutdown: deps.shutdown,
+        }
+    }
+
     pub async fn current_token(&self) -> Result<SyncToken> {
         self.streams.catch_up().await?;
         Ok(SyncToken {
             shards: self.store.stream_positions().await?,
             misc: self.main.max_misc_stream_id().await?,
-            typing: self.typing.serial(),
-            presence: self.presence.serial(),
+            typing: self.ephemeral.typing.serial(),
+            presence: self.ephemeral.presence.serial(),
         })
     }
 

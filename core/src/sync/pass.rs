@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::{SyncRequest, SyncToken, empty_response};
 use crate::{
-    Hearth, Result,
+    Result,
     filter::SyncFilter,
     rooms::membership_state,
     store::{AccountDataRecord, MembershipRecord, ReceiptRecord},
@@ -59,7 +59,7 @@ impl Pass<'_> {
     }
 }
 
-impl Hearth {
+impl super::Syncer {
     pub(super) async fn sync_once(
         &self,
         user: &UserId,
@@ -177,6 +177,7 @@ impl Hearth {
         }
         let users = self.main.users_sharing_rooms(pass.user.as_str()).await?;
         Ok(self
+            .ephemeral
             .presence
             .events_for(&users, pass.since().map(|s| s.presence)))
     }

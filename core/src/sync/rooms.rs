@@ -11,7 +11,7 @@ use super::{
     own_receipt_in, pagination_token, pass::Pass, receipt_event,
 };
 use crate::{
-    Error, Hearth, Result,
+    Error, Result,
     pdu::StoredEvent,
     rooms::membership_state,
     store::{Direction, MembershipRecord},
@@ -34,7 +34,7 @@ struct Range {
     initial: bool,
 }
 
-impl Hearth {
+impl super::Syncer {
     /// Adds one of the user's rooms to the pass, in the section its
     /// membership puts it.
     pub(super) async fn sync_room(&self, pass: &mut Pass<'_>, m: &MembershipRecord) -> Result<()> {
@@ -155,7 +155,10 @@ impl Hearth {
         if f.excludes_all() {
             return out;
         }
-        if let Some(t) = self.typing.event_for(room, pass.since().map(|s| s.typing))
+        if let Some(t) = self
+            .ephemeral
+            .typing
+            .event_for(room, pass.since().map(|s| s.typing))
             && f.allows_type("m.typing")
         {
             out.push(t);
