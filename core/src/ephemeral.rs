@@ -518,7 +518,7 @@ impl Ephemeral {
 
     /// Whether a user id belongs to this server.
     pub(crate) fn is_local(&self, user: &str) -> bool {
-        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.server_name)
+        crate::ids::user_on_server(user, &self.server_name)
     }
 
     /// A user's presence as another user asks for it: an unknown local user

@@ -25,6 +25,12 @@ pub fn hash_token(token: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether `user` is a well-formed user id of `server`: what every
+/// service's `is_local` asks of this server's name.
+pub fn user_on_server(user: &str, server: &ruma::ServerName) -> bool {
+    ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == server)
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -524,7 +524,7 @@ impl Hearth {
 
     /// Whether a user id belongs to this server.
     pub fn is_local(&self, user: &str) -> bool {
-        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.config.server_name)
+        ids::user_on_server(user, &self.config.server_name)
     }
 
     /// Keys and devices, accounts and UIA: each built on the one before.

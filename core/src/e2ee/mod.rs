@@ -72,7 +72,7 @@ impl E2ee {
 
     /// Whether a user id belongs to this server.
     fn is_local(&self, user: &str) -> bool {
-        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.server_name)
+        crate::ids::user_on_server(user, &self.server_name)
     }
 
     /// Each of the user's devices with its display name.

@@ -101,7 +101,7 @@ impl RoomWriter {
 
     /// Whether a user id belongs to this server.
     pub(super) fn is_local(&self, user: &str) -> bool {
-        ruma::UserId::parse(user).is_ok_and(|u| u.server_name() == self.config.server_name)
+        crate::ids::user_on_server(user, &self.config.server_name)
     }
 
     /// Hashes and signs a PDU skeleton and derives its event id.
