@@ -10,19 +10,21 @@ use axum::{
 };
 use hearth_core::{
     Error, Hearth,
+    directory::UserSearch,
     ruma::{RoomAliasId, RoomId, ServerName},
 };
 use ruma_client_api::{
     alias::{create_alias, delete_alias, get_alias},
     directory::{get_room_visibility, set_room_visibility},
     room::{Visibility, aliases},
+    user_directory::search_users,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{JsonResult, parse_room_id, stored_id};
 use crate::{
-    error::ApiError,
+    error::{ApiError, ApiResult},
     extract::{Auth, JsonBody, MaybeAuth},
     typed::{Ruma, RumaResult},
 };
@@ -222,20 +224,17 @@ async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> JsonResult {
     Ok(Json(page))
 }
 
-#[derive(Deserialize)]
-struct SearchBody {
-    search_term: String,
-    limit: Option<usize>,
-}
-
+/// The answer keeps Hearth's shape (see `UserSearch`), so it is not ruma's
+/// response type.
 async fn search_users(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    JsonBody(b): JsonBody<SearchBody>,
-) -> JsonResult {
+    Ruma(req): Ruma<search_users::v3::Request>,
+) -> ApiResult<Json<UserSearch>> {
+    let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
     Ok(Json(
         h.directory
-            .search_user_directory(&s.user_id, &b.search_term, b.limit)
+            .search_user_directory(&s.user_id, &req.search_term, Some(limit))
             .await?,
     ))
 }
