@@ -88,18 +88,19 @@ impl Directory {
 
 /// A user directory search's answer. Hearth's own shape rather than ruma's:
 /// a user without a display name or avatar is sent with `null` there, as
-/// Synapse does, where ruma's type would leave the field out.
+/// Synapse does, where ruma's type would leave the field out. Fields are in
+/// the order `json!` wrote them (sorted), so the bytes sent do not change.
 #[derive(Debug, Serialize)]
 pub struct UserSearch {
-    pub results: Vec<FoundUser>,
     /// Whether more users matched than were sent.
     pub limited: bool,
+    pub results: Vec<FoundUser>,
 }
 
 /// One user found by a directory search.
 #[derive(Debug, Serialize)]
 pub struct FoundUser {
-    pub user_id: String,
-    pub display_name: Option<String>,
     pub avatar_url: Option<String>,
+    pub display_name: Option<String>,
+    pub user_id: String,
 }
