@@ -7,7 +7,7 @@ use axum::{
     Extension, Json,
     extract::{Query, State},
 };
-use hearth_core::{Error, Result};
+use hearth_core::{Error, Result, rooms::PublicRooms};
 use hearth_http_common::{
     error::ApiError,
     typed::{Ruma, RumaResult},
@@ -105,7 +105,7 @@ pub(crate) struct PublicRoomsQuery {
 pub(crate) async fn public_rooms_get(
     State(fed): State<Arc<Federation>>,
     Query(q): Query<PublicRoomsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PublicRooms>, ApiError> {
     let page = fed
         .hearth
         .room_list
@@ -124,7 +124,7 @@ pub(crate) struct PublicRoomsBody {
 pub(crate) async fn public_rooms_post(
     State(fed): State<Arc<Federation>>,
     Json(b): Json<PublicRoomsBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PublicRooms>, ApiError> {
     let page = fed
         .hearth
         .room_list
