@@ -21,7 +21,7 @@ use ruma_client_api::{
         delete_backup_keys_for_session, delete_backup_version, get_backup_info, get_backup_keys,
         get_latest_backup_info, update_backup_version,
     },
-    keys::{get_key_changes, upload_signing_keys},
+    keys::{get_key_changes, upload_keys, upload_signing_keys},
     to_device::send_event_to_device,
 };
 use serde_json::Value;
@@ -68,14 +68,19 @@ pub fn routes() -> Router<Arc<Hearth>> {
         )
 }
 
+/// The body stays JSON: core checks the keys (with its own errcodes) where
+/// ruma's request type would refuse other shapes first.
 async fn upload(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
-    Ok(Json(
-        h.e2ee.upload_keys(&s.user_id, &s.device_id, &body).await?,
-    ))
+) -> RumaResult<upload_keys::v3::Response> {
+    let counts = h.e2ee.upload_keys(&s.user_id, &s.device_id, &body).await?;
+    let counts = counts
+        .into_iter()
+        .map(|(algorithm, n)| (algorithm.into(), UInt::try_from(n).unwrap_or_default()))
+        .collect();
+    Ok(upload_keys::v3::Response::new(counts).into())
 }
 
 async fn query(

@@ -42,7 +42,13 @@ fn by_server<T: serde::Serialize>(
 impl E2ee {
     /// `POST /keys/upload`: the device's identity keys, one-time keys and
     /// fallback keys. Returns the device's one-time key counts.
-    pub async fn upload_keys(&self, user: &UserId, device: &str, body: &Value) -> Result<Value> {
+    /// The device's one-time key counts after the upload.
+    pub async fn upload_keys(
+        &self,
+        user: &UserId,
+        device: &str,
+        body: &Value,
+    ) -> Result<KeyCounts> {
         if device.is_empty() {
             return Err(Error::forbidden("Uploading keys needs a device"));
         }
@@ -99,7 +105,7 @@ impl E2ee {
         }
         self.forget_key_counts(user.as_str(), device);
         let (counts, _) = self.key_counts(user.as_str(), device).await?;
-        Ok(json!({"one_time_key_counts": counts_object(&counts)}))
+        Ok(counts_object(&counts))
     }
 
     /// `POST /keys/query` for a local client: local users answered here,
@@ -488,15 +494,16 @@ impl E2ee {
     }
 }
 
+/// A device's unclaimed one-time keys by algorithm.
+pub type KeyCounts = BTreeMap<String, i64>;
+
 /// `{"signed_curve25519": n, ...}`, always naming signed_curve25519 (clients
 /// read a missing count as "upload more").
-pub fn counts_object(counts: &[(String, i64)]) -> Value {
-    let mut out = Map::new();
-    out.insert("signed_curve25519".into(), json!(0));
-    for (algorithm, n) in counts {
-        out.insert(algorithm.clone(), json!(n));
-    }
-    Value::Object(out)
+pub fn counts_object(counts: &[(String, i64)]) -> KeyCounts {
+    let mut out = KeyCounts::new();
+    out.insert("signed_curve25519".into(), 0);
+    out.extend(counts.iter().cloned());
+    out
 }
 
 fn parse_user_map<T: serde::de::DeserializeOwned>(
