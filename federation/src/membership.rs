@@ -14,7 +14,10 @@ use hearth_http_common::{
 };
 use ruma::{
     CanonicalJsonValue, RoomId, RoomVersionId, UserId,
-    api::federation::membership::{prepare_join_event, prepare_leave_event},
+    api::federation::membership::{
+        RawStrippedState, create_knock_event, create_leave_event, prepare_join_event,
+        prepare_leave_event,
+    },
     events::room::member::MembershipState,
     signatures::hash_and_sign_event,
 };
@@ -49,7 +52,7 @@ pub(crate) async fn make_join(
     Ok(response.into())
 }
 
-/// A template Hearth built, as the raw event ruma's answers carry.
+/// An event Hearth built or stored, as the raw event ruma's answers carry.
 fn raw_event(template: &Value) -> Result<Box<RawJsonValue>, ApiError> {
     Ok(serde_json::value::to_raw_value(template).map_err(Error::from)?)
 }
@@ -84,14 +87,18 @@ pub(crate) async fn send_knock(
     Extension(Origin(origin)): Extension<Origin>,
     Path((room_id, event_id)): Path<(String, String)>,
     Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> RumaResult<create_knock_event::v1::Response> {
     let pdu = membership_event(&fed, &origin, &room_id, &event_id, &body, "knock").await?;
     let room = pdu.room_id.clone();
     let user = pdu.sender.to_string();
     fed.hearth.accept_remote_event(pdu, true).await?;
     let state = fed.hearth.rooms.room_state_shown(&room).await?;
     tracing::info!(room = %room, %user, %origin, "remote user knocked");
-    Ok(Json(json!({"knock_room_state": state})))
+    let state = state
+        .iter()
+        .map(|pdu| raw_event(pdu).map(RawStrippedState::Pdu))
+        .collect::<Result<_, _>>()?;
+    Ok(create_knock_event::v1::Response::new(state).into())
 }
 
 pub(crate) async fn make_leave(
@@ -133,10 +140,10 @@ pub(crate) async fn send_leave(
     Extension(Origin(origin)): Extension<Origin>,
     Path((room_id, event_id)): Path<(String, String)>,
     Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> RumaResult<create_leave_event::v2::Response> {
     let pdu = membership_event(&fed, &origin, &room_id, &event_id, &body, "leave").await?;
     fed.hearth.accept_remote_event(pdu, true).await?;
-    Ok(Json(json!({})))
+    Ok(create_leave_event::v2::Response::new().into())
 }
 
 /// A received membership event of `origin`'s user about themselves, with
