@@ -6,7 +6,10 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{Extension, Json, extract::State};
-use hearth_core::{Error, e2ee::device_list::ServerDeviceList};
+use hearth_core::{
+    Error,
+    e2ee::{device_list::ServerDeviceList, keys::QueriedKeys},
+};
 use hearth_http_common::{
     error::ApiError,
     typed::{Ruma, RumaResult, raw},
@@ -38,7 +41,7 @@ pub(crate) async fn query(
     State(fed): State<Arc<Federation>>,
     Extension(Origin(origin)): Extension<Origin>,
     Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueriedKeys>, ApiError> {
     let wanted = our_users::<Vec<String>>(&fed, &body, "device_keys")?;
     tracing::debug!(%origin, users = wanted.len(), "key query");
     Ok(Json(fed.hearth.e2ee.local_keys(None, &wanted).await?))

@@ -10,7 +10,10 @@ use axum::{
 };
 use hearth_core::{
     Error, Hearth,
-    e2ee::backup::{BackupCounts, BackupInfo, BackupKeys, BackupScope},
+    e2ee::{
+        backup::{BackupCounts, BackupInfo, BackupKeys, BackupScope},
+        keys::{ClaimedKeys, QueriedKeys},
+    },
     ruma::{UInt, UserId},
     sync::SyncToken,
 };
@@ -83,11 +86,16 @@ async fn upload(
     Ok(upload_keys::v3::Response::new(counts).into())
 }
 
+// Query and claim bodies stay JSON: core reads them with its errcodes
+// (M_MISSING_PARAM without the map, M_BAD_JSON for a malformed user id),
+// where ruma's types default the map and refuse ids as M_INVALID_PARAM. The
+// answers are Hearth's shape: keys pass on as uploaded, unchecked.
+
 async fn query(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> ApiResult<Json<QueriedKeys>> {
     Ok(Json(h.e2ee.query_keys(&s.user_id, &body).await?))
 }
 
@@ -95,7 +103,7 @@ async fn claim(
     State(h): State<Arc<Hearth>>,
     Auth(_): Auth,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> ApiResult<Json<ClaimedKeys>> {
     Ok(Json(h.e2ee.claim_keys(&body).await?))
 }
 

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use ruma::{OwnedUserId, UserId};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::E2ee;
@@ -111,7 +112,7 @@ impl E2ee {
     /// `POST /keys/query` for a local client: local users answered here,
     /// remote ones asked of their servers (a server that fails is listed in
     /// `failures`).
-    pub async fn query_keys(&self, requester: &UserId, body: &Value) -> Result<Value> {
+    pub async fn query_keys(&self, requester: &UserId, body: &Value) -> Result<QueriedKeys> {
         let wanted = parse_user_map::<Vec<String>>(body.get("device_keys"), "device_keys")?;
         let mut local = BTreeMap::new();
         let mut remote = BTreeMap::new();
@@ -143,7 +144,7 @@ impl E2ee {
                 }
             }
         }
-        out["failures"] = Value::Object(failures);
+        out.failures = Some(failures);
         Ok(out)
     }
 
@@ -155,7 +156,7 @@ impl E2ee {
         &self,
         requester: Option<&UserId>,
         wanted: &BTreeMap<OwnedUserId, Vec<String>>,
-    ) -> Result<Value> {
+    ) -> Result<QueriedKeys> {
         let mut device_keys = Map::new();
         let mut cross: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
         for (user, devices) in wanted {
@@ -203,17 +204,18 @@ impl E2ee {
                     .insert(user.to_string(), key);
             }
         }
-        let mut out = json!({"device_keys": device_keys});
-        for (_, field) in CROSS_SIGNING {
-            if requester.is_some() || field != "user_signing_keys" {
-                out[field] = Value::Object(cross.remove(field).unwrap_or_default());
-            }
-        }
-        Ok(out)
+        let mut take = |field| cross.remove(field).unwrap_or_default();
+        Ok(QueriedKeys {
+            device_keys,
+            failures: None,
+            master_keys: take("master_keys"),
+            self_signing_keys: take("self_signing_keys"),
+            user_signing_keys: requester.map(|_| take("user_signing_keys")),
+        })
     }
 
     /// `POST /keys/claim`: one key per (user, device, algorithm).
-    pub async fn claim_keys(&self, body: &Value) -> Result<Value> {
+    pub async fn claim_keys(&self, body: &Value) -> Result<ClaimedKeys> {
         let wanted =
             parse_user_map::<BTreeMap<String, String>>(body.get("one_time_keys"), "one_time_keys")?;
         let (local, remote): (BTreeMap<_, _>, BTreeMap<_, _>) = wanted
@@ -246,7 +248,10 @@ impl E2ee {
                 }
             }
         }
-        Ok(json!({"one_time_keys": keys, "failures": failures}))
+        Ok(ClaimedKeys {
+            failures,
+            one_time_keys: keys,
+        })
     }
 
     /// Claims keys of local users (for a client here or another server).
@@ -516,15 +521,43 @@ fn parse_user_map<T: serde::de::DeserializeOwned>(
 
 /// Merges a remote server's `/user/keys/query` answer, keeping only users of
 /// that server (a server speaks only for its own users).
-fn merge_remote_keys(out: &mut Value, answer: &Value, server: &str) {
+fn merge_remote_keys(out: &mut QueriedKeys, answer: &Value, server: &str) {
     let ours = |u: &str| UserId::parse(u).is_ok_and(|u| u.server_name() == server);
-    for field in ["device_keys", "master_keys", "self_signing_keys"] {
+    for (field, into) in [
+        ("device_keys", &mut out.device_keys),
+        ("master_keys", &mut out.master_keys),
+        ("self_signing_keys", &mut out.self_signing_keys),
+    ] {
         for (user, v) in answer[field].as_object().into_iter().flatten() {
             if ours(user) {
-                out[field][user] = v.clone();
+                into.insert(user.clone(), v.clone());
             }
         }
     }
+}
+
+/// The keys a `/keys/query` found, by user (their devices' keys and their
+/// cross-signing keys), as uploaded. Hearth's shape rather than ruma's
+/// response: the keys go on as the devices and other servers gave them,
+/// unchecked. Fields in the order `json!` wrote them, so the bytes stay.
+#[derive(Debug, Default, Serialize)]
+pub struct QueriedKeys {
+    pub device_keys: Map<String, Value>,
+    /// Servers that could not be asked (a client's query only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Map<String, Value>>,
+    pub master_keys: Map<String, Value>,
+    pub self_signing_keys: Map<String, Value>,
+    /// Only for a user asking: their own user-signing key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_signing_keys: Option<Map<String, Value>>,
+}
+
+/// One-time keys claimed, by user, and servers that could not be asked.
+#[derive(Debug, Serialize)]
+pub struct ClaimedKeys {
+    pub failures: Map<String, Value>,
+    pub one_time_keys: Map<String, Value>,
 }
 
 /// A one-time or fallback key: a bare key string, or a `KeyObject` with
