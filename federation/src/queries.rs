@@ -3,10 +3,7 @@
 
 use std::sync::{Arc, Weak};
 
-use axum::{
-    Extension, Json,
-    extract::{Query, State},
-};
+use axum::{Extension, Json, extract::State};
 use hearth_core::{Error, Result, rooms::PublicRooms};
 use hearth_http_common::{
     error::ApiError,
@@ -14,7 +11,10 @@ use hearth_http_common::{
 };
 use ruma::{
     RoomAliasId, RoomId, UserId,
-    api::federation::query::{get_profile_information, get_room_information},
+    api::federation::{
+        directory::get_public_rooms,
+        query::{get_profile_information, get_room_information},
+    },
     profile::UserProfile,
 };
 use serde::Deserialize;
@@ -96,24 +96,22 @@ pub(crate) async fn event(
     })))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct PublicRoomsQuery {
-    limit: Option<usize>,
-    since: Option<String>,
-}
-
 pub(crate) async fn public_rooms_get(
     State(fed): State<Arc<Federation>>,
-    Query(q): Query<PublicRoomsQuery>,
+    Ruma(q): Ruma<get_public_rooms::v1::Request>,
 ) -> Result<Json<PublicRooms>, ApiError> {
+    let limit = q.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
     let page = fed
         .hearth
         .room_list
-        .public_rooms(q.limit, q.since.as_deref(), None)
+        .public_rooms(limit, q.since.as_deref(), None)
         .await?;
     Ok(Json(page))
 }
 
+/// The page is Hearth's shape (see `PublicRoom`). The POST keeps Hearth's
+/// body parsing: ruma's filter refuses a non-string search term, which is
+/// ignored here.
 #[derive(Deserialize)]
 pub(crate) struct PublicRoomsBody {
     limit: Option<usize>,
