@@ -15,8 +15,8 @@ use hearth_http_common::{
 use ruma::{
     CanonicalJsonValue, RoomId, RoomVersionId, UserId,
     api::federation::membership::{
-        RawStrippedState, create_knock_event, create_leave_event, prepare_join_event,
-        prepare_leave_event,
+        RawStrippedState, create_invite, create_knock_event, create_leave_event,
+        prepare_join_event, prepare_leave_event,
     },
     events::room::member::MembershipState,
     signatures::hash_and_sign_event,
@@ -220,7 +220,7 @@ pub(crate) async fn invite(
     Extension(Origin(origin)): Extension<Origin>,
     Path((room_id, event_id)): Path<(String, String)>,
     Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> RumaResult<create_invite::v2::Response> {
     let version = body["room_version"]
         .as_str()
         .and_then(|v| RoomVersionId::try_from(v).ok())
@@ -288,7 +288,7 @@ pub(crate) async fn invite(
         .accept_remote_membership(invite, &version, &creator)
         .await?;
     tracing::info!(room = %room, %invitee, %origin, "invited from another server");
-    Ok(Json(json!({"event": signed})))
+    Ok(create_invite::v2::Response::new(raw_event(&signed)?).into())
 }
 
 impl Federation {
