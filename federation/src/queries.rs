@@ -10,15 +10,16 @@ use hearth_http_common::{
     typed::{Ruma, RumaResult},
 };
 use ruma::{
-    RoomAliasId, RoomId, UserId,
+    MilliSecondsSinceUnixEpoch, RoomAliasId, RoomId, UInt, UserId,
     api::federation::{
         directory::get_public_rooms,
+        event::get_event,
         query::{get_profile_information, get_room_information},
     },
     profile::UserProfile,
 };
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::{Federation, auth::Origin};
 
@@ -82,18 +83,17 @@ pub(crate) async fn event(
     State(fed): State<Arc<Federation>>,
     Extension(Origin(origin)): Extension<Origin>,
     axum::extract::Path(event_id): axum::extract::Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> RumaResult<get_event::v1::Response> {
     let h = &fed.hearth;
     let ev = h.federated.event_by_id(&event_id).await?;
     h.rooms.check_server_acl(&ev.pdu.room_id, &origin).await?;
     h.federated
         .require_server_reader(&ev.pdu.room_id, &origin)
         .await?;
-    Ok(Json(json!({
-        "origin": fed.server_name(),
-        "origin_server_ts": hearth_core::ids::now_ms(),
-        "pdus": [Value::Object(ev.pdu.as_sent())],
-    })))
+    let pdu = serde_json::value::to_raw_value(&ev.pdu.as_sent()).map_err(Error::from)?;
+    let now = MilliSecondsSinceUnixEpoch(UInt::new_saturating(hearth_core::ids::now_ms()));
+    let origin = fed.server_name().to_owned();
+    Ok(get_event::v1::Response::new(origin, now, pdu).into())
 }
 
 pub(crate) async fn public_rooms_get(
