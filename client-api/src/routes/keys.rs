@@ -12,7 +12,7 @@ use hearth_core::{
     Error, Hearth,
     e2ee::{
         backup::{BackupCounts, BackupInfo, BackupKeys, BackupScope},
-        keys::{ClaimedKeys, QueriedKeys},
+        keys::{ClaimedKeys, QueriedKeys, SignatureFailures},
     },
     ruma::{UInt, UserId},
     sync::SyncToken,
@@ -29,7 +29,7 @@ use ruma_client_api::{
 };
 use serde_json::Value;
 
-use super::{JsonResult, account::reauthenticate, stored_id};
+use super::{account::reauthenticate, stored_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody, UiaJson},
@@ -143,7 +143,7 @@ async fn signatures(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> ApiResult<Json<SignatureFailures>> {
     Ok(Json(h.e2ee.upload_signatures(&s.user_id, &body).await?))
 }
 

@@ -339,7 +339,11 @@ impl E2ee {
     /// devices and keys, or of another user's master key (with the
     /// uploader's user-signing key). Each signature is checked; a bad one is
     /// reported in `failures` and not stored.
-    pub async fn upload_signatures(&self, signer: &UserId, body: &Value) -> Result<Value> {
+    pub async fn upload_signatures(
+        &self,
+        signer: &UserId,
+        body: &Value,
+    ) -> Result<SignatureFailures> {
         let body = body
             .as_object()
             .ok_or_else(|| Error::bad_json("Body must be an object"))?;
@@ -379,7 +383,7 @@ impl E2ee {
                 }
             }
         }
-        Ok(json!({"failures": failures}))
+        Ok(SignatureFailures { failures })
     }
 
     /// A signature of one of the signer's own devices (with the self-signing
@@ -551,6 +555,14 @@ pub struct QueriedKeys {
     /// Only for a user asking: their own user-signing key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_signing_keys: Option<Map<String, Value>>,
+}
+
+/// The signatures an upload could not store, by target user and key, each
+/// with its errcode. Hearth's shape: a target that is not a user id is
+/// named as given, which ruma's map (keyed by user ids) could not hold.
+#[derive(Debug, Serialize)]
+pub struct SignatureFailures {
+    pub failures: Map<String, Value>,
 }
 
 /// One-time keys claimed, by user, and servers that could not be asked.
