@@ -4,7 +4,7 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use ruma::{RoomId, UserId};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::{
     Error, Result,
@@ -70,7 +70,7 @@ impl Directory {
         user: &UserId,
         term: &str,
         limit: Option<usize>,
-    ) -> Result<Value> {
+    ) -> Result<UserSearch> {
         let limit = limit.unwrap_or(10).clamp(1, 100);
         let mut visible: BTreeSet<String> = self
             .store
@@ -90,8 +90,31 @@ impl Directory {
                 limited = true;
                 break;
             }
-            results.push(json!({"user_id": u.user_id, "display_name": u.displayname, "avatar_url": u.avatar_url}));
+            results.push(FoundUser {
+                user_id: u.user_id,
+                display_name: u.displayname,
+                avatar_url: u.avatar_url,
+            });
         }
-        Ok(json!({"results": results, "limited": limited}))
+        Ok(UserSearch { results, limited })
     }
+}
+
+/// A user directory search's answer. Hearth's own shape rather than ruma's:
+/// a user without a display name or avatar is sent with `null` there, as
+/// Synapse does, where ruma's type would leave the field out. Fields are in
+/// the order `json!` wrote them (sorted), so the bytes sent do not change.
+#[derive(Debug, Serialize)]
+pub struct UserSearch {
+    /// Whether more users matched than were sent.
+    pub limited: bool,
+    pub results: Vec<FoundUser>,
+}
+
+/// One user found by a directory search.
+#[derive(Debug, Serialize)]
+pub struct FoundUser {
+    pub avatar_url: Option<String>,
+    pub display_name: Option<String>,
+    pub user_id: String,
 }

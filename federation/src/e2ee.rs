@@ -5,13 +5,19 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::{
-    Extension, Json,
-    extract::{Path, State},
+use axum::{Extension, Json, extract::State};
+use hearth_core::{
+    Error,
+    e2ee::{device_list::ServerDeviceList, keys::QueriedKeys},
 };
-use hearth_core::Error;
-use hearth_http_common::error::ApiError;
-use ruma::{OwnedUserId, UserId};
+use hearth_http_common::{
+    error::ApiError,
+    typed::{Ruma, RumaResult, raw},
+};
+use ruma::{
+    OwnedUserId, UInt,
+    api::federation::device::get_devices::{self, v1::UserDevice},
+};
 use serde_json::{Value, json};
 
 use crate::{Federation, auth::Origin};
@@ -35,7 +41,7 @@ pub(crate) async fn query(
     State(fed): State<Arc<Federation>>,
     Extension(Origin(origin)): Extension<Origin>,
     Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<QueriedKeys>, ApiError> {
     let wanted = our_users::<Vec<String>>(&fed, &body, "device_keys")?;
     tracing::debug!(%origin, users = wanted.len(), "key query");
     Ok(Json(fed.hearth.e2ee.local_keys(None, &wanted).await?))
@@ -56,13 +62,34 @@ pub(crate) async fn claim(
 /// `GET /_matrix/federation/v1/user/devices/{userId}`
 pub(crate) async fn devices(
     State(fed): State<Arc<Federation>>,
-    Path(user): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let user = UserId::parse(user.as_str()).map_err(|_| Error::invalid_param("Invalid user id"))?;
+    Ruma(req): Ruma<get_devices::v1::Request>,
+) -> RumaResult<get_devices::v1::Response> {
+    let user = req.user_id;
     if user.server_name() != fed.server_name() {
         return Err(Error::invalid_param("The user is not on this server").into());
     }
-    Ok(Json(fed.hearth.e2ee.device_list_for_server(&user).await?))
+    let list = fed.hearth.e2ee.device_list_for_server(&user).await?;
+    Ok(device_list_response(list)?.into())
+}
+
+/// A device list in ruma's answer; the keys go as stored.
+fn device_list_response(list: ServerDeviceList) -> Result<get_devices::v1::Response, ApiError> {
+    let devices = list
+        .devices
+        .into_iter()
+        .map(|d| {
+            let mut device = UserDevice::new(d.device_id.into(), raw(&d.keys)?);
+            device.device_display_name = d.display_name;
+            Ok(device)
+        })
+        .collect::<Result<_, ApiError>>()?;
+    let stream_id = UInt::try_from(list.stream_id)
+        .map_err(|e| Error::Internal(format!("device list position {}: {e}", list.stream_id)))?;
+    let mut response = get_devices::v1::Response::new(list.user_id, stream_id);
+    response.devices = devices;
+    response.master_key = list.master_key.as_ref().map(raw).transpose()?;
+    response.self_signing_key = list.self_signing_key.as_ref().map(raw).transpose()?;
+    Ok(response)
 }
 
 impl Federation {

@@ -8,12 +8,20 @@ use axum::{
     extract::{Path, RawQuery, State},
 };
 use hearth_core::{CoreConfig, Error, ids::now_ms, pdu::Pdu};
-use hearth_http_common::error::ApiError;
+use hearth_http_common::{
+    error::ApiError,
+    typed::{Ruma, RumaResult},
+};
 use ruma::{
-    CanonicalJsonValue, RoomId, RoomVersionId, UserId, events::room::member::MembershipState,
+    CanonicalJsonValue, RoomId, RoomVersionId, UserId,
+    api::federation::membership::{
+        RawStrippedState, create_invite, create_knock_event, create_leave_event,
+        prepare_join_event, prepare_leave_event,
+    },
+    events::room::member::MembershipState,
     signatures::hash_and_sign_event,
 };
-use serde_json::{Value, json};
+use serde_json::{Value, json, value::RawValue as RawJsonValue};
 
 use crate::{
     FedError, Federation,
@@ -23,23 +31,30 @@ use crate::{
     query::query_values,
 };
 
+/// `GET /make_join/{roomId}/{userId}?ver=…`: a join template, for a server
+/// that supports the room's version (none named: only "1", ruma's default).
 pub(crate) async fn make_join(
     State(fed): State<Arc<Federation>>,
     Extension(Origin(origin)): Extension<Origin>,
-    Path((room_id, user_id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
-    let (template, version) = template(&fed, &origin, &room_id, &user_id, "join").await?;
-    // The versions the joining server supports (none named: only "1").
-    let supported = query_values(query.as_deref(), "ver");
-    if !supported.iter().any(|v| v == version.as_str()) {
+    Ruma(req): Ruma<prepare_join_event::v1::Request>,
+) -> RumaResult<prepare_join_event::v1::Response> {
+    let (room, user) = (req.room_id.as_str(), req.user_id.as_str());
+    let (template, version) = template(&fed, &origin, room, user, "join").await?;
+    if !req.ver.contains(&version) {
         return Err(ApiError::new(
             http::StatusCode::BAD_REQUEST,
             "M_INCOMPATIBLE_ROOM_VERSION",
             format!("the room is version {version}, which {origin} does not support"),
         ));
     }
-    Ok(Json(json!({"event": template, "room_version": version})))
+    let mut response = prepare_join_event::v1::Response::new(raw_event(&template)?);
+    response.room_version = Some(version);
+    Ok(response.into())
+}
+
+/// An event Hearth built or stored, as the raw event ruma's answers carry.
+fn raw_event(template: &Value) -> Result<Box<RawJsonValue>, ApiError> {
+    Ok(serde_json::value::to_raw_value(template).map_err(Error::from)?)
 }
 
 /// `GET /make_knock/{roomId}/{userId}?ver=…`: a knock template, for a room
@@ -72,23 +87,29 @@ pub(crate) async fn send_knock(
     Extension(Origin(origin)): Extension<Origin>,
     Path((room_id, event_id)): Path<(String, String)>,
     Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> RumaResult<create_knock_event::v1::Response> {
     let pdu = membership_event(&fed, &origin, &room_id, &event_id, &body, "knock").await?;
     let room = pdu.room_id.clone();
     let user = pdu.sender.to_string();
     fed.hearth.writer.accept_remote_event(pdu, true).await?;
     let state = fed.hearth.rooms.room_state_shown(&room).await?;
     tracing::info!(room = %room, %user, %origin, "remote user knocked");
-    Ok(Json(json!({"knock_room_state": state})))
+    let state = state
+        .iter()
+        .map(|pdu| raw_event(pdu).map(RawStrippedState::Pdu))
+        .collect::<Result<_, _>>()?;
+    Ok(create_knock_event::v1::Response::new(state).into())
 }
 
 pub(crate) async fn make_leave(
     State(fed): State<Arc<Federation>>,
     Extension(Origin(origin)): Extension<Origin>,
-    Path((room_id, user_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let (template, version) = template(&fed, &origin, &room_id, &user_id, "leave").await?;
-    Ok(Json(json!({"event": template, "room_version": version})))
+    Ruma(req): Ruma<prepare_leave_event::v1::Request>,
+) -> RumaResult<prepare_leave_event::v1::Response> {
+    let (room, user) = (req.room_id.as_str(), req.user_id.as_str());
+    let (template, version) = template(&fed, &origin, room, user, "leave").await?;
+    let response = prepare_leave_event::v1::Response::new(Some(version), raw_event(&template)?);
+    Ok(response.into())
 }
 
 /// A membership template for a user of the requesting server.
@@ -119,10 +140,10 @@ pub(crate) async fn send_leave(
     Extension(Origin(origin)): Extension<Origin>,
     Path((room_id, event_id)): Path<(String, String)>,
     Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> RumaResult<create_leave_event::v2::Response> {
     let pdu = membership_event(&fed, &origin, &room_id, &event_id, &body, "leave").await?;
     fed.hearth.writer.accept_remote_event(pdu, true).await?;
-    Ok(Json(json!({})))
+    Ok(create_leave_event::v2::Response::new().into())
 }
 
 /// A received membership event of `origin`'s user about themselves, with
@@ -199,7 +220,7 @@ pub(crate) async fn invite(
     Extension(Origin(origin)): Extension<Origin>,
     Path((room_id, event_id)): Path<(String, String)>,
     Json(body): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> RumaResult<create_invite::v2::Response> {
     let version = body["room_version"]
         .as_str()
         .and_then(|v| RoomVersionId::try_from(v).ok())
@@ -268,7 +289,7 @@ pub(crate) async fn invite(
         .accept_remote_membership(invite, &version, &creator)
         .await?;
     tracing::info!(room = %room, %invitee, %origin, "invited from another server");
-    Ok(Json(json!({"event": signed})))
+    Ok(create_invite::v2::Response::new(raw_event(&signed)?).into())
 }
 
 impl Federation {

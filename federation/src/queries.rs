@@ -3,22 +3,23 @@
 
 use std::sync::{Arc, Weak};
 
-use axum::{
-    Extension, Json,
-    extract::{Query, State},
-};
-use hearth_core::{Error, Result};
+use axum::{Extension, Json, extract::State};
+use hearth_core::{Error, Result, rooms::PublicRooms};
 use hearth_http_common::{
     error::ApiError,
     typed::{Ruma, RumaResult},
 };
 use ruma::{
-    RoomAliasId, RoomId, UserId,
-    api::federation::query::{get_profile_information, get_room_information},
+    MilliSecondsSinceUnixEpoch, RoomAliasId, RoomId, UInt, UserId,
+    api::federation::{
+        directory::get_public_rooms,
+        event::get_event,
+        query::{get_profile_information, get_room_information},
+    },
     profile::UserProfile,
 };
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::{Federation, auth::Origin};
 
@@ -82,38 +83,35 @@ pub(crate) async fn event(
     State(fed): State<Arc<Federation>>,
     Extension(Origin(origin)): Extension<Origin>,
     axum::extract::Path(event_id): axum::extract::Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> RumaResult<get_event::v1::Response> {
     let h = &fed.hearth;
     let ev = h.federated.event_by_id(&event_id).await?;
     h.rooms.check_server_acl(&ev.pdu.room_id, &origin).await?;
     h.federated
         .require_server_reader(&ev.pdu.room_id, &origin)
         .await?;
-    Ok(Json(json!({
-        "origin": fed.server_name(),
-        "origin_server_ts": hearth_core::ids::now_ms(),
-        "pdus": [Value::Object(ev.pdu.as_sent())],
-    })))
-}
-
-#[derive(Deserialize)]
-pub(crate) struct PublicRoomsQuery {
-    limit: Option<usize>,
-    since: Option<String>,
+    let pdu = serde_json::value::to_raw_value(&ev.pdu.as_sent()).map_err(Error::from)?;
+    let now = MilliSecondsSinceUnixEpoch(UInt::new_saturating(hearth_core::ids::now_ms()));
+    let origin = fed.server_name().to_owned();
+    Ok(get_event::v1::Response::new(origin, now, pdu).into())
 }
 
 pub(crate) async fn public_rooms_get(
     State(fed): State<Arc<Federation>>,
-    Query(q): Query<PublicRoomsQuery>,
-) -> Result<Json<Value>, ApiError> {
+    Ruma(q): Ruma<get_public_rooms::v1::Request>,
+) -> Result<Json<PublicRooms>, ApiError> {
+    let limit = q.limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
     let page = fed
         .hearth
         .room_list
-        .public_rooms(q.limit, q.since.as_deref(), None)
+        .public_rooms(limit, q.since.as_deref(), None)
         .await?;
     Ok(Json(page))
 }
 
+/// The page is Hearth's shape (see `PublicRoom`). The POST keeps Hearth's
+/// body parsing: ruma's filter refuses a non-string search term, which is
+/// ignored here.
 #[derive(Deserialize)]
 pub(crate) struct PublicRoomsBody {
     limit: Option<usize>,
@@ -124,7 +122,7 @@ pub(crate) struct PublicRoomsBody {
 pub(crate) async fn public_rooms_post(
     State(fed): State<Arc<Federation>>,
     Json(b): Json<PublicRoomsBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PublicRooms>, ApiError> {
     let page = fed
         .hearth
         .room_list

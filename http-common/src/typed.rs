@@ -140,6 +140,13 @@ pub fn json_object_body<T>(
     }
 }
 
+/// A JSON value Hearth stored or built, as ruma's raw JSON of the type a
+/// response field declares: it goes out as it is, unchecked.
+pub fn raw<T>(value: &Value) -> Result<hearth_core::ruma::serde::Raw<T>, ApiError> {
+    let raw = hearth_core::ruma::serde::Raw::new(value).map_err(hearth_core::Error::from)?;
+    Ok(raw.cast_unchecked())
+}
+
 /// A reply as ruma's response type for its endpoint.
 pub struct RumaResponse<T>(pub T);
 

@@ -17,11 +17,12 @@ use ruma_client_api::{
         get_global_account_data, get_room_account_data, set_global_account_data,
         set_room_account_data,
     },
-    tag::{create_tag, delete_tag},
+    tag::{create_tag, delete_tag, get_tags},
 };
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
-use super::{JsonResult, parse_room_id, parse_user_id};
+use super::{parse_room_id, parse_user_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
@@ -131,16 +132,21 @@ async fn put_room(
     Ok(set_room_account_data::v3::Response::new().into())
 }
 
+/// The tags go back as stored (Hearth's shape): ruma's `TagInfo` would keep
+/// only `order` of what a client put in a tag.
+#[derive(Serialize)]
+struct Tags {
+    tags: Map<String, Value>,
+}
+
 async fn get_tags(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path((user_id, room_id)): Path<(String, String)>,
-) -> JsonResult {
-    ensure_self(&s, &parse_user_id(&user_id)?)?;
-    let room = parse_room_id(&room_id)?;
-    Ok(Json(
-        json!({"tags": h.account_data.room_tags(&s.user_id, &room).await?}),
-    ))
+    Ruma(req): Ruma<get_tags::v3::Request>,
+) -> ApiResult<Json<Tags>> {
+    ensure_self(&s, &req.user_id)?;
+    let tags = h.account_data.room_tags(&s.user_id, &req.room_id).await?;
+    Ok(Json(Tags { tags }))
 }
 
 async fn put_tag(

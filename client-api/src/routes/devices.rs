@@ -8,12 +8,15 @@ use axum::{
     routing::{get, post},
 };
 use hearth_core::{Hearth, store::DeviceRecord};
-use ruma_client_api::device::{delete_device, delete_devices, update_device};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use ruma_client_api::device::{
+    delete_device, delete_devices, get_device, get_devices, update_device,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::{JsonResult, account::reauthenticate};
+use super::account::reauthenticate;
 use crate::{
+    error::ApiResult,
     extract::{Auth, UiaJson},
     typed::{Ruma, RumaResult},
 };
@@ -28,32 +31,55 @@ pub fn routes() -> Router<Arc<Hearth>> {
         .route("/delete_devices", post(delete_many))
 }
 
-fn device_json(user: &str, d: &DeviceRecord) -> Value {
-    json!({
-        "device_id": d.device_id,
-        "display_name": d.display_name,
-        "last_seen_ip": d.last_seen_ip,
-        "last_seen_ts": d.last_seen_ts,
-        "user_id": user,
-    })
+/// A device as listed. Hearth's shape rather than ruma's `Device`: what is
+/// not known (a name, where and when last seen) is sent as `null`, as
+/// Synapse does, where ruma's type would leave it out.
+#[derive(Serialize)]
+struct DeviceView {
+    device_id: String,
+    display_name: Option<String>,
+    last_seen_ip: Option<String>,
+    last_seen_ts: Option<i64>,
+    user_id: String,
 }
 
-async fn list(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+impl DeviceView {
+    fn new(user: &str, d: DeviceRecord) -> Self {
+        Self {
+            device_id: d.device_id,
+            display_name: d.display_name,
+            last_seen_ip: d.last_seen_ip,
+            last_seen_ts: d.last_seen_ts,
+            user_id: user.to_owned(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Devices {
+    devices: Vec<DeviceView>,
+}
+
+async fn list(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(_): Ruma<get_devices::v3::Request>,
+) -> ApiResult<Json<Devices>> {
     let devices = h.devices.devices(&s.user_id).await?;
-    let list: Vec<Value> = devices
-        .iter()
-        .map(|d| device_json(s.user_id.as_str(), d))
+    let devices = devices
+        .into_iter()
+        .map(|d| DeviceView::new(s.user_id.as_str(), d))
         .collect();
-    Ok(Json(json!({"devices": list})))
+    Ok(Json(Devices { devices }))
 }
 
 async fn get_one(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(device_id): Path<String>,
-) -> JsonResult {
-    let d = h.devices.device(&s.user_id, &device_id).await?;
-    Ok(Json(device_json(s.user_id.as_str(), &d)))
+    Ruma(req): Ruma<get_device::v3::Request>,
+) -> ApiResult<Json<DeviceView>> {
+    let d = h.devices.device(&s.user_id, req.device_id.as_str()).await?;
+    Ok(Json(DeviceView::new(s.user_id.as_str(), d)))
 }
 
 async fn rename(

@@ -10,19 +10,22 @@ use axum::{
 };
 use hearth_core::{
     Error, Hearth,
+    directory::UserSearch,
+    rooms::PublicRooms,
     ruma::{RoomAliasId, RoomId, ServerName},
 };
 use ruma_client_api::{
     alias::{create_alias, delete_alias, get_alias},
     directory::{get_room_visibility, set_room_visibility},
     room::{Visibility, aliases},
+    user_directory::search_users,
 };
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{JsonResult, parse_room_id, stored_id};
+use super::{parse_room_id, stored_id};
 use crate::{
-    error::ApiError,
+    error::{ApiError, ApiResult},
     extract::{Auth, JsonBody, MaybeAuth},
     typed::{Ruma, RumaResult},
 };
@@ -184,11 +187,16 @@ struct PublicRoomsBody {
     filter: Option<Value>,
 }
 
+/// Read by hand rather than as ruma's request: a `server` that is not a
+/// server name is answered as any other remote directory (404), where ruma's
+/// type would refuse it (400); the POST's filter likewise ignores a
+/// non-string search term ruma's would refuse. The page is Hearth's shape
+/// (see `PublicRoom`).
 async fn public_rooms_get(
     State(h): State<Arc<Hearth>>,
     _a: MaybeAuth,
     Query(q): Query<PublicRoomsQuery>,
-) -> JsonResult {
+) -> ApiResult<Json<PublicRooms>> {
     public_rooms(
         &h,
         PublicRoomsBody {
@@ -205,11 +213,11 @@ async fn public_rooms_post(
     State(h): State<Arc<Hearth>>,
     Auth(_): Auth,
     JsonBody(b): JsonBody<PublicRoomsBody>,
-) -> JsonResult {
+) -> ApiResult<Json<PublicRooms>> {
     public_rooms(&h, b).await
 }
 
-async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> JsonResult {
+async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> ApiResult<Json<PublicRooms>> {
     if let Some(server) = &b.server
         && server != h.config.server_name.as_str()
     {
@@ -222,20 +230,17 @@ async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> JsonResult {
     Ok(Json(page))
 }
 
-#[derive(Deserialize)]
-struct SearchBody {
-    search_term: String,
-    limit: Option<usize>,
-}
-
+/// The answer keeps Hearth's shape (see `UserSearch`), so it is not ruma's
+/// response type.
 async fn search_users(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    JsonBody(b): JsonBody<SearchBody>,
-) -> JsonResult {
+    Ruma(req): Ruma<search_users::v3::Request>,
+) -> ApiResult<Json<UserSearch>> {
+    let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
     Ok(Json(
         h.directory
-            .search_user_directory(&s.user_id, &b.search_term, b.limit)
+            .search_user_directory(&s.user_id, &req.search_term, Some(limit))
             .await?,
     ))
 }

@@ -8,16 +8,30 @@ use axum::{
     extract::{Path, Query, State},
     routing::{get, post, put},
 };
-use hearth_core::{Error, Hearth, e2ee::backup::BackupScope, ruma::UserId, sync::SyncToken};
+use hearth_core::{
+    Error, Hearth,
+    e2ee::{
+        backup::{BackupCounts, BackupInfo, BackupKeys, BackupScope},
+        keys::{ClaimedKeys, QueriedKeys, SignatureFailures},
+    },
+    ruma::{UInt, UserId},
+    sync::SyncToken,
+};
 use ruma_client_api::{
-    backup::{delete_backup_version, update_backup_version},
-    keys::{get_key_changes, upload_signing_keys},
+    backup::{
+        add_backup_keys, add_backup_keys_for_room, add_backup_keys_for_session,
+        create_backup_version, delete_backup_keys, delete_backup_keys_for_room,
+        delete_backup_keys_for_session, delete_backup_version, get_backup_info, get_backup_keys,
+        get_latest_backup_info, update_backup_version,
+    },
+    keys::{get_key_changes, upload_keys, upload_signing_keys},
     to_device::send_event_to_device,
 };
 use serde_json::Value;
 
-use super::{JsonResult, account::reauthenticate, stored_id};
+use super::{account::reauthenticate, stored_id};
 use crate::{
+    error::ApiResult,
     extract::{Auth, JsonBody, UiaJson},
     typed::{Ruma, RumaResult},
 };
@@ -57,21 +71,31 @@ pub fn routes() -> Router<Arc<Hearth>> {
         )
 }
 
+/// The body stays JSON: core checks the keys (with its own errcodes) where
+/// ruma's request type would refuse other shapes first.
 async fn upload(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
-    Ok(Json(
-        h.e2ee.upload_keys(&s.user_id, &s.device_id, &body).await?,
-    ))
+) -> RumaResult<upload_keys::v3::Response> {
+    let counts = h.e2ee.upload_keys(&s.user_id, &s.device_id, &body).await?;
+    let counts = counts
+        .into_iter()
+        .map(|(algorithm, n)| (algorithm.into(), UInt::try_from(n).unwrap_or_default()))
+        .collect();
+    Ok(upload_keys::v3::Response::new(counts).into())
 }
+
+// Query and claim bodies stay JSON: core reads them with its errcodes
+// (M_MISSING_PARAM without the map, M_BAD_JSON for a malformed user id),
+// where ruma's types default the map and refuse ids as M_INVALID_PARAM. The
+// answers are Hearth's shape: keys pass on as uploaded, unchecked.
 
 async fn query(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> ApiResult<Json<QueriedKeys>> {
     Ok(Json(h.e2ee.query_keys(&s.user_id, &body).await?))
 }
 
@@ -79,7 +103,7 @@ async fn claim(
     State(h): State<Arc<Hearth>>,
     Auth(_): Auth,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> ApiResult<Json<ClaimedKeys>> {
     Ok(Json(h.e2ee.claim_keys(&body).await?))
 }
 
@@ -119,7 +143,7 @@ async fn signatures(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
+) -> ApiResult<Json<SignatureFailures>> {
     Ok(Json(h.e2ee.upload_signatures(&s.user_id, &body).await?))
 }
 
@@ -142,25 +166,32 @@ async fn create_backup(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
-    Ok(Json(
-        h.key_backup
-            .create_backup_version(&s.user_id, &body)
-            .await?,
-    ))
+) -> RumaResult<create_backup_version::v3::Response> {
+    let version = h
+        .key_backup
+        .create_backup_version(&s.user_id, &body)
+        .await?;
+    Ok(create_backup_version::v3::Response::new(version).into())
 }
 
-async fn current_backup(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
+/// Backup versions keep Hearth's shape (see `BackupInfo`).
+async fn current_backup(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(_): Ruma<get_latest_backup_info::v3::Request>,
+) -> ApiResult<Json<BackupInfo>> {
     Ok(Json(h.key_backup.backup_info(&s.user_id, None).await?))
 }
 
 async fn get_backup(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(version): Path<String>,
-) -> JsonResult {
+    Ruma(req): Ruma<get_backup_info::v3::Request>,
+) -> ApiResult<Json<BackupInfo>> {
     Ok(Json(
-        h.key_backup.backup_info(&s.user_id, Some(&version)).await?,
+        h.key_backup
+            .backup_info(&s.user_id, Some(&req.version))
+            .await?,
     ))
 }
 
@@ -193,6 +224,11 @@ fn version_of(q: &HashMap<String, String>) -> Result<&str, Error> {
         .ok_or_else(|| Error::MissingParam("version is required".into()))
 }
 
+/// A count and etag as ruma's answers to a key write or delete carry them.
+fn counts(c: BackupCounts) -> (String, UInt) {
+    (c.etag, UInt::new_saturating(c.count))
+}
+
 const ALL: BackupScope<'static> = BackupScope {
     room: None,
     session: None,
@@ -212,14 +248,20 @@ fn session_scope<'a>(room: &'a str, session: &'a str) -> BackupScope<'a> {
     }
 }
 
+// Reads answer in Hearth's shape (`BackupKeys`: the key data as stored, room
+// ids as given). Writes keep Hearth's body parsing, and the per-room and
+// per-session endpoints their path parsing: ruma's types would refuse a
+// room id that is not one (Synapse takes any) and check key data with other
+// errcodes than `check_key_data`'s.
+
 async fn get_keys(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Query(q): Query<HashMap<String, String>>,
-) -> JsonResult {
+    Ruma(req): Ruma<get_backup_keys::v3::Request>,
+) -> ApiResult<Json<BackupKeys>> {
     Ok(Json(
         h.key_backup
-            .get_backup_keys(&s.user_id, version_of(&q)?, ALL)
+            .get_backup_keys(&s.user_id, &req.version, ALL)
             .await?,
     ))
 }
@@ -229,24 +271,26 @@ async fn put_keys(
     Auth(s): Auth,
     Query(q): Query<HashMap<String, String>>,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
-    Ok(Json(
-        h.key_backup
-            .put_backup_keys(&s.user_id, version_of(&q)?, ALL, &body)
-            .await?,
-    ))
+) -> RumaResult<add_backup_keys::v3::Response> {
+    let c = h
+        .key_backup
+        .put_backup_keys(&s.user_id, version_of(&q)?, ALL, &body)
+        .await?;
+    let (etag, count) = counts(c);
+    Ok(add_backup_keys::v3::Response::new(etag, count).into())
 }
 
 async fn delete_keys(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Query(q): Query<HashMap<String, String>>,
-) -> JsonResult {
-    Ok(Json(
-        h.key_backup
-            .delete_backup_keys(&s.user_id, version_of(&q)?, ALL)
-            .await?,
-    ))
+    Ruma(req): Ruma<delete_backup_keys::v3::Request>,
+) -> RumaResult<delete_backup_keys::v3::Response> {
+    let c = h
+        .key_backup
+        .delete_backup_keys(&s.user_id, &req.version, ALL)
+        .await?;
+    let (etag, count) = counts(c);
+    Ok(delete_backup_keys::v3::Response::new(etag, count).into())
 }
 
 async fn get_room_keys(
@@ -254,10 +298,11 @@ async fn get_room_keys(
     Auth(s): Auth,
     Path(room): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> JsonResult {
+) -> ApiResult<Json<BackupKeys>> {
+    let scope = room_scope(&room);
     Ok(Json(
         h.key_backup
-            .get_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
+            .get_backup_keys(&s.user_id, version_of(&q)?, scope)
             .await?,
     ))
 }
@@ -268,12 +313,14 @@ async fn put_room_keys(
     Path(room): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
-    Ok(Json(
-        h.key_backup
-            .put_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room), &body)
-            .await?,
-    ))
+) -> RumaResult<add_backup_keys_for_room::v3::Response> {
+    let scope = room_scope(&room);
+    let c = h
+        .key_backup
+        .put_backup_keys(&s.user_id, version_of(&q)?, scope, &body)
+        .await?;
+    let (etag, count) = counts(c);
+    Ok(add_backup_keys_for_room::v3::Response::new(etag, count).into())
 }
 
 async fn delete_room_keys(
@@ -281,12 +328,14 @@ async fn delete_room_keys(
     Auth(s): Auth,
     Path(room): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> JsonResult {
-    Ok(Json(
-        h.key_backup
-            .delete_backup_keys(&s.user_id, version_of(&q)?, room_scope(&room))
-            .await?,
-    ))
+) -> RumaResult<delete_backup_keys_for_room::v3::Response> {
+    let scope = room_scope(&room);
+    let c = h
+        .key_backup
+        .delete_backup_keys(&s.user_id, version_of(&q)?, scope)
+        .await?;
+    let (etag, count) = counts(c);
+    Ok(delete_backup_keys_for_room::v3::Response::new(etag, count).into())
 }
 
 async fn get_session_key(
@@ -294,10 +343,11 @@ async fn get_session_key(
     Auth(s): Auth,
     Path((room, session)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
-) -> JsonResult {
+) -> ApiResult<Json<BackupKeys>> {
+    let scope = session_scope(&room, &session);
     Ok(Json(
         h.key_backup
-            .get_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
+            .get_backup_keys(&s.user_id, version_of(&q)?, scope)
             .await?,
     ))
 }
@@ -308,17 +358,14 @@ async fn put_session_key(
     Path((room, session)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
     JsonBody(body): JsonBody<Value>,
-) -> JsonResult {
-    Ok(Json(
-        h.key_backup
-            .put_backup_keys(
-                &s.user_id,
-                version_of(&q)?,
-                session_scope(&room, &session),
-                &body,
-            )
-            .await?,
-    ))
+) -> RumaResult<add_backup_keys_for_session::v3::Response> {
+    let scope = session_scope(&room, &session);
+    let c = h
+        .key_backup
+        .put_backup_keys(&s.user_id, version_of(&q)?, scope, &body)
+        .await?;
+    let (etag, count) = counts(c);
+    Ok(add_backup_keys_for_session::v3::Response::new(etag, count).into())
 }
 
 async fn delete_session_key(
@@ -326,10 +373,12 @@ async fn delete_session_key(
     Auth(s): Auth,
     Path((room, session)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
-) -> JsonResult {
-    Ok(Json(
-        h.key_backup
-            .delete_backup_keys(&s.user_id, version_of(&q)?, session_scope(&room, &session))
-            .await?,
-    ))
+) -> RumaResult<delete_backup_keys_for_session::v3::Response> {
+    let scope = session_scope(&room, &session);
+    let c = h
+        .key_backup
+        .delete_backup_keys(&s.user_id, version_of(&q)?, scope)
+        .await?;
+    let (etag, count) = counts(c);
+    Ok(delete_backup_keys_for_session::v3::Response::new(etag, count).into())
 }

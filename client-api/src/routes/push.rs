@@ -8,18 +8,22 @@ use axum::{
     extract::{Path, Query, State},
     routing::{get, post},
 };
-use hearth_core::{Hearth, push::RulePath};
+use hearth_core::{
+    Hearth,
+    push::{Notifications, Pushers, RulePath},
+};
 use ruma_client_api::push::{
-    delete_pushrule, get_pushrule_enabled, set_pusher, set_pushrule, set_pushrule_actions,
-    set_pushrule_enabled,
+    delete_pushrule, get_pushers, get_pushrule_enabled, set_pusher, set_pushrule,
+    set_pushrule_actions, set_pushrule_enabled,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::JsonResult;
 use crate::{
+    error::ApiResult,
     extract::{Auth, JsonBody},
-    typed::RumaResult,
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -158,8 +162,12 @@ async fn put_actions(
     Ok(set_pushrule_actions::v3::Response::new().into())
 }
 
-async fn pushers(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    Ok(Json(h.push.pushers_json(s.user_id.as_str()).await?))
+async fn pushers(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Ruma(_): Ruma<get_pushers::v3::Request>,
+) -> ApiResult<Json<Pushers>> {
+    Ok(Json(h.push.pushers(s.user_id.as_str()).await?))
 }
 
 async fn set_pusher(
@@ -173,6 +181,8 @@ async fn set_pusher(
     Ok(set_pusher::v3::Response::new().into())
 }
 
+/// Read by hand rather than as ruma's request: a negative `limit` is taken
+/// (as one), where ruma's unsigned field would refuse it.
 #[derive(Deserialize)]
 struct NotificationsQuery {
     from: Option<String>,
@@ -184,7 +194,7 @@ async fn notifications(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
     Query(q): Query<NotificationsQuery>,
-) -> JsonResult {
+) -> ApiResult<Json<Notifications>> {
     let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
         None => None,
         Some(l) => Some(

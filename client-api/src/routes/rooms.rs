@@ -1,6 +1,6 @@
 //! Room creation, membership, state and member lists.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -9,7 +9,6 @@ use axum::{
 };
 use hearth_core::{
     Error, Hearth,
-    pdu::Pdu,
     rooms::{CreateRoom, MemberAction, NewEvent},
     ruma::{RoomId, UserId, serde::Raw},
 };
@@ -18,7 +17,7 @@ use ruma_client_api::{
     knock::knock_room,
     membership::{
         ban_user, forget_room, get_member_events, invite_user, join_room_by_id,
-        join_room_by_id_or_alias, joined_rooms, kick_user, leave_room, unban_user,
+        join_room_by_id_or_alias, joined_members, joined_rooms, kick_user, leave_room, unban_user,
     },
     room::{Visibility, create_room},
     state::{
@@ -26,10 +25,10 @@ use ruma_client_api::{
         get_state_events, send_state_event,
     },
 };
-use serde::Deserialize;
-use serde_json::{Map, Value, json, value::RawValue as RawJsonValue};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, value::RawValue as RawJsonValue};
 
-use super::{JsonResult, parse_room_id, parse_user_id, stored_id};
+use super::{parse_room_id, parse_user_id, stored_id};
 use crate::{
     error::ApiResult,
     extract::{Auth, JsonBody},
@@ -313,15 +312,6 @@ async fn joined_rooms(
     Ok(joined_rooms::v3::Response::new(rooms).into())
 }
 
-async fn readable_state(
-    h: &Hearth,
-    room: &str,
-    user: &hearth_core::ruma::UserId,
-) -> ApiResult<Vec<Pdu>> {
-    let room_id = parse_room_id(room)?;
-    Ok(h.visibility.readable_state(&room_id, user).await?)
-}
-
 async fn all_state(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
@@ -430,13 +420,30 @@ async fn members(
     Ok(get_member_events::v3::Response::new(chunk).into())
 }
 
+/// `/joined_members`' answer. Hearth's shape rather than ruma's: a member
+/// without a display name or avatar is sent with `null` there (as Synapse
+/// does), and the values go as the member event has them.
+#[derive(Serialize)]
+struct JoinedMembers {
+    joined: BTreeMap<String, JoinedMember>,
+}
+
+#[derive(Serialize)]
+struct JoinedMember {
+    avatar_url: Option<Value>,
+    display_name: Option<Value>,
+}
+
 async fn joined_members(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path(room_id): Path<String>,
-) -> JsonResult {
-    let state = readable_state(&h, &room_id, &s.user_id).await?;
-    let mut joined = Map::new();
+    Ruma(req): Ruma<joined_members::v3::Request>,
+) -> ApiResult<Json<JoinedMembers>> {
+    let state = h
+        .visibility
+        .readable_state(&req.room_id, &s.user_id)
+        .await?;
+    let mut joined = BTreeMap::new();
     for p in state
         .iter()
         .filter(|p| p.kind.to_string() == "m.room.member")
@@ -448,11 +455,12 @@ async fn joined_members(
             == Some(MembershipState::Join)
             && let Some(sk) = &p.state_key
         {
-            joined.insert(
-                sk.clone(),
-                json!({"display_name": c.get("displayname"), "avatar_url": c.get("avatar_url")}),
-            );
+            let member = JoinedMember {
+                avatar_url: c.get("avatar_url").cloned(),
+                display_name: c.get("displayname").cloned(),
+            };
+            joined.insert(sk.clone(), member);
         }
     }
-    Ok(Json(json!({"joined": joined})))
+    Ok(Json(JoinedMembers { joined }))
 }

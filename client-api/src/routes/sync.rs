@@ -8,14 +8,14 @@ use axum::{
     routing::{get, post},
 };
 use hearth_core::{Error, Hearth, sync::SyncRequest};
-use ruma_client_api::filter::create_filter;
+use ruma_client_api::filter::{create_filter, get_filter};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{JsonResult, parse_user_id};
 use crate::{
     extract::{Auth, JsonBody},
-    typed::RumaResult,
+    typed::{Ruma, RumaResult},
 };
 
 pub fn routes() -> Router<Arc<Hearth>> {
@@ -97,14 +97,18 @@ async fn create_filter(
     Ok(create_filter::v3::Response::new(id).into())
 }
 
+/// The filter goes back as it was stored, not as ruma's `FilterDefinition`
+/// (which would drop what it does not know). Creating one keeps Hearth's
+/// body parsing: ruma's filter type refuses shapes Synapse takes.
 async fn get_filter(
     State(h): State<Arc<Hearth>>,
     Auth(s): Auth,
-    Path((user_id, filter_id)): Path<(String, String)>,
+    Ruma(req): Ruma<get_filter::v3::Request>,
 ) -> JsonResult {
-    let user = parse_user_id(&user_id)?;
-    if user != s.user_id {
+    if req.user_id != s.user_id {
         return Err(Error::forbidden("Cannot read other users' filters").into());
     }
-    Ok(Json(h.filters.stored_filter(&s.user_id, &filter_id).await?))
+    Ok(Json(
+        h.filters.stored_filter(&s.user_id, &req.filter_id).await?,
+    ))
 }

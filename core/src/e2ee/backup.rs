@@ -5,7 +5,8 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::UserId;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::{
     Error, Result,
@@ -36,17 +37,18 @@ impl KeyBackup {
         Self { store }
     }
 
-    pub async fn create_backup_version(&self, user: &UserId, body: &Value) -> Result<Value> {
+    /// The new version's name.
+    pub async fn create_backup_version(&self, user: &UserId, body: &Value) -> Result<String> {
         let (algorithm, auth_data) = backup_body(body)?;
         let version = self
             .store
             .create_backup(user.as_str(), algorithm, auth_data)
             .await?;
-        Ok(json!({"version": version.to_string()}))
+        Ok(version.to_string())
     }
 
     /// A version's description (the newest when `version` is `None`).
-    pub async fn backup_info(&self, user: &UserId, version: Option<&str>) -> Result<Value> {
+    pub async fn backup_info(&self, user: &UserId, version: Option<&str>) -> Result<BackupInfo> {
         let wanted = version.map(parse_version).transpose()?;
         let b = self
             .store
@@ -57,13 +59,13 @@ impl KeyBackup {
             .store
             .backup_key_count(user.as_str(), b.version)
             .await?;
-        Ok(json!({
-            "version": b.version.to_string(),
-            "algorithm": b.algorithm,
-            "auth_data": b.auth_data,
-            "count": count,
-            "etag": b.etag.to_string(),
-        }))
+        Ok(BackupInfo {
+            algorithm: b.algorithm,
+            auth_data: b.auth_data,
+            count,
+            etag: b.etag.to_string(),
+            version: b.version.to_string(),
+        })
     }
 
     pub async fn update_backup_version(
@@ -113,7 +115,7 @@ impl KeyBackup {
         version: &str,
         scope: BackupScope<'_>,
         body: &Value,
-    ) -> Result<Value> {
+    ) -> Result<BackupCounts> {
         let n = self.current_backup(user, version).await?;
         let incoming = keys_of(scope, body)?;
         let mut existing: BTreeMap<(String, String), Value> = BTreeMap::new();
@@ -147,7 +149,7 @@ impl KeyBackup {
         user: &UserId,
         version: &str,
         scope: BackupScope<'_>,
-    ) -> Result<Value> {
+    ) -> Result<BackupKeys> {
         let n = parse_version(version)?;
         self.store
             .backup_version(user.as_str(), Some(n))
@@ -161,19 +163,20 @@ impl KeyBackup {
             return keys
                 .into_iter()
                 .next()
-                .map(|(_, _, v)| v)
+                .map(|(_, _, v)| BackupKeys::Session(v))
                 .ok_or_else(|| Error::not_found("No key for that session"));
         }
-        let mut rooms: Map<String, Value> = Map::new();
+        let mut rooms: BTreeMap<String, RoomBackup> = BTreeMap::new();
         for (room, session, data) in keys {
-            let entry = rooms.entry(room).or_insert_with(|| json!({"sessions": {}}));
-            entry["sessions"][session] = data;
+            rooms
+                .entry(room)
+                .or_default()
+                .sessions
+                .insert(session, data);
         }
         Ok(match scope.room {
-            Some(room) => rooms
-                .remove(room)
-                .unwrap_or_else(|| json!({"sessions": {}})),
-            None => json!({"rooms": rooms}),
+            Some(room) => BackupKeys::Room(rooms.remove(room).unwrap_or_default()),
+            None => BackupKeys::Rooms { rooms },
         })
     }
 
@@ -182,7 +185,7 @@ impl KeyBackup {
         user: &UserId,
         version: &str,
         scope: BackupScope<'_>,
-    ) -> Result<Value> {
+    ) -> Result<BackupCounts> {
         let n = parse_version(version)?;
         self.store
             .backup_version(user.as_str(), Some(n))
@@ -210,15 +213,56 @@ impl KeyBackup {
         Ok(current.version)
     }
 
-    async fn backup_counts(&self, user: &UserId, version: i64) -> Result<Value> {
+    async fn backup_counts(&self, user: &UserId, version: i64) -> Result<BackupCounts> {
         let count = self.store.backup_key_count(user.as_str(), version).await?;
         let etag = self
             .store
             .backup_version(user.as_str(), Some(version))
             .await?
             .map_or(0, |b| b.etag);
-        Ok(json!({"count": count, "etag": etag.to_string()}))
+        Ok(BackupCounts {
+            count: u64::try_from(count).unwrap_or(0),
+            etag: etag.to_string(),
+        })
     }
+}
+
+/// A backup version as `GET /room_keys/version` shows it. Hearth's shape:
+/// `auth_data` goes back as the client defined it. Fields in the order
+/// `json!` wrote them, so the bytes sent stay.
+#[derive(Debug, Serialize)]
+pub struct BackupInfo {
+    pub algorithm: String,
+    pub auth_data: Value,
+    pub count: i64,
+    pub etag: String,
+    pub version: String,
+}
+
+/// How many keys a version holds after a write or delete, and its etag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupCounts {
+    pub count: u64,
+    pub etag: String,
+}
+
+/// The stored keys a read asked for: every room's, one room's or one
+/// session's, each shaped as the spec's answer at that scope.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum BackupKeys {
+    Rooms {
+        rooms: BTreeMap<String, RoomBackup>,
+    },
+    Room(RoomBackup),
+    /// One session's `KeyBackupData`, as it was stored.
+    Session(Value),
+}
+
+/// One room's backed-up sessions.
+#[derive(Debug, Default, Serialize)]
+pub struct RoomBackup {
+    pub sessions: BTreeMap<String, Value>,
 }
 
 fn backup_body(body: &Value) -> Result<(&str, &Value)> {
@@ -295,6 +339,8 @@ fn better(new: &Value, old: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn data(verified: bool, index: u64, forwards: u64) -> Value {

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use ruma::{OwnedUserId, UserId};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::E2ee;
@@ -42,7 +43,13 @@ fn by_server<T: serde::Serialize>(
 impl E2ee {
     /// `POST /keys/upload`: the device's identity keys, one-time keys and
     /// fallback keys. Returns the device's one-time key counts.
-    pub async fn upload_keys(&self, user: &UserId, device: &str, body: &Value) -> Result<Value> {
+    /// The device's one-time key counts after the upload.
+    pub async fn upload_keys(
+        &self,
+        user: &UserId,
+        device: &str,
+        body: &Value,
+    ) -> Result<KeyCounts> {
         if device.is_empty() {
             return Err(Error::forbidden("Uploading keys needs a device"));
         }
@@ -99,13 +106,13 @@ impl E2ee {
         }
         self.forget_key_counts(user.as_str(), device);
         let (counts, _) = self.key_counts(user.as_str(), device).await?;
-        Ok(json!({"one_time_key_counts": counts_object(&counts)}))
+        Ok(counts_object(&counts))
     }
 
     /// `POST /keys/query` for a local client: local users answered here,
     /// remote ones asked of their servers (a server that fails is listed in
     /// `failures`).
-    pub async fn query_keys(&self, requester: &UserId, body: &Value) -> Result<Value> {
+    pub async fn query_keys(&self, requester: &UserId, body: &Value) -> Result<QueriedKeys> {
         let wanted = parse_user_map::<Vec<String>>(body.get("device_keys"), "device_keys")?;
         let mut local = BTreeMap::new();
         let mut remote = BTreeMap::new();
@@ -137,7 +144,7 @@ impl E2ee {
                 }
             }
         }
-        out["failures"] = Value::Object(failures);
+        out.failures = Some(failures);
         Ok(out)
     }
 
@@ -149,7 +156,7 @@ impl E2ee {
         &self,
         requester: Option<&UserId>,
         wanted: &BTreeMap<OwnedUserId, Vec<String>>,
-    ) -> Result<Value> {
+    ) -> Result<QueriedKeys> {
         let mut device_keys = Map::new();
         let mut cross: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
         for (user, devices) in wanted {
@@ -197,17 +204,18 @@ impl E2ee {
                     .insert(user.to_string(), key);
             }
         }
-        let mut out = json!({"device_keys": device_keys});
-        for (_, field) in CROSS_SIGNING {
-            if requester.is_some() || field != "user_signing_keys" {
-                out[field] = Value::Object(cross.remove(field).unwrap_or_default());
-            }
-        }
-        Ok(out)
+        let mut take = |field| cross.remove(field).unwrap_or_default();
+        Ok(QueriedKeys {
+            device_keys,
+            failures: None,
+            master_keys: take("master_keys"),
+            self_signing_keys: take("self_signing_keys"),
+            user_signing_keys: requester.map(|_| take("user_signing_keys")),
+        })
     }
 
     /// `POST /keys/claim`: one key per (user, device, algorithm).
-    pub async fn claim_keys(&self, body: &Value) -> Result<Value> {
+    pub async fn claim_keys(&self, body: &Value) -> Result<ClaimedKeys> {
         let wanted =
             parse_user_map::<BTreeMap<String, String>>(body.get("one_time_keys"), "one_time_keys")?;
         let (local, remote): (BTreeMap<_, _>, BTreeMap<_, _>) = wanted
@@ -240,7 +248,10 @@ impl E2ee {
                 }
             }
         }
-        Ok(json!({"one_time_keys": keys, "failures": failures}))
+        Ok(ClaimedKeys {
+            failures,
+            one_time_keys: keys,
+        })
     }
 
     /// Claims keys of local users (for a client here or another server).
@@ -328,7 +339,11 @@ impl E2ee {
     /// devices and keys, or of another user's master key (with the
     /// uploader's user-signing key). Each signature is checked; a bad one is
     /// reported in `failures` and not stored.
-    pub async fn upload_signatures(&self, signer: &UserId, body: &Value) -> Result<Value> {
+    pub async fn upload_signatures(
+        &self,
+        signer: &UserId,
+        body: &Value,
+    ) -> Result<SignatureFailures> {
         let body = body
             .as_object()
             .ok_or_else(|| Error::bad_json("Body must be an object"))?;
@@ -368,7 +383,7 @@ impl E2ee {
                 }
             }
         }
-        Ok(json!({"failures": failures}))
+        Ok(SignatureFailures { failures })
     }
 
     /// A signature of one of the signer's own devices (with the self-signing
@@ -488,15 +503,16 @@ impl E2ee {
     }
 }
 
+/// A device's unclaimed one-time keys by algorithm.
+pub type KeyCounts = BTreeMap<String, i64>;
+
 /// `{"signed_curve25519": n, ...}`, always naming signed_curve25519 (clients
 /// read a missing count as "upload more").
-pub fn counts_object(counts: &[(String, i64)]) -> Value {
-    let mut out = Map::new();
-    out.insert("signed_curve25519".into(), json!(0));
-    for (algorithm, n) in counts {
-        out.insert(algorithm.clone(), json!(n));
-    }
-    Value::Object(out)
+pub fn counts_object(counts: &[(String, i64)]) -> KeyCounts {
+    let mut out = KeyCounts::new();
+    out.insert("signed_curve25519".into(), 0);
+    out.extend(counts.iter().cloned());
+    out
 }
 
 fn parse_user_map<T: serde::de::DeserializeOwned>(
@@ -509,15 +525,51 @@ fn parse_user_map<T: serde::de::DeserializeOwned>(
 
 /// Merges a remote server's `/user/keys/query` answer, keeping only users of
 /// that server (a server speaks only for its own users).
-fn merge_remote_keys(out: &mut Value, answer: &Value, server: &str) {
+fn merge_remote_keys(out: &mut QueriedKeys, answer: &Value, server: &str) {
     let ours = |u: &str| UserId::parse(u).is_ok_and(|u| u.server_name() == server);
-    for field in ["device_keys", "master_keys", "self_signing_keys"] {
+    for (field, into) in [
+        ("device_keys", &mut out.device_keys),
+        ("master_keys", &mut out.master_keys),
+        ("self_signing_keys", &mut out.self_signing_keys),
+    ] {
         for (user, v) in answer[field].as_object().into_iter().flatten() {
             if ours(user) {
-                out[field][user] = v.clone();
+                into.insert(user.clone(), v.clone());
             }
         }
     }
+}
+
+/// The keys a `/keys/query` found, by user (their devices' keys and their
+/// cross-signing keys), as uploaded. Hearth's shape rather than ruma's
+/// response: the keys go on as the devices and other servers gave them,
+/// unchecked. Fields in the order `json!` wrote them, so the bytes stay.
+#[derive(Debug, Default, Serialize)]
+pub struct QueriedKeys {
+    pub device_keys: Map<String, Value>,
+    /// Servers that could not be asked (a client's query only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<Map<String, Value>>,
+    pub master_keys: Map<String, Value>,
+    pub self_signing_keys: Map<String, Value>,
+    /// Only for a user asking: their own user-signing key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_signing_keys: Option<Map<String, Value>>,
+}
+
+/// The signatures an upload could not store, by target user and key, each
+/// with its errcode. Hearth's shape: a target that is not a user id is
+/// named as given, which ruma's map (keyed by user ids) could not hold.
+#[derive(Debug, Serialize)]
+pub struct SignatureFailures {
+    pub failures: Map<String, Value>,
+}
+
+/// One-time keys claimed, by user, and servers that could not be asked.
+#[derive(Debug, Serialize)]
+pub struct ClaimedKeys {
+    pub failures: Map<String, Value>,
+    pub one_time_keys: Map<String, Value>,
 }
 
 /// A one-time or fallback key: a bare key string, or a `KeyObject` with

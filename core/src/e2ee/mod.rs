@@ -3,7 +3,7 @@
 //! devices publish; it never needs a message's plaintext.
 
 pub mod backup;
-mod device_list;
+pub mod device_list;
 pub mod keys;
 pub mod to_device;
 

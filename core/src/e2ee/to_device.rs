@@ -23,7 +23,8 @@ pub struct DeviceSync {
     pub misc_upto: Option<i64>,
     pub changed: BTreeSet<String>,
     pub left: BTreeSet<String>,
-    pub one_time_key_counts: Value,
+    /// None for a session without a device (sent as `null`).
+    pub one_time_key_counts: Option<super::keys::KeyCounts>,
     pub unused_fallback: Vec<String>,
 }
 
@@ -338,7 +339,7 @@ impl E2ee {
                 .collect();
         }
         let (counts, fallback) = self.key_counts(user.as_str(), device).await?;
-        out.one_time_key_counts = super::keys::counts_object(&counts);
+        out.one_time_key_counts = Some(super::keys::counts_object(&counts));
         out.unused_fallback = fallback;
         Ok(out)
     }

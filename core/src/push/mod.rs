@@ -22,6 +22,8 @@ use parking_lot::Mutex;
 
 pub use eval::Evaluation;
 pub(crate) use eval::RoomCtx;
+pub use notifications::{Notification, Notifications};
+pub use pushers::{PusherView, Pushers};
 pub use rules::{PUSH_RULES_TYPE, RuleError, RulePath, rule_json};
 pub use sender::{GatewayError, PushGateway};
 

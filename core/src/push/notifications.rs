@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use ruma::UserId;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::Push;
 use crate::{Error, Result};
@@ -22,7 +23,7 @@ impl Push {
         from: Option<&str>,
         limit: Option<i64>,
         only: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<Notifications> {
         let before = match from.filter(|f| !f.is_empty()) {
             None => None,
             Some(f) => Some(
@@ -60,20 +61,43 @@ impl Push {
                     r
                 }
             };
-            out.push(json!({
-                "actions": n.actions,
-                "event": event.to_client(None),
-                "read": n.stream_ordering <= read,
-                "room_id": n.room_id,
-                "ts": n.ts,
-            }));
+            out.push(Notification {
+                actions: n.actions.clone(),
+                event: event.to_client(None),
+                read: n.stream_ordering <= read,
+                room_id: n.room_id.clone(),
+                ts: n.ts,
+            });
         }
-        let mut page = json!({ "notifications": out });
-        if rows.len() as i64 == limit
-            && let (Some(last), Some(obj)) = (rows.last(), page.as_object_mut())
-        {
-            obj.insert("next_token".into(), last.id.to_string().into());
-        }
-        Ok(page)
+        let next_token = rows
+            .last()
+            .filter(|_| rows.len() as i64 == limit)
+            .map(|last| last.id.to_string());
+        Ok(Notifications {
+            next_token,
+            notifications: out,
+        })
     }
+}
+
+/// A page of `GET /notifications`. Hearth's shape: the event goes as the
+/// client API shows it and the actions as stored, which ruma's typed
+/// notification would re-read (and could refuse). Fields in the order
+/// `json!` wrote them, so the bytes sent stay.
+#[derive(Debug, Serialize)]
+pub struct Notifications {
+    /// Where the next (older) page starts; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+    pub notifications: Vec<Notification>,
+}
+
+/// One event that notified the user.
+#[derive(Debug, Serialize)]
+pub struct Notification {
+    pub actions: Value,
+    pub event: Value,
+    pub read: bool,
+    pub room_id: String,
+    pub ts: i64,
 }

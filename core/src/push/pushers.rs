@@ -1,7 +1,8 @@
 //! `/pushers` and `/pushers/set`: a pusher request is checked in full before
 //! anything is stored, so a bad request changes nothing.
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::Push;
 use crate::{Error, Result, store::PusherRecord};
@@ -197,21 +198,41 @@ fn check_http_data(data: &Map<String, Value>) -> Result<()> {
     }
 }
 
-/// A pusher as `GET /pushers` lists it.
-fn pusher_json(p: &PusherRecord) -> Value {
-    let mut v = json!({
-        "app_display_name": p.app_display_name,
-        "app_id": p.app_id,
-        "data": p.data,
-        "device_display_name": p.device_display_name,
-        "kind": p.kind,
-        "lang": p.lang,
-        "pushkey": p.pushkey,
-    });
-    if let (Some(tag), Some(obj)) = (&p.profile_tag, v.as_object_mut()) {
-        obj.insert("profile_tag".into(), tag.clone().into());
+/// A pusher as `GET /pushers` lists it: Hearth's shape, since `data` goes
+/// back as the client gave it (ruma's pusher keeps only the fields it
+/// knows). Fields in the order `json!` wrote them, so the bytes sent stay.
+#[derive(Debug, Serialize)]
+pub struct PusherView {
+    pub app_display_name: String,
+    pub app_id: String,
+    pub data: Value,
+    pub device_display_name: String,
+    pub kind: String,
+    pub lang: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_tag: Option<String>,
+    pub pushkey: String,
+}
+
+impl From<PusherRecord> for PusherView {
+    fn from(p: PusherRecord) -> Self {
+        Self {
+            app_display_name: p.app_display_name,
+            app_id: p.app_id,
+            data: p.data,
+            device_display_name: p.device_display_name,
+            kind: p.kind,
+            lang: p.lang,
+            profile_tag: p.profile_tag,
+            pushkey: p.pushkey,
+        }
     }
-    v
+}
+
+/// `GET /pushers`' answer.
+#[derive(Debug, Serialize)]
+pub struct Pushers {
+    pub pushers: Vec<PusherView>,
 }
 
 impl Push {
@@ -242,14 +263,18 @@ impl Push {
     }
 
     /// `GET /pushers`.
-    pub async fn pushers_json(&self, user: &str) -> Result<Value> {
+    pub async fn pushers(&self, user: &str) -> Result<Pushers> {
         let pushers = self.store.pushers(user).await?;
-        Ok(json!({ "pushers": pushers.iter().map(pusher_json).collect::<Vec<_>>() }))
+        Ok(Pushers {
+            pushers: pushers.into_iter().map(PusherView::from).collect(),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn body(v: Value) -> Map<String, Value> {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use ruma::RoomId;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::Rooms;
@@ -34,7 +35,7 @@ impl RoomList {
         limit: Option<usize>,
         since: Option<&str>,
         filter: Option<&Value>,
-    ) -> Result<Value> {
+    ) -> Result<PublicRooms> {
         let term = filter
             .and_then(|f| f.get("generic_search_term"))
             .and_then(Value::as_str)
@@ -43,18 +44,20 @@ impl RoomList {
         for room_id in self.store.public_rooms().await? {
             let entry = self.directory_entry(&room_id).await?;
             if let Some(t) = &term {
-                let matches = ["name", "topic", "canonical_alias"].iter().any(|k| {
-                    entry[*k]
-                        .as_str()
-                        .is_some_and(|v| v.to_lowercase().contains(t.as_str()))
-                });
+                let matches = [&entry.name, &entry.topic, &entry.canonical_alias]
+                    .iter()
+                    .any(|v| {
+                        v.as_ref()
+                            .and_then(Value::as_str)
+                            .is_some_and(|v| v.to_lowercase().contains(t.as_str()))
+                    });
                 if !matches {
                     continue;
                 }
             }
             entries.push(entry);
         }
-        entries.sort_by_key(|e| std::cmp::Reverse(e["num_joined_members"].as_u64().unwrap_or(0)));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.num_joined_members));
         let total = entries.len();
         let offset: usize = match since {
             Some(s) => s
@@ -64,19 +67,16 @@ impl RoomList {
             None => 0,
         };
         let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-        let chunk: Vec<Value> = entries.into_iter().skip(offset).take(limit).collect();
-        let mut body = json!({"chunk": chunk, "total_room_count_estimate": total});
-        if offset + limit < total {
-            body["next_batch"] = json!(format!("o{}", offset + limit));
-        }
-        if offset > 0 {
-            body["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
-        }
-        Ok(body)
+        Ok(PublicRooms {
+            chunk: entries.into_iter().skip(offset).take(limit).collect(),
+            next_batch: (offset + limit < total).then(|| format!("o{}", offset + limit)),
+            prev_batch: (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit))),
+            total_room_count_estimate: total,
+        })
     }
 
     /// A published room as the directory shows it.
-    async fn directory_entry(&self, room_id: &str) -> Result<Value> {
+    async fn directory_entry(&self, room_id: &str) -> Result<PublicRoom> {
         let room = RoomId::parse(room_id)
             .map_err(|_| Error::invalid_param(format!("Invalid room id {room_id:?}")))?;
         let state = self.rooms.room_state(&room).await?;
@@ -91,24 +91,53 @@ impl RoomList {
             .room_members(room.as_str(), Some("join"))
             .await?
             .len();
-        let mut entry = json!({
-            "room_id": room,
-            "num_joined_members": joined,
-            "world_readable": get("m.room.history_visibility", "history_visibility") == Some(json!("world_readable")),
-            "guest_can_join": get("m.room.guest_access", "guest_access") == Some(json!("can_join")),
-            "join_rule": get("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
-        });
-        for (kind, field, key) in [
-            ("m.room.name", "name", "name"),
-            ("m.room.topic", "topic", "topic"),
-            ("m.room.canonical_alias", "alias", "canonical_alias"),
-            ("m.room.avatar", "url", "avatar_url"),
-            ("m.room.create", "type", "room_type"),
-        ] {
-            if let Some(v) = get(kind, field) {
-                entry[key] = v;
-            }
-        }
-        Ok(entry)
+        Ok(PublicRoom {
+            avatar_url: get("m.room.avatar", "url"),
+            canonical_alias: get("m.room.canonical_alias", "alias"),
+            guest_can_join: get("m.room.guest_access", "guest_access") == Some(json!("can_join")),
+            join_rule: get("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
+            name: get("m.room.name", "name"),
+            num_joined_members: joined,
+            room_id: room.to_string(),
+            room_type: get("m.room.create", "type"),
+            topic: get("m.room.topic", "topic"),
+            world_readable: get("m.room.history_visibility", "history_visibility")
+                == Some(json!("world_readable")),
+        })
     }
+}
+
+/// A page of the public room directory, for clients and other servers.
+/// Fields in the order `json!` wrote them, so the bytes sent stay.
+#[derive(Debug, Serialize)]
+pub struct PublicRooms {
+    pub chunk: Vec<PublicRoom>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_batch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_batch: Option<String>,
+    pub total_room_count_estimate: usize,
+}
+
+/// One published room. Hearth's shape rather than ruma's `PublicRoomsChunk`:
+/// the state fields go out as the room's state has them, where ruma's type
+/// would drop or refuse a value of the wrong type (a non-string name, an
+/// unknown join rule).
+#[derive(Debug, Serialize)]
+pub struct PublicRoom {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canonical_alias: Option<Value>,
+    pub guest_can_join: bool,
+    pub join_rule: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<Value>,
+    pub num_joined_members: usize,
+    pub room_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_type: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<Value>,
+    pub world_readable: bool,
 }

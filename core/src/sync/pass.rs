@@ -211,7 +211,7 @@ impl super::Syncer {
         let mut body = empty_response(&next);
         body["to_device"] = json!({"events": devices.to_device});
         body["device_lists"] = json!({"changed": changed, "left": left});
-        body["device_one_time_keys_count"] = devices.one_time_key_counts;
+        body["device_one_time_keys_count"] = serde_json::to_value(devices.one_time_key_counts)?;
         body["device_unused_fallback_key_types"] = json!(devices.unused_fallback);
         body["rooms"] = json!({
             "join": pass.join, "invite": pass.invite, "leave": pass.leave, "knock": pass.knock,
