@@ -278,15 +278,8 @@ impl Hearth {
         let (aliases, directory, room_list, visibility, federated) =
             Self::room_services(&config, &stores, &shared.rooms, &shared.appservices);
         let Stores { main, rooms: store } = stores;
-        let (e2ee, devices, accounts, uia) = Self::user_services(
-            &config,
-            &main,
-            &shared.notifier,
-            &shared.links,
-            &shared.push,
-            &shared.appservices,
-            bus.is_none(),
-        );
+        let (e2ee, devices, accounts, uia) =
+            Self::user_services(&config, &main, &shared, bus.is_none());
         let (streams, to_appservices, ephemeral, receipts) =
             Self::ephemeral_services(&config, &store, &main, &shared, bus);
         let (writer, profiles) = Self::writing_services(
@@ -298,7 +291,7 @@ impl Hearth {
             &ephemeral,
             &to_appservices,
         );
-        let (unread, sync) = Self::sync_services(
+        let (timeline, unread, sync) = Self::reading_services(
             &store,
             &main,
             &shared,
@@ -325,14 +318,7 @@ impl Hearth {
             rate_limits: shared.rate_limits,
             writer,
             profiles,
-            timeline: Arc::new(rooms::Timeline::new(
-                store.clone(),
-                main.clone(),
-                shared.rooms.clone(),
-                visibility.clone(),
-                streams.clone(),
-                shared.links.clone(),
-            )),
+            timeline,
             aliases,
             directory,
             room_list,
@@ -491,8 +477,10 @@ impl Hearth {
         (writer, profiles)
     }
 
-    /// Sync's unread counts, and sync over every service it reads.
-    fn sync_services(
+    /// What clients read: one event, `/messages` and `/context` pages
+    /// (with history backfilled from other servers), unread counts, and sync
+    /// over every service it reads.
+    fn reading_services(
         store: &Arc<dyn RoomStore>,
         main: &Arc<dyn MainStore>,
         shared: &Shared,
@@ -500,7 +488,15 @@ impl Hearth {
         streams: &Arc<cluster::Streams>,
         ephemeral: &Arc<ephemeral::Ephemeral>,
         e2ee: &Arc<e2ee::E2ee>,
-    ) -> (Arc<unread::Unread>, Arc<sync::Syncer>) {
+    ) -> (Arc<rooms::Timeline>, Arc<unread::Unread>, Arc<sync::Syncer>) {
+        let timeline = Arc::new(rooms::Timeline::new(
+            store.clone(),
+            main.clone(),
+            shared.rooms.clone(),
+            visibility.clone(),
+            streams.clone(),
+            shared.links.clone(),
+        ));
         let unread = Arc::new(unread::Unread::new(
             store.clone(),
             shared.unread.clone(),
@@ -519,7 +515,7 @@ impl Hearth {
             notifier: shared.notifier.clone(),
             shutdown: shared.shutdown.clone(),
         }));
-        (unread, sync)
+        (timeline, unread, sync)
     }
 
     /// Whether a user id belongs to this server.
@@ -531,10 +527,7 @@ impl Hearth {
     fn user_services(
         config: &CoreConfig,
         store: &Arc<dyn MainStore>,
-        notifier: &Arc<Notifier>,
-        links: &Arc<Links>,
-        push: &Arc<push::Push>,
-        appservices: &Arc<appservice::AppServices>,
+        shared: &Shared,
         single_process: bool,
     ) -> (
         Arc<e2ee::E2ee>,
@@ -544,9 +537,9 @@ impl Hearth {
     ) {
         let e2ee = Arc::new(e2ee::E2ee::new(
             store.clone(),
-            notifier.clone(),
-            links.clone(),
-            push.clone(),
+            shared.notifier.clone(),
+            shared.links.clone(),
+            shared.push.clone(),
             config.server_name.clone(),
             single_process,
         ));
@@ -554,7 +547,7 @@ impl Hearth {
         let accounts = Arc::new(accounts::Accounts::new(
             store.clone(),
             config.server_name.clone(),
-            appservices.clone(),
+            shared.appservices.clone(),
             e2ee.clone(),
         ));
         let uia = Arc::new(uia::Uia::new(

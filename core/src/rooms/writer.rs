@@ -141,29 +141,7 @@ impl RoomWriter {
         creator: &ruma::UserId,
         content: Value,
     ) -> Result<ruma::OwnedRoomId> {
-        let rules = rules_for(version)?;
-        let mut obj = json!({
-            "auth_events": [],
-            "content": content,
-            "depth": 1,
-            "origin_server_ts": now_ms(),
-            "prev_events": [],
-            "sender": creator,
-            "state_key": "",
-            "type": "m.room.create",
-        });
-        if !rules.authorization.room_create_event_id_as_room_id {
-            obj["room_id"] = json!(format!(
-                "!{}:{}",
-                crate::ids::random_string(18),
-                self.config.server_name
-            ));
-        }
-        let pdu = self.sign_pdu(obj, &rules)?;
-        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |_| {
-            None::<&Pdu>
-        })
-        .map_err(|e| Error::Forbidden(format!("Create event not allowed: {e}")))?;
+        let pdu = self.signed_create_event(version, creator, content)?;
         let room_id = pdu.room_id.clone();
         let handle = self.rooms.handle(room_id.as_str());
         let mut guard = handle.lock().await;
@@ -215,6 +193,40 @@ impl RoomWriter {
         drop(guard);
         self.notifier.notify();
         Ok(room_id)
+    }
+
+    /// The room's m.room.create event, signed and checked against the auth
+    /// rules that need no other event.
+    fn signed_create_event(
+        &self,
+        version: &RoomVersionId,
+        creator: &ruma::UserId,
+        content: Value,
+    ) -> Result<Pdu> {
+        let rules = rules_for(version)?;
+        let mut obj = json!({
+            "auth_events": [],
+            "content": content,
+            "depth": 1,
+            "origin_server_ts": now_ms(),
+            "prev_events": [],
+            "sender": creator,
+            "state_key": "",
+            "type": "m.room.create",
+        });
+        if !rules.authorization.room_create_event_id_as_room_id {
+            obj["room_id"] = json!(format!(
+                "!{}:{}",
+                crate::ids::random_string(18),
+                self.config.server_name
+            ));
+        }
+        let pdu = self.sign_pdu(obj, &rules)?;
+        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |_| {
+            None::<&Pdu>
+        })
+        .map_err(|e| Error::Forbidden(format!("Create event not allowed: {e}")))?;
+        Ok(pdu)
     }
 
     /// Builds, authorizes, signs and commits one event in the room's order.
