@@ -45,7 +45,10 @@ pub struct RedisConfig {
     pub key_prefix: String,
 }
 
-#[derive(Debug, Clone)]
+/// Also the `[rate_limits]` table of the configuration file as it stands:
+/// the binary reads it straight into this.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     pub enabled: bool,
     /// Sustained rate and burst for message sends, per user.

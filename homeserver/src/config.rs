@@ -35,7 +35,7 @@ pub struct Settings {
     pub default_room_version: Option<String>,
     pub max_upload_size: Option<u64>,
     pub registration: RegistrationSection,
-    pub rate_limits: RateLimitSection,
+    pub rate_limits: RateLimitConfig,
     pub database: DatabaseSection,
     pub redis: RedisSection,
     pub cluster: ClusterSection,
@@ -55,7 +55,7 @@ impl Default for Settings {
             default_room_version: None,
             max_upload_size: None,
             registration: RegistrationSection::default(),
-            rate_limits: RateLimitSection::default(),
+            rate_limits: RateLimitConfig::default(),
             database: DatabaseSection::default(),
             redis: RedisSection::default(),
             cluster: ClusterSection::default(),
@@ -80,33 +80,6 @@ impl Default for RegistrationSection {
         Self {
             enabled: true,
             tokens: vec![],
-        }
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitSection {
-    pub enabled: bool,
-    pub messages_per_second: f64,
-    pub messages_burst: f64,
-    pub login_per_second: f64,
-    pub login_burst: f64,
-    pub register_per_second: f64,
-    pub register_burst: f64,
-}
-
-impl Default for RateLimitSection {
-    fn default() -> Self {
-        let d = RateLimitConfig::default();
-        Self {
-            enabled: d.enabled,
-            messages_per_second: d.messages_per_second,
-            messages_burst: d.messages_burst,
-            login_per_second: d.login_per_second,
-            login_burst: d.login_burst,
-            register_per_second: d.register_per_second,
-            register_burst: d.register_burst,
         }
     }
 }
@@ -446,7 +419,7 @@ fn checked(s: Settings) -> Result<Config> {
     core.registration_enabled = s.registration.enabled;
     core.registration_tokens = non_empty(s.registration.tokens);
     presence(&mut core, &s.presence)?;
-    core.rate_limits = rate_limits(s.rate_limits);
+    core.rate_limits = s.rate_limits;
     core.appservices =
         hearth_appservices::load_registrations(&s.appservices.registrations, &core.server_name)?;
     core.push = push(&s.push)?;
@@ -527,18 +500,6 @@ fn presence(core: &mut CoreConfig, p: &PresenceSection) -> Result<()> {
     core.presence.offline_after =
         seconds(p.offline_after_secs, "offline_after_secs", d.offline_after)?;
     Ok(())
-}
-
-fn rate_limits(r: RateLimitSection) -> RateLimitConfig {
-    RateLimitConfig {
-        enabled: r.enabled,
-        messages_per_second: r.messages_per_second,
-        messages_burst: r.messages_burst,
-        login_per_second: r.login_per_second,
-        login_burst: r.login_burst,
-        register_per_second: r.register_per_second,
-        register_burst: r.register_burst,
-    }
 }
 
 fn push(p: &PushSection) -> Result<PushConfig> {
