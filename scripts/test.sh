@@ -5,7 +5,9 @@
 # and as two processes on those shards sharing Redis behind an alternating
 # front (Postgres and Redis are started if they are down).
 # Installs what it needs; safe to run again.
-# Federation is tested between Hearth processes and with one Synapse.
+# Federation is tested between Hearth processes and with one Synapse; SyTest
+# (the outside suite Synapse and Dendrite run) against the release binary
+# must pass every test in tests/sytest/passing.txt.
 #   HEARTH_TEST_SYNAPSE=1  also runs the conformance suite against Synapse.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -178,6 +180,10 @@ HEARTH_BIN="$root/target/debug/homeserver" "$root/.venv-clients/bin/pytest" -q t
 step "federation with Synapse (one Hearth, one Synapse, IP-literal names, a test CA)"
 bash scripts/synapse.sh install
 "$root/.venv-synapse/bin/python" tests/federation/synapse_interop.py "$root/target/debug/homeserver"
+
+step "SyTest against the release binary (tests/sytest: pass list enforced)"
+cargo build --release -p homeserver --locked
+HEARTH_BIN="$root/target/release/homeserver" bash tests/sytest/run.sh
 
 if [ "${HEARTH_TEST_SYNAPSE:-0}" = 1 ]; then
   step "conformance suite against Synapse"

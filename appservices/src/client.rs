@@ -14,27 +14,34 @@ pub struct AsClient {
     http: reqwest::Client,
 }
 
-impl Default for AsClient {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// The process's one client (one connection pool), set by [`AsClient::init`].
+static CLIENT: std::sync::OnceLock<AsClient> = std::sync::OnceLock::new();
 
 impl AsClient {
-    /// One client (one connection pool) for the process.
-    pub fn shared() -> &'static AsClient {
-        static CLIENT: std::sync::OnceLock<AsClient> = std::sync::OnceLock::new();
-        CLIENT.get_or_init(AsClient::new)
+    /// Builds the process's client, trusting `roots` besides the built-in
+    /// CAs; the first call wins (start-up makes it before any service call).
+    pub fn init(roots: &[reqwest::Certificate]) -> Result<&'static AsClient, reqwest::Error> {
+        let client = Self::new(roots)?;
+        Ok(CLIENT.get_or_init(|| client))
     }
 
-    pub fn new() -> Self {
-        let http = reqwest::Client::builder()
+    /// The process's client: the one `init` built, or one trusting only
+    /// the built-in CAs when nothing called it (tests of single routes).
+    pub fn shared() -> &'static AsClient {
+        CLIENT.get_or_init(|| {
+            Self::new(&[]).unwrap_or_else(|_| Self {
+                http: reqwest::Client::new(),
+            })
+        })
+    }
+
+    fn new(roots: &[reqwest::Certificate]) -> Result<Self, reqwest::Error> {
+        let builder = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        Self { http }
+            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")));
+        let http = hearth_http_common::outgoing::trusting(builder, roots).build()?;
+        Ok(Self { http })
     }
 
     /// `POST /_matrix/app/v1/ping`; returns how long the round trip took.

@@ -36,12 +36,14 @@ const PACING: Pacing = Pacing {
 };
 
 /// Starts a sender for every service with a url, and lets core ask the
-/// services about users and aliases.
-pub fn start_senders(hearth: Arc<Hearth>) {
-    let _ = hearth
-        .links
-        .appservice
-        .set(Arc::new(AsClient::shared().clone()));
+/// services about users and aliases; calls to services trust `roots`
+/// besides the built-in CAs.
+pub fn start_senders(
+    hearth: Arc<Hearth>,
+    roots: &[reqwest::Certificate],
+) -> Result<(), reqwest::Error> {
+    let client = AsClient::init(roots)?;
+    let _ = hearth.links.appservice.set(Arc::new(client.clone()));
     for service in hearth.appservices.all() {
         if service.url.is_some() {
             let destination = appservice_destination(&service.id);
@@ -59,6 +61,7 @@ pub fn start_senders(hearth: Arc<Hearth>) {
             hearth.tasks.spawn(send);
         }
     }
+    Ok(())
 }
 
 /// One service's queue, as a queue sender sees it.

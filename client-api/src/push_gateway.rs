@@ -15,12 +15,14 @@ pub struct HttpPushGateway {
 }
 
 impl HttpPushGateway {
-    pub fn new() -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    /// A client trusting `roots` besides the built-in ones.
+    pub fn new(roots: &[reqwest::Certificate]) -> Result<Self, reqwest::Error> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // A gateway that hangs is a failing one: the push is retried.
             .timeout(Duration::from_secs(30))
-            .build()?;
+            .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")));
+        let http = hearth_http_common::outgoing::trusting(builder, roots).build()?;
         Ok(Self { http })
     }
 }
@@ -57,9 +59,10 @@ impl PushGateway for HttpPushGateway {
     }
 }
 
-/// Lets pushes out (and resumes those pending from before a restart).
-pub fn start_push(hearth: &Arc<Hearth>) {
-    match HttpPushGateway::new() {
+/// Lets pushes out (and resumes those pending from before a restart),
+/// trusting `roots` besides the built-in CAs.
+pub fn start_push(hearth: &Arc<Hearth>, roots: &[reqwest::Certificate]) {
+    match HttpPushGateway::new(roots) {
         Ok(g) => hearth.push.start_push(Arc::new(g)),
         Err(e) => {
             tracing::error!(error = %e, "cannot build the push gateway client; no pushes will be sent")

@@ -40,7 +40,8 @@ pub struct FederationConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// CA certificates (PEM) trusted for outgoing requests besides the
-    /// built-in web roots: a private CA, or a test's.
+    /// built-in web roots: a private CA, or a test's (the binary adds the
+    /// ones it trusts for all outgoing HTTP).
     pub ca_files: Vec<PathBuf>,
     /// Name servers to ask instead of the system's (`ip:port`).
     pub nameservers: Vec<SocketAddr>,
@@ -123,23 +124,15 @@ impl Federation {
 }
 
 fn client_builder(config: &FederationConfig) -> Result<reqwest::ClientBuilder, FedError> {
-    let mut b = reqwest::Client::builder()
-        .use_rustls_tls()
+    let roots = hearth_http_common::outgoing::load_ca_files(&config.ca_files)
+        .map_err(|e| FedError::Config(e.to_string()))?;
+    let b = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30))
         // Redirects are followed for well-known only (and to a bounded depth).
         .redirect(reqwest::redirect::Policy::limited(5))
         .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")));
-    for path in &config.ca_files {
-        let pem = std::fs::read(path)
-            .map_err(|e| FedError::Config(format!("reading CA file {}: {e}", path.display())))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| FedError::Config(format!("CA file {}: {e}", path.display())))?;
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    Ok(b)
+    Ok(hearth_http_common::outgoing::trusting(b, &roots))
 }
 
 pub use routes::router;

@@ -34,6 +34,10 @@ pub struct Settings {
     pub public_base_url: Option<String>,
     pub default_room_version: Option<String>,
     pub max_upload_size: Option<u64>,
+    /// Extra CA certificates (PEM files) trusted by every outgoing HTTPS
+    /// request (federation, push gateways, application services) besides
+    /// the built-in web roots: a private CA in front of a gateway or bridge.
+    pub extra_ca_files: Vec<PathBuf>,
     pub registration: RegistrationSection,
     pub rate_limits: RateLimitConfig,
     pub database: DatabaseSection,
@@ -54,6 +58,7 @@ impl Default for Settings {
             public_base_url: None,
             default_room_version: None,
             max_upload_size: None,
+            extra_ca_files: Vec::new(),
             registration: RegistrationSection::default(),
             rate_limits: RateLimitConfig::default(),
             database: DatabaseSection::default(),
@@ -206,6 +211,11 @@ pub struct Overrides {
     #[arg(long, env = "HEARTH_MAX_UPLOAD_SIZE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_upload_size: Option<u64>,
+    /// Comma-separated extra CA files (PEM) trusted by all outgoing HTTPS
+    /// (federation, push gateways, application services).
+    #[arg(long, env = "HEARTH_EXTRA_CA_FILES", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra_ca_files: Option<Vec<PathBuf>>,
     #[command(flatten)]
     pub registration: RegistrationFlags,
     #[command(flatten)]
@@ -370,8 +380,11 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Event shard urls; empty keeps events in the main database.
     pub database_shards: Vec<String>,
-    /// Federation, when a listener is configured.
+    /// Federation, when a listener is configured (its `ca_files` include
+    /// `extra_roots`' files).
     pub federation: Option<FederationConfig>,
+    /// Trusted by every outgoing HTTPS request besides the built-in roots.
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 /// Merges the layers into one [`Settings`] tree.
@@ -428,7 +441,8 @@ fn checked(s: Settings) -> Result<Config> {
         listen,
         database_url,
         database_shards,
-        federation: federation(s.federation)?,
+        federation: federation(s.federation, &s.extra_ca_files)?,
+        extra_roots: hearth_http_common::outgoing::load_ca_files(&s.extra_ca_files)?,
     })
 }
 
@@ -514,7 +528,10 @@ fn push(p: &PushSection) -> Result<PushConfig> {
     Ok(cfg)
 }
 
-fn federation(f: FederationSection) -> Result<Option<FederationConfig>> {
+fn federation(
+    f: FederationSection,
+    extra_ca_files: &[PathBuf],
+) -> Result<Option<FederationConfig>> {
     let Some(listen) = f.listen else {
         return Ok(None);
     };
@@ -543,7 +560,11 @@ fn federation(f: FederationSection) -> Result<Option<FederationConfig>> {
         listen: Some(listen),
         tls_cert: f.tls_cert,
         tls_key: f.tls_key,
-        ca_files: f.ca_files,
+        ca_files: f
+            .ca_files
+            .into_iter()
+            .chain(extra_ca_files.iter().cloned())
+            .collect(),
         nameservers,
         trusted_key_servers,
         well_known_server: f.well_known_server.filter(|s| !s.is_empty()),

@@ -130,8 +130,9 @@ async fn serve(cfg: &config::Config, hearth: Arc<Hearth>) -> Result<()> {
         data_dir = %cfg.core.data_dir.display(),
         "Hearth is ready"
     );
-    hearth_appservices::start_senders(hearth.clone());
-    hearth_client_api::start_push(&hearth);
+    hearth_appservices::start_senders(hearth.clone(), &cfg.extra_roots)
+        .context("building the application service client")?;
+    hearth_client_api::start_push(&hearth, &cfg.extra_roots);
     let app = hearth_client_api::router_with(hearth.clone(), hearth_appservices::router());
     let federation = start_federation(cfg, &hearth).await?;
     let listener = listener

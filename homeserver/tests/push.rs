@@ -19,7 +19,7 @@ use std::{
 };
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
-use common::{Client, TestServer, enc};
+use common::{Client, TestServer, ca::TestCa, enc};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -36,9 +36,9 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start() -> (String, Gateway) {
-        let gw = Gateway::default();
-        let app = Router::new()
+    /// The gateway's routes over `gw`'s records.
+    fn app(gw: &Gateway) -> Router {
+        Router::new()
             .route(
                 "/_matrix/push/v1/notify",
                 post(
@@ -65,7 +65,12 @@ impl Gateway {
                     },
                 ),
             )
-            .with_state(gw.clone());
+            .with_state(gw.clone())
+    }
+
+    async fn start() -> (String, Gateway) {
+        let gw = Gateway::default();
+        let app = Self::app(&gw);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind gateway");
@@ -74,6 +79,22 @@ impl Gateway {
             let _ = axum::serve(listener, app).await;
         });
         (format!("http://{addr}/_matrix/push/v1/notify"), gw)
+    }
+
+    /// The gateway over HTTPS, with a certificate `ca` issued for 127.0.0.1.
+    async fn start_tls(ca: &TestCa) -> (String, Gateway) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let gw = Gateway::default();
+        let (cert, key) = ca.issue("gateway", &["127.0.0.1"]);
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+            .await
+            .expect("gateway tls");
+        let handle = axum_server::Handle::new();
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = axum_server::bind_rustls(any_port, tls).handle(handle.clone());
+        tokio::spawn(server.serve(Self::app(&gw).into_make_service()));
+        let addr = handle.listening().await.expect("gateway listening");
+        (format!("https://{addr}/_matrix/push/v1/notify"), gw)
     }
 
     /// Notifications taken for a pushkey, in order.
@@ -430,6 +451,39 @@ async fn a_failing_gateway_gets_retries_and_pushes_survive_a_restart() {
     gw.fail_next.store(0, Ordering::SeqCst);
     let n = gw.wait_for("bob-key", |n| n["event_id"] == second).await;
     assert_eq!(n["counts"]["unread"], 2, "{n}");
+}
+
+/// A gateway behind a private CA gets pushes only from a server told to
+/// trust that CA (`--extra-ca-files`, the setting for all outgoing HTTPS).
+#[tokio::test]
+async fn a_gateway_behind_a_private_ca_is_reached_when_that_ca_is_trusted() {
+    let ca = TestCa::new();
+    let (url, gw) = Gateway::start_tls(&ca).await;
+    let ca_file = ca.ca_file();
+    let ca_arg = ca_file.to_str().expect("utf-8 path");
+    let trusting =
+        TestServer::start(&["--push-coalesce-ms", "0", "--extra-ca-files", ca_arg]).await;
+    let untrusting = TestServer::start(&["--push-coalesce-ms", "0"]).await;
+
+    let mut sent = vec![];
+    for (tag, server) in [("trusted", &trusting), ("untrusted", &untrusting)] {
+        let alice = server.register("alice", "password-a").await;
+        let bob = server.register("bob", "password-b").await;
+        let room = room_with(&alice, "Chat", &[&bob]).await;
+        set_pusher(&bob, &url, &format!("{tag}-key"), None).await;
+        sent.push(alice.send_text(&room, "t1", "over https").await);
+    }
+    let n = gw
+        .wait_for("trusted-key", |n| n["event_id"] == sent[0])
+        .await;
+    assert_eq!(n["counts"]["unread"], 1, "{n}");
+    // The other server's push fails its TLS handshake: it never arrives.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        gw.for_key("untrusted-key").is_empty(),
+        "{:?}",
+        gw.for_key("untrusted-key")
+    );
 }
 
 #[tokio::test]

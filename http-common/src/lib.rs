@@ -5,4 +5,5 @@
 
 pub mod error;
 pub mod extract;
+pub mod outgoing;
 pub mod typed;

@@ -2,6 +2,8 @@
 //! its own data directory, and speaks HTTP to it like a client.
 #![allow(dead_code)]
 
+pub mod ca;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
