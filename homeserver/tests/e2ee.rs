@@ -333,6 +333,9 @@ async fn device_lists_and_cross_signing() {
         )
         .await;
     let mut dk = keys["device_keys"][&alice_id][&device].clone();
+    // `unsigned` is always an object; a device without a name shows none.
+    assert!(dk["unsigned"].is_object(), "{dk}");
+    assert!(dk["unsigned"].get("device_display_name").is_none(), "{dk}");
     if let Some(o) = dk.as_object_mut() {
         o.remove("unsigned");
         o.remove("signatures");

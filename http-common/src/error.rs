@@ -73,6 +73,17 @@ fn known_errcode(code: &str) -> &'static str {
         .unwrap_or("M_UNKNOWN")
 }
 
+/// An errcode as the spec shapes them (`M_FORBIDDEN`, or namespaced like
+/// `ORG.EXAMPLE_CODE`): upper-case letters, digits, `_` and `.`, at most
+/// 128 bytes.
+fn plausible_errcode(code: &str) -> bool {
+    (3..=128).contains(&code.len())
+        && code.contains('_')
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
 fn core_parts(e: &Error) -> (StatusCode, &'static str) {
     use StatusCode as S;
     match e {
@@ -163,6 +174,14 @@ impl IntoResponse for ApiError {
                 if let Error::UnknownToken { soft_logout } = e {
                     body["soft_logout"] = json!(soft_logout);
                 }
+                // Another server's refusal reaches the client as that
+                // server worded it (a join's make_join, say), when its
+                // errcode is well-formed.
+                if let Error::Forwarded { errcode, .. } = &e
+                    && plausible_errcode(errcode)
+                {
+                    body["errcode"] = json!(errcode);
+                }
                 (status, Json(body)).into_response()
             }
             ApiError::Uia(c) => {
@@ -187,6 +206,36 @@ impl IntoResponse for ApiError {
                 tracing::debug!(errcode, %error, "request refused");
                 (status, Json(json!({"errcode": errcode, "error": error}))).into_response()
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(e: Error) -> (StatusCode, serde_json::Value) {
+        let response = ApiError::Core(e).into_response();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&bytes).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn another_servers_errcode_is_passed_on_when_well_formed() {
+        let forwarded = |errcode: &str| Error::Forwarded {
+            status: 400,
+            errcode: errcode.to_owned(),
+            message: "denied!".to_owned(),
+        };
+        let (status, body) = body_of(forwarded("M_TEST_ERROR_CODE")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errcode"], "M_TEST_ERROR_CODE", "{body}");
+        for garbled in ["<script>", "m_lower", "M", &"M_".repeat(100)] {
+            let (_, body) = body_of(forwarded(garbled)).await;
+            assert_eq!(body["errcode"], "M_UNKNOWN", "{garbled}: {body}");
         }
     }
 }

@@ -169,9 +169,12 @@ impl E2ee {
                 if !devices.is_empty() && !devices.contains(&device) {
                     continue;
                 }
-                if let Some(Some(name)) = names.get(&device) {
-                    keys["unsigned"] = json!({"device_display_name": name});
-                }
+                // Always present (clients and SyTest read it as an
+                // object); the name only when the device has one.
+                keys["unsigned"] = match names.get(&device) {
+                    Some(Some(name)) => json!({"device_display_name": name}),
+                    _ => json!({}),
+                };
                 mine.insert(device, keys);
             }
             device_keys.insert(user.to_string(), Value::Object(mine));

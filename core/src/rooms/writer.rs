@@ -910,10 +910,14 @@ pub(super) fn joined_servers(cache: &RoomCache) -> std::collections::BTreeSet<St
 }
 
 /// The other servers an event must reach: those of the room's joined
-/// members, and of the member an event is about.
+/// members, and of the member an event is about — except an invite's,
+/// which got it through `/invite` and is not in the room: a transaction
+/// about a room a server is not in is one it cannot place (SyTest's server
+/// fails on it; Synapse does not send one either).
 fn remote_servers(cache: &RoomCache, pdu: &Pdu, ours: &str) -> Vec<String> {
     let mut servers = joined_servers(cache);
     if pdu.kind.to_string() == "m.room.member"
+        && pdu.membership_state() != Some(MembershipState::Invite)
         && let Some(target) = pdu.state_key.as_deref()
         && let Ok(u) = ruma::UserId::parse(target)
     {
