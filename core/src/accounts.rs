@@ -285,12 +285,30 @@ impl Accounts {
         user: &UserId,
         new_password: &str,
         logout_devices: bool,
-        keep: Option<&str>,
+        keep: Option<&Session>,
     ) -> Result<()> {
         let hash = hash_password(new_password).await?;
         self.store.set_password_hash(user.as_str(), &hash).await?;
         if logout_devices {
-            self.store.delete_other_tokens(user.as_str(), keep).await?;
+            // The other devices end as a logout ends them: keys and
+            // pushers go too (a phone whose session is revoked must stop
+            // getting pushes), and those tracking the user are told.
+            let kept = keep.map_or("", |s| s.device_id.as_str());
+            let others: Vec<String> = self
+                .store
+                .list_devices(user.as_str())
+                .await?
+                .into_iter()
+                .map(|d| d.device_id)
+                .filter(|d| d != kept)
+                .collect();
+            let keep_token = keep.map(|s| s.token_hash.as_str());
+            self.store
+                .delete_other_tokens(user.as_str(), keep_token)
+                .await?;
+            if !others.is_empty() {
+                self.e2ee.delete_devices(user, Some(&others)).await?;
+            }
         }
         Ok(())
     }

@@ -843,6 +843,52 @@ async fn logging_out_a_device_drops_its_pushers_and_first_syncs_carry_the_rules(
     assert_eq!(pushkeys(&bob).await, ["desk-key"]);
 }
 
+/// Changing the password logs the other devices out (`logout_devices`
+/// defaults to true): their pushers go with them, the caller's stay.
+#[tokio::test]
+async fn a_password_change_drops_the_other_devices_pushers() {
+    let (url, _gw) = Gateway::start().await;
+    let server = start_server().await;
+    let bob = server.register("bob", "password-b").await;
+    let (s, login) = server
+        .client()
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
+                   "password": "password-b"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{login}");
+    let mut phone = server.client();
+    phone.token = login["access_token"].as_str().map(str::to_owned);
+    set_pusher(&bob, &url, "desk-key", None).await;
+    set_pusher(&phone, &url, "phone-key", None).await;
+
+    let me = user_id(&bob).await;
+    let change = |session: Option<&Value>| {
+        let mut body = json!({"new_password": "password-b2"});
+        if let Some(s) = session {
+            body["auth"] = json!({"type": "m.login.password", "session": s,
+                "identifier": {"type": "m.id.user", "user": me}, "password": "password-b"});
+        }
+        body
+    };
+    let (s, challenge) = bob
+        .post("/_matrix/client/v3/account/password", change(None))
+        .await;
+    assert_eq!(s, 401, "{challenge}");
+    let (s, b) = bob
+        .post(
+            "/_matrix/client/v3/account/password",
+            change(Some(&challenge["session"])),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(pushkeys(&bob).await, ["desk-key"]);
+    let (s, _) = phone.get("/_matrix/client/v3/account/whoami").await;
+    assert_eq!(s, 401, "the phone's session ends");
+}
+
 #[tokio::test]
 async fn without_pushers_notifications_keep_the_mentions() {
     let server = start_server().await;

@@ -381,7 +381,7 @@ async fn change_password(
         .as_deref()
         .ok_or_else(|| Error::MissingParam("Missing new_password".into()))?;
     h.accounts
-        .change_password(&s.user_id, new, body.logout_devices, Some(&s.token_hash))
+        .change_password(&s.user_id, new, body.logout_devices, Some(&s))
         .await?;
     Ok(change_password::v3::Response::new().into())
 }
