@@ -78,6 +78,9 @@ impl Directory {
             .await?
             .into_iter()
             .collect();
+        // One does not share a room with oneself: the searcher is found
+        // only as anyone else is, through a public room (as Synapse).
+        visible.remove(user.as_str());
         visible.extend(self.room_store.users_in_public_rooms().await?);
         let candidates = self.store.search_users(term.trim(), 500).await?;
         let mut results = vec![];

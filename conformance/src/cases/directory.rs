@@ -13,6 +13,7 @@ crate::cases!(
     room_visibility_roundtrip,
     user_directory_finds_room_mates,
     user_directory_hides_strangers,
+    user_directory_does_not_find_the_searcher_through_private_rooms,
 );
 
 async fn alias_create_resolve_delete(ctx: Ctx) -> Result<()> {
@@ -172,6 +173,53 @@ async fn user_directory_hides_strangers(ctx: Ctx) -> Result<()> {
             .as_array()
             .is_some_and(|res| res.iter().any(|x| x["user_id"] == b.user_id.as_str())),
         "stranger visible: {}",
+        r.body
+    );
+    Ok(())
+}
+
+/// The searcher shares a private room only with others, not with
+/// themselves: searching their own name finds nobody (SyTest
+/// 52user-directory; Synapse answers so), while the room mate finds them.
+async fn user_directory_does_not_find_the_searcher_through_private_rooms(ctx: Ctx) -> Result<()> {
+    let a = ctx.register("udself").await?;
+    let b = ctx.register("udselfb").await?;
+    let room = a
+        .create_room(json!({"preset": "private_chat", "invite": [b.user_id]}))
+        .await?;
+    b.join(&room).await?;
+    let display = random_name("Selfsearch ");
+    a.put(
+        &format!("/_matrix/client/v3/profile/{}/displayname", enc(&a.user_id)),
+        json!({"displayname": display}),
+    )
+    .await?
+    .ok()?;
+    let finds_a = |r: &serde_json::Value| {
+        r["results"]
+            .as_array()
+            .is_some_and(|res| res.iter().any(|x| x["user_id"] == a.user_id.as_str()))
+    };
+    let search = json!({"search_term": display});
+    // Directories may update asynchronously: wait until the mate sees a.
+    let mut seen = false;
+    for _ in 0..50 {
+        let r = b
+            .post("/_matrix/client/v3/user_directory/search", search.clone())
+            .await?;
+        if finds_a(r.ok()?) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    ensure!(seen, "the room mate never found the user");
+    let r = a
+        .post("/_matrix/client/v3/user_directory/search", search)
+        .await?;
+    ensure!(
+        !finds_a(r.ok()?),
+        "the searcher found themselves: {}",
         r.body
     );
     Ok(())
