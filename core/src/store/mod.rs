@@ -245,6 +245,10 @@ pub trait AccountStore: Send + Sync {
         expire_before_ms: i64,
     ) -> Result<()>;
     async fn delete_uia_session(&self, session: &str) -> Result<()>;
+    /// What a registration's session remembers (JSON), if anything.
+    async fn uia_session_params(&self, session: &str) -> Result<Option<Value>>;
+    /// Remembers `params` with an existing session.
+    async fn set_uia_session_params(&self, session: &str, params: &Value) -> Result<()>;
     async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>>;
 }
 
