@@ -228,6 +228,30 @@ impl Uia {
         Ok((session.clone(), challenge(flows, session, completed, None)))
     }
 
+    /// Asks `session`'s user for their password again (`m.login.password`)
+    /// before a sensitive action, in a session bound to this request and the
+    /// user. An application service acting as one of its users is not
+    /// asked: its users may have no password, and the spec exempts it from
+    /// UIA when it deletes devices or replaces cross-signing keys (Synapse
+    /// also when it deactivates a user).
+    pub async fn reauthenticate(
+        &self,
+        session: &crate::accounts::Session,
+        auth: Option<&Value>,
+        request: &UiaRequest,
+    ) -> Result<UiaOutcome> {
+        if session.appservice.is_some() {
+            return Ok(UiaOutcome::Done);
+        }
+        let request = UiaRequest {
+            user: Some(session.user_id.clone()),
+            ..request.clone()
+        };
+        let flows = [vec!["m.login.password"]];
+        self.uia(auth, &flows, Some(&session.user_id), &request)
+            .await
+    }
+
     /// The session the client continues (a new one when it names none or
     /// one this server does not know) and the stages it has completed; a
     /// session started for another request is refused.

@@ -57,25 +57,21 @@ pub(crate) async fn run_uia(
     }
 }
 
-/// Sensitive account actions ask for the password again (UIA
-/// `m.login.password`), in a session bound to this request and `user`.
+/// Sensitive account actions ask for the password again (core's
+/// `Uia::reauthenticate`: not of an application service acting as its user).
 pub(crate) async fn reauthenticate<T>(
     h: &Hearth,
     uia: &UiaJson<T>,
-    user: &hearth_core::ruma::UserId,
+    session: &hearth_core::accounts::Session,
 ) -> ApiResult<()> {
-    let request = UiaRequest {
-        user: Some(user.to_owned()),
-        ..uia.request.clone()
-    };
-    run_uia(
-        h,
-        uia.auth.as_ref(),
-        &[vec!["m.login.password"]],
-        Some(user),
-        &request,
-    )
-    .await
+    match h
+        .uia
+        .reauthenticate(session, uia.auth.as_ref(), &uia.request)
+        .await?
+    {
+        UiaOutcome::Done => Ok(()),
+        UiaOutcome::Challenge(c) => Err(ApiError::Uia(Box::new(c))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -369,7 +365,13 @@ async fn change_password(
     Auth(s): Auth,
     uia: UiaJson<PasswordBody>,
 ) -> RumaResult<change_password::v3::Response> {
-    reauthenticate(&h, &uia, &s.user_id).await?;
+    // The password itself: an application service is asked for it too.
+    let request = UiaRequest {
+        user: Some(s.user_id.clone()),
+        ..uia.request.clone()
+    };
+    let flows = [vec!["m.login.password"]];
+    run_uia(&h, uia.auth.as_ref(), &flows, Some(&s.user_id), &request).await?;
     let body = uia.body;
     let new = body
         .new_password
@@ -386,7 +388,7 @@ async fn deactivate(
     Auth(s): Auth,
     uia: UiaJson<Value>,
 ) -> RumaResult<deactivate::v3::Response> {
-    reauthenticate(&h, &uia, &s.user_id).await?;
+    reauthenticate(&h, &uia, &s).await?;
     h.writer.deactivate_account(&s.user_id).await?;
     tracing::info!(user = %s.user_id, "deactivated");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport).into())
