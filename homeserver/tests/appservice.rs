@@ -846,3 +846,49 @@ async fn third_party_lookups_keep_the_clients_token_and_reuse_protocol_metadata(
     assert_error(s, &body, 404, "M_NOT_FOUND");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The room ids of a `POST /publicRooms` page asked with `body`.
+async fn listed(c: &Client, body: Value) -> Vec<String> {
+    let (s, page) = c.post("/_matrix/client/v3/publicRooms", body).await;
+    assert_eq!(s, 200, "{page}");
+    page["chunk"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["room_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_service_keeps_room_lists_of_its_own_apart_from_the_main_one() {
+    let (dir, _service, hs) = bridged_server("as-lists").await;
+    let bridge = as_client(&hs);
+    let bob = hs.register("bob", "bob-password-long").await;
+    let room = bob
+        .create_room(json!({"preset": "public_chat", "visibility": "private"}))
+        .await;
+    let listing = format!("/_matrix/client/v3/directory/list/appservice/irc/{room}");
+    let (s, body) = bridge.put(&listing, json!({"visibility": "public"})).await;
+    assert_eq!(s, 200, "{body}");
+    let network = json!({"third_party_instance_id": "bridge|irc"});
+    assert!(!listed(&bob, json!({})).await.contains(&room));
+    assert!(listed(&bob, network.clone()).await.contains(&room));
+    assert!(
+        listed(&bob, json!({"include_all_networks": true}))
+            .await
+            .contains(&room)
+    );
+    assert!(
+        !listed(&bob, json!({"third_party_instance_id": "bridge|other"}))
+            .await
+            .contains(&room)
+    );
+    // Only a service changes its lists.
+    let (s, body) = bob.put(&listing, json!({"visibility": "public"})).await;
+    assert_error(s, &body, 403, "M_FORBIDDEN");
+    let (s, body) = bridge.delete(&listing).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(!listed(&bob, network).await.contains(&room));
+    std::fs::remove_dir_all(dir).ok();
+}
