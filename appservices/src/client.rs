@@ -9,9 +9,18 @@ use serde_json::{Value, json};
 /// How long a service may take to answer before it counts as down.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a service's protocol metadata is reused (as Synapse does):
+/// it describes the bridge, which changes with its configuration.
+const PROTOCOL_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// Protocol metadata by (service id, protocol), with when it was fetched.
+type ProtocolCache =
+    std::collections::HashMap<(String, String), (Instant, serde_json::Map<String, Value>)>;
+
 #[derive(Clone)]
 pub struct AsClient {
     http: reqwest::Client,
+    protocols: std::sync::Arc<parking_lot::Mutex<ProtocolCache>>,
 }
 
 /// The process's one client (one connection pool), set by [`AsClient::init`].
@@ -31,6 +40,7 @@ impl AsClient {
         CLIENT.get_or_init(|| {
             Self::new(&[]).unwrap_or_else(|_| Self {
                 http: reqwest::Client::new(),
+                protocols: Default::default(),
             })
         })
     }
@@ -41,7 +51,10 @@ impl AsClient {
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")));
         let http = hearth_http_common::outgoing::trusting(builder, roots).build()?;
-        Ok(Self { http })
+        Ok(Self {
+            http,
+            protocols: Default::default(),
+        })
     }
 
     /// `POST /_matrix/app/v1/ping`; returns how long the round trip took.
@@ -226,4 +239,29 @@ impl AsClient {
 /// Percent-encodes a path segment or query value.
 pub(crate) fn enc(s: &str) -> String {
     encode(s)
+}
+
+impl AsClient {
+    /// `GET /_matrix/app/v1/thirdparty/protocol/{protocol}` of `service`:
+    /// its metadata, reused for an hour once it answered with an object.
+    pub async fn protocol_info(
+        &self,
+        service: &AppService,
+        protocol: &str,
+    ) -> Option<serde_json::Map<String, Value>> {
+        let key = (service.id.clone(), protocol.to_owned());
+        if let Some((at, info)) = self.protocols.lock().get(&key)
+            && at.elapsed() < PROTOCOL_TTL
+        {
+            return Some(info.clone());
+        }
+        let path = format!("/_matrix/app/v1/thirdparty/protocol/{}", encode(protocol));
+        let Some(Value::Object(info)) = self.get_json(service, &path).await else {
+            return None;
+        };
+        self.protocols
+            .lock()
+            .insert(key, (Instant::now(), info.clone()));
+        Some(info)
+    }
 }

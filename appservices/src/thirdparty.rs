@@ -48,10 +48,20 @@ async fn gather(services: &[Arc<AppService>], path: &str) -> Vec<Value> {
     out
 }
 
+/// `path` with the client's lookup fields; its `access_token`, if sent in
+/// the query string, is the client's secret and never reaches a service
+/// (which is told who asks by the hs_token in the Authorization header).
 fn with_query(path: String, query: Option<String>) -> String {
-    match query.filter(|q| !q.is_empty()) {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
+    let fields = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some("access_token"))
+        .collect::<Vec<_>>()
+        .join("&");
+    if fields.is_empty() {
+        path
+    } else {
+        format!("{path}?{fields}")
     }
 }
 
@@ -59,8 +69,7 @@ async fn protocols(State(h): State<Arc<Hearth>>, Auth(_): Auth) -> Result<Json<V
     let mut out = Map::new();
     for s in h.appservices.all() {
         for p in &s.protocols {
-            let path = format!("/_matrix/app/v1/thirdparty/protocol/{}", enc(p));
-            if let Some(Value::Object(info)) = AsClient::shared().get_json(s, &path).await {
+            if let Some(info) = AsClient::shared().protocol_info(s, p).await {
                 merge_protocol(&mut out, p, info);
             }
         }
@@ -92,8 +101,7 @@ async fn protocol(
 ) -> Result<Json<Value>, ApiError> {
     let mut out = Map::new();
     for s in serving(&h, &protocol) {
-        let path = format!("/_matrix/app/v1/thirdparty/protocol/{}", enc(&protocol));
-        if let Some(Value::Object(info)) = AsClient::shared().get_json(&s, &path).await {
+        if let Some(info) = AsClient::shared().protocol_info(&s, &protocol).await {
             merge_protocol(&mut out, &protocol, info);
         }
     }

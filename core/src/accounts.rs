@@ -214,6 +214,21 @@ impl Accounts {
         Ok(id)
     }
 
+    /// Creates an account whose password was hashed earlier (a registration
+    /// session remembers only the hash).
+    pub(crate) async fn create_account_hashed(
+        &self,
+        local: &str,
+        password_hash: &str,
+    ) -> Result<OwnedUserId> {
+        let id = self.check_username_available(local).await?;
+        self.store
+            .create_user(id.as_str(), Some(password_hash), false)
+            .await?;
+        self.set_profile_defaults(&id).await?;
+        Ok(id)
+    }
+
     async fn set_profile_defaults(&self, id: &UserId) -> Result<()> {
         self.store
             .set_displayname(id.as_str(), Some(id.localpart()))

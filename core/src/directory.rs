@@ -63,6 +63,32 @@ impl Directory {
         self.store.set_room_public(room.as_str(), public).await
     }
 
+    /// Publishes or withdraws a room in the list the application service
+    /// acting in `session` keeps for `network` (spec: application service
+    /// room directories); only a service may, and only in its own lists.
+    pub async fn set_appservice_room_visibility(
+        &self,
+        session: &crate::accounts::Session,
+        network: &str,
+        room: &RoomId,
+        visibility: Option<&str>,
+    ) -> Result<()> {
+        let Some(service) = &session.appservice else {
+            return Err(Error::forbidden(
+                "Only an application service may change its room lists",
+            ));
+        };
+        self.rooms.require_known_room(room).await?;
+        let public = match visibility {
+            Some("public") => true,
+            Some("private") | None => false,
+            Some(v) => return Err(Error::invalid_param(format!("Invalid visibility {v}"))),
+        };
+        self.store
+            .set_appservice_room_public(&service.id, network, room.as_str(), public)
+            .await
+    }
+
     /// The user directory: users who share a room with `user` or sit in a
     /// public room, matching `term`, at most `limit` of them.
     pub async fn search_user_directory(

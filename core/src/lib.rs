@@ -554,6 +554,7 @@ impl Hearth {
             store.clone(),
             config.registration_tokens.clone(),
             accounts.clone(),
+            shared.rate_limits.clone(),
         ));
         (e2ee, devices, accounts, uia)
     }

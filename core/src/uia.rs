@@ -10,7 +10,12 @@ use sha2::{Digest, Sha256};
 
 use std::sync::Arc;
 
-use crate::{Error, Result, accounts::Accounts, ids::random_string, store::MainStore};
+use crate::{
+    Error, Result, accounts::Accounts, ids::random_string, ratelimit::RateLimits, store::MainStore,
+};
+
+mod registration;
+pub use registration::{RegisterOutcome, RegisterParams, RegisterStep, Registered};
 
 /// A session expires 15 minutes after its last step.
 const SESSION_TTL_MS: i64 = 15 * 60 * 1000;
@@ -90,6 +95,8 @@ pub struct Uia {
     registration_tokens: Vec<String>,
     /// `m.login.password` checks the account's password.
     accounts: Arc<Accounts>,
+    /// Registration is rate limited once its stages are done.
+    rate_limits: Arc<RateLimits>,
 }
 
 impl Uia {
@@ -97,11 +104,13 @@ impl Uia {
         store: Arc<dyn MainStore>,
         registration_tokens: Vec<String>,
         accounts: Arc<Accounts>,
+        rate_limits: Arc<RateLimits>,
     ) -> Self {
         Self {
             store,
             registration_tokens,
             accounts,
+            rate_limits,
         }
     }
 
@@ -162,17 +171,33 @@ impl Uia {
         password_user: Option<&UserId>,
         request: &UiaRequest,
     ) -> Result<UiaOutcome> {
+        let (session, outcome) = self.step(auth, flows, password_user, request).await?;
+        if matches!(outcome, UiaOutcome::Done) {
+            self.store.delete_uia_session(&session).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// One UIA step and the session it ran in; a session that completes a
+    /// flow is kept with its stages (registration answers it again).
+    pub(crate) async fn step(
+        &self,
+        auth: Option<&Value>,
+        flows: &[Vec<&str>],
+        password_user: Option<&UserId>,
+        request: &UiaRequest,
+    ) -> Result<(String, UiaOutcome)> {
         let binding = request.binding();
         let Some(auth) = auth else {
             let session = random_string(24);
             self.save_uia_session(&session, &[], &binding).await?;
-            return Ok(challenge(flows, session, vec![], None));
+            return Ok((session.clone(), challenge(flows, session, vec![], None)));
         };
         let (session, mut completed) = self.continued_session(auth, request, &binding).await?;
         let Some(stage) = auth.get("type").and_then(Value::as_str) else {
             self.save_uia_session(&session, &completed, &binding)
                 .await?;
-            return Ok(challenge(flows, session, completed, None));
+            return Ok((session.clone(), challenge(flows, session, completed, None)));
         };
         if !flows.iter().any(|f| f.contains(&stage)) {
             return Err(Error::invalid_param(format!("Unknown auth stage {stage}")));
@@ -187,21 +212,44 @@ impl Uia {
                 _ => "M_UNKNOWN",
             };
             let error = Some((code.into(), e.to_string()));
-            return Ok(challenge(flows, session, completed, error));
+            return Ok((session.clone(), challenge(flows, session, completed, error)));
         }
         if !completed.iter().any(|c| c == stage) {
             completed.push(stage.to_owned());
         }
+        self.save_uia_session(&session, &completed, &binding)
+            .await?;
         if flows
             .iter()
             .any(|f| f.iter().all(|s| completed.iter().any(|c| c == s)))
         {
-            self.store.delete_uia_session(&session).await?;
+            return Ok((session, UiaOutcome::Done));
+        }
+        Ok((session.clone(), challenge(flows, session, completed, None)))
+    }
+
+    /// Asks `session`'s user for their password again (`m.login.password`)
+    /// before a sensitive action, in a session bound to this request and the
+    /// user. An application service acting as one of its users is not
+    /// asked: its users may have no password, and the spec exempts it from
+    /// UIA when it deletes devices or replaces cross-signing keys (Synapse
+    /// also when it deactivates a user).
+    pub async fn reauthenticate(
+        &self,
+        session: &crate::accounts::Session,
+        auth: Option<&Value>,
+        request: &UiaRequest,
+    ) -> Result<UiaOutcome> {
+        if session.appservice.is_some() {
             return Ok(UiaOutcome::Done);
         }
-        self.save_uia_session(&session, &completed, &binding)
-            .await?;
-        Ok(challenge(flows, session, completed, None))
+        let request = UiaRequest {
+            user: Some(session.user_id.clone()),
+            ..request.clone()
+        };
+        let flows = [vec!["m.login.password"]];
+        self.uia(auth, &flows, Some(&session.user_id), &request)
+            .await
     }
 
     /// The session the client continues (a new one when it names none or

@@ -4,7 +4,10 @@
 use std::sync::{Arc, Weak};
 
 use axum::{Extension, Json, extract::State};
-use hearth_core::{Error, Result, rooms::PublicRooms};
+use hearth_core::{
+    Error, Result,
+    rooms::{PublicRooms, RoomListScope},
+};
 use hearth_http_common::{
     error::ApiError,
     typed::{Ruma, RumaResult},
@@ -104,7 +107,7 @@ pub(crate) async fn public_rooms_get(
     let page = fed
         .hearth
         .room_list
-        .public_rooms(limit, q.since.as_deref(), None)
+        .public_rooms(limit, q.since.as_deref(), None, &RoomListScope::Main)
         .await?;
     Ok(Json(page))
 }
@@ -117,16 +120,21 @@ pub(crate) struct PublicRoomsBody {
     limit: Option<usize>,
     since: Option<String>,
     filter: Option<Value>,
+    third_party_instance_id: Option<String>,
+    #[serde(default)]
+    include_all_networks: bool,
 }
 
 pub(crate) async fn public_rooms_post(
     State(fed): State<Arc<Federation>>,
     Json(b): Json<PublicRoomsBody>,
 ) -> Result<Json<PublicRooms>, ApiError> {
+    let list =
+        RoomListScope::from_request(b.third_party_instance_id.as_deref(), b.include_all_networks)?;
     let page = fed
         .hearth
         .room_list
-        .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref())
+        .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref(), &list)
         .await?;
     Ok(Json(page))
 }

@@ -31,6 +31,41 @@ struct Service {
     transactions: Arc<Mutex<Vec<(String, String, Value)>>>,
     down: Arc<std::sync::atomic::AtomicBool>,
     refused: Arc<std::sync::atomic::AtomicUsize>,
+    /// The homeserver's URL, once started: the service registers the users
+    /// it is asked about there.
+    hs_url: Arc<Mutex<Option<String>>>,
+    /// The users the server asked about (`GET /users/{userId}`).
+    queried_users: Arc<Mutex<Vec<String>>>,
+    /// The query strings of third-party user lookups.
+    lookups: Arc<Mutex<Vec<String>>>,
+}
+
+/// `GET /_matrix/app/v1/users/{userId}`: the service registers the user
+/// (with its as_token) before answering, as a bridge does.
+async fn user_query(
+    State(s): State<Service>,
+    axum::extract::Path(user): axum::extract::Path<String>,
+) -> (axum::http::StatusCode, Json<Value>) {
+    s.queried_users.lock().expect("lock").push(user.clone());
+    let url = s.hs_url.lock().expect("lock").clone();
+    let local = user
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(url) = url {
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/_matrix/client/v3/register"))
+            .bearer_auth(AS_TOKEN)
+            .json(&json!({"type": "m.login.application_service", "username": local}))
+            .send()
+            .await;
+        if resp.is_ok_and(|r| r.status().is_success()) {
+            return (axum::http::StatusCode::OK, Json(json!({})));
+        }
+    }
+    (axum::http::StatusCode::NOT_FOUND, Json(json!({})))
 }
 
 impl Service {
@@ -99,7 +134,12 @@ async fn start_service() -> (SocketAddr, Service) {
         .route(
             "/_matrix/app/v1/thirdparty/protocol/{protocol}",
             axum::routing::get(
-                |headers: HeaderMap, axum::extract::Path(p): axum::extract::Path<String>| async move {
+                |State(s): State<Service>,
+                 headers: HeaderMap,
+                 axum::extract::Path(p): axum::extract::Path<String>| async move {
+                    if s.down.load(std::sync::atomic::Ordering::SeqCst) {
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(json!({})));
+                    }
                     if auth_of(&headers) != format!("Bearer {HS_TOKEN}") || p != "chat" {
                         return (axum::http::StatusCode::NOT_FOUND, Json(json!({})));
                     }
@@ -116,8 +156,10 @@ async fn start_service() -> (SocketAddr, Service) {
         .route(
             "/_matrix/app/v1/thirdparty/user/{protocol}",
             axum::routing::get(
-                |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
-                    let nick = q.unwrap_or_default().replace("nick=", "");
+                |State(s): State<Service>, axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                    let q = q.unwrap_or_default();
+                    s.lookups.lock().expect("lock").push(q.clone());
+                    let nick = q.replace("nick=", "");
                     Json(json!([{
                         "userid": format!("@_bridge_{nick}:localhost"),
                         "protocol": "chat",
@@ -126,6 +168,7 @@ async fn start_service() -> (SocketAddr, Service) {
                 },
             ),
         )
+        .route("/_matrix/app/v1/users/{user}", axum::routing::get(user_query))
         .with_state(service.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -185,6 +228,7 @@ async fn bridged_server(tag: &str) -> (PathBuf, Service, TestServer) {
     let (dir, file) = temp_file(tag, "bridge.yaml", &registration);
     let file = file.display().to_string();
     let hs = TestServer::start(&["--appservice-registrations", &file]).await;
+    *service.hs_url.lock().expect("lock") = Some(hs.client().base.clone());
     (dir, service, hs)
 }
 
@@ -651,4 +695,200 @@ async fn a_service_acting_for_a_user_redacts_only_what_that_user_may() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(bob.content_of(&room, &alices).await, json!({}));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_service_names_rooms_of_its_namespace_it_has_not_joined() {
+    let (dir, _service, hs) = bridged_server("as-alias").await;
+    let bridge = as_client(&hs);
+    let bob = hs.register("bob", "bob-password-long").await;
+    let room = bob.create_room(json!({"preset": "public_chat"})).await;
+    let alias = enc("#_bridge_room:localhost");
+    let (s, body) = bridge
+        .put(
+            &format!("/_matrix/client/v3/directory/room/{alias}"),
+            json!({"room_id": room}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let (s, body) = bob
+        .get(&format!("/_matrix/client/v3/directory/room/{alias}"))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    // Outside its namespaces it may not, joined or not.
+    let (s, body) = bridge
+        .put(
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                enc("#other:localhost")
+            ),
+            json!({"room_id": room}),
+        )
+        .await;
+    assert_error(s, &body, 400, "M_EXCLUSIVE");
+    // A user still names only rooms they are in.
+    let carol = hs.register("carol", "carol-password-long").await;
+    let (s, body) = carol
+        .put(
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                enc("#carols:localhost")
+            ),
+            json!({"room_id": room}),
+        )
+        .await;
+    assert_error(s, &body, 403, "M_FORBIDDEN");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn inviting_a_user_of_the_namespace_asks_the_service_first() {
+    let (dir, service, hs) = bridged_server("as-invite").await;
+    let bob = hs.register("bob", "bob-password-long").await;
+    let room = bob.create_room(json!({"preset": "private_chat"})).await;
+    let ghost = "@_bridge_newcomer:localhost";
+    let (s, body) = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            json!({"user_id": ghost}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        service.queried_users.lock().expect("lock").clone(),
+        vec![ghost.to_owned()]
+    );
+    let members = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{room}/state/m.room.member/{}",
+            enc(ghost)
+        ))
+        .await;
+    assert_eq!(members.0, 200, "{}", members.1);
+    assert_eq!(members.1["membership"], "invite");
+    // A user outside every namespace is not asked about, and not found.
+    let (s, body) = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            json!({"user_id": "@nobody:localhost"}),
+        )
+        .await;
+    assert_error(s, &body, 404, "M_NOT_FOUND");
+    assert_eq!(service.queried_users.lock().expect("lock").len(), 1);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn a_service_deactivates_its_user_without_a_password() {
+    let PuppetRoom {
+        dir,
+        hs,
+        bridge,
+        bob,
+        room,
+        ..
+    } = puppet_room("as-deactivate").await;
+    let (s, body) = bridge
+        .post(
+            &format!("/_matrix/client/v3/account/deactivate?user_id={}", puppet()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    // Deactivation took the puppet out of its room.
+    let (s, member) = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{room}/state/m.room.member/{}",
+            puppet()
+        ))
+        .await;
+    assert_eq!(s, 200, "{member}");
+    assert_eq!(member["membership"], "leave", "{member}");
+    // A user still gives their password.
+    let carol = hs.register("carol", "carol-password-long").await;
+    let (s, body) = carol
+        .post("/_matrix/client/v3/account/deactivate", json!({}))
+        .await;
+    assert_eq!(s, 401, "{body}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[tokio::test]
+async fn third_party_lookups_keep_the_clients_token_and_reuse_protocol_metadata() {
+    let (dir, service, hs) = bridged_server("as-3pe").await;
+    let bob = hs.register("bob", "bob-password-long").await;
+    let token = bob.token.clone().unwrap_or_default();
+    let (s, body) = hs
+        .client()
+        .get(&format!(
+            "/_matrix/client/v3/thirdparty/user/chat?nick=carol&access_token={token}"
+        ))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body[0]["userid"], "@_bridge_carol:localhost", "{body}");
+    assert_eq!(
+        service.lookups.lock().expect("lock").clone(),
+        vec!["nick=carol".to_owned()]
+    );
+    let (s, first) = bob.get("/_matrix/client/v3/thirdparty/protocol/chat").await;
+    assert_eq!(s, 200, "{first}");
+    // The service is down: the metadata it gave is still the answer.
+    service
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (s, again) = bob.get("/_matrix/client/v3/thirdparty/protocol/chat").await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(first, again);
+    let (s, body) = bob
+        .get("/_matrix/client/v3/thirdparty/protocol/other")
+        .await;
+    assert_error(s, &body, 404, "M_NOT_FOUND");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The room ids of a `POST /publicRooms` page asked with `body`.
+async fn listed(c: &Client, body: Value) -> Vec<String> {
+    let (s, page) = c.post("/_matrix/client/v3/publicRooms", body).await;
+    assert_eq!(s, 200, "{page}");
+    page["chunk"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["room_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_service_keeps_room_lists_of_its_own_apart_from_the_main_one() {
+    let (dir, _service, hs) = bridged_server("as-lists").await;
+    let bridge = as_client(&hs);
+    let bob = hs.register("bob", "bob-password-long").await;
+    let room = bob
+        .create_room(json!({"preset": "public_chat", "visibility": "private"}))
+        .await;
+    let listing = format!("/_matrix/client/v3/directory/list/appservice/irc/{room}");
+    let (s, body) = bridge.put(&listing, json!({"visibility": "public"})).await;
+    assert_eq!(s, 200, "{body}");
+    let network = json!({"third_party_instance_id": "bridge|irc"});
+    assert!(!listed(&bob, json!({})).await.contains(&room));
+    assert!(listed(&bob, network.clone()).await.contains(&room));
+    assert!(
+        listed(&bob, json!({"include_all_networks": true}))
+            .await
+            .contains(&room)
+    );
+    assert!(
+        !listed(&bob, json!({"third_party_instance_id": "bridge|other"}))
+            .await
+            .contains(&room)
+    );
+    // Only a service changes its lists.
+    let (s, body) = bob.put(&listing, json!({"visibility": "public"})).await;
+    assert_error(s, &body, 403, "M_FORBIDDEN");
+    let (s, body) = bridge.delete(&listing).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(!listed(&bob, network).await.contains(&room));
+    std::fs::remove_dir_all(dir).ok();
 }

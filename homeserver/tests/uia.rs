@@ -111,3 +111,115 @@ async fn a_session_is_bound_to_the_request_body() {
     assert!(!device_exists(&alice, "DEVA").await, "DEVA still exists");
     assert!(device_exists(&alice, "DEVB").await);
 }
+
+const REGISTER: &str = "/_matrix/client/v3/register";
+
+fn dummy(session: &str) -> Value {
+    json!({"type": "m.login.dummy", "session": session})
+}
+
+#[tokio::test]
+async fn registration_remembers_the_first_requests_parameters() {
+    let hs = TestServer::start(&[]).await;
+    let c = hs.client();
+    let session = start_session(
+        &c,
+        Method::POST,
+        REGISTER,
+        json!({"username": "carol", "password": "übers3kr1t", "device_id": "XYZZY",
+               "initial_device_display_name": "display_name"}),
+    )
+    .await;
+    let (s, body) = c.post(REGISTER, json!({"auth": dummy(&session)})).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        body["user_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("@carol:"),
+        "{body}"
+    );
+    assert_eq!(body["device_id"], "XYZZY", "{body}");
+    let mut carol = hs.client();
+    carol.token = body["access_token"].as_str().map(str::to_owned);
+    let (s, device) = carol.get("/_matrix/client/v3/devices/XYZZY").await;
+    assert_eq!(s, 200, "{device}");
+    assert_eq!(device["display_name"], "display_name");
+    // The remembered password is the account's.
+    login_device(&hs, "carol", "übers3kr1t", "OTHER").await;
+}
+
+#[tokio::test]
+async fn registration_remembers_inhibit_login() {
+    let hs = TestServer::start(&[]).await;
+    let c = hs.client();
+    let session = start_session(
+        &c,
+        Method::POST,
+        REGISTER,
+        json!({"username": "dora", "password": "pw", "inhibit_login": true}),
+    )
+    .await;
+    let (s, body) = c.post(REGISTER, json!({"auth": dummy(&session)})).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        body["user_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("@dora:"),
+        "{body}"
+    );
+    assert!(body.get("access_token").is_none(), "{body}");
+    assert!(body.get("device_id").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn completing_a_registration_session_twice_gives_the_same_user() {
+    let hs = TestServer::start(&[]).await;
+    let c = hs.client();
+    for username in [None, Some("erin")] {
+        let mut params = json!({"password": "sUp3rs3kr1t"});
+        if let Some(u) = username {
+            params["username"] = json!(u);
+        }
+        let session = start_session(&c, Method::POST, REGISTER, params.clone()).await;
+        let mut done = params.clone();
+        done["auth"] = dummy(&session);
+        let (s, first) = c.post(REGISTER, done.clone()).await;
+        assert_eq!(s, 200, "{first}");
+        let (s, second) = c.post(REGISTER, done).await;
+        assert_eq!(s, 200, "{second}");
+        assert_eq!(first["user_id"], second["user_id"]);
+        assert!(second["access_token"].is_string(), "{second}");
+    }
+}
+
+#[tokio::test]
+async fn a_registration_session_refuses_other_parameters() {
+    let hs = TestServer::start(&[]).await;
+    let c = hs.client();
+    let session = start_session(
+        &c,
+        Method::POST,
+        REGISTER,
+        json!({"username": "frank", "password": "pw"}),
+    )
+    .await;
+    let (s, body) = c
+        .post(
+            REGISTER,
+            json!({"username": "mallory", "password": "pw", "auth": dummy(&session)}),
+        )
+        .await;
+    common::assert_error(s, &body, 403, "M_FORBIDDEN");
+    // The session still completes the registration it was started for.
+    let (s, body) = c.post(REGISTER, json!({"auth": dummy(&session)})).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        body["user_id"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("@frank:"),
+        "{body}"
+    );
+}

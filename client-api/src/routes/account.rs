@@ -10,7 +10,7 @@ use axum::{
 use hearth_core::{
     Error, Hearth,
     ratelimit::Action,
-    uia::{UiaOutcome, UiaRequest},
+    uia::{RegisterOutcome, RegisterParams, RegisterStep, UiaOutcome, UiaRequest},
 };
 use ruma_client_api::{
     account::{ThirdPartyIdRemovalStatus, change_password, deactivate, get_username_availability},
@@ -57,25 +57,21 @@ pub(crate) async fn run_uia(
     }
 }
 
-/// Sensitive account actions ask for the password again (UIA
-/// `m.login.password`), in a session bound to this request and `user`.
+/// Sensitive account actions ask for the password again (core's
+/// `Uia::reauthenticate`: not of an application service acting as its user).
 pub(crate) async fn reauthenticate<T>(
     h: &Hearth,
     uia: &UiaJson<T>,
-    user: &hearth_core::ruma::UserId,
+    session: &hearth_core::accounts::Session,
 ) -> ApiResult<()> {
-    let request = UiaRequest {
-        user: Some(user.to_owned()),
-        ..uia.request.clone()
-    };
-    run_uia(
-        h,
-        uia.auth.as_ref(),
-        &[vec!["m.login.password"]],
-        Some(user),
-        &request,
-    )
-    .await
+    match h
+        .uia
+        .reauthenticate(session, uia.auth.as_ref(), &uia.request)
+        .await?
+    {
+        UiaOutcome::Done => Ok(()),
+        UiaOutcome::Challenge(c) => Err(ApiError::Uia(Box::new(c))),
+    }
 }
 
 #[derive(Deserialize)]
@@ -103,8 +99,9 @@ async fn register(
     Query(q): Query<RegisterQuery>,
     ClientIp(ip): ClientIp,
     parts: axum::http::request::Parts,
-    JsonBody(body): JsonBody<RegisterBody>,
+    JsonBody(raw): JsonBody<Value>,
 ) -> JsonResult {
+    let body: RegisterBody = hearth_http_common::extract::typed(raw.clone())?;
     if body.kind.as_deref() == Some("m.login.application_service") {
         return register_appservice_user(&h, &parts, body).await;
     }
@@ -118,48 +115,42 @@ async fn register(
     if !h.config.registration_enabled {
         return Err(Error::RegistrationDisabled.into());
     }
-    // Refuse a bad or taken name before the client walks through UIA.
-    if let Some(u) = &body.username {
-        h.accounts
-            .check_username_claimable(&u.to_lowercase())
-            .await?;
-    }
     let flows: Vec<Vec<&str>> = if h.config.registration_tokens.is_empty() {
         vec![vec!["m.login.dummy"]]
     } else {
         vec![vec!["m.login.registration_token"]]
     };
-    // Bound to the endpoint, not the body: clients ask for the flows with an
-    // empty body and send the username and password with the stages.
-    run_uia(&h, body.auth.as_ref(), &flows, None, &uia_request(&parts)).await?;
-    h.rate_limits.rate_limit(
-        Action::Register,
-        &ip.map(|i| i.to_string()).unwrap_or_default(),
-    )?;
-    let password = body
-        .password
-        .as_deref()
-        .ok_or_else(|| Error::MissingParam("Missing password".into()))?;
-    if password.len() > 512 {
-        return Err(Error::invalid_param("Password too long").into());
+    let mut rest = raw;
+    if let Some(o) = rest.as_object_mut() {
+        o.remove("auth");
     }
-    let local = match &body.username {
-        Some(u) => u.to_lowercase(),
-        None => h.accounts.generate_localpart().await?,
+    let step = RegisterStep {
+        params: RegisterParams {
+            username: body.username,
+            password: body.password,
+            device_id: body.device_id,
+            initial_device_display_name: body.initial_device_display_name,
+            inhibit_login: body.inhibit_login,
+        },
+        body: rest,
+        auth: body.auth.as_ref(),
+        // The session is bound to the endpoint; core binds the parameters.
+        request: &uia_request(&parts),
+        client: &ip.map(|i| i.to_string()).unwrap_or_default(),
     };
-    let user = h
-        .accounts
-        .create_account(&local, Some(password), false)
-        .await?;
-    tracing::info!(user = %user, "registered");
-    if body.inhibit_login {
-        return Ok(Json(json!({"user_id": user})));
+    let done = match h.uia.register(step, &flows).await? {
+        RegisterOutcome::Registered(r) => r,
+        RegisterOutcome::Challenge(c) => return Err(ApiError::Uia(c)),
+    };
+    tracing::info!(user = %done.user_id, "registered");
+    if done.inhibit_login {
+        return Ok(Json(json!({"user_id": done.user_id})));
     }
     logged_in(
         &h,
-        &user,
-        body.device_id.as_deref(),
-        body.initial_device_display_name.as_deref(),
+        &done.user_id,
+        done.device_id.as_deref(),
+        done.initial_device_display_name.as_deref(),
     )
     .await
 }
@@ -374,7 +365,13 @@ async fn change_password(
     Auth(s): Auth,
     uia: UiaJson<PasswordBody>,
 ) -> RumaResult<change_password::v3::Response> {
-    reauthenticate(&h, &uia, &s.user_id).await?;
+    // The password itself: an application service is asked for it too.
+    let request = UiaRequest {
+        user: Some(s.user_id.clone()),
+        ..uia.request.clone()
+    };
+    let flows = [vec!["m.login.password"]];
+    run_uia(&h, uia.auth.as_ref(), &flows, Some(&s.user_id), &request).await?;
     let body = uia.body;
     let new = body
         .new_password
@@ -391,7 +388,7 @@ async fn deactivate(
     Auth(s): Auth,
     uia: UiaJson<Value>,
 ) -> RumaResult<deactivate::v3::Response> {
-    reauthenticate(&h, &uia, &s.user_id).await?;
+    reauthenticate(&h, &uia, &s).await?;
     h.writer.deactivate_account(&s.user_id).await?;
     tracing::info!(user = %s.user_id, "deactivated");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport).into())

@@ -105,7 +105,7 @@ async fn delete_one(
 ) -> RumaResult<delete_device::v3::Response> {
     // An unknown device is 404 before any password is asked for.
     h.devices.device(&s.user_id, &device_id).await?;
-    reauthenticate(&h, &uia, &s.user_id).await?;
+    reauthenticate(&h, &uia, &s).await?;
     h.e2ee
         .delete_devices(&s.user_id, Some(&[device_id]))
         .await?;
@@ -122,7 +122,7 @@ async fn delete_many(
     Auth(s): Auth,
     uia: UiaJson<DeleteManyBody>,
 ) -> RumaResult<delete_devices::v3::Response> {
-    reauthenticate(&h, &uia, &s.user_id).await?;
+    reauthenticate(&h, &uia, &s).await?;
     h.e2ee
         .delete_devices(&s.user_id, Some(&uia.body.devices))
         .await?;

@@ -11,7 +11,7 @@ use axum::{
 use hearth_core::{
     Error, Hearth,
     directory::UserSearch,
-    rooms::PublicRooms,
+    rooms::{PublicRooms, RoomListScope},
     ruma::{RoomAliasId, RoomId, ServerName},
 };
 use ruma_client_api::{
@@ -40,6 +40,10 @@ pub fn routes() -> Router<Arc<Hearth>> {
         .route(
             "/directory/list/room/{room_id}",
             get(get_visibility).put(put_visibility),
+        )
+        .route(
+            "/directory/list/appservice/{network_id}/{room_id}",
+            axum::routing::put(put_appservice_listing).delete(delete_appservice_listing),
         )
         .route(
             "/publicRooms",
@@ -185,6 +189,9 @@ struct PublicRoomsBody {
     since: Option<String>,
     server: Option<String>,
     filter: Option<Value>,
+    third_party_instance_id: Option<String>,
+    #[serde(default)]
+    include_all_networks: bool,
 }
 
 /// Read by hand rather than as ruma's request: a `server` that is not a
@@ -204,6 +211,9 @@ async fn public_rooms_get(
             since: q.since,
             server: q.server,
             filter: None,
+            // Only the POST chooses another list (spec).
+            third_party_instance_id: None,
+            include_all_networks: false,
         },
     )
     .await
@@ -223,11 +233,45 @@ async fn public_rooms(h: &Hearth, b: PublicRoomsBody) -> ApiResult<Json<PublicRo
     {
         return Err(Error::not_found("Remote room directories are not available").into());
     }
+    let list =
+        RoomListScope::from_request(b.third_party_instance_id.as_deref(), b.include_all_networks)?;
     let page = h
         .room_list
-        .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref())
+        .public_rooms(b.limit, b.since.as_deref(), b.filter.as_ref(), &list)
         .await?;
     Ok(Json(page))
+}
+
+#[derive(Deserialize)]
+struct ListingBody {
+    visibility: Option<String>,
+}
+
+/// An application service publishes a room in its list for a network.
+async fn put_appservice_listing(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((network, room_id)): Path<(String, String)>,
+    JsonBody(b): JsonBody<ListingBody>,
+) -> ApiResult<Json<Value>> {
+    let room = parse_room_id(&room_id)?;
+    h.directory
+        .set_appservice_room_visibility(&s, &network, &room, b.visibility.as_deref())
+        .await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+/// An application service withdraws a room from its list for a network.
+async fn delete_appservice_listing(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((network, room_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let room = parse_room_id(&room_id)?;
+    h.directory
+        .set_appservice_room_visibility(&s, &network, &room, Some("private"))
+        .await?;
+    Ok(Json(serde_json::json!({})))
 }
 
 /// The answer keeps Hearth's shape (see `UserSearch`), so it is not ruma's

@@ -131,7 +131,7 @@ async fn device_signing(
     uia: UiaJson<Value>,
 ) -> RumaResult<upload_signing_keys::v3::Response> {
     if h.e2ee.has_master_cross_signing_key(&s.user_id).await? {
-        reauthenticate(&h, &uia, &s.user_id).await?;
+        reauthenticate(&h, &uia, &s).await?;
     }
     h.e2ee
         .upload_cross_signing_keys(&s.user_id, &uia.body)

@@ -53,7 +53,8 @@ impl Aliases {
     }
 
     /// Points a new local alias at a room the user is joined to; an
-    /// application service may only claim aliases of its namespaces. An
+    /// application service may only claim aliases of its namespaces, for
+    /// any room. An
     /// alias already taken is `Error::RoomInUse`.
     pub async fn create_room_alias(
         &self,
@@ -67,7 +68,12 @@ impl Aliases {
             .check_alias_claim(alias.as_str(), appservice)?;
         let room = parse_room_id(room_id)?;
         self.rooms.require_known_room(&room).await?;
-        self.rooms.require_joined(&room, user).await?;
+        // A service names rooms of its network (its namespace checked
+        // above) that its users need not have joined; a user names rooms
+        // they are in.
+        if appservice.is_none() {
+            self.rooms.require_joined(&room, user).await?;
+        }
         self.store
             .create_alias(alias.as_str(), room.as_str(), user.as_str())
             .await

@@ -159,7 +159,12 @@ impl RoomWriter {
         is_direct: bool,
     ) -> Result<()> {
         if invitee.server_name() == self.config.server_name {
-            match self.main.get_user(invitee.as_str()).await? {
+            let mut user = self.main.get_user(invitee.as_str()).await?;
+            // A user of a service's namespace may exist once it is asked.
+            if user.is_none() && self.to_appservices.local_user_exists(invitee).await? {
+                user = self.main.get_user(invitee.as_str()).await?;
+            }
+            match user {
                 Some(u) if !u.deactivated => {}
                 _ => return Err(Error::not_found("Unknown user")),
             }

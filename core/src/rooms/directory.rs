@@ -35,13 +35,14 @@ impl RoomList {
         limit: Option<usize>,
         since: Option<&str>,
         filter: Option<&Value>,
+        list: &RoomListScope,
     ) -> Result<PublicRooms> {
         let term = filter
             .and_then(|f| f.get("generic_search_term"))
             .and_then(Value::as_str)
             .map(str::to_lowercase);
         let mut entries = vec![];
-        for room_id in self.store.public_rooms().await? {
+        for room_id in self.listed_rooms(list).await? {
             let entry = self.directory_entry(&room_id).await?;
             if let Some(t) = &term {
                 let matches = [&entry.name, &entry.topic, &entry.canonical_alias]
@@ -72,6 +73,30 @@ impl RoomList {
             next_batch: (offset + limit < total).then(|| format!("o{}", offset + limit)),
             prev_batch: (offset > 0).then(|| format!("o{}", offset.saturating_sub(limit))),
             total_room_count_estimate: total,
+        })
+    }
+
+    /// The rooms of the list asked for, each once.
+    async fn listed_rooms(&self, list: &RoomListScope) -> Result<Vec<String>> {
+        Ok(match list {
+            RoomListScope::Main => self.store.public_rooms().await?,
+            RoomListScope::Network {
+                appservice,
+                network,
+            } => {
+                self.store
+                    .appservice_public_rooms(Some((appservice, network)))
+                    .await?
+            }
+            RoomListScope::AllNetworks => {
+                let mut rooms = self.store.public_rooms().await?;
+                for r in self.store.appservice_public_rooms(None).await? {
+                    if !rooms.contains(&r) {
+                        rooms.push(r);
+                    }
+                }
+                rooms
+            }
         })
     }
 
@@ -140,4 +165,41 @@ pub struct PublicRoom {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topic: Option<Value>,
     pub world_readable: bool,
+}
+
+/// Which room list a `publicRooms` request reads: this server's own, one
+/// application service's list for a network, or all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RoomListScope {
+    #[default]
+    Main,
+    Network {
+        appservice: String,
+        network: String,
+    },
+    AllNetworks,
+}
+
+impl RoomListScope {
+    /// From the request's `include_all_networks` and
+    /// `third_party_instance_id` (`<appservice id>|<network id>`, the shape
+    /// Synapse gives instance ids; the spec forbids asking for both).
+    pub fn from_request(instance: Option<&str>, all_networks: bool) -> Result<Self> {
+        match (instance, all_networks) {
+            (Some(_), true) => Err(Error::invalid_param(
+                "include_all_networks and third_party_instance_id are exclusive",
+            )),
+            (None, true) => Ok(Self::AllNetworks),
+            (None, false) => Ok(Self::Main),
+            (Some(id), false) => {
+                let (appservice, network) = id.split_once('|').ok_or_else(|| {
+                    Error::invalid_param(format!("Unknown third_party_instance_id {id}"))
+                })?;
+                Ok(Self::Network {
+                    appservice: appservice.to_owned(),
+                    network: network.to_owned(),
+                })
+            }
+        }
+    }
 }

@@ -41,7 +41,7 @@ use serde_json::Value;
 
 pub use aliases::Aliases;
 pub use create::CreateRoom;
-pub use directory::{PublicRoom, PublicRooms, RoomList};
+pub use directory::{PublicRoom, PublicRooms, RoomList, RoomListScope};
 pub use federated::FederatedReads;
 pub use gaps::Incoming;
 pub use history::Backfilled;

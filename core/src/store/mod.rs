@@ -245,6 +245,10 @@ pub trait AccountStore: Send + Sync {
         expire_before_ms: i64,
     ) -> Result<()>;
     async fn delete_uia_session(&self, session: &str) -> Result<()>;
+    /// What a registration's session remembers (JSON), if anything.
+    async fn uia_session_params(&self, session: &str) -> Result<Option<Value>>;
+    /// Remembers `params` with an existing session.
+    async fn set_uia_session_params(&self, session: &str, params: &Value) -> Result<()>;
     async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>>;
 }
 
@@ -374,6 +378,17 @@ pub trait DirectoryStore: Send + Sync {
     async fn set_room_public(&self, room_id: &str, public: bool) -> Result<()>;
     async fn is_room_public(&self, room_id: &str) -> Result<bool>;
     async fn public_rooms(&self) -> Result<Vec<String>>;
+    /// Publishes (or withdraws) a room in an application service's list
+    /// for one of its networks.
+    async fn set_appservice_room_public(
+        &self,
+        appservice_id: &str,
+        network_id: &str,
+        room_id: &str,
+        public: bool,
+    ) -> Result<()>;
+    /// The rooms of one service's network list, or (`None`) of every one.
+    async fn appservice_public_rooms(&self, list: Option<(&str, &str)>) -> Result<Vec<String>>;
     async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>>;
     async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<MembershipRecord>>;
     async fn room_members(

@@ -378,6 +378,26 @@ macro_rules! impl_account_store {
                 Ok(())
             }
 
+            async fn uia_session_params(&self, session: &str) -> Result<Option<Value>> {
+                let text: Option<Option<String>> =
+                    sqlx::query_scalar("SELECT params FROM uia_sessions WHERE session_id = $1")
+                        .bind(session)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                text.flatten()
+                    .map(|t| Ok(serde_json::from_str(&t)?))
+                    .transpose()
+            }
+
+            async fn set_uia_session_params(&self, session: &str, params: &Value) -> Result<()> {
+                sqlx::query("UPDATE uia_sessions SET params = $1 WHERE session_id = $2")
+                    .bind(params.to_string())
+                    .bind(session)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+
             async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>> {
                 let Ok(id) = filter_id.parse::<i64>() else {
                     return Ok(None);

@@ -537,6 +537,50 @@ macro_rules! impl_room_store {
                 )
             }
 
+            async fn set_appservice_room_public(
+                &self,
+                appservice_id: &str,
+                network_id: &str,
+                room_id: &str,
+                public: bool,
+            ) -> Result<()> {
+                let sql = if public {
+                    "INSERT INTO appservice_room_lists (appservice_id, network_id, room_id)
+                     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+                } else {
+                    "DELETE FROM appservice_room_lists
+                     WHERE appservice_id = $1 AND network_id = $2 AND room_id = $3"
+                };
+                sqlx::query(sql)
+                    .bind(appservice_id)
+                    .bind(network_id)
+                    .bind(room_id)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+
+            async fn appservice_public_rooms(
+                &self,
+                list: Option<(&str, &str)>,
+            ) -> Result<Vec<String>> {
+                Ok(match list {
+                    Some((service, network)) => sqlx::query_scalar(
+                        "SELECT room_id FROM appservice_room_lists
+                         WHERE appservice_id = $1 AND network_id = $2 ORDER BY room_id",
+                    )
+                    .bind(service)
+                    .bind(network)
+                    .fetch_all(&self.pool)
+                    .await?,
+                    None => sqlx::query_scalar(
+                        "SELECT DISTINCT room_id FROM appservice_room_lists ORDER BY room_id",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?,
+                })
+            }
+
             async fn memberships_of_user(&self, user_id: &str) -> Result<Vec<MembershipRecord>> {
                 if let Some(cached) = self.memberships.get(user_id) {
                     return Ok(cached);
