@@ -103,6 +103,12 @@ pub fn router_with(hearth: Arc<Hearth>, extra: Router<Arc<Hearth>>) -> Router {
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(
+            hearth_http_common::nul::refuse_nul,
+        ))
+        .layer(axum::middleware::from_fn(
+            hearth_http_common::plain_errors::matrix_errors,
+        ))
         .layer(cors)
         .with_state(hearth)
 }

@@ -42,6 +42,9 @@ impl Devices {
         device_id: &str,
         name: Option<&str>,
     ) -> Result<()> {
+        if let Some(name) = name {
+            crate::input::check_text("display_name", name)?;
+        }
         if !self
             .store
             .rename_device(user.as_str(), device_id, name)

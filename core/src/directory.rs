@@ -97,6 +97,7 @@ impl Directory {
         term: &str,
         limit: Option<usize>,
     ) -> Result<UserSearch> {
+        crate::input::check_text("search_term", term)?;
         let limit = limit.unwrap_or(10).clamp(1, 100);
         let mut visible: BTreeSet<String> = self
             .store
@@ -140,10 +141,13 @@ pub struct UserSearch {
     pub results: Vec<FoundUser>,
 }
 
-/// One user found by a directory search.
+/// One user found by a directory search; what the user has not set is
+/// left out (the spec's fields are optional strings, never null).
 #[derive(Debug, Serialize)]
 pub struct FoundUser {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub avatar_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
     pub user_id: String,
 }

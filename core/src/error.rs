@@ -33,6 +33,9 @@ pub enum Error {
     UnsupportedRoomVersion(String),
     #[error("Room alias already exists")]
     RoomInUse,
+    /// A canonical alias that does not point to its room (M_BAD_ALIAS).
+    #[error("{0}")]
+    BadAlias(String),
     #[error("{0}")]
     InvalidRoomState(String),
     #[error("{0}")]

@@ -16,6 +16,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod filter;
 pub mod ids;
+pub mod input;
 pub mod keys;
 pub mod media;
 pub mod notifier;

@@ -79,6 +79,9 @@ impl Profiles {
         if name.is_some_and(|n| n.len() > 256) {
             return Err(Error::invalid_param("displayname is too long"));
         }
+        if let Some(name) = name {
+            crate::input::check_text("displayname", name)?;
+        }
         self.store.set_displayname(user.as_str(), name).await?;
         self.update_memberships(user).await
     }

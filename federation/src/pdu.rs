@@ -44,6 +44,14 @@ pub(crate) fn pdu_object(json: &Value) -> Result<CanonicalJsonObject, FedError> 
     {
         return Err(FedError::Remote("PDU larger than 64 KiB".into()));
     }
+    // The spec's limits on a PDU's type and state key (and no NUL, which
+    // Postgres cannot store), as core applies them to local events.
+    for field in ["type", "state_key"] {
+        if let Some(value) = json.get(field).and_then(Value::as_str) {
+            hearth_core::input::check_event_field(field, value)
+                .map_err(|e| FedError::Remote(e.to_string()))?;
+        }
+    }
     let mut obj = match CanonicalJsonValue::try_from(json.clone()) {
         Ok(CanonicalJsonValue::Object(o)) => o,
         _ => return Err(FedError::Remote("PDU is not canonical JSON".into())),

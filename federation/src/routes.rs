@@ -42,6 +42,12 @@ pub fn router(fed: Arc<Federation>) -> Router {
         .merge(signed)
         .fallback(unrecognized)
         .layer(DefaultBodyLimit::max(auth::MAX_REQUEST_BYTES))
+        .layer(axum::middleware::from_fn(
+            hearth_http_common::nul::refuse_nul,
+        ))
+        .layer(axum::middleware::from_fn(
+            hearth_http_common::plain_errors::matrix_errors,
+        ))
         .with_state(fed)
 }
 

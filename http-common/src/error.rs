@@ -65,6 +65,7 @@ fn known_errcode(code: &str) -> &'static str {
         "M_EXCLUSIVE",
         "M_UNKNOWN_DEVICE",
         "M_WRONG_ROOM_KEYS_VERSION",
+        "M_BAD_ALIAS",
     ];
     KNOWN
         .iter()
@@ -101,6 +102,7 @@ fn core_parts(e: &Error) -> (StatusCode, &'static str) {
         Error::TooLarge(_) => (S::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
         Error::UnsupportedRoomVersion(_) => (S::BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION"),
         Error::RoomInUse => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
+        Error::BadAlias(_) => (S::BAD_REQUEST, "M_BAD_ALIAS"),
         Error::InvalidRoomState(_) => (S::BAD_REQUEST, "M_INVALID_ROOM_STATE"),
         Error::Unrecognized(_) => (S::NOT_FOUND, "M_UNRECOGNIZED"),
         Error::RegistrationDisabled => (S::FORBIDDEN, "M_FORBIDDEN"),

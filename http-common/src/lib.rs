@@ -5,5 +5,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod nul;
 pub mod outgoing;
+pub mod plain_errors;
 pub mod typed;

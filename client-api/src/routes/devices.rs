@@ -31,14 +31,17 @@ pub fn routes() -> Router<Arc<Hearth>> {
         .route("/delete_devices", post(delete_many))
 }
 
-/// A device as listed. Hearth's shape rather than ruma's `Device`: what is
-/// not known (a name, where and when last seen) is sent as `null`, as
-/// Synapse does, where ruma's type would leave it out.
+/// A device as listed. What is not known (a name, where and when last seen)
+/// is left out: the spec's fields are optional strings and integers, and a
+/// `null` breaks clients that read them as such.
 #[derive(Serialize)]
 struct DeviceView {
     device_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_seen_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_seen_ts: Option<i64>,
     user_id: String,
 }

@@ -265,11 +265,23 @@ pub struct RoomBackup {
     pub sessions: BTreeMap<String, Value>,
 }
 
+/// The backup algorithms this server stores: the spec's one, and the name
+/// it had before it was finalised, which older clients (and SyTest) send.
+const BACKUP_ALGORITHMS: &[&str] = &[
+    "m.megolm_backup.v1.curve25519-aes-sha2",
+    "m.megolm_backup.v1",
+];
+
 fn backup_body(body: &Value) -> Result<(&str, &Value)> {
     let algorithm = body
         .get("algorithm")
         .and_then(Value::as_str)
         .ok_or_else(|| Error::MissingParam("algorithm is required".into()))?;
+    if !BACKUP_ALGORITHMS.contains(&algorithm) {
+        return Err(Error::invalid_param(format!(
+            "Unsupported backup algorithm: {algorithm}"
+        )));
+    }
     let auth_data = body
         .get("auth_data")
         .filter(|v| v.is_object())

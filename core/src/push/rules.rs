@@ -94,6 +94,34 @@ fn parse_actions(v: Option<&Value>) -> std::result::Result<Vec<Action>, RuleErro
         .map_err(|e| RuleError::Invalid(format!("invalid 'actions': {e}")))
 }
 
+/// A condition's shape, which ruma does not check: a condition it does not
+/// know (or one of the wrong shape) it keeps as a custom one, which would
+/// store `{"kind": "event_match", "pattern": 5}` as if it were valid.
+fn check_condition(c: &Value) -> std::result::Result<(), RuleError> {
+    let invalid = |why: &str| Err(RuleError::Invalid(format!("invalid condition: {why}")));
+    let Some(c) = c.as_object() else {
+        return invalid("not an object");
+    };
+    if !c.get("kind").is_some_and(Value::is_string) {
+        return invalid("'kind' must be a string");
+    }
+    for field in ["key", "pattern", "is"] {
+        if c.get(field).is_some_and(|v| !v.is_string()) {
+            return invalid(&format!("'{field}' must be a string"));
+        }
+    }
+    let needs: &[&str] = match c.get("kind").and_then(Value::as_str) {
+        Some("event_match") => &["key", "pattern"],
+        Some("event_property_is" | "event_property_contains") => &["key", "value"],
+        Some("sender_notification_permission") => &["key"],
+        _ => &[],
+    };
+    match needs.iter().find(|f| !c.contains_key(**f)) {
+        Some(missing) => invalid(&format!("'{missing}' is required")),
+        None => Ok(()),
+    }
+}
+
 /// The rule a PUT body describes for its kind.
 fn new_rule(
     kind: &RuleKind,
@@ -104,8 +132,11 @@ fn new_rule(
     let conditions = || -> std::result::Result<Vec<PushCondition>, RuleError> {
         match body.get("conditions") {
             None => Ok(vec![]),
-            Some(c) if c.is_array() => serde_json::from_value(c.clone())
-                .map_err(|e| RuleError::Invalid(format!("invalid 'conditions': {e}"))),
+            Some(Value::Array(list)) => {
+                list.iter().try_for_each(check_condition)?;
+                serde_json::from_value(Value::Array(list.clone()))
+                    .map_err(|e| RuleError::Invalid(format!("invalid 'conditions': {e}")))
+            }
             Some(_) => Err(RuleError::Invalid("'conditions' must be an array".into())),
         }
     };

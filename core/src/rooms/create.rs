@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 
 use super::NewEvent;
 use super::RoomWriter;
-use crate::{Error, Result, config::CoreConfig};
+use crate::{Error, Result, config::CoreConfig, input::check_event_field};
 
 /// A createRoom request, already validated for shape by the API layer.
 #[derive(Debug, Default, Clone)]
@@ -51,6 +51,12 @@ impl RoomWriter {
     pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
         let version = self.room_version_for(req.room_version.as_deref())?;
         let preset = Preset::of(&req)?;
+        // Refused before anything is written: a bad initial state must not
+        // leave half a room behind.
+        for (kind, key, _) in &req.initial_state {
+            check_event_field("Event type", kind)?;
+            check_event_field("State key", key)?;
+        }
         let alias = self.free_alias(req.room_alias_name.as_deref()).await?;
         let rules = version
             .rules()
@@ -65,6 +71,13 @@ impl RoomWriter {
         let room_id = self
             .create_room_event(&version, creator, Value::Object(content))
             .await?;
+        // Before the initial state: its m.room.canonical_alias must name an
+        // alias that already points to the room.
+        if let Some(alias) = &alias {
+            self.main
+                .create_alias(alias, room_id.as_str(), creator.as_str())
+                .await?;
+        }
         let join = self.member_content(creator, "join", None).await?;
         let owner = creator.to_owned();
         let mut events = vec![NewEvent::state(
@@ -83,11 +96,6 @@ impl RoomWriter {
         events.extend(initial_state(&owner, &req, preset, alias.as_deref()));
         for event in events {
             self.send_event(&room_id, event).await?;
-        }
-        if let Some(alias) = &alias {
-            self.main
-                .create_alias(alias, room_id.as_str(), creator.as_str())
-                .await?;
         }
         if req.visibility_public {
             self.main.set_room_public(room_id.as_str(), true).await?;
@@ -114,6 +122,7 @@ impl RoomWriter {
         let Some(local) = local else {
             return Ok(None);
         };
+        crate::input::check_text("room_alias_name", local)?;
         let alias = format!("#{local}:{}", self.config.server_name);
         if local.is_empty() || local.contains(':') || ruma::RoomAliasId::parse(&alias).is_err() {
             return Err(Error::invalid_param("Invalid room_alias_name"));

@@ -16,6 +16,7 @@ mod federated;
 mod forks;
 mod gaps;
 mod history;
+mod local_input;
 mod membership;
 mod recent;
 mod redactions;

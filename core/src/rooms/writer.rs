@@ -26,6 +26,22 @@ use crate::{
 
 const MAX_PDU_SIZE: usize = 65536;
 
+/// A new create event's `origin_server_ts`: now, but always later than the
+/// previous one this process made. From room version 12 the room id is the
+/// create event's hash, and two createRoom calls by one user in the same
+/// millisecond would otherwise build the same event, hence the same room.
+fn create_event_ts() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = now_ms();
+    let previous = LAST
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(now);
+    now.max(previous + 1)
+}
+
 pub(crate) fn rules_for(version: &RoomVersionId) -> Result<RoomVersionRules> {
     version
         .rules()
@@ -208,7 +224,7 @@ impl RoomWriter {
             "auth_events": [],
             "content": content,
             "depth": 1,
-            "origin_server_ts": now_ms(),
+            "origin_server_ts": create_event_ts(),
             "prev_events": [],
             "sender": creator,
             "state_key": "",
@@ -251,6 +267,7 @@ impl RoomWriter {
         new: NewEvent,
         may_forward: bool,
     ) -> Result<OwnedEventId> {
+        self.check_local_event(room_id, &new).await?;
         // A writer that lost its lease, or whose holder went quiet, waits at
         // most this long for a lease to lapse and take the room over.
         let deadline = tokio::time::Instant::now()
