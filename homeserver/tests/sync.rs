@@ -277,3 +277,52 @@ async fn invalid_filters_are_refused() {
     let (s, b) = alice.post(&path, good).await;
     assert_eq!(s, 200, "{b}");
 }
+
+#[tokio::test]
+async fn a_gapped_lazy_loading_sync_sends_the_gaps_members_and_the_senders() {
+    let hs = TestServer::start(&[]).await;
+    let alice = hs.register("alice", "pw").await;
+    let bob = hs.register("bob", "pw").await;
+    let carol = hs.register("carol", "pw").await;
+    let dave = hs.register("dave", "pw").await;
+    let (carol_id, _) = carol.whoami().await;
+    let (dave_id, _) = dave.whoami().await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    for i in 0..10 {
+        bob.send_text(&room, &format!("b{i}"), "filler").await;
+    }
+    let filter = enc(&json!({"room": {"state": {"lazy_load_members": true},
+                                      "timeline": {"limit": 5}}})
+    .to_string());
+    let since = next_batch(&alice.sync(&format!("timeout=0&filter={filter}")).await);
+    // Dave joins in the gap and says nothing; carol speaks after it.
+    dave.join(&room).await;
+    for i in 0..10 {
+        carol.send_text(&room, &format!("c{i}"), "filler").await;
+    }
+    let sync = alice
+        .sync(&format!("timeout=0&filter={filter}&since={since}"))
+        .await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true, "{joined}");
+    assert_eq!(
+        members(&joined["state"]["events"]),
+        [carol_id, dave_id],
+        "{joined}"
+    );
+
+    // Sent once: carol's next message brings no member event again.
+    let since = next_batch(&sync);
+    carol.send_text(&room, "again", "more").await;
+    let sync = alice
+        .sync(&format!("timeout=0&filter={filter}&since={since}"))
+        .await;
+    let joined = &sync["rooms"]["join"][&room];
+    assert_eq!(
+        types(&joined["state"]["events"]),
+        Vec::<String>::new(),
+        "{joined}"
+    );
+}

@@ -49,8 +49,11 @@ impl super::Syncer {
         match membership_state(m) {
             MembershipState::Join => {
                 // A member event after `since` that leaves the user joined
-                // (a new displayname or avatar) does not make the room new.
-                let newly_joined = is_new && !self.joined_at(m, w.since).await?;
+                // (a new displayname or avatar) does not make the room new;
+                // a join after a leave does.
+                let newly_joined = is_new
+                    && (!self.joined_at(m, w.since).await?
+                        || !self.joined_at(m, Some(m.stream_ordering - 1)).await?);
                 self.joined_room(pass, m, &room_id, w, newly_joined).await?
             }
             MembershipState::Invite if is_new => {
@@ -98,8 +101,15 @@ impl super::Syncer {
                 upto: w.upto,
                 initial,
             };
-            self.room_timeline_and_state(pass, room_id, m, range, known.as_deref())
-                .await?
+            let (mut timeline, state) = self
+                .room_timeline_and_state(pass, room_id, m, range, known.as_deref())
+                .await?;
+            if pass.incremental() && is_new && !starts_at_create(&timeline) {
+                // Like Synapse: a room joined since the last sync has history
+                // the client never had before its timeline, a gap.
+                timeline["limited"] = json!(true);
+            }
+            (timeline, state)
         } else {
             let empty =
                 json!({"events": [], "limited": false, "prev_batch": pagination_token(w.upto)});
@@ -360,11 +370,12 @@ impl super::Syncer {
     ) -> Result<Vec<Value>> {
         let f = &pass.filter().state;
         if !f.lazy_load_members {
-            return Ok(visible_state(pass, timeline, &state));
+            return Ok(visible_state(pass, timeline, &state, range.initial));
         }
         if !range.initial {
-            // An incremental timeline's senders the client may never have
-            // been sent: their member events at its start.
+            // `state` holds the gap's changes, members included (the client
+            // was sent none of them). The timeline's senders the client may
+            // never have been sent: their member events at its start.
             let known: BTreeSet<String> = state
                 .iter()
                 .filter(|e| e.pdu.kind.to_string() == "m.room.member")
@@ -381,7 +392,7 @@ impl super::Syncer {
                 }
             }
         }
-        let mut state = visible_state(pass, timeline, &state);
+        let mut state = visible_state(pass, timeline, &state, range.initial);
         if !f.include_redundant_members {
             let sent_members = timeline
                 .iter()
@@ -508,9 +519,22 @@ fn room_account_data(pass: &Pass<'_>, room: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The state events the filter allows; with lazy-loading, only the members
-/// who sent something in the timeline and the user.
-fn visible_state(pass: &Pass<'_>, timeline: &[StoredEvent], state: &[StoredEvent]) -> Vec<Value> {
+/// Whether a timeline part begins at the room's create event.
+fn starts_at_create(timeline: &Value) -> bool {
+    timeline["events"]
+        .get(0)
+        .is_some_and(|e| e["type"] == "m.room.create")
+}
+
+/// The state events the filter allows; with lazy-loading of a whole room's
+/// state (`whole`), only the members who sent something in the timeline
+/// and the user (a gap's member changes are all kept).
+fn visible_state(
+    pass: &Pass<'_>,
+    timeline: &[StoredEvent],
+    state: &[StoredEvent],
+    whole: bool,
+) -> Vec<Value> {
     let f = &pass.filter().state;
     let user = pass.user.as_str();
     let senders: BTreeSet<&str> = timeline.iter().map(|e| e.pdu.sender.as_str()).collect();
@@ -520,6 +544,7 @@ fn visible_state(pass: &Pass<'_>, timeline: &[StoredEvent], state: &[StoredEvent
         .filter(|e| f.allows(e.pdu.kind.to_string().as_str(), e.pdu.sender.as_str(), None))
         .filter(|e| {
             !f.lazy_load_members
+                || !whole
                 || e.pdu.kind.to_string() != "m.room.member"
                 || e.pdu
                     .state_key
