@@ -101,15 +101,8 @@ impl super::Syncer {
                 upto: w.upto,
                 initial,
             };
-            let (mut timeline, state) = self
-                .room_timeline_and_state(pass, room_id, m, range, known.as_deref())
-                .await?;
-            if pass.incremental() && is_new && !starts_at_create(&timeline) {
-                // Like Synapse: a room joined since the last sync has history
-                // the client never had before its timeline, a gap.
-                timeline["limited"] = json!(true);
-            }
-            (timeline, state)
+            self.room_timeline_and_state(pass, room_id, m, range, known.as_deref())
+                .await?
         } else {
             let empty =
                 json!({"events": [], "limited": false, "prev_batch": pagination_token(w.upto)});
@@ -267,9 +260,16 @@ impl super::Syncer {
         range: Range,
         known: Option<&[Arc<StoredEvent>]>,
     ) -> Result<(Value, Vec<Value>)> {
-        let (events, limited) = self
+        let (events, mut limited) = self
             .timeline_events(pass, room_id, membership, range, known)
             .await?;
+        if range.initial && pass.incremental() && !pass.req.full_state {
+            // Like Synapse: a room new to the client since its last sync
+            // has history it never had before the timeline, a gap.
+            limited |= events
+                .first()
+                .is_some_and(|e| e.pdu.kind.to_string() != "m.room.create");
+        }
         let start = events
             .first()
             .map(|e| e.stream_ordering - 1)
@@ -517,13 +517,6 @@ fn room_account_data(pass: &Pass<'_>, room: &str) -> Vec<Value> {
         .filter(|a| a.room_id == room && f.allows_type(&a.data_type))
         .map(|a| json!({"type": a.data_type, "content": a.content}))
         .collect()
-}
-
-/// Whether a timeline part begins at the room's create event.
-fn starts_at_create(timeline: &Value) -> bool {
-    timeline["events"]
-        .get(0)
-        .is_some_and(|e| e["type"] == "m.room.create")
 }
 
 /// The state events the filter allows; with lazy-loading of a whole room's
