@@ -29,6 +29,8 @@ pub struct EventFilter {
     pub rooms: Option<Vec<String>>,
     pub not_rooms: Vec<String>,
     pub lazy_load_members: bool,
+    /// With lazy loading: resend member events this device was sent before.
+    pub include_redundant_members: bool,
     pub contains_url: Option<bool>,
 }
 
@@ -45,6 +47,10 @@ impl EventFilter {
             not_rooms: str_list(v.get("not_rooms")).unwrap_or_default(),
             lazy_load_members: v
                 .get("lazy_load_members")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            include_redundant_members: v
+                .get("include_redundant_members")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             contains_url: v.get("contains_url").and_then(Value::as_bool),
@@ -131,6 +137,79 @@ impl SyncFilter {
     }
 }
 
+/// Checks a filter against the spec's schema (`Filter`, `EventFilter`,
+/// `RoomFilter`, `RoomEventFilter`): a field of the wrong type is refused
+/// with 400 M_BAD_JSON rather than read as absent, so a client never syncs
+/// with a filter other than the one it wrote. Unknown fields are allowed.
+pub fn check_filter(filter: &Value) -> crate::Result<()> {
+    let bad = |field: &str| crate::Error::bad_json(format!("Invalid filter field {field}"));
+    let obj = filter.as_object().ok_or_else(|| bad("filter"))?;
+    if let Some(v) = obj.get("event_fields")
+        && !is_str_list(v)
+    {
+        return Err(bad("event_fields"));
+    }
+    if let Some(v) = obj.get("event_format")
+        && !matches!(v.as_str(), Some("client" | "federation"))
+    {
+        return Err(bad("event_format"));
+    }
+    for key in ["presence", "account_data"] {
+        if let Some(v) = obj.get(key) {
+            check_event_filter(v, false).map_err(|f| bad(&format!("{key}.{f}")))?;
+        }
+    }
+    let Some(room) = obj.get("room") else {
+        return Ok(());
+    };
+    let room = room.as_object().ok_or_else(|| bad("room"))?;
+    for (key, v) in room {
+        let ok = match key.as_str() {
+            "rooms" | "not_rooms" => is_str_list(v),
+            "include_leave" => v.is_boolean(),
+            "timeline" | "state" | "ephemeral" | "account_data" => {
+                check_event_filter(v, true).map_err(|f| bad(&format!("room.{key}.{f}")))?;
+                true
+            }
+            _ => true,
+        };
+        if !ok {
+            return Err(bad(&format!("room.{key}")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks an `EventFilter` (a `RoomEventFilter` when `room`); the name of
+/// the first field of the wrong type.
+fn check_event_filter(v: &Value, room: bool) -> Result<(), String> {
+    let obj = v.as_object().ok_or_else(String::new)?;
+    for (key, v) in obj {
+        let ok = match key.as_str() {
+            "limit" => v.is_i64() || v.is_u64(),
+            "types" | "not_types" | "senders" | "not_senders" => is_str_list(v),
+            "rooms" | "not_rooms" if room => is_str_list(v),
+            "lazy_load_members"
+            | "include_redundant_members"
+            | "contains_url"
+            | "unread_thread_notifications"
+                if room =>
+            {
+                v.is_boolean()
+            }
+            _ => true,
+        };
+        if !ok {
+            return Err(key.clone());
+        }
+    }
+    Ok(())
+}
+
+fn is_str_list(v: &Value) -> bool {
+    v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+}
+
 /// Clients' stored filters, and the filter a sync request names.
 pub struct Filters {
     store: std::sync::Arc<dyn crate::store::MainStore>,
@@ -141,29 +220,10 @@ impl Filters {
         Self { store }
     }
 
-    /// Stores a client's filter after checking the shape of its top-level
-    /// fields; answers its id.
+    /// Stores a client's filter after checking its shape (`check_filter`);
+    /// answers its id.
     pub async fn save_filter(&self, user: &ruma::UserId, filter: &Value) -> crate::Result<String> {
-        for key in [
-            "event_fields",
-            "event_format",
-            "presence",
-            "account_data",
-            "room",
-        ] {
-            if let Some(v) = filter.get(key) {
-                let ok = match key {
-                    "event_fields" => v.is_array(),
-                    "event_format" => matches!(v.as_str(), Some("client" | "federation")),
-                    _ => v.is_object(),
-                };
-                if !ok {
-                    return Err(crate::Error::bad_json(format!(
-                        "Invalid filter field {key}"
-                    )));
-                }
-            }
-        }
+        check_filter(filter)?;
         self.store.save_filter(user.as_str(), filter).await
     }
 
@@ -187,6 +247,7 @@ impl Filters {
             Some(s) if s.trim_start().starts_with('{') => {
                 let v: Value = serde_json::from_str(s)
                     .map_err(|_| crate::Error::invalid_param("filter is not valid JSON"))?;
+                check_filter(&v)?;
                 SyncFilter::parse(&v)
             }
             Some(id) => SyncFilter::parse(&self.stored_filter(user, id).await?),

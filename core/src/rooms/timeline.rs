@@ -115,7 +115,7 @@ impl Timeline {
             .map(|m| m.membership);
         if !self
             .visibility
-            .can_see_at(room_id, user, ev.stream_ordering, membership.as_deref())
+            .can_see_event(room_id, user, &ev, membership.as_deref())
             .await?
         {
             return Err(not_found());

@@ -190,14 +190,38 @@ impl Visibility {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             if joined_since.is_some_and(|j| j <= ev.stream_ordering)
-                || self
-                    .can_see_at(room_id, user, ev.stream_ordering, current)
-                    .await?
+                || self.can_see_event(room_id, user, &ev, current).await?
             {
                 out.push(ev);
             }
         }
         Ok(out)
+    }
+
+    /// Whether `user` may see `ev`: as `can_see_at` its position, and the
+    /// user's own member events also by the membership before them (the
+    /// spec's "before *or* after the event"), so a leaver sees their leave,
+    /// kick or ban whatever the history visibility.
+    pub async fn can_see_event(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        ev: &StoredEvent,
+        current_membership: Option<&str>,
+    ) -> Result<bool> {
+        let at = ev.stream_ordering;
+        if self
+            .can_see_at(room_id, user, at, current_membership)
+            .await?
+        {
+            return Ok(true);
+        }
+        let own_member_event = ev.pdu.kind.to_string() == "m.room.member"
+            && ev.pdu.state_key.as_deref() == Some(user.as_str());
+        Ok(own_member_event
+            && self
+                .can_see_at(room_id, user, at - 1, current_membership)
+                .await?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! /sync: what changed for one user between two stream positions, and the
 //! long-poll that waits for the next change.
 
+mod lazy;
 mod pass;
 mod rooms;
 
@@ -97,6 +98,10 @@ pub struct SyncRequest {
 }
 
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
+const MAX_TIMELINE_LIMIT: usize = 1000;
+/// How many pages back a filtered timeline reads to fill its limit before
+/// answering `limited` and leaving the rest to `/messages`.
+const MAX_TIMELINE_PAGES: usize = 6;
 
 /// Sync: the long-poll and one pass of it (`pass.rs`, `rooms.rs`).
 pub struct Syncer {
@@ -116,6 +121,8 @@ pub struct Syncer {
     notifier: Arc<Notifier>,
     /// Answers long-polls at once when the server drains.
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Lazy-loaded member events each device was sent.
+    lazy_members: lazy::LazyMembers,
 }
 
 /// What `Syncer` is built from (`Hearth::wire`): named, as there are many.
@@ -147,6 +154,7 @@ impl Syncer {
             streams: deps.streams,
             notifier: deps.notifier,
             shutdown: deps.shutdown,
+            lazy_members: lazy::LazyMembers::default(),
         }
     }
 

@@ -73,6 +73,9 @@ impl super::Syncer {
             self.e2ee.ack_to_device(user, device, upto.misc).await?;
             return Ok((empty_response(&upto), false));
         }
+        if req.since.is_none() {
+            self.lazy_members.forget(user, device);
+        }
         let memberships = self.main.memberships_of_user(user.as_str()).await?;
         let mut pass = self
             .begin_pass(user, device, req, upto, &memberships)

@@ -7,8 +7,8 @@ use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Value, json};
 
 use super::{
-    DEFAULT_TIMELINE_LIMIT, collect_member_changes, has_member_event, is_member_event,
-    own_receipt_in, pagination_token, pass::Pass, receipt_event,
+    DEFAULT_TIMELINE_LIMIT, MAX_TIMELINE_LIMIT, MAX_TIMELINE_PAGES, collect_member_changes,
+    has_member_event, is_member_event, own_receipt_in, pagination_token, pass::Pass, receipt_event,
 };
 use crate::{
     Error, Result,
@@ -47,7 +47,15 @@ impl super::Syncer {
         let is_new = w.since.is_none_or(|s| m.stream_ordering > s);
         let incremental = pass.incremental();
         match membership_state(m) {
-            MembershipState::Join => self.joined_room(pass, m, &room_id, w, is_new).await?,
+            MembershipState::Join => {
+                // A member event after `since` that leaves the user joined
+                // (a new displayname or avatar) does not make the room new;
+                // a join after a leave does.
+                let newly_joined = is_new
+                    && (!self.joined_at(m, w.since).await?
+                        || !self.joined_at(m, Some(m.stream_ordering - 1)).await?);
+                self.joined_room(pass, m, &room_id, w, newly_joined).await?
+            }
             MembershipState::Invite if is_new => {
                 pass.has_data |= incremental;
                 let events = self.invite_state(&room_id, m).await?;
@@ -215,10 +223,13 @@ impl super::Syncer {
                 }
             }
         }
+        // A room the client saw joined at `since` continues from there, up
+        // to and including the user's leave; one it never saw joined (an
+        // invite rejected, a join and leave in one gap) is sent whole.
         let range = Range {
             since: w.since,
             upto: m.stream_ordering,
-            initial: true,
+            initial: pass.req.full_state || !self.joined_at(m, w.since).await?,
         };
         let (timeline, state) = self
             .room_timeline_and_state(pass, room_id, m, range, None)
@@ -226,6 +237,17 @@ impl super::Syncer {
         let room = json!({"timeline": timeline, "state": {"events": state}});
         pass.leave.insert(m.room_id.clone(), room);
         Ok(())
+    }
+
+    /// Whether the user of `m` was joined to its room at stream position
+    /// `at` (never, with no position: an initial sync).
+    async fn joined_at(&self, m: &MembershipRecord, at: Option<i64>) -> Result<bool> {
+        let Some(at) = at else { return Ok(false) };
+        Ok(self
+            .store
+            .state_event_at(&m.room_id, "m.room.member", &m.user_id, at)
+            .await?
+            .is_some_and(|e| e.pdu.membership_state() == Some(MembershipState::Join)))
     }
 
     /// Timeline (the newest `limit` events up to `range.upto`, after
@@ -238,11 +260,16 @@ impl super::Syncer {
         range: Range,
         known: Option<&[Arc<StoredEvent>]>,
     ) -> Result<(Value, Vec<Value>)> {
-        let (events, limited) = self.timeline_events(pass, room_id, range, known).await?;
-        let events = self
-            .visibility
-            .filter_visible_as(room_id, pass.user, Some(membership), events)
+        let (events, mut limited) = self
+            .timeline_events(pass, room_id, membership, range, known)
             .await?;
+        if range.initial && pass.incremental() && !pass.req.full_state {
+            // Like Synapse: a room new to the client since its last sync
+            // has history it never had before the timeline, a gap.
+            limited |= events
+                .first()
+                .is_some_and(|e| e.pdu.kind.to_string() != "m.room.create");
+        }
         let start = events
             .first()
             .map(|e| e.stream_ordering - 1)
@@ -258,21 +285,11 @@ impl super::Syncer {
         } else {
             vec![]
         };
-        let state = visible_state(pass, &events, &state_events);
-        let f = &pass.filter().timeline;
+        let state = self
+            .room_state_part(pass, room_id, range, start, &events, state_events)
+            .await?;
         let viewer = Some((pass.user, pass.device));
-        let timeline: Vec<Value> = events
-            .iter()
-            .filter(|e| {
-                let content = e.pdu.json.get("content");
-                f.allows(
-                    e.pdu.kind.to_string().as_str(),
-                    e.pdu.sender.as_str(),
-                    content,
-                )
-            })
-            .map(|e| e.to_client(viewer))
-            .collect();
+        let timeline: Vec<Value> = events.iter().map(|e| e.to_client(viewer)).collect();
         let prev_batch = pagination_token(start);
         Ok((
             json!({"events": timeline, "limited": limited, "prev_batch": prev_batch}),
@@ -280,12 +297,16 @@ impl super::Syncer {
         ))
     }
 
-    /// The newest events of the range, oldest first, and whether older ones
-    /// were left out; from `known` (the writer's memory) when given.
+    /// The newest `limit` events of the range the user may see and the
+    /// timeline filter allows, oldest first, and whether older such events
+    /// were left out: the limit counts what the filter keeps, so older
+    /// pages are read until it is reached. From `known` (the writer's
+    /// memory) when given.
     async fn timeline_events(
         &self,
         pass: &Pass<'_>,
         room_id: &RoomId,
+        membership: &MembershipRecord,
         range: Range,
         known: Option<&[Arc<StoredEvent>]>,
     ) -> Result<(Vec<StoredEvent>, bool)> {
@@ -294,27 +315,120 @@ impl super::Syncer {
             .timeline
             .limit
             .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-            .clamp(1, 1000);
+            .min(MAX_TIMELINE_LIMIT);
         if let Some(all) = known.filter(|_| !range.initial) {
-            let skip = all.len().saturating_sub(limit);
-            let newest = all[skip..].iter().map(|e| (**e).clone()).collect();
-            return Ok((newest, skip > 0));
+            let all = all.iter().map(|e| (**e).clone()).collect();
+            let mut kept = self.readable(pass, room_id, membership, all).await?;
+            let skip = kept.len().saturating_sub(limit);
+            kept.drain(..skip);
+            return Ok((kept, skip > 0));
         }
         let lower = if range.initial { None } else { range.since };
-        let mut events = self
-            .store
-            .room_events(
-                room_id.as_str(),
-                range.upto,
-                lower,
-                Direction::Backward,
-                (limit + 1) as i64,
-            )
+        // Newest first while reading back.
+        let mut kept = vec![];
+        let (mut from, mut batch, mut more) = (range.upto, limit + 1, true);
+        for _ in 0..MAX_TIMELINE_PAGES {
+            let page = self
+                .store
+                .room_events(
+                    room_id.as_str(),
+                    from,
+                    lower,
+                    Direction::Backward,
+                    batch as i64,
+                )
+                .await?;
+            let exhausted = page.len() < batch;
+            if let Some(oldest) = page.last() {
+                from = oldest.stream_ordering - 1;
+            }
+            kept.extend(self.readable(pass, room_id, membership, page).await?);
+            more = !exhausted;
+            if kept.len() > limit || exhausted {
+                break;
+            }
+            batch = (batch * 2).min(MAX_TIMELINE_LIMIT);
+        }
+        // Pages left unread (the loop's bound) count as left out too.
+        let limited = kept.len() > limit || more;
+        kept.truncate(limit);
+        kept.reverse();
+        Ok((kept, limited))
+    }
+
+    /// The room's `state` part: the state events the filter allows; with
+    /// lazy-loading, the members of the timeline's senders as of its start,
+    /// each sent once per device unless the filter asks for redundant ones.
+    async fn room_state_part(
+        &self,
+        pass: &Pass<'_>,
+        room_id: &RoomId,
+        range: Range,
+        start: i64,
+        timeline: &[StoredEvent],
+        mut state: Vec<StoredEvent>,
+    ) -> Result<Vec<Value>> {
+        let f = &pass.filter().state;
+        if !f.lazy_load_members {
+            return Ok(visible_state(pass, timeline, &state, range.initial));
+        }
+        if !range.initial {
+            // `state` holds the gap's changes, members included (the client
+            // was sent none of them). The timeline's senders the client may
+            // never have been sent: their member events at its start.
+            let known: BTreeSet<String> = state
+                .iter()
+                .filter(|e| e.pdu.kind.to_string() == "m.room.member")
+                .filter_map(|e| e.pdu.state_key.clone())
+                .collect();
+            let senders: BTreeSet<&str> = timeline.iter().map(|e| e.pdu.sender.as_str()).collect();
+            for sender in senders.into_iter().filter(|s| !known.contains(*s)) {
+                if let Some(e) = self
+                    .store
+                    .state_event_at(room_id.as_str(), "m.room.member", sender, start)
+                    .await?
+                {
+                    state.push(e);
+                }
+            }
+        }
+        let mut state = visible_state(pass, timeline, &state, range.initial);
+        if !f.include_redundant_members {
+            let sent_members = timeline
+                .iter()
+                .filter(|e| e.pdu.kind.to_string() == "m.room.member")
+                .map(|e| e.pdu.event_id.to_string());
+            self.lazy_members
+                .dedupe(pass.user, pass.device, &mut state, sent_members);
+        }
+        Ok(state)
+    }
+
+    /// The events the user may see and the timeline filter allows, in the
+    /// order given.
+    async fn readable(
+        &self,
+        pass: &Pass<'_>,
+        room_id: &RoomId,
+        membership: &MembershipRecord,
+        events: Vec<StoredEvent>,
+    ) -> Result<Vec<StoredEvent>> {
+        let f = &pass.filter().timeline;
+        let visible = self
+            .visibility
+            .filter_visible_as(room_id, pass.user, Some(membership), events)
             .await?;
-        let limited = events.len() > limit;
-        events.truncate(limit);
-        events.reverse();
-        Ok((events, limited))
+        Ok(visible
+            .into_iter()
+            .filter(|e| {
+                let content = e.pdu.json.get("content");
+                f.allows(
+                    e.pdu.kind.to_string().as_str(),
+                    e.pdu.sender.as_str(),
+                    content,
+                )
+            })
+            .collect())
     }
 
     /// What an invitee or a knocker is shown of the room.
@@ -405,9 +519,15 @@ fn room_account_data(pass: &Pass<'_>, room: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The state events the filter allows; with lazy-loading, only the members
-/// who sent something in the timeline and the user.
-fn visible_state(pass: &Pass<'_>, timeline: &[StoredEvent], state: &[StoredEvent]) -> Vec<Value> {
+/// The state events the filter allows; with lazy-loading of a whole room's
+/// state (`whole`), only the members who sent something in the timeline
+/// and the user (a gap's member changes are all kept).
+fn visible_state(
+    pass: &Pass<'_>,
+    timeline: &[StoredEvent],
+    state: &[StoredEvent],
+    whole: bool,
+) -> Vec<Value> {
     let f = &pass.filter().state;
     let user = pass.user.as_str();
     let senders: BTreeSet<&str> = timeline.iter().map(|e| e.pdu.sender.as_str()).collect();
@@ -417,6 +537,7 @@ fn visible_state(pass: &Pass<'_>, timeline: &[StoredEvent], state: &[StoredEvent
         .filter(|e| f.allows(e.pdu.kind.to_string().as_str(), e.pdu.sender.as_str(), None))
         .filter(|e| {
             !f.lazy_load_members
+                || !whole
                 || e.pdu.kind.to_string() != "m.room.member"
                 || e.pdu
                     .state_key
