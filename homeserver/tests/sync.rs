@@ -326,3 +326,33 @@ async fn a_gapped_lazy_loading_sync_sends_the_gaps_members_and_the_senders() {
         "{joined}"
     );
 }
+
+/// `m.heroes` name rooms that have no name: a room with `m.room.name` (or a
+/// canonical alias) is summarised by its counts alone (SyTest
+/// 16room-summary; the spec requires heroes only for unnamed rooms).
+#[tokio::test]
+async fn only_unnamed_rooms_get_heroes_in_their_summary() {
+    let hs = TestServer::start(&[]).await;
+    let alice = hs.register("alice", "pw").await;
+    let bob = hs.register("bob", "pw").await;
+    let (bob_id, _) = bob.whoami().await;
+    let named = alice
+        .create_room(json!({"name": "Named", "invite": [bob_id]}))
+        .await;
+    let unnamed = alice.create_room(json!({"invite": [bob_id]})).await;
+    let sync = alice.sync("timeout=0").await;
+    let summary = |room: &str| sync["rooms"]["join"][room]["summary"].clone();
+    let named_summary = summary(&named);
+    assert_eq!(named_summary["m.joined_member_count"], 1, "{named_summary}");
+    assert_eq!(
+        named_summary["m.invited_member_count"], 1,
+        "{named_summary}"
+    );
+    assert!(named_summary.get("m.heroes").is_none(), "{named_summary}");
+    let unnamed_summary = summary(&unnamed);
+    assert_eq!(
+        unnamed_summary["m.heroes"],
+        json!([bob_id]),
+        "{unnamed_summary}"
+    );
+}

@@ -503,9 +503,33 @@ impl super::Syncer {
             .map(|m| m.user_id.as_str())
             .take(5)
             .collect();
-        Ok(
-            json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}),
-        )
+        let mut summary =
+            json!({"m.joined_member_count": joined, "m.invited_member_count": invited});
+        // Heroes name a room that has no name of its own (spec: required
+        // when m.room.name and m.room.canonical_alias are unset or empty);
+        // a named room goes without, as Synapse sends it.
+        if !self.room_is_named(room_id).await? {
+            summary["m.heroes"] = json!(heroes);
+        }
+        Ok(summary)
+    }
+
+    /// Whether the room has a non-empty name or canonical alias.
+    async fn room_is_named(&self, room_id: &RoomId) -> Result<bool> {
+        for (kind, field) in [("m.room.name", "name"), ("m.room.canonical_alias", "alias")] {
+            let event = self.rooms.room_state_event(room_id, kind, "").await?;
+            let named = event.is_some_and(|e| {
+                e.json
+                    .get("content")
+                    .and_then(|c| c.get(field))
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| !v.is_empty())
+            });
+            if named {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
