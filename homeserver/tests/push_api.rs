@@ -132,6 +132,13 @@ async fn room_rules_take_any_id_and_each_kind_is_listed() {
         .put(&format!("{RULES}/global/room/{}", enc(".m.x")), notify())
         .await;
     assert_error(s, &b, 400, "M_INVALID_PARAM");
+    let (s, b) = bob
+        .put(
+            &format!("{RULES}/global/room/{}", enc("#my_room:example.com")),
+            json!({"actions": ["not_an_action"]}),
+        )
+        .await;
+    assert_error(s, &b, 400, "M_INVALID_PARAM");
     let (s, b) = bob.get(&format!("{RULES}/global/not_a_kind/")).await;
     assert_error(s, &b, 400, "M_INVALID_PARAM");
     let (s, b) = bob.get(&format!("{RULES}/device/room/")).await;

@@ -89,8 +89,18 @@ fn rule_kind(scope: &str, kind: &str) -> std::result::Result<RuleKind, RuleError
 
 fn parse_actions(v: Option<&Value>) -> std::result::Result<Vec<Action>, RuleError> {
     let v = v.ok_or_else(|| RuleError::Invalid("'actions' is required".into()))?;
-    if !v.is_array() {
+    let Some(list) = v.as_array() else {
         return Err(RuleError::Invalid("'actions' must be an array".into()));
+    };
+    // ruma keeps any action it does not know as a custom one; the spec's
+    // are `notify`, `set_tweak` objects and the legacy `dont_notify` and
+    // `coalesce` (ignored), and Synapse refuses the rest.
+    if let Some(bad) = list.iter().find(|a| match a {
+        Value::String(s) => !matches!(s.as_str(), "notify" | "dont_notify" | "coalesce"),
+        Value::Object(o) => !o.get("set_tweak").is_some_and(Value::is_string),
+        _ => true,
+    }) {
+        return Err(RuleError::Invalid(format!("unknown action {bad}")));
     }
     serde_json::from_value(v.clone())
         .map_err(|e| RuleError::Invalid(format!("invalid 'actions': {e}")))
