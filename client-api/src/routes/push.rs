@@ -6,11 +6,11 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
-    routing::{get, post},
+    routing::{any, get, post},
 };
 use hearth_core::{
     Hearth,
-    push::{Notifications, Pushers, RulePath},
+    push::{Notifications, Pushers, RuleError, RulePath},
 };
 use ruma_client_api::push::{
     delete_pushrule, get_pushers, get_pushrule_enabled, set_pusher, set_pushrule,
@@ -28,10 +28,15 @@ use crate::{
 
 pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
-        .route("/pushrules", get(all_rules))
-        .route("/pushrules/", get(all_rules))
-        .route("/pushrules/{scope}", get(scope_rules))
-        .route("/pushrules/{scope}/", get(scope_rules))
+        // `GET /pushrules` (no slash) is left unknown, as Synapse leaves it.
+        .route("/pushrules/", get(all_rules).fallback(no_scope))
+        .route("/pushrules/{scope}", any(scope_without_slash))
+        .route("/pushrules/{scope}/", get(scope_rules).fallback(no_kind))
+        .route("/pushrules/{scope}/{kind}", any(kind_without_slash))
+        .route(
+            "/pushrules/{scope}/{kind}/",
+            get(kind_rules).fallback(no_rule_id),
+        )
         .route(
             "/pushrules/{scope}/{kind}/{rule_id}",
             get(get_rule).put(put_rule).delete(delete_rule),
@@ -44,14 +49,47 @@ pub fn routes() -> Router<Arc<Hearth>> {
             "/pushrules/{scope}/{kind}/{rule_id}/actions",
             get(get_actions).put(put_actions),
         )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/{attribute}",
+            any(unknown_attribute),
+        )
         .route("/pushers", get(pushers))
         .route("/pushers/set", post(set_pusher))
         .route("/notifications", get(notifications))
 }
 
+/// A push-rule path that names no resource: 400, as Synapse answers (SyTest
+/// `61push/80torture.pl`), after the token is checked.
+fn malformed(why: &'static str) -> JsonResult {
+    Err(hearth_core::Error::from(RuleError::Path(why)).into())
+}
+
+async fn no_scope(Auth(_): Auth) -> JsonResult {
+    malformed("The push rule scope is missing")
+}
+
+async fn scope_without_slash(Auth(_): Auth) -> JsonResult {
+    malformed("The push rule kind is missing (a scope's rules end in '/')")
+}
+
+async fn no_kind(Auth(_): Auth) -> JsonResult {
+    malformed("The push rule kind is missing")
+}
+
+async fn kind_without_slash(Auth(_): Auth) -> JsonResult {
+    malformed("The push rule id is missing (a kind's rules end in '/')")
+}
+
+async fn no_rule_id(Auth(_): Auth) -> JsonResult {
+    malformed("The push rule id is missing")
+}
+
+async fn unknown_attribute(Auth(_): Auth) -> JsonResult {
+    malformed("Unknown push rule attribute: only 'enabled' and 'actions' exist")
+}
+
 async fn all_rules(State(h): State<Arc<Hearth>>, Auth(s): Auth) -> JsonResult {
-    let rules = h.push.push_rules(&s.user_id).await?;
-    let rules = serde_json::to_value(&*rules).map_err(hearth_core::Error::from)?;
+    let rules = h.push.scope_push_rules(&s.user_id, "global").await?;
     Ok(Json(json!({ "global": rules })))
 }
 
@@ -60,12 +98,16 @@ async fn scope_rules(
     Auth(s): Auth,
     Path(scope): Path<String>,
 ) -> JsonResult {
-    if scope != "global" {
-        return Err(hearth_core::Error::from(hearth_core::push::RuleError::Scope(scope)).into());
-    }
-    let rules = h.push.push_rules(&s.user_id).await?;
+    Ok(Json(h.push.scope_push_rules(&s.user_id, &scope).await?))
+}
+
+async fn kind_rules(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((scope, kind)): Path<(String, String)>,
+) -> JsonResult {
     Ok(Json(
-        serde_json::to_value(&*rules).map_err(hearth_core::Error::from)?,
+        h.push.kind_push_rules(&s.user_id, &scope, &kind).await?,
     ))
 }
 

@@ -23,7 +23,11 @@ use crate::{Result, pdu::StoredEvent, rooms::RoomCache};
 pub(crate) fn changes_room_ctx(kind: &str) -> bool {
     matches!(
         kind,
-        "m.room.member" | "m.room.power_levels" | "m.room.create" | "m.room.name"
+        "m.room.member"
+            | "m.room.power_levels"
+            | "m.room.create"
+            | "m.room.name"
+            | "m.room.canonical_alias"
     )
 }
 
@@ -36,6 +40,8 @@ pub(crate) struct RoomCtx {
     /// This server's joined members.
     pub(crate) local_joined: Vec<OwnedUserId>,
     pub(crate) room_name: Option<String>,
+    /// The room's canonical alias, which pushes show.
+    pub(crate) room_alias: Option<String>,
 }
 
 impl RoomCtx {
@@ -98,17 +104,8 @@ fn build_ctx(c: &RoomCache, room_id: &RoomId, server: &str) -> Option<RoomCtx> {
             .count() as u64,
     )
     .unwrap_or(UInt::MAX);
-    let room_name = c
-        .state
-        .get(&("m.room.name".to_owned(), String::new()))
-        .and_then(|p| {
-            p.json
-                .get("content")?
-                .get("name")?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .filter(|n| !n.is_empty());
+    let room_name = state_string(c, "m.room.name", "name");
+    let room_alias = state_string(c, "m.room.canonical_alias", "alias");
     let placeholder = local_joined
         .first()
         .cloned()
@@ -121,7 +118,23 @@ fn build_ctx(c: &RoomCache, room_id: &RoomId, server: &str) -> Option<RoomCtx> {
         names,
         local_joined,
         room_name,
+        room_alias,
     })
+}
+
+/// A non-empty string field of a state event's content (`m.room.name`'s
+/// `name`, say).
+fn state_string(c: &RoomCache, kind: &str, field: &str) -> Option<String> {
+    c.state
+        .get(&(kind.to_owned(), String::new()))
+        .and_then(|p| {
+            p.json
+                .get("content")?
+                .get(field)?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .filter(|v| !v.is_empty())
 }
 
 /// The power levels rules that `sender_notification_permission` reads,
@@ -213,7 +226,7 @@ impl Push {
         let flat = self.flattened(event)?;
         let ctx = room.for_user(user);
         let mut result = Evaluation::default();
-        for rule in rules.iter() {
+        for rule in rules.ruleset().iter() {
             if rule.applies(&flat, &ctx).await {
                 result.actions = rule.actions().to_vec();
                 break;

@@ -1,5 +1,6 @@
 //! Push (spec/push.md): users' push rules (`rules.rs`), their evaluation
-//! against events with a cached per-room context (`eval.rs`), the worker that
+//! as stored and served (`ruleset.rs`: ruma's ruleset beside room rules of
+//! any id), their evaluation against events with a cached per-room context (`eval.rs`), the worker that
 //! records the notifications committed events raise (`worker.rs`), and the
 //! per-user sender that coalesces, retries and posts them to push gateways
 //! through the [`PushGateway`] trait (`sender.rs`; the HTTP client lives in
@@ -9,6 +10,7 @@ mod eval;
 mod notifications;
 pub mod pushers;
 mod rules;
+mod ruleset;
 mod sender;
 mod worker;
 
@@ -24,7 +26,8 @@ pub use eval::Evaluation;
 pub(crate) use eval::RoomCtx;
 pub use notifications::{Notification, Notifications};
 pub use pushers::{PusherView, Pushers};
-pub use rules::{PUSH_RULES_TYPE, RuleError, RulePath, rule_json};
+pub use rules::{PUSH_RULES_TYPE, RuleError, RulePath};
+pub use ruleset::PushRules;
 pub use sender::{GatewayError, PushGateway};
 
 use ruma::OwnedServerName;
@@ -123,7 +126,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
 pub struct Push {
     /// Each user's parsed rules, and whether they are the untouched server
     /// defaults.
-    rulesets: Cache<String, (Arc<ruma::push::Ruleset>, bool)>,
+    rulesets: Cache<String, (Arc<PushRules>, bool)>,
     /// An event's actions under the default rules for a user it does not
     /// single out: the same for most members, so evaluated once.
     generic: Cache<ruma::OwnedEventId, Arc<eval::Evaluation>>,

@@ -163,7 +163,7 @@ fn append_field(body: &Map<String, Value>) -> Result<bool> {
     }
 }
 
-/// An http pusher's `data`: a gateway url, and a format we can send.
+/// An http pusher's `data`: a gateway url, and a format as a string.
 fn check_http_data(data: &Map<String, Value>) -> Result<()> {
     let url = match data.get("url") {
         None | Some(Value::Null) => {
@@ -189,12 +189,11 @@ fn check_http_data(data: &Map<String, Value>) -> Result<()> {
             "'data.url' must be an http(s) URL with the path {NOTIFY_PATH}"
         )));
     }
+    // The spec defines one format, "event_id_only"; any other is taken as
+    // Synapse takes it, and gets the full event (as with no format).
     match data.get("format") {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::String(f)) if f == "event_id_only" => Ok(()),
-        Some(_) => Err(Error::invalid_param(
-            "'data.format' must be \"event_id_only\" when given",
-        )),
+        None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
+        Some(_) => Err(Error::invalid_param("'data.format' must be a string")),
     }
 }
 
@@ -302,6 +301,16 @@ mod tests {
     }
 
     #[test]
+    fn accepts_a_format_of_its_own() {
+        let mut other = good();
+        other["data"]["format"] = json!("id_event_only");
+        assert!(matches!(
+            parse_pusher_request("@a:hs", &body(other), 0),
+            Ok(PusherChange::Set { .. })
+        ));
+    }
+
+    #[test]
     fn null_kind_deletes() {
         let change = parse_pusher_request(
             "@a:hs",
@@ -346,7 +355,7 @@ mod tests {
             Err(Error::MissingParam(_))
         ));
         let mut bad_format = good();
-        bad_format["data"]["format"] = json!("full");
+        bad_format["data"]["format"] = json!(1);
         assert!(matches!(
             parse_pusher_request("@a:hs", &body(bad_format), 0),
             Err(Error::InvalidParam(_))

@@ -7,15 +7,15 @@
 use std::sync::Arc;
 
 use ruma::{
-    OwnedRoomId, OwnedUserId, UserId,
+    OwnedUserId, UserId,
     push::{
-        Action, AnyPushRuleRef, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule,
-        NewPushRule, NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
+        NewSimplePushRule, PushCondition, RuleKind,
     },
 };
 use serde_json::{Map, Value, json};
 
-use super::Push;
+use super::{Push, ruleset::PushRules};
 use crate::{Error, Result};
 
 /// The account data type holding a user's rules.
@@ -36,6 +36,10 @@ pub enum RuleError {
     ServerDefault,
     #[error("The rule named by 'before' or 'after' does not exist")]
     RelativeNotFound,
+    /// The path names no push rule resource (no scope, no kind, no rule id,
+    /// an unknown attribute, a list without its trailing slash).
+    #[error("{0}")]
+    Path(&'static str),
 }
 
 impl From<RuleError> for Error {
@@ -45,7 +49,8 @@ impl From<RuleError> for Error {
             RuleError::Scope(_)
             | RuleError::Kind(_)
             | RuleError::Invalid(_)
-            | RuleError::ServerDefault => Error::invalid_param(e.to_string()),
+            | RuleError::ServerDefault
+            | RuleError::Path(_) => Error::invalid_param(e.to_string()),
         }
     }
 }
@@ -59,36 +64,43 @@ pub struct RulePath<'a> {
 
 impl RulePath<'_> {
     fn kind(&self) -> std::result::Result<RuleKind, RuleError> {
-        if self.scope != "global" {
-            return Err(RuleError::Scope(self.scope.to_owned()));
+        let kind = rule_kind(self.scope, self.kind)?;
+        if self.rule_id.is_empty() {
+            return Err(RuleError::Path("The rule id is missing"));
         }
-        match self.kind {
-            "override" => Ok(RuleKind::Override),
-            "underride" => Ok(RuleKind::Underride),
-            "sender" => Ok(RuleKind::Sender),
-            "room" => Ok(RuleKind::Room),
-            "content" => Ok(RuleKind::Content),
-            other => Err(RuleError::Kind(other.to_owned())),
-        }
+        Ok(kind)
     }
 }
 
-/// A rule as clients see it (`PushRule` in the spec).
-pub fn rule_json(rule: AnyPushRuleRef<'_>) -> Value {
-    let v = match rule {
-        AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) => serde_json::to_value(r),
-        AnyPushRuleRef::Content(r) => serde_json::to_value(r),
-        AnyPushRuleRef::Room(r) => serde_json::to_value(r),
-        AnyPushRuleRef::Sender(r) => serde_json::to_value(r),
-        _ => Ok(Value::Null),
-    };
-    v.unwrap_or(Value::Null)
+/// The kind a path names, under the one scope there is.
+fn rule_kind(scope: &str, kind: &str) -> std::result::Result<RuleKind, RuleError> {
+    if scope != "global" {
+        return Err(RuleError::Scope(scope.to_owned()));
+    }
+    match kind {
+        "override" => Ok(RuleKind::Override),
+        "underride" => Ok(RuleKind::Underride),
+        "sender" => Ok(RuleKind::Sender),
+        "room" => Ok(RuleKind::Room),
+        "content" => Ok(RuleKind::Content),
+        other => Err(RuleError::Kind(other.to_owned())),
+    }
 }
 
 fn parse_actions(v: Option<&Value>) -> std::result::Result<Vec<Action>, RuleError> {
     let v = v.ok_or_else(|| RuleError::Invalid("'actions' is required".into()))?;
-    if !v.is_array() {
+    let Some(list) = v.as_array() else {
         return Err(RuleError::Invalid("'actions' must be an array".into()));
+    };
+    // ruma keeps any action it does not know as a custom one; the spec's
+    // are `notify`, `set_tweak` objects and the legacy `dont_notify` and
+    // `coalesce` (ignored), and Synapse refuses the rest.
+    if let Some(bad) = list.iter().find(|a| match a {
+        Value::String(s) => !matches!(s.as_str(), "notify" | "dont_notify" | "coalesce"),
+        Value::Object(o) => !o.get("set_tweak").is_some_and(Value::is_string),
+        _ => true,
+    }) {
+        return Err(RuleError::Invalid(format!("unknown action {bad}")));
     }
     serde_json::from_value(v.clone())
         .map_err(|e| RuleError::Invalid(format!("invalid 'actions': {e}")))
@@ -122,7 +134,8 @@ fn check_condition(c: &Value) -> std::result::Result<(), RuleError> {
     }
 }
 
-/// The rule a PUT body describes for its kind.
+/// The rule a PUT body describes for its kind (room rules are
+/// `PushRules::insert_room`'s).
 fn new_rule(
     kind: &RuleKind,
     rule_id: &str,
@@ -162,11 +175,6 @@ fn new_rule(
                 actions,
             ))
         }
-        RuleKind::Room => {
-            let room = OwnedRoomId::try_from(rule_id)
-                .map_err(|_| RuleError::Invalid("a room rule's id must be a room id".into()))?;
-            NewPushRule::Room(NewSimplePushRule::new(room, actions))
-        }
         RuleKind::Sender => {
             let user = OwnedUserId::try_from(rule_id)
                 .map_err(|_| RuleError::Invalid("a sender rule's id must be a user id".into()))?;
@@ -176,15 +184,48 @@ fn new_rule(
     })
 }
 
+/// Why ruma (or `PushRules::insert_room`) refused to place a rule.
+fn insert_error(e: InsertPushRuleError) -> RuleError {
+    match e {
+        InsertPushRuleError::ServerDefaultRuleId => {
+            RuleError::Invalid("rule ids starting with '.' are the server's".into())
+        }
+        InsertPushRuleError::InvalidRuleId => {
+            RuleError::Invalid("rule ids cannot be empty or contain '/' or '\\'".into())
+        }
+        InsertPushRuleError::RelativeToServerDefaultRule => {
+            RuleError::Invalid("a rule cannot be placed relative to a server-default rule".into())
+        }
+        InsertPushRuleError::UnknownRuleId => RuleError::RelativeNotFound,
+        other => RuleError::Invalid(other.to_string()),
+    }
+}
+
 impl Push {
     /// The user's push rules (the server defaults until they change any).
-    pub async fn push_rules(&self, user: &UserId) -> Result<Arc<Ruleset>> {
+    pub async fn push_rules(&self, user: &UserId) -> Result<Arc<PushRules>> {
         Ok(self.push_rules_of(user).await?.0)
+    }
+
+    /// `GET /pushrules/{scope}/`: the user's rules of every kind.
+    pub async fn scope_push_rules(&self, user: &UserId, scope: &str) -> Result<Value> {
+        if scope != "global" {
+            return Err(RuleError::Scope(scope.to_owned()).into());
+        }
+        Ok(self.push_rules(user).await?.to_json())
+    }
+
+    /// `GET /pushrules/{scope}/{kind}/`: the user's rules of one kind, in
+    /// priority order (not in the current spec; Synapse serves it and
+    /// SyTest reads it).
+    pub async fn kind_push_rules(&self, user: &UserId, scope: &str, kind: &str) -> Result<Value> {
+        rule_kind(scope, kind)?;
+        Ok(self.push_rules(user).await?.kind_json(kind))
     }
 
     /// The user's push rules, and whether they are the server defaults
     /// (never changed).
-    pub(crate) async fn push_rules_of(&self, user: &UserId) -> Result<(Arc<Ruleset>, bool)> {
+    pub(crate) async fn push_rules_of(&self, user: &UserId) -> Result<(Arc<PushRules>, bool)> {
         if let Some(r) = self.rulesets.get(user.as_str()) {
             return Ok(r);
         }
@@ -194,19 +235,13 @@ impl Push {
             .await?;
         let default = stored.is_none();
         let rules = match stored.and_then(|v| v.get("global").cloned()) {
-            Some(global) => match serde_json::from_value::<Ruleset>(global) {
-                // Server-default rules added since the user's set was stored
-                // join it (with the user's enabled/actions kept for the rest).
-                Ok(mut r) => {
-                    r.update_with_server_default(Ruleset::server_default(user));
-                    r
-                }
-                Err(e) => {
-                    tracing::warn!(%user, error = %e, "stored push rules unreadable; using the defaults");
-                    Ruleset::server_default(user)
-                }
-            },
-            None => Ruleset::server_default(user),
+            // Server-default rules added since the user's set was stored
+            // join it (with the user's enabled/actions kept for the rest).
+            Some(global) => PushRules::from_stored(user, &global).unwrap_or_else(|e| {
+                tracing::warn!(%user, error = %e, "stored push rules unreadable; using the defaults");
+                PushRules::server_default(user)
+            }),
+            None => PushRules::server_default(user),
         };
         let rules = Arc::new(rules);
         self.rulesets
@@ -218,11 +253,11 @@ impl Push {
     async fn change_push_rules(
         &self,
         user: &UserId,
-        change: impl FnOnce(&mut Ruleset) -> std::result::Result<(), RuleError>,
+        change: impl FnOnce(&mut PushRules) -> std::result::Result<(), RuleError>,
     ) -> Result<()> {
         let mut rules = (*self.push_rules(user).await?).clone();
         change(&mut rules)?;
-        let content = json!({ "global": rules });
+        let content = json!({ "global": rules.to_json() });
         self.store
             .put_account_data(user.as_str(), "", PUSH_RULES_TYPE, &content)
             .await?;
@@ -238,8 +273,9 @@ impl Push {
     pub async fn push_rule(&self, user: &UserId, at: &RulePath<'_>) -> Result<Value> {
         let kind = at.kind()?;
         let rules = self.push_rules(user).await?;
-        let rule = rules.get(kind, at.rule_id).ok_or(RuleError::NotFound)?;
-        Ok(rule_json(rule))
+        Ok(rules
+            .rule_json(kind, at.rule_id)
+            .ok_or(RuleError::NotFound)?)
     }
 
     /// `PUT /pushrules/global/{kind}/{ruleId}` (`before`/`after` place it).
@@ -252,21 +288,19 @@ impl Push {
         after: Option<&str>,
     ) -> Result<()> {
         let kind = at.kind()?;
+        if kind == RuleKind::Room {
+            let actions = parse_actions(body.get("actions"))?;
+            return self
+                .change_push_rules(user, |rules| {
+                    rules
+                        .insert_room(at.rule_id, actions, after, before)
+                        .map_err(insert_error)
+                })
+                .await;
+        }
         let rule = new_rule(&kind, at.rule_id, body)?;
         self.change_push_rules(user, |rules| {
-            rules.insert(rule, after, before).map_err(|e| match e {
-                InsertPushRuleError::ServerDefaultRuleId => {
-                    RuleError::Invalid("rule ids starting with '.' are the server's".into())
-                }
-                InsertPushRuleError::InvalidRuleId => {
-                    RuleError::Invalid("rule ids cannot contain '/' or '\\'".into())
-                }
-                InsertPushRuleError::RelativeToServerDefaultRule => RuleError::Invalid(
-                    "a rule cannot be placed relative to a server-default rule".into(),
-                ),
-                InsertPushRuleError::UnknownRuleId => RuleError::RelativeNotFound,
-                other => RuleError::Invalid(other.to_string()),
-            })
+            rules.insert(rule, after, before).map_err(insert_error)
         })
         .await
     }
@@ -275,9 +309,12 @@ impl Push {
     pub async fn delete_push_rule(&self, user: &UserId, at: &RulePath<'_>) -> Result<()> {
         let kind = at.kind()?;
         self.change_push_rules(user, |rules| {
-            rules.remove(kind, at.rule_id).map_err(|e| match e {
-                RemovePushRuleError::ServerDefault => RuleError::ServerDefault,
-                _ => RuleError::NotFound,
+            rules.remove(kind, at.rule_id).map_err(|server_default| {
+                if server_default {
+                    RuleError::ServerDefault
+                } else {
+                    RuleError::NotFound
+                }
             })
         })
         .await
@@ -287,10 +324,7 @@ impl Push {
     pub async fn push_rule_enabled(&self, user: &UserId, at: &RulePath<'_>) -> Result<bool> {
         let kind = at.kind()?;
         let rules = self.push_rules(user).await?;
-        Ok(rules
-            .get(kind, at.rule_id)
-            .ok_or(RuleError::NotFound)?
-            .enabled())
+        Ok(rules.enabled(kind, at.rule_id).ok_or(RuleError::NotFound)?)
     }
 
     /// `PUT …/enabled`.
@@ -304,7 +338,8 @@ impl Push {
         self.change_push_rules(user, |rules| {
             rules
                 .set_enabled(kind, at.rule_id, enabled)
-                .map_err(|_| RuleError::NotFound)
+                .then_some(())
+                .ok_or(RuleError::NotFound)
         })
         .await
     }
@@ -313,8 +348,8 @@ impl Push {
     pub async fn push_rule_actions(&self, user: &UserId, at: &RulePath<'_>) -> Result<Value> {
         let kind = at.kind()?;
         let rules = self.push_rules(user).await?;
-        let rule = rules.get(kind, at.rule_id).ok_or(RuleError::NotFound)?;
-        Ok(serde_json::to_value(rule.actions())?)
+        let actions = rules.actions(kind, at.rule_id).ok_or(RuleError::NotFound)?;
+        Ok(serde_json::to_value(actions)?)
     }
 
     /// `PUT …/actions` with the body's `actions`.
@@ -329,7 +364,8 @@ impl Push {
         self.change_push_rules(user, |rules| {
             rules
                 .set_actions(kind, at.rule_id, actions)
-                .map_err(|_| RuleError::NotFound)
+                .then_some(())
+                .ok_or(RuleError::NotFound)
         })
         .await
     }

@@ -19,6 +19,7 @@ use super::Push;
 use crate::{
     Result,
     backoff::Backoff,
+    pdu::Pdu,
     rooms::membership_state,
     store::{NotificationRecord, PusherRecord},
 };
@@ -305,24 +306,47 @@ impl Push {
             }],
         });
         if !event_id_only && let Some(obj) = note.as_object_mut() {
-            let room = self.room_push_ctx(&pdu.room_id).await.ok().flatten();
-            obj.insert("type".into(), kind.clone().into());
-            obj.insert("sender".into(), pdu.sender.as_str().into());
-            if let Some(name) = room.as_ref().and_then(|r| r.display_name(&pdu.sender)) {
-                obj.insert("sender_display_name".into(), name.into());
-            }
-            if let Some(name) = room.as_ref().and_then(|r| r.room_name.clone()) {
-                obj.insert("room_name".into(), name.into());
-            }
-            if kind == "m.room.member" {
-                obj.insert(
-                    "user_is_target".into(),
-                    (pdu.state_key.as_deref() == Some(user)).into(),
-                );
-            }
-            obj.insert("content".into(), pdu.content_value());
+            self.event_fields(obj, pdu, user).await;
         }
         Ok(Some(json!({ "notification": note })))
+    }
+
+    /// The event's fields of a full push (any format but `event_id_only`):
+    /// what it is, who sent it, the room's name, and for a member event
+    /// whose membership it is. `id` repeats `event_id`: Synapse sends both
+    /// and SyTest reads `id`.
+    async fn event_fields(&self, obj: &mut Map<String, Value>, pdu: &Pdu, user: &str) {
+        let kind = pdu.kind.to_string();
+        let room = self.room_push_ctx(&pdu.room_id).await.ok().flatten();
+        obj.insert("id".into(), pdu.event_id.as_str().into());
+        obj.insert("type".into(), kind.clone().into());
+        obj.insert("sender".into(), pdu.sender.as_str().into());
+        if let Some(name) = room.as_ref().and_then(|r| r.display_name(&pdu.sender)) {
+            obj.insert("sender_display_name".into(), name.into());
+        }
+        // Clients show the name, else the canonical alias (as Synapse
+        // names rooms in pushes).
+        let alias = room.as_ref().and_then(|r| r.room_alias.clone());
+        if let Some(name) = room
+            .as_ref()
+            .and_then(|r| r.room_name.clone())
+            .or_else(|| alias.clone())
+        {
+            obj.insert("room_name".into(), name.into());
+        }
+        if let Some(alias) = alias {
+            obj.insert("room_alias".into(), alias.into());
+        }
+        if kind == "m.room.member" {
+            if let Some(membership) = pdu.membership_state() {
+                obj.insert("membership".into(), membership.as_str().into());
+            }
+            obj.insert(
+                "user_is_target".into(),
+                (pdu.state_key.as_deref() == Some(user)).into(),
+            );
+        }
+        obj.insert("content".into(), pdu.content_value());
     }
 
     /// The badge: the user's unread notifications over their joined rooms.

@@ -166,7 +166,7 @@ impl super::Syncer {
         let has_rules = global.iter().any(|e| e["type"] == "m.push_rules");
         if !pass.incremental() && !has_rules && f.account_data.allows_type("m.push_rules") {
             let rules = self.push.push_rules(pass.user).await?;
-            global.push(json!({"type": "m.push_rules", "content": {"global": &*rules}}));
+            global.push(json!({"type": "m.push_rules", "content": {"global": rules.to_json()}}));
         }
         Ok(global)
     }
