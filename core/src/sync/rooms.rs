@@ -49,6 +49,9 @@ impl super::Syncer {
         match membership_state(m) {
             MembershipState::Join => self.joined_room(pass, m, &room_id, w, is_new).await?,
             MembershipState::Invite if is_new => {
+                if self.invited_by_ignored(pass, m).await? {
+                    return Ok(());
+                }
                 pass.has_data |= incremental;
                 let events = self.invite_state(&room_id, m).await?;
                 let room = json!({"invite_state": {"events": events}});
@@ -261,8 +264,13 @@ impl super::Syncer {
         let state = visible_state(pass, &events, &state_events);
         let f = &pass.filter().timeline;
         let viewer = Some((pass.user, pass.device));
+        let ignored = match events.is_empty() {
+            true => None,
+            false => Some(self.ignored(pass).await?),
+        };
         let timeline: Vec<Value> = events
             .iter()
+            .filter(|e| !from_ignored(e, ignored))
             .filter(|e| {
                 let content = e.pdu.json.get("content");
                 f.allows(
@@ -315,6 +323,18 @@ impl super::Syncer {
         events.truncate(limit);
         events.reverse();
         Ok((events, limited))
+    }
+
+    /// Whether the user's pending invite came from someone they ignore
+    /// (the spec: such invites are not sent to clients).
+    async fn invited_by_ignored(&self, pass: &Pass<'_>, m: &MembershipRecord) -> Result<bool> {
+        let Some(invite) = self.store.get_event(&m.event_id).await? else {
+            return Ok(false);
+        };
+        Ok(self
+            .ignored(pass)
+            .await?
+            .contains(invite.pdu.sender.as_str()))
     }
 
     /// What an invitee or a knocker is shown of the room.
@@ -393,6 +413,12 @@ impl super::Syncer {
             json!({"m.heroes": heroes, "m.joined_member_count": joined, "m.invited_member_count": invited}),
         )
     }
+}
+
+/// A timeline event from someone the user ignores; state events still go
+/// (the spec), so the room's state stays the same for everyone.
+fn from_ignored(e: &StoredEvent, ignored: Option<&BTreeSet<String>>) -> bool {
+    e.pdu.state_key.is_none() && ignored.is_some_and(|i| i.contains(e.pdu.sender.as_str()))
 }
 
 /// The room's account data the filter allows.
