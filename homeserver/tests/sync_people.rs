@@ -148,3 +148,89 @@ async fn invites_and_messages_from_ignored_users_are_left_out() {
     let full = alice.sync("timeout=0").await;
     assert_eq!(timeline_bodies(&full, &shared), ["from carol"], "{full}");
 }
+
+async fn key_changes(c: &Client, from: &str, to: &str) -> Value {
+    let (s, b) = c
+        .get(&format!(
+            "/_matrix/client/v3/keys/changes?from={from}&to={to}"
+        ))
+        .await;
+    assert_eq!(s, 200, "keys/changes: {b}");
+    b
+}
+
+fn lists(v: &Value, key: &str) -> Vec<String> {
+    v[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn login_again(server: &TestServer, user: &str, password: &str) {
+    let (s, b) = server
+        .client()
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password}),
+        )
+        .await;
+    assert_eq!(s, 200, "login: {b}");
+}
+
+#[tokio::test]
+async fn device_lists_follow_unencrypted_rooms_joins_leaves_and_new_devices() {
+    let server = TestServer::start(&[]).await;
+    let alice = server.register("alice", "password-a").await;
+    let bob = server.register("bob", "password-b").await;
+    let (alice_id, bob_id) = (user_id(&alice).await, user_id(&bob).await);
+    // An unencrypted room.
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let start = next_batch(&alice.sync("timeout=0").await);
+
+    // Bob joins: he is news to alice in /keys/changes as in sync.
+    bob.join(&room).await;
+    let after_join = alice.sync(&format!("timeout=0&since={start}")).await;
+    assert!(
+        lists(&after_join["device_lists"], "changed").contains(&bob_id),
+        "{after_join}"
+    );
+    let joined = next_batch(&after_join);
+    let changes = key_changes(&alice, &start, &joined).await;
+    assert!(lists(&changes, "changed").contains(&bob_id), "{changes}");
+
+    // Bob logs in on a new device (no keys yet): alice and bob himself hear.
+    let bob_since = next_batch(&bob.sync("timeout=0").await);
+    login_again(&server, "bob", "password-b").await;
+    let after_login = alice.sync(&format!("timeout=0&since={joined}")).await;
+    assert!(
+        lists(&after_login["device_lists"], "changed").contains(&bob_id),
+        "{after_login}"
+    );
+    let own = bob.sync(&format!("timeout=0&since={bob_since}")).await;
+    assert!(
+        lists(&own["device_lists"], "changed").contains(&bob_id),
+        "{own}"
+    );
+    let logged_in = next_batch(&after_login);
+    let changes = key_changes(&alice, &joined, &logged_in).await;
+    assert!(lists(&changes, "changed").contains(&bob_id), "{changes}");
+
+    // Bob leaves the only room they shared: "left" in both.
+    let (s, b) = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let after_leave = alice.sync(&format!("timeout=0&since={logged_in}")).await;
+    assert!(
+        lists(&after_leave["device_lists"], "left").contains(&bob_id),
+        "{after_leave}"
+    );
+    let changes = key_changes(&alice, &logged_in, &next_batch(&after_leave)).await;
+    assert!(lists(&changes, "left").contains(&bob_id), "{changes}");
+    assert!(!lists(&changes, "changed").contains(&alice_id), "{changes}");
+}

@@ -1,8 +1,11 @@
 //! /sync: what changed for one user between two stream positions, and the
 //! long-poll that waits for the next change.
 
+mod key_changes;
 mod pass;
 mod rooms;
+
+pub use key_changes::KeyChanges;
 
 use std::{collections::BTreeSet, fmt, str::FromStr, sync::Arc, time::Duration};
 

@@ -271,7 +271,7 @@ impl super::Syncer {
 
     /// Of the users who left a room with `user`, those who share no room
     /// with them any more (and whose devices did not change anyway).
-    async fn no_longer_shared(
+    pub(super) async fn no_longer_shared(
         &self,
         user: &UserId,
         mut left: BTreeSet<String>,
