@@ -263,6 +263,7 @@ impl Accounts {
         self.store
             .add_device_token(user.as_str(), &device_id, display_name, &hash_token(&token))
             .await?;
+        self.e2ee.device_added(user).await?;
         Ok((token, device_id))
     }
 

@@ -101,10 +101,40 @@ impl Unread {
         receipts: Option<(i64, bool)>,
         known: Option<(i64, &[Arc<StoredEvent>])>,
     ) -> Result<(u64, u64)> {
+        let counter = Counter {
+            store: &*self.store,
+            cache: &self.unread,
+            push: &self.push,
+        };
+        counter
+            .unread_counts(room_id, user, membership, upto, receipts, known)
+            .await
+    }
+}
+
+/// Counts unread notifications into the shared tallies: for sync (through
+/// [`Unread`]) and for push's badge, so both say the same.
+pub(crate) struct Counter<'a> {
+    pub store: &'a dyn RoomStore,
+    pub cache: &'a UnreadCache,
+    pub push: &'a Push,
+}
+
+impl Counter<'_> {
+    /// See [`Unread::unread_counts`].
+    pub(crate) async fn unread_counts(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: &MembershipRecord,
+        upto: i64,
+        receipts: Option<(i64, bool)>,
+        known: Option<(i64, &[Arc<StoredEvent>])>,
+    ) -> Result<(u64, u64)> {
         let (room, who) = (room_id.as_str(), user.as_str());
         let joined_at = membership.stream_ordering;
         let cached = self
-            .unread
+            .cache
             .get(room, who)
             .filter(|t| t.joined_at == joined_at && t.scanned_to <= upto);
         let still_read_up_to = cached
@@ -163,13 +193,11 @@ impl Unread {
             }
         }
         if cached != Some(tally) {
-            self.unread.put(room, who, tally);
+            self.cache.put(room, who, tally);
         }
         Ok((tally.notifications, tally.highlights))
     }
-}
 
-impl Unread {
     /// Counts one event into a tally by the user's push rules. The room's
     /// context is fetched once per batch, and only if someone else sent
     /// something.

@@ -115,12 +115,15 @@ async fn changes(
     Ruma(q): Ruma<get_key_changes::v3::Request>,
 ) -> RumaResult<get_key_changes::v3::Response> {
     let (from, to): (SyncToken, SyncToken) = (q.from.parse()?, q.to.parse()?);
-    let changed = h.e2ee.key_changes(&s.user_id, from.misc, to.misc).await?;
-    let changed = changed
-        .into_iter()
-        .map(|u| stored_id(UserId::parse(u)))
-        .collect::<Result<_, _>>()?;
-    Ok(get_key_changes::v3::Response::new(changed, vec![]).into())
+    let changes = h.sync.key_changes(&s.user_id, &from, &to).await?;
+    let ids = |users: Vec<String>| {
+        users
+            .into_iter()
+            .map(|u| stored_id(UserId::parse(u)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let (changed, left) = (ids(changes.changed)?, ids(changes.left)?);
+    Ok(get_key_changes::v3::Response::new(changed, left).into())
 }
 
 /// Replacing existing cross-signing keys needs the password again; the first

@@ -207,6 +207,15 @@ impl E2ee {
         self.device_list_changed(user, Some(device), false).await
     }
 
+    /// A new device (a login or registration): those sharing a room with
+    /// the user see them in `device_lists.changed`. Other servers hear of
+    /// it when it uploads keys (an update without keys would read as a
+    /// deletion).
+    pub async fn device_added(&self, user: &UserId) -> Result<()> {
+        self.store.device_lists_changed(&[user.to_string()]).await?;
+        self.device_list_changed(user, None, false).await
+    }
+
     /// `m.device_list_update` for one device: its keys, or `deleted`.
     async fn device_list_edu(&self, user: &UserId, device: &str) -> Result<Value> {
         let stream_id = self.store.device_list_position(user.as_str()).await?;

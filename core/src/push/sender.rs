@@ -12,16 +12,17 @@
 
 use std::sync::Arc;
 
-use ruma::events::room::member::MembershipState;
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde_json::{Map, Value, json};
 
 use super::Push;
 use crate::{
-    Result,
+    Error, Result,
     backoff::Backoff,
     pdu::Pdu,
     rooms::membership_state,
     store::{NotificationRecord, PusherRecord},
+    unread::Counter,
 };
 
 /// Notifications looked at per pusher and round, newest first.
@@ -349,32 +350,31 @@ impl Push {
         obj.insert("content".into(), pdu.content_value());
     }
 
-    /// The badge: the user's unread notifications over their joined rooms.
-    pub async fn unread_badge(&self, user: &str) -> Result<i64> {
-        // Joined rooms, with where the user joined: what came before (their
-        // invite, say) is not theirs to read.
-        let joined: std::collections::HashMap<String, i64> = self
-            .store
-            .memberships_of_user(user)
-            .await?
-            .into_iter()
-            .filter(|m| membership_state(m) == MembershipState::Join)
-            .map(|m| (m.room_id, m.stream_ordering))
-            .collect();
+    /// The badge: the unread notifications over the user's joined rooms,
+    /// counted as sync counts them (the same tallies), so a client's badge
+    /// and its rooms' counts agree, whenever the user's pusher was set.
+    pub async fn unread_badge(&self, user: &str) -> Result<u64> {
+        let user_id = UserId::parse(user).map_err(Error::internal)?;
+        let counter = Counter {
+            store: &*self.room_store,
+            cache: &self.unread,
+            push: self,
+        };
         let mut total = 0;
-        for room in self.store.notification_rooms(user).await? {
-            let Some(joined_at) = joined.get(&room) else {
+        for m in self.store.memberships_of_user(user).await? {
+            if membership_state(&m) != MembershipState::Join {
+                continue;
+            }
+            let Ok(room) = RoomId::parse(&m.room_id) else {
                 continue;
             };
-            let read = self
-                .room_store
-                .read_position(&room, user)
-                .await?
-                .map_or(*joined_at, |r| r.max(*joined_at));
-            total += self
-                .store
-                .count_notifications_after(user, &room, read)
+            let Some(newest) = self.room_store.latest_event(&m.room_id).await? else {
+                continue;
+            };
+            let (notifications, _) = counter
+                .unread_counts(&room, &user_id, &m, newest.stream_ordering, None, None)
                 .await?;
+            total += notifications;
         }
         Ok(total)
     }

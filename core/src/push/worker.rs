@@ -99,11 +99,12 @@ impl Push {
                 continue;
             }
             let eval = self.evaluate_push(e, user, &room).await?;
-            // Rows are kept for what is pushed (users with pushers) and for
-            // mentions (what `/notifications` readers look for): one row per
-            // member per message cost a busy room three quarters of its
-            // send throughput (spec/push.md, "Notification rows").
-            if !eval.notifies() || !(eval.highlights() || self.has_pushers(user.as_str()).await?) {
+            // Rows are kept for what is pushed (users with pushers) only:
+            // one row per member per message cost a busy room three quarters
+            // of its send throughput (spec/push.md, "Notification rows").
+            // `/notifications` and the badge evaluate the timeline as sync's
+            // counts do.
+            if !eval.notifies() || !self.has_pushers(user.as_str()).await? {
                 continue;
             }
             rows.push(NewNotification {

@@ -1,9 +1,12 @@
 //! /sync: what changed for one user between two stream positions, and the
 //! long-poll that waits for the next change.
 
+mod key_changes;
 mod lazy;
 mod pass;
 mod rooms;
+
+pub use key_changes::KeyChanges;
 
 use std::{collections::BTreeSet, fmt, str::FromStr, sync::Arc, time::Duration};
 

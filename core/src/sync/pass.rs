@@ -15,6 +15,17 @@ use crate::{
     store::{AccountDataRecord, MembershipRecord, ReceiptRecord},
 };
 
+const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+
+/// The user ids of an `m.ignored_user_list` content (`ignored_users`' keys).
+fn ignored_users(content: Option<&Value>) -> BTreeSet<String> {
+    content
+        .and_then(|c| c.get("ignored_users"))
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// What a pass has read up front and gathers as it goes.
 pub(super) struct Pass<'a> {
     pub user: &'a UserId,
@@ -39,6 +50,9 @@ pub(super) struct Pass<'a> {
     /// who left one (maybe the last room we shared).
     pub members_joined: BTreeSet<String>,
     pub members_left: BTreeSet<String>,
+    /// Whom the user ignores: their invites and timeline events are left
+    /// out (state events are not).
+    pub ignored: tokio::sync::OnceCell<BTreeSet<String>>,
 }
 
 impl Pass<'_> {
@@ -148,6 +162,7 @@ impl super::Syncer {
             leave: Map::new(),
             members_joined: BTreeSet::new(),
             members_left: BTreeSet::new(),
+            ignored: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -171,18 +186,51 @@ impl super::Syncer {
         Ok(global)
     }
 
+    /// The presence of the user and of those sharing a room with them that
+    /// changed since the last sync, and that of the members this answer
+    /// brings to the user (they joined a room with them, or the user joined
+    /// theirs), however long ago it last changed.
     async fn presence_part(&self, pass: &Pass<'_>) -> Result<Vec<Value>> {
-        let moved = pass
-            .since()
-            .is_none_or(|s| s.presence != pass.upto.presence);
-        if pass.filter().presence.excludes_all() || !moved {
+        if pass.filter().presence.excludes_all() {
             return Ok(vec![]);
         }
-        let users = self.main.users_sharing_rooms(pass.user.as_str()).await?;
-        Ok(self
-            .ephemeral
-            .presence
-            .events_for(&users, pass.since().map(|s| s.presence)))
+        let since = pass.since().map(|s| s.presence);
+        let presence = &self.ephemeral.presence;
+        let mut out = vec![];
+        if since.is_none_or(|s| s != pass.upto.presence) {
+            let mut users = self.main.users_sharing_rooms(pass.user.as_str()).await?;
+            // A user in no room still sees their own presence.
+            if !users.iter().any(|u| u == pass.user.as_str()) {
+                users.push(pass.user.to_string());
+            }
+            out = presence.events_for(&users, since);
+        }
+        if since.is_some() {
+            let sent: BTreeSet<&str> = out.iter().filter_map(|e| e["sender"].as_str()).collect();
+            let new: Vec<String> = pass
+                .members_joined
+                .iter()
+                .filter(|u| !sent.contains(u.as_str()) && *u != pass.user.as_str())
+                .cloned()
+                .collect();
+            let news = presence.events_for(&new, None);
+            out.extend(news);
+        }
+        Ok(out)
+    }
+
+    /// The users `pass.user` ignores (`m.ignored_user_list`), read once per
+    /// pass and only when something could come from them.
+    pub(super) async fn ignored<'p>(&self, pass: &'p Pass<'_>) -> Result<&'p BTreeSet<String>> {
+        pass.ignored
+            .get_or_try_init(|| async {
+                let content = self
+                    .main
+                    .get_account_data(pass.user.as_str(), "", IGNORED_USER_LIST)
+                    .await?;
+                Ok(ignored_users(content.as_ref()))
+            })
+            .await
     }
 
     /// Adds the device's part and `device_lists`, and builds the answer.
@@ -226,7 +274,7 @@ impl super::Syncer {
 
     /// Of the users who left a room with `user`, those who share no room
     /// with them any more (and whose devices did not change anyway).
-    async fn no_longer_shared(
+    pub(super) async fn no_longer_shared(
         &self,
         user: &UserId,
         mut left: BTreeSet<String>,

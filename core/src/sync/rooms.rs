@@ -57,6 +57,9 @@ impl super::Syncer {
                 self.joined_room(pass, m, &room_id, w, newly_joined).await?
             }
             MembershipState::Invite if is_new => {
+                if self.invited_by_ignored(pass, m).await? {
+                    return Ok(());
+                }
                 pass.has_data |= incremental;
                 let events = self.invite_state(&room_id, m).await?;
                 let room = json!({"invite_state": {"events": events}});
@@ -289,7 +292,15 @@ impl super::Syncer {
             .room_state_part(pass, room_id, range, start, &events, state_events)
             .await?;
         let viewer = Some((pass.user, pass.device));
-        let timeline: Vec<Value> = events.iter().map(|e| e.to_client(viewer)).collect();
+        let ignored = match events.is_empty() {
+            true => None,
+            false => Some(self.ignored(pass).await?),
+        };
+        let timeline: Vec<Value> = events
+            .iter()
+            .filter(|e| !from_ignored(e, ignored))
+            .map(|e| e.to_client(viewer))
+            .collect();
         let prev_batch = pagination_token(start);
         Ok((
             json!({"events": timeline, "limited": limited, "prev_batch": prev_batch}),
@@ -431,6 +442,18 @@ impl super::Syncer {
             .collect())
     }
 
+    /// Whether the user's pending invite came from someone they ignore
+    /// (the spec: such invites are not sent to clients).
+    async fn invited_by_ignored(&self, pass: &Pass<'_>, m: &MembershipRecord) -> Result<bool> {
+        let Some(invite) = self.store.get_event(&m.event_id).await? else {
+            return Ok(false);
+        };
+        Ok(self
+            .ignored(pass)
+            .await?
+            .contains(invite.pdu.sender.as_str()))
+    }
+
     /// What an invitee or a knocker is shown of the room.
     async fn invite_state(&self, room_id: &RoomId, m: &MembershipRecord) -> Result<Vec<Value>> {
         let mut out = vec![];
@@ -531,6 +554,12 @@ impl super::Syncer {
         }
         Ok(false)
     }
+}
+
+/// A timeline event from someone the user ignores; state events still go
+/// (the spec), so the room's state stays the same for everyone.
+fn from_ignored(e: &StoredEvent, ignored: Option<&BTreeSet<String>>) -> bool {
+    e.pdu.state_key.is_none() && ignored.is_some_and(|i| i.contains(e.pdu.sender.as_str()))
 }
 
 /// The room's account data the filter allows.

@@ -83,25 +83,6 @@ pub trait PushStore: Send + Sync {
         after: i64,
         limit: i64,
     ) -> Result<Vec<NotificationRecord>>;
-    /// The user's notifications with `id < before` (all when `None`), newest
-    /// first, only highlights when `only_highlight`.
-    async fn notifications_before(
-        &self,
-        user_id: &str,
-        before: Option<i64>,
-        limit: i64,
-        only_highlight: bool,
-    ) -> Result<Vec<NotificationRecord>>;
-    /// The rooms where the user has notifications.
-    async fn notification_rooms(&self, user_id: &str) -> Result<Vec<String>>;
-    /// How many of the user's notifications in a room come after a position
-    /// of the room's stream.
-    async fn count_notifications_after(
-        &self,
-        user_id: &str,
-        room_id: &str,
-        after: i64,
-    ) -> Result<i64>;
 }
 
 /// Expands to the implementation for `SqlStore<$db>`; invoke it inside a
@@ -323,43 +304,6 @@ macro_rules! impl_push_store {
                 limit: i64,
             ) -> Result<Vec<NotificationRecord>> {
                 notifications_between(self, user_id, (after, i64::MAX), false, limit).await
-            }
-
-            async fn notifications_before(
-                &self,
-                user_id: &str,
-                before: Option<i64>,
-                limit: i64,
-                only_highlight: bool,
-            ) -> Result<Vec<NotificationRecord>> {
-                let before = before.unwrap_or(i64::MAX);
-                notifications_between(self, user_id, (i64::MIN, before), only_highlight, limit).await
-            }
-
-            async fn notification_rooms(&self, user_id: &str) -> Result<Vec<String>> {
-                Ok(sqlx::query_scalar(
-                    "SELECT DISTINCT room_id FROM push_notifications WHERE user_id = $1",
-                )
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn count_notifications_after(
-                &self,
-                user_id: &str,
-                room_id: &str,
-                after: i64,
-            ) -> Result<i64> {
-                Ok(sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM push_notifications
-                     WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3",
-                )
-                .bind(user_id)
-                .bind(room_id)
-                .bind(after)
-                .fetch_one(&self.pool)
-                .await?)
             }
         }
     };
