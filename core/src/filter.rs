@@ -165,7 +165,7 @@ pub fn check_filter(filter: &Value) -> crate::Result<()> {
     let room = room.as_object().ok_or_else(|| bad("room"))?;
     for (key, v) in room {
         let ok = match key.as_str() {
-            "rooms" | "not_rooms" => is_str_list(v),
+            "rooms" | "not_rooms" => is_id_list(v, is_room_id),
             "include_leave" => v.is_boolean(),
             "timeline" | "state" | "ephemeral" | "account_data" => {
                 check_event_filter(v, true).map_err(|f| bad(&format!("room.{key}.{f}")))?;
@@ -187,8 +187,9 @@ fn check_event_filter(v: &Value, room: bool) -> Result<(), String> {
     for (key, v) in obj {
         let ok = match key.as_str() {
             "limit" => v.is_i64() || v.is_u64(),
-            "types" | "not_types" | "senders" | "not_senders" => is_str_list(v),
-            "rooms" | "not_rooms" if room => is_str_list(v),
+            "types" | "not_types" => is_str_list(v),
+            "senders" | "not_senders" => is_id_list(v, is_user_id),
+            "rooms" | "not_rooms" if room => is_id_list(v, is_room_id),
             "lazy_load_members"
             | "include_redundant_members"
             | "contains_url"
@@ -208,6 +209,21 @@ fn check_event_filter(v: &Value, room: bool) -> Result<(), String> {
 
 fn is_str_list(v: &Value) -> bool {
     v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+}
+
+/// A list of ids, each of which `valid` accepts: a filter naming
+/// `not_a_room_id` as a room would match nothing, silently.
+fn is_id_list(v: &Value, valid: fn(&str) -> bool) -> bool {
+    v.as_array()
+        .is_some_and(|a| a.iter().all(|x| x.as_str().is_some_and(valid)))
+}
+
+fn is_room_id(s: &str) -> bool {
+    ruma::RoomId::parse(s).is_ok()
+}
+
+fn is_user_id(s: &str) -> bool {
+    ruma::UserId::parse(s).is_ok()
 }
 
 /// Clients' stored filters, and the filter a sync request names.

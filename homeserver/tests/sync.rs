@@ -258,6 +258,9 @@ async fn invalid_filters_are_refused() {
         json!({"room": {"timeline": {"not_senders": [1]}}}),
         json!({"room": {"include_leave": "yes"}}),
         json!({"room": {"rooms": "!a:b"}}),
+        json!({"room": {"rooms": ["not_a_room_id"]}}),
+        json!({"room": {"timeline": {"rooms": ["not_a_room_id"]}}}),
+        json!({"room": {"timeline": {"senders": ["not_a_sender_id"]}}}),
         json!({"presence": {"types": {}}}),
         json!({"event_fields": [1]}),
     ];

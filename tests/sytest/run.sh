@@ -13,6 +13,7 @@
 #   SYTEST_OUT           output folder (default target/sytest/<time>)
 #   SYTEST_PORT_RANGE    ports SyTest may use (default 28800:28999)
 #   SYTEST_TIMEOUT       seconds for one run of the suite (default 3600)
+#   HEARTH_PUSH_COALESCE_MS  Hearth's push coalescing window (default 0 here)
 # Output: results.tap, progress.log, summary.txt (per-directory counts, the
 # failing tests) and each Hearth's log and config, in SYTEST_OUT.
 # Perl modules come from Debian (debian-packages.txt; installed here when
@@ -39,6 +40,9 @@ OUT="${SYTEST_OUT:-$ROOT/target/sytest/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 export PERL5LIB="$HERE/lib${PERL5LIB:+:$PERL5LIB}"
+# SyTest waits for one push per event; Hearth coalesces a burst of
+# notifications into one push by default (spec/push.md): no window here.
+export HEARTH_PUSH_COALESCE_MS="${HEARTH_PUSH_COALESCE_MS:-0}"
 
 perl_ok() {
   perl -e 'use IO::Async::SSL; use Net::Async::HTTP; use Struct::Dumb; use List::UtilsBy; use YAML::XS; use JSON; use Email::MIME; use Email::Address::XS; use File::Slurper; use Data::Dump; use Class::Method::Modifiers; use Digest::HMAC_SHA1; use DBD::Pg; use Crypt::PK::Ed25519; use Crypt::Ed25519; use Net::Async::HTTP::Server;' 2>/dev/null
