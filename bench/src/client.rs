@@ -147,9 +147,7 @@ impl Client {
     }
 
     pub async fn sync(&self, since: Option<&str>, timeout_ms: u64) -> Result<Value> {
-        let filter = enc(
-            r#"{"room":{"timeline":{"limit":1000},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]}}"#,
-        );
+        let filter = enc(SYNC_FILTER);
         let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}&filter={filter}");
         if let Some(s) = since {
             path.push_str(&format!("&since={}", enc(s)));
@@ -157,6 +155,11 @@ impl Client {
         self.call(reqwest::Method::GET, &path, None).await
     }
 }
+
+/// What every benchmark sync asks for: a timeline long enough that a burst
+/// between two syncs arrives whole (a shorter one would leave a gap the
+/// correctness check counts as lost), lazy-loaded members, no presence.
+const SYNC_FILTER: &str = r#"{"room":{"timeline":{"limit":1000},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]}}"#;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -172,9 +175,10 @@ impl WsSync {
     pub async fn connect(user: &Client, since: &str) -> Option<WsSync> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = format!(
-            "{}/_matrix/client/unstable/org.hearth.ws/sync?since={}",
+            "{}/_matrix/client/unstable/org.hearth.ws/sync?since={}&filter={}",
             user.base.replacen("http", "ws", 1),
-            enc(since)
+            enc(since),
+            enc(SYNC_FILTER)
         );
         let mut req = url.into_client_request().ok()?;
         req.headers_mut().insert(
