@@ -802,12 +802,8 @@ async fn bad_pusher_requests_are_refused_and_change_nothing() {
     assert_eq!(b["pushers"], json!([]), "{b}");
 }
 
-#[tokio::test]
-async fn logging_out_a_device_drops_its_pushers_and_first_syncs_carry_the_rules() {
-    let (url, _gw) = Gateway::start().await;
-    let server = start_server().await;
-    let bob = server.register("bob", "password-b").await;
-    // A second device of bob's (a phone) sets its own pusher.
+/// A second device of bob's (password `password-b`): his phone.
+async fn phone_of_bob(server: &TestServer) -> Client {
     let (s, login) = server
         .client()
         .post(
@@ -819,6 +815,16 @@ async fn logging_out_a_device_drops_its_pushers_and_first_syncs_carry_the_rules(
     assert_eq!(s, 200, "{login}");
     let mut phone = server.client();
     phone.token = login["access_token"].as_str().map(str::to_owned);
+    phone
+}
+
+#[tokio::test]
+async fn logging_out_a_device_drops_its_pushers_and_first_syncs_carry_the_rules() {
+    let (url, _gw) = Gateway::start().await;
+    let server = start_server().await;
+    let bob = server.register("bob", "password-b").await;
+    // A second device of bob's (a phone) sets its own pusher.
+    let phone = phone_of_bob(&server).await;
     set_pusher(&bob, &url, "desk-key", None).await;
     set_pusher(&phone, &url, "phone-key", None).await;
 
@@ -849,17 +855,7 @@ async fn a_password_change_drops_the_other_devices_pushers() {
     let (url, _gw) = Gateway::start().await;
     let server = start_server().await;
     let bob = server.register("bob", "password-b").await;
-    let (s, login) = server
-        .client()
-        .post(
-            "/_matrix/client/v3/login",
-            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
-                   "password": "password-b"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{login}");
-    let mut phone = server.client();
-    phone.token = login["access_token"].as_str().map(str::to_owned);
+    let phone = phone_of_bob(&server).await;
     set_pusher(&bob, &url, "desk-key", None).await;
     set_pusher(&phone, &url, "phone-key", None).await;
 
