@@ -18,8 +18,32 @@ use crate::{Result, pdu::StoredEvent, store::NewNotification};
 /// Events taken from the channel per round at most (their rows go in one
 /// transaction).
 const BATCH: usize = 4096;
-/// How long a round waits for more events after the first.
+/// The longest a round waits for more events after the first.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(250);
+/// A round stops gathering when no event came for this long: a lone event
+/// (a quiet room) is evaluated at once, while a busy server's events keep
+/// arriving closer than this and share one round.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Adds the events that keep arriving to `batch`: the rows share the
+/// database writer with the events themselves, and a commit per event or two
+/// halved the server's send throughput (bench group8). It waits while events
+/// come less than [`QUIET`] apart, [`GATHER`] at most, so a lone event is not
+/// held back: a push gateway hears of a message within milliseconds.
+async fn gather(
+    inbox: &mut tokio::sync::mpsc::UnboundedReceiver<Arc<StoredEvent>>,
+    batch: &mut Vec<Arc<StoredEvent>>,
+) {
+    let deadline = tokio::time::Instant::now() + GATHER;
+    while batch.len() < BATCH {
+        let quiet = (tokio::time::Instant::now() + QUIET).min(deadline);
+        let room = BATCH - batch.len();
+        match tokio::time::timeout_at(quiet, inbox.recv_many(batch, room)).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
 
 impl Push {
     /// Starts the worker (once; later calls do nothing).
@@ -36,18 +60,7 @@ impl Push {
                 .await
                 .is_some_and(|n| n > 0)
             {
-                // Gather for a moment: the rows share the database writer
-                // with the events themselves, and a commit per event or two
-                // halved the server's send throughput (bench group8).
-                let deadline = tokio::time::Instant::now() + GATHER;
-                while batch.len() < BATCH {
-                    let room = BATCH - batch.len();
-                    match tokio::time::timeout_at(deadline, inbox.recv_many(&mut batch, room)).await
-                    {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
+                gather(&mut inbox, &mut batch).await;
                 let Some(h) = weak.upgrade() else { break };
                 h.record_notifications(&batch).await;
                 batch.clear();
