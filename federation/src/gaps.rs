@@ -84,6 +84,19 @@ impl Federation {
         batch: &HashSet<OwnedEventId>,
     ) -> Result<Vec<Incoming>, FedError> {
         let room = incoming.pdu.room_id.clone();
+        // An event we have (our own join sent back by the room's server,
+        // a transaction retried) has its place already: what came before it
+        // and we never had is history, for backfill, not news to append.
+        let this = std::slice::from_ref(&incoming.pdu.event_id);
+        if self
+            .hearth
+            .rooms
+            .unknown_events(&room, this)
+            .await?
+            .is_empty()
+        {
+            return Ok(vec![incoming]);
+        }
         let unknown: Vec<OwnedEventId> = self
             .hearth
             .rooms

@@ -677,6 +677,77 @@ async fn users_on_three_servers_share_a_room_in_its_owners_order() {
     }
 }
 
+/// The event types of the room as `c` reads it backwards, oldest first.
+async fn event_types(c: &Client, room: &str) -> Vec<(String, String)> {
+    let page = c.messages(room, "dir=b&limit=500").await;
+    let mut out: Vec<(String, String)> = page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .map(|e| {
+            let kind = e["type"].as_str().unwrap_or_default().to_owned();
+            let body = e["content"]["body"]
+                .as_str()
+                .or(e["state_key"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            (kind, body)
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+/// The room's server sends the joiner's own join back in a transaction; its
+/// parent, a message sent just before the join, is history the joiner never
+/// had. It must stay history: not be fetched and appended after the join, as
+/// if it had just been said (SyTest "remote user can join room with version").
+#[tokio::test]
+async fn the_joiners_own_join_sent_back_pulls_no_history_after_it() {
+    let world = World::start().await;
+    let [a, b, _, _] = &world.servers[..] else {
+        unreachable!()
+    };
+    let room = a.user.create_room(json!({"preset": "public_chat"})).await;
+    a.user.send_text(&room, "t0", "before").await;
+    let (s, first) = b.user.get("/_matrix/client/v3/sync").await;
+    assert_eq!(s, 200, "{first}");
+    let since = first["next_batch"].as_str().expect("next_batch").to_owned();
+    assert_eq!(join(b, &room, "a.test").await, room);
+    // No /messages yet: it would backfill "before" and hide the bug. a.test
+    // sends the join back while b.test is still joining, and again once
+    // that transaction is retried; "after" comes behind it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.user.send_text(&room, "t1", "after").await;
+    let said = |body: &Value| {
+        body["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let mut heard = vec![];
+    let mut since = since;
+    while !heard.iter().any(|b| b == "after") {
+        let body = sync_until(&b.user, &since, |body| !said(body).is_empty()).await;
+        heard.extend(said(&body));
+        since = body["next_batch"].as_str().expect("next_batch").to_owned();
+    }
+    let seen = event_types(&b.user, &room).await;
+    let join_at = seen
+        .iter()
+        .position(|(k, who)| k == "m.room.member" && *who == b.user_id)
+        .expect("b's join in its own timeline");
+    assert!(
+        !seen[join_at..]
+            .iter()
+            .any(|(k, body)| k == "m.room.message" && body == "before"),
+        "the message from before the join came after it: {seen:?}"
+    );
+}
+
 #[tokio::test]
 async fn sends_queue_while_a_server_is_down_and_arrive_in_order_when_it_returns() {
     let mut world = World::start().await;

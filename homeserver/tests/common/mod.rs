@@ -149,7 +149,10 @@ impl TestServer {
         args.extend(self.extra_args.iter().cloned());
         let child = Command::new(binary())
             .args(&args)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("HEARTH_TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             // The server logs to stdout: HEARTH_TEST_LOGS=1 shows it.
             .stdout(if std::env::var_os("HEARTH_TEST_LOGS").is_some() {
                 Stdio::inherit()
