@@ -94,6 +94,17 @@ impl CoreConfig {
     }
 
     pub fn supported_room_versions() -> &'static [RoomVersionId] {
-        &[RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12]
+        &[
+            RoomVersionId::V3,
+            RoomVersionId::V4,
+            RoomVersionId::V5,
+            RoomVersionId::V6,
+            RoomVersionId::V7,
+            RoomVersionId::V8,
+            RoomVersionId::V9,
+            RoomVersionId::V10,
+            RoomVersionId::V11,
+            RoomVersionId::V12,
+        ]
     }
 }
