@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::{
     Json, Router,
     extract::{Path, Query, State},
-    routing::{get, put},
+    routing::{get, post, put},
 };
 use hearth_core::{
     Error, Hearth, accounts::Session, filter::EventFilter, pdu::StoredEvent,
@@ -26,6 +26,10 @@ pub fn routes() -> Router<Arc<Hearth>> {
     Router::new()
         .route("/rooms/{room_id}/send/{event_type}/{txn_id}", put(send))
         .route("/rooms/{room_id}/redact/{event_id}/{txn_id}", put(redact))
+        // The forms without a transaction id, from before r0 and still
+        // served by Synapse (SyTest uses both): each request is a new event.
+        .route("/rooms/{room_id}/send/{event_type}", post(send_untracked))
+        .route("/rooms/{room_id}/redact/{event_id}", post(redact_untracked))
         .route("/rooms/{room_id}/event/{event_id}", get(get_event))
         .route("/rooms/{room_id}/context/{event_id}", get(context))
         .route("/rooms/{room_id}/messages", get(messages))
@@ -59,6 +63,45 @@ pub(crate) async fn send_message(
     Ok(h.writer
         .send_client_message(s, &room_id, kind, txn_id, content, ts)
         .await?)
+}
+
+/// A transaction id no client can have used: never matches an earlier send.
+fn fresh_txn_id() -> String {
+    format!("hearth.untracked.{}", hearth_core::ids::random_string(24))
+}
+
+async fn send_untracked(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((room_id, kind)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    JsonBody(content): JsonBody<Map<String, Value>>,
+) -> RumaResult<send_message_event::v3::Response> {
+    let ts = crate::extract::massaged_ts(&s, query.as_deref())?;
+    let txn = fresh_txn_id();
+    let event_id = send_message(&h, &s, &room_id, &kind, &txn, content, ts).await?;
+    let event_id = stored_id(EventId::parse(event_id))?;
+    Ok(send_message_event::v3::Response::new(event_id).into())
+}
+
+#[derive(Deserialize)]
+struct RedactBody {
+    reason: Option<String>,
+}
+
+async fn redact_untracked(
+    State(h): State<Arc<Hearth>>,
+    Auth(s): Auth,
+    Path((room_id, event_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<RedactBody>,
+) -> RumaResult<redact_event::v3::Response> {
+    let room_id = parse_room_id(&room_id)?;
+    let event_id = h
+        .writer
+        .send_client_redaction(&s, &room_id, event_id, fresh_txn_id(), body.reason)
+        .await?;
+    let event_id = stored_id(EventId::parse(event_id))?;
+    Ok(redact_event::v3::Response::new(event_id).into())
 }
 
 async fn redact(
