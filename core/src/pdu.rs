@@ -154,6 +154,15 @@ impl Pdu {
         let now = MilliSecondsSinceUnixEpoch::now().get();
         let age = u64::from(now).saturating_sub(u64::from(self.origin_server_ts.get()));
         unsigned.insert("age".into(), json!(age));
+        // Synapse names the redaction by id beside the spec's
+        // `redacted_because`, and clients (and SyTest) read it.
+        if let Some(id) = unsigned
+            .get("redacted_because")
+            .and_then(|b| b.get("event_id"))
+            .cloned()
+        {
+            unsigned.entry("redacted_by").or_insert(id);
+        }
         if let (Some((viewer, device)), Some((txn_device, txn_id))) = (viewer_device, txn)
             && viewer == self.sender
             && device == txn_device

@@ -121,3 +121,62 @@ async fn a_member_without_power_redacts_only_their_own_events_through_send() {
         assert_not_redacted(&alice, &other, &elsewhere, "elsewhere").await;
     }
 }
+
+/// The forms without a transaction id (`POST .../send/{type}`, `POST
+/// .../redact/{event}`), in rooms of every version Hearth creates: each
+/// request is a new event, and the redacted event names its redaction by
+/// the spec's `redacted_because` and Synapse's `redacted_by`.
+#[tokio::test]
+async fn untracked_sends_and_redactions_work_in_every_room_version() {
+    let hs = TestServer::start(&[]).await;
+    let alice = hs.register("alice", "pw-alice-long").await;
+    for version in ["3", "4", "5", "6", "7", "8", "9", "10", "11", "12"] {
+        let room = alice.create_room(json!({"room_version": version})).await;
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message",
+            enc(&room)
+        );
+        let message = json!({"msgtype": "m.text", "body": "hello"});
+        let (s, first) = alice.post(&path, message.clone()).await;
+        assert_eq!(s, 200, "v{version}: {first}");
+        let (s, second) = alice.post(&path, message).await;
+        assert_eq!(s, 200, "v{version}: {second}");
+        assert_ne!(first["event_id"], second["event_id"], "v{version}");
+        let target = first["event_id"].as_str().expect("event_id");
+        let (s, redaction) = alice
+            .post(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/redact/{}",
+                    enc(&room),
+                    enc(target)
+                ),
+                json!({"reason": "typo"}),
+            )
+            .await;
+        assert_eq!(s, 200, "v{version}: {redaction}");
+        assert_redacted(&alice, &room, target).await;
+        let (s, event) = alice
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(target)
+            ))
+            .await;
+        assert_eq!(s, 200, "v{version}: {event}");
+        assert_eq!(
+            event["unsigned"]["redacted_by"], redaction["event_id"],
+            "v{version}: {event}"
+        );
+        assert_eq!(
+            event["unsigned"]["redacted_because"]["event_id"], redaction["event_id"],
+            "v{version}: {event}"
+        );
+        assert_not_redacted(
+            &alice,
+            &room,
+            second["event_id"].as_str().expect("id"),
+            "hello",
+        )
+        .await;
+    }
+}
