@@ -7,7 +7,8 @@
 # Installs what it needs; safe to run again.
 # Federation is tested between Hearth processes and with one Synapse; SyTest
 # (the outside suite Synapse and Dendrite run) against the release binary
-# must pass every test in tests/sytest/passing.txt.
+# must pass every test in tests/sytest/passing.txt (default room version 12)
+# and in passing-v10.txt (a second run with default room version 10).
 #   HEARTH_TEST_SYNAPSE=1  also runs the conformance suite against Synapse.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -184,6 +185,9 @@ bash scripts/synapse.sh install
 step "SyTest against the release binary (tests/sytest: pass list enforced)"
 cargo build --release -p homeserver --locked
 HEARTH_BIN="$root/target/release/homeserver" bash tests/sytest/run.sh
+step "SyTest with default room version 10, so its own federation side (versions 1-11) can join Hearth's rooms"
+HEARTH_ROOM_VERSION=10 SYTEST_PASS_LIST=passing-v10.txt \
+  HEARTH_BIN="$root/target/release/homeserver" bash tests/sytest/run.sh
 
 if [ "${HEARTH_TEST_SYNAPSE:-0}" = 1 ]; then
   step "conformance suite against Synapse"

@@ -10,13 +10,17 @@ test is retried once). Prints `N passed, M failed`, the listed tests that did
 not pass (which fail the check), the tests that pass but are not listed (to add), and
 the failures neither listed as passing nor in excluded.txt.
 """
+import os
 import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PASSING = HERE / "passing.txt"
-EXCLUDED = HERE / "excluded.txt"
+# A run with another default room version keeps its own pass list
+# (run.sh: SYTEST_PASS_LIST=passing-v10.txt with HEARTH_ROOM_VERSION=10).
+PASSING = HERE / os.environ.get("SYTEST_PASS_LIST", "passing.txt")
+EXCLUDED = HERE / os.environ.get("SYTEST_EXCLUDED", "excluded.txt")
+VERSION = os.environ.get("HEARTH_ROOM_VERSION") or "12"
 
 
 def outcomes(out_dir):
@@ -85,7 +89,7 @@ def main(argv):
     skipped = sum(1 for o in results.values() if o == "skip")
     if write:
         PASSING.write_text(
-            "# SyTest tests Hearth passes on room version 12 (tests/sytest/README.md): CI fails if one of them does not.\n"
+            f"# SyTest tests Hearth passes on room version {VERSION} (tests/sytest/README.md): CI fails if one of them does not.\n"
             "# Regenerate with tests/sytest/results.py --write OUT_DIR after a full run; leave out tests seen flaky.\n"
             + "".join(f"{n}\n" for n in passed)
         )
@@ -96,12 +100,12 @@ def main(argv):
     new = [n for n in passed if n not in must_pass]
     unexplained = [n for n in failed if n not in must_pass and n not in excluded]
     for n in new:
-        print(f"newly passing (add to tests/sytest/passing.txt): {n}")
+        print(f"newly passing (add to tests/sytest/{PASSING.name}): {n}")
     for n in unexplained:
-        print(f"failing, not in excluded.txt: {files.get(n, '?')}: {n}")
+        print(f"failing, not in {EXCLUDED.name}: {files.get(n, '?')}: {n}")
     for n in lost:
         print(f"REGRESSION (listed as passing): {files.get(n, '?')}: {n} [{results.get(n, 'not run')}]")
-    print(f"SyTest: {len(passed)} passed, {len(failed)} failed, {skipped} skipped")
+    print(f"SyTest (room version {VERSION}): {len(passed)} passed, {len(failed)} failed, {skipped} skipped")
     return 1 if lost else 0
 
 

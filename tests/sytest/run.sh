@@ -10,6 +10,8 @@
 #   HEARTH_SYTEST_SUITE  SyTest's own tree (default: the workplace's copy,
 #                        ../shared/sytest/suite or /work/shared/sytest/suite)
 #   HEARTH_ROOM_VERSION  default_room_version Hearth is started with
+#   SYTEST_PASS_LIST     the pass list checked, in tests/sytest (default
+#                        passing.txt; passing-v10.txt for HEARTH_ROOM_VERSION=10)
 #   SYTEST_OUT           output folder (default target/sytest/<time>)
 #   SYTEST_PORT_RANGE    ports SyTest may use (default 28800:28999)
 #   SYTEST_TIMEOUT       seconds for one run of the suite (default 3600)
