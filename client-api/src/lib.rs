@@ -46,6 +46,7 @@ fn client_routes() -> Router<Arc<Hearth>> {
         .merge(routes::directory::routes())
         .merge(routes::keys::routes())
         .merge(routes::push::routes())
+        .merge(routes::openid::routes())
         .layer(axum::middleware::from_fn(deadline))
         // Sync bounds itself: its wait is part of the request.
         .merge(routes::sync::routes())
@@ -96,6 +97,7 @@ pub fn router_with(hearth: Arc<Hearth>, extra: Router<Arc<Hearth>>) -> Router {
         .merge(routes::discovery::routes())
         .merge(routes::ws::routes())
         .merge(routes::internal::routes())
+        .merge(routes::openid::userinfo_routes())
         .nest("/_matrix/client/v3", client_routes())
         .nest("/_matrix/client/r0", client_routes())
         .merge(routes::media::routes().layer(DefaultBodyLimit::max(media_limit)))

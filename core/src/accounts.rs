@@ -6,6 +6,9 @@ use argon2::{
 };
 use std::sync::Arc;
 
+mod openid;
+pub use openid::{OPENID_TOKEN_SECS, OpenIdToken};
+
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 
 use crate::{

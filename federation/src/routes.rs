@@ -39,6 +39,11 @@ pub fn router(fed: Arc<Federation>) -> Router {
             get(server_keys::query_one),
         )
         .route("/.well-known/matrix/server", get(well_known))
+        // A third party's check of a user's OpenID token: not signed.
+        .route(
+            "/_matrix/federation/v1/openid/userinfo",
+            get(openid_userinfo),
+        )
         .merge(signed)
         .fallback(unrecognized)
         .layer(DefaultBodyLimit::max(auth::MAX_REQUEST_BYTES))
@@ -49,6 +54,21 @@ pub fn router(fed: Arc<Federation>) -> Router {
             hearth_http_common::plain_errors::matrix_errors,
         ))
         .with_state(fed)
+}
+
+#[derive(serde::Deserialize)]
+struct UserinfoQuery {
+    access_token: Option<String>,
+}
+
+/// The user an OpenID token names (`Accounts::openid_userinfo`).
+async fn openid_userinfo(
+    State(fed): State<Arc<Federation>>,
+    axum::extract::Query(q): axum::extract::Query<UserinfoQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let token = q.access_token.ok_or_else(ApiError::missing_token)?;
+    let sub = fed.hearth.accounts.openid_userinfo(&token).await?;
+    Ok(Json(json!({ "sub": sub })))
 }
 
 /// Joining, leaving, knocking and invites, and the transactions that carry

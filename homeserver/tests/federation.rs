@@ -677,6 +677,39 @@ async fn users_on_three_servers_share_a_room_in_its_owners_order() {
     }
 }
 
+/// A user's OpenID token checked on the federation listener, as another
+/// server (or a third party speaking to it) does: unsigned, it names the
+/// user and nothing else.
+#[tokio::test]
+async fn the_federation_listener_names_the_user_of_an_openid_token() {
+    let world = World::start().await;
+    let a = &world.servers[0];
+    let path = format!(
+        "/_matrix/client/v3/user/{}/openid/request_token",
+        enc(&a.user_id)
+    );
+    let (s, token) = a.user.post(&path, json!({})).await;
+    assert_eq!(s, 200, "{token}");
+    let (http, base) = direct(&world.ca, a);
+    let ask = |t: &str| {
+        http.get(format!(
+            "{base}/_matrix/federation/v1/openid/userinfo?access_token={}",
+            enc(t)
+        ))
+        .send()
+    };
+    let answer = ask(token["access_token"].as_str().expect("token"))
+        .await
+        .expect("userinfo");
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.expect("json");
+    assert_eq!(body, json!({"sub": a.user_id}));
+    let answer = ask("not-a-token").await.expect("userinfo");
+    assert_eq!(answer.status(), 401);
+    let body: Value = answer.json().await.expect("json");
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN", "{body}");
+}
+
 /// The event types of the room as `c` reads it backwards, oldest first.
 async fn event_types(c: &Client, room: &str) -> Vec<(String, String)> {
     let page = c.messages(room, "dir=b&limit=500").await;

@@ -485,3 +485,66 @@ async fn a_retry_refused_at_commit_leaves_no_event_built_on_it() {
         stored_parents(opened.rooms(), id).await;
     }
 }
+
+/// OpenID: a user's token names them to a third party, which asks this
+/// server (`openid/userinfo`, where clients reach it) and learns nothing
+/// more. The token is no access token, an access token is no OpenID token,
+/// and nobody gets one for another user.
+#[tokio::test]
+async fn an_openid_token_names_its_user_to_a_third_party_and_opens_nothing_else() {
+    let hs = TestServer::start(&[]).await;
+    let alice = hs.register("alice", "pw-alice-long").await;
+    let bob = hs.register("bob", "pw-bob-long").await;
+    let (s, me) = alice.get("/_matrix/client/v3/account/whoami").await;
+    assert_eq!(s, 200, "{me}");
+    let alice_id = me["user_id"].as_str().expect("user_id").to_owned();
+    let server_name = alice_id.split_once(':').expect("server name").1.to_owned();
+    let path = format!(
+        "/_matrix/client/v3/user/{}/openid/request_token",
+        enc(&alice_id)
+    );
+    let (s, token) = alice.post(&path, json!({})).await;
+    assert_eq!(s, 200, "{token}");
+    assert_eq!(token["token_type"], "Bearer", "{token}");
+    assert_eq!(token["matrix_server_name"], server_name.as_str(), "{token}");
+    assert!(
+        token["expires_in"].as_u64().is_some_and(|s| s > 0),
+        "{token}"
+    );
+    let openid = token["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
+
+    let third_party = hs.client();
+    let userinfo = |t: &str| {
+        format!(
+            "/_matrix/federation/v1/openid/userinfo?access_token={}",
+            enc(t)
+        )
+    };
+    let (s, info) = third_party.get(&userinfo(&openid)).await;
+    assert_eq!(s, 200, "{info}");
+    assert_eq!(info, json!({"sub": alice_id}));
+
+    for bad in ["an/invalid/token", alice.token.as_deref().expect("token")] {
+        let (s, body) = third_party.get(&userinfo(bad)).await;
+        assert_eq!(s, 401, "{bad}: {body}");
+        assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN", "{body}");
+    }
+    let (s, body) = third_party
+        .get("/_matrix/federation/v1/openid/userinfo")
+        .await;
+    assert_eq!(s, 401, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN", "{body}");
+
+    // The OpenID token opens no client endpoint.
+    let mut holder = hs.client();
+    holder.token = Some(openid);
+    let (s, body) = holder.get("/_matrix/client/v3/account/whoami").await;
+    assert_eq!(s, 401, "{body}");
+    // Bob may not have one made for alice.
+    let (s, body) = bob.post(&path, json!({})).await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+}

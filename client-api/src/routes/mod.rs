@@ -8,6 +8,7 @@ pub mod internal;
 pub mod keys;
 pub mod media;
 pub mod messages;
+pub mod openid;
 pub mod profile;
 pub mod push;
 pub mod rooms;

@@ -250,6 +250,17 @@ pub trait AccountStore: Send + Sync {
     /// Remembers `params` with an existing session.
     async fn set_uia_session_params(&self, session: &str, params: &Value) -> Result<()>;
     async fn get_filter(&self, user_id: &str, filter_id: &str) -> Result<Option<Value>>;
+    /// Keeps an OpenID token (by its hash) for `user_id` until
+    /// `expires_ms`; tokens expired at `now_ms` are dropped.
+    async fn add_openid_token(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+        expires_ms: i64,
+        now_ms: i64,
+    ) -> Result<()>;
+    /// The user an OpenID token (by its hash) still valid at `now_ms` is for.
+    async fn openid_token_user(&self, token_hash: &str, now_ms: i64) -> Result<Option<String>>;
 }
 
 /// A room's events, state, client transaction ids and writer lease, on the

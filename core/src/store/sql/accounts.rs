@@ -378,6 +378,40 @@ macro_rules! impl_account_store {
                 Ok(())
             }
 
+            async fn add_openid_token(
+                &self,
+                token_hash: &str,
+                user_id: &str,
+                expires_ms: i64,
+                now_ms: i64,
+            ) -> Result<()> {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query("DELETE FROM openid_tokens WHERE expires_ts < $1")
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO openid_tokens (token_hash, user_id, expires_ts) VALUES ($1, $2, $3)",
+                )
+                .bind(token_hash)
+                .bind(user_id)
+                .bind(expires_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn openid_token_user(&self, token_hash: &str, now_ms: i64) -> Result<Option<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT user_id FROM openid_tokens WHERE token_hash = $1 AND expires_ts >= $2",
+                )
+                .bind(token_hash)
+                .bind(now_ms)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
             async fn uia_session_params(&self, session: &str) -> Result<Option<Value>> {
                 let text: Option<Option<String>> =
                     sqlx::query_scalar("SELECT params FROM uia_sessions WHERE session_id = $1")
