@@ -47,6 +47,7 @@ fn client_routes() -> Router<Arc<Hearth>> {
         .merge(routes::keys::routes())
         .merge(routes::push::routes())
         .merge(routes::openid::routes())
+        .merge(routes::threepid::routes())
         .layer(axum::middleware::from_fn(deadline))
         // Sync bounds itself: its wait is part of the request.
         .merge(routes::sync::routes())

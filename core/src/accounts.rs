@@ -7,7 +7,9 @@ use argon2::{
 use std::sync::Arc;
 
 mod openid;
+mod threepid;
 pub use openid::{OPENID_TOKEN_SECS, OpenIdToken};
+pub use threepid::ThreepidPurpose;
 
 use ruma::{OwnedServerName, OwnedUserId, UserId};
 

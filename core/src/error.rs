@@ -38,6 +38,12 @@ pub enum Error {
     BadAlias(String),
     #[error("{0}")]
     InvalidRoomState(String),
+    /// A third-party identifier this server will not bind (M_THREEPID_DENIED).
+    #[error("{0}")]
+    ThreepidDenied(String),
+    /// No account has the third-party identifier (M_THREEPID_NOT_FOUND).
+    #[error("{0}")]
+    ThreepidNotFound(String),
     #[error("{0}")]
     Unrecognized(String),
     #[error("Registration is disabled")]

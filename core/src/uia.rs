@@ -114,6 +114,12 @@ impl Uia {
         }
     }
 
+    /// Whether `m.login.registration_token` accepts `token` (also what
+    /// `/register/m.login.registration_token/validity` answers).
+    pub fn registration_token_valid(&self, token: &str) -> bool {
+        self.registration_tokens.iter().any(|t| t == token)
+    }
+
     /// The operation `session` is bound to and the stages it completed;
     /// `None` for an unknown or expired session.
     async fn uia_session(&self, session: &str) -> Result<Option<(String, Vec<String>)>> {
@@ -299,7 +305,7 @@ impl Uia {
                     .get("token")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                if self.registration_tokens.iter().any(|t| t == token) {
+                if self.registration_token_valid(token) {
                     Ok(())
                 } else {
                     Err(Error::forbidden("Invalid registration token"))

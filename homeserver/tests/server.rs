@@ -548,3 +548,91 @@ async fn an_openid_token_names_its_user_to_a_third_party_and_opens_nothing_else(
     assert_eq!(s, 403, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
 }
+
+/// Third-party identifiers: Hearth binds none, and says so the way the spec
+/// words it rather than with 404s (Element reads the list on its settings
+/// page): an empty list, `M_THREEPID_DENIED` for validating an address,
+/// `M_THREEPID_NOT_FOUND` for a reset by address; and registration tokens
+/// can be checked before registering.
+#[tokio::test]
+async fn threepid_endpoints_answer_that_none_are_bound_and_tokens_can_be_checked() {
+    let hs = TestServer::start(&[]).await;
+    let alice = hs.register("alice", "pw-alice-long").await;
+    let (s, list) = alice.get("/_matrix/client/v3/account/3pid").await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list, json!({"threepids": []}));
+    let anon = hs.client();
+    let (s, body) = anon.get("/_matrix/client/v3/account/3pid").await;
+    assert_eq!(s, 401, "{body}");
+
+    let ask = json!({"client_secret": "s3cret", "email": "a@example.org", "send_attempt": 1});
+    for (client, path, status, errcode) in [
+        (
+            &anon,
+            "/register/email/requestToken",
+            403,
+            "M_THREEPID_DENIED",
+        ),
+        (
+            &anon,
+            "/register/msisdn/requestToken",
+            403,
+            "M_THREEPID_DENIED",
+        ),
+        (
+            &alice,
+            "/account/3pid/email/requestToken",
+            403,
+            "M_THREEPID_DENIED",
+        ),
+        (
+            &anon,
+            "/account/password/email/requestToken",
+            400,
+            "M_THREEPID_NOT_FOUND",
+        ),
+        (
+            &anon,
+            "/register/carrier-pigeon/requestToken",
+            404,
+            "M_UNRECOGNIZED",
+        ),
+    ] {
+        let (s, body) = client
+            .post(&format!("/_matrix/client/v3{path}"), ask.clone())
+            .await;
+        assert_eq!(
+            (s, body["errcode"].as_str()),
+            (status, Some(errcode)),
+            "{path}: {body}"
+        );
+    }
+    let (s, body) = anon
+        .request(
+            reqwest::Method::POST,
+            "/_matrix/client/v3/register/email/requestToken",
+            Some(json!("not an object")),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+
+    let validity = "/_matrix/client/v3/register/m.login.registration_token/validity";
+    let (s, body) = anon.get(&format!("{validity}?token=let-me-in")).await;
+    assert_eq!(
+        (s, &body),
+        (200, &json!({"valid": false})),
+        "no tokens configured"
+    );
+    let gated = TestServer::start(&["--registration-tokens", "let-me-in"]).await;
+    let anon = gated.client();
+    let (s, body) = anon.get(&format!("{validity}?token=let-me-in")).await;
+    assert_eq!((s, &body), (200, &json!({"valid": true})));
+    let (s, body) = anon.get(&format!("{validity}?token=nope")).await;
+    assert_eq!((s, &body), (200, &json!({"valid": false})));
+    let (s, body) = anon.get(validity).await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (400, Some("M_MISSING_PARAM")),
+        "{body}"
+    );
+}

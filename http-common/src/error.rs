@@ -104,6 +104,8 @@ fn core_parts(e: &Error) -> (StatusCode, &'static str) {
         Error::RoomInUse => (S::BAD_REQUEST, "M_ROOM_IN_USE"),
         Error::BadAlias(_) => (S::BAD_REQUEST, "M_BAD_ALIAS"),
         Error::InvalidRoomState(_) => (S::BAD_REQUEST, "M_INVALID_ROOM_STATE"),
+        Error::ThreepidDenied(_) => (S::FORBIDDEN, "M_THREEPID_DENIED"),
+        Error::ThreepidNotFound(_) => (S::BAD_REQUEST, "M_THREEPID_NOT_FOUND"),
         Error::Unrecognized(_) => (S::NOT_FOUND, "M_UNRECOGNIZED"),
         Error::RegistrationDisabled => (S::FORBIDDEN, "M_FORBIDDEN"),
         Error::UserDeactivated(_) => (S::FORBIDDEN, "M_USER_DEACTIVATED"),

@@ -13,6 +13,7 @@ pub mod profile;
 pub mod push;
 pub mod rooms;
 pub mod sync;
+pub mod threepid;
 pub mod ws;
 
 use axum::Json;
