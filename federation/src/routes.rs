@@ -56,19 +56,12 @@ pub fn router(fed: Arc<Federation>) -> Router {
         .with_state(fed)
 }
 
-#[derive(serde::Deserialize)]
-struct UserinfoQuery {
-    access_token: Option<String>,
-}
-
 /// The user an OpenID token names (`Accounts::openid_userinfo`).
 async fn openid_userinfo(
     State(fed): State<Arc<Federation>>,
-    axum::extract::Query(q): axum::extract::Query<UserinfoQuery>,
+    axum::extract::Query(q): axum::extract::Query<hearth_http_common::openid::UserinfoQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let token = q.access_token.ok_or_else(ApiError::missing_token)?;
-    let sub = fed.hearth.accounts.openid_userinfo(&token).await?;
-    Ok(Json(json!({ "sub": sub })))
+    hearth_http_common::openid::userinfo(&fed.hearth.accounts, q).await
 }
 
 /// Joining, leaving, knocking and invites, and the transactions that carry

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod extract;
 pub mod nul;
+pub mod openid;
 pub mod outgoing;
 pub mod plain_errors;
 pub mod typed;

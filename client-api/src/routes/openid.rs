@@ -12,8 +12,7 @@ use axum::{
     routing::{get, post},
 };
 use hearth_core::Hearth;
-use hearth_http_common::error::ApiError;
-use serde::Deserialize;
+use hearth_http_common::openid::UserinfoQuery;
 use serde_json::{Value, json};
 
 use crate::{error::ApiResult, extract::Auth};
@@ -45,16 +44,9 @@ async fn request_token(
     })))
 }
 
-#[derive(Deserialize)]
-pub struct UserinfoQuery {
-    access_token: Option<String>,
-}
-
 async fn userinfo(
     State(h): State<Arc<Hearth>>,
     Query(q): Query<UserinfoQuery>,
 ) -> ApiResult<Json<Value>> {
-    let token = q.access_token.ok_or_else(ApiError::missing_token)?;
-    let sub = h.accounts.openid_userinfo(&token).await?;
-    Ok(Json(json!({ "sub": sub })))
+    hearth_http_common::openid::userinfo(&h.accounts, q).await
 }
