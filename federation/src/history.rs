@@ -1,5 +1,5 @@
 //! Reading a room's past for another server: `/state`, `/state_ids`,
-//! `/backfill` and `/get_missing_events`. A server asks only about rooms it
+//! `/event_auth`, `/backfill` and `/get_missing_events`. A server asks only about rooms it
 //! has users in (or world-readable ones); events its users could not see by
 //! history visibility are returned redacted, so the event graph stays whole.
 
@@ -47,6 +47,22 @@ pub(crate) async fn state(
     let (state, chain) = state_before(&fed, &origin, &room_id, query).await?;
     Ok(Json(json!({
         "pdus": state.iter().map(|p| Value::Object(p.as_sent())).collect::<Vec<_>>(),
+        "auth_chain": chain.iter().map(|p| Value::Object(p.as_sent())).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /event_auth/{roomId}/{eventId}`: the event's auth chain, for a
+/// server that may read the room.
+pub(crate) async fn event_auth(
+    State(fed): State<Arc<Federation>>,
+    Extension(Origin(origin)): Extension<Origin>,
+    Path((room_id, event_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let room = parse_room(&room_id)?;
+    let federated = &fed.hearth.federated;
+    federated.require_server_reader(&room, &origin).await?;
+    let chain = federated.event_auth_chain(&room, &event_id).await?;
+    Ok(Json(json!({
         "auth_chain": chain.iter().map(|p| Value::Object(p.as_sent())).collect::<Vec<_>>(),
     })))
 }

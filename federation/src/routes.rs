@@ -119,6 +119,10 @@ fn history_routes() -> Router<Arc<Federation>> {
             get(history::state_ids),
         )
         .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(history::event_auth),
+        )
+        .route(
             "/_matrix/federation/v1/backfill/{room_id}",
             get(history::backfill),
         )

@@ -1476,6 +1476,64 @@ async fn a_server_in_the_room_reads_its_state_and_history_as_its_users_may() {
     chain_ids.sort();
     assert_eq!(chain, chain_ids);
 
+    // The auth chain of one event: what its auth events reach, not itself
+    // (in v12 the create event is the room id, never an auth event).
+    let (s, auth) = evil
+        .get(
+            &world,
+            a,
+            &format!(
+                "/_matrix/federation/v1/event_auth/{}/{}",
+                enc(&room),
+                enc(&after[0])
+            ),
+        )
+        .await;
+    assert_eq!(s, 200, "{auth}");
+    let auth_types: Vec<(&str, &str)> = auth["auth_chain"]
+        .as_array()
+        .expect("auth_chain")
+        .iter()
+        .map(|p| {
+            (
+                p["type"].as_str().unwrap_or_default(),
+                p["state_key"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    for wanted in [
+        ("m.room.power_levels", ""),
+        ("m.room.member", a.user_id.as_str()),
+    ] {
+        assert!(
+            auth_types.contains(&wanted),
+            "{wanted:?} not in {auth_types:?}"
+        );
+    }
+    assert!(!ids_of(&auth["auth_chain"]).contains(&after[0]), "{auth}");
+    assert!(
+        auth_types
+            .iter()
+            .all(|(kind, _)| !["m.room.message", "m.room.create"].contains(kind)),
+        "{auth_types:?}"
+    );
+    let (s, body) = evil
+        .get(
+            &world,
+            a,
+            &format!(
+                "/_matrix/federation/v1/event_auth/{}/{}",
+                enc(&room),
+                enc("$not-an-event")
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "{body}"
+    );
+
     // Backfill from the newest message: newest first, through the graph.
     let (s, back) = evil
         .get(

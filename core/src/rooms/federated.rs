@@ -125,6 +125,14 @@ impl FederatedReads {
         Ok((state, chain))
     }
 
+    /// The auth chain of one of the room's events (`/event_auth`): every
+    /// event its auth events reach, itself excluded.
+    pub async fn event_auth_chain(&self, room: &RoomId, event_id: &str) -> Result<Vec<Pdu>> {
+        let ev = self.event_in_room(room, event_id).await?;
+        let start = ev.pdu.auth_events.iter().map(ToString::to_string).collect();
+        self.auth_chain(start).await
+    }
+
     /// What a server joining through us needs after its join `join_id`:
     /// the room's state before the join (with the membership the join
     /// replaced: an invite, a knock), and every event their auth chains
